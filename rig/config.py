@@ -1,0 +1,108 @@
+"""One typed settings object. Environment variables `RIG_*` set it; CLI flags override it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TOPIC_NAMES = ("requests", "predictions", "outcomes", "joined", "decisions", "control", "dlq")
+
+
+class RigSettings(BaseSettings):
+    """Every setting of the rig; read from `RIG_<FIELD>` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="RIG_", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    """Kafka bootstrap servers, comma separated. Point it at any existing cluster."""
+
+    kafka_security_protocol: str | None = None
+    """Passed to clients as `security.protocol` (e.g. SASL_SSL) when set."""
+
+    kafka_sasl_mechanism: str | None = None
+    """Passed to clients as `sasl.mechanism` (e.g. PLAIN, SCRAM-SHA-512) when set."""
+
+    kafka_sasl_username: str | None = None
+    """SASL user name, when the cluster needs one."""
+
+    kafka_sasl_password: str | None = None
+    """SASL password, when the cluster needs one."""
+
+    kafka_ssl_ca_location: str | None = None
+    """CA bundle for TLS connections to the cluster."""
+
+    topic_prefix: str = "rig."
+    """Common prefix of every topic the rig reads or writes."""
+
+    topic_partitions: int = Field(default=4, ge=1)
+    """Partitions of topics the rig creates; the ceiling on worker replicas."""
+
+    schema_registry_url: str | None = None
+    """When set, Avro messages use the Confluent wire format with this registry (mock:// for tests)."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis used as Feast online store and as the shared cache tier."""
+
+    home: Path = Path(".rig")
+    """Working folder for generated data, model artifacts and the SQLite files."""
+
+    feast_repo: Path = Path("ops/feast")
+    """Feast feature repository (feature definitions and feature_store.yaml)."""
+
+    metadata_url: str | None = None
+    """SQLAlchemy URL of the metadata store; defaults to a SQLite file under `home`."""
+
+    world_seed: int = 7
+    """Seed of the synthetic world: the same seed gives the same entities, requests and labels."""
+
+    world_entities: int = Field(default=2_000, ge=10)
+    """Number of entities in the synthetic world."""
+
+    world_days: int = Field(default=14, ge=2)
+    """Days of feature history in the synthetic world."""
+
+    batch_max: int = Field(default=500, ge=1)
+    """Largest micro-batch an agent takes from a topic."""
+
+    batch_within_s: float = Field(default=0.05, gt=0)
+    """Longest wait, in seconds, to fill a micro-batch."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Log level of the worker and CLI."""
+
+    def topic(self, name: str) -> str:
+        """Full topic name for one of TOPIC_NAMES, with the configured prefix."""
+        if name not in TOPIC_NAMES:
+            raise ValueError(f"unknown topic {name!r}; expected one of {TOPIC_NAMES}")
+        return f"{self.topic_prefix}{name}"
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """confluent-kafka client settings, with the SASL/TLS ones that are set."""
+        config = {"bootstrap.servers": self.kafka_bootstrap}
+        optional = {
+            "security.protocol": self.kafka_security_protocol,
+            "sasl.mechanism": self.kafka_sasl_mechanism,
+            "sasl.username": self.kafka_sasl_username,
+            "sasl.password": self.kafka_sasl_password,
+            "ssl.ca.location": self.kafka_ssl_ca_location,
+        }
+        config.update({key: value for key, value in optional.items() if value is not None})
+        return config
+
+    @property
+    def feast_data_dir(self) -> Path:
+        """Folder of the Feast offline store's Parquet files and its SQLite registry."""
+        return self.feast_repo / "data"
+
+    @property
+    def model_dir(self) -> Path:
+        """Folder of stored model artifacts (XGBoost UBJ + metadata)."""
+        return self.home / "models"
+
+    @property
+    def resolved_metadata_url(self) -> str:
+        """The metadata store URL, defaulting to a SQLite file under `home`."""
+        return self.metadata_url or f"sqlite:///{(self.home / 'metadata.db').resolve()}"

@@ -1,0 +1,25 @@
+"""One exception hierarchy for the rig; every concern has its own subclass."""
+
+
+class RigError(Exception):
+    """Root of every error the rig raises on purpose."""
+
+
+class ConfigError(RigError):
+    """Settings are missing or inconsistent."""
+
+
+class CodecError(RigError):
+    """Bytes or records that cannot be encoded or decoded against a schema."""
+
+
+class FeatureStoreError(RigError):
+    """The Feast feature store could not be read or written."""
+
+
+class ModelIntegrityError(RigError):
+    """A stored model does not match its recorded checksum, or is unreadable."""
+
+
+class RegistryError(RigError):
+    """The model registry refused an operation (unknown model, bad role, ...)."""
