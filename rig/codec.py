@@ -1,0 +1,464 @@
+"""Avro/JSON encode and decode against the schemas in `schemas/`; decoding never raises.
+
+Wire formats, told apart by their first bytes:
+- Avro single-object encoding (default): 0xC3 0x01, the 8-byte little-endian CRC-64-AVRO fingerprint
+  of the schema's Parsing Canonical Form, then the Avro binary body.
+- Confluent wire format (when a schema registry URL is set): 0x00, the 4-byte big-endian schema id,
+  then the Avro binary body. Writer schemas of other ids are fetched and resolved to ours.
+- JSON (when allowed): a UTF-8 object checked against the schema; defaults fill missing fields;
+  union values are given plainly (`"x"`, not `{"string": "x"}`); unknown fields are rejected.
+
+Decoded records are plain dicts; timestamp-millis fields are int milliseconds since the epoch
+(JSON may also give them as ISO-8601 text with a timezone).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import functools
+import io
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import expand_schema, fingerprint, to_parsing_canonical_form
+from fastavro.validation import ValidationError, validate
+
+from rig.errors import CodecError
+
+SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = 0x00
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+_MAX_CACHED_SCHEMA_IDS = 1024
+
+
+class ErrorType(StrEnum):
+    """Why a message was rejected; the `error_type` of a dead letter."""
+
+    MALFORMED = "malformed"
+    UNKNOWN_SCHEMA = "unknown_schema"
+    INVALID_RECORD = "invalid_record"
+    INVALID_VALUE = "invalid_value"
+    OVERSIZED = "oversized"
+    UNKNOWN_ENTITY = "unknown_entity"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message that could not be decoded: its original bytes and why, in words a person reads."""
+
+    raw: bytes
+    reason: str
+    error_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeResult:
+    """Outcome of decoding a batch: the good records in order, and the rejected messages in order."""
+
+    ok: list[dict[str, Any]]
+    rejected: list[Rejected]
+
+
+class _Invalid(Exception):
+    """A JSON value that does not fit the schema; the message names the field."""
+
+
+@functools.lru_cache(maxsize=64)
+def _schema_json(name: str, schemas_dir: Path) -> dict[str, Any]:
+    path = schemas_dir / f"{name}.avsc"
+    if not path.is_file():
+        known = sorted(p.stem for p in schemas_dir.glob("*.avsc"))
+        raise CodecError(f"unknown schema {name!r}: no {path}; known schemas: {known}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise CodecError(f"schema file {path} is not valid JSON: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=64)
+def load_schema(name: str, schemas_dir: Path | None = None) -> dict[str, Any]:
+    """Load and parse one Avro schema, once per process.
+
+    Args:
+        name: Schema file name without `.avsc`, e.g. "Request".
+        schemas_dir: Folder of the `.avsc` files; the repository's `schemas/` by default.
+
+    Returns:
+        The schema parsed by `fastavro.parse_schema`; shared, so do not mutate it.
+
+    Raises:
+        CodecError: The file does not exist, or is not a valid Avro record schema.
+    """
+    raw = _schema_json(name, schemas_dir or SCHEMAS_DIR)
+    try:
+        parsed = parse_schema(copy.deepcopy(raw))
+    except Exception as exc:
+        raise CodecError(f"schema {name!r} is not a valid Avro schema: {exc}") from exc
+    if not isinstance(parsed, dict) or parsed.get("type") != "record":
+        raise CodecError(f"schema {name!r} is not an Avro record schema")
+    return parsed
+
+
+def _strip_logical_types(schema: Any) -> Any:
+    """The same schema without logicalType: readers then return timestamps as int milliseconds."""
+    if isinstance(schema, dict):
+        return {k: _strip_logical_types(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [_strip_logical_types(item) for item in schema]
+    return schema
+
+
+def _fingerprint(parsed: dict[str, Any]) -> bytes:
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+
+
+@functools.cache
+def _registry_client(url: str) -> Any:
+    """One client per URL, so that codecs on one `mock://` URL share one in-memory registry."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient  # heavy: imported on use
+
+    return SchemaRegistryClient.new_client({"url": url})
+
+
+class Codec:
+    """Encodes and decodes records of one schema; see the module docstring for the wire formats."""
+
+    def __init__(
+        self,
+        schema_name: str,
+        *,
+        registry_url: str | None = None,
+        subject: str | None = None,
+        allow_json: bool = False,
+        max_bytes: int = 1_000_000,
+        schemas_dir: Path | None = None,
+    ) -> None:
+        """Prepare headers and parsed schemas once, so that no message parses a schema.
+
+        Args:
+            schema_name: Schema file name without `.avsc`, e.g. "Request".
+            registry_url: Schema registry URL (`mock://...` in tests); switches encoding to the
+                Confluent wire format.
+            subject: Registry subject; the record's full name (e.g. `rig.Request`) by default.
+            allow_json: Accept JSON objects on decode.
+            max_bytes: Messages longer than this are rejected as oversized.
+            schemas_dir: Folder of the `.avsc` files; the repository's `schemas/` by default.
+
+        Raises:
+            CodecError: The schema cannot be loaded.
+        """
+        self.schema_name = schema_name
+        self.schema = load_schema(schema_name, schemas_dir)
+        self.full_name: str = self.schema["name"]
+        self.allow_json = allow_json
+        self.max_bytes = max_bytes
+        self._schemas_dir = schemas_dir or SCHEMAS_DIR
+        raw = _schema_json(schema_name, self._schemas_dir)
+        self._raw_json = json.dumps(raw)
+        self._reader = parse_schema(_strip_logical_types(raw))
+        self._json_schema = expand_schema(raw)
+        self._canonical = to_parsing_canonical_form(self.schema)
+        self.fingerprint = _fingerprint(self.schema)
+        self._header = SINGLE_OBJECT_MAGIC + self.fingerprint
+        self._registry_url = registry_url
+        self._subject = subject or self.full_name
+        self._schema_id: int | None = None
+        self._writers: dict[int, dict[str, Any] | str | None] = {}
+
+    # -- encode -------------------------------------------------------------------------------
+    def encode(self, record: dict[str, Any]) -> bytes:
+        """Encode one record in the configured Avro wire format.
+
+        Args:
+            record: Field name -> value; timestamps as int ms (or aware datetimes). Fields with a
+                default may be left out. Like other Avro writers, numbers are coerced (an int
+                for a double, a bool for a number).
+
+        Returns:
+            The framed message.
+
+        Raises:
+            CodecError: The record does not fit the schema (the message names the field), it is
+                larger than max_bytes, or the schema registry refused the schema.
+        """
+        buffer = io.BytesIO()
+        buffer.write(self._header if self._registry_url is None else self._confluent_header())
+        self._write_body(buffer, record)
+        data = buffer.getvalue()
+        if len(data) > self.max_bytes:
+            raise CodecError(f"{self.full_name} record is {len(data)} bytes, over max_bytes={self.max_bytes}")
+        return data
+
+    def encode_json(self, record: dict[str, Any]) -> bytes:
+        """Encode one record as compact UTF-8 JSON (timestamps as int ms, bytes as latin-1 text).
+
+        Args:
+            record: As for `encode`.
+
+        Returns:
+            The JSON document; `decode` of a codec with allow_json reads it back.
+
+        Raises:
+            CodecError: The record does not fit the schema.
+        """
+        self._write_body(io.BytesIO(), record)
+        return json.dumps(record, default=_json_default, separators=(",", ":")).encode()
+
+    def _write_body(self, buffer: io.BytesIO, record: dict[str, Any]) -> None:
+        try:
+            schemaless_writer(buffer, self.schema, record, strict_allow_default=True)
+        except Exception as exc:
+            try:  # the validator names the field (with its path); the writer's message is the fallback
+                validate(record, self.schema, raise_errors=True)
+                detail = f"{type(exc).__name__}: {exc}"
+            except ValidationError as validation:
+                detail = "; ".join(str(error) for error in validation.errors)
+            except (ValueError, TypeError) as validation:
+                detail = str(validation)
+            raise CodecError(f"invalid {self.full_name} record: {detail}") from exc
+
+    def _confluent_header(self) -> bytes:
+        if self._schema_id is None:
+            from confluent_kafka.schema_registry import Schema
+
+            try:
+                client = _registry_client(str(self._registry_url))
+                self._schema_id = client.register_schema(self._subject, Schema(self._raw_json, "AVRO"))
+            except Exception as exc:
+                raise CodecError(f"cannot register {self.full_name} under {self._subject!r}: {exc}") from exc
+        return bytes([CONFLUENT_MAGIC]) + int(self._schema_id).to_bytes(4, "big")
+
+    # -- decode -------------------------------------------------------------------------------
+    def decode(self, data: bytes) -> dict[str, Any] | Rejected:
+        """Decode one message in any configured format; never raises.
+
+        Args:
+            data: The message value as read from Kafka.
+
+        Returns:
+            The record as a plain dict, or a Rejected with the reason and an ErrorType.
+        """
+        if not isinstance(data, bytes):
+            if data is None:
+                return Rejected(b"", "message has no value (a tombstone)", ErrorType.MALFORMED)
+            data = bytes(data)
+        if len(data) > self.max_bytes:
+            reason = f"message is {len(data)} bytes, over the limit of {self.max_bytes}"
+            return Rejected(data, reason, ErrorType.OVERSIZED)
+        if not data:
+            return Rejected(data, "empty message", ErrorType.MALFORMED)
+        if data[:2] == SINGLE_OBJECT_MAGIC:
+            if len(data) < 10:
+                return Rejected(data, "truncated single-object header", ErrorType.MALFORMED)
+            if data[2:10] != self.fingerprint:
+                return Rejected(data, self._foreign_fingerprint(data[2:10]), ErrorType.UNKNOWN_SCHEMA)
+            return self._read_body(data, 10, None)
+        if data[0] == CONFLUENT_MAGIC:
+            return self._decode_confluent(data)
+        if data[:1] in b"{ \t\r\n" and data.lstrip()[:1] == b"{":
+            if not self.allow_json:
+                return Rejected(data, f"JSON is not accepted for {self.full_name}", ErrorType.MALFORMED)
+            return self._decode_json(data)
+        accepted = "Avro single-object (0xC3 0x01)" + (", JSON object" if self.allow_json else "")
+        if self._registry_url is not None:
+            accepted += ", Confluent (0x00)"
+        reason = f"unknown message format (first byte 0x{data[0]:02x}); expected {accepted}"
+        return Rejected(data, reason, ErrorType.MALFORMED)
+
+    def decode_batch(self, messages: list[bytes]) -> DecodeResult:
+        """Decode a batch; the good records and the rejected messages each keep their order.
+
+        Args:
+            messages: Message values as read from Kafka.
+
+        Returns:
+            A DecodeResult; `len(ok) + len(rejected) == len(messages)`.
+        """
+        ok: list[dict[str, Any]] = []
+        rejected: list[Rejected] = []
+        for data in messages:
+            result = self.decode(data)
+            if isinstance(result, Rejected):
+                rejected.append(result)
+            else:
+                ok.append(result)
+        return DecodeResult(ok, rejected)
+
+    def _read_body(self, data: bytes, start: int, writer: dict[str, Any] | None) -> dict[str, Any] | Rejected:
+        buffer = io.BytesIO(data)
+        buffer.seek(start)
+        try:
+            if writer is None:
+                record = schemaless_reader(buffer, self._reader, None)
+            else:
+                record = schemaless_reader(buffer, writer, self._reader)
+        except (EOFError, IndexError):
+            return Rejected(data, f"{self.full_name} body ends early (truncated)", ErrorType.MALFORMED)
+        except Exception as exc:  # noqa: BLE001 - hostile bytes make fastavro raise many types
+            reason = f"corrupt {self.full_name} body: {type(exc).__name__}: {str(exc)[:200]}"
+            return Rejected(data, reason, ErrorType.MALFORMED)
+        if buffer.tell() != len(data):
+            reason = f"{len(data) - buffer.tell()} trailing bytes after the {self.full_name} record"
+            return Rejected(data, reason, ErrorType.MALFORMED)
+        return record  # type: ignore[return-value]
+
+    def _foreign_fingerprint(self, fp: bytes) -> str:
+        for path in sorted(self._schemas_dir.glob("*.avsc")):
+            try:
+                other = load_schema(path.stem, self._schemas_dir)
+            except CodecError:
+                continue
+            if _fingerprint(other) == fp:
+                return f"message is a {other['name']}, not a {self.full_name} (fingerprint {fp.hex()})"
+        return f"unknown schema fingerprint {fp.hex()}; {self.full_name} has {self.fingerprint.hex()}"
+
+    def _decode_confluent(self, data: bytes) -> dict[str, Any] | Rejected:
+        if self._registry_url is None:
+            reason = "Confluent wire format (magic byte 0x00) but no schema registry is configured"
+            return Rejected(data, reason, ErrorType.UNKNOWN_SCHEMA)
+        if len(data) < 5:
+            return Rejected(data, "truncated Confluent header", ErrorType.MALFORMED)
+        schema_id = int.from_bytes(data[1:5], "big")
+        if schema_id in self._writers:
+            writer = self._writers[schema_id]
+        else:
+            writer, final = self._writer_schema(schema_id)
+            if final and len(self._writers) < _MAX_CACHED_SCHEMA_IDS:
+                self._writers[schema_id] = writer
+        if isinstance(writer, str):
+            return Rejected(data, writer, ErrorType.UNKNOWN_SCHEMA)
+        return self._read_body(data, 5, writer)
+
+    def _writer_schema(self, schema_id: int) -> tuple[dict[str, Any] | str | None, bool]:
+        """The writer schema of an id: None when it is ours, a parsed schema to resolve to ours, or
+        the reason it is unusable; and whether the answer is final (a registry outage is not)."""
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            registered = _registry_client(str(self._registry_url)).get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            final = exc.http_status_code == 404
+            return f"schema id {schema_id} unknown to the registry: {exc}", final
+        except Exception as exc:  # noqa: BLE001 - network errors of any kind
+            return f"schema registry unreachable for schema id {schema_id}: {exc}", False
+        try:
+            writer = parse_schema(_strip_logical_types(json.loads(registered.schema_str)))
+        except Exception as exc:  # noqa: BLE001 - fastavro raises many types for a bad schema
+            return f"schema id {schema_id} is not a valid Avro schema: {exc}", True
+        if not isinstance(writer, dict) or writer.get("name") != self.full_name:
+            name = writer.get("name") if isinstance(writer, dict) else writer
+            return f"schema id {schema_id} is {name}, not {self.full_name}", True
+        return (None if to_parsing_canonical_form(writer) == self._canonical else writer), True
+
+    def _decode_json(self, data: bytes) -> dict[str, Any] | Rejected:
+        try:
+            value = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            return Rejected(data, f"invalid JSON: {exc}", ErrorType.MALFORMED)
+        try:
+            return _from_json(self._json_schema, value, "")
+        except _Invalid as exc:
+            return Rejected(data, f"invalid {self.full_name}: {exc}", ErrorType.INVALID_RECORD)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, dt.datetime):
+        return _to_millis(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _to_millis(value: dt.datetime) -> int:
+    aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return (aware - _EPOCH) // dt.timedelta(milliseconds=1)
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _from_json(schema: Any, value: Any, path: str) -> Any:
+    """Check a parsed JSON value against an expanded schema and return it in decoded form."""
+    where = path or "record"
+    if isinstance(schema, list):
+        if value is None and "null" in schema:
+            return None
+        branches = [branch for branch in schema if branch != "null"]
+        if len(branches) == 1:
+            return _from_json(branches[0], value, path)
+        for branch in branches:
+            try:
+                return _from_json(branch, value, path)
+            except _Invalid:
+                continue
+        raise _Invalid(f"{where}: {_kind(value)} fits none of {schema}")
+    kind = schema if isinstance(schema, str) else schema["type"]
+    if (
+        isinstance(schema, dict)
+        and schema.get("logicalType") == "timestamp-millis"
+        and isinstance(value, str)
+    ):
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise _Invalid(f"{where}: {value!r} is not an ISO-8601 time or int milliseconds") from None
+        if moment.tzinfo is None:
+            raise _Invalid(f"{where}: time {value!r} needs a timezone (e.g. Z)")
+        return _to_millis(moment)
+    if kind == "null" and value is None:
+        return None
+    if kind == "boolean" and isinstance(value, bool):
+        return value
+    if kind in _INT_RANGE and isinstance(value, float) and value.is_integer():
+        value = int(value)  # 1.7e12 from a JSON writer that prints every number as a float
+    if kind in _INT_RANGE and isinstance(value, int) and not isinstance(value, bool):
+        low, high = _INT_RANGE[kind]
+        if not low <= value <= high:
+            raise _Invalid(f"{where}: {value} is out of the range of an Avro {kind}")
+        return value
+    if kind in ("float", "double") and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind == "string" and isinstance(value, str):
+        return value
+    if kind == "bytes" and isinstance(value, str):
+        try:
+            return value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise _Invalid(f"{where}: bytes must be latin-1 text (one char per byte)") from None
+    if kind == "enum" and isinstance(value, str):
+        if value not in schema["symbols"]:
+            raise _Invalid(f"{where}: {value!r} is not one of {schema['symbols']}")
+        return value
+    if kind == "array" and isinstance(value, list):
+        return [_from_json(schema["items"], item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if kind == "map" and isinstance(value, dict):
+        return {k: _from_json(schema["values"], v, f"{path}[{k!r}]") for k, v in value.items()}
+    if kind == "record" and isinstance(value, dict):
+        return _record_from_json(schema, value, path)
+    raise _Invalid(f"{where}: expected {kind}, got {_kind(value)} {str(value)[:40]!r}")
+
+
+def _record_from_json(schema: dict[str, Any], value: dict[str, Any], path: str) -> dict[str, Any]:
+    names = [field["name"] for field in schema["fields"]]
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise _Invalid(f"{path or 'record'}: unknown field(s) {unknown}; {schema['name']} has {names}")
+    record = {}
+    for field in schema["fields"]:
+        name = field["name"]
+        field_path = f"{path}.{name}" if path else name
+        if name in value:
+            record[name] = _from_json(field["type"], value[name], field_path)
+        elif "default" in field:
+            record[name] = _from_json(field["type"], copy.deepcopy(field["default"]), field_path)
+        else:
+            raise _Invalid(f"missing required field {field_path!r}")
+    return record

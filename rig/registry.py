@@ -1,0 +1,217 @@
+"""Model artifacts, versions, checksums and roles (golden / experiments).
+
+A model version is stored as XGBoost UBJ (never pickle) beside a `meta.json` holding its SHA-256.
+Loading verifies the checksum first, so a corrupted or swapped file is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from rig.errors import ModelIntegrityError, RegistryError
+
+if TYPE_CHECKING:
+    import xgboost
+
+ExperimentMode = Literal["shadow", "ab"]
+MODEL_FILE = "model.ubj"
+META_FILE = "meta.json"
+ROLES_FILE = "roles.json"
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What is recorded about one stored model version."""
+
+    version: str
+    name: str
+    sha256: str
+    features: tuple[str, ...]
+    created_at: str
+    transform_version: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    training: dict[str, str | int | float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A live experiment: a model version scored beside the golden one."""
+
+    name: str
+    model_version: str
+    mode: ExperimentMode
+    traffic_share: float = 1.0
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which version is golden and which experiments run."""
+
+    golden: str | None = None
+    experiments: tuple[Experiment, ...] = ()
+
+
+def sha256_of(data: bytes) -> str:
+    """Hex SHA-256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class ModelRegistry:
+    """Stored model versions under one folder: `<root>/<version>/{model.ubj,meta.json}` + `roles.json`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def save(
+        self,
+        booster: xgboost.Booster,
+        name: str,
+        features: Sequence[str],
+        transform_version: str = "",
+        metrics: dict[str, float] | None = None,
+        training: dict[str, str | int | float] | None = None,
+    ) -> ModelMeta:
+        """Store a trained booster as the next version of `name`.
+
+        Raises:
+            RegistryError: the name is not a lowercase slug, or the booster's features disagree.
+        """
+        if not NAME_PATTERN.match(name):
+            raise RegistryError(f"model name {name!r} must match {NAME_PATTERN.pattern}")
+        if booster.feature_names is not None and list(booster.feature_names) != list(features):
+            raise RegistryError("booster feature names differ from the features given")
+        data = bytes(booster.save_raw(raw_format="ubj"))
+        version = f"{name}.{self._next_number(name)}"
+        meta = ModelMeta(
+            version=version,
+            name=name,
+            sha256=sha256_of(data),
+            features=tuple(features),
+            created_at=datetime.now(UTC).isoformat(),
+            transform_version=transform_version,
+            metrics=dict(metrics or {}),
+            training=dict(training or {}),
+        )
+        folder = self.root / version
+        folder.mkdir(parents=True)
+        (folder / MODEL_FILE).write_bytes(data)
+        _write_json(folder / META_FILE, asdict(meta))
+        return meta
+
+    def meta(self, version: str) -> ModelMeta:
+        """Recorded metadata of a version.
+
+        Raises:
+            RegistryError: no such version.
+        """
+        path = self.root / version / META_FILE
+        if not path.is_file():
+            raise RegistryError(f"unknown model version {version!r} in {self.root}")
+        raw = json.loads(path.read_text())
+        raw["features"] = tuple(raw["features"])
+        return ModelMeta(**raw)
+
+    def versions(self) -> list[ModelMeta]:
+        """Every stored version, oldest first."""
+        metas = [self.meta(path.parent.name) for path in self.root.glob(f"*/{META_FILE}")]
+        return sorted(metas, key=lambda meta: meta.created_at)
+
+    def load_bytes(self, version: str) -> bytes:
+        """The artifact's bytes, after checking them against the recorded SHA-256.
+
+        Raises:
+            ModelIntegrityError: the file is missing or its checksum differs from the recorded one.
+        """
+        meta = self.meta(version)
+        path = self.root / version / MODEL_FILE
+        if not path.is_file():
+            raise ModelIntegrityError(f"model file missing for {version}: {path}")
+        data = path.read_bytes()
+        actual = sha256_of(data)
+        if actual != meta.sha256:
+            raise ModelIntegrityError(
+                f"checksum mismatch for {version}: recorded {meta.sha256[:16]}…, file has {actual[:16]}…; "
+                "refusing to load a model that is not the one registered"
+            )
+        return data
+
+    def load(self, version: str) -> xgboost.Booster:
+        """A verified booster for `version` (see `load_bytes`)."""
+        import xgboost
+
+        booster = xgboost.Booster()
+        booster.load_model(bytearray(self.load_bytes(version)))
+        booster.feature_names = list(self.meta(version).features)
+        return booster
+
+    def roles(self) -> Roles:
+        """Current roles; no golden and no experiments when none were set."""
+        path = self.root / ROLES_FILE
+        if not path.is_file():
+            return Roles()
+        raw = json.loads(path.read_text())
+        return Roles(golden=raw["golden"], experiments=tuple(Experiment(**e) for e in raw["experiments"]))
+
+    def set_golden(self, version: str) -> Roles:
+        """Make `version` the golden model (it leaves any experiment it was in)."""
+        self.meta(version)
+        current = self.roles()
+        experiments = tuple(e for e in current.experiments if e.model_version != version)
+        return self._write_roles(Roles(golden=version, experiments=experiments))
+
+    def start_experiment(
+        self, name: str, version: str, mode: ExperimentMode, traffic_share: float = 1.0
+    ) -> Roles:
+        """Start (or replace) experiment `name` scoring `version`.
+
+        Raises:
+            RegistryError: unknown version, bad mode or share, or the version is the golden one.
+        """
+        self.meta(version)
+        if mode not in ("shadow", "ab"):
+            raise RegistryError(f"experiment mode must be 'shadow' or 'ab', not {mode!r}")
+        if not 0.0 < traffic_share <= 1.0:
+            raise RegistryError(f"traffic share must be in (0, 1], not {traffic_share}")
+        current = self.roles()
+        if current.golden == version:
+            raise RegistryError(f"{version} is the golden model; register a new version to experiment")
+        experiment = Experiment(name=name, model_version=version, mode=mode, traffic_share=traffic_share)
+        others = tuple(e for e in current.experiments if e.name != name)
+        return self._write_roles(Roles(golden=current.golden, experiments=(*others, experiment)))
+
+    def stop_experiment(self, name: str) -> Roles:
+        """Stop experiment `name`.
+
+        Raises:
+            RegistryError: no such experiment.
+        """
+        current = self.roles()
+        if all(e.name != name for e in current.experiments):
+            raise RegistryError(f"no experiment named {name!r}")
+        remaining = tuple(e for e in current.experiments if e.name != name)
+        return self._write_roles(Roles(golden=current.golden, experiments=remaining))
+
+    def _write_roles(self, roles: Roles) -> Roles:
+        _write_json(self.root / ROLES_FILE, asdict(roles))
+        return roles
+
+    def _next_number(self, name: str) -> int:
+        numbers = [int(path.name.rsplit(".", 1)[1]) for path in self.root.glob(f"{name}.*") if path.is_dir()]
+        return max(numbers, default=0) + 1
+
+
+def _write_json(path: Path, payload: object) -> None:
+    """Write JSON atomically (temp file + rename) so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(temporary, path)

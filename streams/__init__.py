@@ -1,0 +1,1 @@
+"""Faust wiring of the rig: topics, tables and agents that call into `rig/`."""

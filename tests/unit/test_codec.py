@@ -1,0 +1,490 @@
+"""rig.codec: every schema round-trips in every wire format, matches the reference `avro` package
+byte for byte, and every kind of bad message becomes a typed rejection instead of an exception."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import avro.io
+import avro.schema
+import pytest
+from fastavro.schema import to_parsing_canonical_form
+
+from rig.codec import SCHEMAS_DIR, Codec, DecodeResult, ErrorType, Rejected, load_schema
+from rig.errors import CodecError
+
+T0 = 1_718_000_000_123  # 2024-06-10T06:13:20.123Z, in ms
+
+SAMPLES: dict[str, dict[str, Any]] = {
+    "Request": {
+        "request_id": "req-000042",
+        "entity_id": "customer-17",
+        "event_time": T0,
+        "features": {"basket_value": 84.5, "items_in_basket": 3.0},
+        "context": {"channel": "web", "client": "kcat"},
+    },
+    "Prediction": {
+        "request_id": "req-000042",
+        "entity_id": "customer-17",
+        "event_time": T0,
+        "score": 0.8125,
+        "answered_by": "churn-v3",
+        "golden": {"model_version": "churn-v2", "score": 0.75},
+        "experiments": [
+            {"experiment": "exp-v3-ab", "model_version": "churn-v3", "mode": "ab", "score": 0.8125},
+            {"experiment": "exp-v4-shadow", "model_version": "churn-v4", "mode": "shadow", "score": 0.5},
+        ],
+        "transform_version": "tf-7",
+        "cache_hit": True,
+        "entity_found": False,
+        "timings_ms": {"decode": 0.02, "enrich": 0.9, "predict": 0.11},
+    },
+    "Outcome": {
+        "request_id": "req-000042",
+        "entity_id": "customer-17",
+        "label": 1,
+        "event_time": T0 + 86_400_000,
+    },
+    "JoinedOutcome": {
+        "request_id": "req-000042",
+        "entity_id": "customer-17",
+        "model_version": "churn-v4",
+        "role": "shadow",
+        "experiment": "exp-v4-shadow",
+        "score": 0.5,
+        "label": 1,
+        "prediction_time": T0,
+        "outcome_time": T0 + 86_400_000,
+    },
+    "Decision": {
+        "decision_id": "dec-9",
+        "decided_at": T0 + 3_600_000,
+        "action": "promote",
+        "mode": "auto",
+        "golden_version": "churn-v2",
+        "challenger_version": "churn-v3",
+        "metric": "log_loss",
+        "n": 12_345,
+        "estimate": -0.0125,
+        "ci_low": -0.02,
+        "ci_high": -0.005,
+        "p_value": 0.0031,
+        "e_value": 322.5,
+        "reason": "challenger better by 0.0125 log loss (always-valid 95% CI excludes 0), n >= 10000",
+    },
+    "ControlEvent": {
+        "event_id": "ctl-3",
+        "issued_at": T0 + 3_600_500,
+        "kind": "start_experiment",
+        "model_version": "churn-v4",
+        "experiment": "exp-v4-ab",
+        "mode": "ab",
+        "traffic_share": 0.1,
+        "traffic_cap_rps": 200.0,
+        "actor": "alice",
+        "reason": "try v4 on 10% of customers",
+    },
+    "DeadLetter": {
+        "received_at": T0,
+        "source_topic": "rig.requests",
+        "partition": 3,
+        "offset": 9_876_543_210,
+        "key": b"customer-17",
+        "original": b"\xc3\x01\xff\x00 not avro \xfe",
+        "reason": "unknown message format (first byte 0xc3)",
+        "error_type": "malformed",
+        "request_id": "req-000042",
+    },
+}
+SCHEMA_NAMES = sorted(SAMPLES)
+JSON_REQUEST = {"request_id": "req-1", "entity_id": "customer-1", "event_time": T0}
+
+
+def _timestamp_fields(name: str) -> list[str]:
+    schema = json.loads((SCHEMAS_DIR / f"{name}.avsc").read_text())
+    return [
+        field["name"]
+        for field in schema["fields"]
+        if isinstance(field["type"], dict) and field["type"].get("logicalType") == "timestamp-millis"
+    ]
+
+
+def _with_datetimes(name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The record as the reference `avro` package wants it: timestamp-millis as aware datetimes."""
+    converted = copy.deepcopy(record)
+    for field in _timestamp_fields(name):
+        converted[field] = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=record[field])
+    return converted
+
+
+def _avro_schema(name: str) -> avro.schema.Schema:
+    return avro.schema.parse((SCHEMAS_DIR / f"{name}.avsc").read_text())
+
+
+def _crc64_avro(data: bytes) -> bytes:
+    """CRC-64-AVRO (Rabin) as the Avro specification writes it, little-endian like the Java reference."""
+    empty = 0xC15D213AA4D7A795
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (empty & -(fp & 1))
+        table.append(fp)
+    fp = empty
+    for byte in data:
+        fp = (fp >> 8) ^ table[(fp ^ byte) & 0xFF]
+    return fp.to_bytes(8, "little")
+
+
+def _strip_logical_types(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _strip_logical_types(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [_strip_logical_types(v) for v in schema]
+    return schema
+
+
+def _rejected(result: dict[str, Any] | Rejected) -> Rejected:
+    assert isinstance(result, Rejected), f"expected a rejection, got {result!r}"
+    return result
+
+
+# -- schemas ----------------------------------------------------------------------------------------
+def test_schemas_folder_holds_exactly_the_seven_documented_schemas() -> None:
+    assert sorted(p.stem for p in SCHEMAS_DIR.glob("*.avsc")) == SCHEMA_NAMES
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_schema_parses_standalone_in_namespace_rig_with_docs_on_record_and_fields(name: str) -> None:
+    raw = json.loads((SCHEMAS_DIR / f"{name}.avsc").read_text())
+    assert load_schema(name)["name"] == f"rig.{name}"
+    assert raw["namespace"] == "rig" and raw["doc"]
+    assert [f["name"] for f in raw["fields"] if not f.get("doc")] == []
+
+
+def test_load_schema_reads_an_overridden_folder_and_names_unknown_schemas(tmp_path: Path) -> None:
+    (tmp_path / "Ping.avsc").write_text(json.dumps({"type": "record", "name": "Ping", "fields": []}))
+    assert load_schema("Ping", tmp_path)["name"] == "Ping"
+    with pytest.raises(CodecError, match="Ping"):
+        load_schema("NoSuchSchema", tmp_path)
+
+
+# -- round trips --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_single_object_round_trip_keeps_every_field(name: str) -> None:
+    codec = Codec(name)
+    data = codec.encode(SAMPLES[name])
+    assert data[:2] == b"\xc3\x01" and data[2:10] == codec.fingerprint
+    assert codec.decode(data) == SAMPLES[name]
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_json_round_trip_gives_the_same_record_as_avro(name: str) -> None:
+    codec = Codec(name, allow_json=True)
+    decoded = codec.decode(codec.encode_json(SAMPLES[name]))
+    assert decoded == SAMPLES[name] == codec.decode(codec.encode(SAMPLES[name]))
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_confluent_round_trip_through_mock_registry_shares_the_avro_body(name: str) -> None:
+    url = f"mock://roundtrip-{name}"
+    data = Codec(name, registry_url=url).encode(SAMPLES[name])
+    schema_id = int.from_bytes(data[1:5], "big")
+    assert data[0] == 0 and schema_id > 0
+    assert data[5:] == Codec(name).encode(SAMPLES[name])[10:]
+    assert Codec(name, registry_url=url).decode(data) == SAMPLES[name]  # a second client of the registry
+
+
+def test_registry_codec_also_reads_single_object_messages() -> None:
+    single = Codec("Request").encode(SAMPLES["Request"])
+    assert Codec("Request", registry_url="mock://mixed").decode(single) == SAMPLES["Request"]
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_timestamps_decode_as_int_millis_in_every_format(name: str) -> None:
+    codec = Codec(name, allow_json=True, registry_url=f"mock://ints-{name}")
+    single = Codec(name).encode(SAMPLES[name])
+    for data in (single, codec.encode(SAMPLES[name]), codec.encode_json(SAMPLES[name])):
+        record = codec.decode(data)
+        assert isinstance(record, dict)
+        assert {f: type(record[f]) for f in _timestamp_fields(name)} == dict.fromkeys(
+            _timestamp_fields(name), int
+        )
+
+
+def test_encoding_aware_datetimes_gives_the_same_bytes_as_int_millis() -> None:
+    codec = Codec("Outcome")
+    assert codec.encode(_with_datetimes("Outcome", SAMPLES["Outcome"])) == codec.encode(SAMPLES["Outcome"])
+
+
+def test_json_fills_documented_defaults_of_missing_optional_fields() -> None:
+    request = Codec("Request", allow_json=True).decode(json.dumps(JSON_REQUEST).encode())
+    assert request == {**JSON_REQUEST, "features": {}, "context": {}}
+    control = {"event_id": "c1", "issued_at": T0, "kind": "purge_cache", "actor": "bob"}
+    decoded = Codec("ControlEvent", allow_json=True).decode(json.dumps(control).encode())
+    assert decoded == {
+        **control,
+        "model_version": None,
+        "experiment": None,
+        "mode": None,
+        "traffic_share": None,
+        "traffic_cap_rps": None,
+        "reason": "",
+    }
+
+
+def test_json_accepts_iso_times_with_timezone_and_integral_float_millis() -> None:
+    codec = Codec("Request", allow_json=True)
+    iso = codec.decode(json.dumps({**JSON_REQUEST, "event_time": "2024-06-10T06:13:20.123Z"}).encode())
+    floats = codec.decode(json.dumps({**JSON_REQUEST, "event_time": float(T0)}).encode())
+    assert isinstance(iso, dict) and iso["event_time"] == T0
+    assert isinstance(floats, dict) and floats["event_time"] == T0
+    naive = _rejected(
+        codec.decode(json.dumps({**JSON_REQUEST, "event_time": "2024-06-10T06:13:20"}).encode())
+    )
+    assert naive.error_type == ErrorType.INVALID_RECORD and "timezone" in naive.reason
+
+
+def test_confluent_message_of_an_older_schema_version_is_resolved_with_defaults(tmp_path: Path) -> None:
+    old = json.loads((SCHEMAS_DIR / "Request.avsc").read_text())
+    old["fields"] = [f for f in old["fields"] if f["name"] not in ("features", "context")]
+    (tmp_path / "Request.avsc").write_text(json.dumps(old))
+    url = "mock://evolution"
+    old_message = Codec("Request", registry_url=url, schemas_dir=tmp_path).encode(JSON_REQUEST)
+    current = Codec("Request", registry_url=url)
+    assert int.from_bytes(old_message[1:5], "big") != int.from_bytes(current.encode(JSON_REQUEST)[1:5], "big")
+    assert current.decode(old_message) == {**JSON_REQUEST, "features": {}, "context": {}}
+
+
+# -- compatibility with the reference avro package -------------------------------------------------
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_fastavro_body_equals_reference_avro_body(name: str) -> None:
+    buffer = io.BytesIO()
+    avro.io.DatumWriter(_avro_schema(name)).write(
+        _with_datetimes(name, SAMPLES[name]), avro.io.BinaryEncoder(buffer)
+    )
+    assert Codec(name).encode(SAMPLES[name])[10:] == buffer.getvalue()
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_body_written_by_reference_avro_decodes_once_framed(name: str) -> None:
+    codec = Codec(name)
+    buffer = io.BytesIO()
+    avro.io.DatumWriter(_avro_schema(name)).write(
+        _with_datetimes(name, SAMPLES[name]), avro.io.BinaryEncoder(buffer)
+    )
+    assert codec.decode(b"\xc3\x01" + codec.fingerprint + buffer.getvalue()) == SAMPLES[name]
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_reference_avro_reads_the_body_fastavro_writes(name: str) -> None:
+    body = Codec(name).encode(SAMPLES[name])[10:]
+    read = avro.io.DatumReader(_avro_schema(name)).read(avro.io.BinaryDecoder(io.BytesIO(body)))
+    assert read == _with_datetimes(name, SAMPLES[name])
+
+
+def test_independent_crc64_avro_matches_reference_avro_fingerprint() -> None:
+    for schema in ('"int"', '"string"', '{"type":"fixed","name":"md5","size":16}'):
+        assert (
+            _crc64_avro(avro.schema.parse(schema).canonical_form.encode())
+            == avro.schema.parse(schema).fingerprint()
+        )
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_header_fingerprint_is_crc64_avro_of_the_parsing_canonical_form(name: str) -> None:
+    codec = Codec(name)
+    assert codec.fingerprint == _crc64_avro(to_parsing_canonical_form(load_schema(name)).encode())
+    # The reference avro package (1.12) keeps {"type":"long"} for logical types in its canonical form
+    # instead of the spec's "long"; the same schema without logicalType gives the spec's form.
+    without_logical = json.dumps(_strip_logical_types(json.loads((SCHEMAS_DIR / f"{name}.avsc").read_text())))
+    assert codec.fingerprint == avro.schema.parse(without_logical).fingerprint()
+
+
+# -- rejections ------------------------------------------------------------------------------------
+def test_random_bytes_are_rejected_as_malformed() -> None:
+    rng = random.Random(7)
+    codec = Codec("Request", allow_json=True, registry_url="mock://random")
+    for _ in range(200):
+        data = bytes([rng.choice([0x01, 0x7F, 0xAB])]) + rng.randbytes(rng.randint(0, 64))
+        rejected = _rejected(codec.decode(data))
+        assert rejected.error_type == ErrorType.MALFORMED and rejected.raw == data
+
+
+def test_random_body_after_a_valid_header_is_rejected_not_raised() -> None:
+    rng = random.Random(11)
+    codec = Codec("Prediction")
+    header = codec.encode(SAMPLES["Prediction"])[:10]
+    for _ in range(300):
+        rejected = _rejected(codec.decode(header + rng.randbytes(rng.randint(0, 80))))
+        assert rejected.error_type == ErrorType.MALFORMED
+
+
+def test_empty_message_and_tombstone_are_rejected_as_malformed() -> None:
+    codec = Codec("ControlEvent")
+    empty = _rejected(codec.decode(b""))
+    tombstone = _rejected(codec.decode(None))  # type: ignore[arg-type]
+    assert (empty.error_type, tombstone.error_type) == (ErrorType.MALFORMED, ErrorType.MALFORMED)
+    assert "empty" in empty.reason and "tombstone" in tombstone.reason
+
+
+def test_message_of_another_schema_is_rejected_as_unknown_schema_naming_it() -> None:
+    decision = Codec("Decision").encode(SAMPLES["Decision"])
+    rejected = _rejected(Codec("Request").decode(decision))
+    assert rejected.error_type == ErrorType.UNKNOWN_SCHEMA and "rig.Decision" in rejected.reason
+
+
+def test_unknown_fingerprint_is_rejected_as_unknown_schema() -> None:
+    data = b"\xc3\x01" + bytes(8) + Codec("Request").encode(SAMPLES["Request"])[10:]
+    rejected = _rejected(Codec("Request").decode(data))
+    assert rejected.error_type == ErrorType.UNKNOWN_SCHEMA and "fingerprint" in rejected.reason
+
+
+def test_confluent_message_of_another_schema_is_rejected_as_unknown_schema() -> None:
+    url = "mock://other-schema"
+    decision = Codec("Decision", registry_url=url).encode(SAMPLES["Decision"])
+    rejected = _rejected(Codec("Request", registry_url=url).decode(decision))
+    assert rejected.error_type == ErrorType.UNKNOWN_SCHEMA and "rig.Decision" in rejected.reason
+
+
+def test_confluent_message_with_unregistered_id_or_without_registry_is_unknown_schema() -> None:
+    body = Codec("Request").encode(SAMPLES["Request"])[10:]
+    data = b"\x00" + (4242).to_bytes(4, "big") + body
+    unregistered = _rejected(Codec("Request", registry_url="mock://empty").decode(data))
+    no_registry = _rejected(Codec("Request").decode(data))
+    assert unregistered.error_type == no_registry.error_type == ErrorType.UNKNOWN_SCHEMA
+    assert "4242" in unregistered.reason and "registry" in no_registry.reason
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_every_truncation_of_a_body_is_rejected_as_malformed(name: str) -> None:
+    codec = Codec(name)
+    data = codec.encode(SAMPLES[name])
+    for cut in range(2, len(data)):
+        assert _rejected(codec.decode(data[:cut])).error_type == ErrorType.MALFORMED, cut
+
+
+def test_trailing_garbage_after_the_record_is_rejected_as_malformed() -> None:
+    codec = Codec("Outcome")
+    rejected = _rejected(codec.decode(codec.encode(SAMPLES["Outcome"]) + b"\x00\x01"))
+    assert rejected.error_type == ErrorType.MALFORMED and "2 trailing bytes" in rejected.reason
+
+
+@pytest.mark.parametrize(
+    ("name", "record", "field"),
+    [
+        ("Request", {"request_id": "r", "event_time": T0}, "entity_id"),
+        ("Outcome", {"request_id": "r", "entity_id": "e", "event_time": T0}, "label"),
+        ("Prediction", {**SAMPLES["Prediction"], "golden": {"model_version": "v"}}, "golden.score"),
+    ],
+)
+def test_json_missing_a_required_field_is_rejected_naming_the_field(
+    name: str, record: dict[str, Any], field: str
+) -> None:
+    rejected = _rejected(Codec(name, allow_json=True).decode(json.dumps(record).encode()))
+    assert (
+        rejected.error_type == ErrorType.INVALID_RECORD
+        and f"missing required field '{field}'" in rejected.reason
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "field"),
+    [
+        ("Request", {"entity_id": 17}, "entity_id"),
+        ("Request", {"event_time": "yesterday"}, "event_time"),
+        ("Request", {"features": {"basket_value": "high"}}, "features['basket_value']"),
+        ("Request", {"context": ["web"]}, "context"),
+        ("Outcome", {"label": 0.5}, "label"),
+        ("Outcome", {"label": True}, "label"),
+        ("DeadLetter", {"partition": 2**31}, "partition"),
+        ("JoinedOutcome", {"role": "champion"}, "role"),
+        (
+            "Prediction",
+            {"experiments": [{**SAMPLES["Prediction"]["experiments"][0], "mode": "canary"}]},
+            "mode",
+        ),
+        ("Decision", {"p_value": "small"}, "p_value"),
+    ],
+)
+def test_json_with_a_wrong_type_is_rejected_naming_the_field(
+    name: str, change: dict[str, Any], field: str
+) -> None:
+    codec = Codec(name, allow_json=True)
+    record = json.loads(codec.encode_json(SAMPLES[name]))
+    rejected = _rejected(codec.decode(json.dumps({**record, **change}).encode()))
+    assert rejected.error_type == ErrorType.INVALID_RECORD and field in rejected.reason
+
+
+def test_json_with_an_unknown_field_is_rejected_naming_it() -> None:
+    rejected = _rejected(
+        Codec("Request", allow_json=True).decode(json.dumps({**JSON_REQUEST, "featurs": {}}).encode())
+    )
+    assert rejected.error_type == ErrorType.INVALID_RECORD and "featurs" in rejected.reason
+
+
+def test_broken_json_and_json_where_not_allowed_are_rejected_as_malformed() -> None:
+    broken = _rejected(Codec("Request", allow_json=True).decode(b'  {"request_id": "r",'))
+    not_allowed = _rejected(Codec("Request").decode(json.dumps(JSON_REQUEST).encode()))
+    assert broken.error_type == not_allowed.error_type == ErrorType.MALFORMED
+    assert "invalid JSON" in broken.reason and "not accepted" in not_allowed.reason
+
+
+def test_oversized_messages_are_rejected_before_parsing() -> None:
+    codec = Codec("Request", allow_json=True, max_bytes=64)
+    big = {**SAMPLES["Request"], "context": {"note": "x" * 100}}
+    for data in (Codec("Request").encode(big), Codec("Request").encode_json(big)):
+        rejected = _rejected(codec.decode(data))
+        assert rejected.error_type == ErrorType.OVERSIZED and str(len(data)) in rejected.reason
+
+
+def test_decode_batch_keeps_valid_records_around_invalid_ones_in_order() -> None:
+    codec = Codec("Outcome", allow_json=True)
+    records = [{**SAMPLES["Outcome"], "request_id": f"req-{i}"} for i in range(3)]
+    bad = [b"\xff garbage", codec.encode(records[0])[:-2]]
+    batch = [
+        codec.encode(records[0]),
+        bad[0],
+        codec.encode_json(records[1]),
+        bad[1],
+        codec.encode(records[2]),
+    ]
+    result = codec.decode_batch(batch)
+    assert isinstance(result, DecodeResult)
+    assert result.ok == records
+    assert [r.raw for r in result.rejected] == bad
+
+
+# -- encode errors ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        ({"request_id": "r", "event_time": T0}, "entity_id"),
+        ({**SAMPLES["Request"], "event_time": "yesterday"}, "event_time"),
+        ({**SAMPLES["Request"], "features": {"x": "high"}}, "features"),
+        ({**SAMPLES["Request"], "featurs": {}}, "featurs"),
+    ],
+)
+def test_encode_of_an_invalid_record_raises_codec_error_naming_the_field(
+    record: dict[str, Any], field: str
+) -> None:
+    for encode in (Codec("Request").encode, Codec("Request").encode_json):
+        with pytest.raises(CodecError, match=field):
+            encode(record)
+
+
+def test_encode_of_a_nested_invalid_value_names_its_record_and_field() -> None:
+    bad = {**SAMPLES["Prediction"], "golden": {"model_version": "v", "score": "high"}}
+    with pytest.raises(CodecError, match=r"ModelScore\.score"):
+        Codec("Prediction").encode(bad)
+
+
+def test_encode_refuses_a_record_larger_than_max_bytes() -> None:
+    with pytest.raises(CodecError, match="max_bytes"):
+        Codec("Request", max_bytes=40).encode({**SAMPLES["Request"], "context": {"note": "x" * 100}})
