@@ -23,3 +23,15 @@ class ModelIntegrityError(RigError):
 
 class RegistryError(RigError):
     """The model registry refused an operation (unknown model, bad role, ...)."""
+
+
+class BackboneError(RigError):
+    """The model runtime could not score a batch (golden failed or timed out, model not loaded, ...)."""
+
+
+class TransformError(RigError):
+    """A feature transform spec, its fitted parameters or an input batch is structurally invalid."""
+
+
+class RoutingError(RigError):
+    """A control event or routing table cannot be applied (bad event, no golden model, ...)."""

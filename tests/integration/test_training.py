@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rig.data import FEATURE_SETS, make_world
+from rig.data import FEATURE_SETS
 from rig.errors import ModelIntegrityError
 from rig.features import FeatureStoreClient, prepare_world
 from rig.metrics import roc_auc
@@ -41,22 +41,3 @@ def test_model_trained_on_point_in_time_features_scores_well_above_chance(tmp_pa
     path.write_bytes(path.read_bytes()[:-1] + b"\x00")
     with pytest.raises(ModelIntegrityError, match="checksum mismatch"):
         registry.load(report.meta.version)
-
-
-def test_historical_retrieval_uses_features_as_of_each_event(tmp_path) -> None:
-    settings = isolated_feast_settings(tmp_path, world_seed=12, world_entities=100, world_days=6)
-    world = prepare_world(settings)
-    client = FeatureStoreClient(settings)
-    client.apply()
-
-    frame = training_frame(world, client.historical, n_events=500, seed=3)
-
-    snapshots = make_world(12, 100, 6).features
-    sample = frame.sample(50, random_state=0)
-    for _, row in sample.iterrows():
-        history = snapshots[
-            (snapshots["entity_id"] == row["entity_id"])
-            & (snapshots["event_timestamp"] <= row["event_timestamp"])
-        ]
-        expected = history.sort_values("event_timestamp").iloc[-1]
-        assert row["credit_utilization"] == pytest.approx(expected["credit_utilization"])
