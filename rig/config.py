@@ -52,6 +52,9 @@ class RigSettings(BaseSettings):
     feast_repo: Path = Path("ops/feast")
     """Feast feature repository (feature definitions and feature_store.yaml)."""
 
+    transform_spec: Path = Path("ops/feast/transform.json")
+    """Declarative inference-time transform (JSON), fitted at training and stored with the models."""
+
     metadata_url: str | None = None
     """SQLAlchemy URL of the metadata store; defaults to a SQLite file under `home`."""
 

@@ -28,7 +28,8 @@ def run_demo(settings: RigSettings, steps: tuple[Callable[[RigSettings], None], 
     from rig.features import FeatureStoreClient, prepare_world
     from rig.registry import ModelRegistry
     from rig.topics import ensure_topics
-    from rig.train import train_and_register, training_frame
+    from rig.train import load_transform_spec, split_by_time, train_and_register, training_frame
+    from rig.transform import fit
 
     with step(f"Kafka topics on {settings.kafka_bootstrap}"):
         created = ensure_topics(settings)
@@ -48,8 +49,11 @@ def run_demo(settings: RigSettings, steps: tuple[Callable[[RigSettings], None], 
     registry = ModelRegistry(settings.model_dir)
     reports = {}
     with step("Train golden and challengers (XGBoost, stored as UBJ + SHA-256)"):
+        transform = fit(load_transform_spec(settings), split_by_time(frame)[0])  # one for all models
         for feature_set in FEATURE_SETS:
-            reports[feature_set] = report = train_and_register(settings, frame, feature_set=feature_set)
+            reports[feature_set] = report = train_and_register(
+                settings, frame, feature_set=feature_set, transform=transform
+            )
             console.print(
                 f"  {report.meta.version:<10} {feature_set:<7} held-out AUC {report.auc:.3f}  "
                 f"log loss {report.log_loss:.4f}"

@@ -21,8 +21,11 @@ from rig.errors import ModelIntegrityError, RegistryError
 if TYPE_CHECKING:
     import xgboost
 
+    from rig.transform import FittedTransform
+
 ExperimentMode = Literal["shadow", "ab"]
 MODEL_FILE = "model.ubj"
+TRANSFORMS_DIR = "transforms"
 META_FILE = "meta.json"
 ROLES_FILE = "roles.json"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -152,6 +155,29 @@ class ModelRegistry:
         booster.load_model(bytearray(self.load_bytes(version)))
         booster.feature_names = list(self.meta(version).features)
         return booster
+
+    def save_transform(self, transform: FittedTransform) -> str:
+        """Store a fitted transform under its version (idempotent) and return the version."""
+        path = self.root / TRANSFORMS_DIR / f"{transform.version}.json"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(transform.to_json())
+            os.replace(temporary, path)
+        return transform.version
+
+    def load_transform(self, version: str) -> FittedTransform:
+        """The fitted transform stored under `version` (its version is re-checked on load).
+
+        Raises:
+            RegistryError: no such transform.
+        """
+        from rig.transform import FittedTransform
+
+        path = self.root / TRANSFORMS_DIR / f"{version}.json"
+        if not path.is_file():
+            raise RegistryError(f"unknown transform version {version!r} in {self.root / TRANSFORMS_DIR}")
+        return FittedTransform.from_json(path.read_text())
 
     def roles(self) -> Roles:
         """Current roles; no golden and no experiments when none were set."""

@@ -1,7 +1,8 @@
 """Training and export: point-in-time-correct data from Feast, XGBoost, stored with a checksum.
 
 This is the seed's "export model & deploy" notebook as code: labelled events → Feast historical
-retrieval (features as of each event) → time-ordered split → XGBoost → registry (UBJ + SHA-256).
+retrieval (features as of each event) → time-ordered split → the inference-time transform (fitted
+on the training part only) → XGBoost → registry (UBJ + SHA-256, and the fitted transform beside it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import pandas as pd
 from rig.config import RigSettings
 from rig.data import FEATURE_SETS, World, labelled_events
 from rig.metrics import log_loss_per_row, roc_auc
+from rig.model_inputs import column_index, model_columns
 from rig.registry import ModelMeta, ModelRegistry
+from rig.transform import FittedTransform, TransformSpec, fit
 
 if TYPE_CHECKING:
     import xgboost
@@ -76,17 +79,30 @@ def split_by_time(frame: pd.DataFrame, test_share: float = 0.2) -> tuple[pd.Data
     return frame.iloc[:cut], frame.iloc[cut:]
 
 
+def load_transform_spec(settings: RigSettings) -> TransformSpec:
+    """The deployment's transform spec (`settings.transform_spec`, JSON)."""
+    return TransformSpec.from_json(settings.transform_spec.read_text())
+
+
+def model_matrix(
+    transform: FittedTransform, frame: pd.DataFrame, features: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Transformed `features` of every row of `frame`, and the mask of rows the transform accepted."""
+    result = transform.transform(frame)
+    return result.values[:, column_index(result.columns, features)], result.row_ok
+
+
 def fit_booster(
-    train: pd.DataFrame, features: tuple[str, ...], rounds: int = 150, params: dict[str, object] | None = None
+    x: np.ndarray,
+    labels: np.ndarray,
+    features: tuple[str, ...],
+    rounds: int = 150,
+    params: dict[str, object] | None = None,
 ) -> xgboost.Booster:
-    """Train an XGBoost booster on `features` of `train` (missing values handled natively)."""
+    """Train an XGBoost booster on matrix `x` whose columns are `features`."""
     import xgboost
 
-    dtrain = xgboost.DMatrix(
-        train[list(features)].to_numpy(np.float32),
-        label=train[LABEL_COLUMN].to_numpy(),
-        feature_names=list(features),
-    )
+    dtrain = xgboost.DMatrix(x, label=labels, feature_names=list(features))
     return xgboost.train({**DEFAULT_PARAMS, **(params or {})}, dtrain, num_boost_round=rounds)
 
 
@@ -97,24 +113,41 @@ def train_and_register(
     name: str = "risk",
     rounds: int = 150,
     seed: int = 0,
+    transform: FittedTransform | None = None,
 ) -> TrainingReport:
-    """Train on the earlier 80 % of `frame`, score the later 20 %, and store the model.
+    """Train on the earlier 80 % of `frame`, score the later 20 %, and store model and transform.
+
+    Args:
+        transform: a transform already fitted on the same training part (to share it between the
+            models of one deployment); fitted here from `settings.transform_spec` when not given.
 
     Raises:
         KeyError: unknown feature set (see `rig.data.FEATURE_SETS`).
     """
-    features = FEATURE_SETS[feature_set]
     train, test = split_by_time(frame)
-    booster = fit_booster(train, features, rounds=rounds, params={"seed": seed})
-    scores = booster.inplace_predict(test[list(features)].to_numpy(np.float32))
-    labels = test[LABEL_COLUMN].to_numpy()
+    fitted = transform or fit(load_transform_spec(settings), train)
+    features = model_columns(fitted.output_columns, FEATURE_SETS[feature_set])
+    x_train, ok_train = model_matrix(fitted, train, features)
+    x_test, ok_test = model_matrix(fitted, test, features)
+    labels_train = train[LABEL_COLUMN].to_numpy()[ok_train]
+    booster = fit_booster(x_train[ok_train], labels_train, features, rounds=rounds, params={"seed": seed})
+    scores = booster.inplace_predict(x_test[ok_test])
+    labels = test[LABEL_COLUMN].to_numpy()[ok_test]
     auc = roc_auc(labels, scores)
     loss = float(log_loss_per_row(labels, scores).mean())
-    meta = ModelRegistry(settings.model_dir).save(
+    registry = ModelRegistry(settings.model_dir)
+    meta = registry.save(
         booster,
         name=name,
         features=features,
+        transform_version=registry.save_transform(fitted),
         metrics={"auc": auc, "log_loss": loss},
-        training={"feature_set": feature_set, "rows": len(train), "rounds": rounds, "seed": seed},
+        training={
+            "feature_set": feature_set,
+            "rows": int(ok_train.sum()),
+            "rejected_rows": int((~ok_train).sum()),
+            "rounds": rounds,
+            "seed": seed,
+        },
     )
-    return TrainingReport(meta=meta, auc=auc, log_loss=loss, n_train=len(train), n_test=len(test))
+    return TrainingReport(meta=meta, auc=auc, log_loss=loss, n_train=int(ok_train.sum()), n_test=len(labels))

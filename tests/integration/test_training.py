@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from rig.data import FEATURE_SETS
 from rig.errors import ModelIntegrityError
 from rig.features import FeatureStoreClient, prepare_world
 from rig.metrics import roc_auc
 from rig.registry import MODEL_FILE, ModelRegistry
-from rig.train import split_by_time, train_and_register, training_frame
+from rig.train import model_matrix, split_by_time, train_and_register, training_frame
 from tests.integration.conftest import isolated_feast_settings
 
 pytestmark = pytest.mark.integration
@@ -30,10 +28,12 @@ def test_model_trained_on_point_in_time_features_scores_well_above_chance(tmp_pa
     # The stored artifact reproduces the reported AUC: what was registered is what was measured.
     registry = ModelRegistry(settings.model_dir)
     booster = registry.load(report.meta.version)
+    meta = registry.meta(report.meta.version)
+    transform = registry.load_transform(meta.transform_version)
     test = split_by_time(frame)[1]
-    features = list(FEATURE_SETS["golden"])
-    scores = booster.inplace_predict(test[features].to_numpy(np.float32))
-    assert roc_auc(test["label"].to_numpy(), scores) == pytest.approx(report.auc, abs=1e-9)
+    x_test, ok = model_matrix(transform, test, meta.features)
+    scores = booster.inplace_predict(x_test[ok])
+    assert roc_auc(test["label"].to_numpy()[ok], scores) == pytest.approx(report.auc, abs=1e-9)
     assert registry.meta(report.meta.version).metrics["auc"] == pytest.approx(report.auc)
 
     # A tampered artifact is refused, not silently served.

@@ -240,7 +240,8 @@ def test_models_on_the_feature_sets_rank_better_golden_worse(world: data.World) 
     labels = test["label"].to_numpy()
     loss = {}
     for name, columns in FEATURE_SETS.items():
-        booster = fit_booster(train, columns, rounds=150, params={"max_depth": 3})
+        x_train = train[list(columns)].to_numpy(np.float32)
+        booster = fit_booster(x_train, train["label"].to_numpy(), columns, params={"max_depth": 3})
         probability = booster.inplace_predict(test[list(columns)].to_numpy(np.float32))
         loss[name] = -binomial_log_likelihood(labels, probability) / len(probability)
     assert loss["better"] < loss["golden"] - 0.01 < loss["worse"] - 0.05
