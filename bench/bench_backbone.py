@@ -1,0 +1,222 @@
+"""Backbone throughput: `predict_batch` (golden + 2 shadows) against one `inplace_predict` per row.
+
+The baseline is measured in the same run on the same boosters: for every row, one `inplace_predict`
+per model, one after the other. Also measured: the booster thread setting behind `MODEL_NTHREAD`
+(nthread=1 per model with two models in parallel vs nthread=2 one model after the other), and single
+rows gathered by `MicroBatcher`. Prints a table and writes bench/results/backbone.json; takes < 60 s.
+
+Run: .venv/bin/python bench/bench_backbone.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import xgboost
+
+from rig.backbone import MODEL_NTHREAD, Backbone, MicroBatcher
+from rig.registry import ModelRegistry
+
+N_FEATURES = 16
+N_TREES = 200
+MAX_DEPTH = 6
+BATCH_SIZES = (1, 10, 100, 1000)
+SECONDS_PER_SIZE = 1.5
+NAIVE_ROWS = 200
+NTHREAD_TRIAL_S = 0.15
+RESULTS = Path(__file__).resolve().parent / "results" / "backbone.json"
+FEATURE_NAMES = tuple(f"f{i:02d}" for i in range(N_FEATURES))
+
+
+def train(seed: int) -> xgboost.Booster:
+    """A model of realistic size on random data (a weak signal plus noise, so trees grow to full depth)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(8000, N_FEATURES)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] * x[:, 2] + rng.normal(scale=1.0, size=len(x)) > 0).astype(int)
+    params = {"objective": "binary:logistic", "max_depth": MAX_DEPTH, "eta": 0.1, "seed": seed}
+    dtrain = xgboost.DMatrix(x, label=y, feature_names=list(FEATURE_NAMES))
+    return xgboost.train(params, dtrain, num_boost_round=N_TREES)
+
+
+def timed(fn: Callable[[], object], budget_s: float, min_reps: int = 3) -> float:
+    """Seconds per call of `fn` (after one warm-up call), calling it for about `budget_s`."""
+    fn()
+    reps = 0
+    start = time.perf_counter()
+    while reps < min_reps or time.perf_counter() - start < budget_s:
+        fn()
+        reps += 1
+    return (time.perf_counter() - start) / reps
+
+
+def naive_us_per_row(boosters: list[xgboost.Booster], features: np.ndarray) -> float:
+    """µs per row when every row is one `inplace_predict` per model, sequentially."""
+
+    def every_row_every_model() -> None:
+        for i in range(NAIVE_ROWS):
+            row = features[i : i + 1]
+            for booster in boosters:
+                booster.inplace_predict(row)
+
+    return timed(every_row_every_model, budget_s=0.0, min_reps=1) / NAIVE_ROWS * 1e6
+
+
+def nthread_choice(boosters: list[xgboost.Booster], features: np.ndarray) -> dict[str, object]:
+    """Two models on the same batch: nthread=1 each in parallel threads vs nthread=2 one after the other."""
+    two = boosters[:2]
+    out: dict[str, object] = {}
+    with ThreadPoolExecutor(2) as pool:
+
+        def in_parallel(batch: np.ndarray) -> None:
+            list(pool.map(lambda booster: booster.inplace_predict(batch), two))
+
+        def in_sequence(batch: np.ndarray) -> None:
+            for booster in two:
+                booster.inplace_predict(batch)
+
+        for rows in (10, 1000):
+            batch = features[:rows]
+            parallel: list[float] = []
+            sequential: list[float] = []
+            for _ in range(7):  # interleaved trials: a busy neighbour hurts both sides alike
+                for booster in two:
+                    booster.set_param({"nthread": 1})
+                parallel.append(timed(functools.partial(in_parallel, batch), NTHREAD_TRIAL_S))
+                for booster in two:
+                    booster.set_param({"nthread": 2})
+                sequential.append(timed(functools.partial(in_sequence, batch), NTHREAD_TRIAL_S))
+            out[f"rows_{rows}"] = {
+                "nthread1_parallel_ms_median": statistics.median(parallel) * 1e3,
+                "nthread2_sequential_ms_median": statistics.median(sequential) * 1e3,
+                "nthread1_parallel_ms_min": min(parallel) * 1e3,
+                "nthread2_sequential_ms_min": min(sequential) * 1e3,
+            }
+    for booster in two:
+        booster.set_param({"nthread": MODEL_NTHREAD})
+    return out
+
+
+async def backbone_rates(backbone: Backbone, versions: list[str], features: np.ndarray) -> list[dict]:
+    """rows/s of predict_batch with golden + 2 shadows scoring every row, per batch size."""
+    golden = versions[0]
+    results = []
+    for size in BATCH_SIZES:
+        batch = features[:size]
+        score_rows = {version: np.arange(size) for version in versions}
+        await backbone.predict_batch(batch, score_rows, golden)  # warm-up
+        latencies: list[float] = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < SECONDS_PER_SIZE or len(latencies) < 5:
+            began = time.perf_counter()
+            result = await backbone.predict_batch(batch, score_rows, golden)
+            latencies.append(time.perf_counter() - began)
+            if result.failed:
+                raise SystemExit(f"benchmark batch had failures: {result.failed}")
+        elapsed = time.perf_counter() - start
+        rows_per_s = size * len(latencies) / elapsed
+        results.append(
+            {
+                "batch_size": size,
+                "batches": len(latencies),
+                "rows_per_s": rows_per_s,
+                "us_per_row": 1e6 / rows_per_s,
+                "batch_ms_p50": statistics.median(latencies) * 1e3,
+                "batch_ms_p99": float(np.percentile(latencies, 99)) * 1e3,
+            }
+        )
+    return results
+
+
+async def micro_batched_us_per_row(backbone: Backbone, golden: str, features: np.ndarray) -> float:
+    """µs per row for 2,000 concurrent single-row callers (golden only) gathered by MicroBatcher."""
+
+    async def predict(x: np.ndarray) -> np.ndarray:
+        return (await backbone.predict_batch(x, {golden: np.arange(len(x))}, golden)).scores[golden]
+
+    rows = features[:2000]
+    async with MicroBatcher(predict, max_batch=256, max_wait_s=0.002, max_queue=1024) as batcher:
+        start = time.perf_counter()
+        await asyncio.gather(*(batcher.submit(row) for row in rows))
+        return (time.perf_counter() - start) / len(rows) * 1e6
+
+
+async def main() -> None:
+    began = time.perf_counter()
+    print(f"training 3 models ({N_FEATURES} features, {N_TREES} trees, depth {MAX_DEPTH}) ...", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        registry = ModelRegistry(Path(folder))
+        versions = [registry.save(train(seed), "bench", FEATURE_NAMES).version for seed in (1, 2, 3)]
+        features = np.random.default_rng(0).normal(size=(5000, N_FEATURES)).astype(np.float32)
+        boosters = [registry.load(version) for version in versions]
+        for booster in boosters:
+            booster.set_param({"nthread": MODEL_NTHREAD})
+
+        print("measuring nthread=1 in parallel vs nthread=2 in sequence (2 models) ...", flush=True)
+        nthread = nthread_choice(boosters, features)
+        print(f"measuring the naive baseline ({NAIVE_ROWS} rows x 3 models, one call each) ...", flush=True)
+        naive = naive_us_per_row(boosters, features)
+        naive_golden = naive_us_per_row(boosters[:1], features)
+
+        backbone = Backbone(registry, max_workers=2, timeout_s=10.0)
+        try:
+            backbone.ensure_loaded(versions)
+            print("measuring predict_batch (golden + 2 shadows) ...", flush=True)
+            rates = await backbone_rates(backbone, versions, features)
+            micro = await micro_batched_us_per_row(backbone, versions[0], features)
+        finally:
+            backbone.close()
+
+    for rate in rates:
+        rate["speedup_vs_naive"] = naive / rate["us_per_row"]
+    print()
+    print(f"naive baseline, 3 models: {naive:8.1f} µs/row  ({1e6 / naive:9.0f} rows/s)")
+    print(f"{'batch':>6} {'rows/s':>10} {'µs/row':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs naive':>9}")
+    for rate in rates:
+        print(
+            f"{rate['batch_size']:>6} {rate['rows_per_s']:>10.0f} {rate['us_per_row']:>9.1f} "
+            f"{rate['batch_ms_p50']:>8.2f} {rate['batch_ms_p99']:>8.2f} {rate['speedup_vs_naive']:>8.1f}x"
+        )
+    print(
+        f"MicroBatcher, 2,000 concurrent single rows, golden only: {micro:.1f} µs/row "
+        f"vs naive golden-only {naive_golden:.1f} µs/row ({naive_golden / micro:.1f}x)"
+    )
+    for rows, numbers in nthread.items():
+        print(
+            f"nthread, 2 models, {rows}: nthread=1 parallel {numbers['nthread1_parallel_ms_median']:.2f} ms, "
+            f"nthread=2 sequential {numbers['nthread2_sequential_ms_median']:.2f} ms (medians of 7)"
+        )
+
+    report = {
+        "benchmark": "backbone",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "xgboost": xgboost.__version__,
+        },
+        "model": {"features": N_FEATURES, "trees": N_TREES, "max_depth": MAX_DEPTH, "count": 3},
+        "model_nthread": MODEL_NTHREAD,
+        "naive_us_per_row_3_models": naive,
+        "naive_us_per_row_golden_only": naive_golden,
+        "predict_batch_golden_plus_2_shadows": rates,
+        "micro_batcher_us_per_row_golden_only": micro,
+        "nthread_measurement": nthread,
+        "seconds": time.perf_counter() - began,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {RESULTS} in {report['seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,604 @@
+"""Backbone and MicroBatcher: exact scores, experiments never break or hold up the golden answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xgboost
+
+from rig.backbone import MODEL_NTHREAD, Backbone, BatchScores, MicroBatcher, Model, ModelWrapper
+from rig.errors import BackboneError, ModelIntegrityError
+from rig.registry import MODEL_FILE, ModelRegistry
+
+FEATURES = ("a", "b", "c", "d")
+N_ROWS = 200
+
+
+def train(seed: int, features: tuple[str, ...] = FEATURES) -> xgboost.Booster:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(400, len(features))).astype(np.float32)
+    y = (x[:, 0] - 0.7 * x[:, -1] + rng.normal(scale=0.5, size=400) > 0).astype(int)
+    dtrain = xgboost.DMatrix(x, label=y, feature_names=list(features))
+    params = {"objective": "binary:logistic", "max_depth": 4, "seed": seed}
+    return xgboost.train(params, dtrain, num_boost_round=15)
+
+
+@dataclass(frozen=True)
+class World:
+    registry: ModelRegistry
+    golden: str
+    experiment_a: str
+    experiment_b: str
+    features: np.ndarray
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    registry = ModelRegistry(tmp_path / "models")
+    versions = [registry.save(train(seed), "risk", FEATURES).version for seed in (1, 2, 3)]
+    features = np.random.default_rng(9).normal(size=(N_ROWS, len(FEATURES))).astype(np.float32)
+    return World(registry, *versions, features=features)
+
+
+@pytest.fixture
+def backbones() -> Iterator[list[Backbone]]:
+    """Backbones made by a test; closed afterwards."""
+    made: list[Backbone] = []
+    yield made
+    for backbone in made:
+        backbone.close()
+
+
+class HeldModel:
+    """Wraps a booster; every call waits until `release` is set (bounded, so no thread outlives a test)."""
+
+    def __init__(self, inner: Model) -> None:
+        self.inner = inner
+        self.release = threading.Event()
+        self.finished = threading.Event()
+        self.calls = 0
+
+    def inplace_predict(self, data: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        self.release.wait(timeout=30)
+        try:
+            return self.inner.inplace_predict(data)
+        finally:
+            self.finished.set()
+
+
+class RecordingModel:
+    """Wraps a booster and keeps the array of every call."""
+
+    def __init__(self, inner: Model) -> None:
+        self.inner = inner
+        self.seen: list[np.ndarray] = []
+
+    def inplace_predict(self, data: np.ndarray) -> np.ndarray:
+        self.seen.append(data)
+        return self.inner.inplace_predict(data)
+
+
+class BarrierModel:
+    """Wraps a booster; predicts only once `parties` calls are inside at the same time."""
+
+    def __init__(self, inner: Model, barrier: threading.Barrier) -> None:
+        self.inner = inner
+        self.barrier = barrier
+
+    def inplace_predict(self, data: np.ndarray) -> np.ndarray:
+        self.barrier.wait()
+        return self.inner.inplace_predict(data)
+
+
+def holding(held_version: str, held: HeldModel) -> ModelWrapper:
+    """A `wrap_model` hook that swaps in `held` for one version and leaves the others alone."""
+    return lambda version, booster: held if version == held_version else booster
+
+
+def reference(world: World, version: str, rows: np.ndarray) -> np.ndarray:
+    return world.registry.load(version).inplace_predict(world.features[rows])
+
+
+# --- Backbone -------------------------------------------------------------------------------------------
+
+
+def test_batch_scores_equal_inplace_predict_on_each_versions_rows(world: World, backbones: list) -> None:
+    backbone = Backbone(world.registry)
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.golden, world.experiment_a, world.experiment_b])
+    rng = np.random.default_rng(4)
+    score_rows = {
+        world.golden: np.arange(N_ROWS),
+        world.experiment_a: np.arange(0, N_ROWS, 2),
+        world.experiment_b: rng.permutation(N_ROWS)[:37],  # unsorted subset
+    }
+
+    result = asyncio.run(backbone.predict_batch(world.features, score_rows, world.golden))
+
+    assert isinstance(result, BatchScores)
+    assert result.failed == {}
+    assert set(result.scores) == set(score_rows) == set(result.elapsed_ms)
+    for version, rows in score_rows.items():
+        assert result.scores[version].dtype == np.float64
+        np.testing.assert_allclose(result.scores[version], reference(world, version, rows), rtol=0, atol=1e-7)
+    # Different models really give different answers, so the check above tells versions apart.
+    assert not np.allclose(result.scores[world.golden][::2], result.scores[world.experiment_a])
+
+
+def test_boolean_masks_select_the_same_rows_as_indices(world: World, backbones: list) -> None:
+    backbone = Backbone(world.registry)
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.golden, world.experiment_a])
+    mask = np.zeros(N_ROWS, dtype=bool)
+    mask[[3, 50, 199]] = True
+
+    result = asyncio.run(
+        backbone.predict_batch(world.features, {world.golden: mask, world.experiment_a: mask}, world.golden)
+    )
+
+    expected = reference(world, world.experiment_a, np.array([3, 50, 199]))
+    np.testing.assert_allclose(result.scores[world.experiment_a], expected, rtol=0, atol=1e-7)
+    assert result.scores[world.golden].shape == (3,)
+
+
+def test_each_model_gets_one_call_and_full_batches_are_not_copied(world: World, backbones: list) -> None:
+    recorders: dict[str, RecordingModel] = {}
+
+    def record(version: str, booster: xgboost.Booster) -> Model:
+        recorders[version] = RecordingModel(booster)
+        return recorders[version]
+
+    backbone = Backbone(world.registry, wrap_model=record)
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.golden, world.experiment_a, world.experiment_b])
+    all_rows_mask = np.ones(N_ROWS, dtype=bool)
+    score_rows = {
+        world.golden: np.arange(N_ROWS),
+        world.experiment_a: all_rows_mask,
+        world.experiment_b: [5, 6],
+    }
+
+    asyncio.run(backbone.predict_batch(world.features, score_rows, world.golden))
+
+    assert [len(recorders[v].seen) for v in score_rows] == [1, 1, 1]
+    assert recorders[world.golden].seen[0] is world.features
+    assert recorders[world.experiment_a].seen[0] is world.features
+    selected = recorders[world.experiment_b].seen[0]
+    assert selected.shape == (2, len(FEATURES)) and not np.shares_memory(selected, world.features)
+
+
+def test_golden_and_experiments_run_at_the_same_time(world: World, backbones: list) -> None:
+    # Each model blocks until all three are inside predict: run one after another, they would break it.
+    barrier = threading.Barrier(3, timeout=10)
+    backbone = Backbone(world.registry, wrap_model=lambda _, booster: BarrierModel(booster, barrier))
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.golden, world.experiment_a, world.experiment_b])
+    rows = np.arange(N_ROWS)
+    score_rows = {world.golden: rows, world.experiment_a: rows, world.experiment_b: rows}
+
+    result = asyncio.run(backbone.predict_batch(world.features, score_rows, world.golden))
+
+    assert result.failed == {}
+    assert set(result.scores) == set(score_rows)
+
+
+def test_loaded_boosters_use_the_chosen_thread_count(world: World, backbones: list) -> None:
+    boosters: list[xgboost.Booster] = []
+    backbone = Backbone(world.registry, wrap_model=lambda _, booster: boosters.append(booster) or booster)
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.golden])
+    config = json.loads(boosters[0].save_config())
+    assert config["learner"]["generic_param"]["nthread"] == str(MODEL_NTHREAD)
+
+
+def test_load_unload_and_loaded_track_versions(world: World, backbones: list) -> None:
+    backbone = Backbone(world.registry)
+    backbones.append(backbone)
+    assert backbone.ensure_loaded([world.golden, world.experiment_a, world.golden]) == (
+        world.golden,
+        world.experiment_a,
+    )
+    assert backbone.ensure_loaded([world.golden]) == ()
+    assert backbone.loaded() == tuple(sorted([world.golden, world.experiment_a]))
+    assert backbone.unload(world.experiment_a) is True
+    assert backbone.unload(world.experiment_a) is False
+    assert backbone.loaded() == (world.golden,)
+
+
+def test_checksum_failure_surfaces_at_load_and_loads_nothing(world: World, backbones: list) -> None:
+    backbone = Backbone(world.registry)
+    backbones.append(backbone)
+    root = world.registry.root
+    (root / world.experiment_b / MODEL_FILE).write_bytes((root / world.golden / MODEL_FILE).read_bytes())
+
+    with pytest.raises(ModelIntegrityError, match="checksum mismatch"):
+        backbone.ensure_loaded([world.golden, world.experiment_b])
+    assert backbone.loaded() == ()
+
+
+def test_failing_experiment_is_reported_and_golden_is_intact(world: World, backbones: list) -> None:
+    # A model trained on 3 features cannot score 4-feature rows: XGBoost raises inside its call.
+    narrow = world.registry.save(train(7, ("a", "b", "c")), "narrow", ("a", "b", "c")).version
+    backbone = Backbone(world.registry)
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.golden, narrow, world.experiment_a])
+    rows = np.arange(N_ROWS)
+    score_rows = {world.golden: rows, narrow: rows, world.experiment_a: rows, "never-loaded.1": rows}
+
+    result = asyncio.run(backbone.predict_batch(world.features, score_rows, world.golden))
+
+    assert set(result.failed) == {narrow, "never-loaded.1"}
+    assert "not loaded" in result.failed["never-loaded.1"]
+    assert result.failed[narrow]  # carries XGBoost's message
+    np.testing.assert_allclose(result.scores[world.golden], reference(world, world.golden, rows), atol=1e-7)
+    np.testing.assert_allclose(
+        result.scores[world.experiment_a], reference(world, world.experiment_a, rows), atol=1e-7
+    )
+
+
+def test_experiment_with_bad_rows_is_reported_not_raised(world: World, backbones: list) -> None:
+    backbone = Backbone(world.registry)
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.golden, world.experiment_a])
+    score_rows = {world.golden: np.arange(10), world.experiment_a: np.array([1, N_ROWS])}
+
+    result = asyncio.run(backbone.predict_batch(world.features, score_rows, world.golden))
+
+    assert "row indices" in result.failed[world.experiment_a]
+    assert result.scores[world.golden].shape == (10,)
+
+
+def test_slow_experiment_is_cut_after_the_grace_and_golden_does_not_wait_for_it(
+    world: World, backbones: list
+) -> None:
+    held = HeldModel(world.registry.load(world.experiment_a))
+    # timeout_s is long: if the golden answer waited for the held experiment, it could only come after
+    # the experiment finished, and `finished` below would be set.
+    backbone = Backbone(
+        world.registry, timeout_s=60.0, grace_s=0.0, wrap_model=holding(world.experiment_a, held)
+    )
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.golden, world.experiment_a, world.experiment_b])
+    rows = np.arange(N_ROWS)
+    score_rows = {world.golden: rows, world.experiment_a: rows, world.experiment_b: rows}
+
+    async def two_batches() -> tuple[BatchScores, bool, BatchScores]:
+        first = await backbone.predict_batch(world.features, score_rows, world.golden)
+        still_running_at_answer = not held.finished.is_set()
+        second = await backbone.predict_batch(world.features, score_rows, world.golden)
+        return first, still_running_at_answer, second
+
+    try:
+        first, still_running_at_answer, second = asyncio.run(two_batches())
+    finally:
+        held.release.set()
+
+    assert still_running_at_answer
+    assert "timed out" in first.failed[world.experiment_a]
+    assert world.experiment_a not in first.scores
+    np.testing.assert_allclose(first.scores[world.golden], reference(world, world.golden, rows), atol=1e-7)
+    # The stuck call is not queued again behind itself: the next batch skips that experiment.
+    assert "still running" in second.failed[world.experiment_a]
+    assert held.calls == 1
+    np.testing.assert_allclose(second.scores[world.golden], first.scores[world.golden], atol=0)
+
+
+def test_slow_experiment_is_cut_at_the_timeout_when_the_grace_is_longer(
+    world: World, backbones: list
+) -> None:
+    held = HeldModel(world.registry.load(world.experiment_a))
+    backbone = Backbone(
+        world.registry, timeout_s=1.0, grace_s=60.0, wrap_model=holding(world.experiment_a, held)
+    )
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.golden, world.experiment_a])
+    rows = np.arange(N_ROWS)
+
+    async def one_batch() -> tuple[BatchScores, bool]:
+        result = await backbone.predict_batch(
+            world.features, {world.golden: rows, world.experiment_a: rows}, world.golden
+        )
+        return result, not held.finished.is_set()
+
+    try:
+        result, still_running_at_answer = asyncio.run(one_batch())
+    finally:
+        held.release.set()
+
+    assert still_running_at_answer
+    assert "timed out" in result.failed[world.experiment_a]
+    assert result.elapsed_ms[world.experiment_a] >= result.elapsed_ms[world.golden]
+
+
+def test_experiment_is_scored_again_once_its_stuck_call_ends(world: World, backbones: list) -> None:
+    held = HeldModel(world.registry.load(world.experiment_a))
+    backbone = Backbone(
+        world.registry, timeout_s=60.0, grace_s=0.0, wrap_model=holding(world.experiment_a, held)
+    )
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.golden, world.experiment_a])
+    score_rows = {world.golden: np.arange(N_ROWS), world.experiment_a: np.arange(N_ROWS)}
+
+    async def cut_then_recover() -> tuple[BatchScores, BatchScores]:
+        cut = await backbone.predict_batch(world.features, score_rows, world.golden)
+        held.release.set()
+        for _ in range(500):  # the stuck thread ends on its own time; poll, do not assert on time
+            later = await backbone.predict_batch(world.features, score_rows, world.golden)
+            if world.experiment_a in later.scores:
+                break
+            await asyncio.sleep(0.01)
+        return cut, later
+
+    try:
+        cut, later = asyncio.run(cut_then_recover())
+    finally:
+        held.release.set()
+
+    assert world.experiment_a in cut.failed
+    assert world.experiment_a in later.scores
+    np.testing.assert_allclose(
+        later.scores[world.experiment_a], reference(world, world.experiment_a, np.arange(N_ROWS)), atol=1e-7
+    )
+
+
+def test_golden_failure_raises_backbone_error(world: World, backbones: list) -> None:
+    narrow = world.registry.save(train(7, ("a", "b", "c")), "narrow", ("a", "b", "c")).version
+    backbone = Backbone(world.registry)
+    backbones.append(backbone)
+    backbone.ensure_loaded([narrow, world.experiment_a])
+    rows = np.arange(N_ROWS)
+
+    with pytest.raises(BackboneError, match=f"golden model {narrow} failed") as raised:
+        asyncio.run(backbone.predict_batch(world.features, {narrow: rows, world.experiment_a: rows}, narrow))
+    assert raised.value.__cause__ is not None
+
+
+def test_golden_timeout_raises_backbone_error(world: World, backbones: list) -> None:
+    held = HeldModel(world.registry.load(world.golden))
+    backbone = Backbone(world.registry, timeout_s=0.2, wrap_model=lambda _, booster: held)
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.golden])
+    try:
+        with pytest.raises(BackboneError, match="timed out"):
+            asyncio.run(backbone.predict_batch(world.features, {world.golden: np.arange(5)}, world.golden))
+    finally:
+        held.release.set()
+
+
+def test_golden_not_loaded_or_without_rows_or_bad_features_raise(world: World, backbones: list) -> None:
+    backbone = Backbone(world.registry)
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.experiment_a])
+    rows = {world.golden: np.arange(3), world.experiment_a: np.arange(3)}
+
+    with pytest.raises(BackboneError, match="not loaded"):
+        asyncio.run(backbone.predict_batch(world.features, rows, world.golden))
+    with pytest.raises(BackboneError, match="no entry"):
+        asyncio.run(backbone.predict_batch(world.features, {world.experiment_a: np.arange(3)}, world.golden))
+    with pytest.raises(BackboneError, match="float32"):
+        asyncio.run(backbone.predict_batch(world.features.astype(np.float64), rows, world.experiment_a))
+    backbone.close()
+    with pytest.raises(BackboneError, match="closed"):
+        asyncio.run(backbone.predict_batch(world.features, rows, world.experiment_a))
+
+
+# --- MicroBatcher ---------------------------------------------------------------------------------------
+
+
+def test_micro_batched_submits_equal_one_big_predict_and_respect_max_batch(
+    world: World, backbones: list
+) -> None:
+    backbone = Backbone(world.registry)
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.golden])
+    rows = np.random.default_rng(11).normal(size=(1000, len(FEATURES))).astype(np.float32)
+    batch_sizes: list[int] = []
+
+    async def predict(x: np.ndarray) -> np.ndarray:
+        batch_sizes.append(len(x))
+        result = await backbone.predict_batch(x, {world.golden: np.arange(len(x))}, world.golden)
+        return result.scores[world.golden]
+
+    async def submit_all() -> list[float]:
+        async with MicroBatcher(predict, max_batch=64, max_wait_s=0.005, max_queue=128) as batcher:
+            return await asyncio.gather(*(batcher.submit(row) for row in rows))
+
+    scores = asyncio.run(submit_all())
+
+    expected = world.registry.load(world.golden).inplace_predict(rows)
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-7)
+    assert sum(batch_sizes) == 1000
+    assert max(batch_sizes) <= 64
+    assert len(batch_sizes) < 100  # rows were really batched, not scored one by one
+
+
+def test_a_batch_is_flushed_on_time_when_it_never_fills() -> None:
+    seen: list[int] = []
+
+    async def predict(x: np.ndarray) -> np.ndarray:
+        seen.append(len(x))
+        return x[:, 0] * 2
+
+    async def three_rows() -> list[float]:
+        async with MicroBatcher(predict, max_batch=1000, max_wait_s=0.01, max_queue=10) as batcher:
+            rows = [np.array([value, 0.0]) for value in (1.0, 2.0, 3.0)]
+            return await asyncio.wait_for(asyncio.gather(*(batcher.submit(r) for r in rows)), 30)
+
+    assert asyncio.run(three_rows()) == [2.0, 4.0, 6.0]
+    assert seen == [3]
+
+
+def test_a_batch_error_reaches_every_waiter_and_the_batcher_keeps_serving() -> None:
+    calls: list[int] = []
+
+    async def predict(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        if len(calls) == 1:
+            raise ValueError("model exploded")
+        return x[:, 0]
+
+    async def two_rounds() -> tuple[list[BaseException | float], list[float]]:
+        async with MicroBatcher(predict, max_batch=8, max_wait_s=30.0, max_queue=16) as batcher:
+            rows = [np.array([float(i)]) for i in range(8)]
+            first = await asyncio.gather(*(batcher.submit(r) for r in rows), return_exceptions=True)
+            second = await asyncio.gather(*(batcher.submit(r) for r in rows))
+            return first, second
+
+    first, second = asyncio.run(two_rounds())
+
+    assert calls == [8, 8]  # flushed on size: max_wait_s (30 s) never had to pass
+    assert all(isinstance(outcome, BackboneError) for outcome in first)
+    assert all(isinstance(outcome.__cause__, ValueError) for outcome in first)
+    assert second == [float(i) for i in range(8)]
+
+
+def test_predict_fn_returning_the_wrong_number_of_scores_fails_the_whole_batch() -> None:
+    async def predict(x: np.ndarray) -> np.ndarray:
+        return x[:1, 0]
+
+    async def run() -> list[BaseException | float]:
+        async with MicroBatcher(predict, max_batch=3, max_wait_s=30.0, max_queue=3) as batcher:
+            rows = [np.array([1.0]), np.array([2.0]), np.array([3.0])]
+            return await asyncio.gather(*(batcher.submit(r) for r in rows), return_exceptions=True)
+
+    outcomes = asyncio.run(run())
+    assert len(outcomes) == 3
+    assert all(isinstance(outcome, BackboneError) and "shape" in str(outcome) for outcome in outcomes)
+
+
+def test_a_full_queue_makes_submit_wait_until_there_is_room() -> None:
+    state: dict[str, asyncio.Event] = {}
+
+    async def predict(x: np.ndarray) -> np.ndarray:
+        state["started"].set()
+        await state["release"].wait()
+        return x[:, 0]
+
+    async def run() -> tuple[int, int, list[float]]:
+        state["started"], state["release"] = asyncio.Event(), asyncio.Event()
+        async with MicroBatcher(predict, max_batch=1, max_wait_s=0.0, max_queue=2) as batcher:
+            tasks = [asyncio.create_task(batcher.submit(np.array([float(i)]))) for i in range(6)]
+            await state["started"].wait()  # row 0 is in flight; the flusher is blocked in predict
+            for _ in range(20):
+                await asyncio.sleep(0)
+            queued, waiting = batcher.queued, sum(not task.done() for task in tasks)
+            state["release"].set()
+            return queued, waiting, await asyncio.gather(*tasks)
+
+    queued, waiting, results = asyncio.run(run())
+
+    assert queued == 2  # rows 1 and 2; rows 3-5 wait for room in submit
+    assert waiting == 6
+    assert results == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_stop_hands_an_error_to_queued_waiters_and_refuses_new_rows() -> None:
+    state: dict[str, asyncio.Event] = {}
+
+    async def predict(x: np.ndarray) -> np.ndarray:
+        state["started"].set()
+        await asyncio.Event().wait()  # never answers
+        return x[:, 0]
+
+    async def run() -> tuple[list[BaseException | float], BaseException | None]:
+        state["started"] = asyncio.Event()
+        batcher = MicroBatcher(predict, max_batch=1, max_wait_s=0.0, max_queue=4)
+        await batcher.start()
+        tasks = [asyncio.create_task(batcher.submit(np.array([float(i)]))) for i in range(3)]
+        await state["started"].wait()
+        await batcher.stop()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await batcher.submit(np.array([1.0]))
+        except BackboneError as exc:
+            return outcomes, exc
+        return outcomes, None
+
+    outcomes, after_stop = asyncio.run(run())
+
+    assert all(isinstance(outcome, BackboneError) for outcome in outcomes)
+    assert isinstance(after_stop, BackboneError)
+
+
+def test_submit_before_start_and_bad_rows_are_refused() -> None:
+    async def predict(x: np.ndarray) -> np.ndarray:
+        return x[:, 0]
+
+    async def run() -> None:
+        batcher = MicroBatcher(predict, max_batch=4, max_wait_s=0.0, max_queue=4)
+        with pytest.raises(BackboneError, match="not running"):
+            await batcher.submit(np.array([1.0]))
+        async with batcher:
+            with pytest.raises(BackboneError, match="1-D"):
+                await batcher.submit(np.ones((2, 2)))
+
+    asyncio.run(run())
+    with pytest.raises(BackboneError, match="max_batch"):
+        MicroBatcher(predict, max_batch=0, max_wait_s=0.0, max_queue=4)
+
+
+class FlusherKilled(BaseException):
+    """Not an Exception: the batcher does not treat it as a model error, so its flushing task dies."""
+
+
+def test_a_dead_flushing_task_fails_every_waiter_and_stop_reports_it() -> None:
+    async def predict(x: np.ndarray) -> np.ndarray:
+        raise FlusherKilled
+
+    async def run() -> tuple[list[BaseException | float], BaseException | None, BaseException | None]:
+        batcher = MicroBatcher(predict, max_batch=2, max_wait_s=30.0, max_queue=8)
+        await batcher.start()
+        submits = asyncio.gather(
+            *(batcher.submit(np.array([float(i)])) for i in range(5)), return_exceptions=True
+        )
+        outcomes = await asyncio.wait_for(submits, 30)  # a bound: a waiter left hanging fails the test
+        try:
+            await batcher.submit(np.array([1.0]))
+        except BackboneError as exc:
+            refused: BaseException | None = exc
+        else:
+            refused = None
+        try:
+            await batcher.stop()
+        except BackboneError as exc:
+            return outcomes, refused, exc
+        return outcomes, refused, None
+
+    outcomes, refused, reported = asyncio.run(run())
+
+    assert all(isinstance(outcome, BackboneError) for outcome in outcomes)
+    assert any(isinstance(outcome.__cause__, FlusherKilled) for outcome in outcomes)
+    assert isinstance(refused, BackboneError) and "crashed" in str(refused)
+    assert isinstance(reported, BackboneError) and isinstance(reported.__cause__, FlusherKilled)
+
+
+def test_stop_while_a_batch_is_being_gathered_fails_its_waiters() -> None:
+    calls: list[int] = []
+
+    async def predict(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        return x[:, 0]
+
+    async def run() -> list[BaseException | float]:
+        batcher = MicroBatcher(predict, max_batch=100, max_wait_s=60.0, max_queue=10)
+        await batcher.start()
+        tasks = [asyncio.create_task(batcher.submit(np.array([float(i)]))) for i in range(2)]
+        for _ in range(50):  # let the flusher take both rows into the batch it is still filling
+            await asyncio.sleep(0)
+        assert batcher.queued == 0
+        await batcher.stop()
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+
+    outcomes = asyncio.run(run())
+
+    assert calls == []
+    assert len(outcomes) == 2
+    assert all(isinstance(outcome, BackboneError) and "stopped" in str(outcome) for outcome in outcomes)
