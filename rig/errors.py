@@ -35,3 +35,11 @@ class TransformError(RigError):
 
 class RoutingError(RigError):
     """A control event or routing table cannot be applied (bad event, no golden model, ...)."""
+
+
+class BatchInputError(RigError):
+    """A batch-prediction input is unusable as a whole (unreadable, empty, key columns missing)."""
+
+
+class PromoterError(RigError):
+    """The promoter got unusable input or settings (mismatched batch lengths, scores outside [0, 1], ...)."""
