@@ -1,0 +1,198 @@
+"""Online feature reads: the fast Redis-layout reader against Feast's SDK, in the same run.
+
+Materializes a synthetic world (5,000 entities, 16 float features) into a temporary Feast project
+on the real Redis, then reads random batches of 1, 10, 100 and 500 entities with both readers,
+alternating them batch by batch so machine load hits both alike. Prints µs per row and the ratio
+fast/SDK, writes bench/results/online_reader.json and removes the project's keys. Takes < 60 s
+(`import feast` alone takes seconds).
+
+Run: .venv/bin/python bench/bench_online_reader.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from rig.config import RigSettings
+from rig.features import FeatureStoreClient, prepare_world
+from rig.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader
+
+N_ENTITIES = 5_000
+WORLD_DAYS = 3
+BATCH_SIZES = (1, 10, 100, 500)
+SECONDS_PER_SIZE = 4.0
+MIN_ROUNDS = 5
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results" / "online_reader.json"
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def isolated_settings(root: Path) -> RigSettings:
+    """Settings on a copy of ops/feast with its own Feast project, so the bench shares Redis safely."""
+    repo = root / "repo"
+    shutil.copytree(REPO / "ops" / "feast", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    config = yaml.safe_load((repo / "feature_store.yaml").read_text())
+    config["project"] = f"rig_bench_{uuid.uuid4().hex[:10]}"
+    (repo / "feature_store.yaml").write_text(yaml.safe_dump(config))
+    return RigSettings(
+        feast_repo=repo, home=root / "home", world_seed=17, world_entities=N_ENTITIES, world_days=WORLD_DAYS
+    )
+
+
+def require_redis(redis_url: str) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(redis_url, socket_connect_timeout=2).ping()
+    except redis.ConnectionError as error:
+        raise SystemExit(f"no Redis at {redis_url} ({error}); start it with ops/redis/up") from error
+
+
+def assert_same(ids: Sequence[str], fast: OnlineReader, sdk: OnlineReader) -> None:
+    """The readers must agree before their speeds mean anything."""
+    a, b = fast.read(ids), sdk.read(ids)
+    assert np.array_equal(a.found, b.found)
+    assert all(np.array_equal(a.columns[n], b.columns[n], equal_nan=True) for n in b.feature_names)
+
+
+def measure(readers: dict[str, OnlineReader], ids: list[str], size: int, seed: int) -> dict[str, Any]:
+    """Random batches of `size` entities, both readers on the same batch in alternating order."""
+    rng = random.Random(seed)
+    seconds: dict[str, list[float]] = {name: [] for name in readers}
+    for reader in readers.values():
+        reader.read(rng.sample(ids, size))  # warm-up
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < MIN_ROUNDS or time.perf_counter() - start < SECONDS_PER_SIZE:
+        batch = rng.sample(ids, size)
+        order = list(readers.items()) if rounds % 2 == 0 else list(reversed(readers.items()))
+        for name, reader in order:
+            began = time.perf_counter()
+            reader.read(batch)
+            seconds[name].append(time.perf_counter() - began)
+        rounds += 1
+    row: dict[str, Any] = {"batch_size": size, "batches": rounds}
+    for name, times in seconds.items():
+        row[name] = {
+            "us_per_row": sum(times) / len(times) / size * 1e6,
+            "batch_ms_p50": statistics.median(times) * 1e3,
+            "batch_ms_p99": float(np.quantile(times, 0.99)) * 1e3,
+        }
+    row["ratio_fast_over_sdk"] = row["fast"]["us_per_row"] / row["sdk"]["us_per_row"]
+    return row
+
+
+def breakdown(reader: RedisLayoutReader, ids: list[str], size: int, seed: int) -> dict[str, float]:
+    """Where the fast reader's time goes at one batch size: keys, the Redis round trip, decoding.
+
+    Also times the same round trip through a plain redis-py `Pipeline`, the alternative to packing.
+    """
+    rng = random.Random(seed)
+    batches = [rng.sample(ids, size) for _ in range(40)]
+    keys = [reader._keys(batch) for batch in batches]
+    replies = [reader._hmget(batch_keys) for batch_keys in keys]
+    n_features = len(reader.feature_names)
+
+    def per_row(fn: Callable[[int], object]) -> float:
+        began = time.perf_counter()
+        for i in range(len(batches)):
+            fn(i)
+        return (time.perf_counter() - began) / len(batches) / size * 1e6
+
+    def pipeline(i: int) -> list[Any]:
+        """The same HMGETs through a redis-py `Pipeline` (what the reader packs itself instead)."""
+        with reader._redis.pipeline(transaction=False) as pipe:
+            for key in keys[i]:
+                pipe.hmget(key, reader.hash_fields)
+            return pipe.execute()
+
+    assert pipeline(0) == replies[0]
+    return {
+        "keys_us_per_row": per_row(lambda i: reader._keys(batches[i])),
+        "redis_py_pipeline_round_trip_us_per_row": per_row(pipeline),
+        "redis_round_trip_us_per_row": per_row(lambda i: reader._hmget(keys[i])),
+        "decode_us_per_row": per_row(lambda i: reader._decode(replies[i], n_features)),
+    }
+
+
+def main() -> None:
+    import feast
+    import redis
+
+    with tempfile.TemporaryDirectory(prefix="rig-bench-online-") as tmp:
+        settings = isolated_settings(Path(tmp))
+        require_redis(settings.redis_url)
+        say(f"world: {N_ENTITIES} entities x {WORLD_DAYS} days ...")
+        world = prepare_world(settings)
+        client = FeatureStoreClient(settings)
+        say(f"feast apply + materialize into project {client.repo_config().project} ...")
+        client.apply()
+        try:
+            began = time.perf_counter()
+            client.materialize(world.start, world.end, progress=True)
+            materialize_s = time.perf_counter() - began
+            fast = RedisLayoutReader(settings, client)
+            readers: dict[str, OnlineReader] = {"fast": fast, "sdk": FeastSdkReader(client)}
+            ids = sorted(world.features["entity_id"].unique())
+            assert_same([*ids[:300], "ent-unknown", ids[0]], fast, readers["sdk"])
+            rows = []
+            for size in BATCH_SIZES:
+                say(f"batch size {size}: {SECONDS_PER_SIZE:.0f} s ...")
+                rows.append(measure(readers, ids, size, seed=size))
+            split = breakdown(fast, ids, 500, seed=1)
+            fast.close()
+        finally:
+            client.teardown()
+
+    result: dict[str, Any] = {
+        "benchmark": "online_reader",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_1m": os.getloadavg()[0],
+            "python": platform.python_version(),
+            "feast": feast.__version__,
+            "redis_py": redis.__version__,
+        },
+        "world": {
+            "entities": N_ENTITIES,
+            "features": len(fast.feature_names),
+            "materialize_s": materialize_s,
+        },
+        "results": rows,
+        "fast_breakdown_batch_500": split,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+
+    load = os.getloadavg()[0]
+    print(f"{'batch':>6} {'fast µs/row':>12} {'SDK µs/row':>11} {'fast/SDK':>9} {'speed-up':>9}")
+    for row in rows:
+        ratio = row["ratio_fast_over_sdk"]
+        print(
+            f"{row['batch_size']:>6} {row['fast']['us_per_row']:>12.1f} {row['sdk']['us_per_row']:>11.1f} "
+            f"{ratio:>9.3f} {1 / ratio:>8.1f}x"
+        )
+    print("fast reader at batch 500, µs/row: " + ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
+    print(f"load average {load:.2f} on {os.cpu_count()} cpus; wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
