@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 services-up: install
+	ops/tools/install
 	RIG_PYTHON=$(BIN)/python ops/redis/up
 	RIG_PYTHON=$(BIN)/python ops/kafka/up
 

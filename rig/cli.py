@@ -12,12 +12,16 @@ from rig.config import RigSettings
 app = typer.Typer(
     help="Prediction rig: streaming predictions with Kafka, Faust, Feast and XGBoost.", no_args_is_help=True
 )
+experiment_app = typer.Typer(
+    help="Experiments: shadow or A/B challengers of the golden model.", no_args_is_help=True
+)
 features_app = typer.Typer(
     help="Feast feature store: apply definitions, materialize into Redis.", no_args_is_help=True
 )
 topics_app = typer.Typer(help="Kafka topics of the rig.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 app.add_typer(topics_app, name="topics")
+app.add_typer(experiment_app, name="experiment")
 
 
 def settings() -> RigSettings:
@@ -71,7 +75,7 @@ def train(
     """Train XGBoost on point-in-time-correct Feast data and store it (UBJ + SHA-256)."""
     from rig.data import make_world
     from rig.features import FeatureStoreClient
-    from rig.registry import ModelRegistry
+    from rig.routing import set_golden_event, start_experiment_event
     from rig.train import train_and_register, training_frame
 
     if role not in ("golden", "shadow", "ab", "none"):
@@ -80,11 +84,21 @@ def train(
     world = make_world(config.world_seed, config.world_entities, config.world_days)
     frame = training_frame(world, FeatureStoreClient(config).historical, events, seed=seed)
     report = train_and_register(config, frame, feature_set=feature_set, name=name, seed=seed)
-    registry = ModelRegistry(config.model_dir)
+    version = report.meta.version
     if role == "golden":
-        registry.set_golden(report.meta.version)
+        publish(config, set_golden_event(version, actor="cli", reason="rig train --role golden"))
     elif role in ("shadow", "ab"):
-        registry.start_experiment(experiment or report.meta.version, report.meta.version, role, share)  # type: ignore[arg-type]
+        publish(
+            config,
+            start_experiment_event(
+                experiment or version,
+                version,
+                role,
+                actor="cli",
+                reason="rig train",
+                traffic_share=share if role == "ab" else None,
+            ),
+        )
     typer.echo(
         f"trained {report.meta.version} on {report.n_train} rows ({feature_set}): "
         f"held-out AUC {report.auc:.3f}, log loss {report.log_loss:.4f}, "
@@ -92,36 +106,186 @@ def train(
     )
 
 
+def publish(config: RigSettings, event: dict) -> None:
+    """Publish a control event after checking it against the current routing; exit 1 if refused."""
+    from rig.control import publish_control, read_routing
+    from rig.errors import RigError
+
+    try:
+        publish_control(config, event, check_against=read_routing(config))
+    except RigError as error:
+        typer.secho(f"refused: {error}", fg="red", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"published {event['kind']} to {config.topic('control')}")
+
+
 @app.command()
 def models() -> None:
-    """List stored model versions and their roles."""
+    """List stored model versions and their roles (from the control topic)."""
     from rich.console import Console
     from rich.table import Table
 
+    from rig.control import read_routing
     from rig.registry import ModelRegistry
 
-    registry = ModelRegistry(settings().model_dir)
-    roles = registry.roles()
-    experiments = {e.model_version: e for e in roles.experiments}
-    table = Table("version", "role", "feature set", "AUC", "sha256", "created")
-    for meta in registry.versions():
-        if meta.version == roles.golden:
+    config = settings()
+    table_of = read_routing(config)
+    experiments = {e.model_version: e for e in table_of.experiments}
+    table = Table("version", "role", "feature set", "AUC", "transform", "sha256", "created")
+    for meta in ModelRegistry(config.model_dir).versions():
+        role = "-"
+        if meta.version == table_of.golden:
             role = "golden"
         elif meta.version in experiments:
             e = experiments[meta.version]
-            role = f"{e.mode}:{e.name}" + (f" {e.traffic_share:.0%}" if e.mode == "ab" else "")
-        else:
-            role = "-"
+            state = "killed" if e.killed else ("held" if e.held_because else "live")
+            role = f"{e.mode}:{e.name} ({state})" + (f" {e.traffic_share:.0%}" if e.mode == "ab" else "")
         auc = meta.metrics.get("auc")
         table.add_row(
             meta.version,
             role,
             str(meta.training.get("feature_set", "")),
             f"{auc:.3f}" if auc else "",
+            meta.transform_version,
             meta.sha256[:12],
             meta.created_at[:19],
         )
     Console().print(table)
+
+
+@experiment_app.command("start")
+def experiment_start(
+    name: Annotated[str, typer.Argument(help="Experiment name.")],
+    model: Annotated[str, typer.Option(help="Model version to score.")],
+    mode: Annotated[
+        str, typer.Option(help="shadow (records only) or ab (answers a share of entities).")
+    ] = "shadow",
+    share: Annotated[float, typer.Option(help="Share of entities an A/B experiment answers.")] = 0.1,
+    cap_rps: Annotated[
+        float | None, typer.Option(help="Most requests per second the experiment scores.")
+    ] = None,
+) -> None:
+    """Start (or reconfigure) an experiment; every worker applies it within seconds."""
+    from rig.registry import ModelRegistry
+    from rig.routing import start_experiment_event
+
+    config = settings()
+    ModelRegistry(config.model_dir).meta(model)  # unknown versions are refused before publishing
+    if mode not in ("shadow", "ab"):
+        raise typer.BadParameter("mode must be shadow or ab", param_hint="--mode")
+    event = start_experiment_event(
+        name,
+        model,
+        mode,
+        actor="cli",
+        reason="rig experiment start",  # type: ignore[arg-type]
+        traffic_share=share if mode == "ab" else None,
+        traffic_cap_rps=cap_rps,
+    )
+    publish(config, event)
+
+
+@experiment_app.command("stop")
+def experiment_stop(name: Annotated[str, typer.Argument(help="Experiment name.")]) -> None:
+    """Stop an experiment."""
+    from rig.routing import stop_experiment_event
+
+    publish(settings(), stop_experiment_event(name, actor="cli", reason="rig experiment stop"))
+
+
+@experiment_app.command("kill")
+def experiment_kill(name: Annotated[str, typer.Argument(help="Experiment name.")]) -> None:
+    """Kill switch: the experiment stays listed but scores nothing."""
+    from rig.control import read_routing
+    from rig.routing import kill_experiment_event
+
+    config = settings()
+    route = read_routing(config).experiment(name)
+    if route is None:
+        raise typer.BadParameter(f"no experiment named {name!r}")
+    publish(config, kill_experiment_event(route, actor="cli", reason="rig experiment kill"))
+
+
+@experiment_app.command("list")
+def experiment_list() -> None:
+    """Golden model and experiments as every worker sees them."""
+    from rig.control import read_routing
+
+    table = read_routing(settings())
+    typer.echo(f"golden: {table.golden or '-'} (previous: {table.previous_golden or '-'})")
+    for e in table.experiments:
+        state = "killed" if e.killed else (f"held: {e.held_because}" if e.held_because else "live")
+        share = f" share={e.traffic_share:.0%}" if e.mode == "ab" else ""
+        cap = f" cap={e.traffic_cap_rps:g}/s" if e.traffic_cap_rps else ""
+        typer.echo(f"{e.name}: {e.mode} {e.model_version}{share}{cap} [{state}]")
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Model version to make golden.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded).")] = "manual promotion",
+) -> None:
+    """Make a version golden by hand; the previous golden is kept as the rollback target."""
+    from rig.registry import ModelRegistry
+    from rig.routing import set_golden_event
+
+    config = settings()
+    ModelRegistry(config.model_dir).meta(version)
+    publish(config, set_golden_event(version, actor="cli", reason=reason))
+
+
+@app.command()
+def worker(
+    web_port: Annotated[int, typer.Option(help="Web port (metrics, health); 0 disables it.")] = 6066,
+    loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug.")] = "info",
+) -> None:
+    """Run a stream-processing worker (Faust). Start N of them; Kafka partitions spread the load."""
+    import os
+    import sys
+
+    os.environ["RIG_WEB_PORT"] = str(web_port)
+    from streams.worker import main
+
+    web = ["--without-web"] if web_port == 0 else ["--web-port", str(web_port), "--web-bind", "127.0.0.1"]
+    sys.argv = ["rig-worker", "worker", "--loglevel", loglevel, *web]
+    main()
+
+
+@app.command()
+def produce(
+    count: Annotated[int, typer.Option(help="Synthetic requests to send.")] = 1000,
+    rate: Annotated[float, typer.Option(help="Requests per second; 0 sends as fast as possible.")] = 0,
+    file: Annotated[
+        str | None, typer.Option(help="Send requests from a .jsonl, .csv or .parquet file.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic requests.")] = 0,
+) -> None:
+    """Produce prediction requests to the requests topic."""
+    from pathlib import Path
+
+    from rig.clients import file_requests, produce_requests, synthetic_requests
+
+    config = settings()
+    requests = file_requests(Path(file)) if file else synthetic_requests(config, count, seed)
+    sent = produce_requests(config, requests, rate or None, on_progress=lambda n: typer.echo(f"  {n} sent"))
+    typer.echo(f"{sent} request(s) acknowledged on {config.topic('requests')}")
+
+
+@app.command()
+def tail(
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest prediction.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many.")] = None,
+) -> None:
+    """Pretty-print predictions as they arrive."""
+    from rig.clients import tail_predictions
+
+    for p in tail_predictions(settings(), from_beginning, limit):
+        experiments = " ".join(f"{e['experiment']}={e['score']:.3f}" for e in p["experiments"])
+        typer.echo(
+            f"{p['request_id'][:8]} {p['entity_id']} score={p['score']:.4f} by {p['answered_by']} "
+            f"golden={p['golden']['score']:.4f} {experiments} found={p['entity_found']} "
+            f"{p['timings_ms'].get('total', 0):.1f}ms"
+        )
 
 
 @app.command()

@@ -73,6 +73,19 @@ class RigSettings(BaseSettings):
     batch_within_s: float = Field(default=0.05, gt=0)
     """Longest wait, in seconds, to fill a micro-batch."""
 
+    missing_entity_policy: Literal["defaults", "dlq"] = "defaults"
+    """Requests for entities the feature store lacks: `defaults` answers them with the transform's
+    training defaults (flagged `entity_found=false`); `dlq` sends them to the dead-letter topic."""
+
+    online_reader: Literal["redis", "feast"] = "redis"
+    """Online feature reader: `redis` reads Feast's Redis layout directly (fast); `feast` uses the SDK."""
+
+    max_message_bytes: int = Field(default=100_000, ge=1_000)
+    """Larger request messages go to the dead-letter topic as oversized."""
+
+    web_port: int = 6066
+    """Port of the worker's web server (metrics, health)."""
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level of the worker and CLI."""
 

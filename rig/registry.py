@@ -1,4 +1,4 @@
-"""Model artifacts, versions, checksums and roles (golden / experiments).
+"""Model artifacts, versions and checksums. Roles (golden, experiments) live on the control topic.
 
 A model version is stored as XGBoost UBJ (never pickle) beside a `meta.json` holding its SHA-256.
 Loading verifies the checksum first, so a corrupted or swapped file is refused.
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from rig.errors import ModelIntegrityError, RegistryError
 
@@ -23,11 +23,9 @@ if TYPE_CHECKING:
 
     from rig.transform import FittedTransform
 
-ExperimentMode = Literal["shadow", "ab"]
 MODEL_FILE = "model.ubj"
 TRANSFORMS_DIR = "transforms"
 META_FILE = "meta.json"
-ROLES_FILE = "roles.json"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -45,31 +43,13 @@ class ModelMeta:
     training: dict[str, str | int | float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Experiment:
-    """A live experiment: a model version scored beside the golden one."""
-
-    name: str
-    model_version: str
-    mode: ExperimentMode
-    traffic_share: float = 1.0
-
-
-@dataclass(frozen=True)
-class Roles:
-    """Which version is golden and which experiments run."""
-
-    golden: str | None = None
-    experiments: tuple[Experiment, ...] = ()
-
-
 def sha256_of(data: bytes) -> str:
     """Hex SHA-256 of bytes."""
     return hashlib.sha256(data).hexdigest()
 
 
 class ModelRegistry:
-    """Stored model versions under one folder: `<root>/<version>/{model.ubj,meta.json}` + `roles.json`."""
+    """Stored model versions under one folder: `<root>/<version>/{model.ubj,meta.json}`."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -178,57 +158,6 @@ class ModelRegistry:
         if not path.is_file():
             raise RegistryError(f"unknown transform version {version!r} in {self.root / TRANSFORMS_DIR}")
         return FittedTransform.from_json(path.read_text())
-
-    def roles(self) -> Roles:
-        """Current roles; no golden and no experiments when none were set."""
-        path = self.root / ROLES_FILE
-        if not path.is_file():
-            return Roles()
-        raw = json.loads(path.read_text())
-        return Roles(golden=raw["golden"], experiments=tuple(Experiment(**e) for e in raw["experiments"]))
-
-    def set_golden(self, version: str) -> Roles:
-        """Make `version` the golden model (it leaves any experiment it was in)."""
-        self.meta(version)
-        current = self.roles()
-        experiments = tuple(e for e in current.experiments if e.model_version != version)
-        return self._write_roles(Roles(golden=version, experiments=experiments))
-
-    def start_experiment(
-        self, name: str, version: str, mode: ExperimentMode, traffic_share: float = 1.0
-    ) -> Roles:
-        """Start (or replace) experiment `name` scoring `version`.
-
-        Raises:
-            RegistryError: unknown version, bad mode or share, or the version is the golden one.
-        """
-        self.meta(version)
-        if mode not in ("shadow", "ab"):
-            raise RegistryError(f"experiment mode must be 'shadow' or 'ab', not {mode!r}")
-        if not 0.0 < traffic_share <= 1.0:
-            raise RegistryError(f"traffic share must be in (0, 1], not {traffic_share}")
-        current = self.roles()
-        if current.golden == version:
-            raise RegistryError(f"{version} is the golden model; register a new version to experiment")
-        experiment = Experiment(name=name, model_version=version, mode=mode, traffic_share=traffic_share)
-        others = tuple(e for e in current.experiments if e.name != name)
-        return self._write_roles(Roles(golden=current.golden, experiments=(*others, experiment)))
-
-    def stop_experiment(self, name: str) -> Roles:
-        """Stop experiment `name`.
-
-        Raises:
-            RegistryError: no such experiment.
-        """
-        current = self.roles()
-        if all(e.name != name for e in current.experiments):
-            raise RegistryError(f"no experiment named {name!r}")
-        remaining = tuple(e for e in current.experiments if e.name != name)
-        return self._write_roles(Roles(golden=current.golden, experiments=remaining))
-
-    def _write_roles(self, roles: Roles) -> Roles:
-        _write_json(self.root / ROLES_FILE, asdict(roles))
-        return roles
 
     def _next_number(self, name: str) -> int:
         numbers = [int(path.name.rsplit(".", 1)[1]) for path in self.root.glob(f"{name}.*") if path.is_dir()]

@@ -50,8 +50,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
 from rig.errors import RoutingError
-from rig.registry import ExperimentMode
 
+ExperimentMode = Literal["shadow", "ab"]
 ControlKind = Literal["set_golden", "start_experiment", "stop_experiment", "kill_experiment", "purge_cache"]
 KINDS: tuple[str, ...] = (
     "set_golden",

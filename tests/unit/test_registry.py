@@ -60,28 +60,3 @@ def test_unknown_version_and_bad_names_are_clear_errors(tmp_path: Path) -> None:
         registry.load("risk.9")
     with pytest.raises(RegistryError, match="must match"):
         registry.save(small_booster(), "Bad Name!", FEATURES)
-
-
-def test_roles_track_golden_and_experiments(tmp_path: Path) -> None:
-    registry = ModelRegistry(tmp_path)
-    golden = registry.save(small_booster(0), "risk", FEATURES).version
-    challenger = registry.save(small_booster(1), "risk", FEATURES).version
-    assert registry.roles().golden is None
-
-    registry.set_golden(golden)
-    registry.start_experiment("deeper", challenger, "ab", traffic_share=0.2)
-    roles = registry.roles()
-    assert roles.golden == golden
-    assert [(e.name, e.model_version, e.mode, e.traffic_share) for e in roles.experiments] == [
-        ("deeper", challenger, "ab", 0.2)
-    ]
-
-    with pytest.raises(RegistryError, match="golden model"):
-        registry.start_experiment("same", golden, "shadow")
-    with pytest.raises(RegistryError, match="mode"):
-        registry.start_experiment("odd", challenger, "canary")  # type: ignore[arg-type]
-
-    registry.set_golden(challenger)  # promotion: the challenger leaves its experiment
-    assert registry.roles().experiments == ()
-    with pytest.raises(RegistryError, match="no experiment"):
-        registry.stop_experiment("deeper")

@@ -1,0 +1,135 @@
+"""Client tools: produce requests (synthetic or from a file) and tail predictions."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rig.codec import Codec, Rejected
+from rig.config import RigSettings
+
+
+def synthetic_requests(settings: RigSettings, n: int, seed: int) -> Iterator[dict[str, Any]]:
+    """Requests of the synthetic world (entities that the feature store knows)."""
+    from rig.data import make_requests, make_world
+
+    world = make_world(settings.world_seed, settings.world_entities, settings.world_days)
+    frame = make_requests(world, n, seed=seed)
+    event_ms = frame["event_time"].astype("int64") // 1_000_000
+    for request_id, entity_id, event_time in zip(
+        frame["request_id"], frame["entity_id"], event_ms, strict=True
+    ):
+        yield {
+            "request_id": request_id,
+            "entity_id": entity_id,
+            "event_time": int(event_time),
+            "features": {},
+            "context": {},
+        }
+
+
+def file_requests(path: Path) -> Iterator[dict[str, Any]]:
+    """Requests from a JSON-lines, CSV or Parquet file (columns request_id, entity_id, event_time)."""
+    if path.suffix in (".jsonl", ".json"):
+        with path.open() as lines:
+            for line in lines:
+                if line.strip():
+                    record = json.loads(line)
+                    yield {"features": {}, "context": {}, **record}
+        return
+    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    for record in frame.to_dict("records"):
+        yield {"features": {}, "context": {}, **record}
+
+
+def produce_requests(
+    settings: RigSettings,
+    requests: Iterable[dict[str, Any]],
+    rate_per_s: float | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Send requests to the requests topic (Avro, keyed by entity id), optionally paced to a rate.
+
+    Returns:
+        How many requests the broker acknowledged.
+
+    Raises:
+        CodecError: a request does not match schemas/Request.avsc.
+    """
+    from confluent_kafka import Producer
+
+    codec = Codec("Request", registry_url=settings.schema_registry_url)
+    producer = Producer({**settings.kafka_client_config(), "enable.idempotence": True, "linger.ms": 5})
+    topic = settings.topic("requests")
+    delivered = 0
+
+    def count(error: object, _message: object) -> None:
+        nonlocal delivered
+        delivered += error is None
+
+    started = time.perf_counter()
+    for sent, request in enumerate(requests, start=1):
+        producer.produce(
+            topic, key=request["entity_id"].encode(), value=codec.encode(request), on_delivery=count
+        )
+        producer.poll(0)
+        if rate_per_s:
+            ahead = sent / rate_per_s - (time.perf_counter() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        if on_progress is not None and sent % 1000 == 0:
+            on_progress(sent)
+    producer.flush(60)
+    return delivered
+
+
+def tail_predictions(
+    settings: RigSettings,
+    from_beginning: bool = False,
+    limit: int | None = None,
+    timeout_s: float | None = None,
+    request_ids: set[str] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Decoded predictions as they arrive (a throwaway consumer group, never committing).
+
+    Args:
+        from_beginning: start at the oldest prediction instead of the next one.
+        limit: stop after this many predictions.
+        timeout_s: stop when this much time passed.
+        request_ids: only predictions of these requests.
+    """
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    codec = Codec("Prediction", registry_url=settings.schema_registry_url)
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": f"rig-tail-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([settings.topic("predictions")])
+    seen = 0
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        while (limit is None or seen < limit) and (deadline is None or time.monotonic() < deadline):
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            decoded = codec.decode(message.value())
+            if isinstance(decoded, Rejected):
+                continue
+            if request_ids is not None and decoded["request_id"] not in request_ids:
+                continue
+            seen += 1
+            yield decoded
+    finally:
+        consumer.close()

@@ -1,0 +1,171 @@
+"""The control topic on Kafka: publish routing changes, and follow them on every worker.
+
+Every worker reads the compacted, single-partition `rig.control` topic from the beginning with a
+plain consumer (no consumer group, so every worker sees every record) and folds it into a
+`RoutingTable` (see `rig.routing`). This is the design's alternative to Faust's GlobalTable, which
+has an open report of not working with several worker instances.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from rig.codec import Codec, Rejected
+from rig.config import RigSettings
+from rig.routing import EMPTY_ROUTING, RoutingTable, apply_control, control_key, fold_report
+
+log = logging.getLogger(__name__)
+
+CONTROL_SCHEMA = "ControlEvent"
+
+
+def publish_control(
+    settings: RigSettings, event: Mapping[str, Any], check_against: RoutingTable | None = None
+) -> None:
+    """Write one control event to the control topic, keyed for compaction, and wait for the ack.
+
+    Args:
+        settings: cluster and topic names.
+        event: a record built by the `rig.routing` event helpers.
+        check_against: when given, the event is first applied to this table and refused if invalid.
+
+    Raises:
+        RoutingError: the event is invalid (or, with `check_against`, would be held or rejected).
+        RigError: the broker did not acknowledge the write.
+    """
+    from confluent_kafka import Producer
+
+    from rig.errors import RigError
+
+    key = control_key(event)
+    if check_against is not None:
+        apply_control(check_against, event, key)
+    producer = Producer({**settings.kafka_client_config(), "enable.idempotence": True, "acks": "all"})
+    errors: list[str] = []
+    producer.produce(
+        settings.topic("control"),
+        key=key,
+        value=Codec(CONTROL_SCHEMA, registry_url=settings.schema_registry_url).encode(dict(event)),
+        on_delivery=lambda error, _message: errors.append(str(error)) if error else None,
+    )
+    if producer.flush(30) or errors:
+        raise RigError(f"control event not acknowledged by {settings.kafka_bootstrap}: {errors or 'timeout'}")
+
+
+class ControlFollower:
+    """Follows the control topic in a background thread and keeps the current routing table.
+
+    `table` is replaced atomically (one reference assignment) after each batch of records, so a
+    reader sees either the old or the new routing, never half of a change.
+    """
+
+    def __init__(
+        self,
+        settings: RigSettings,
+        on_change: Callable[[RoutingTable], None] | None = None,
+        poll_timeout_s: float = 0.2,
+    ) -> None:
+        self.settings = settings
+        self.table: RoutingTable = EMPTY_ROUTING
+        self.on_change = on_change
+        self.poll_timeout_s = poll_timeout_s
+        self.caught_up = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+        self._codec = Codec(CONTROL_SCHEMA, registry_url=settings.schema_registry_url)
+
+    def start(self) -> ControlFollower:
+        """Start following in a daemon thread."""
+        self._thread = threading.Thread(target=self._run, name="control-follower", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait_caught_up(self, timeout_s: float = 30) -> RoutingTable:
+        """Block until the records present at start have been folded.
+
+        Raises:
+            RigError: the follower failed or did not catch up in time.
+        """
+        from rig.errors import RigError
+
+        if not self.caught_up.wait(timeout_s):
+            raise RigError(f"control topic {self.settings.topic('control')} not read within {timeout_s} s")
+        if self._failure is not None:
+            raise RigError(f"control follower failed: {self._failure}") from self._failure
+        return self.table
+
+    def stop(self) -> None:
+        """Stop the thread and close the consumer."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+        topic = self.settings.topic("control")
+        consumer = Consumer(
+            {
+                **self.settings.kafka_client_config(),
+                "group.id": "rig-control-follower",  # required by the client; never joined or committed
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
+        try:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+            pending_eof = set(partitions)
+            if all(
+                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] == 0
+                for p in partitions
+            ):
+                self.caught_up.set()
+            while not self._stop.is_set():
+                messages = consumer.consume(500, timeout=self.poll_timeout_s)
+                records = []
+                for message in messages:
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            pending_eof.discard(message.partition())
+                            continue
+                        log.warning("control read error topic=%s error=%s", topic, error)
+                        continue
+                    value = message.value()
+                    decoded = None if value is None else self._codec.decode(value)
+                    records.append((message.key() or b"", decoded))
+                if records:
+                    self._fold(records, topic)
+                if not pending_eof:
+                    self.caught_up.set()
+        except BaseException as exc:  # the worker must learn it runs without routing updates
+            self._failure = exc
+            self.caught_up.set()
+            log.exception("control follower stopped topic=%s", topic)
+        finally:
+            consumer.close()
+
+    def _fold(self, records: list[tuple[bytes, dict[str, Any] | Rejected | None]], topic: str) -> None:
+        result = fold_report(records, self.table)
+        for rejected in result.rejected:
+            log.warning(
+                "control record rejected topic=%s key=%s reason=%s", topic, rejected.key, rejected.reason
+            )
+        if result.table is not self.table:
+            self.table = result.table
+            if self.on_change is not None:
+                self.on_change(self.table)
+
+
+def read_routing(settings: RigSettings, timeout_s: float = 30) -> RoutingTable:
+    """The routing table as the control topic holds it now (reads it once, then stops)."""
+    follower = ControlFollower(settings).start()
+    try:
+        return follower.wait_caught_up(timeout_s)
+    finally:
+        follower.stop()

@@ -1,0 +1,72 @@
+"""Enrichment: store features of each request's entity, overridden by features sent with the request."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from rig.codec import ErrorType
+
+MissingEntityPolicy = Literal["defaults", "dlq"]
+
+
+@dataclass(frozen=True)
+class Enriched:
+    """Raw feature columns of the kept requests, and why the others were rejected.
+
+    Attributes:
+        columns: feature name -> float64 array over the kept requests (NaN where unknown; the
+            transform's fill steps supply the training defaults).
+        found: per kept request, whether the store knew its entity.
+        kept: indices (into the input requests) of the kept requests.
+        rejected: (index, reason, error_type) of each rejected request.
+    """
+
+    columns: dict[str, np.ndarray]
+    found: np.ndarray
+    kept: np.ndarray
+    rejected: list[tuple[int, str, str]]
+
+
+def enrich(
+    requests: Sequence[dict[str, Any]],
+    store_columns: dict[str, np.ndarray],
+    found: np.ndarray,
+    policy: MissingEntityPolicy = "defaults",
+) -> Enriched:
+    """Combine the online store's features with request-time features, applying the missing-entity policy.
+
+    Args:
+        requests: decoded requests; `features` maps feature name -> value sent with the request.
+        store_columns: feature name -> values read from the online store, aligned with `requests`.
+        found: whether the store knew each request's entity.
+        policy: `defaults` keeps requests of unknown entities (flagged, features filled by the
+            transform); `dlq` rejects them.
+    """
+    columns = {name: np.array(values, dtype=np.float64) for name, values in store_columns.items()}
+    keep = np.ones(len(requests), dtype=bool)
+    rejected: list[tuple[int, str, str]] = []
+    for i, request in enumerate(requests):
+        overrides = request["features"]
+        if not overrides:
+            continue
+        unknown = sorted(set(overrides) - columns.keys())
+        if unknown:
+            keep[i] = False
+            rejected.append((i, f"unknown request feature(s) {unknown}", ErrorType.INVALID_RECORD))
+            continue
+        for name, value in overrides.items():
+            columns[name][i] = value
+    if policy == "dlq":
+        for i in np.flatnonzero(keep & ~found):
+            keep[i] = False
+            rejected.append(
+                (int(i), f"unknown entity {requests[i]['entity_id']!r}", ErrorType.UNKNOWN_ENTITY)
+            )
+    kept = np.flatnonzero(keep)
+    if kept.size != len(requests):
+        columns = {name: values[kept] for name, values in columns.items()}
+    return Enriched(columns=columns, found=np.asarray(found, dtype=bool)[kept], kept=kept, rejected=rejected)

@@ -1,0 +1,136 @@
+"""The predict agent: a request's journey, top to bottom, one call into `rig/` per arrow.
+
+decode → enrich → transform → dispatch → predict → publish; every bad message goes to the DLQ with
+its reason and bytes, and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+import numpy as np
+
+from rig.codec import ErrorType
+from rig.dispatch import plan_batch
+from rig.enrich import enrich
+from rig.errors import RigError
+from rig.intake import Source, take_in
+from rig.predictions import build_predictions
+from streams.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+async def handle_batch(runtime: Runtime, events: Sequence[faust.types.EventT]) -> tuple[int, int]:
+    """Answer one micro-batch of request events. Returns (predictions, dead letters) published."""
+    clock = StageClock()
+    batch = take_in(runtime.request_codec, [source_of(e.message) for e in events])  # decode
+    clock.lap("decode")
+
+    store = await asyncio.to_thread(runtime.reader.read, batch.entity_ids())  # enrich
+    enriched = enrich(batch.requests, store.columns, store.found, runtime.settings.missing_entity_policy)
+    batch.keep(enriched.kept, enriched.rejected)
+    clock.lap("enrich")
+
+    transform = runtime.transform
+    if transform is None:
+        batch.reject_all("no golden model is routed", ErrorType.INVALID_VALUE)
+    records: list[dict[str, Any]] = []
+    if batch:
+        result = transform.transform(
+            enriched.columns, now=[r["event_time"] for r in batch.requests]
+        )  # transform
+        ok = np.flatnonzero(result.row_ok)
+        batch.keep(ok, [(i, reason, ErrorType.INVALID_VALUE) for i, reason in result.reasons.items()])
+        values, found = result.values[ok], enriched.found[ok]
+        clock.lap("transform")
+    if batch:
+        try:
+            plan = plan_batch(runtime.routing, batch.entity_ids(), limiter=runtime.limiter)  # dispatch
+            clock.lap("dispatch")
+            scores = await runtime.backbone.predict_batch(values, plan.score_rows, plan.golden)  # predict
+            clock.lap("predict")
+        except RigError as error:
+            log.error(
+                "batch not scored topic=%s first_offset=%s error=%s",
+                batch.sources[0].topic,
+                batch.sources[0].offset,
+                error,
+            )
+            batch.reject_all(f"not scored: {error}", ErrorType.INVALID_VALUE)
+        else:
+            for version, reason in scores.failed.items():
+                log.warning("experiment skipped a batch version=%s reason=%s", version, reason)
+            records = build_predictions(batch.requests, plan, scores, transform.version, found, clock.total())
+            stamp_latency(records, batch.sources)
+
+    publish(runtime, records, batch.dead_letters)  # publish
+    await asyncio.to_thread(runtime.producer.flush, 30)
+    return len(records), len(batch.dead_letters)
+
+
+class StageClock:
+    """Milliseconds spent in each stage of one batch."""
+
+    def __init__(self) -> None:
+        self.started = self.mark = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = round((now - self.mark) * 1000, 3)
+        self.mark = now
+
+    def total(self) -> dict[str, float]:
+        """The stage timings plus `total`."""
+        return {**self.timings, "total": round((time.perf_counter() - self.started) * 1000, 3)}
+
+
+def source_of(message: faust.types.Message) -> Source:
+    """Where a Faust message came from (a tombstone's value is read as empty bytes)."""
+    return Source(
+        message.topic,
+        message.partition,
+        message.offset,
+        message.key,
+        message.value or b"",
+        message.timestamp * 1000,
+    )
+
+
+def stamp_latency(records: list[dict[str, Any]], sources: list[Source]) -> None:
+    """Add each record's time since its request reached Kafka (`kafka_to_publish` ms)."""
+    now_ms = time.time() * 1000
+    for record, source in zip(records, sources, strict=True):
+        record["timings_ms"] = {
+            **record["timings_ms"],
+            "kafka_to_publish": round(now_ms - source.timestamp_ms, 3),
+        }
+
+
+def publish(runtime: Runtime, predictions: list[dict[str, Any]], dead_letters: list[dict[str, Any]]) -> None:
+    """Queue predictions (keyed by entity id) and dead letters on the producer."""
+    settings, producer = runtime.settings, runtime.producer
+    topic = settings.topic("predictions")
+    for record in predictions:
+        producer.produce(
+            topic, key=record["entity_id"].encode(), value=runtime.prediction_codec.encode(record)
+        )
+        producer.poll(0)
+    dlq = settings.topic("dlq")
+    for letter in dead_letters:
+        log.warning(
+            "dead letter topic=%s partition=%s offset=%s request_id=%s error_type=%s reason=%s",
+            letter["source_topic"],
+            letter["partition"],
+            letter["offset"],
+            letter["request_id"],
+            letter["error_type"],
+            letter["reason"],
+        )
+        producer.produce(dlq, key=letter["key"], value=runtime.dead_letter_codec.encode(letter))

@@ -1,0 +1,131 @@
+"""Everything a worker holds while it runs: codecs, feature reader, transform, models, routing, producer.
+
+Built once per worker process, before it consumes: models are loaded and verified and the routing
+table is read from the control topic first, so the first batch meets a warm worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Producer
+from rig.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader
+
+from rig.backbone import Backbone
+from rig.codec import Codec
+from rig.config import RigSettings
+from rig.control import ControlFollower
+from rig.dispatch import TrafficLimiter
+from rig.errors import RigError
+from rig.features import FeatureStoreClient
+from rig.model_inputs import column_index
+from rig.registry import ModelRegistry
+from rig.routing import RoutingTable
+from rig.transform import FittedTransform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ColumnSelectingModel:
+    """A booster fed with only its own columns of the deployment's transform output."""
+
+    booster: Any
+    columns: np.ndarray
+    width: int
+
+    def inplace_predict(self, data: np.ndarray) -> Any:
+        if data.shape[1] != self.width:
+            raise RigError(f"model expects the {self.width} columns of its transform, got {data.shape[1]}")
+        return self.booster.inplace_predict(data[:, self.columns])
+
+
+@dataclass
+class Runtime:
+    """The worker's long-lived parts (one per process)."""
+
+    settings: RigSettings
+    registry: ModelRegistry
+    reader: OnlineReader
+    backbone: Backbone
+    follower: ControlFollower
+    producer: Producer
+    request_codec: Codec
+    prediction_codec: Codec
+    dead_letter_codec: Codec
+    limiter: TrafficLimiter = field(default_factory=TrafficLimiter)
+    transform: FittedTransform | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def create(cls, settings: RigSettings) -> Runtime:
+        """Build the runtime, read the routing, and load every routed model (blocking)."""
+        registry = ModelRegistry(settings.model_dir)
+        client = FeatureStoreClient(settings)
+        reader: OnlineReader = (
+            RedisLayoutReader(settings, client)
+            if settings.online_reader == "redis"
+            else FeastSdkReader(client)
+        )
+        registry_url = settings.schema_registry_url
+        runtime = cls(
+            settings=settings,
+            registry=registry,
+            reader=reader,
+            backbone=Backbone(
+                registry, wrap_model=lambda version, booster: _select_columns(registry, version, booster)
+            ),
+            follower=ControlFollower(settings),
+            producer=Producer({**settings.kafka_client_config(), "enable.idempotence": True, "linger.ms": 5}),
+            request_codec=Codec(
+                "Request", registry_url=registry_url, allow_json=True, max_bytes=settings.max_message_bytes
+            ),
+            prediction_codec=Codec("Prediction", registry_url=registry_url),
+            dead_letter_codec=Codec("DeadLetter", registry_url=registry_url),
+        )
+        runtime.follower.on_change = runtime.apply_routing
+        table = runtime.follower.start().wait_caught_up()
+        runtime.apply_routing(table)
+        if table.golden is None:
+            log.warning("no golden model on %s yet; requests wait in Kafka", settings.topic("control"))
+        return runtime
+
+    @property
+    def routing(self) -> RoutingTable:
+        """The current routing table (replaced atomically by the control follower)."""
+        return self.follower.table
+
+    def apply_routing(self, table: RoutingTable) -> None:
+        """Load the models a routing table needs and switch the transform to the golden's."""
+        with self._lock:
+            versions = [v for v in (table.golden, *(e.model_version for e in table.live_experiments)) if v]
+            try:
+                self.backbone.ensure_loaded(versions)
+            except RigError:
+                log.exception("routing needs models that cannot be loaded versions=%s", versions)
+                return
+            if table.golden is not None:
+                version = self.registry.meta(table.golden).transform_version
+                if self.transform is None or self.transform.version != version:
+                    self.transform = self.registry.load_transform(version)
+            log.info(
+                "routing applied golden=%s experiments=%s",
+                table.golden,
+                [e.name for e in table.live_experiments],
+            )
+
+    def close(self) -> None:
+        """Stop following the control topic, flush the producer and stop the model pools."""
+        self.follower.stop()
+        self.producer.flush(30)
+        self.backbone.close()
+
+
+def _select_columns(registry: ModelRegistry, version: str, booster: Any) -> ColumnSelectingModel:
+    meta = registry.meta(version)
+    outputs = registry.load_transform(meta.transform_version).output_columns
+    return ColumnSelectingModel(booster, column_index(outputs, meta.features), len(outputs))

@@ -1,0 +1,54 @@
+"""The rig worker: `rig worker` (or `faust -A streams.worker worker`).
+
+One Faust app per process; the predict agent consumes the requests topic in micro-batches. The
+runtime (models, routing, feature reader) is built before the first batch is consumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from rig.config import RigSettings
+from rig.topics import ensure_topics
+from streams.app import make_app
+from streams.predict import handle_batch
+from streams.runtime import Runtime
+
+settings = RigSettings()
+log = logging.getLogger("rig.worker")
+app = make_app(
+    settings,
+    app_id=f"{settings.topic_prefix}worker",
+    web_port=settings.web_port or 6066,  # Faust validates the port even when the web server is off
+    web_enabled=settings.web_port > 0,
+)
+requests_topic = app.topic(settings.topic("requests"), key_serializer="raw", value_serializer="raw")
+runtime_ready: asyncio.Future[Runtime] | None = None
+
+
+async def get_runtime() -> Runtime:
+    """The process's runtime, built once (off the event loop: it loads models and reads routing)."""
+    global runtime_ready
+    if runtime_ready is None:
+        runtime_ready = asyncio.ensure_future(asyncio.to_thread(build_runtime))
+    return await runtime_ready
+
+
+def build_runtime() -> Runtime:
+    ensure_topics(settings)
+    return Runtime.create(settings)
+
+
+@app.agent(requests_topic)
+async def predict(stream):  # type: ignore[no-untyped-def]
+    """Answer request micro-batches: see `streams.predict.handle_batch`."""
+    runtime = await get_runtime()
+    async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+        predictions, dead = await handle_batch(runtime, events)
+        log.debug("batch done predictions=%d dead_letters=%d", predictions, dead)
+
+
+def main() -> None:
+    """Run the worker (argv as Faust's `worker` command)."""
+    app.main()

@@ -1,0 +1,240 @@
+"""The whole streaming path on the real broker, Redis and Feast, with two worker processes."""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from rig.clients import produce_requests, synthetic_requests
+from rig.codec import Codec
+from rig.model_inputs import column_index
+from rig.registry import ModelRegistry
+from rig.routing import kill_experiment_event, set_golden_event, start_experiment_event
+from tests.e2e.conftest import Deployment, consume, deploy, route, workers
+
+pytestmark = pytest.mark.e2e
+AB_SHARE = 0.3
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    deployed = deploy(
+        tmp_path_factory.mktemp("e2e"),
+        {"golden": "golden", "better": "better", "worse": "worse", "twin": "golden"},
+        world_seed=21,
+        world_entities=5_000,
+        world_days=4,
+        missing_entity_policy="dlq",
+    )
+    v = deployed.versions
+    route(
+        deployed,
+        set_golden_event(v["golden"], actor="test"),
+        start_experiment_event("better", v["better"], "shadow", actor="test"),
+        start_experiment_event("worse", v["worse"], "shadow", actor="test"),
+        start_experiment_event("twin", v["twin"], "ab", actor="test", traffic_share=AB_SHARE),
+    )
+    return deployed
+
+
+@pytest.fixture(scope="module")
+def running(deployment: Deployment) -> Iterator[Deployment]:
+    with workers(deployment, count=2) as processes:
+        yield replace(deployment, processes=tuple(processes))
+
+
+def offline_golden_scores(deployment: Deployment, entity_ids: list[str]) -> np.ndarray:
+    """The golden model's prediction on the same features, computed without the streaming path."""
+    registry = ModelRegistry(deployment.settings.model_dir)
+    meta = registry.meta(deployment.versions["golden"])
+    transform = registry.load_transform(meta.transform_version)
+    latest = deployment.world.latest().set_index("entity_id").loc[entity_ids].reset_index()
+    result = transform.transform(latest)
+    assert result.row_ok.all()
+    x = result.values[:, column_index(result.columns, meta.features)]
+    return registry.load(meta.version).inplace_predict(x)
+
+
+def worker_group_members(settings) -> list[list[int]]:
+    """Requests-topic partitions held by each member of the workers' consumer group."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(settings.kafka_client_config())
+    group = f"{settings.topic_prefix}worker"
+    description = admin.describe_consumer_groups([group])[group].result()
+    return [
+        [tp.partition for tp in member.assignment.topic_partitions if tp.topic == settings.topic("requests")]
+        for member in description.members
+    ]
+
+
+def test_ten_thousand_requests_give_exactly_ten_thousand_predictions(running: Deployment) -> None:
+    settings, versions = running.settings, running.versions
+    requests = list(synthetic_requests(settings, 10_000, seed=5))
+    assert produce_requests(settings, requests) == 10_000
+
+    predictions = consume(
+        settings,
+        settings.topic("predictions"),
+        "Prediction",
+        10_000,
+        timeout_s=240,
+        processes=running.processes,
+    )
+    extra = consume(settings, settings.topic("predictions"), "Prediction", 10_001, timeout_s=5)
+
+    assert len(predictions) == 10_000 and len(extra) == 10_000, "each request answered exactly once"
+    assert {p["request_id"] for p in predictions} == {r["request_id"] for r in requests}
+
+    for p in predictions:
+        assert p["golden"]["model_version"] == versions["golden"]
+        shadows = {e["experiment"]: e for e in p["experiments"] if e["mode"] == "shadow"}
+        assert set(shadows) == {"better", "worse"}, p
+        assert all(0.0 <= e["score"] <= 1.0 for e in p["experiments"])
+
+    sample = predictions[:: len(predictions) // 200]
+    expected = offline_golden_scores(running, [p["entity_id"] for p in sample])
+    np.testing.assert_allclose([p["golden"]["score"] for p in sample], expected, atol=1e-6, rtol=0)
+
+    answered_by: dict[str, set[str]] = collections.defaultdict(set)
+    for p in predictions:
+        answered_by[p["entity_id"]].add(p["answered_by"])
+    assert all(len(models) == 1 for models in answered_by.values()), "A/B assignment is sticky per entity"
+    ab_share = sum(versions["twin"] in models for models in answered_by.values()) / len(answered_by)
+    print(f"A/B share over {len(answered_by)} entities: {ab_share:.4f} (configured {AB_SHARE})")
+    assert abs(ab_share - AB_SHARE) <= 0.02
+    for p in predictions:
+        expected_score = p["golden"]["score"]
+        if p["answered_by"] == versions["twin"]:
+            expected_score = next(e["score"] for e in p["experiments"] if e["experiment"] == "twin")
+        assert p["score"] == expected_score
+
+
+def test_bad_input_goes_to_the_dead_letter_topic_and_loses_no_valid_request(running: Deployment) -> None:
+    from confluent_kafka import Producer
+
+    settings = running.settings
+    request_codec, decision_codec = Codec("Request"), Codec("Decision")
+    known = running.world.entity_ids[0]
+    key = known.encode()  # one key: one partition, so bad and good messages interleave in order
+
+    def valid() -> tuple[str, bytes]:
+        request_id = f"ok-{uuid.uuid4().hex}"
+        record = {
+            "request_id": request_id,
+            "entity_id": known,
+            "event_time": 1,
+            "features": {},
+            "context": {},
+        }
+        return request_id, request_codec.encode(record)
+
+    def request(request_id: str, entity: str, features: dict[str, float]) -> bytes:
+        record = {
+            "request_id": request_id,
+            "entity_id": entity,
+            "event_time": 1,
+            "features": features,
+            "context": {},
+        }
+        return request_codec.encode(record)
+
+    decision = {
+        "decision_id": "d",
+        "decided_at": 1,
+        "action": "keep",
+        "mode": "suggest",
+        "golden_version": "g",
+        "challenger_version": None,
+        "metric": "log_loss",
+        "n": 1,
+        "estimate": 0.0,
+        "ci_low": 0.0,
+        "ci_high": 0.0,
+        "p_value": None,
+        "e_value": None,
+        "reason": "",
+    }
+    bad = {
+        "malformed": b"\xff\xfenot avro at all",
+        "wrong-schema": decision_codec.encode(decision),
+        "nan": request("bad-nan", known, {"credit_utilization": math.nan}),
+        "inf": request("bad-inf", known, {"txn_amount_mean_7d": math.inf}),
+        "unknown-entity": request("bad-unknown", "ent-does-not-exist", {}),
+        "oversized": request("bad-big", known, {f"x{i}": 1.0 for i in range(12_000)}),
+    }
+    good: list[str] = []
+    producer = Producer({**settings.kafka_client_config(), "message.max.bytes": 1_000_000})
+    for payload in bad.values():
+        request_id, value = valid()
+        good.append(request_id)
+        producer.produce(settings.topic("requests"), key=key, value=value)
+        producer.produce(settings.topic("requests"), key=key, value=payload)
+    assert producer.flush(30) == 0
+
+    # A plain JSON request from an outside client, kcat.
+    json_id = f"ok-json-{uuid.uuid4().hex}"
+    line = json.dumps({"request_id": json_id, "entity_id": known, "event_time": int(time.time() * 1000)})
+    subprocess.run(
+        ["kcat", "-P", "-b", settings.kafka_bootstrap, "-t", settings.topic("requests"), "-k", known],
+        input=line.encode(),
+        check=True,
+        timeout=30,
+    )
+    good.append(json_id)
+
+    answered = consume(
+        settings,
+        settings.topic("predictions"),
+        "Prediction",
+        len(good),
+        where=lambda p: p["request_id"] in good,
+    )
+    dead = consume(settings, settings.topic("dlq"), "DeadLetter", len(bad), timeout_s=60)
+
+    assert sorted(p["request_id"] for p in answered) == sorted(good)
+    by_type = collections.Counter(letter["error_type"] for letter in dead)
+    print("dead letters:", [(d["error_type"], d["reason"][:80]) for d in dead])
+    assert len(dead) == len(bad)
+    assert by_type == {
+        "malformed": 1,
+        "unknown_schema": 1,
+        "invalid_value": 2,
+        "unknown_entity": 1,
+        "oversized": 1,
+    }
+    originals = {letter["original"] for letter in dead}
+    assert set(bad.values()) == originals, "every dead letter carries the original bytes"
+    assert all(letter["reason"] and letter["source_topic"] == settings.topic("requests") for letter in dead)
+
+
+def test_a_routing_change_reaches_every_running_worker_within_seconds(running: Deployment) -> None:
+    from rig.control import read_routing
+
+    settings = running.settings
+    table = read_routing(settings)
+    route(running, kill_experiment_event(table.experiment("worse"), actor="test", reason="kill switch test"))
+    time.sleep(3)  # "within seconds": the workers follow the control topic continuously
+
+    requests = list(synthetic_requests(settings, 2_000, seed=77))
+    ids = {r["request_id"] for r in requests}
+    assert produce_requests(settings, requests) == 2_000
+    predictions = consume(
+        settings, settings.topic("predictions"), "Prediction", 2_000, where=lambda p: p["request_id"] in ids
+    )
+
+    assert len(predictions) == 2_000
+    members = worker_group_members(settings)
+    assert len(members) == 2, "both worker processes share the requests topic's partitions"
+    assert sorted(p for member in members for p in member) == list(range(settings.topic_partitions))
+    assert all("worse" not in {e["experiment"] for e in p["experiments"]} for p in predictions)
+    assert all("better" in {e["experiment"] for e in p["experiments"]} for p in predictions)
