@@ -19,9 +19,11 @@ services-up: install
 	ops/tools/install
 	RIG_PYTHON=$(BIN)/python ops/redis/up
 	RIG_PYTHON=$(BIN)/python ops/kafka/up
+	ops/postgres/up
 
 services-down:
 	-ops/kafka/down
+	-ops/postgres/down
 	-ops/redis/down
 
 demo: services-up

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,37 +28,19 @@ def run_demo(settings: RigSettings) -> None:
     """Topics, feature store, training, routing, a worker, requests in, predictions out, a summary."""
     from rig.clients import produce_requests, synthetic_requests, tail_predictions
     from rig.control import publish_control
-    from rig.data import FEATURE_SETS
-    from rig.features import FeatureStoreClient, prepare_world
+    from rig.deploy import prepare, start_worker
+    from rig.registry import ModelRegistry
     from rig.routing import set_golden_event, start_experiment_event
-    from rig.topics import ensure_topics
-    from rig.train import load_transform_spec, split_by_time, train_and_register, training_frame
-    from rig.transform import fit
 
-    with step(f"Kafka topics on {settings.kafka_bootstrap}"):
-        created = ensure_topics(settings)
-        console.print(f"  created {len(created)} topic(s) with prefix {settings.topic_prefix!r}")
-
-    client = FeatureStoreClient(settings)
-    with step(f"Synthetic world → Feast offline store ({settings.world_entities} entities)"):
-        world = prepare_world(settings)
-        client.apply()
-    with step("Materialize features into Redis"):
-        client.materialize(world.start, world.end, progress=True)
-
-    with step("Point-in-time training data from Feast historical retrieval"):
-        frame = training_frame(world, client.historical, n_events=20_000, seed=settings.world_seed)
-        console.print(f"  {len(frame)} labelled events, label rate {frame['label'].mean():.3f}")
-
-    versions = {}
-    with step("Train golden and challengers (XGBoost, stored as UBJ + SHA-256)"):
-        transform = fit(load_transform_spec(settings), split_by_time(frame)[0])  # one for all models
-        for feature_set in FEATURE_SETS:
-            report = train_and_register(settings, frame, feature_set=feature_set, transform=transform)
-            versions[feature_set] = report.meta.version
+    models = {"golden": "golden", "better": "better", "worse": "worse"}
+    with step(f"Deploy the synthetic world ({settings.world_entities} entities): topics, Feast, training"):
+        _, versions = prepare(settings, models, on_step=lambda name: console.print(f"  · {name}"))
+        registry = ModelRegistry(settings.model_dir)
+        for name, version in versions.items():
+            meta = registry.meta(version)
             console.print(
-                f"  {report.meta.version:<10} {feature_set:<7} held-out AUC {report.auc:.3f}  "
-                f"log loss {report.log_loss:.4f}"
+                f"  {version:<10} {name:<7} held-out AUC {meta.metrics['auc']:.3f}  "
+                f"log loss {meta.metrics['log_loss']:.4f}  sha256 {meta.sha256[:12]}…"
             )
 
     with step("Routing on the control topic: golden + two shadow experiments"):
@@ -69,17 +48,12 @@ def run_demo(settings: RigSettings) -> None:
         for name in ("better", "worse"):
             publish_control(settings, start_experiment_event(name, versions[name], "shadow", actor="demo"))
 
-    with step("Start a worker (rig worker), send requests, read predictions"):
+    with step(f"Start a worker, send {DEMO_REQUESTS:,} requests, read the predictions"):
         log_path = settings.home / "demo-worker.log"
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "rig.cli", "worker", "--web-port", "0", "--loglevel", "warn"],
-            env={**os.environ, "RIG_TOPIC_PREFIX": settings.topic_prefix},
-            stdout=log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        worker = start_worker(settings, log_path)
         try:
-            sent_at = time.perf_counter()
             requests = list(synthetic_requests(settings, DEMO_REQUESTS, seed=int(time.time())))
+            sent_at = time.perf_counter()
             sent = produce_requests(settings, requests)
             ids = {r["request_id"] for r in requests}
             predictions = list(
@@ -98,10 +72,8 @@ def run_demo(settings: RigSettings) -> None:
         f"  golden {versions['golden']}; shadows better={versions['better']} worse={versions['worse']}"
     )
     console.print(
-        f"  {sent} requests sent, {len(predictions)} predictions read in {elapsed:.1f} s "
-        f"({len(predictions) / elapsed:,.0f} predictions/s including worker start-up)"
+        f"  {sent:,} requests sent, {len(predictions):,} predictions read in {elapsed:.1f} s "
+        f"({len(predictions) / elapsed:,.0f} predictions/s, worker start-up included)"
     )
     console.print(f"  latency request-in-Kafka → prediction published: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-    console.print(
-        "  try: .venv/bin/rig tail --from-beginning --limit 5   and   .venv/bin/rig experiment list"
-    )
+    console.print("  next: .venv/bin/rig tail --from-beginning --limit 5;  .venv/bin/rig experiment list")

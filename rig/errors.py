@@ -43,3 +43,18 @@ class BatchInputError(RigError):
 
 class PromoterError(RigError):
     """The promoter got unusable input or settings (mismatched batch lengths, scores outside [0, 1], ...)."""
+
+
+class CacheError(RigError):
+    """The prediction cache was misused (bad settings, rows/entities/scores of different lengths).
+
+    Never raised because Redis is unavailable: the cache bypasses Redis instead.
+    """
+
+
+class MetadataError(RigError):
+    """The metadata store is unreachable, its schema is missing, or a record cannot be stored."""
+
+
+class ExplainerError(RigError):
+    """An explanation cannot be computed (bad row shape, unknown mutable feature, unusable reference)."""

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -17,57 +15,24 @@ from rig.codec import Codec, Rejected
 from rig.config import RigSettings
 from rig.control import publish_control
 from rig.data import World
-from rig.features import FeatureStoreClient, prepare_world
-from rig.topics import ensure_topics
-from rig.train import load_transform_spec, split_by_time, train_and_register, training_frame
-from rig.transform import fit
-from tests.conftest import REPO
+from rig.deploy import prepare, start_worker
 from tests.integration.conftest import isolated_feast_settings
 
 
 @dataclass(frozen=True)
 class Deployment:
-    """A deployed rig: its settings, world, and model versions by role name."""
+    """A deployed rig: its settings, world, model versions by role name, and running workers."""
 
     settings: RigSettings
     world: World
     versions: dict[str, str]
     processes: tuple[subprocess.Popen[bytes], ...] = ()
 
-    def env(self, **extra: str) -> dict[str, str]:
-        """Environment that points a `rig` process at this deployment."""
-        s = self.settings
-        values = {
-            "RIG_TOPIC_PREFIX": s.topic_prefix,
-            "RIG_HOME": str(s.home),
-            "RIG_FEAST_REPO": str(s.feast_repo),
-            "RIG_WORLD_SEED": str(s.world_seed),
-            "RIG_WORLD_ENTITIES": str(s.world_entities),
-            "RIG_WORLD_DAYS": str(s.world_days),
-            "RIG_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-            "RIG_REDIS_URL": s.redis_url,
-            "RIG_MISSING_ENTITY_POLICY": s.missing_entity_policy,
-            **extra,
-        }
-        return {**os.environ, **values}
-
 
 def deploy(root: Path, models: dict[str, str], rounds: int = 40, **world: Any) -> Deployment:
-    """Topics, world, Feast apply + materialize, and one trained model per name → feature set."""
+    """A deployment on its own Feast project and topic prefix: one trained model per name → feature set."""
     settings = isolated_feast_settings(root, topic_prefix=f"e2e.{uuid.uuid4().hex[:8]}.", **world)
-    ensure_topics(settings)
-    world_ = prepare_world(settings)
-    client = FeatureStoreClient(settings)
-    client.apply()
-    client.materialize(world_.start, world_.end, progress=False)
-    frame = training_frame(world_, client.historical, n_events=6_000, seed=1)
-    transform = fit(load_transform_spec(settings), split_by_time(frame)[0])
-    versions = {}
-    for seed, (name, feature_set) in enumerate(models.items()):
-        report = train_and_register(
-            settings, frame, feature_set=feature_set, rounds=rounds, seed=seed, transform=transform
-        )
-        versions[name] = report.meta.version
+    world_, versions = prepare(settings, models, n_events=6_000, rounds=rounds)
     return Deployment(settings=settings, world=world_, versions=versions)
 
 
@@ -79,19 +44,9 @@ def route(deployment: Deployment, *events: dict[str, Any]) -> None:
 
 @contextmanager
 def workers(deployment: Deployment, count: int = 1, **env: str) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Run `count` worker processes; on exit stop them and show their logs if a test failed."""
+    """Run `count` worker processes; on exit stop them and print the tail of their logs."""
     logs = [deployment.settings.home / f"worker-{i}.log" for i in range(count)]
-    deployment.settings.home.mkdir(parents=True, exist_ok=True)
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "rig.cli", "worker", "--web-port", "0", "--loglevel", "warn"],
-            cwd=REPO,
-            env=deployment.env(**env),
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        for log in logs
-    ]
+    processes = [start_worker(deployment.settings, log, **env) for log in logs]
     try:
         yield processes
     finally:

@@ -1,0 +1,100 @@
+"""The metadata store behaves identically on SQLite and on a real PostgreSQL (ops/postgres/up).
+
+PostgreSQL: `RIG_TEST_POSTGRES_URL`, or the server ops/postgres/up starts. Each test gets its own
+PostgreSQL schema (through the connection's search_path), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from rig.errors import MetadataError
+from rig.metadata import MetadataStore
+from tests.metadata_checks import CHECKS, Check, check_id, opened_store
+
+pytestmark = pytest.mark.integration
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://rig:rig@127.0.0.1:55432/rig"
+
+
+@pytest.fixture(scope="session")
+def postgres_engine() -> Iterator[sa.Engine]:
+    """An engine on a PostgreSQL that answers; fails clearly when none does."""
+    url = os.environ.get("RIG_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    engine = sa.create_engine(url, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as error:
+        engine.dispose()
+        pytest.fail(f"no PostgreSQL at {url} ({error.orig}); run ops/postgres/up")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_engine: sa.Engine) -> Iterator[str]:
+    """The PostgreSQL URL, with a fresh schema of this test first on the search_path."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    with postgres_engine.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = postgres_engine.url.update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with postgres_engine.begin() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'metadata.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    with opened_store(url) as opened:
+        yield opened
+
+
+@pytest.mark.parametrize("behaviour", CHECKS, ids=check_id)
+def test_store_behaves_the_same_on_sqlite_and_postgresql(store: MetadataStore, behaviour: Check) -> None:
+    behaviour(store)
+
+
+def test_tables_live_in_the_schema_of_the_search_path(postgres_url: str, postgres_engine: sa.Engine) -> None:
+    with opened_store(postgres_url) as store:
+        store.record_decision({**_minimal_decision(), "decision_id": "scoped"})
+        schema = sa.make_url(postgres_url).query["options"].split("=", 1)[1]
+        tables = sa.inspect(postgres_engine).get_table_names(schema=schema)
+    assert set(tables) >= {"models", "control_events", "decisions", "model_metrics", "feature_stats"}
+    assert "decisions" not in sa.inspect(postgres_engine).get_table_names(schema="public")
+
+
+def test_wrong_password_is_a_metadata_error_naming_ops_postgres_up(postgres_engine: sa.Engine) -> None:
+    url = postgres_engine.url.set(password="wrong").render_as_string(hide_password=False)
+    store = MetadataStore(url)
+    with pytest.raises(MetadataError, match="run ops/postgres/up") as raised:
+        store.models()
+    assert "password authentication failed" in str(raised.value)
+    assert "wrong" not in str(raised.value)
+
+
+def _minimal_decision() -> dict[str, object]:
+    return {
+        "decided_at": 1,
+        "action": "keep",
+        "mode": "manual",
+        "golden_version": "risk.1",
+        "metric": "log_loss",
+        "n": 0,
+        "estimate": 0.0,
+        "ci_low": -1.0,
+        "ci_high": 1.0,
+        "reason": "by hand",
+    }

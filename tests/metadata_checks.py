@@ -1,0 +1,291 @@
+"""Behaviour checks of `rig.metadata.MetadataStore`, shared by the SQLite unit tests and the
+integration tests that run them on SQLite and on a real PostgreSQL.
+
+Each check takes an empty store whose schema exists and proves one behaviour through the public API.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rig.errors import MetadataError
+from rig.metadata import Experiment, FeatureStats, LabelDelays, MetadataStore, ModelMetrics
+from rig.registry import ModelMeta
+
+Check = Callable[[MetadataStore], None]
+CHECKS: list[Check] = []
+
+
+def check(function: Check) -> Check:
+    CHECKS.append(function)
+    return function
+
+
+def check_id(function: Check) -> str:
+    return function.__name__
+
+
+@contextmanager
+def opened_store(url: str) -> Iterator[MetadataStore]:
+    """A store on `url` with its schema created, closed afterwards."""
+    store = MetadataStore(url)
+    try:
+        store.create_schema()
+        yield store
+    finally:
+        store.close()
+
+
+def decision(decision_id: str = "d1", **fields: Any) -> dict[str, Any]:
+    """A complete Decision record (every field, as the codec decodes it)."""
+    record = {
+        "decision_id": decision_id,
+        "decided_at": 1_700_000_000_000,
+        "action": "keep",
+        "mode": "suggest",
+        "golden_version": "risk.1",
+        "challenger_version": "risk.2",
+        "metric": "log_loss",
+        "n": 1_200,
+        "estimate": -0.013,
+        "ci_low": -0.031,
+        "ci_high": 0.004,
+        "p_value": 0.21,
+        "e_value": 1.7,
+        "reason": "not enough evidence yet",
+    }
+    return record | fields
+
+
+def control_event(event_id: str, issued_at: int, kind: str, **fields: Any) -> dict[str, Any]:
+    """A complete ControlEvent record."""
+    record = {
+        "event_id": event_id,
+        "issued_at": issued_at,
+        "kind": kind,
+        "model_version": None,
+        "experiment": None,
+        "mode": None,
+        "traffic_share": None,
+        "traffic_cap_rps": None,
+        "actor": "ana",
+        "reason": "",
+    }
+    return record | fields
+
+
+def reference_frame(rows: int = 5_000, seed: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"amount": rng.lognormal(3, 1, rows), "age": rng.integers(18, 90, rows)})
+
+
+def model_meta(version: str, created_at: str, sha256: str = "ab" * 32) -> ModelMeta:
+    return ModelMeta(
+        version=version,
+        name=version.split(".")[0],
+        sha256=sha256,
+        features=("amount", "age"),
+        created_at=created_at,
+        transform_version="t-3f2a",
+        metrics={"auc": 0.81, "log_loss": 0.42},
+        training={"rows": 20_000, "seed": 7, "source": "world"},
+    )
+
+
+@check
+def create_schema_is_idempotent(store: MetadataStore) -> None:
+    store.record_model(model_meta("risk.1", "2026-01-01T00:00:00+00:00"))
+    store.create_schema()
+    assert [meta.version for meta in store.models()] == ["risk.1"]
+
+
+@check
+def models_round_trip_oldest_first_and_are_recorded_once(store: MetadataStore) -> None:
+    second = model_meta("risk.2", "2026-01-02T00:00:00+00:00", sha256="cd" * 32)
+    first = model_meta("risk.1", "2026-01-01T00:00:00+00:00")
+
+    assert store.record_model(second) is True
+    assert store.record_model(first) is True
+    assert store.record_model(first) is False
+
+    assert store.models() == [first, second]
+
+
+@check
+def a_model_version_recorded_with_another_checksum_is_refused(store: MetadataStore) -> None:
+    store.record_model(model_meta("risk.1", "2026-01-01T00:00:00+00:00"))
+    with pytest.raises(MetadataError, match="already recorded with checksum"):
+        store.record_model(model_meta("risk.1", "2026-01-01T00:00:00+00:00", sha256="ef" * 32))
+
+
+@check
+def a_model_with_a_nan_metric_is_refused_because_json_has_no_nan(store: MetadataStore) -> None:
+    meta = replace(model_meta("risk.1", "2026-01-01T00:00:00+00:00"), metrics={"auc": math.nan})
+    with pytest.raises(MetadataError, match="JSON"):
+        store.record_model(meta)
+    assert store.models() == []
+
+
+@check
+def routing_history_keeps_every_change_newest_first_and_ignores_redelivery(store: MetadataStore) -> None:
+    events = [
+        control_event("e1", 1_000, "set_golden", model_version="risk.1"),
+        control_event("e2", 2_000, "start_experiment", model_version="risk.2", experiment="x", mode="shadow"),
+        control_event("e3", 3_000, "set_golden", model_version="risk.2", actor="promoter", reason="better"),
+    ]
+    assert [store.record_control(event) for event in events] == [True, True, True]
+    assert store.record_control(events[1]) is False  # at-least-once redelivery
+
+    assert store.routing_history() == events[::-1]
+    assert store.routing_history(limit=2) == [events[2], events[1]]
+
+
+@check
+def a_control_event_without_optional_fields_gets_the_schema_defaults(store: MetadataStore) -> None:
+    store.record_control({"event_id": "e1", "issued_at": 5, "kind": "purge_cache", "actor": "ana"})
+    assert store.routing_history() == [control_event("e1", 5, "purge_cache")]
+
+
+@check
+def experiments_are_folded_from_the_routing_history(store: MetadataStore) -> None:
+    events = [
+        control_event("e1", 1_000, "start_experiment", model_version="risk.2", experiment="a", mode="shadow"),
+        control_event(
+            "e2",
+            1_500,
+            "start_experiment",
+            model_version="risk.3",
+            experiment="b",
+            mode="ab",
+            traffic_share=0.2,
+        ),
+        control_event("e3", 2_000, "stop_experiment", experiment="a"),
+        control_event("e4", 2_500, "kill_experiment", model_version="risk.3", experiment="b", mode="ab"),
+        control_event("e5", 3_000, "start_experiment", model_version="risk.4", experiment="a", mode="shadow"),
+        control_event("e6", 3_500, "set_golden", model_version="risk.1"),
+    ]
+    for event in events:
+        store.record_control(event)
+
+    assert store.experiments() == [
+        Experiment("a", "risk.4", "shadow", None, None, "running", 3_000, None),
+        Experiment("b", "risk.3", "ab", 0.2, None, "killed", 1_500, 2_500),
+    ]
+
+
+@check
+def decision_insert_is_idempotent(store: MetadataStore) -> None:
+    assert store.record_decision(decision()) is True
+    assert store.record_decision(decision()) is False
+    assert store.decisions() == [decision()]
+
+
+@check
+def concurrent_redeliveries_of_a_decision_insert_it_once(store: MetadataStore) -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        inserted = list(pool.map(lambda _: store.record_decision(decision("race")), range(16)))
+    assert inserted.count(True) == 1
+    assert [record["decision_id"] for record in store.decisions()] == ["race"]
+
+
+@check
+def decisions_round_trip_newest_first_with_infinite_bounds_and_filter_by_golden(store: MetadataStore) -> None:
+    early = decision("d1", decided_at=1_000, ci_low=-math.inf, p_value=None, e_value=None)
+    late = decision("d2", decided_at=2_000, action="promote", mode="auto", ci_high=math.inf)
+    other = decision(
+        "d3", decided_at=3_000, golden_version="risk.2", challenger_version=None, action="demote"
+    )
+    for record in (early, late, other):
+        store.record_decision(record)
+
+    assert store.decisions() == [other, late, early]
+    assert store.decisions(limit=1) == [other]
+    assert store.decisions(golden="risk.1") == [late, early]
+    assert store.decisions(golden="risk.9") == []
+
+
+@check
+def records_that_do_not_fit_their_schema_are_refused_and_not_stored(store: MetadataStore) -> None:
+    bad = [
+        decision(action="maybe"),
+        decision(estimate=math.nan),
+        decision(decided_at=pd.Timestamp("2026-01-01", tz="UTC").to_pydatetime()),
+        decision(evidence="extra field"),
+        {key: value for key, value in decision().items() if key != "metric"},
+    ]
+    for record in bad:
+        with pytest.raises(MetadataError):
+            store.record_decision(record)
+    with pytest.raises(MetadataError):
+        store.record_control(control_event("e1", 1, "set_golden", mode="canary"))
+    assert store.decisions() == []
+    assert store.routing_history() == []
+
+
+@check
+def model_metrics_round_trip_oldest_first_and_a_window_recorded_again_is_replaced(
+    store: MetadataStore,
+) -> None:
+    store.record_model_metrics("risk.1", 2_000, 500, 0.41, 0.80, 0.31, 0.30)
+    store.record_model_metrics("risk.1", 1_000, 400, 0.45, None, 0.30, 0.28)
+    store.record_model_metrics("risk.2", 1_000, 400, 0.40, 0.82, 0.29, 0.28)
+    store.record_model_metrics("risk.1", 2_000, 650, 0.39, 0.81, 0.32, 0.31)  # late labels: recomputed
+
+    assert store.model_metrics("risk.1") == [
+        ModelMetrics("risk.1", 1_000, 400, 0.45, None, 0.30, 0.28),
+        ModelMetrics("risk.1", 2_000, 650, 0.39, 0.81, 0.32, 0.31),
+    ]
+    assert store.model_metrics("risk.1", limit=1) == [
+        ModelMetrics("risk.1", 2_000, 650, 0.39, 0.81, 0.32, 0.31)
+    ]
+    assert store.model_metrics("risk.9") == []
+
+
+@check
+def feature_stats_round_trip_per_scope_and_window(store: MetadataStore) -> None:
+    reference = FeatureStats.from_reference(reference_frame())
+    rng = np.random.default_rng(11)
+    windows = {}
+    for end in (1_000, 2_000, 3_000):
+        stats = reference.empty()
+        amount = rng.lognormal(3 + end / 2_000, 1, 300)
+        amount[: end // 100] = np.nan
+        stats.update({"amount": amount, "age": rng.integers(18, 90, 300)})
+        store.record_feature_stats("serving", end, stats)
+        windows[end] = stats
+    store.record_feature_stats("risk.1", 1_000, reference.empty())
+    windows[3_000].update({"amount": np.ones(10), "age": np.full(10, 40)})
+    store.record_feature_stats("serving", 3_000, windows[3_000])  # recomputed window replaces
+
+    stored = store.feature_stats("serving")
+    assert [(window.scope, window.window_end_ms) for window in stored] == [
+        ("serving", 1_000),
+        ("serving", 2_000),
+        ("serving", 3_000),
+    ]
+    assert [window.stats.to_dict() for window in stored] == [windows[end].to_dict() for end in windows]
+    assert [window.window_end_ms for window in store.feature_stats("serving", limit=2)] == [2_000, 3_000]
+    assert store.feature_stats("risk.1")[0].stats.to_dict() == reference.empty().to_dict()
+    assert store.feature_stats("risk.9") == []
+
+
+@check
+def label_delays_round_trip_oldest_first(store: MetadataStore) -> None:
+    store.record_label_delays(2_000, 80, {0.5: 60_000.0, 0.9: 240_000.0, 0.99: 900_000.0})
+    store.record_label_delays(1_000, 50, {0.5: 55_000.0, 0.9: 200_000.0})
+    store.record_label_delays(2_000, 90, {0.5: 61_000.0, 0.9: 250_000.0, 0.99: 910_000.0})
+
+    assert store.label_delays() == [
+        LabelDelays(1_000, 50, {0.5: 55_000.0, 0.9: 200_000.0}),
+        LabelDelays(2_000, 90, {0.5: 61_000.0, 0.9: 250_000.0, 0.99: 910_000.0}),
+    ]
+    assert [delays.window_end_ms for delays in store.label_delays(limit=1)] == [2_000]
