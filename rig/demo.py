@@ -13,6 +13,8 @@ from rig.config import RigSettings
 
 console = Console()
 DEMO_REQUESTS = 20_000
+PACED_REQUESTS = 5_000
+PACED_RATE = 1_000
 
 
 @contextmanager
@@ -26,7 +28,6 @@ def step(title: str) -> Iterator[None]:
 
 def run_demo(settings: RigSettings) -> None:
     """Topics, feature store, training, routing, a worker, requests in, predictions out, a summary."""
-    from rig.clients import produce_requests, synthetic_requests, tail_predictions
     from rig.control import publish_control
     from rig.deploy import prepare, start_worker
     from rig.registry import ModelRegistry
@@ -48,32 +49,55 @@ def run_demo(settings: RigSettings) -> None:
         for name in ("better", "worse"):
             publish_control(settings, start_experiment_event(name, versions[name], "shadow", actor="demo"))
 
-    with step(f"Start a worker, send {DEMO_REQUESTS:,} requests, read the predictions"):
+    with step("Start a worker (rig worker) and wait until it answers a first request"):
         log_path = settings.home / "demo-worker.log"
         worker = start_worker(settings, log_path)
-        try:
-            requests = list(synthetic_requests(settings, DEMO_REQUESTS, seed=int(time.time())))
-            sent_at = time.perf_counter()
-            sent = produce_requests(settings, requests)
-            ids = {r["request_id"] for r in requests}
-            predictions = list(
-                tail_predictions(settings, from_beginning=True, limit=sent, timeout_s=300, request_ids=ids)
-            )
-            elapsed = time.perf_counter() - sent_at
-        finally:
-            worker.terminate()
-            worker.wait(timeout=30)
         console.print(f"  worker log: {log_path}")
+    try:
+        send_and_read(settings, 1, rate=None, timeout_s=180)
+        with step(f"Steady traffic: {PACED_REQUESTS:,} requests at {PACED_RATE:,}/s"):
+            paced = send_and_read(settings, PACED_REQUESTS, rate=PACED_RATE)
+        with step(f"Backlog: {DEMO_REQUESTS:,} requests at once"):
+            started = time.perf_counter()
+            backlog = send_and_read(settings, DEMO_REQUESTS, rate=None)
+            elapsed = time.perf_counter() - started
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
 
-    latencies = np.array([p["timings_ms"]["kafka_to_publish"] for p in predictions])
-    p50, p99 = np.percentile(latencies, [50, 99]) if latencies.size else (float("nan"), float("nan"))
+    latencies = np.array([p["timings_ms"]["kafka_to_publish"] for p in paced])
+    p50, p99 = np.percentile(latencies, [50, 99])
     console.print("[bold green]Summary[/]")
     console.print(
         f"  golden {versions['golden']}; shadows better={versions['better']} worse={versions['worse']}"
     )
     console.print(
-        f"  {sent:,} requests sent, {len(predictions):,} predictions read in {elapsed:.1f} s "
-        f"({len(predictions) / elapsed:,.0f} predictions/s, worker start-up included)"
+        f"  steady {PACED_RATE:,}/s: {len(paced):,} predictions; latency request-in-Kafka → prediction "
+        f"published p50 {p50:.1f} ms, p99 {p99:.1f} ms"
     )
-    console.print(f"  latency request-in-Kafka → prediction published: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    console.print(
+        f"  backlog: {len(backlog):,} predictions in {elapsed:.1f} s "
+        f"= {len(backlog) / elapsed:,.0f} requests/s"
+    )
+    agree = np.mean([abs(p["golden"]["score"] - e["score"]) < 0.1 for p in backlog for e in p["experiments"]])
+    console.print(f"  shadows agree with golden within 0.1 on {agree:.0%} of scores")
     console.print("  next: .venv/bin/rig tail --from-beginning --limit 5;  .venv/bin/rig experiment list")
+
+
+def send_and_read(
+    settings: RigSettings, count: int, rate: float | None, timeout_s: float = 300
+) -> list[dict]:
+    """Send `count` synthetic requests (paced to `rate` per second) and read their predictions.
+
+    Raises:
+        RuntimeError: not every request was answered within the timeout.
+    """
+    from rig.clients import produce_requests, synthetic_requests, tail_predictions
+
+    requests = list(synthetic_requests(settings, count, seed=time.time_ns() % 2**32))
+    sent = produce_requests(settings, requests, rate)
+    ids = {r["request_id"] for r in requests}
+    predictions = list(tail_predictions(settings, True, limit=sent, timeout_s=timeout_s, request_ids=ids))
+    if len(predictions) < count:
+        raise RuntimeError(f"only {len(predictions)} of {count} requests answered in {timeout_s} s")
+    return predictions
