@@ -289,6 +289,29 @@ def tail(
 
 
 @app.command()
+def batch(
+    input: Annotated[str, typer.Argument(help="Parquet or CSV with entity_id and event_timestamp columns.")],
+    output: Annotated[str, typer.Argument(help="Parquet file to write.")],
+    model: Annotated[
+        list[str] | None, typer.Option(help="Model version(s) to score; default: every stored one.")
+    ] = None,
+) -> None:
+    """Batch prediction over the Feast offline store, with the same transform and models as online."""
+    from pathlib import Path
+
+    from rig.batch import run_batch
+    from rig.control import read_routing
+
+    config = settings()
+    golden = read_routing(config).golden
+    summary = run_batch(config, Path(input), Path(output), model or None, progress=True, golden=golden)
+    typer.echo(
+        f"{summary.rows:,} rows scored in {summary.seconds:.1f} s ({summary.rejected:,} rejected) "
+        f"→ {summary.output_path}"
+    )
+
+
+@app.command()
 def demo() -> None:
     """Run what exists of the pipeline end to end on the synthetic world and print a summary."""
     from rig.demo import run_demo

@@ -6,6 +6,7 @@ import collections
 import json
 import math
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from rig.codec import Codec
 from rig.model_inputs import column_index
 from rig.registry import ModelRegistry
 from rig.routing import kill_experiment_event, set_golden_event, start_experiment_event
+from tests.conftest import REPO
 from tests.e2e.conftest import Deployment, consume, deploy, route, workers
 
 pytestmark = pytest.mark.e2e
@@ -238,3 +240,45 @@ def test_a_routing_change_reaches_every_running_worker_within_seconds(running: D
     assert sorted(p for member in members for p in member) == list(range(settings.topic_partitions))
     assert all("worse" not in {e["experiment"] for e in p["experiments"]} for p in predictions)
     assert all("better" in {e["experiment"] for e in p["experiments"]} for p in predictions)
+
+
+def test_batch_prediction_equals_online_prediction_for_the_same_entity_and_time(
+    running: Deployment, tmp_path
+) -> None:
+    import pandas as pd
+
+    from rig.batch import score_column
+    from rig.deploy import settings_env
+
+    settings, versions = running.settings, running.versions
+    online = consume(settings, settings.topic("predictions"), "Prediction", 300)
+    entities = sorted({p["entity_id"] for p in online})[:100]
+    online_golden = {p["entity_id"]: p["golden"]["score"] for p in online}
+    # The online store holds each entity's latest snapshot: the one as of the world's end.
+    table = pd.DataFrame({"entity_id": entities, "event_timestamp": pd.Timestamp(running.world.end)})
+    table.to_parquet(tmp_path / "entities.parquet")
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rig.cli",
+            "batch",
+            str(tmp_path / "entities.parquet"),
+            str(tmp_path / "out.parquet"),
+        ],
+        env=settings_env(settings),
+        check=True,
+        timeout=300,
+        cwd=REPO,
+    )
+
+    batch = pd.read_parquet(tmp_path / "out.parquet")
+    assert list(batch["entity_id"]) == entities
+    assert batch["entity_found"].all()
+    np.testing.assert_allclose(
+        batch[score_column(versions["golden"])].to_numpy(),
+        [online_golden[e] for e in entities],
+        atol=1e-6,
+        rtol=0,
+    )
