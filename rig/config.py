@@ -83,6 +83,12 @@ class RigSettings(BaseSettings):
     max_message_bytes: int = Field(default=100_000, ge=1_000)
     """Larger request messages go to the dead-letter topic as oversized."""
 
+    join_retention_s: float = Field(default=6 * 3600, gt=0)
+    """How long a prediction waits for its outcome; a later outcome is counted late, not joined."""
+
+    join_sweep_interval_s: float = Field(default=30, gt=0)
+    """How often the join state is swept for expired entries."""
+
     web_port: int = 6066
     """Port of the worker's web server (metrics, health)."""
 

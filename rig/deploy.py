@@ -81,12 +81,12 @@ def settings_env(settings: RigSettings, **extra: str) -> dict[str, str]:
 
 
 def start_worker(
-    settings: RigSettings, log_path: Path, loglevel: str = "warn", **env: str
+    settings: RigSettings, log_path: Path, loglevel: str = "warn", web_port: int = 0, **env: str
 ) -> subprocess.Popen[bytes]:
-    """Start `rig worker` (no web server) as a child process logging to `log_path`."""
+    """Start `rig worker` as a child process logging to `log_path` (web server only with a port)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "rig.cli", "worker", "--web-port", "0", "--loglevel", loglevel],
+        [sys.executable, "-m", "rig.cli", "worker", "--web-port", str(web_port), "--loglevel", loglevel],
         env=settings_env(settings, **env),
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,

@@ -14,6 +14,10 @@ TOPIC_CONFIGS: dict[str, dict[str, str]] = {
 }
 
 
+# Control: one order of routing changes for every worker. Joined: one promoter sees every outcome.
+SINGLE_PARTITION = ("control", "joined")
+
+
 class TopicError(RigError):
     """A topic could not be created or described."""
 
@@ -42,7 +46,7 @@ def ensure_topics(
     wanted = [
         NewTopic(
             settings.topic(name),
-            num_partitions=1 if name == "control" else settings.topic_partitions,
+            num_partitions=1 if name in SINGLE_PARTITION else settings.topic_partitions,
             replication_factor=-1,
             config=TOPIC_CONFIGS.get(name, {}),
         )

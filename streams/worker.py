@@ -12,6 +12,7 @@ import logging
 from rig.config import RigSettings
 from rig.topics import ensure_topics
 from streams.app import make_app
+from streams.join import install_join
 from streams.predict import handle_batch
 from streams.runtime import Runtime
 
@@ -24,6 +25,8 @@ app = make_app(
     web_enabled=settings.web_port > 0,
 )
 requests_topic = app.topic(settings.topic("requests"), key_serializer="raw", value_serializer="raw")
+dead_letter_topic = app.topic(settings.topic("dlq"), key_serializer="raw", value_serializer="raw")
+join_counts = install_join(app, settings, dead_letter_topic)
 runtime_ready: asyncio.Future[Runtime] | None = None
 
 

@@ -1,0 +1,105 @@
+"""Joining ground truth to predictions: one state entry per request id, pure and replayable.
+
+Outcomes arrive minutes to hours after the prediction, sometimes before it (out of order),
+sometimes twice, sometimes never, sometimes for a request nobody predicted. Each request id has
+one `JoinEntry` (kept in a changelogged table by `streams/join.py`), and these functions move it
+between states and say what to emit and what to count:
+
+    predicted ──outcome──► joined (rows emitted; later outcomes are duplicates)
+    outcome_waiting ──prediction──► joined (the outcome came first: out of order)
+    predicted ──retention passes──► expired (a later outcome is late: counted, not joined)
+    outcome_waiting ──retention passes──► removed (counted as an orphan: no such prediction)
+    joined / expired ──retention passes──► removed
+
+A request is joined at most once, so a loss is never counted twice, however often an outcome or a
+prediction is redelivered (at-least-once).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Literal
+
+State = Literal["predicted", "outcome_waiting", "joined", "expired"]
+Entry = dict[str, Any]  # {"state": State, "at_ms": int, "prediction": {...} | None, "outcome": {...} | None}
+
+
+@dataclass(frozen=True)
+class Step:
+    """The result of one event or sweep: the new entry (None: delete it), rows to emit, counts."""
+
+    entry: Entry | None
+    joined: list[dict[str, Any]]
+    counts: Counter[str]
+
+
+def compact_prediction(prediction: dict[str, Any]) -> dict[str, Any]:
+    """What the join needs of a Prediction record (kept small: it lives in the table)."""
+    return {
+        "entity_id": prediction["entity_id"],
+        "event_time": prediction["event_time"],
+        "golden": [prediction["golden"]["model_version"], prediction["golden"]["score"]],
+        "experiments": [
+            [e["experiment"], e["model_version"], e["mode"], e["score"]] for e in prediction["experiments"]
+        ],
+    }
+
+
+def joined_rows(request_id: str, prediction: dict[str, Any], outcome: dict[str, Any]) -> list[dict[str, Any]]:
+    """One JoinedOutcome record per model that scored the request (golden first)."""
+    common = {
+        "request_id": request_id,
+        "entity_id": prediction["entity_id"],
+        "label": outcome["label"],
+        "prediction_time": prediction["event_time"],
+        "outcome_time": outcome["event_time"],
+    }
+    version, score = prediction["golden"]
+    rows = [{**common, "model_version": version, "role": "golden", "experiment": None, "score": score}]
+    for name, version, mode, score in prediction["experiments"]:
+        rows.append({**common, "model_version": version, "role": mode, "experiment": name, "score": score})
+    return rows
+
+
+def on_prediction(entry: Entry | None, request_id: str, compact: dict[str, Any], now_ms: int) -> Step:
+    """A prediction (in `compact_prediction` form) arrived for `request_id`."""
+    if entry is None:
+        return Step(
+            {"state": "predicted", "at_ms": now_ms, "prediction": compact, "outcome": None}, [], Counter()
+        )
+    if entry["state"] == "outcome_waiting":
+        rows = joined_rows(request_id, compact, entry["outcome"])
+        joined = {"state": "joined", "at_ms": now_ms, "prediction": None, "outcome": None}
+        return Step(joined, rows, Counter(joined=1, out_of_order=1))
+    return Step(entry, [], Counter(duplicate_predictions=1))  # a redelivery: the first one counts
+
+
+def on_outcome(entry: Entry | None, request_id: str, outcome: dict[str, Any], now_ms: int) -> Step:
+    """An outcome (label) arrived for `request_id`."""
+    label = {"label": int(outcome["label"]), "event_time": outcome["event_time"]}
+    if entry is None:
+        return Step(
+            {"state": "outcome_waiting", "at_ms": now_ms, "prediction": None, "outcome": label}, [], Counter()
+        )
+    state = entry["state"]
+    if state == "predicted":
+        rows = joined_rows(request_id, entry["prediction"], label)
+        joined = {"state": "joined", "at_ms": now_ms, "prediction": None, "outcome": None}
+        return Step(joined, rows, Counter(joined=1))
+    if state == "expired":
+        return Step(entry, [], Counter(late=1))
+    return Step(entry, [], Counter(duplicate_outcomes=1))  # joined already, or an outcome waits already
+
+
+def sweep(entry: Entry, now_ms: int, retention_ms: int) -> Step:
+    """Age an entry: predictions past retention expire, everything else past retention is removed."""
+    if now_ms - entry["at_ms"] < retention_ms:
+        return Step(entry, [], Counter())
+    state = entry["state"]
+    if state == "predicted":
+        expired = {"state": "expired", "at_ms": now_ms, "prediction": None, "outcome": None}
+        return Step(expired, [], Counter(expired_unjoined=1))
+    if state == "outcome_waiting":
+        return Step(None, [], Counter(orphans=1))
+    return Step(None, [], Counter())

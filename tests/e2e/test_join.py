@@ -1,0 +1,144 @@
+"""Outcome joins on the real broker: every kind of outcome counted right, state survives a restart."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka import Producer
+
+from rig.clients import produce_requests
+from rig.codec import Codec
+from rig.deploy import start_worker
+from rig.routing import set_golden_event, start_experiment_event
+from tests.e2e.conftest import Deployment, consume, deploy, route
+
+pytestmark = pytest.mark.e2e
+RETENTION_S = 45
+WEB_PORT = 16066
+
+
+def requests_for(deployment: Deployment, ids: list[str]) -> list[dict]:
+    entities = deployment.world.entity_ids
+    return [
+        {
+            "request_id": rid,
+            "entity_id": entities[i % len(entities)],
+            "event_time": 1,
+            "features": {},
+            "context": {},
+        }
+        for i, rid in enumerate(ids)
+    ]
+
+
+def send_outcomes(deployment: Deployment, requests: list[dict], label: int = 1) -> None:
+    codec = Codec("Outcome")
+    producer = Producer(deployment.settings.kafka_client_config())
+    for r in requests:
+        outcome = {
+            "request_id": r["request_id"],
+            "entity_id": r["entity_id"],
+            "label": label,
+            "event_time": 2,
+        }
+        producer.produce(
+            deployment.settings.topic("outcomes"), key=r["entity_id"].encode(), value=codec.encode(outcome)
+        )
+    assert producer.flush(30) == 0
+
+
+def join_counts() -> Counter[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{WEB_PORT}/join/counts/", timeout=5) as response:
+        return Counter(json.loads(response.read()))
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except OSError:
+            pass  # the web server is not up yet
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_state(tmp_path) -> None:
+    deployment = deploy(
+        tmp_path,
+        {"golden": "golden", "better": "better"},
+        rounds=20,
+        world_seed=31,
+        world_entities=500,
+        world_days=3,
+    )
+    settings = deployment.settings
+    route(
+        deployment,
+        set_golden_event(deployment.versions["golden"], actor="test"),
+        start_experiment_event("better", deployment.versions["better"], "shadow", actor="test"),
+    )
+    env = {"RIG_JOIN_RETENTION_S": str(RETENTION_S), "RIG_JOIN_SWEEP_INTERVAL_S": "2"}
+    joined_topic = settings.topic("joined")
+    requests = requests_for(deployment, [f"r-{uuid.uuid4().hex}" for _ in range(200)])
+
+    first = start_worker(settings, settings.home / "join-1.log", **env)
+    try:
+        assert produce_requests(settings, requests) == 200
+        assert (
+            len(consume(settings, settings.topic("predictions"), "Prediction", 200, processes=[first])) == 200
+        )
+        send_outcomes(deployment, requests[:100])
+        rows = consume(settings, joined_topic, "JoinedOutcome", 200, processes=[first])
+        assert len(rows) == 200, "100 outcomes x (golden + one shadow)"
+    finally:
+        first.terminate()
+        first.wait(timeout=60)
+
+    send_outcomes(deployment, requests[100:150])  # while no worker runs
+    second = start_worker(settings, settings.home / "join-2.log", web_port=WEB_PORT, **env)
+    try:
+        rows = consume(settings, joined_topic, "JoinedOutcome", 300, timeout_s=180, processes=[second])
+        assert len(rows) == 300, "outcomes sent during the restart joined with predictions made before it"
+
+        send_outcomes(deployment, requests[:10])  # duplicates
+        send_outcomes(deployment, requests_for(deployment, [f"unknown-{i}" for i in range(5)]))  # orphans
+        early = requests_for(deployment, [f"early-{uuid.uuid4().hex}" for _ in range(20)])
+        send_outcomes(deployment, early)  # outcomes before their requests exist
+        time.sleep(2)
+        assert produce_requests(settings, early) == 20
+
+        wait_until(
+            lambda: join_counts()["expired_unjoined"] >= 50,
+            RETENTION_S + 60,
+            "unjoined predictions to expire",
+        )
+        send_outcomes(deployment, requests[150:160])  # late: beyond retention
+        wait_until(
+            lambda: join_counts()["late"] >= 10 and join_counts()["orphans"] >= 5,
+            60,
+            "late and orphan counts",
+        )
+        rows = consume(settings, joined_topic, "JoinedOutcome", 341, timeout_s=15)
+        counts = join_counts()
+    finally:
+        second.terminate()
+        second.wait(timeout=60)
+
+    print("join counts after the restart:", dict(counts))
+    per_request = Counter(row["request_id"] for row in rows)
+    assert len(rows) == 340 and set(per_request.values()) == {2}, "170 requests joined, each exactly once"
+    assert {row["role"] for row in rows} == {"golden", "shadow"}
+    assert counts["joined"] == 70  # 50 joined after the restart + 20 that arrived out of order
+    assert counts["out_of_order"] == 20
+    assert counts["duplicate_outcomes"] == 10
+    assert counts["orphans"] == 5
+    assert counts["expired_unjoined"] == 50
+    assert counts["late"] == 10

@@ -1,0 +1,133 @@
+"""Join state machine: every kind of outcome is counted once and joined at most once."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rig.join import Entry, compact_prediction, on_outcome, on_prediction, sweep
+
+RETENTION = 60_000
+
+
+def prediction(request_id: str, experiments: int = 2) -> dict:
+    return {
+        "request_id": request_id,
+        "entity_id": "ent-1",
+        "event_time": 1_000,
+        "golden": {"model_version": "risk.1", "score": 0.2},
+        "experiments": [
+            {"experiment": f"e{i}", "model_version": f"risk.{i + 2}", "mode": "shadow", "score": 0.1 * i}
+            for i in range(experiments)
+        ],
+    }
+
+
+def outcome(request_id: str, label: int = 1, at: int = 5_000) -> dict:
+    return {"request_id": request_id, "entity_id": "ent-1", "label": label, "event_time": at}
+
+
+class Table:
+    """A dict standing in for the changelogged table, applying steps like the agent does."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+        self.rows: list[dict] = []
+        self.counts: Counter[str] = Counter()
+
+    def apply(self, key: str, step) -> None:
+        if step.entry is None:
+            self.entries.pop(key, None)
+        else:
+            self.entries[key] = step.entry
+        self.rows += step.joined
+        self.counts += step.counts
+
+    def predict(self, request_id: str, now: int = 0) -> None:
+        self.apply(
+            request_id,
+            on_prediction(
+                self.entries.get(request_id), request_id, compact_prediction(prediction(request_id)), now
+            ),
+        )
+
+    def observe(self, request_id: str, now: int = 0, label: int = 1) -> None:
+        self.apply(
+            request_id, on_outcome(self.entries.get(request_id), request_id, outcome(request_id, label), now)
+        )
+
+    def sweep(self, now: int) -> None:
+        for key in list(self.entries):
+            self.apply(key, sweep(self.entries[key], now, RETENTION))
+
+
+def test_an_outcome_joins_one_row_per_model_that_scored_the_request() -> None:
+    table = Table()
+    table.predict("r1")
+    table.observe("r1", label=0)
+    assert [(r["model_version"], r["role"], r["experiment"]) for r in table.rows] == [
+        ("risk.1", "golden", None),
+        ("risk.2", "shadow", "e0"),
+        ("risk.3", "shadow", "e1"),
+    ]
+    assert {r["label"] for r in table.rows} == {0}
+    assert table.rows[0]["prediction_time"] == 1_000 and table.rows[0]["outcome_time"] == 5_000
+    assert table.counts == Counter(joined=1)
+
+
+def test_an_outcome_before_its_prediction_joins_when_the_prediction_arrives() -> None:
+    table = Table()
+    table.observe("r1")
+    assert table.rows == []
+    table.predict("r1")
+    assert len(table.rows) == 3
+    assert table.counts == Counter(joined=1, out_of_order=1)
+
+
+def test_duplicates_of_outcomes_and_predictions_are_counted_and_never_joined_twice() -> None:
+    table = Table()
+    table.predict("r1")
+    table.predict("r1")
+    table.observe("r1")
+    table.observe("r1")
+    table.observe("r1")
+    table.predict("r1")
+    assert len(table.rows) == 3
+    assert table.counts == Counter(joined=1, duplicate_outcomes=2, duplicate_predictions=2)
+
+
+def test_an_outcome_after_retention_is_late_and_not_joined() -> None:
+    table = Table()
+    table.predict("r1", now=0)
+    table.sweep(now=RETENTION + 1)
+    table.observe("r1", now=RETENTION + 2)
+    assert table.rows == []
+    assert table.counts == Counter(expired_unjoined=1, late=1)
+    table.sweep(now=3 * RETENTION)
+    assert table.entries == {}, "expired markers are removed after another retention period"
+
+
+def test_an_outcome_for_an_unknown_request_becomes_an_orphan_after_retention() -> None:
+    table = Table()
+    table.observe("nobody", now=0)
+    table.sweep(now=RETENTION // 2)
+    assert table.counts == Counter()
+    table.sweep(now=RETENTION + 1)
+    assert table.counts == Counter(orphans=1)
+    assert table.entries == {}
+
+
+def test_a_mixed_stream_counts_each_kind_exactly() -> None:
+    table = Table()
+    for i in range(100):
+        table.predict(f"r{i}")
+    for i in range(0, 100, 2):
+        table.observe(f"r{i}")  # 50 joined
+    for i in range(0, 20, 2):
+        table.observe(f"r{i}")  # 10 duplicates
+    for i in range(10):
+        table.observe(f"x{i}")  # 10 for unknown requests
+    table.sweep(now=RETENTION + 1)  # 50 unjoined predictions expire, 10 orphans
+    for i in range(1, 11, 2):
+        table.observe(f"r{i}", now=RETENTION + 2)  # 5 late
+    assert len(table.rows) == 50 * 3
+    assert table.counts == Counter(joined=50, duplicate_outcomes=10, orphans=10, expired_unjoined=50, late=5)
