@@ -89,6 +89,18 @@ class RigSettings(BaseSettings):
     join_sweep_interval_s: float = Field(default=30, gt=0)
     """How often the join state is swept for expired entries."""
 
+    promoter_mode: Literal["suggest", "auto"] = "suggest"
+    """`suggest` publishes decisions only; `auto` also applies them on the control topic."""
+
+    promoter_alpha: float = Field(default=0.05, gt=0, lt=1)
+    """Family-wise false-promotion rate across all challengers of a golden."""
+
+    promoter_min_samples: int = Field(default=1_000, ge=10)
+    """Joined outcomes per golden/challenger pair before any decision."""
+
+    promoter_min_effect: float = Field(default=0.002, ge=0)
+    """Smallest loss improvement (log loss) worth a switch."""
+
     web_port: int = 6066
     """Port of the worker's web server (metrics, health)."""
 

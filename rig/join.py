@@ -47,7 +47,8 @@ def compact_prediction(prediction: dict[str, Any]) -> dict[str, Any]:
 
 
 def joined_rows(request_id: str, prediction: dict[str, Any], outcome: dict[str, Any]) -> list[dict[str, Any]]:
-    """One JoinedOutcome record per model that scored the request (golden first)."""
+    """One JoinedOutcome record per model that scored the request (golden first); every challenger's
+    row carries the golden's score of the same request, so a pair is one row."""
     common = {
         "request_id": request_id,
         "entity_id": prediction["entity_id"],
@@ -55,10 +56,23 @@ def joined_rows(request_id: str, prediction: dict[str, Any], outcome: dict[str, 
         "prediction_time": prediction["event_time"],
         "outcome_time": outcome["event_time"],
     }
-    version, score = prediction["golden"]
-    rows = [{**common, "model_version": version, "role": "golden", "experiment": None, "score": score}]
+    golden, golden_score = prediction["golden"]
+    paired = {"golden_model_version": golden, "golden_score": golden_score}
+    rows = [
+        {
+            **common,
+            "model_version": golden,
+            "role": "golden",
+            "experiment": None,
+            "score": golden_score,
+            "golden_model_version": None,
+            "golden_score": None,
+        }
+    ]
     for name, version, mode, score in prediction["experiments"]:
-        rows.append({**common, "model_version": version, "role": mode, "experiment": name, "score": score})
+        rows.append(
+            {**common, "model_version": version, "role": mode, "experiment": name, "score": score, **paired}
+        )
     return rows
 
 

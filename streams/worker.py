@@ -14,6 +14,7 @@ from rig.topics import ensure_topics
 from streams.app import make_app
 from streams.join import install_join
 from streams.predict import handle_batch
+from streams.promote import install_promoter
 from streams.runtime import Runtime
 
 settings = RigSettings()
@@ -50,6 +51,9 @@ async def predict(stream):  # type: ignore[no-untyped-def]
     async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
         predictions, dead = await handle_batch(runtime, events)
         log.debug("batch done predictions=%d dead_letters=%d", predictions, dead)
+
+
+install_promoter(app, settings, get_runtime)
 
 
 def main() -> None:

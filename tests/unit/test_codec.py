@@ -61,6 +61,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "label": 1,
         "prediction_time": T0,
         "outcome_time": T0 + 86_400_000,
+        "golden_model_version": "churn-v3",
+        "golden_score": 0.25,
     },
     "Decision": {
         "decision_id": "dec-9",

@@ -1,0 +1,95 @@
+"""From joined outcomes to decisions to routing changes: the promoter's control loop, pure.
+
+Every challenger row of a joined outcome carries the golden's score of the same request, so a row is
+one paired observation. The previous golden, kept scoring as a shadow after a promotion, is just
+another challenger: if it beats the current golden, the decision is a rollback (`demote`). The
+golden's own rows feed the `GoldenMonitor`, which demotes a golden that degrades against its own
+reference window.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from rig.promoter import GoldenMonitor, Promoter, PromoterConfig
+from rig.routing import RoutingTable, set_golden_event, start_experiment_event, stop_experiment_event
+
+PREVIOUS_GOLDEN_EXPERIMENT = "previous-golden"
+ACTOR = "promoter"
+
+
+class PromotionLoop:
+    """Keeps the promoter and the golden monitor for the current golden; resets them on a switch."""
+
+    def __init__(self, config: PromoterConfig) -> None:
+        self.config = config
+        self.golden: str | None = None
+        self.promoter: Promoter | None = None
+        self.monitor: GoldenMonitor | None = None
+
+    def follow(self, routing: RoutingTable) -> None:
+        """Start over when the golden changed (every earlier pair compared another model)."""
+        if routing.golden != self.golden:
+            self.golden = routing.golden
+            self.promoter = None if routing.golden is None else Promoter(self.config, routing.golden)
+            self.monitor = None if routing.golden is None else GoldenMonitor(self.config, routing.golden)
+
+    def observe(self, rows: list[dict[str, Any]], routing: RoutingTable) -> None:
+        """Fold a batch of JoinedOutcome records in (rows of other goldens are ignored)."""
+        self.follow(routing)
+        if self.promoter is None or self.monitor is None:
+            return
+        pairs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        golden_rows = []
+        for row in rows:
+            if row["role"] == "golden":
+                if row["model_version"] == self.golden:
+                    golden_rows.append(row)
+            elif row["golden_model_version"] is not None:
+                pairs[(row["golden_model_version"], row["model_version"])].append(row)
+        for (golden, challenger), group in pairs.items():
+            labels, golden_scores, scores = columns(group, "label", "golden_score", "score")
+            self.promoter.observe(golden, challenger, labels, golden_scores, scores)
+        if golden_rows:
+            self.monitor.observe(*columns(golden_rows, "label", "score"))
+
+    def decide(self, now_ms: int, routing: RoutingTable) -> list[dict[str, Any]]:
+        """Decisions now: promotions of challengers, rollbacks to the previous golden, demotions."""
+        if self.promoter is None or self.monitor is None:
+            return []
+        decisions = []
+        for decision in self.promoter.decide(now_ms):
+            if decision["action"] == "promote" and decision["challenger_version"] == routing.previous_golden:
+                decision = {**decision, "action": "demote", "reason": f"rollback: {decision['reason']}"}
+            decisions.append(decision)
+        decisions += self.monitor.decide(now_ms)
+        return decisions
+
+
+def control_events(decision: dict[str, Any], routing: RoutingTable) -> list[dict[str, Any]]:
+    """The routing changes that apply a decision (none for `keep`).
+
+    A promotion makes the challenger golden and keeps the old golden scoring as the
+    `previous-golden` shadow; a demotion rolls back to the previous golden.
+    """
+    reason = f"decision {decision['decision_id']}: {decision['reason']}"
+    if decision["action"] == "promote":
+        old = decision["golden_version"]
+        return [
+            set_golden_event(decision["challenger_version"], actor=ACTOR, reason=reason),
+            start_experiment_event(PREVIOUS_GOLDEN_EXPERIMENT, old, "shadow", actor=ACTOR, reason=reason),
+        ]
+    if decision["action"] == "demote" and routing.previous_golden is not None:
+        events = [set_golden_event(routing.previous_golden, actor=ACTOR, reason=reason)]
+        if routing.experiment(PREVIOUS_GOLDEN_EXPERIMENT) is not None:
+            events.append(stop_experiment_event(PREVIOUS_GOLDEN_EXPERIMENT, actor=ACTOR, reason=reason))
+        return events
+    return []
+
+
+def columns(rows: list[dict[str, Any]], *names: str) -> list[np.ndarray]:
+    """Numpy columns of some fields of a list of records."""
+    return [np.array([row[name] for row in rows]) for name in names]

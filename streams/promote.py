@@ -1,0 +1,89 @@
+"""The promoter agent: joined outcomes in, decisions out (and, in `auto` mode, routing changes).
+
+`rig.joined` has one partition, so exactly one worker runs the promoter and every test sees every
+joined outcome once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import faust
+
+from rig.codec import Codec, Rejected
+from rig.config import RigSettings
+from rig.control import publish_control
+from rig.errors import RigError
+from rig.metadata import MetadataStore
+from rig.promoter import PromoterConfig
+from rig.promotion import PromotionLoop, control_events
+from streams.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def install_promoter(
+    app: faust.App, settings: RigSettings, get_runtime: Callable[[], Awaitable[Runtime]]
+) -> None:
+    """Add the promoter agent to `app`."""
+    joined_codec = Codec("JoinedOutcome", registry_url=settings.schema_registry_url)
+    decision_codec = Codec("Decision", registry_url=settings.schema_registry_url)
+    joined = app.topic(settings.topic("joined"), key_serializer="raw", value_serializer="raw")
+    decisions_topic = app.topic(settings.topic("decisions"), key_serializer="raw", value_serializer="raw")
+    config = PromoterConfig(
+        alpha=settings.promoter_alpha,
+        min_samples=settings.promoter_min_samples,
+        min_effect=settings.promoter_min_effect,
+        mode=settings.promoter_mode,
+    )
+
+    @app.agent(joined)
+    async def promote(stream):  # type: ignore[no-untyped-def]
+        """Fold joined outcomes into the sequential tests and act on what they decide."""
+        runtime = await get_runtime()
+        loop = PromotionLoop(config)
+        metadata = await asyncio.to_thread(open_metadata, settings)
+        async for events in stream.take_events(1_000, within=1.0):
+            rows = [joined_codec.decode(e.message.value or b"") for e in events]
+            bad = sum(isinstance(row, Rejected) for row in rows)
+            if bad:
+                log.warning(
+                    "undecodable joined outcomes skipped count=%d topic=%s", bad, settings.topic("joined")
+                )
+            routing = runtime.routing
+            loop.observe([row for row in rows if not isinstance(row, Rejected)], routing)
+            for decision in loop.decide(int(time.time() * 1000), routing):
+                log.info(
+                    "decision action=%s golden=%s challenger=%s reason=%s",
+                    decision["action"],
+                    decision["golden_version"],
+                    decision["challenger_version"],
+                    decision["reason"],
+                )
+                await decisions_topic.send(
+                    key=decision["golden_version"].encode(), value=decision_codec.encode(decision)
+                )
+                if metadata is not None:
+                    await asyncio.to_thread(metadata.record_decision, decision)
+                if settings.promoter_mode == "auto":
+                    for event in control_events(decision, routing):
+                        await asyncio.to_thread(publish_control, settings, event)
+                        if metadata is not None:
+                            await asyncio.to_thread(metadata.record_control, event)
+
+
+def open_metadata(settings: RigSettings) -> MetadataStore | None:
+    """The metadata store, or None (logged) when it cannot be opened: decisions still flow on Kafka."""
+    try:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        store = MetadataStore(settings.resolved_metadata_url)
+        store.create_schema()
+        return store
+    except RigError:
+        log.exception(
+            "metadata store unavailable url=%s; decisions are only published", settings.resolved_metadata_url
+        )
+        return None

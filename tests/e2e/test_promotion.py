@@ -1,0 +1,133 @@
+"""The promoter on the real broker: a truly better challenger is promoted automatically on every
+worker, the old golden keeps scoring as a shadow, and under drift a decaying golden is demoted."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime
+
+import pandas as pd
+import pytest
+from confluent_kafka import Producer
+
+from rig.codec import Codec
+from rig.control import read_routing
+from rig.data import make_outcomes, make_requests
+from rig.promotion import PREVIOUS_GOLDEN_EXPERIMENT
+from rig.routing import set_golden_event, start_experiment_event
+from tests.e2e.conftest import Deployment, consume, deploy, route, workers
+from tests.e2e.test_predict_pipeline import worker_group_members
+
+pytestmark = pytest.mark.e2e
+ROUND = 1_000
+MIN_SAMPLES = 300
+seeds = itertools.count(100)
+
+
+def one_round(deployment: Deployment, drift_at: datetime | None = None) -> list[dict]:
+    """Send ROUND requests, wait for their predictions, then send their true outcomes."""
+    settings, world = deployment.settings, deployment.world
+    frame = make_requests(world, ROUND, seed=next(seeds), rate_per_s=1_000)
+    request_codec, outcome_codec = Codec("Request"), Codec("Outcome")
+    producer = Producer(settings.kafka_client_config())
+    for row in frame.itertuples():
+        request = {
+            "request_id": row.request_id,
+            "entity_id": row.entity_id,
+            "event_time": int(row.event_time.timestamp() * 1000),
+            "features": {},
+            "context": {},
+        }
+        producer.produce(
+            settings.topic("requests"), key=row.entity_id.encode(), value=request_codec.encode(request)
+        )
+    assert producer.flush(30) == 0
+    ids = set(frame["request_id"])
+    predictions = consume(
+        settings,
+        settings.topic("predictions"),
+        "Prediction",
+        ROUND,
+        where=lambda p: p["request_id"] in ids,
+        processes=deployment.processes,
+    )
+    assert len(predictions) == ROUND
+    outcomes = make_outcomes(world, frame, seed=next(seeds), delay_median_s=1, drift_at=drift_at)
+    for row in outcomes.itertuples():
+        outcome = {
+            "request_id": row.request_id,
+            "entity_id": row.entity_id,
+            "label": int(row.label),
+            "event_time": int(row.event_time.timestamp() * 1000),
+        }
+        producer.produce(
+            settings.topic("outcomes"), key=row.entity_id.encode(), value=outcome_codec.encode(outcome)
+        )
+    assert producer.flush(30) == 0
+    return predictions
+
+
+def decisions(deployment: Deployment) -> list[dict]:
+    settings = deployment.settings
+    return consume(settings, settings.topic("decisions"), "Decision", 10_000, timeout_s=3)
+
+
+def test_better_challenger_is_promoted_everywhere_and_a_drifting_golden_is_demoted(tmp_path) -> None:
+    deployment = deploy(
+        tmp_path,
+        {"golden": "golden", "better": "better", "worse": "worse"},
+        rounds=60,
+        world_seed=41,
+        world_entities=2_000,
+        world_days=4,
+    )
+    v = deployment.versions
+    route(
+        deployment,
+        set_golden_event(v["golden"], actor="test"),
+        start_experiment_event("better", v["better"], "shadow", actor="test"),
+        start_experiment_event("worse", v["worse"], "shadow", actor="test"),
+    )
+    env = {"RIG_PROMOTER_MODE": "auto", "RIG_PROMOTER_MIN_SAMPLES": str(MIN_SAMPLES)}
+    with workers(deployment, count=2, **env) as processes:
+        running = Deployment(deployment.settings, deployment.world, deployment.versions, tuple(processes))
+        for _ in range(16):  # ~7,000 paired outcomes were needed in trial runs: this allows twice that
+            one_round(running)
+            if read_routing(running.settings).golden == v["better"]:
+                break
+        routing = read_routing(running.settings)
+        assert routing.golden == v["better"], f"not promoted; decisions: {decisions(running)}"
+        promoted = [d for d in decisions(running) if d["action"] == "promote"]
+        assert [(d["golden_version"], d["challenger_version"]) for d in promoted] == [
+            (v["golden"], v["better"])
+        ]
+        evidence = promoted[0]
+        assert evidence["n"] >= MIN_SAMPLES and evidence["ci_high"] < 0 and evidence["p_value"] <= 0.05
+        print("promotion evidence:", evidence)
+
+        # Every worker now answers with the new golden and keeps the old one scoring as a shadow.
+        after = one_round(running)
+        assert len(worker_group_members(running.settings)) == 2
+        assert all(p["golden"]["model_version"] == v["better"] for p in after)
+        for p in after:
+            shadows = {e["experiment"]: e["model_version"] for e in p["experiments"]}
+            assert shadows[PREVIOUS_GOLDEN_EXPERIMENT] == v["golden"] and "worse" in shadows
+
+        # The new golden's reference window fills with undrifted outcomes, then the world drifts.
+        for _ in range(2):
+            one_round(running)
+        drift = pd.Timestamp("2000-01-01", tz="UTC").to_pydatetime()
+        for _ in range(10):
+            one_round(running, drift_at=drift)
+            if read_routing(running.settings).golden != v["better"]:
+                break
+        demoted = [d for d in decisions(running) if d["action"] == "demote"]
+        assert demoted, f"no demotion; decisions: {decisions(running)}"
+        print("demotion evidence:", demoted[0])
+        assert demoted[0]["golden_version"] == v["better"]
+        assert read_routing(running.settings).golden == v["golden"], "rolled back to the previous golden"
+        assert not [
+            d
+            for d in decisions(running)
+            if d["challenger_version"] == v["worse"] and d["action"] == "promote"
+        ]
