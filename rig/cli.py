@@ -225,13 +225,92 @@ def promote(
     version: Annotated[str, typer.Argument(help="Model version to make golden.")],
     reason: Annotated[str, typer.Option(help="Why (recorded).")] = "manual promotion",
 ) -> None:
-    """Make a version golden by hand; the previous golden is kept as the rollback target."""
+    """Make a version golden by hand (recorded as a manual decision); the old golden stays a shadow."""
+    from rig.control import read_routing
+    from rig.promotion import control_events, manual_decision
     from rig.registry import ModelRegistry
-    from rig.routing import set_golden_event
 
     config = settings()
-    ModelRegistry(config.model_dir).meta(version)
-    publish(config, set_golden_event(version, actor="cli", reason=reason))
+    ModelRegistry(config.model_dir).meta(version)  # unknown versions are refused before publishing
+    routing = read_routing(config)
+    if routing.golden is None:
+        from rig.routing import set_golden_event
+
+        publish(config, set_golden_event(version, actor="cli", reason=reason))
+        return
+    decision = manual_decision("promote", routing.golden, version, reason, now_ms())
+    record_decision(config, decision, control_events(decision, routing))
+
+
+@app.command()
+def rollback(reason: Annotated[str, typer.Option(help="Why (recorded).")] = "manual rollback") -> None:
+    """Roll the golden back to the previous golden (recorded as a manual decision)."""
+    from rig.control import read_routing
+    from rig.promotion import control_events, manual_decision
+
+    config = settings()
+    routing = read_routing(config)
+    if routing.golden is None or routing.previous_golden is None:
+        typer.secho("refused: there is no previous golden to roll back to", fg="red", err=True)
+        raise typer.Exit(1)
+    decision = manual_decision("demote", routing.golden, None, reason, now_ms())
+    record_decision(config, decision, control_events(decision, routing))
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds."""
+    import time
+
+    return int(time.time() * 1000)
+
+
+def record_decision(config: RigSettings, decision: dict, events: list[dict]) -> None:
+    """Publish a decision to the decisions topic and the metadata store, then apply its events."""
+    from confluent_kafka import Producer
+
+    from rig.codec import Codec
+    from rig.metadata import MetadataStore
+
+    producer = Producer(config.kafka_client_config())
+    producer.produce(
+        config.topic("decisions"),
+        key=decision["golden_version"].encode(),
+        value=Codec("Decision", registry_url=config.schema_registry_url).encode(decision),
+    )
+    if producer.flush(30):
+        typer.secho("refused: the decision was not acknowledged by Kafka", fg="red", err=True)
+        raise typer.Exit(1)
+    config.home.mkdir(parents=True, exist_ok=True)
+    store = MetadataStore(config.resolved_metadata_url)
+    store.create_schema()
+    store.record_decision(decision)
+    for event in events:
+        publish(config, event)
+        store.record_control(event)
+    typer.echo(f"recorded {decision['action']} {decision['decision_id']}: {decision['reason']}")
+
+
+@app.command()
+def status(limit: Annotated[int, typer.Option(help="How many recent decisions to show.")] = 10) -> None:
+    """Routing as the workers see it, and the latest decisions with their evidence."""
+    from rig.control import read_routing
+    from rig.metadata import MetadataStore
+
+    config = settings()
+    routing = read_routing(config)
+    typer.echo(f"golden: {routing.golden or '-'} (previous: {routing.previous_golden or '-'})")
+    for e in routing.experiments:
+        typer.echo(f"  {e.mode} {e.name}: {e.model_version}{' [killed]' if e.killed else ''}")
+    store = MetadataStore(config.resolved_metadata_url)
+    store.create_schema()
+    typer.echo(f"latest decisions ({config.resolved_metadata_url.split('@')[-1]}):")
+    for d in store.decisions(limit):
+        typer.echo(
+            f"  {d['action']:<7} {d['mode']:<7} golden={d['golden_version']} "
+            f"challenger={d['challenger_version'] or '-'} n={d['n']} estimate={d['estimate']:.4g} "
+            f"CI=[{d['ci_low']:.4g}, {d['ci_high']:.4g}] p={d['p_value']}"
+        )
+        typer.echo(f"          {d['reason']}")
 
 
 @app.command()

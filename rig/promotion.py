@@ -9,6 +9,7 @@ reference window.
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from typing import Any
 
@@ -88,6 +89,31 @@ def control_events(decision: dict[str, Any], routing: RoutingTable) -> list[dict
             events.append(stop_experiment_event(PREVIOUS_GOLDEN_EXPERIMENT, actor=ACTOR, reason=reason))
         return events
     return []
+
+
+def manual_decision(
+    action: str, golden: str, challenger: str | None, reason: str, now_ms: int
+) -> dict[str, Any]:
+    """A Decision record for a promotion or rollback made by hand (`rig promote`, `rig rollback`).
+
+    It carries no statistical evidence (n = 0, estimate and interval 0): a person decided.
+    """
+    return {
+        "decision_id": uuid.uuid4().hex,
+        "decided_at": now_ms,
+        "action": action,
+        "mode": "manual",
+        "golden_version": golden,
+        "challenger_version": challenger,
+        "metric": "none",
+        "n": 0,
+        "estimate": 0.0,
+        "ci_low": 0.0,
+        "ci_high": 0.0,
+        "p_value": None,
+        "e_value": None,
+        "reason": reason,
+    }
 
 
 def columns(rows: list[dict[str, Any]], *names: str) -> list[np.ndarray]:

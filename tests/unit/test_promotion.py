@@ -1,0 +1,107 @@
+"""The promoter's control loop: paired rows feed the right tests; decisions map to routing changes."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastavro.validation import validate
+
+from rig.codec import load_schema
+from rig.promoter import PromoterConfig
+from rig.promotion import PREVIOUS_GOLDEN_EXPERIMENT, PromotionLoop, control_events, manual_decision
+from rig.routing import control_key, fold, set_golden_event, start_experiment_event
+
+CONFIG = PromoterConfig(min_samples=200, min_effect=0.002, mode="auto")
+
+
+def routing(*events):
+    return fold((control_key(e), e) for e in events)
+
+
+def rows(golden: str, challenger: str, n: int, challenger_better: bool, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    good = np.where(labels == 1, 0.8, 0.2)
+    poor = np.where(labels == 1, 0.55, 0.45)
+    g, c = (poor, good) if challenger_better else (good, poor)
+    out = []
+    for i in range(n):
+        common = {
+            "request_id": f"r{i}",
+            "entity_id": "e",
+            "label": int(labels[i]),
+            "prediction_time": 0,
+            "outcome_time": 1,
+        }
+        out.append(
+            {
+                **common,
+                "model_version": golden,
+                "role": "golden",
+                "experiment": None,
+                "score": float(g[i]),
+                "golden_model_version": None,
+                "golden_score": None,
+            }
+        )
+        out.append(
+            {
+                **common,
+                "model_version": challenger,
+                "role": "shadow",
+                "experiment": "x",
+                "score": float(c[i]),
+                "golden_model_version": golden,
+                "golden_score": float(g[i]),
+            }
+        )
+    return out
+
+
+def test_a_clearly_better_shadow_is_promoted_and_the_old_golden_kept_as_shadow() -> None:
+    table = routing(set_golden_event("m.1", "t"), start_experiment_event("x", "m.2", "shadow", "t"))
+    loop = PromotionLoop(CONFIG)
+    loop.observe(rows("m.1", "m.2", 100, challenger_better=True), table)
+    assert loop.decide(0, table) == [], "no decision before the minimum sample"
+    loop.observe(rows("m.1", "m.2", 400, challenger_better=True, seed=1), table)
+    decisions = loop.decide(0, table)
+    assert [(d["action"], d["challenger_version"]) for d in decisions] == [("promote", "m.2")]
+    events = control_events(decisions[0], table)
+    assert [(e["kind"], e["model_version"], e["experiment"]) for e in events] == [
+        ("set_golden", "m.2", None),
+        ("start_experiment", "m.1", PREVIOUS_GOLDEN_EXPERIMENT),
+    ]
+
+
+def test_the_previous_golden_beating_the_current_one_is_a_rollback() -> None:
+    table = routing(
+        set_golden_event("m.1", "t"),
+        set_golden_event("m.2", "t"),
+        start_experiment_event(PREVIOUS_GOLDEN_EXPERIMENT, "m.1", "shadow", "t"),
+    )
+    assert table.golden == "m.2" and table.previous_golden == "m.1"
+    loop = PromotionLoop(CONFIG)
+    loop.observe(rows("m.2", "m.1", 500, challenger_better=True), table)
+    decisions = loop.decide(0, table)
+    assert [d["action"] for d in decisions] == ["demote"]
+    assert decisions[0]["reason"].startswith("rollback")
+    events = control_events(decisions[0], table)
+    assert [(e["kind"], e["model_version"] or e["experiment"]) for e in events] == [
+        ("set_golden", "m.1"),
+        ("stop_experiment", PREVIOUS_GOLDEN_EXPERIMENT),
+    ]
+
+
+def test_rows_of_another_golden_do_not_count_and_a_switch_starts_over() -> None:
+    table = routing(set_golden_event("m.1", "t"), start_experiment_event("x", "m.2", "shadow", "t"))
+    loop = PromotionLoop(CONFIG)
+    loop.observe(rows("m.0", "m.2", 500, challenger_better=True), table)
+    assert loop.decide(0, table) == []
+    switched = routing(set_golden_event("m.1", "t"), set_golden_event("m.3", "t"))
+    loop.observe([], switched)
+    assert loop.promoter is not None and loop.promoter.golden_version == "m.3" and loop.promoter.pairs == {}
+
+
+def test_a_manual_decision_is_a_valid_decision_record() -> None:
+    decision = manual_decision("demote", "m.2", None, "by hand", 5)
+    assert validate(decision, load_schema("Decision"), raise_errors=False)
+    assert decision["mode"] == "manual" and decision["n"] == 0
