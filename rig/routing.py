@@ -163,7 +163,7 @@ def control_key(event: Mapping[str, Any]) -> bytes:
         event: A ControlEvent record.
 
     Returns:
-        `golden:<version>`, `experiment:<name>`, `cache:<version>` or `cache` (UTF-8).
+        `golden:<version>`, `experiment:<name>`, `cache:<version>`, `cache-entity:<id>` or `cache`.
 
     Raises:
         RoutingError: The event is invalid (unknown kind, missing or bad field).
@@ -181,6 +181,8 @@ def _check_event(event: object) -> bytes:
     if kind == "set_golden":
         return GOLDEN_PREFIX + _text(event, "model_version", kind).encode()
     if kind == "purge_cache":
+        if event.get("entity_id") is not None:
+            return CACHE_KEY + b"-entity:" + _text(event, "entity_id", kind).encode()
         version = event.get("model_version")
         return (
             CACHE_KEY if version is None else CACHE_KEY + b":" + _text(event, "model_version", kind).encode()
@@ -296,7 +298,7 @@ def _step(table: RoutingTable, key: bytes, event: object) -> tuple[RoutingTable,
     target = _parse_key(key)
     if target is None:
         return table, (
-            f"unknown control key {key!r}; expected golden:<version>, experiment:<name> or cache[:<version>]"
+            f"unknown control key {key!r}; expected golden:<version>, experiment:<name>, cache[:<version>] or cache-entity:<id>"
         )
     slot, ident = target
     # The record supersedes the key's earlier value whatever it holds: forget that value first.
@@ -344,6 +346,8 @@ def _parse_key(key: bytes) -> tuple[str, str] | None:
         return "experiment", text[len(EXPERIMENT_PREFIX) :]
     if text == "cache" or (text.startswith("cache:") and len(text) > len("cache:")):
         return "cache", text[len("cache:") :]
+    if text.startswith("cache-entity:") and len(text) > len("cache-entity:"):
+        return "cache", text[len("cache-entity:") :]
     return None
 
 
@@ -400,6 +404,7 @@ def _event(
         "traffic_cap_rps": None,
         "actor": actor,
         "reason": reason,
+        "entity_id": None,
     }
     event.update(fields)
     _check_event(event)
@@ -486,7 +491,13 @@ def kill_experiment_event(
 
 
 def purge_cache_event(
-    actor: str, reason: str = "", *, version: str | None = None, issued_at: int | None = None
+    actor: str,
+    reason: str = "",
+    *,
+    version: str | None = None,
+    entity_id: str | None = None,
+    issued_at: int | None = None,
 ) -> dict[str, Any]:
-    """A ControlEvent asking workers to purge their cache (of one model version, or all)."""
-    return _event("purge_cache", actor, reason, issued_at, model_version=version)
+    """A ControlEvent asking workers to purge their cache: all of it, one model version's, or one
+    entity's (its features changed)."""
+    return _event("purge_cache", actor, reason, issued_at, model_version=version, entity_id=entity_id)

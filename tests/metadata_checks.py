@@ -79,6 +79,7 @@ def control_event(event_id: str, issued_at: int, kind: str, **fields: Any) -> di
         "traffic_cap_rps": None,
         "actor": "ana",
         "reason": "",
+        "entity_id": None,
     }
     return record | fields
 

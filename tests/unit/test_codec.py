@@ -91,6 +91,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "traffic_cap_rps": 200.0,
         "actor": "alice",
         "reason": "try v4 on 10% of customers",
+        "entity_id": None,
     },
     "DeadLetter": {
         "received_at": T0,
@@ -238,6 +239,7 @@ def test_json_fills_documented_defaults_of_missing_optional_fields() -> None:
         "traffic_share": None,
         "traffic_cap_rps": None,
         "reason": "",
+        "entity_id": None,
     }
 
 
