@@ -101,6 +101,21 @@ class RigSettings(BaseSettings):
     promoter_min_effect: float = Field(default=0.002, ge=0)
     """Smallest loss improvement (log loss) worth a switch."""
 
+    cache_enabled: bool = True
+    """Cache predictions by (model version, transform version, feature vector)."""
+
+    cache_redis: bool = True
+    """Use Redis (`redis_url`) as the shared second cache tier; off: in-process LRU only."""
+
+    cache_ttl_s: float = Field(default=3600, gt=0)
+    """Lifetime of a cached prediction in both tiers."""
+
+    cache_max_entries: int = Field(default=200_000, ge=0)
+    """Bound on the in-process LRU's entries."""
+
+    cache_max_bytes: int = Field(default=64 * 2**20, ge=0)
+    """Bound on the in-process LRU's approximate bytes."""
+
     web_port: int = 6066
     """Port of the worker's web server (metrics, health)."""
 

@@ -71,6 +71,8 @@ class ControlFollower:
         self.settings = settings
         self.table: RoutingTable = EMPTY_ROUTING
         self.on_change = on_change
+        self.on_purge: Callable[[dict[str, Any]], None] | None = None
+        """Called with every `purge_cache` event read after start-up (the cache is cold before)."""
         self.poll_timeout_s = poll_timeout_s
         self.caught_up = threading.Event()
         self._stop = threading.Event()
@@ -151,6 +153,10 @@ class ControlFollower:
             consumer.close()
 
     def _fold(self, records: list[tuple[bytes, dict[str, Any] | Rejected | None]], topic: str) -> None:
+        if self.on_purge is not None and self.caught_up.is_set():
+            for _key, event in records:
+                if isinstance(event, dict) and event.get("kind") == "purge_cache":
+                    self.on_purge(event)
         result = fold_report(records, self.table)
         for rejected in result.rejected:
             log.warning(

@@ -18,11 +18,13 @@ def build_predictions(
     transform_version: str,
     found: np.ndarray,
     timings_ms: dict[str, float],
+    cache_hits: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """One Prediction record per request.
 
     The golden score is always recorded. Every experiment that scored a row adds its score; an A/B
-    experiment that failed for this batch hands its rows back to the golden answer.
+    experiment that failed for this batch hands its rows back to the golden answer. `cache_hits` says
+    per request whether the golden's score came from the prediction cache.
     """
     golden = plan.golden
     golden_scores = scores.scores[golden]
@@ -54,7 +56,7 @@ def build_predictions(
                 "golden": {"model_version": golden, "score": golden_score},
                 "experiments": per_row[i],
                 "transform_version": transform_version,
-                "cache_hit": False,
+                "cache_hit": bool(cache_hits[i]) if cache_hits is not None else False,
                 "entity_found": bool(found[i]),
                 "timings_ms": timings_ms,
             }

@@ -298,7 +298,8 @@ def _step(table: RoutingTable, key: bytes, event: object) -> tuple[RoutingTable,
     target = _parse_key(key)
     if target is None:
         return table, (
-            f"unknown control key {key!r}; expected golden:<version>, experiment:<name>, cache[:<version>] or cache-entity:<id>"
+            f"unknown control key {key!r}; expected golden:<version>, experiment:<name>, "
+            "cache[:<version>] or cache-entity:<id>"
         )
     slot, ident = target
     # The record supersedes the key's earlier value whatever it holds: forget that value first.

@@ -21,6 +21,7 @@ from rig.enrich import enrich
 from rig.errors import RigError
 from rig.intake import Source, take_in
 from rig.predictions import build_predictions
+from rig.scoring import fill_cache, look_up, merge
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,8 @@ async def handle_batch(runtime: Runtime, events: Sequence[faust.types.EventT]) -
     batch = take_in(runtime.request_codec, [source_of(e.message) for e in events])  # decode
     clock.lap("decode")
 
-    store = await asyncio.to_thread(runtime.reader.read, batch.entity_ids())  # enrich
-    enriched = enrich(batch.requests, store.columns, store.found, runtime.settings.missing_entity_policy)
+    online = await asyncio.to_thread(runtime.reader.read, batch.entity_ids())  # enrich
+    enriched = enrich(batch.requests, online.columns, online.found, runtime.settings.missing_entity_policy)
     batch.keep(enriched.kept, enriched.rejected)
     clock.lap("enrich")
 
@@ -49,11 +50,18 @@ async def handle_batch(runtime: Runtime, events: Sequence[faust.types.EventT]) -
         batch.keep(ok, [(i, reason, ErrorType.INVALID_VALUE) for i, reason in result.reasons.items()])
         values, found = result.values[ok], enriched.found[ok]
         clock.lap("transform")
+    lookup = None
     if batch:
+        entity_ids = np.array(batch.entity_ids())
         try:
-            plan = plan_batch(runtime.routing, batch.entity_ids(), limiter=runtime.limiter)  # dispatch
+            plan = plan_batch(runtime.routing, entity_ids, limiter=runtime.limiter)  # dispatch
+            if runtime.cache is not None:  # cache
+                lookup = await asyncio.to_thread(
+                    look_up, runtime.cache, plan, values, entity_ids, transform.version
+                )
             clock.lap("dispatch")
-            scores = await runtime.backbone.predict_batch(values, plan.score_rows, plan.golden)  # predict
+            to_score = plan.score_rows if lookup is None else lookup.to_score
+            computed = await runtime.backbone.predict_batch(values, to_score, plan.golden)  # predict
             clock.lap("predict")
         except RigError as error:
             log.error(
@@ -64,13 +72,20 @@ async def handle_batch(runtime: Runtime, events: Sequence[faust.types.EventT]) -
             )
             batch.reject_all(f"not scored: {error}", ErrorType.INVALID_VALUE)
         else:
+            scores, golden_hit = (computed, None) if lookup is None else merge(plan, lookup, computed)
             for version, reason in scores.failed.items():
                 log.warning("experiment skipped a batch version=%s reason=%s", version, reason)
-            records = build_predictions(batch.requests, plan, scores, transform.version, found, clock.total())
+            records = build_predictions(
+                batch.requests, plan, scores, transform.version, found, clock.total(), golden_hit
+            )
             stamp_latency(records, batch.sources)
 
     publish(runtime, records, batch.dead_letters)  # publish
     await asyncio.to_thread(runtime.producer.flush, 30)
+    if lookup is not None and records:  # fill the cache off the latency path
+        await asyncio.to_thread(
+            fill_cache, runtime.cache, lookup, computed, values, entity_ids, transform.version
+        )
     return len(records), len(batch.dead_letters)
 
 

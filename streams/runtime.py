@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 from confluent_kafka import Producer
-from rig.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader
 
 from rig.backbone import Backbone
+from rig.cache import PredictionCache
 from rig.codec import Codec
 from rig.config import RigSettings
 from rig.control import ControlFollower
@@ -23,6 +23,7 @@ from rig.dispatch import TrafficLimiter
 from rig.errors import RigError
 from rig.features import FeatureStoreClient
 from rig.model_inputs import column_index
+from rig.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader
 from rig.registry import ModelRegistry
 from rig.routing import RoutingTable
 from rig.transform import FittedTransform
@@ -57,6 +58,7 @@ class Runtime:
     request_codec: Codec
     prediction_codec: Codec
     dead_letter_codec: Codec
+    cache: PredictionCache | None = None
     limiter: TrafficLimiter = field(default_factory=TrafficLimiter)
     transform: FittedTransform | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -87,7 +89,16 @@ class Runtime:
             prediction_codec=Codec("Prediction", registry_url=registry_url),
             dead_letter_codec=Codec("DeadLetter", registry_url=registry_url),
         )
+        if settings.cache_enabled:
+            runtime.cache = PredictionCache(
+                settings.redis_url if settings.cache_redis else None,
+                namespace=f"{settings.topic_prefix}cache:",
+                ttl_s=settings.cache_ttl_s,
+                max_entries=settings.cache_max_entries,
+                max_bytes=settings.cache_max_bytes,
+            )
         runtime.follower.on_change = runtime.apply_routing
+        runtime.follower.on_purge = runtime.purge_cache
         table = runtime.follower.start().wait_caught_up()
         runtime.apply_routing(table)
         if table.golden is None:
@@ -117,6 +128,23 @@ class Runtime:
                 table.golden,
                 [e.name for e in table.live_experiments],
             )
+
+    def purge_cache(self, event: dict[str, Any]) -> None:
+        """Apply a `purge_cache` control event: one entity's entries, one version's, or all."""
+        if self.cache is None:
+            return
+        if event.get("entity_id"):
+            result = self.cache.purge_entity(event["entity_id"])
+        elif event.get("model_version"):
+            result = self.cache.purge_model(event["model_version"])
+        else:
+            result = self.cache.purge_all()
+        log.info(
+            "cache purged entity=%s version=%s result=%s",
+            event.get("entity_id"),
+            event.get("model_version"),
+            result,
+        )
 
     def close(self) -> None:
         """Stop following the control topic, flush the producer and stop the model pools."""
