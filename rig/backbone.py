@@ -156,6 +156,17 @@ class Backbone:
         """Loaded versions, sorted."""
         return tuple(sorted(self._models))
 
+    def predict_now(self, version: str, features: np.ndarray) -> np.ndarray:
+        """Score rows with a loaded version on the calling thread (warm-up, explanations; not the hot path).
+
+        Raises:
+            BackboneError: the version is not loaded.
+        """
+        model = self._models.get(version)
+        if model is None:
+            raise BackboneError(f"model {version} is not loaded")
+        return np.asarray(model.inplace_predict(features), dtype=np.float64)
+
     def close(self) -> None:
         """Stop both pools; queued calls are dropped and later `predict_batch` calls raise."""
         self._closed = True

@@ -116,6 +116,19 @@ class RigSettings(BaseSettings):
     cache_max_bytes: int = Field(default=64 * 2**20, ge=0)
     """Bound on the in-process LRU's approximate bytes."""
 
+    model_timeout_s: float = Field(default=2.0, gt=0)
+    """Longest a batch waits for the golden model; a slower golden sends the batch to the DLQ."""
+
+    experiment_grace_s: float = Field(default=0.25, ge=0)
+    """After the golden answered, how much longer experiments may take before they are cut for this
+    batch (their scores are then missing from its records; the golden answer is never held longer)."""
+
+    warmer_enabled: bool = True
+    """Warm models (warm-up batch, and cache pre-fill for a new golden) before routing switches to them."""
+
+    warmer_replay: int = Field(default=2_000, ge=0)
+    """How many recent requests the warmer replays through a new golden to pre-fill the cache."""
+
     web_port: int = 6066
     """Port of the worker's web server (metrics, health)."""
 

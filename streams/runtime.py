@@ -25,8 +25,9 @@ from rig.features import FeatureStoreClient
 from rig.model_inputs import column_index
 from rig.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader
 from rig.registry import ModelRegistry
-from rig.routing import RoutingTable
+from rig.routing import EMPTY_ROUTING, RoutingTable
 from rig.transform import FittedTransform
+from rig.warmer import recent_requests, warm
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Runtime:
     cache: PredictionCache | None = None
     limiter: TrafficLimiter = field(default_factory=TrafficLimiter)
     transform: FittedTransform | None = None
+    _routing: RoutingTable = EMPTY_ROUTING
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -79,7 +81,10 @@ class Runtime:
             registry=registry,
             reader=reader,
             backbone=Backbone(
-                registry, wrap_model=lambda version, booster: _select_columns(registry, version, booster)
+                registry,
+                timeout_s=settings.model_timeout_s,
+                grace_s=settings.experiment_grace_s,
+                wrap_model=lambda version, booster: _select_columns(registry, version, booster),
             ),
             follower=ControlFollower(settings),
             producer=Producer({**settings.kafka_client_config(), "enable.idempotence": True, "linger.ms": 5}),
@@ -107,26 +112,53 @@ class Runtime:
 
     @property
     def routing(self) -> RoutingTable:
-        """The current routing table (replaced atomically by the control follower)."""
-        return self.follower.table
+        """The routing in force: switched only after the models it needs are loaded and warmed."""
+        return self._routing
 
     def apply_routing(self, table: RoutingTable) -> None:
-        """Load the models a routing table needs and switch the transform to the golden's."""
+        """Load and warm the models a routing table needs, then switch to it (and to its transform)."""
         with self._lock:
             versions = [v for v in (table.golden, *(e.model_version for e in table.live_experiments)) if v]
             try:
-                self.backbone.ensure_loaded(versions)
+                fresh = self.backbone.ensure_loaded(versions)
+                transform = self.transform
+                if table.golden is not None:
+                    version = self.registry.meta(table.golden).transform_version
+                    if transform is None or transform.version != version:
+                        transform = self.registry.load_transform(version)
+                if self.settings.warmer_enabled and transform is not None:
+                    self._warm(table, fresh, transform)
             except RigError:
-                log.exception("routing needs models that cannot be loaded versions=%s", versions)
+                log.exception("routing needs models that cannot be loaded or warmed versions=%s", versions)
                 return
-            if table.golden is not None:
-                version = self.registry.meta(table.golden).transform_version
-                if self.transform is None or self.transform.version != version:
-                    self.transform = self.registry.load_transform(version)
+            self.transform, self._routing = transform, table  # the switch: two reference assignments
             log.info(
                 "routing applied golden=%s experiments=%s",
                 table.golden,
                 [e.name for e in table.live_experiments],
+            )
+
+    def _warm(self, table: RoutingTable, fresh: tuple[str, ...], transform: FittedTransform) -> None:
+        new_golden = table.golden is not None and table.golden != self._routing.golden
+        if not fresh and not new_golden:
+            return
+        recent = recent_requests(self.settings, self.settings.warmer_replay) if new_golden else []
+        for version in dict.fromkeys([*fresh, *([table.golden] if new_golden else [])]):
+            replay = recent if version == table.golden else []
+            report = warm(
+                version,
+                lambda x, v=version: self.backbone.predict_now(v, x),
+                transform,
+                self.reader,
+                replay,
+                self.cache if replay else None,
+            )
+            log.info(
+                "model warmed version=%s warm_up_rows=%d cached_rows=%d seconds=%.3f",
+                report.version,
+                report.warm_up_rows,
+                report.cached_rows,
+                report.seconds,
             )
 
     def purge_cache(self, event: dict[str, Any]) -> None:
