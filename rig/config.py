@@ -8,7 +8,17 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-TOPIC_NAMES = ("requests", "predictions", "outcomes", "joined", "decisions", "control", "dlq")
+TOPIC_NAMES = (
+    "requests",
+    "predictions",
+    "outcomes",
+    "joined",
+    "decisions",
+    "control",
+    "dlq",
+    "explain",
+    "explanations",
+)
 
 
 class RigSettings(BaseSettings):
@@ -122,6 +132,10 @@ class RigSettings(BaseSettings):
     experiment_grace_s: float = Field(default=0.25, ge=0)
     """After the golden answered, how much longer experiments may take before they are cut for this
     batch (their scores are then missing from its records; the golden answer is never held longer)."""
+
+    explain_disagreement: float = Field(default=0.3, gt=0, le=1)
+    """Golden and a challenger whose scores differ by more than this get the request explained
+    automatically (asynchronously, on the explain topic)."""
 
     warmer_enabled: bool = True
     """Warm models (warm-up batch, and cache pre-fill for a new golden) before routing switches to them."""

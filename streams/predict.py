@@ -25,6 +25,7 @@ from rig.scoring import fill_cache, look_up, merge
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
+MAX_EXPLANATIONS_PER_BATCH = 5
 
 
 async def handle_batch(runtime: Runtime, events: Sequence[faust.types.EventT]) -> tuple[int, int]:
@@ -79,6 +80,7 @@ async def handle_batch(runtime: Runtime, events: Sequence[faust.types.EventT]) -
                 batch.requests, plan, scores, transform.version, found, clock.total(), golden_hit
             )
             stamp_latency(records, batch.sources)
+            ask_explanations(runtime, batch.requests, records)
 
     publish(runtime, records, batch.dead_letters)  # publish
     await asyncio.to_thread(runtime.producer.flush, 30)
@@ -116,6 +118,24 @@ def source_of(message: faust.types.Message) -> Source:
         message.value or b"",
         message.timestamp * 1000,
     )
+
+
+def ask_explanations(runtime: Runtime, requests: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
+    """Queue the requests on which golden and a challenger disagree on the explain topic (a few per
+    batch): they are explained asynchronously, never on the prediction's critical path."""
+    threshold = runtime.settings.explain_disagreement
+    asked = 0
+    for request, record in zip(requests, records, strict=True):
+        golden = record["golden"]["score"]
+        if any(abs(e["score"] - golden) > threshold for e in record["experiments"]):
+            runtime.producer.produce(
+                runtime.settings.topic("explain"),
+                key=request["entity_id"].encode(),
+                value=runtime.request_codec.encode(request),
+            )
+            asked += 1
+            if asked == MAX_EXPLANATIONS_PER_BATCH:
+                return
 
 
 def stamp_latency(records: list[dict[str, Any]], sources: list[Source]) -> None:

@@ -21,6 +21,7 @@ from rig.config import RigSettings
 from rig.control import ControlFollower
 from rig.dispatch import TrafficLimiter
 from rig.errors import RigError
+from rig.explain_service import ExplanationService
 from rig.features import FeatureStoreClient
 from rig.model_inputs import column_index
 from rig.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader
@@ -60,6 +61,7 @@ class Runtime:
     prediction_codec: Codec
     dead_letter_codec: Codec
     cache: PredictionCache | None = None
+    explanations: ExplanationService | None = None
     limiter: TrafficLimiter = field(default_factory=TrafficLimiter)
     transform: FittedTransform | None = None
     _routing: RoutingTable = EMPTY_ROUTING
@@ -102,6 +104,7 @@ class Runtime:
                 max_entries=settings.cache_max_entries,
                 max_bytes=settings.cache_max_bytes,
             )
+        runtime.explanations = ExplanationService(registry, reader, settings.feast_data_dir)
         runtime.follower.on_change = runtime.apply_routing
         runtime.follower.on_purge = runtime.purge_cache
         table = runtime.follower.start().wait_caught_up()

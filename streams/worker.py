@@ -12,6 +12,7 @@ import logging
 from rig.config import RigSettings
 from rig.topics import ensure_topics
 from streams.app import make_app
+from streams.explain import install_explainer
 from streams.join import install_join
 from streams.predict import handle_batch
 from streams.promote import install_promoter
@@ -54,6 +55,7 @@ async def predict(stream):  # type: ignore[no-untyped-def]
 
 
 install_promoter(app, settings, get_runtime)
+install_explainer(app, settings, get_runtime)
 
 
 def main() -> None:

@@ -1,0 +1,76 @@
+"""Explanations of one request for one model: the same enrich and transform as the prediction path,
+then the explainer, cached by feature hash (model version + transformed row)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rig.data import OFFLINE_STORE_FILE
+from rig.enrich import enrich
+from rig.errors import ExplainerError
+from rig.explainer import Explainer, explanation_key
+from rig.model_inputs import column_index
+from rig.online_reader import OnlineReader
+from rig.registry import ModelRegistry
+from rig.transform import FittedTransform
+
+REFERENCE_ROWS = 2_000
+
+
+class ExplanationService:
+    """Explainers per model version (built on first use) and a bounded cache of explanations."""
+
+    def __init__(
+        self, registry: ModelRegistry, reader: OnlineReader, offline_store: Path, max_cached: int = 10_000
+    ) -> None:
+        self.registry = registry
+        self.reader = reader
+        self.offline_store = offline_store
+        self.max_cached = max_cached
+        self._explainers: dict[str, tuple[Explainer, np.ndarray]] = {}
+        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def explain(self, request: dict[str, Any], version: str, transform: FittedTransform) -> dict[str, Any]:
+        """An Explanation record (schemas/Explanation.avsc) of `version`'s score for `request`.
+
+        Raises:
+            ExplainerError: the request cannot be transformed (its reason says why).
+        """
+        online = self.reader.read([request["entity_id"]])
+        enriched = enrich([request], online.columns, online.found)
+        if enriched.rejected:
+            raise ExplainerError(enriched.rejected[0][1])
+        result = transform.transform(enriched.columns, now=[request["event_time"]])
+        if not result.row_ok[0]:
+            raise ExplainerError(result.reasons[0])
+        explainer, columns = self._explainer(version, transform)
+        row = result.values[0, columns]
+        key = explanation_key(version, row)
+        if key not in self._cache:
+            self._cache[key] = explainer.explain(row).to_dict()
+            if len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        ids = {"request_id": request["request_id"], "entity_id": request["entity_id"]}
+        return {**ids, "model_version": version, "explanation_key": key, **self._cache[key]}
+
+    def _explainer(self, version: str, transform: FittedTransform) -> tuple[Explainer, np.ndarray]:
+        if version not in self._explainers:
+            meta = self.registry.meta(version)
+            columns = column_index(transform.output_columns, meta.features)
+            reference = self._reference(transform)[:, columns]
+            explainer = Explainer(self.registry.load(version), list(meta.features), reference)
+            self._explainers[version] = (explainer, columns)
+        return self._explainers[version]
+
+    def _reference(self, transform: FittedTransform) -> np.ndarray:
+        """Transformed rows of the offline store: what the anchors and counterfactuals sample from."""
+        frame = pd.read_parquet(self.offline_store / OFFLINE_STORE_FILE)
+        sample = frame.sample(min(REFERENCE_ROWS, len(frame)), random_state=0)
+        result = transform.transform(sample)
+        return result.values[result.row_ok]

@@ -1,0 +1,76 @@
+"""Explanations from a running worker: over HTTP, and automatically when golden and a challenger disagree."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.request
+
+import pytest
+
+from rig.clients import produce_requests, synthetic_requests
+from rig.deploy import start_worker
+from rig.routing import set_golden_event, start_experiment_event
+from tests.e2e.conftest import consume, deploy, route
+
+pytestmark = pytest.mark.e2e
+WEB_PORT = 16067
+
+
+def get_json(url: str, timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                return json.loads(response.read())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def test_explanations_over_http_and_for_disagreements_on_the_explanations_topic(tmp_path) -> None:
+    deployment = deploy(
+        tmp_path,
+        {"golden": "golden", "worse": "worse"},
+        rounds=30,
+        world_seed=61,
+        world_entities=400,
+        world_days=3,
+    )
+    settings, versions = deployment.settings, deployment.versions
+    route(
+        deployment,
+        set_golden_event(versions["golden"], actor="test"),
+        start_experiment_event("worse", versions["worse"], "shadow", actor="test"),
+    )
+    worker = start_worker(
+        settings, settings.home / "explain.log", web_port=WEB_PORT, RIG_EXPLAIN_DISAGREEMENT="0.2"
+    )
+    try:
+        entity = deployment.world.entity_ids[7]
+        explanation = get_json(f"http://127.0.0.1:{WEB_PORT}/explain/{entity}/")
+        assert explanation["model_version"] == versions["golden"] and explanation["entity_id"] == entity
+        shap = explanation["shap"]
+        assert shap["bias"] + sum(shap["contributions"].values()) == pytest.approx(shap["margin"], abs=1e-4)
+        assert shap["score"] == pytest.approx(1 / (1 + math.exp(-shap["margin"])), abs=1e-6)
+        assert explanation["anchor"]["rule"] and 0 <= explanation["anchor"]["precision"] <= 1
+
+        requests = list(synthetic_requests(settings, 2_000, seed=8))
+        assert produce_requests(settings, requests) == 2_000
+        predictions = consume(
+            settings, settings.topic("predictions"), "Prediction", 2_000, processes=[worker]
+        )
+        disagreeing = {
+            p["request_id"]
+            for p in predictions
+            if any(abs(e["score"] - p["golden"]["score"]) > 0.2 for e in p["experiments"])
+        }
+        assert disagreeing, "the worse shadow disagrees with the golden on some requests"
+        explained = consume(settings, settings.topic("explanations"), "Explanation", 1, processes=[worker])
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    assert explained and {e["request_id"] for e in explained} <= disagreeing
+    assert all(e["model_version"] == versions["golden"] for e in explained)
