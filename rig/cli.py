@@ -12,6 +12,7 @@ from rig.config import RigSettings
 app = typer.Typer(
     help="Prediction rig: streaming predictions with Kafka, Faust, Feast and XGBoost.", no_args_is_help=True
 )
+cache_app = typer.Typer(help="The prediction cache (in-process LRU + Redis).", no_args_is_help=True)
 experiment_app = typer.Typer(
     help="Experiments: shadow or A/B challengers of the golden model.", no_args_is_help=True
 )
@@ -22,6 +23,7 @@ topics_app = typer.Typer(help="Kafka topics of the rig.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 app.add_typer(topics_app, name="topics")
 app.add_typer(experiment_app, name="experiment")
+app.add_typer(cache_app, name="cache")
 
 
 def settings() -> RigSettings:
@@ -60,6 +62,17 @@ def features_materialize() -> None:
     world = make_world(config.world_seed, config.world_entities, config.world_days)
     FeatureStoreClient(config).materialize(world.start, world.end, progress=True)
     typer.echo(f"materialized {world.n_entities} entities into {config.redis_url}")
+    # New feature values: cached predictions of the old ones must not be served.
+    from rig.control import publish_control
+    from rig.errors import RigError
+    from rig.routing import purge_cache_event
+
+    try:
+        publish_control(config, purge_cache_event("cli", "features materialized"))
+    except RigError as error:
+        typer.secho(
+            f"warning: cache purge not published ({error}); run `rig cache purge`", fg="yellow", err=True
+        )
 
 
 @app.command()
@@ -117,6 +130,22 @@ def publish(config: RigSettings, event: dict) -> None:
         typer.secho(f"refused: {error}", fg="red", err=True)
         raise typer.Exit(1) from error
     typer.echo(f"published {event['kind']} to {config.topic('control')}")
+
+
+@cache_app.command("purge")
+def cache_purge(
+    model: Annotated[str | None, typer.Option(help="Only this model version's entries.")] = None,
+    entity: Annotated[
+        str | None, typer.Option(help="Only this entity's entries (e.g. its features changed).")
+    ] = None,
+) -> None:
+    """Purge cached predictions on every worker (all, one model version's, or one entity's)."""
+    from rig.routing import purge_cache_event
+
+    if model and entity:
+        raise typer.BadParameter("give --model or --entity, not both")
+    what = f"model {model}" if model else f"entity {entity}" if entity else "everything"
+    publish(settings(), purge_cache_event("cli", f"rig cache purge: {what}", version=model, entity_id=entity))
 
 
 @app.command()

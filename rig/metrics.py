@@ -28,3 +28,18 @@ def log_loss_per_row(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarra
     p = np.clip(np.asarray(probabilities, dtype=float), EPSILON, 1 - EPSILON)
     y = np.asarray(labels, dtype=float)
     return -(y * np.log(p) + (1 - y) * np.log1p(-p))
+
+
+def window_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float | int | None]:
+    """Quality of one model over a window of joined outcomes: n, mean log loss, AUC (None when the
+    labels hold one class), mean score and positive rate."""
+    labels = np.asarray(labels, dtype=float)
+    scores = np.asarray(scores, dtype=float)
+    both = 0 < labels.sum() < labels.size
+    return {
+        "n": int(labels.size),
+        "mean_loss": float(log_loss_per_row(labels, scores).mean()),
+        "auc": roc_auc(labels, scores) if both else None,
+        "mean_score": float(scores.mean()),
+        "positive_rate": float(labels.mean()),
+    }

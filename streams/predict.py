@@ -37,6 +37,8 @@ async def handle_batch(runtime: Runtime, events: Sequence[faust.types.EventT]) -
     online = await asyncio.to_thread(runtime.reader.read, batch.entity_ids())  # enrich
     enriched = enrich(batch.requests, online.columns, online.found, runtime.settings.missing_entity_policy)
     batch.keep(enriched.kept, enriched.rejected)
+    if runtime.feature_stats is not None and batch:
+        runtime.feature_stats.update(enriched.columns)
     clock.lap("enrich")
 
     transform = runtime.transform

@@ -9,17 +9,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import faust
+import numpy as np
 
 from rig.codec import Codec, Rejected
 from rig.config import RigSettings
 from rig.control import publish_control
 from rig.errors import RigError
 from rig.metadata import MetadataStore
+from rig.metrics import window_metrics
 from rig.promoter import PromoterConfig
-from rig.promotion import PromotionLoop, control_events
+from rig.promotion import PromotionLoop, columns, control_events
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -54,7 +58,10 @@ def install_promoter(
                     "undecodable joined outcomes skipped count=%d topic=%s", bad, settings.topic("joined")
                 )
             routing = runtime.routing
-            loop.observe([row for row in rows if not isinstance(row, Rejected)], routing)
+            good = [row for row in rows if not isinstance(row, Rejected)]
+            loop.observe(good, routing)
+            if metadata is not None and good:
+                await asyncio.to_thread(record_window, metadata, good, int(time.time() * 1000))
             for decision in loop.decide(int(time.time() * 1000), routing):
                 log.info(
                     "decision action=%s golden=%s challenger=%s reason=%s",
@@ -73,6 +80,24 @@ def install_promoter(
                         await asyncio.to_thread(publish_control, settings, event)
                         if metadata is not None:
                             await asyncio.to_thread(metadata.record_control, event)
+
+
+def record_window(metadata: MetadataStore, rows: list[dict[str, Any]], window_end_ms: int) -> None:
+    """Per-model quality and the label delay distribution of one batch of joined outcomes."""
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_model[row["model_version"]].append(row)
+    for version, group in by_model.items():
+        labels, scores = columns(group, "label", "score")
+        metadata.record_model_metrics(version, window_end_ms, **window_metrics(labels, scores))
+    delays = np.array(
+        [row["outcome_time"] - row["prediction_time"] for row in rows if row["role"] == "golden"]
+    )
+    if delays.size:
+        levels = (0.5, 0.9, 0.99)
+        metadata.record_label_delays(
+            window_end_ms, delays.size, dict(zip(levels, np.quantile(delays, levels), strict=True))
+        )
 
 
 def open_metadata(settings: RigSettings) -> MetadataStore | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from confluent_kafka import Producer
 
 from rig.backbone import Backbone
@@ -19,10 +20,12 @@ from rig.cache import PredictionCache
 from rig.codec import Codec
 from rig.config import RigSettings
 from rig.control import ControlFollower
+from rig.data import OFFLINE_STORE_FILE
 from rig.dispatch import TrafficLimiter
 from rig.errors import RigError
 from rig.explain_service import ExplanationService
 from rig.features import FeatureStoreClient
+from rig.metadata import FeatureStats
 from rig.model_inputs import column_index
 from rig.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader
 from rig.registry import ModelRegistry
@@ -62,6 +65,7 @@ class Runtime:
     dead_letter_codec: Codec
     cache: PredictionCache | None = None
     explanations: ExplanationService | None = None
+    feature_stats: FeatureStats | None = None
     limiter: TrafficLimiter = field(default_factory=TrafficLimiter)
     transform: FittedTransform | None = None
     _routing: RoutingTable = EMPTY_ROUTING
@@ -105,6 +109,7 @@ class Runtime:
                 max_bytes=settings.cache_max_bytes,
             )
         runtime.explanations = ExplanationService(registry, reader, settings.feast_data_dir)
+        runtime.feature_stats = reference_stats(settings)
         runtime.follower.on_change = runtime.apply_routing
         runtime.follower.on_purge = runtime.purge_cache
         table = runtime.follower.start().wait_caught_up()
@@ -186,6 +191,18 @@ class Runtime:
         self.follower.stop()
         self.producer.flush(30)
         self.backbone.close()
+
+
+def reference_stats(settings: RigSettings) -> FeatureStats | None:
+    """Serving feature statistics with the training distribution (the offline store) as reference."""
+    path = settings.feast_data_dir / OFFLINE_STORE_FILE
+    if not path.is_file():
+        log.warning("no offline store at %s: serving feature statistics are off", path)
+        return None
+    frame = pd.read_parquet(path).drop(
+        columns=["entity_id", "event_timestamp", "created_timestamp"], errors="ignore"
+    )
+    return FeatureStats.from_reference(frame)
 
 
 def _select_columns(registry: ModelRegistry, version: str, booster: Any) -> ColumnSelectingModel:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import time
 
 from rig.config import RigSettings
 from rig.topics import ensure_topics
@@ -15,7 +18,7 @@ from streams.app import make_app
 from streams.explain import install_explainer
 from streams.join import install_join
 from streams.predict import handle_batch
-from streams.promote import install_promoter
+from streams.promote import install_promoter, open_metadata
 from streams.runtime import Runtime
 
 settings = RigSettings()
@@ -52,6 +55,20 @@ async def predict(stream):  # type: ignore[no-untyped-def]
     async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
         predictions, dead = await handle_batch(runtime, events)
         log.debug("batch done predictions=%d dead_letters=%d", predictions, dead)
+
+
+@app.timer(interval=60.0)
+async def record_feature_stats() -> None:
+    """Flush this worker's serving feature statistics (with PSI against training) to the metadata store."""
+    runtime = await get_runtime()
+    stats = runtime.feature_stats
+    if stats is None:
+        return
+    runtime.feature_stats = stats.empty()
+    metadata = await asyncio.to_thread(open_metadata, settings)
+    if metadata is not None:
+        scope = f"serving:{socket.gethostname()}:{os.getpid()}"
+        await asyncio.to_thread(metadata.record_feature_stats, scope, int(time.time() * 1000), stats)
 
 
 install_promoter(app, settings, get_runtime)

@@ -13,6 +13,7 @@ from confluent_kafka import Producer
 from rig.codec import Codec
 from rig.control import read_routing
 from rig.data import make_outcomes, make_requests
+from rig.metadata import MetadataStore
 from rig.promotion import PREVIOUS_GOLDEN_EXPERIMENT
 from rig.routing import set_golden_event, start_experiment_event
 from tests.e2e.conftest import Deployment, consume, deploy, route, workers
@@ -131,3 +132,11 @@ def test_better_challenger_is_promoted_everywhere_and_a_drifting_golden_is_demot
             for d in decisions(running)
             if d["challenger_version"] == v["worse"] and d["action"] == "promote"
         ]
+
+    # The metadata store recorded the decisions with their evidence, rolling model quality and label delays.
+    store = MetadataStore(deployment.settings.resolved_metadata_url)
+    recorded = {(d["action"], d["golden_version"]) for d in store.decisions(1_000)}
+    assert {("promote", v["golden"]), ("demote", v["better"])} <= recorded
+    metrics = store.model_metrics(v["better"])
+    assert metrics and sum(m.n for m in metrics) > MIN_SAMPLES and all(m.mean_loss > 0 for m in metrics)
+    assert store.label_delays() and all(d.n > 0 for d in store.label_delays())
