@@ -99,3 +99,27 @@ def consume(
     finally:
         consumer.close()
     return records
+
+
+def get_json(url: str) -> Any:
+    """GET a JSON document."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def eventually(probe: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Call `probe` every second until it returns something truthy (connection errors count as not
+    yet: a worker's web server may still be starting); return that value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+            if value:
+                return value
+        except OSError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import math
-import time
-import urllib.request
 
 import pytest
 
 from rig.clients import produce_requests, synthetic_requests
 from rig.deploy import start_worker
 from rig.routing import set_golden_event, start_experiment_event
-from tests.e2e.conftest import consume, deploy, route
+from tests.e2e.conftest import consume, deploy, eventually, get_json, route
 
 pytestmark = pytest.mark.e2e
 WEB_PORT = 16067
-
-
-def get_json(url: str, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response:
-                return json.loads(response.read())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
 
 
 def test_explanations_over_http_and_for_disagreements_on_the_explanations_topic(tmp_path) -> None:
@@ -50,7 +35,9 @@ def test_explanations_over_http_and_for_disagreements_on_the_explanations_topic(
     )
     try:
         entity = deployment.world.entity_ids[7]
-        explanation = get_json(f"http://127.0.0.1:{WEB_PORT}/explain/{entity}/")
+        explanation = eventually(
+            lambda: get_json(f"http://127.0.0.1:{WEB_PORT}/explain/{entity}/"), 120, "the worker"
+        )
         assert explanation["model_version"] == versions["golden"] and explanation["entity_id"] == entity
         shap = explanation["shap"]
         assert shap["bias"] + sum(shap["contributions"].values()) == pytest.approx(shap["margin"], abs=1e-4)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Producer
@@ -16,7 +13,7 @@ from rig.clients import produce_requests
 from rig.codec import Codec
 from rig.deploy import start_worker
 from rig.routing import set_golden_event, start_experiment_event
-from tests.e2e.conftest import Deployment, consume, deploy, route
+from tests.e2e.conftest import Deployment, consume, deploy, eventually, get_json, route
 
 pytestmark = pytest.mark.e2e
 RETENTION_S = 45
@@ -54,20 +51,7 @@ def send_outcomes(deployment: Deployment, requests: list[dict], label: int = 1) 
 
 
 def join_counts() -> Counter[str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{WEB_PORT}/join/counts/", timeout=5) as response:
-        return Counter(json.loads(response.read()))
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except OSError:
-            pass  # the web server is not up yet
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return Counter(get_json(f"http://127.0.0.1:{WEB_PORT}/join/counts/"))
 
 
 def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_state(tmp_path) -> None:
@@ -115,13 +99,13 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
         time.sleep(2)
         assert produce_requests(settings, early) == 20
 
-        wait_until(
+        eventually(
             lambda: join_counts()["expired_unjoined"] >= 50,
             RETENTION_S + 60,
             "unjoined predictions to expire",
         )
         send_outcomes(deployment, requests[150:160])  # late: beyond retention
-        wait_until(
+        eventually(
             lambda: join_counts()["late"] >= 10 and join_counts()["orphans"] >= 5,
             60,
             "late and orphan counts",
