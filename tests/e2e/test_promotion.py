@@ -51,6 +51,7 @@ def one_round(deployment: Deployment, drift_at: datetime | None = None) -> list[
         ROUND,
         where=lambda p: p["request_id"] in ids,
         processes=deployment.processes,
+        timeout_s=300,
     )
     assert len(predictions) == ROUND
     outcomes = make_outcomes(world, frame, seed=next(seeds), delay_median_s=1, drift_at=drift_at)
