@@ -1,14 +1,16 @@
-"""The explain agent and endpoint: explanations of the golden's (or any model's) score for a request.
+"""Explanations: the explain topic and the worker's `GET /explain/<entity_id>/?model=<version>`.
 
 Requests on the explain topic (the Request schema; the predict agent adds those where golden and a
-challenger disagree) are explained off the prediction path and published to the explanations topic.
-`GET /explain/<entity_id>/?model=<version>` explains a fresh request for an entity over HTTP.
+challenger disagree) are explained by a plain consumer in its own thread and consumer group, never
+by a Faust agent: an explanation takes far longer than a prediction, and a slow Faust stream would
+hold up message delivery to the predict agent. A backlog of explanations waits in Kafka instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,38 +26,81 @@ from streams.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-def install_explainer(
-    app: faust.App, settings: RigSettings, get_runtime: Callable[[], Awaitable[Runtime]]
-) -> None:
-    """Add the explain agent and the HTTP endpoint to `app`."""
-    request_codec = Codec("Request", registry_url=settings.schema_registry_url, allow_json=True)
-    explanation_codec = Codec("Explanation", registry_url=settings.schema_registry_url)
-    asks = app.topic(settings.topic("explain"), key_serializer="raw", value_serializer="raw")
-    explanations = app.topic(settings.topic("explanations"), key_serializer="raw", value_serializer="raw")
+def explain_with_golden(
+    runtime: Runtime, request: dict[str, Any], version: str | None = None
+) -> dict[str, Any]:
+    """An Explanation record of `version` (default: the golden) for `request` (blocking).
 
-    async def explain(runtime: Runtime, request: dict[str, Any], version: str | None) -> dict[str, Any]:
-        model = version or runtime.routing.golden
-        if model is None or runtime.transform is None or runtime.explanations is None:
-            raise RigError("no golden model is routed")
-        return await asyncio.to_thread(runtime.explanations.explain, request, model, runtime.transform)
+    Raises:
+        RigError: no golden is routed, or the request cannot be transformed.
+    """
+    model = version or runtime.routing.golden
+    if model is None or runtime.transform is None or runtime.explanations is None:
+        raise RigError("no golden model is routed")
+    return runtime.explanations.explain(request, model, runtime.transform)
 
-    @app.agent(asks)
-    async def explain_requests(stream):  # type: ignore[no-untyped-def]
-        """Explain each asked request with the golden model and publish the explanation."""
-        runtime = await get_runtime()
-        async for event in stream.events():
-            request = request_codec.decode(event.message.value or b"")
-            if isinstance(request, Rejected):
-                log.warning(
-                    "explain request rejected offset=%s reason=%s", event.message.offset, request.reason
-                )
-                continue
-            try:
-                record = await explain(runtime, request, None)
-            except RigError as error:
-                log.warning("not explained request_id=%s reason=%s", request["request_id"], error)
-                continue
-            await explanations.send(key=request["entity_id"].encode(), value=explanation_codec.encode(record))
+
+class ExplainConsumer:
+    """Explains the requests on the explain topic in a background thread (at-least-once)."""
+
+    def __init__(self, settings: RigSettings, runtime: Runtime) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="explainer", daemon=True)
+
+    def start(self) -> ExplainConsumer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        from confluent_kafka import Consumer
+
+        settings = self.settings
+        request_codec = Codec("Request", registry_url=settings.schema_registry_url, allow_json=True)
+        explanation_codec = Codec("Explanation", registry_url=settings.schema_registry_url)
+        consumer = Consumer(
+            {
+                **settings.kafka_client_config(),
+                "group.id": f"{settings.topic_prefix}explainer",
+                "auto.offset.reset": "earliest",
+                "enable.auto.offset.store": False,  # an offset is stored only once its request is done
+            }
+        )
+        consumer.subscribe([settings.topic("explain")])
+        try:
+            while not self._stop.is_set():
+                message = consumer.poll(0.5)
+                if message is None or message.error():
+                    continue
+                request = request_codec.decode(message.value() or b"")
+                if isinstance(request, Rejected):
+                    log.warning(
+                        "explain request rejected offset=%s reason=%s", message.offset(), request.reason
+                    )
+                else:
+                    try:
+                        record = explain_with_golden(self.runtime, request)
+                        self.runtime.producer.produce(
+                            settings.topic("explanations"),
+                            key=request["entity_id"].encode(),
+                            value=explanation_codec.encode(record),
+                        )
+                    except RigError as error:
+                        log.warning("not explained request_id=%s reason=%s", request["request_id"], error)
+                consumer.store_offsets(message)
+        except Exception:  # the worker keeps predicting; the failure is logged loudly
+            log.exception("explainer stopped topic=%s", settings.topic("explain"))
+        finally:
+            consumer.close()
+
+
+def install_explain_endpoint(app: faust.App, get_runtime: Callable[[], Awaitable[Runtime]]) -> None:
+    """Add `GET /explain/<entity_id>/` to the worker's web server."""
 
     @app.page("/explain/{entity_id}/")
     async def explain_entity(web, request, entity_id: str):  # type: ignore[no-untyped-def]
@@ -69,7 +114,7 @@ def install_explainer(
             "context": {},
         }
         try:
-            record = await explain(runtime, ask, request.query.get("model"))
+            record = await asyncio.to_thread(explain_with_golden, runtime, ask, request.query.get("model"))
         except RigError as error:
             return web.json({"error": str(error)}, status=422)
         return web.json(record)

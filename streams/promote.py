@@ -44,12 +44,15 @@ def install_promoter(
         mode=settings.promoter_mode,
     )
 
+    metadata = open_metadata(
+        settings
+    )  # before consuming: an agent must not wait between assignment and its loop
+
     @app.agent(joined)
     async def promote(stream):  # type: ignore[no-untyped-def]
         """Fold joined outcomes into the sequential tests and act on what they decide."""
         runtime = await get_runtime()
         loop = PromotionLoop(config)
-        metadata = await asyncio.to_thread(open_metadata, settings)
         async for events in stream.take_events(1_000, within=1.0):
             rows = [joined_codec.decode(e.message.value or b"") for e in events]
             bad = sum(isinstance(row, Rejected) for row in rows)

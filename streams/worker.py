@@ -15,7 +15,7 @@ import time
 from rig.config import RigSettings
 from rig.topics import ensure_topics
 from streams.app import make_app
-from streams.explain import install_explainer
+from streams.explain import ExplainConsumer, install_explain_endpoint
 from streams.join import install_join
 from streams.predict import handle_batch
 from streams.promote import install_promoter, open_metadata
@@ -32,20 +32,27 @@ app = make_app(
 requests_topic = app.topic(settings.topic("requests"), key_serializer="raw", value_serializer="raw")
 dead_letter_topic = app.topic(settings.topic("dlq"), key_serializer="raw", value_serializer="raw")
 join_counts = install_join(app, settings, dead_letter_topic)
+built_runtime: Runtime | None = None  # set by main() before the worker consumes
 runtime_ready: asyncio.Future[Runtime] | None = None
 
 
 async def get_runtime() -> Runtime:
-    """The process's runtime, built once (off the event loop: it loads models and reads routing)."""
+    """The process's runtime: the one main() built, or (under `faust -A streams.worker`) one built
+    on first use, off the event loop."""
     global runtime_ready
+    if built_runtime is not None:
+        return built_runtime
     if runtime_ready is None:
         runtime_ready = asyncio.ensure_future(asyncio.to_thread(build_runtime))
     return await runtime_ready
 
 
 def build_runtime() -> Runtime:
+    """Topics, then the runtime (models loaded and warmed), then the explainer thread."""
     ensure_topics(settings)
-    return Runtime.create(settings)
+    runtime = Runtime.create(settings)
+    ExplainConsumer(settings, runtime).start()
+    return runtime
 
 
 @app.agent(requests_topic)
@@ -72,9 +79,15 @@ async def record_feature_stats() -> None:
 
 
 install_promoter(app, settings, get_runtime)
-install_explainer(app, settings, get_runtime)
+install_explain_endpoint(app, get_runtime)
 
 
 def main() -> None:
-    """Run the worker (argv as Faust's `worker` command)."""
+    """Build the runtime (models loaded and warmed, routing read), then run the Faust worker.
+
+    The runtime is ready before the worker joins its consumer group: an agent that started consuming
+    and then waited for its models would hold messages of partitions a rebalance moves elsewhere.
+    """
+    global built_runtime
+    built_runtime = build_runtime()
     app.main()
