@@ -137,6 +137,9 @@ class RigSettings(BaseSettings):
     """Golden and a challenger whose scores differ by more than this get the request explained
     automatically (asynchronously, on the explain topic)."""
 
+    explain_rate_per_s: float = Field(default=1.0, gt=0)
+    """Most automatic explanations asked per second per worker (each costs far more than a prediction)."""
+
     warmer_enabled: bool = True
     """Warm models (warm-up batch, and cache pre-fill for a new golden) before routing switches to them."""
 

@@ -25,7 +25,6 @@ from rig.scoring import fill_cache, look_up, merge
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
-MAX_EXPLANATIONS_PER_BATCH = 5
 
 
 async def handle_batch(runtime: Runtime, events: Sequence[faust.types.EventT]) -> tuple[int, int]:
@@ -123,21 +122,21 @@ def source_of(message: faust.types.Message) -> Source:
 
 
 def ask_explanations(runtime: Runtime, requests: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
-    """Queue the requests on which golden and a challenger disagree on the explain topic (a few per
-    batch): they are explained asynchronously, never on the prediction's critical path."""
+    """Queue the requests on which golden and a challenger disagree on the explain topic, at most
+    `explain_rate_per_s` per second: they are explained asynchronously, off the critical path."""
     threshold = runtime.settings.explain_disagreement
-    asked = 0
-    for request, record in zip(requests, records, strict=True):
-        golden = record["golden"]["score"]
-        if any(abs(e["score"] - golden) > threshold for e in record["experiments"]):
-            runtime.producer.produce(
-                runtime.settings.topic("explain"),
-                key=request["entity_id"].encode(),
-                value=runtime.request_codec.encode(request),
-            )
-            asked += 1
-            if asked == MAX_EXPLANATIONS_PER_BATCH:
-                return
+    disagreeing = [
+        request
+        for request, record in zip(requests, records, strict=True)
+        if any(abs(e["score"] - record["golden"]["score"]) > threshold for e in record["experiments"])
+    ]
+    allowed = runtime.explain_limiter.take("explain", runtime.settings.explain_rate_per_s, len(disagreeing))
+    for request in disagreeing[:allowed]:
+        runtime.producer.produce(
+            runtime.settings.topic("explain"),
+            key=request["entity_id"].encode(),
+            value=runtime.request_codec.encode(request),
+        )
 
 
 def stamp_latency(records: list[dict[str, Any]], sources: list[Source]) -> None:

@@ -67,6 +67,7 @@ class Runtime:
     explanations: ExplanationService | None = None
     feature_stats: FeatureStats | None = None
     limiter: TrafficLimiter = field(default_factory=TrafficLimiter)
+    explain_limiter: TrafficLimiter = field(default_factory=TrafficLimiter)
     transform: FittedTransform | None = None
     _routing: RoutingTable = EMPTY_ROUTING
     _lock: threading.Lock = field(default_factory=threading.Lock)
