@@ -111,8 +111,10 @@ class RigSettings(BaseSettings):
     promoter_min_effect: float = Field(default=0.002, ge=0)
     """Smallest loss improvement (log loss) worth a switch."""
 
-    cache_enabled: bool = True
-    """Cache predictions by (model version, transform version, feature vector)."""
+    cache_enabled: bool = False
+    """Cache predictions by (model version, transform version, feature vector). Off by default: for
+    models as small as the demo's, a batched XGBoost call costs less than the per-row key hashing and
+    lookups (see bench/bench_cache_pipeline.py); turn it on for models that are expensive to score."""
 
     cache_redis: bool = True
     """Use Redis (`redis_url`) as the shared second cache tier; off: in-process LRU only."""

@@ -90,4 +90,7 @@ def main() -> None:
     """
     global built_runtime
     built_runtime = build_runtime()
+    # Faust leaves the root logger at DEBUG: aiokafka would build several records per message.
+    for name in ("aiokafka", "kafka"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
     app.main()
