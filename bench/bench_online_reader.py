@@ -15,20 +15,18 @@ import json
 import os
 import platform
 import random
-import shutil
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from rig.config import RigSettings
+from rig.deploy import isolated_feast_repo
 from rig.features import FeatureStoreClient, prepare_world
 from rig.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader
 
@@ -47,11 +45,7 @@ def say(message: str) -> None:
 
 def isolated_settings(root: Path) -> RigSettings:
     """Settings on a copy of ops/feast with its own Feast project, so the bench shares Redis safely."""
-    repo = root / "repo"
-    shutil.copytree(REPO / "ops" / "feast", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    config = yaml.safe_load((repo / "feature_store.yaml").read_text())
-    config["project"] = f"rig_bench_{uuid.uuid4().hex[:10]}"
-    (repo / "feature_store.yaml").write_text(yaml.safe_dump(config))
+    repo = isolated_feast_repo(root, "rig_bench")
     return RigSettings(
         feast_repo=repo, home=root / "home", world_seed=17, world_entities=N_ENTITIES, world_days=WORLD_DAYS
     )

@@ -51,7 +51,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -65,13 +64,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from rig.clients import synthetic_requests
 from rig.codec import Codec, Rejected
 from rig.config import RigSettings
 from rig.control import publish_control
-from rig.deploy import prepare, settings_env, start_worker
+from rig.deploy import isolated_feast_repo, prepare, settings_env, start_worker
 from rig.routing import set_golden_event, start_experiment_event
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,11 +96,7 @@ def isolated_settings(root: Path, entities: int, days: int, seed: int) -> RigSet
     The same steps as tests/integration/conftest.py `isolated_feast_settings`, so the run shares
     Kafka and Redis with everything else on the machine without clashing.
     """
-    repo = root / "repo"
-    shutil.copytree(REPO / "ops" / "feast", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    config = yaml.safe_load((repo / "feature_store.yaml").read_text())
-    config["project"] = f"rig_bench_{uuid.uuid4().hex[:10]}"
-    (repo / "feature_store.yaml").write_text(yaml.safe_dump(config))
+    repo = isolated_feast_repo(root, "rig_bench")
     return RigSettings(
         feast_repo=repo,
         home=root / "home",

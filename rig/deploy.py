@@ -30,6 +30,25 @@ ENV_FIELDS = (
 )
 
 
+FEAST_REPO = Path(__file__).resolve().parents[1] / "ops" / "feast"
+
+
+def isolated_feast_repo(root: Path, project_prefix: str) -> Path:
+    """A copy of ops/feast under `root` with its own Feast project name, so that runs sharing one
+    Redis (tests, benchmarks) never see each other's keys. Returns the copy's path."""
+    import shutil
+    import uuid
+
+    import yaml
+
+    repo = root / "repo"
+    shutil.copytree(FEAST_REPO, repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    config = yaml.safe_load((repo / "feature_store.yaml").read_text())
+    config["project"] = f"{project_prefix}_{uuid.uuid4().hex[:10]}"
+    (repo / "feature_store.yaml").write_text(yaml.safe_dump(config))
+    return repo
+
+
 def prepare(
     settings: RigSettings,
     models: Mapping[str, str],

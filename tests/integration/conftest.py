@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
 from rig.config import RigSettings
-from tests.conftest import REPO
-
-FEAST_REPO = REPO / "ops" / "feast"
+from rig.deploy import isolated_feast_repo
 
 
 def require_redis(redis_url: str) -> None:
@@ -31,10 +27,8 @@ def isolated_feast_settings(root: Path, **overrides: object) -> RigSettings:
     The copy's feature_store.yaml names a dead Redis address on purpose: the rig must take Redis
     from `settings.redis_url`, never from the file.
     """
-    repo = root / "repo"
-    shutil.copytree(FEAST_REPO, repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    repo = isolated_feast_repo(root, "rig_test")
     config = yaml.safe_load((repo / "feature_store.yaml").read_text())
-    config["project"] = f"rig_test_{uuid.uuid4().hex[:10]}"
     config["online_store"]["connection_string"] = "127.0.0.1:1"
     (repo / "feature_store.yaml").write_text(yaml.safe_dump(config))
     settings = RigSettings(feast_repo=repo, home=root / "home", **overrides)  # type: ignore[arg-type]

@@ -21,8 +21,6 @@ from rig.errors import ConfigError, FeatureStoreError
 from rig.features import ENTITY_FOUND, FeatureStoreClient, prepare_world, redis_connection_string
 from tests.integration.conftest import isolated_feast_settings
 
-FEAST_REPO = Path(__file__).resolve().parents[2] / "ops" / "feast"
-
 
 @dataclass(frozen=True)
 class AppliedStore:
