@@ -1,0 +1,873 @@
+"""Warm-up benchmark: p99 latency of the first 1,000 requests after a promotion, with and without the
+warmer, beside the steady-state p99 measured in the same worker run. Target: with the warmer, within
+1.5x of steady state.
+
+Not a test. One deployment (own Feast project on the shared Redis, a synthetic world of 3,000
+entities, models `golden` and challenger `better` trained on Feast historical reads) serves every run.
+Each run gets a fresh `rig worker` (rig.deploy.start_worker) on its own topic prefix, hence its own
+consumer group and its own prediction-cache namespace `<prefix>cache:`, so the cold case is really cold:
+
+1. routing: golden only (`better` is not loaded and has no cache entries);
+2. the worker answers a probe request (start-up is excluded), then a background thread produces
+   synthetic requests at a fixed rate well under capacity (`--rate`, 200/s: at 400/s a `rig worker`
+   with its join/promoter/explain agents fell seconds behind here), Zipf-popular entities,
+   so repeats (cache hits) are natural;
+3. warm-up: the first `--warm-requests`; steady state: the next `--steady` requests;
+4. promotion: `set_golden(better)` is published on the control topic while traffic goes on;
+5. after: the first `--after` requests (in send order) answered by the new golden
+   (`golden.model_version == better`); also, for honesty, the first `--after` requests sent after the
+   promotion whoever answered them (the old golden answers while the new one is loaded and warmed);
+6. settled: `--after` requests sent from ~1 s after those, a control window: a slow-down that is
+   still there then is drift of the machine, not a cold start.
+
+Variants: the worker started with RIG_WARMER_ENABLED=true ("warm": warm-up batch, then the last
+RIG_WARMER_REPLAY requests replayed through the new golden into the cache before the switch) or
+=false ("cold"). Both run with RIG_CACHE_ENABLED=true (the cache is what the warmer pre-fills; the
+product default is off: `--no-cache` measures that). Each variant runs `--repeats` times, in ABBA
+order (warm, cold, cold, warm, ...) so a drift of the machine's load weighs on both alike; repeat r
+of both variants sends the same requests.
+
+Latency of a request = its prediction's Kafka timestamp - the request's Kafka CreateTime, both read
+with confluent-kafka `message.timestamp()` (the request's from the producer's delivery report), matched
+by request_id. The worker's own `timings_ms["kafka_to_publish"]` is reported beside it as a cross-check.
+Ratios are post-promotion p99 / steady p99 of the same run.
+
+The machine is shared: the CPU busy outside the worker and this script (neighbours, Kafka, Redis) is
+sampled from /proc for every window, and a run is marked "disturbed" when that exceeded
+DISTURBED_CORES or the worker fell behind the rate (p50 of the last tenth of the steady window over
+twice the first tenth's + 50 ms); the verdict is given over all runs and over undisturbed runs.
+Models are trained with one XGBoost thread (two threads on a busy 2-core box were ~10x slower); the
+workers score as shipped.
+
+Prints a table, writes bench/results/warmup.json, and always cleans up (also on error or Ctrl-C):
+stops the workers, tears the Feast project down, UNLINKs each run's `<prefix>cache:*` keys (SCAN),
+deletes the run's topics. Takes ~4 min on 2 cores with the defaults (2 repeats).
+
+Run (from the repository root): .venv/bin/python bench/bench_warmup.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xgboost
+
+from rig.clients import synthetic_requests
+from rig.codec import Codec, Rejected
+from rig.config import RigSettings
+from rig.control import publish_control
+from rig.deploy import isolated_feast_repo, prepare, start_worker
+from rig.routing import set_golden_event
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results" / "warmup.json"
+TARGET_RATIO = 1.5
+DISTURBED_CORES = 0.5  # a run is "disturbed" when everything else on the machine took more than this
+MODELS = {"golden": "golden", "better": "better"}
+Message = tuple[str, bytes, bytes]  # request_id, key, encoded Avro value
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- deployment and cleanup (also used by bench_cache_pipeline.py) ------------------------------
+def isolated_settings(root: Path, entities: int, days: int, seed: int, tag: str) -> RigSettings:
+    """Settings on a copy of ops/feast with its own Feast project and its own topic prefix.
+
+    Like tests/integration/conftest.py `isolated_feast_settings`, so the run shares Kafka and Redis
+    with everything else on the machine without clashing.
+    """
+    repo = isolated_feast_repo(root, "rig_bench")
+    return RigSettings(
+        feast_repo=repo,
+        home=root / "home",
+        transform_spec=repo / "transform.json",
+        topic_prefix=f"bench.{tag}.{uuid.uuid4().hex[:8]}.",
+        world_seed=seed,
+        world_entities=entities,
+        world_days=days,
+    )
+
+
+def with_prefix(settings: RigSettings, suffix: str) -> RigSettings:
+    """The same deployment on topics (and a cache namespace) under `<prefix><suffix>.`."""
+    return settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}{suffix}."})
+
+
+def require_services(settings: RigSettings) -> None:
+    """Exit with a clear message when Kafka or Redis does not answer."""
+    import redis
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2).ping()
+    except redis.ConnectionError as error:
+        raise SystemExit(f"no Redis at {settings.redis_url} ({error}); start it with ops/redis/up") from error
+    try:
+        AdminClient(settings.kafka_client_config()).list_topics(timeout=10)
+    except Exception as error:  # any client error means the same thing here
+        raise SystemExit(
+            f"no Kafka at {settings.kafka_bootstrap} ({error}); start it with ops/kafka/up"
+        ) from error
+
+
+def unlink_keys(redis_url: str, pattern: str) -> int:
+    """UNLINK every Redis key matching `pattern` (SCAN, 1,000 at a time); returns how many."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    deleted, batch = 0, []
+    try:
+        for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += client.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += client.unlink(*batch)
+    finally:
+        client.close()
+    return deleted
+
+
+def delete_topics(settings: RigSettings, prefix: str) -> int:
+    """Delete every topic whose name starts with `prefix` (Faust's internal ones included)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(settings.kafka_client_config())
+    names = [name for name in admin.list_topics(timeout=10).topics if name.startswith(prefix)]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            try:
+                future.result()
+            except Exception as error:  # noqa: BLE001 - best effort, reported
+                say(f"could not delete a topic: {error}")
+    return len(names)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 30 s (this process's own children only)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@dataclass
+class Cleanup:
+    """What a run created, removed at the end whatever happened."""
+
+    base: RigSettings
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    prefixes: list[str] = field(default_factory=list)
+    feast_applied: bool = False
+
+    def run(self) -> None:
+        for worker in self.workers:
+            try:
+                stop_process(worker)
+            except Exception as error:  # noqa: BLE001 - cleanup goes on; reported
+                say(f"could not stop worker {worker.pid}: {error}")
+        if self.feast_applied:
+            try:
+                from rig.features import FeatureStoreClient
+
+                FeatureStoreClient(self.base).teardown()
+                say("cleanup: feast project torn down")
+            except Exception as error:  # noqa: BLE001
+                say(f"cleanup: feast teardown failed: {error}")
+        deleted = 0
+        for prefix in dict.fromkeys([*self.prefixes, self.base.topic_prefix]):
+            try:
+                deleted += unlink_keys(self.base.redis_url, f"{prefix}cache:*")
+            except Exception as error:  # noqa: BLE001
+                say(f"cleanup: cache keys under {prefix} not deleted: {error}")
+        say(f"cleanup: unlinked {deleted} cache keys")
+        try:
+            say(f"cleanup: deleted {delete_topics(self.base, self.base.topic_prefix)} topics")
+        except Exception as error:  # noqa: BLE001
+            say(f"cleanup: topic deletion failed: {error}")
+
+
+@contextmanager
+def cleaned_up(base: RigSettings) -> Iterator[Cleanup]:
+    """A Cleanup that runs on exit, on error and on Ctrl-C (SIGTERM is turned into SystemExit)."""
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    cleanup = Cleanup(base)
+    try:
+        yield cleanup
+    finally:
+        cleanup.run()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def encode_requests(requests: Sequence[dict[str, Any]], settings: RigSettings) -> list[Message]:
+    codec = Codec("Request", registry_url=settings.schema_registry_url)
+    return [(r["request_id"], r["entity_id"].encode(), codec.encode(r)) for r in requests]
+
+
+def machine() -> dict[str, Any]:
+    revision = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "revision": revision,
+        "load_average": os.getloadavg(),
+    }
+
+
+def write_results(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=float))
+    say(f"wrote {path}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuSampler:
+    """Samples, every `period_s`, the machine's busy CPU seconds and those of the worker and of this
+    process, so the load of everything else on the machine (neighbours, and Kafka and Redis) can be
+    reported for any time window: benchmarks on a shared 2-core machine must say how busy it was."""
+
+    def __init__(self, worker_pid: int, period_s: float = 0.25) -> None:
+        self.worker_pid = worker_pid
+        self.period_s = period_s
+        self.samples: list[tuple[float, float, float, float]] = []  # epoch s, machine, worker, bench
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def start(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append(
+                    (
+                        time.time(),
+                        machine_busy_seconds(),
+                        cpu_seconds(self.worker_pid),
+                        cpu_seconds(os.getpid()),
+                    )
+                )
+            except (OSError, ValueError, IndexError):  # the worker is gone
+                return
+            self._stop.wait(self.period_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def cores(self, start_s: float, end_s: float) -> dict[str, float]:
+        """Average cores busy between two epoch times: machine, worker, this process, everything else."""
+        inside = [sample for sample in self.samples if start_s <= sample[0] <= end_s]
+        if len(inside) < 2:
+            return {}
+        (t0, m0, w0, b0), (t1, m1, w1, b1) = inside[0], inside[-1]
+        span = t1 - t0
+        machine_cores, worker, bench = (m1 - m0) / span, (w1 - w0) / span, (b1 - b0) / span
+        return {
+            "machine": machine_cores,
+            "worker": worker,
+            "bench_process": bench,
+            "others": machine_cores - worker - bench,
+        }
+
+
+# -- Kafka I/O ----------------------------------------------------------------------------------
+class Collector:
+    """Reads a (fresh) predictions topic from the beginning in a thread: (Kafka timestamp, value).
+
+    `take()` decodes what arrived since the last call, so the caller decides when to spend the CPU.
+    """
+
+    def __init__(self, settings: RigSettings) -> None:
+        self.settings = settings
+        self.topic = settings.topic("predictions")
+        self._raw: list[tuple[int, bytes]] = []
+        self._taken = 0
+        self._codec = Codec("Prediction", registry_url=settings.schema_registry_url)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
+
+    def start(self) -> Collector:
+        self._thread.start()
+        if not self._ready.wait(30) or self._failure is not None:
+            raise RuntimeError(f"could not read {self.topic}: {self._failure}")
+        return self
+
+    def _run(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        consumer = Consumer(
+            {
+                **self.settings.kafka_client_config(),
+                "group.id": f"bench-collector-{uuid.uuid4().hex[:8]}",  # never joined or committed
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        try:
+            partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+            self._ready.set()
+            while not self._stop.is_set():
+                for message in consumer.consume(2000, timeout=0.1):
+                    if message.error() is None:
+                        self._raw.append((message.timestamp()[1], message.value()))
+        except BaseException as error:  # noqa: BLE001 - reported by start/take
+            self._failure = error
+        finally:
+            self._ready.set()
+            consumer.close()
+
+    def take(self) -> list[tuple[int, dict[str, Any]]]:
+        """Decoded predictions that arrived since the last call: (Kafka timestamp ms, record)."""
+        if self._failure is not None:
+            raise RuntimeError(f"collector failed: {self._failure}") from self._failure
+        end = len(self._raw)
+        fresh = self._raw[self._taken : end]
+        self._taken = end
+        out = []
+        for timestamp, value in fresh:
+            record = self._codec.decode(value)
+            if not isinstance(record, Rejected):
+                out.append((timestamp, record))
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def connected_producer(settings: RigSettings) -> Any:
+    """A producer already connected to the broker (its connection time is not on a request's clock)."""
+    from confluent_kafka import Producer
+
+    producer = Producer({**settings.kafka_client_config(), "linger.ms": 5, "acks": "all"})
+    producer.list_topics(timeout=10)
+    return producer
+
+
+class Sender:
+    """Produces pre-encoded requests, paced (in a thread) or as fast as possible; records each
+    request's Kafka CreateTime from the delivery report."""
+
+    def __init__(self, producer: Any, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.create_ms: dict[str, int] = {}
+        self.failed = 0
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    def _callback(self, request_id: str) -> Callable[[Any, Any], None]:
+        def delivered(error: Any, message: Any) -> None:
+            if error is None:
+                self.create_ms[request_id] = message.timestamp()[1]
+            else:
+                self.failed += 1
+
+        return delivered
+
+    def send(self, messages: Sequence[Message], rate_per_s: float | None = None) -> None:
+        """Produce `messages` on the calling thread (stops early when `stop()` is called)."""
+        began = time.perf_counter()
+        for index, (request_id, key, value) in enumerate(messages):
+            if self._stop.is_set():
+                break
+            if rate_per_s:
+                ahead = index / rate_per_s - (time.perf_counter() - began)
+                if ahead > 0:
+                    time.sleep(ahead)
+            while True:
+                try:
+                    self.producer.produce(
+                        self.topic, key=key, value=value, on_delivery=self._callback(request_id)
+                    )
+                    break
+                except BufferError:
+                    self.producer.poll(0.01)
+            self.sent += 1
+            self.producer.poll(0)
+
+    def start(self, messages: Sequence[Message], rate_per_s: float) -> Sender:
+        """Produce `messages` at `rate_per_s` in a background thread (`sent` counts them from 0)."""
+        self.sent = 0
+
+        def run() -> None:
+            try:
+                self.send(messages, rate_per_s)
+            except BaseException as error:  # noqa: BLE001 - reported by check()
+                self._failure = error
+
+        self._thread = threading.Thread(target=run, name="sender", daemon=True)
+        self._thread.start()
+        return self
+
+    def check(self) -> None:
+        if self._failure is not None:
+            raise RuntimeError(f"sender failed: {self._failure}") from self._failure
+
+    def stop(self) -> None:
+        """Stop the background thread and wait for every delivery report."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self.producer.flush(60):
+            raise RuntimeError(f"requests to {self.topic} not acknowledged within 60 s")
+
+
+def wait_ready(
+    sender: Sender,
+    collector: Collector,
+    probes: Sequence[Message],
+    worker: subprocess.Popen[bytes],
+    timeout_s: float,
+) -> tuple[float, list[tuple[int, dict[str, Any]]]]:
+    """Send a probe request every 0.5 s until one is answered (the worker's start-up is then over).
+
+    Returns:
+        Seconds until the first answer, and the predictions read meanwhile.
+    """
+    began = time.perf_counter()
+    seen: list[tuple[int, dict[str, Any]]] = []
+    for probe in probes:
+        sender.send([probe])
+        sender.producer.flush(10)
+        deadline = time.perf_counter() + 0.5
+        while time.perf_counter() < deadline:
+            seen.extend(collector.take())
+            if seen:
+                return time.perf_counter() - began, seen
+            if worker.poll() is not None:
+                raise RuntimeError(f"worker exited with {worker.returncode} during start-up")
+            time.sleep(0.05)
+        if time.perf_counter() - began > timeout_s:
+            break
+    raise RuntimeError(f"the worker answered no probe within {timeout_s:.0f} s")
+
+
+# -- statistics ---------------------------------------------------------------------------------
+def latency_summary(
+    latencies_ms: Sequence[float], hits: Sequence[bool], in_worker_ms: Sequence[float]
+) -> dict[str, Any]:
+    values = np.asarray(latencies_ms, dtype=np.float64)
+    if values.size == 0:
+        return {"requests": 0}
+    tenth = max(1, values.size // 10)
+    return {
+        "requests": int(values.size),
+        "p50_ms": float(np.percentile(values, 50)),
+        "p90_ms": float(np.percentile(values, 90)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "max_ms": float(values.max()),
+        "mean_ms": float(values.mean()),
+        "cache_hit_share": float(np.mean(hits)) if len(hits) else float("nan"),
+        "kafka_to_publish_p99_ms": float(np.percentile(in_worker_ms, 99))
+        if len(in_worker_ms)
+        else float("nan"),
+        # p50 growing from the first to the last tenth (in send order): the worker fell behind the rate
+        "p50_first_tenth_ms": float(np.median(values[:tenth])),
+        "p50_last_tenth_ms": float(np.median(values[-tenth:])),
+    }
+
+
+# -- one run ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    rate: float
+    warm_requests: int
+    steady: int
+    after: int
+    cache: bool
+
+
+def run_once(
+    base: RigSettings,
+    cleanup: Cleanup,
+    versions: dict[str, str],
+    variant: str,
+    repeat: int,
+    messages: list[Message],
+    probes: list[Message],
+    plan: Plan,
+    logs: Path,
+) -> dict[str, Any]:
+    """One worker, warmer on or off: steady traffic, a promotion, the first answers of the new golden."""
+    from rig.topics import ensure_topics
+
+    settings = with_prefix(base, f"{variant}{repeat}")
+    cleanup.prefixes.append(settings.topic_prefix)
+    ensure_topics(settings)
+    golden, better = versions["golden"], versions["better"]
+    publish_control(
+        settings, set_golden_event(golden, actor="bench", reason="warm-up benchmark: initial golden")
+    )
+    collector = Collector(settings).start()
+    log_path = logs / f"worker-{variant}{repeat}.log"
+    worker = start_worker(
+        settings,
+        log_path,
+        loglevel="info",
+        RIG_WARMER_ENABLED=str(variant == "warm").lower(),
+        RIG_CACHE_ENABLED=str(plan.cache).lower(),
+    )
+    cleanup.workers.append(worker)
+    sampler = CpuSampler(worker.pid).start()
+    sender = Sender(connected_producer(settings), settings.topic("requests"))
+    try:
+        ready_s, answered_raw = wait_ready(sender, collector, probes, worker, timeout_s=180)
+        say(
+            f"  {variant}{repeat}: worker answered its probe after {ready_s:.1f} s; "
+            f"traffic at {plan.rate:.0f}/s"
+        )
+        index = {request_id: i for i, (request_id, _, _) in enumerate(messages)}
+        answers: dict[str, tuple[int, dict[str, Any]]] = {}
+
+        def absorb(batch: list[tuple[int, dict[str, Any]]]) -> None:
+            for timestamp, record in batch:
+                answers.setdefault(record["request_id"], (timestamp, record))
+
+        absorb(answered_raw)
+        sender.start(messages, plan.rate)
+        promote_at = plan.warm_requests + plan.steady
+        while sender.sent < promote_at:
+            sender.check()
+            if worker.poll() is not None:
+                raise RuntimeError(f"worker exited with {worker.returncode}")
+            absorb(collector.take())
+            time.sleep(0.05)
+        publish_control(
+            settings, set_golden_event(better, actor="bench", reason="warm-up benchmark: promotion")
+        )
+        promoted_ms = time.time() * 1000
+        promoted_index = sender.sent  # requests from here on were sent after the promotion was acknowledged
+        say(f"  {variant}{repeat}: promoted {better} after request {promoted_index}")
+
+        settled_from = plan.after + int(plan.rate)  # the control window starts ~1 s after the first one
+        until = promoted_index + settled_from + plan.after
+        while sender.sent < until:
+            sender.check()
+            if worker.poll() is not None:
+                raise RuntimeError(f"worker exited with {worker.returncode}")
+            if sender.sent >= len(messages):
+                raise RuntimeError(f"{variant}{repeat}: ran out of requests ({len(messages)})")
+            time.sleep(0.1)
+            absorb(collector.take())
+        sender.stop()
+        wanted = set(sender.create_ms)
+        drain_deadline = time.perf_counter() + 30
+        while not wanted <= answers.keys() and time.perf_counter() < drain_deadline:
+            time.sleep(0.1)
+            absorb(collector.take())
+    finally:
+        sender.stop()
+        sampler.stop()
+        collector.close()
+        stop_process(worker)
+
+    def window(ids: Sequence[str]) -> dict[str, Any]:
+        rows = [(answers[r], sender.create_ms[r]) for r in ids if r in answers and r in sender.create_ms]
+        summary = latency_summary(
+            [ts - created for (ts, _), created in rows],
+            [record["cache_hit"] for (_, record), _ in rows],
+            [record["timings_ms"].get("kafka_to_publish", float("nan")) for (_, record), _ in rows],
+        )
+        if rows:
+            sent_from, sent_to = min(c for _, c in rows) / 1000, max(c for _, c in rows) / 1000
+            summary["cores_busy"] = sampler.cores(sent_from, sent_to)
+        return summary
+
+    sent_ids = [request_id for request_id, _, _ in messages[: sender.sent]]
+    steady_ids = sent_ids[plan.warm_requests : plan.warm_requests + plan.steady]
+    after_ids = sent_ids[promoted_index:]
+    by_new = [r for r in after_ids if r in answers and answers[r][1]["golden"]["model_version"] == better]
+    old_after = [
+        r
+        for r in after_ids[: plan.after]
+        if r in answers and answers[r][1]["golden"]["model_version"] == golden
+    ]
+    if len(by_new) < plan.after:
+        raise RuntimeError(
+            f"{variant}{repeat}: only {len(by_new)} answers of {better} after the promotion "
+            f"(the switch took longer than {settled_from / plan.rate:.0f} s?)"
+        )
+    first_new_ms = min((answers[r][0] for r in by_new), default=float("nan"))
+    steady = window(steady_ids)
+    new_golden = window(by_new[: plan.after])
+    transition = window(after_ids[: plan.after])
+    settled = window(after_ids[settled_from : settled_from + plan.after])
+    first_200 = window(by_new[:200])
+    worst = sorted(
+        by_new[: plan.after], key=lambda r: answers[r][0] - sender.create_ms.get(r, answers[r][0])
+    )[-10:]
+    log_text = log_path.read_text(errors="replace")
+    warmed = re.findall(
+        rf"model warmed version={re.escape(better)} warm_up_rows=(\d+) cached_rows=(\d+) seconds=([\d.]+)",
+        log_text,
+    )
+    result = {
+        "variant": variant,
+        "repeat": repeat,
+        "topic_prefix": settings.topic_prefix,
+        "worker_ready_s": ready_s,
+        "requests_sent": sender.sent,
+        "requests_answered": len(wanted & answers.keys()),
+        "promoted_after_request": promoted_index,
+        "switch_after_promotion_s": (first_new_ms - promoted_ms) / 1000,
+        "answered_by_old_golden_in_first_after": len(old_after),
+        "warmer_log": [
+            {"warm_up_rows": int(a), "cached_rows": int(b), "seconds": float(c)} for a, b, c in warmed
+        ],
+        "steady": steady,
+        "new_golden_first": new_golden,
+        "sent_after_promotion_first": transition,
+        "new_golden_first_200": first_200,
+        "settled_after_promotion": settled,
+        "settled_window_requests_after_promotion": [settled_from, settled_from + plan.after],
+        "worst_new_golden": [
+            {
+                "requests_after_promotion": index[r] - promoted_index,
+                "latency_ms": answers[r][0] - sender.create_ms[r],
+                "cache_hit": answers[r][1]["cache_hit"],
+            }
+            for r in reversed(worst)
+            if r in sender.create_ms
+        ],
+        "ratio_new_golden_p99_to_steady": new_golden["p99_ms"] / steady["p99_ms"],
+        "ratio_sent_after_p99_to_steady": transition["p99_ms"] / steady["p99_ms"],
+        "ratio_new_golden_p99_to_settled": new_golden["p99_ms"] / settled["p99_ms"],
+        "worker_log": str(log_path),
+    }
+    result["redis_cache_outages_logged"] = log_text.count("cache_redis_unavailable")
+    result["fell_behind_in_steady"] = steady["p50_last_tenth_ms"] > 2 * steady["p50_first_tenth_ms"] + 50
+    others = [w.get("cores_busy", {}).get("others", float("nan")) for w in (steady, new_golden, settled)]
+    result["others_cores_max"] = max(others)
+    result["disturbed"] = bool(result["fell_behind_in_steady"] or max(others) > DISTURBED_CORES)
+    if result["fell_behind_in_steady"]:
+        say(
+            f"  {variant}{repeat}: the worker fell behind {plan.rate:.0f}/s "
+            f"(p50 {steady['p50_first_tenth_ms']:.0f} -> {steady['p50_last_tenth_ms']:.0f} ms): "
+            "lower --rate, the numbers measure a queue"
+        )
+    if not warmed and variant == "warm":
+        say(f"  warm{repeat}: no 'model warmed' line for {better} in {log_path}")
+    if result["requests_answered"] < len(wanted):
+        say(
+            f"  {variant}{repeat}: {len(wanted) - result['requests_answered']} requests unanswered after 30 s"
+        )
+    say(
+        f"  {variant}{repeat}: steady p99 {steady['p99_ms']:.1f} ms, "
+        f"new golden p99 {new_golden['p99_ms']:.1f} ms "
+        f"(x{result['ratio_new_golden_p99_to_steady']:.2f}), hits {steady['cache_hit_share']:.0%} -> "
+        f"{new_golden['cache_hit_share']:.0%}, switch {result['switch_after_promotion_s']:.2f} s"
+    )
+    return result
+
+
+# -- main ---------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--entities", type=int, default=3_000)
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--rate", type=float, default=200.0, help="requests/s, well under capacity")
+    parser.add_argument("--warm-requests", type=int, default=2_000, help="traffic before the steady window")
+    parser.add_argument("--steady", type=int, default=2_000, help="requests in the steady-state window")
+    parser.add_argument("--after", type=int, default=1_000, help="first requests answered by the new golden")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per variant (ABBA order)")
+    parser.add_argument("--train-events", type=int, default=10_000)
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run the workers with the prediction cache off (the product default): the warmer then "
+        "only warms the model (and still replays recent requests through it, without storing scores)",
+    )
+    parser.add_argument("--seed", type=int, default=23)
+    args = parser.parse_args()
+    plan = Plan(args.rate, args.warm_requests, args.steady, args.after, not args.no_cache)
+    started = time.perf_counter()
+    load_start = os.getloadavg()
+
+    logs = Path(tempfile.mkdtemp(prefix="bench-warmup-logs-"))  # kept: the workers' logs
+    say(f"worker logs in {logs}")
+    with tempfile.TemporaryDirectory(prefix="bench-warmup-") as tmp:
+        root = Path(tmp)
+        base = isolated_settings(root, args.entities, args.days, args.seed, "warmup")
+        require_services(base)
+        with cleaned_up(base) as cleanup:
+            say(f"deployment: {args.entities} entities, models {list(MODELS)}, prefix {base.topic_prefix}")
+            cleanup.feast_applied = True
+            with xgboost.config_context(nthread=1):  # 2 threads on a busy 2-core box: ~10x slower
+                _, versions = prepare(
+                    base, MODELS, n_events=args.train_events, on_step=lambda step: say(f"  prepare: {step}")
+                )
+            say(f"  models: {versions}")
+            budget = plan.warm_requests + plan.steady + 2 * plan.after + int(plan.rate * 15)
+            traffic = {
+                r: encode_requests(list(synthetic_requests(base, budget, seed=args.seed * 100 + r)), base)
+                for r in range(args.repeats)
+            }
+            probes = encode_requests(list(synthetic_requests(base, 400, seed=args.seed * 100 + 99)), base)
+            order = [("warm", "cold"), ("cold", "warm")]
+            runs = []
+            for r in range(args.repeats):
+                for variant in order[r % 2]:
+                    say(f"run {len(runs) + 1}/{2 * args.repeats}: {variant}, repeat {r}")
+                    runs.append(run_once(base, cleanup, versions, variant, r, traffic[r], probes, plan, logs))
+
+    summary = summarize(runs)
+    print_table(runs, summary, plan)
+    write_results(
+        RESULTS,
+        {
+            "benchmark": "warmup",
+            "question": "p99 of the first requests after a promotion, warmer on/off, vs steady-state p99",
+            "target_ratio": TARGET_RATIO,
+            "latency": "prediction Kafka timestamp - request Kafka CreateTime (message.timestamp()), "
+            "matched by request_id",
+            "machine": {**machine(), "load_average_start": load_start, "load_average_end": os.getloadavg()},
+            "deployment": {
+                "entities": args.entities,
+                "days": args.days,
+                "models": MODELS,
+                "versions": versions,
+            },
+            "plan": vars(args),
+            "warmer_replay": base.warmer_replay,
+            "batch_max": base.batch_max,
+            "batch_within_s": base.batch_within_s,
+            "runs": runs,
+            "summary": summary,
+            "seconds": time.perf_counter() - started,
+            "command": " ".join(sys.argv),
+        },
+    )
+    say(f"done in {time.perf_counter() - started:.0f} s")
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for variant in ("warm", "cold"):
+        mine = [run for run in runs if run["variant"] == variant]
+        quiet = [run["ratio_new_golden_p99_to_steady"] for run in mine if not run["disturbed"]]
+        ratios = [run["ratio_new_golden_p99_to_steady"] for run in mine]
+        out[variant] = {
+            "runs": len(mine),
+            "steady_p99_ms": [run["steady"]["p99_ms"] for run in mine],
+            "new_golden_p99_ms": [run["new_golden_first"]["p99_ms"] for run in mine],
+            "settled_p99_ms": [run["settled_after_promotion"]["p99_ms"] for run in mine],
+            "ratios": ratios,
+            "median_ratio": float(np.median(ratios)),
+            "worst_ratio": float(max(ratios)),
+            "runs_within_target": sum(ratio <= TARGET_RATIO for ratio in ratios),
+            "ratios_to_settled": [run["ratio_new_golden_p99_to_settled"] for run in mine],
+            "sent_after_ratios": [run["ratio_sent_after_p99_to_steady"] for run in mine],
+            "new_golden_cache_hit_share": [run["new_golden_first"]["cache_hit_share"] for run in mine],
+            "undisturbed_ratios": quiet,
+            "undisturbed_within_target": sum(ratio <= TARGET_RATIO for ratio in quiet),
+        }
+    out["target_met_with_warmer"] = out["warm"]["runs_within_target"] == out["warm"]["runs"]
+    out["target_met_with_warmer_undisturbed_runs"] = (
+        out["warm"]["undisturbed_within_target"] == len(out["warm"]["undisturbed_ratios"]) > 0
+    )
+    out["warm_vs_cold_median_new_golden_p99"] = float(
+        np.median(out["warm"]["new_golden_p99_ms"]) / np.median(out["cold"]["new_golden_p99_ms"])
+    )
+    return out
+
+
+def print_table(runs: list[dict[str, Any]], summary: dict[str, Any], plan: Plan) -> None:
+    print(
+        f"\nWarm-up after a promotion at {plan.rate:.0f} requests/s (latency = prediction Kafka timestamp - "
+        "request CreateTime).\n"
+        f"steady = {plan.steady} requests before the promotion; after = first {plan.after} requests answered "
+        f"by the new golden;\nsettled = {plan.after} requests sent from ~1 s after those (drift control); "
+        "hits = golden scores from the cache; switch = promotion -> first answer of the new golden.\n"
+    )
+    header = (
+        f"{'run':<6} {'steady p99':>10} {'after p99':>10} {'ratio':>6} {'target':>7} {'after max':>10} "
+        f"{'settled p99':>11} {'after/settled':>13} {'hits st/af':>11} {'switch s':>8} {'others st/af':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    for run in runs:
+        steady, new, settled = run["steady"], run["new_golden_first"], run["settled_after_promotion"]
+        ok = "met" if run["ratio_new_golden_p99_to_steady"] <= TARGET_RATIO else "MISSED"
+        print(
+            f"{run['variant'] + str(run['repeat']):<6} {steady['p99_ms']:8.0f}ms {new['p99_ms']:8.0f}ms "
+            f"{run['ratio_new_golden_p99_to_steady']:5.2f}x {ok:>7} {new['max_ms']:8.0f}ms "
+            f"{settled['p99_ms']:9.0f}ms {run['ratio_new_golden_p99_to_settled']:12.2f}x "
+            f"{steady['cache_hit_share']:5.0%}/{new['cache_hit_share']:<5.0%} "
+            f"{run['switch_after_promotion_s']:8.2f} "
+            f"{steady.get('cores_busy', {}).get('others', float('nan')):5.2f}/"
+            f"{new.get('cores_busy', {}).get('others', float('nan')):<5.2f}"
+            + ("  disturbed" if run["disturbed"] else "")
+        )
+    print()
+    for variant in ("warm", "cold"):
+        s = summary[variant]
+        print(
+            f"{variant}: after p99 / steady p99 = "
+            + ", ".join(f"{r:.2f}x" for r in s["ratios"])
+            + f" (median {s['median_ratio']:.2f}x, worst {s['worst_ratio']:.2f}x; "
+            f"within {TARGET_RATIO}x in {s['runs_within_target']}/{s['runs']} runs; undisturbed runs: "
+            f"{s['undisturbed_within_target']}/{len(s['undisturbed_ratios'])})"
+        )
+    print(
+        f"median after p99, warm / cold = {summary['warm_vs_cold_median_new_golden_p99']:.2f}x; "
+        f"target (warm within {TARGET_RATIO}x of steady in every run): "
+        + ("MET" if summary["target_met_with_warmer"] else "MISSED")
+        + "; in every undisturbed run: "
+        + ("MET" if summary["target_met_with_warmer_undisturbed_runs"] else "MISSED or no such run")
+    )
+    print(
+        f"others = cores busy outside the worker and this script (neighbours, Kafka, Redis) during the "
+        f"steady/after windows; disturbed = others > {DISTURBED_CORES} cores or the worker fell behind."
+    )
+
+
+if __name__ == "__main__":
+    main()
