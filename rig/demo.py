@@ -13,8 +13,8 @@ from rig.config import RigSettings
 
 console = Console()
 DEMO_REQUESTS = 20_000
-PACED_REQUESTS = 5_000
-PACED_RATE = 1_000
+PACED_REQUESTS = 3_000
+PACED_RATE = 300
 
 
 @contextmanager
