@@ -35,10 +35,12 @@ every request is scored by three models (or answered by the cache for all three)
    agents stay busy long after the last prediction). The same backlog (same request order) is sent
    with the cache on and off; the cache-off run of the same share is the baseline of each ratio.
    Order: off/on, on/off, off/on ... so a drift of the machine's load weighs on both alike.
+   `--repeats N` runs every cell N times and reports medians (and each value); run-to-run spread of
+   one cell was +-25 % here even on a quiet machine, so read single-run ratios within that.
 
 Prints the tables, writes bench/results/cache_pipeline.json, and always cleans up (also on error or
 Ctrl-C): stops the workers, tears the Feast project down, UNLINKs the `<prefix>cache:*` keys of every
-run (SCAN), deletes the run's topics. Takes ~4 min on 2 cores with the defaults.
+run (SCAN), deletes the run's topics. Takes ~3 min on 2 cores with the defaults (~5 min when busy).
 
 Helpers (deployment, cleanup, Kafka I/O, CPU sampling) are shared with bench/bench_warmup.py. Models
 are trained with one XGBoost thread (two threads on a busy 2-core box were ~10x slower).
@@ -272,6 +274,7 @@ def run_once(
     versions: dict[str, str],
     share: float,
     cache: bool,
+    repeat: int,
     messages: list[Message],
     warm: list[Message],
     logs: Path,
@@ -281,7 +284,7 @@ def run_once(
 ) -> dict[str, Any]:
     from rig.topics import ensure_topics
 
-    tag = f"{'on' if cache else 'off'}{round(share * 100)}"
+    tag = f"{'on' if cache else 'off'}{round(share * 100)}r{repeat}"
     settings = with_prefix(base, tag)
     cleanup.prefixes.append(settings.topic_prefix)
     ensure_topics(settings)
@@ -348,6 +351,7 @@ def run_once(
     result = {
         "share": share,
         "cache": cache,
+        "repeat": repeat,
         "topic_prefix": settings.topic_prefix,
         "worker_ready_s": ready_s,
         "idle_after_warm_up_s": idle_s,
@@ -459,6 +463,9 @@ def main() -> None:
         "same process that depends on the run's length and batching, not on its requests, and clouds "
         "the cache's effect",
     )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs per cell (medians reported; ~2.5 min per repeat)"
+    )
     parser.add_argument("--seed", type=int, default=41)
     args = parser.parse_args()
     entities = args.entities or args.requests + RESERVED + 100
@@ -486,27 +493,33 @@ def main() -> None:
                 for share in SHARES
             }
             runs = []
-            for i, share in enumerate(SHARES):
-                for cache in (False, True) if i % 2 == 0 else (True, False):
-                    say(
-                        f"run {len(runs) + 1}/{2 * len(SHARES)}: {share:.0%} repeats, "
-                        f"cache {'on' if cache else 'off'}"
+            order = [
+                (repeat, share, cache)
+                for repeat in range(args.repeats)
+                for i, share in enumerate(SHARES)
+                for cache in ((False, True) if (i + repeat) % 2 == 0 else (True, False))
+            ]
+            for repeat, share, cache in order:
+                say(
+                    f"run {len(runs) + 1}/{len(order)}: {share:.0%} repeats, cache {'on' if cache else 'off'}"
+                    + (f", repeat {repeat}" if args.repeats > 1 else "")
+                )
+                runs.append(
+                    run_once(
+                        base,
+                        cleanup,
+                        versions,
+                        share,
+                        cache,
+                        repeat,
+                        traffic[share],
+                        warm,
+                        logs,
+                        args.timeout_s,
+                        args.idle_timeout_s,
+                        args.explain,
                     )
-                    runs.append(
-                        run_once(
-                            base,
-                            cleanup,
-                            versions,
-                            share,
-                            cache,
-                            traffic[share],
-                            warm,
-                            logs,
-                            args.timeout_s,
-                            args.idle_timeout_s,
-                            args.explain,
-                        )
-                    )
+                )
 
     summary = summarize(runs, micro)
     print_tables(micro, runs, summary, args)
@@ -538,38 +551,54 @@ def main() -> None:
     say(f"done in {time.perf_counter() - started:.0f} s")
 
 
+METRICS = {
+    "rps": "requests_per_s",
+    "hits": "cache_hit_share",
+    "cpu": "worker_cpu_ms_per_request_in_window",
+    "batches": "batches",
+    "explain_asks": "explain_asks",
+}
+
+
 def summarize(runs: list[dict[str, Any]], micro: dict[str, Any]) -> dict[str, Any]:
-    by = {(run["share"], run["cache"]): run for run in runs}
-    baseline = by[(0.0, False)]["requests_per_s"]
+    """Per repeat share: the median over repeats of each metric, cache off and on, and the ratios."""
+
+    def cell(share: float, cache: bool) -> dict[str, Any]:
+        mine = [run for run in runs if run["share"] == share and run["cache"] == cache]
+        out: dict[str, Any] = {}
+        for name, key in METRICS.items():
+            values = [float(run[key]) for run in mine]
+            out[name] = float(np.median(values))
+            out[f"{name}_all"] = values
+        out["others_all"] = [others(run) for run in mine]
+        out["others"] = float(np.median(out["others_all"]))
+        idle = [run["until_idle"].get("requests_per_s", float("nan")) for run in mine]
+        idle_cpu = [run["until_idle"].get("worker_cpu_ms_per_request", float("nan")) for run in mine]
+        out["until_idle_rps"] = float(np.median(idle))
+        out["until_idle_cpu"] = float(np.median(idle_cpu))
+        return out
+
+    baseline = cell(0.0, False)["rps"]
     table = {}
     for share in SHARES:
-        off, on = by[(share, False)], by[(share, True)]
+        off, on = cell(share, False), cell(share, True)
         table[f"{share:.0%}"] = {
-            "cache_off_rps": off["requests_per_s"],
-            "cache_on_rps": on["requests_per_s"],
-            "on_vs_off": on["requests_per_s"] / off["requests_per_s"],
-            "on_vs_0pct_off": on["requests_per_s"] / baseline,
-            "cache_hit_share_on": on["cache_hit_share"],
-            "cpu_ms_per_request_off": off["worker_cpu_ms_per_request_in_window"],
-            "cpu_ms_per_request_on": on["worker_cpu_ms_per_request_in_window"],
-            "cpu_on_vs_off": on["worker_cpu_ms_per_request_in_window"]
-            / off["worker_cpu_ms_per_request_in_window"],
-            "until_idle_off_rps": off["until_idle"].get("requests_per_s", float("nan")),
-            "until_idle_on_rps": on["until_idle"].get("requests_per_s", float("nan")),
-            "until_idle_cpu_ms_per_request_off": off["until_idle"].get(
-                "worker_cpu_ms_per_request", float("nan")
-            ),
-            "until_idle_cpu_ms_per_request_on": on["until_idle"].get(
-                "worker_cpu_ms_per_request", float("nan")
-            ),
+            "cache_off": off,
+            "cache_on": on,
+            "on_vs_off": on["rps"] / off["rps"],
+            "on_vs_0pct_off": on["rps"] / baseline,
+            "cpu_on_vs_off": on["cpu"] / off["cpu"],
         }
     us = micro["us_per_row"]
+    miss = us["miss_both_tiers"] + us["put_both_tiers"]
     return {
         "throughput": table,
         "hit_speedup_vs_predict_3_models": {
             "tier1_x3_lookups": us["predict_3_models"] / (3 * us["tier1_hit"]),
             "tier2_x3_lookups": us["predict_3_models"] / (3 * us["tier2_hit"]),
         },
+        # hit share h at which h * hit + (1 - h) * (miss + put + predict) = predict (3 versions, tier 1)
+        "break_even_hit_share_cpu": 3 * miss / (3 * miss + us["predict_3_models"] - 3 * us["tier1_hit"]),
     }
 
 
@@ -604,26 +633,33 @@ def print_tables(
     )
     print(header)
     print("-" * len(header))
-    by = {(run["share"], run["cache"]): run for run in runs}
     for share in SHARES:
         row = summary["throughput"][f"{share:.0%}"]
-        off, on = by[(share, False)], by[(share, True)]
+        off, on = row["cache_off"], row["cache_on"]
         print(
-            f"{share:7.0%} {row['cache_off_rps']:10.0f} {row['cache_on_rps']:10.0f} {row['on_vs_off']:6.2f}x "
-            f"{row['on_vs_0pct_off']:8.2f}x {on['cache_hit_share']:8.1%} {off['cache_hit_share']:8.1%} "
-            f"{row['cpu_ms_per_request_off']:5.2f}/{row['cpu_ms_per_request_on']:<5.2f} "
-            f"{others(off):6.2f}/{others(on):<6.2f} {off['batches']:4d}/{on['batches']:<4d} "
-            f"{off['explain_asks']:5d}/{on['explain_asks']:<5d}"
+            f"{share:7.0%} {off['rps']:10.0f} {on['rps']:10.0f} {row['on_vs_off']:6.2f}x "
+            f"{row['on_vs_0pct_off']:8.2f}x {on['hits']:8.1%} {off['hits']:8.1%} "
+            f"{off['cpu']:5.2f}/{on['cpu']:<5.2f} {off['others']:6.2f}/{on['others']:<6.2f} "
+            f"{off['batches']:4.0f}/{on['batches']:<4.0f} "
+            f"{off['explain_asks']:5.0f}/{on['explain_asks']:<5.0f}"
         )
-        if np.isfinite(row["until_idle_off_rps"]) or np.isfinite(row["until_idle_on_rps"]):
-            rates = f"{row['until_idle_off_rps']:.0f}/{row['until_idle_on_rps']:.0f}"
-            cpu_off, cpu_on = (
-                row["until_idle_cpu_ms_per_request_off"],
-                row["until_idle_cpu_ms_per_request_on"],
+        if len(off["rps_all"]) > 1:
+            each = ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(off["rps_all"], on["rps_all"], strict=True))
+            print(f"{'':7} each repeat, requests/s off/on: {each}")
+        if np.isfinite(off["until_idle_rps"]) or np.isfinite(on["until_idle_rps"]):
+            print(
+                f"{'':7} until idle: {off['until_idle_rps']:.0f}/{on['until_idle_rps']:.0f} requests/s, "
+                f"{off['until_idle_cpu']:.2f}/{on['until_idle_cpu']:.2f} worker CPU ms per request (off/on)"
             )
-            cpu = f"{cpu_off:.2f}/{cpu_on:.2f}"
-            print(f"{'':7} until idle: {rates} requests/s, {cpu} worker CPU ms per request (off/on)")
-    outages = {f"{run['share']:.0%}": run["redis_cache_outages_logged"] for run in runs if run["cache"]}
+    print(
+        f"break-even hit share on CPU (tier 1, from the hit-path figures): "
+        f"{summary['break_even_hit_share_cpu']:.0%}"
+    )
+    outages = {
+        f"{run['share']:.0%} r{run['repeat']}": run["redis_cache_outages_logged"]
+        for run in runs
+        if run["cache"]
+    }
     print(f"Redis cache time-outs logged by the cache-on workers (tier 2 bypassed 5 s each): {outages}")
 
 
