@@ -151,7 +151,9 @@ class Runtime:
         new_golden = table.golden is not None and table.golden != self._routing.golden
         if not fresh and not new_golden:
             return
-        recent = recent_requests(self.settings, self.settings.warmer_replay) if new_golden else []
+        # The replay only pre-fills the cache: without a cache it would be work that stalls the worker.
+        replaying = new_golden and self.cache is not None
+        recent = recent_requests(self.settings, self.settings.warmer_replay) if replaying else []
         for version in dict.fromkeys([*fresh, *([table.golden] if new_golden else [])]):
             replay = recent if version == table.golden else []
             report = warm(
