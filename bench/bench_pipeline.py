@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_warmup import require_services  # one service check for every benchmark
 
 from rig.clients import synthetic_requests
 from rig.codec import Codec, Rejected
@@ -111,22 +112,6 @@ def isolated_settings(root: Path, entities: int, days: int, seed: int) -> RigSet
 def with_prefix(settings: RigSettings, suffix: str) -> RigSettings:
     """The same deployment on topics under `<prefix><suffix>`."""
     return settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}{suffix}"})
-
-
-def require_services(settings: RigSettings) -> None:
-    import redis
-    from confluent_kafka.admin import AdminClient
-
-    try:
-        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2).ping()
-    except redis.ConnectionError as error:
-        raise SystemExit(f"no Redis at {settings.redis_url} ({error}); start it with ops/redis/up") from error
-    try:
-        AdminClient(settings.kafka_client_config()).list_topics(timeout=10)
-    except Exception as error:  # any client error means the same thing here
-        raise SystemExit(
-            f"no Kafka at {settings.kafka_bootstrap} ({error}); start it with ops/kafka/up"
-        ) from error
 
 
 def start_naive_agent(settings: RigSettings, naive_prefix: str, log_path: Path) -> subprocess.Popen[bytes]:
