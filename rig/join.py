@@ -13,10 +13,16 @@ between states and say what to emit and what to count:
 
 A request is joined at most once, so a loss is never counted twice, however often an outcome or a
 prediction is redelivered (at-least-once).
+
+Time here is *source* time: the Kafka timestamp of the prediction or outcome message, not the time
+a worker happens to process it. An outcome that arrived within retention joins even if the worker
+was down for longer than retention and reads it from a backlog; `StreamClock` keeps the periodic
+sweep from running ahead of that backlog.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,6 +38,10 @@ class Step:
     entry: Entry | None
     joined: list[dict[str, Any]]
     counts: Counter[str]
+
+    def then(self, following: Step) -> Step:
+        """This step followed by `following` (which was computed from this step's entry)."""
+        return Step(following.entry, self.joined + following.joined, self.counts + following.counts)
 
 
 def compact_prediction(prediction: dict[str, Any]) -> dict[str, Any]:
@@ -76,8 +86,35 @@ def joined_rows(request_id: str, prediction: dict[str, Any], outcome: dict[str, 
     return rows
 
 
-def on_prediction(entry: Entry | None, request_id: str, compact: dict[str, Any], now_ms: int) -> Step:
-    """A prediction (in `compact_prediction` form) arrived for `request_id`."""
+def request_partition(request_id: str, partitions: int) -> int:
+    """The join partition of a request id: the internal topic and the table's changelog both use it,
+    so a worker that takes over a partition recovers exactly the state of its requests."""
+    return zlib.crc32(request_id.encode()) % partitions
+
+
+def on_prediction(
+    entry: Entry | None, request_id: str, compact: dict[str, Any], now_ms: int, retention_ms: int
+) -> Step:
+    """A prediction (in `compact_prediction` form) arrived for `request_id` at source time `now_ms`."""
+    aged = age(entry, now_ms, retention_ms)
+    return aged.then(_on_prediction(aged.entry, request_id, compact, now_ms))
+
+
+def on_outcome(
+    entry: Entry | None, request_id: str, outcome: dict[str, Any], now_ms: int, retention_ms: int
+) -> Step:
+    """An outcome (label) arrived for `request_id` at source time `now_ms`."""
+    aged = age(entry, now_ms, retention_ms)
+    return aged.then(_on_outcome(aged.entry, request_id, outcome, now_ms))
+
+
+def age(entry: Entry | None, now_ms: int, retention_ms: int) -> Step:
+    """The entry as a sweep at `now_ms` would leave it. Events age their entry first, so whether an
+    outcome is late never depends on whether the periodic sweep happened to run before it."""
+    return sweep(entry, now_ms, retention_ms) if entry is not None else Step(None, [], Counter())
+
+
+def _on_prediction(entry: Entry | None, request_id: str, compact: dict[str, Any], now_ms: int) -> Step:
     if entry is None:
         return Step(
             {"state": "predicted", "at_ms": now_ms, "prediction": compact, "outcome": None}, [], Counter()
@@ -89,8 +126,7 @@ def on_prediction(entry: Entry | None, request_id: str, compact: dict[str, Any],
     return Step(entry, [], Counter(duplicate_predictions=1))  # a redelivery: the first one counts
 
 
-def on_outcome(entry: Entry | None, request_id: str, outcome: dict[str, Any], now_ms: int) -> Step:
-    """An outcome (label) arrived for `request_id`."""
+def _on_outcome(entry: Entry | None, request_id: str, outcome: dict[str, Any], now_ms: int) -> Step:
     label = {"label": int(outcome["label"]), "event_time": outcome["event_time"]}
     if entry is None:
         return Step(
@@ -117,3 +153,29 @@ def sweep(entry: Entry, now_ms: int, retention_ms: int) -> Step:
     if state == "outcome_waiting":
         return Step(None, [], Counter(orphans=1))
     return Step(None, [], Counter())
+
+
+class StreamClock:
+    """The join's notion of "now" for the sweep: the newest source timestamp it has processed,
+    advanced by the wall time since. While a worker works through a backlog this stays at the
+    backlog's time, so nothing expires before its outcome, already waiting in the backlog, is read;
+    once caught up it runs with the wall clock. Before the first event it only ticks once a whole
+    retention has passed since the start (an idle worker has no backlog to wait for)."""
+
+    def __init__(self, started_wall_ms: int, retention_ms: int) -> None:
+        self._started_wall_ms = started_wall_ms
+        self._retention_ms = retention_ms
+        self._source_ms: int | None = None
+        self._seen_wall_ms = started_wall_ms
+
+    def observe(self, source_ms: int, wall_ms: int) -> None:
+        """A message with source timestamp `source_ms` was processed at `wall_ms`."""
+        if self._source_ms is None or source_ms >= self._source_ms:
+            self._source_ms = source_ms
+            self._seen_wall_ms = wall_ms
+
+    def now(self, wall_ms: int) -> int | None:
+        """Source time to sweep at, or None: too early to expire anything."""
+        if self._source_ms is None:
+            return wall_ms if wall_ms - self._started_wall_ms >= self._retention_ms else None
+        return self._source_ms + max(0, wall_ms - self._seen_wall_ms)

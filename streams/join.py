@@ -2,13 +2,20 @@
 
 Predictions and outcomes are keyed by entity id; the join state is keyed by request id. So a first
 agent re-keys both streams by request id into an internal topic, and the second agent keeps the
-table: its changelog is partitioned by the same key hash as its source, so a restarted or moved
-worker recovers exactly the state of the partitions it takes over.
+table. The internal topic and the table's changelog are partitioned by one function of the request
+id (`request_partition`), so a restarted or moved worker recovers exactly the state of the
+partitions it takes over, and a table write never waits on producer metadata: Faust's
+`use_partitioner` asks the producer, which has no partitions yet for a changelog it has not written
+to, and crashed the agent.
+
+The re-key carries each message's source timestamp along, so retention is judged by when a
+prediction or outcome arrived, not by when a worker got round to it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -17,9 +24,26 @@ import faust
 from rig.codec import Codec, Rejected
 from rig.config import RigSettings
 from rig.intake import Source, dead_letter
-from rig.join import Step, compact_prediction, on_outcome, on_prediction, sweep
+from rig.join import (
+    Step,
+    StreamClock,
+    compact_prediction,
+    on_outcome,
+    on_prediction,
+    request_partition,
+    sweep,
+)
 
 log = logging.getLogger(__name__)
+
+
+class RequestTable(faust.Table):
+    """A table keyed by request id whose changelog partition is `request_partition(key)`."""
+
+    def partition_for_key(self, key: Any) -> int:
+        """The changelog partition of `key`, without asking the producer or the current event."""
+        assert self.partitions is not None, "a RequestTable is created with its partition count"
+        return request_partition(key, self.partitions)
 
 
 def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.TopicT) -> Counter[str]:
@@ -44,12 +68,17 @@ def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.Topi
         internal=True,
     )
     joined = app.topic(settings.topic("joined"), key_serializer="raw", value_serializer="raw")
-    table = app.Table(
-        "join-state",
+    partitions = settings.topic_partitions
+    table = RequestTable(
+        app,
+        name="join-state",
         default=None,  # the table's own key and value serializers (json) are also used for recovery
-        partitions=settings.topic_partitions,
-        use_partitioner=True,  # changelog partition = key hash = the partition of by_request it came from
+        partitions=partitions,
+        beacon=app.tables.beacon,
     )
+    app.tables.add(table)
+    retention_ms = int(settings.join_retention_s * 1000)
+    clock = StreamClock(started_wall_ms=wall_ms(), retention_ms=retention_ms)
 
     @app.agent(sources)
     async def rekey(stream):  # type: ignore[no-untyped-def]
@@ -82,21 +111,27 @@ def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.Topi
                 }
             )
             kind = "prediction" if is_prediction else "outcome"
-            await by_request.send(key=decoded["request_id"], value={"kind": kind, "record": record})
+            request_id = decoded["request_id"]
+            await by_request.send(
+                key=request_id,
+                value={"kind": kind, "record": record, "at_ms": int(message.timestamp * 1000)},
+                partition=request_partition(request_id, partitions),
+            )
 
     @app.agent(by_request)
     async def join(stream):  # type: ignore[no-untyped-def]
         """Move each request's join entry along and emit the joined rows."""
         async for event in stream.events():
             request_id: str = event.key
-            now_ms = int(event.message.timestamp * 1000)
             value: dict[str, Any] = event.value
+            at_ms: int = value["at_ms"]
             entry = table.get(request_id)
             if value["kind"] == "prediction":
-                step = on_prediction(entry, request_id, value["record"], now_ms)
+                step = on_prediction(entry, request_id, value["record"], at_ms, retention_ms)
             else:
-                step = on_outcome(entry, request_id, value["record"], now_ms)
+                step = on_outcome(entry, request_id, value["record"], at_ms, retention_ms)
             await apply(request_id, step)
+            clock.observe(at_ms, wall_ms())
 
     async def apply(key: str, step: Step) -> None:
         if step.entry is None:
@@ -110,13 +145,11 @@ def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.Topi
     @app.timer(interval=settings.join_sweep_interval_s)
     async def sweep_expired() -> None:
         """Expire predictions without outcomes, drop orphans and old markers; log the counters."""
-        import time
-
-        now_ms = int(time.time() * 1000)
-        retention_ms = int(settings.join_retention_s * 1000)
-        for key, entry in list(table.items()):
-            if entry is not None:
-                await apply(key, sweep(entry, now_ms, retention_ms))
+        now_ms = clock.now(wall_ms())
+        if now_ms is not None:
+            for key, entry in list(table.items()):
+                if entry is not None:
+                    await apply(key, sweep(entry, now_ms, retention_ms))
         log.info("join counts %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none")
 
     @app.page("/join/counts/")
@@ -125,3 +158,8 @@ def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.Topi
         return web.json(dict(counts))
 
     return counts
+
+
+def wall_ms() -> int:
+    """The wall clock in epoch milliseconds."""
+    return int(time.time() * 1000)

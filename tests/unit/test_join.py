@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from rig.join import Entry, compact_prediction, on_outcome, on_prediction, sweep
+from rig.join import (
+    Entry,
+    StreamClock,
+    compact_prediction,
+    on_outcome,
+    on_prediction,
+    request_partition,
+    sweep,
+)
 
 RETENTION = 60_000
 
@@ -46,13 +54,18 @@ class Table:
         self.apply(
             request_id,
             on_prediction(
-                self.entries.get(request_id), request_id, compact_prediction(prediction(request_id)), now
+                self.entries.get(request_id),
+                request_id,
+                compact_prediction(prediction(request_id)),
+                now,
+                RETENTION,
             ),
         )
 
     def observe(self, request_id: str, now: int = 0, label: int = 1) -> None:
         self.apply(
-            request_id, on_outcome(self.entries.get(request_id), request_id, outcome(request_id, label), now)
+            request_id,
+            on_outcome(self.entries.get(request_id), request_id, outcome(request_id, label), now, RETENTION),
         )
 
     def sweep(self, now: int) -> None:
@@ -131,3 +144,47 @@ def test_a_mixed_stream_counts_each_kind_exactly() -> None:
         table.observe(f"r{i}", now=RETENTION + 2)  # 5 late
     assert len(table.rows) == 50 * 3
     assert table.counts == Counter(joined=50, duplicate_outcomes=10, orphans=10, expired_unjoined=50, late=5)
+
+
+def test_an_outcome_beyond_retention_is_late_even_if_no_sweep_ran_before_it() -> None:
+    swept, unswept = Table(), Table()
+    for table in (swept, unswept):
+        table.predict("r1", now=0)
+    swept.sweep(now=RETENTION + 1)
+    swept.observe("r1", now=RETENTION + 2)
+    unswept.observe("r1", now=RETENTION + 2)
+    assert unswept.rows == [] and unswept.counts == swept.counts == Counter(expired_unjoined=1, late=1)
+
+
+def test_an_outcome_within_retention_joins_however_late_it_is_read() -> None:
+    table = Table()
+    table.predict("r1", now=0)
+    table.observe("r1", now=RETENTION - 1)  # read from a backlog long after: source time decides
+    assert len(table.rows) == 3 and table.counts == Counter(joined=1)
+
+
+def test_a_prediction_long_after_its_outcome_leaves_an_orphan_and_waits_for_its_own() -> None:
+    table = Table()
+    table.observe("r1", now=0)
+    table.predict("r1", now=RETENTION + 1)
+    assert table.rows == [] and table.counts == Counter(orphans=1)
+    assert table.entries["r1"]["state"] == "predicted"
+
+
+def test_the_stream_clock_holds_at_the_backlog_and_runs_with_the_wall_clock_once_caught_up() -> None:
+    clock = StreamClock(started_wall_ms=1_000_000, retention_ms=RETENTION)
+    assert clock.now(1_000_000 + RETENTION - 1) is None, "no event yet: a backlog may be on its way"
+    assert clock.now(1_000_000 + RETENTION) == 1_000_000 + RETENTION, "idle for a whole retention"
+    clock.observe(source_ms=5_000, wall_ms=2_000_000)  # reading a backlog from long ago
+    assert clock.now(2_000_000) == 5_000
+    clock.observe(source_ms=4_000, wall_ms=2_000_100)  # an older message never moves it back
+    assert clock.now(2_000_500) == 5_500
+    clock.observe(source_ms=2_000_900, wall_ms=2_001_000)  # caught up
+    assert clock.now(2_011_000) == 2_010_900
+
+
+def test_request_partitions_are_stable_and_spread() -> None:
+    ids = [f"r-{i}" for i in range(6_000)]
+    partitions = [request_partition(i, 6) for i in ids]
+    assert partitions == [request_partition(i, 6) for i in ids]
+    assert set(Counter(partitions).values()) <= set(range(850, 1_150)), Counter(partitions)
