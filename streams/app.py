@@ -5,6 +5,7 @@ from __future__ import annotations
 import faust
 
 from rig.config import RigSettings
+from streams.recovery import SeekThenResumeTableManager
 
 
 def make_app(settings: RigSettings, app_id: str = "rig", **overrides: object) -> faust.App:
@@ -31,6 +32,7 @@ def make_app(settings: RigSettings, app_id: str = "rig", **overrides: object) ->
         "topic_replication_factor": 1,
         "broker_credentials": broker_credentials,
         "datadir": str(settings.home / "faust"),
+        "TableManager": SeekThenResumeTableManager,  # no skipped messages after a rebalance
     }
     options.update(overrides)
     return faust.App(app_id, **options)

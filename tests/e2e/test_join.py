@@ -73,7 +73,7 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
     joined_topic = settings.topic("joined")
     requests = requests_for(deployment, [f"r-{uuid.uuid4().hex}" for _ in range(200)])
 
-    first = start_worker(settings, settings.home / "join-1.log", **env)
+    first = start_worker(settings, settings.home / "join-1.log", loglevel="info", **env)
     try:
         assert produce_requests(settings, requests) == 200
         assert (
@@ -86,11 +86,24 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
         first.terminate()
         first.wait(timeout=60)
 
-    send_outcomes(deployment, requests[100:150])  # while no worker runs
-    second = start_worker(settings, settings.home / "join-2.log", web_port=WEB_PORT, **env)
+    # While no worker runs: outcomes for requests predicted before the restart, and new requests.
+    # The second worker starts over this backlog and must process all of it.
+    send_outcomes(deployment, requests[100:150])
+    backlog = requests_for(deployment, [f"backlog-{uuid.uuid4().hex}" for _ in range(100)])
+    assert produce_requests(settings, backlog) == 100
+    second = start_worker(settings, settings.home / "join-2.log", loglevel="info", web_port=WEB_PORT, **env)
     try:
         rows = consume(settings, joined_topic, "JoinedOutcome", 300, timeout_s=180, processes=[second])
         assert len(rows) == 300, "outcomes sent during the restart joined with predictions made before it"
+        answered = consume(
+            settings,
+            settings.topic("predictions"),
+            "Prediction",
+            100,
+            where=lambda p: p["request_id"].startswith("backlog-"),
+            processes=[second],
+        )
+        assert {p["request_id"] for p in answered} == {r["request_id"] for r in backlog}, "backlog answered"
 
         send_outcomes(deployment, requests[:10])  # duplicates
         send_outcomes(deployment, requests_for(deployment, [f"unknown-{i}" for i in range(5)]))  # orphans
@@ -100,7 +113,7 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
         assert produce_requests(settings, early) == 20
 
         eventually(
-            lambda: join_counts()["expired_unjoined"] >= 50,
+            lambda: join_counts()["expired_unjoined"] >= 150,
             RETENTION_S + 60,
             "unjoined predictions to expire",
         )
@@ -126,5 +139,5 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
     # again by the second one. They meet a joined entry, so they count as duplicates, never twice.
     assert counts["duplicate_outcomes"] >= 10, counts
     assert counts["orphans"] == 5, counts
-    assert counts["expired_unjoined"] == 50, counts
+    assert counts["expired_unjoined"] == 150, counts  # 50 before the restart, the 100 of the backlog
     assert counts["late"] == 10, counts
