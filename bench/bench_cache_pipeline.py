@@ -78,7 +78,6 @@ from bench_warmup import (
     machine,
     require_services,
     say,
-    stop_process,
     wait_ready,
     with_prefix,
     write_results,
@@ -87,7 +86,7 @@ from bench_warmup import (
 from rig.config import RigSettings
 from rig.control import publish_control
 from rig.data import World
-from rig.deploy import prepare, start_worker
+from rig.deploy import prepare, start_worker, stop_processes
 from rig.routing import set_golden_event, start_experiment_event
 
 REPO = Path(__file__).resolve().parent.parent
@@ -340,7 +339,7 @@ def run_once(
         sender.stop()
         sampler.stop()
         collector.close()
-        stop_process(worker)
+        stop_processes([worker])
     outages = (logs / f"worker-{tag}.log").read_text(errors="replace").count("cache_redis_unavailable")
     if len(answers) < len(wanted):
         say(f"  {tag}: only {len(answers)} of {len(wanted)} predictions within {timeout_s:.0f} s")

@@ -64,13 +64,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_warmup import require_services  # one service check for every benchmark
+from bench_warmup import isolated_settings, require_services, say, with_prefix  # shared by every benchmark
 
 from rig.clients import synthetic_requests
 from rig.codec import Codec, Rejected
 from rig.config import RigSettings
 from rig.control import publish_control
-from rig.deploy import isolated_feast_repo, prepare, settings_env, start_worker
+from rig.deploy import prepare, settings_env, start_worker, stop_processes
 from rig.routing import set_golden_event, start_experiment_event
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,34 +86,7 @@ SERVE_PREDICT_ONLY = "--serve-predict-only"
 Message = tuple[str, bytes, bytes]  # request_id, key, encoded value
 
 
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # -- deployment ---------------------------------------------------------------------------------
-def isolated_settings(root: Path, entities: int, days: int, seed: int) -> RigSettings:
-    """Settings on a copy of ops/feast with its own Feast project and its own topic prefix.
-
-    The same steps as tests/integration/conftest.py `isolated_feast_settings`, so the run shares
-    Kafka and Redis with everything else on the machine without clashing.
-    """
-    repo = isolated_feast_repo(root, "rig_bench")
-    return RigSettings(
-        feast_repo=repo,
-        home=root / "home",
-        transform_spec=repo / "transform.json",
-        topic_prefix=f"bench.{uuid.uuid4().hex[:8]}.",
-        world_seed=seed,
-        world_entities=entities,
-        world_days=days,
-    )
-
-
-def with_prefix(settings: RigSettings, suffix: str) -> RigSettings:
-    """The same deployment on topics under `<prefix><suffix>`."""
-    return settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}{suffix}"})
-
-
 def start_naive_agent(settings: RigSettings, naive_prefix: str, log_path: Path) -> subprocess.Popen[bytes]:
     """bench/naive_agent.py as a Faust worker process (no web server) logging to `log_path`."""
     return subprocess.Popen(
@@ -163,18 +136,6 @@ def serve_predict_only() -> None:
 
     sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--without-web"]
     app.main()
-
-
-def stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def delete_topics(settings: RigSettings) -> list[str]:
@@ -852,9 +813,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     from rig.topics import ensure_topics
 
-    settings = isolated_settings(root, args.entities, args.days, args.seed)
-    naive_settings = with_prefix(settings, "naive.")
-    predict_only_settings = with_prefix(settings, "predict-only.")
+    settings = isolated_settings(root, args.entities, args.days, args.seed, "pipeline")
+    naive_settings = with_prefix(settings, "naive")
+    predict_only_settings = with_prefix(settings, "predict-only")
     require_services(settings)
     phases: dict[str, float] = {}
     processes: list[subprocess.Popen[bytes]] = []
@@ -959,7 +920,7 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         raise
     finally:
         say("clean up: stop the agents, tear down the Feast project, delete the run's topics")
-        stop(processes)
+        stop_processes(processes)
         if deployed:
             cleanup(settings)
 

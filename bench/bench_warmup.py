@@ -72,7 +72,7 @@ from rig.clients import synthetic_requests
 from rig.codec import Codec, Rejected
 from rig.config import RigSettings
 from rig.control import publish_control
-from rig.deploy import isolated_feast_repo, prepare, start_worker
+from rig.deploy import isolated_feast_repo, prepare, start_worker, stop_processes
 from rig.routing import set_golden_event
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,17 +162,6 @@ def delete_topics(settings: RigSettings, prefix: str) -> int:
     return len(names)
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 30 s (this process's own children only)."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
 @dataclass
 class Cleanup:
     """What a run created, removed at the end whatever happened."""
@@ -185,7 +174,7 @@ class Cleanup:
     def run(self) -> None:
         for worker in self.workers:
             try:
-                stop_process(worker)
+                stop_processes([worker])
             except Exception as error:  # noqa: BLE001 - cleanup goes on; reported
                 say(f"could not stop worker {worker.pid}: {error}")
         if self.feast_applied:
@@ -605,7 +594,7 @@ def run_once(
         sender.stop()
         sampler.stop()
         collector.close()
-        stop_process(worker)
+        stop_processes([worker])
 
     def window(ids: Sequence[str]) -> dict[str, Any]:
         rows = [(answers[r], sender.create_ms[r]) for r in ids if r in answers and r in sender.create_ms]

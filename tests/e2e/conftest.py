@@ -15,7 +15,7 @@ from rig.codec import Codec, Rejected
 from rig.config import RigSettings
 from rig.control import publish_control
 from rig.data import World
-from rig.deploy import prepare, start_worker
+from rig.deploy import prepare, start_worker, stop_processes
 from tests.integration.conftest import isolated_feast_settings
 
 
@@ -50,13 +50,7 @@ def workers(deployment: Deployment, count: int = 1, **env: str) -> Iterator[list
     try:
         yield processes
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         for log in logs:
             print(f"----- {log.name} (tail)\n{log.read_text(errors='replace')[-3000:]}")
 
