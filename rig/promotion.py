@@ -10,7 +10,7 @@ reference window.
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Any
 
 import numpy as np
@@ -20,16 +20,44 @@ from rig.routing import RoutingTable, set_golden_event, start_experiment_event, 
 
 PREVIOUS_GOLDEN_EXPERIMENT = "previous-golden"
 ACTOR = "promoter"
+RECENT_ROWS = 200_000
+"""How many (request, model) keys the loop remembers to drop redelivered rows: a redelivery replays
+the uncommitted tail of `rig.joined`, far fewer rows than this."""
+
+
+class RecentKeys:
+    """The last `capacity` keys seen: tells a first sighting from a repeat, in bounded memory."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._order: deque[tuple[str, str]] = deque()
+        self._keys: set[tuple[str, str]] = set()
+
+    def first_time(self, key: tuple[str, str]) -> bool:
+        """True the first time `key` is seen (among the last `capacity` keys), then False."""
+        if key in self._keys:
+            return False
+        self._keys.add(key)
+        self._order.append(key)
+        if len(self._order) > self.capacity:
+            self._keys.discard(self._order.popleft())
+        return True
 
 
 class PromotionLoop:
-    """Keeps the promoter and the golden monitor for the current golden; resets them on a switch."""
+    """Keeps the promoter and the golden monitor for the current golden; resets them on a switch.
 
-    def __init__(self, config: PromoterConfig) -> None:
+    Joined rows are delivered at least once; a row seen again (same request and model) is counted in
+    `duplicate_rows` and not folded in a second time, so no paired observation weighs double.
+    """
+
+    def __init__(self, config: PromoterConfig, recent_rows: int = RECENT_ROWS) -> None:
         self.config = config
         self.golden: str | None = None
         self.promoter: Promoter | None = None
         self.monitor: GoldenMonitor | None = None
+        self.duplicate_rows = 0
+        self._seen = RecentKeys(recent_rows)
 
     def follow(self, routing: RoutingTable) -> None:
         """Start over when the golden changed (every earlier pair compared another model)."""
@@ -46,6 +74,9 @@ class PromotionLoop:
         pairs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         golden_rows = []
         for row in rows:
+            if not self._seen.first_time((row["request_id"], row["model_version"])):
+                self.duplicate_rows += 1
+                continue
             if row["role"] == "golden":
                 if row["model_version"] == self.golden:
                     golden_rows.append(row)

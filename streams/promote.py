@@ -1,7 +1,7 @@
 """The promoter agent: joined outcomes in, decisions out (and, in `auto` mode, routing changes).
 
-`rig.joined` has one partition, so exactly one worker runs the promoter and every test sees every
-joined outcome once.
+`rig.joined` has one partition, so exactly one worker runs the promoter and sees every joined
+outcome (at least once; `PromotionLoop` drops the rows it has seen).
 """
 
 from __future__ import annotations
@@ -62,7 +62,12 @@ def install_promoter(
                 )
             routing = runtime.routing
             good = [row for row in rows if not isinstance(row, Rejected)]
+            duplicates_before = loop.duplicate_rows
             loop.observe(good, routing)
+            if loop.duplicate_rows > duplicates_before:
+                log.info(
+                    "redelivered joined outcomes ignored count=%d", loop.duplicate_rows - duplicates_before
+                )
             if metadata is not None and good:
                 await asyncio.to_thread(record_window, metadata, good, int(time.time() * 1000))
             for decision in loop.decide(int(time.time() * 1000), routing):

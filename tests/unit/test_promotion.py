@@ -7,7 +7,13 @@ from fastavro.validation import validate
 
 from rig.codec import load_schema
 from rig.promoter import PromoterConfig
-from rig.promotion import PREVIOUS_GOLDEN_EXPERIMENT, PromotionLoop, control_events, manual_decision
+from rig.promotion import (
+    PREVIOUS_GOLDEN_EXPERIMENT,
+    PromotionLoop,
+    RecentKeys,
+    control_events,
+    manual_decision,
+)
 from rig.routing import control_key, fold, set_golden_event, start_experiment_event
 
 CONFIG = PromoterConfig(min_samples=200, min_effect=0.002, mode="auto")
@@ -105,3 +111,25 @@ def test_a_manual_decision_is_a_valid_decision_record() -> None:
     decision = manual_decision("demote", "m.2", None, "by hand", 5)
     assert validate(decision, load_schema("Decision"), raise_errors=False)
     assert decision["mode"] == "manual" and decision["n"] == 0
+
+
+def test_redelivered_rows_are_folded_in_once() -> None:
+    table = routing(set_golden_event("m.1", "t"), start_experiment_event("x", "m.2", "shadow", "t"))
+    once, twice = PromotionLoop(CONFIG), PromotionLoop(CONFIG)
+    batch = rows("m.1", "m.2", 300, challenger_better=True)
+    once.observe(batch, table)
+    twice.observe(batch, table)
+    twice.observe(batch[:200], table)  # the uncommitted tail, read again after a restart
+    assert twice.duplicate_rows == 200 and once.duplicate_rows == 0
+    assert once.promoter is not None and twice.promoter is not None
+    assert twice.promoter.pairs["m.2"].n == once.promoter.pairs["m.2"].n == 300
+    evidence = [{**d, "decision_id": None} for d in once.decide(0, table)]
+    assert [{**d, "decision_id": None} for d in twice.decide(0, table)] == evidence
+
+
+def test_recent_keys_forget_the_oldest_beyond_capacity() -> None:
+    keys = RecentKeys(capacity=2)
+    assert keys.first_time(("r1", "m")) and keys.first_time(("r2", "m"))
+    assert not keys.first_time(("r1", "m"))
+    assert keys.first_time(("r3", "m"))  # r1 is forgotten now
+    assert keys.first_time(("r1", "m"))
