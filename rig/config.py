@@ -151,6 +151,10 @@ class RigSettings(BaseSettings):
     web_port: int = 6066
     """Port of the worker's web server (metrics, health)."""
 
+    stall_alert_s: float = Field(default=60, gt=0)
+    """A worker logs an error, with Faust's diagnosis of the cause, when an assigned partition with
+    messages waiting has not been read or processed for this long (Faust's default is 300 s)."""
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level of the worker and CLI."""
 

@@ -33,6 +33,7 @@ def make_app(settings: RigSettings, app_id: str = "rig", **overrides: object) ->
         "broker_credentials": broker_credentials,
         "datadir": str(settings.home / "faust"),
         "TableManager": SeekThenResumeTableManager,  # no skipped messages after a rebalance
+        "stream_processing_timeout": settings.stall_alert_s,
     }
     options.update(overrides)
     return faust.App(app_id, **options)
