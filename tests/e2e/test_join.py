@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
@@ -50,6 +51,15 @@ def send_outcomes(deployment: Deployment, requests: list[dict], label: int = 1) 
     assert producer.flush(30) == 0
 
 
+def print_problems(*logs: Path) -> None:
+    """Each worker log's warnings and errors: pytest shows them when the test fails."""
+    for log in logs:
+        lines = [
+            line for line in log.read_text(errors="replace").splitlines() if "WARN" in line or "ERROR" in line
+        ]
+        print(f"----- {log.name}: {len(lines)} warnings/errors", *lines[-40:], sep="\n")
+
+
 def join_counts() -> Counter[str]:
     return Counter(get_json(f"http://127.0.0.1:{WEB_PORT}/join/counts/"))
 
@@ -69,7 +79,12 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
         set_golden_event(deployment.versions["golden"], actor="test"),
         start_experiment_event("better", deployment.versions["better"], "shadow", actor="test"),
     )
-    env = {"RIG_JOIN_RETENTION_S": str(RETENTION_S), "RIG_JOIN_SWEEP_INTERVAL_S": "2"}
+    # A stalled partition gets Faust's diagnosis in the worker log well within the waits below.
+    env = {
+        "RIG_JOIN_RETENTION_S": str(RETENTION_S),
+        "RIG_JOIN_SWEEP_INTERVAL_S": "2",
+        "RIG_STALL_ALERT_S": "30",
+    }
     joined_topic = settings.topic("joined")
     requests = requests_for(deployment, [f"r-{uuid.uuid4().hex}" for _ in range(200)])
 
@@ -85,6 +100,7 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
     finally:
         first.terminate()
         first.wait(timeout=60)
+        print_problems(settings.home / "join-1.log")
 
     # While no worker runs: outcomes for requests predicted before the restart, and new requests.
     # The second worker starts over this backlog and must process all of it.
@@ -128,6 +144,7 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
     finally:
         second.terminate()
         second.wait(timeout=60)
+        print_problems(settings.home / "join-2.log")
 
     print("join counts after the restart:", dict(counts))
     per_request = Counter(row["request_id"] for row in rows)
