@@ -55,16 +55,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_warmup import isolated_settings, require_services, say, with_prefix  # shared by every benchmark
+from bench_warmup import (  # shared by every benchmark
+    Collector,
+    isolated_settings,
+    require_services,
+    say,
+    with_prefix,
+)
 
 from rig.clients import synthetic_requests
 from rig.codec import Codec, Rejected
@@ -190,79 +194,19 @@ def cleanup(settings: RigSettings) -> None:
 
 
 # -- Kafka I/O ----------------------------------------------------------------------------------
-class Collector:
-    """Reads a predictions topic from its current end in a thread, keeping raw (timestamp, value).
-
-    Decoding waits until the phase is over, so the benchmark process takes as little CPU as it can
-    from the agent it measures. Partitions are assigned at explicit offsets (the high watermarks at
-    start), so nothing produced after `start` is missed.
-    """
-
-    def __init__(self, settings: RigSettings, topic: str) -> None:
-        self.settings = settings
-        self.topic = topic
-        self.messages: list[tuple[int, bytes]] = []
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
-        self._failure: BaseException | None = None
-
-    def start(self) -> Collector:
-        self._thread.start()
-        if not self._ready.wait(30):
-            raise RuntimeError(f"could not assign {self.topic}")
-        if self._failure is not None:
-            raise RuntimeError(f"collector failed: {self._failure}") from self._failure
-        return self
-
-    def _run(self) -> None:
-        from confluent_kafka import Consumer, TopicPartition
-
-        consumer = Consumer(
-            {
-                **self.settings.kafka_client_config(),
-                "group.id": f"bench-collector-{uuid.uuid4().hex[:8]}",  # never joined or committed
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,
-            }
-        )
-        try:
-            partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
-            assignment = []
-            for partition in partitions:
-                _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10)
-                assignment.append(TopicPartition(self.topic, partition, high))
-            consumer.assign(assignment)
-            self._ready.set()
-            while not self._stop.is_set():
-                for message in consumer.consume(2000, timeout=0.1):
-                    if message.error() is None:
-                        self.messages.append((message.timestamp()[1], message.value()))
-        except BaseException as error:  # noqa: BLE001 - reported by start/wait_for
-            self._failure = error
-        finally:
-            self._ready.set()
-            consumer.close()
-
-    def close(self) -> None:
-        """Stop reading (idempotent)."""
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def wait_for(
-        self, count: int, timeout_s: float, processes: Sequence[subprocess.Popen[bytes]]
-    ) -> list[tuple[int, bytes]]:
-        """Wait until `count` messages arrived (or the timeout), stop, and return what came."""
-        deadline = time.monotonic() + timeout_s
-        while len(self.messages) < count and time.monotonic() < deadline:
-            dead = [p.args for p in processes if p.poll() is not None]
-            if dead:
-                raise RuntimeError(f"agent process exited: {dead}")
-            if self._failure is not None:
-                raise RuntimeError(f"collector failed: {self._failure}") from self._failure
-            time.sleep(0.05)
-        self.close()
-        return list(self.messages)
+def wait_for(
+    collector: Collector, count: int, timeout_s: float, processes: Sequence[subprocess.Popen[bytes]]
+) -> list[tuple[int, bytes]]:
+    """Wait until `count` messages arrived (or the timeout), stop, and return what came (raw)."""
+    deadline = time.monotonic() + timeout_s
+    while len(collector.raw) < count and time.monotonic() < deadline:
+        dead = [p.args for p in processes if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"agent process exited: {dead}")
+        collector.check()
+        time.sleep(0.05)
+    collector.close()
+    return list(collector.raw)
 
 
 @dataclass
@@ -381,11 +325,11 @@ class Agent:
 
     def round_trip(self, messages: Sequence[Message], rate_per_s: float | None, timeout_s: float) -> Trip:
         """Produce `messages` to the agent and collect their predictions."""
-        collector = Collector(self.settings, self.settings.topic("predictions")).start()
+        collector = Collector(self.settings, from_end=True).start()
         usage = CpuUsage(self.process)
         try:
             sent = produce(self.producer, self.settings.topic("requests"), messages, rate_per_s)
-            raw = collector.wait_for(len(messages), timeout_s, (self.process,))
+            raw = wait_for(collector, len(messages), timeout_s, (self.process,))
         finally:
             collector.close()
         contention = usage.report()

@@ -301,15 +301,18 @@ class CpuSampler:
 
 # -- Kafka I/O ----------------------------------------------------------------------------------
 class Collector:
-    """Reads a (fresh) predictions topic from the beginning in a thread: (Kafka timestamp, value).
+    """Reads a predictions topic in a thread, keeping raw (Kafka timestamp, value) in `raw`.
 
-    `take()` decodes what arrived since the last call, so the caller decides when to spend the CPU.
+    `from_end=False` reads a fresh topic from the beginning; `from_end=True` starts at the high
+    watermarks at `start()`, so nothing produced after it is missed. Decoding is left to the caller
+    (`take`), so the reader takes as little CPU as it can from the worker being measured.
     """
 
-    def __init__(self, settings: RigSettings) -> None:
+    def __init__(self, settings: RigSettings, from_end: bool = False) -> None:
         self.settings = settings
         self.topic = settings.topic("predictions")
-        self._raw: list[tuple[int, bytes]] = []
+        self.from_end = from_end
+        self.raw: list[tuple[int, bytes]] = []
         self._taken = 0
         self._codec = Codec("Prediction", registry_url=settings.schema_registry_url)
         self._stop = threading.Event()
@@ -336,24 +339,36 @@ class Collector:
         )
         try:
             partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+            assignment = []
+            for partition in partitions:
+                offset = OFFSET_BEGINNING
+                if self.from_end:
+                    _, offset = consumer.get_watermark_offsets(
+                        TopicPartition(self.topic, partition), timeout=10
+                    )
+                assignment.append(TopicPartition(self.topic, partition, offset))
+            consumer.assign(assignment)
             self._ready.set()
             while not self._stop.is_set():
                 for message in consumer.consume(2000, timeout=0.1):
                     if message.error() is None:
-                        self._raw.append((message.timestamp()[1], message.value()))
-        except BaseException as error:  # noqa: BLE001 - reported by start/take
+                        self.raw.append((message.timestamp()[1], message.value()))
+        except BaseException as error:  # noqa: BLE001 - reported by start/take/check
             self._failure = error
         finally:
             self._ready.set()
             consumer.close()
 
-    def take(self) -> list[tuple[int, dict[str, Any]]]:
-        """Decoded predictions that arrived since the last call: (Kafka timestamp ms, record)."""
+    def check(self) -> None:
+        """Raise if the reading thread failed."""
         if self._failure is not None:
             raise RuntimeError(f"collector failed: {self._failure}") from self._failure
-        end = len(self._raw)
-        fresh = self._raw[self._taken : end]
+
+    def take(self) -> list[tuple[int, dict[str, Any]]]:
+        """Decoded predictions that arrived since the last call: (Kafka timestamp ms, record)."""
+        self.check()
+        end = len(self.raw)
+        fresh = self.raw[self._taken : end]
         self._taken = end
         out = []
         for timestamp, value in fresh:
@@ -363,6 +378,7 @@ class Collector:
         return out
 
     def close(self) -> None:
+        """Stop reading (idempotent)."""
         self._stop.set()
         self._thread.join(timeout=10)
 
