@@ -54,8 +54,10 @@ def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.Topi
     joined_codec = Codec("JoinedOutcome", registry_url=settings.schema_registry_url)
     dead_letter_codec = Codec("DeadLetter", registry_url=settings.schema_registry_url)
 
+    predictions_topic = settings.topic("predictions")
+    partitions = settings.topic_partitions
     sources = app.topic(
-        settings.topic("predictions"),
+        predictions_topic,
         settings.topic("outcomes"),
         key_serializer="raw",
         value_serializer="raw",
@@ -64,11 +66,10 @@ def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.Topi
         f"{settings.topic_prefix}join-by-request",
         key_serializer="json",
         value_serializer="json",
-        partitions=settings.topic_partitions,
+        partitions=partitions,
         internal=True,
     )
     joined = app.topic(settings.topic("joined"), key_serializer="raw", value_serializer="raw")
-    partitions = settings.topic_partitions
     table = RequestTable(
         app,
         name="join-state",
@@ -85,7 +86,7 @@ def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.Topi
         """Decode predictions and outcomes and re-key them by request id (bad outcomes → DLQ)."""
         async for event in stream.events():
             message = event.message
-            is_prediction = message.topic == settings.topic("predictions")
+            is_prediction = message.topic == predictions_topic
             decoded = (prediction_codec if is_prediction else outcome_codec).decode(message.value or b"")
             if isinstance(decoded, Rejected):
                 counts["rejected"] += 1
