@@ -728,7 +728,7 @@ def main() -> None:
         "--no-cache",
         action="store_true",
         help="run the workers with the prediction cache off (the product default): the warmer then "
-        "only warms the model (and still replays recent requests through it, without storing scores)",
+        "only warms the model (the recent-request replay only fills the cache, so it is skipped)",
     )
     parser.add_argument("--seed", type=int, default=23)
     args = parser.parse_args()
