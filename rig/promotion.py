@@ -66,17 +66,17 @@ class PromotionLoop:
             self.promoter = None if routing.golden is None else Promoter(self.config, routing.golden)
             self.monitor = None if routing.golden is None else GoldenMonitor(self.config, routing.golden)
 
-    def observe(self, rows: list[dict[str, Any]], routing: RoutingTable) -> None:
-        """Fold a batch of JoinedOutcome records in (rows of other goldens are ignored)."""
+    def observe(self, rows: list[dict[str, Any]], routing: RoutingTable) -> list[dict[str, Any]]:
+        """Fold a batch of JoinedOutcome records in (rows of other goldens are ignored); returns the
+        rows seen for the first time, so whatever else is fed from them does not count repeats."""
+        fresh = [row for row in rows if self._seen.first_time((row["request_id"], row["model_version"]))]
+        self.duplicate_rows += len(rows) - len(fresh)
         self.follow(routing)
         if self.promoter is None or self.monitor is None:
-            return
+            return fresh
         pairs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         golden_rows = []
-        for row in rows:
-            if not self._seen.first_time((row["request_id"], row["model_version"])):
-                self.duplicate_rows += 1
-                continue
+        for row in fresh:
             if row["role"] == "golden":
                 if row["model_version"] == self.golden:
                     golden_rows.append(row)
@@ -87,6 +87,7 @@ class PromotionLoop:
             self.promoter.observe(golden, challenger, labels, golden_scores, scores)
         if golden_rows:
             self.monitor.observe(*columns(golden_rows, "label", "score"))
+        return fresh
 
     def decide(self, now_ms: int, routing: RoutingTable) -> list[dict[str, Any]]:
         """Decisions now: promotions of challengers, rollbacks to the previous golden, demotions."""

@@ -62,14 +62,11 @@ def install_promoter(
                 )
             routing = runtime.routing
             good = [row for row in rows if not isinstance(row, Rejected)]
-            duplicates_before = loop.duplicate_rows
-            loop.observe(good, routing)
-            if loop.duplicate_rows > duplicates_before:
-                log.info(
-                    "redelivered joined outcomes ignored count=%d", loop.duplicate_rows - duplicates_before
-                )
-            if metadata is not None and good:
-                await asyncio.to_thread(record_window, metadata, good, int(time.time() * 1000))
+            fresh = loop.observe(good, routing)
+            if len(fresh) < len(good):
+                log.info("redelivered joined outcomes ignored count=%d", len(good) - len(fresh))
+            if metadata is not None and fresh:
+                await asyncio.to_thread(record_window, metadata, fresh, int(time.time() * 1000))
             for decision in loop.decide(int(time.time() * 1000), routing):
                 log.info(
                     "decision action=%s golden=%s challenger=%s reason=%s",

@@ -117,9 +117,9 @@ def test_redelivered_rows_are_folded_in_once() -> None:
     table = routing(set_golden_event("m.1", "t"), start_experiment_event("x", "m.2", "shadow", "t"))
     once, twice = PromotionLoop(CONFIG), PromotionLoop(CONFIG)
     batch = rows("m.1", "m.2", 300, challenger_better=True)
-    once.observe(batch, table)
+    assert once.observe(batch, table) == batch
     twice.observe(batch, table)
-    twice.observe(batch[:200], table)  # the uncommitted tail, read again after a restart
+    assert twice.observe(batch[:200], table) == []  # the uncommitted tail, read again after a restart
     assert twice.duplicate_rows == 200 and once.duplicate_rows == 0
     assert once.promoter is not None and twice.promoter is not None
     assert twice.promoter.pairs["m.2"].n == once.promoter.pairs["m.2"].n == 300
