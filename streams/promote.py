@@ -30,9 +30,12 @@ log = logging.getLogger(__name__)
 
 
 def install_promoter(
-    app: faust.App, settings: RigSettings, get_runtime: Callable[[], Awaitable[Runtime]]
+    app: faust.App,
+    settings: RigSettings,
+    get_runtime: Callable[[], Awaitable[Runtime]],
+    metadata: MetadataStore | None,
 ) -> None:
-    """Add the promoter agent to `app`."""
+    """Add the promoter agent to `app` (decisions and model metrics go to `metadata` when given)."""
     joined_codec = Codec("JoinedOutcome", registry_url=settings.schema_registry_url)
     decision_codec = Codec("Decision", registry_url=settings.schema_registry_url)
     joined = app.topic(settings.topic("joined"), key_serializer="raw", value_serializer="raw")
@@ -43,10 +46,6 @@ def install_promoter(
         min_effect=settings.promoter_min_effect,
         mode=settings.promoter_mode,
     )
-
-    metadata = open_metadata(
-        settings
-    )  # before consuming: an agent must not wait between assignment and its loop
 
     @app.agent(joined)
     async def promote(stream):  # type: ignore[no-untyped-def]

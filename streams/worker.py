@@ -32,6 +32,7 @@ app = make_app(
 requests_topic = app.topic(settings.topic("requests"), key_serializer="raw", value_serializer="raw")
 dead_letter_topic = app.topic(settings.topic("dlq"), key_serializer="raw", value_serializer="raw")
 join_counts = install_join(app, settings, dead_letter_topic)
+metadata = open_metadata(settings)  # once, before consuming: agents must not wait before their loop
 built_runtime: Runtime | None = None  # set by main() before the worker consumes
 runtime_ready: asyncio.Future[Runtime] | None = None
 
@@ -72,13 +73,12 @@ async def record_feature_stats() -> None:
     if stats is None:
         return
     runtime.feature_stats = stats.empty()
-    metadata = await asyncio.to_thread(open_metadata, settings)
     if metadata is not None:
         scope = f"serving:{socket.gethostname()}:{os.getpid()}"
         await asyncio.to_thread(metadata.record_feature_stats, scope, int(time.time() * 1000), stats)
 
 
-install_promoter(app, settings, get_runtime)
+install_promoter(app, settings, get_runtime, metadata)
 install_explain_endpoint(app, get_runtime)
 
 
