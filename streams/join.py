@@ -62,8 +62,9 @@ def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.Topi
         key_serializer="raw",
         value_serializer="raw",
     )
+    by_request_name = f"{settings.topic_prefix}join-by-request"
     by_request = app.topic(
-        f"{settings.topic_prefix}join-by-request",
+        by_request_name,
         key_serializer="json",
         value_serializer="json",
         partitions=partitions,
@@ -81,6 +82,20 @@ def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.Topi
     retention_ms = int(settings.join_retention_s * 1000)
     clock = StreamClock(started_wall_ms=wall_ms(), retention_ms=retention_ms)
 
+    async def reject(message: Any, reason: str, error_type: str) -> None:
+        """Count, log and dead-letter a message the join cannot use; the stream goes on."""
+        counts["rejected"] += 1
+        source = Source(message.topic, message.partition, message.offset, message.key, message.value or b"")
+        log.warning(
+            "dead letter topic=%s partition=%s offset=%s reason=%s",
+            message.topic,
+            message.partition,
+            message.offset,
+            reason,
+        )
+        letter = dead_letter(source, reason, error_type)
+        await dead_letters.send(key=message.key, value=dead_letter_codec.encode(letter))
+
     @app.agent(sources)
     async def rekey(stream):  # type: ignore[no-untyped-def]
         """Decode predictions and outcomes and re-key them by request id (bad outcomes → DLQ)."""
@@ -89,19 +104,7 @@ def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.Topi
             is_prediction = message.topic == predictions_topic
             decoded = (prediction_codec if is_prediction else outcome_codec).decode(message.value or b"")
             if isinstance(decoded, Rejected):
-                counts["rejected"] += 1
-                source = Source(
-                    message.topic, message.partition, message.offset, message.key, message.value or b""
-                )
-                letter = dead_letter(source, decoded.reason, decoded.error_type)
-                log.warning(
-                    "dead letter topic=%s partition=%s offset=%s reason=%s",
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    decoded.reason,
-                )
-                await dead_letters.send(key=message.key, value=dead_letter_codec.encode(letter))
+                await reject(message, decoded.reason, decoded.error_type)
                 continue
             record = (
                 compact_prediction(decoded)
@@ -125,12 +128,18 @@ def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.Topi
         async for event in stream.events():
             request_id: str = event.key
             value: dict[str, Any] = event.value
-            at_ms: int = value["at_ms"]
+            try:
+                kind, record = value["kind"], value["record"]
+                # Messages re-keyed by an earlier rig carry no at_ms: their re-key time is the nearest.
+                at_ms = int(value.get("at_ms", event.message.timestamp * 1000))
+            except (KeyError, TypeError, ValueError, AttributeError) as error:
+                await reject(event.message, f"unreadable {by_request_name} message: {error!r}", "malformed")
+                continue
             entry = table.get(request_id)
-            if value["kind"] == "prediction":
-                step = on_prediction(entry, request_id, value["record"], at_ms, retention_ms)
+            if kind == "prediction":
+                step = on_prediction(entry, request_id, record, at_ms, retention_ms)
             else:
-                step = on_outcome(entry, request_id, value["record"], at_ms, retention_ms)
+                step = on_outcome(entry, request_id, record, at_ms, retention_ms)
             await apply(request_id, step)
             clock.observe(at_ms, wall_ms())
 
