@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 
 from rig.config import RigSettings
-from streams.recovery import SeekThenResumeTableManager
+from streams.rebalance import RebalanceSafeApp, SeekThenResumeTableManager
 
 
 def make_app(settings: RigSettings, app_id: str = "rig", **overrides: object) -> faust.App:
@@ -36,4 +36,4 @@ def make_app(settings: RigSettings, app_id: str = "rig", **overrides: object) ->
         "stream_processing_timeout": settings.stall_alert_s,
     }
     options.update(overrides)
-    return faust.App(app_id, **options)
+    return RebalanceSafeApp(app_id, **options)

@@ -43,10 +43,12 @@ def route(deployment: Deployment, *events: dict[str, Any]) -> None:
 
 
 @contextmanager
-def workers(deployment: Deployment, count: int = 1, **env: str) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Run `count` worker processes; on exit stop them and print the tail of their logs."""
-    logs = [deployment.settings.home / f"worker-{i}.log" for i in range(count)]
-    processes = [start_worker(deployment.settings, log, **env) for log in logs]
+def workers(
+    deployment: Deployment, count: int = 1, name: str = "worker", loglevel: str = "warn", **env: str
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Run `count` worker processes (logs `<name>-<i>.log`); on exit stop them and print their logs' tails."""
+    logs = [deployment.settings.home / f"{name}-{i}.log" for i in range(count)]
+    processes = [start_worker(deployment.settings, log, loglevel, **env) for log in logs]
     try:
         yield processes
     finally:
@@ -102,6 +104,19 @@ def get_json(url: str) -> Any:
 
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
+
+
+def worker_group_members(settings: RigSettings) -> list[list[int]]:
+    """Requests-topic partitions held by each member of the workers' consumer group."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(settings.kafka_client_config())
+    group = f"{settings.topic_prefix}worker"
+    description = admin.describe_consumer_groups([group])[group].result()
+    return [
+        [tp.partition for tp in member.assignment.topic_partitions if tp.topic == settings.topic("requests")]
+        for member in description.members
+    ]
 
 
 def eventually(probe: Callable[[], Any], timeout_s: float, what: str) -> Any:

@@ -21,7 +21,15 @@ from rig.model_inputs import column_index
 from rig.registry import ModelRegistry
 from rig.routing import kill_experiment_event, set_golden_event, start_experiment_event
 from tests.conftest import REPO
-from tests.e2e.conftest import Deployment, consume, deploy, route, workers
+from tests.e2e.conftest import (
+    Deployment,
+    consume,
+    deploy,
+    eventually,
+    route,
+    worker_group_members,
+    workers,
+)
 
 pytestmark = pytest.mark.e2e
 AB_SHARE = 0.3
@@ -51,6 +59,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
 @pytest.fixture(scope="module")
 def running(deployment: Deployment) -> Iterator[Deployment]:
     with workers(deployment, count=2) as processes:
+        # Traffic starts once both workers share the partitions (tests/e2e/test_rebalance.py
+        # covers a worker joining mid-stream).
+        eventually(
+            lambda: [len(m) > 0 for m in worker_group_members(deployment.settings)] == [True, True],
+            timeout_s=180,
+            what="both workers to hold partitions",
+        )
         yield replace(deployment, processes=tuple(processes))
 
 
@@ -64,19 +79,6 @@ def offline_golden_scores(deployment: Deployment, entity_ids: list[str]) -> np.n
     assert result.row_ok.all()
     x = result.values[:, column_index(result.columns, meta.features)]
     return registry.load(meta.version).inplace_predict(x)
-
-
-def worker_group_members(settings) -> list[list[int]]:
-    """Requests-topic partitions held by each member of the workers' consumer group."""
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient(settings.kafka_client_config())
-    group = f"{settings.topic_prefix}worker"
-    description = admin.describe_consumer_groups([group])[group].result()
-    return [
-        [tp.partition for tp in member.assignment.topic_partitions if tp.topic == settings.topic("requests")]
-        for member in description.members
-    ]
 
 
 def test_ten_thousand_requests_give_exactly_ten_thousand_predictions(running: Deployment) -> None:
