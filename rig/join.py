@@ -17,7 +17,7 @@ prediction is redelivered (at-least-once).
 Time here is *source* time: the Kafka timestamp of the prediction or outcome message, not the time
 a worker happens to process it. An outcome that arrived within retention joins even if the worker
 was down for longer than retention and reads it from a backlog; `StreamClock` keeps the periodic
-sweep from running ahead of that backlog.
+sweep from running ahead of that backlog, on either source.
 """
 
 from __future__ import annotations
@@ -156,26 +156,37 @@ def sweep(entry: Entry, now_ms: int, retention_ms: int) -> Step:
 
 
 class StreamClock:
-    """The join's notion of "now" for the sweep: the newest source timestamp it has processed,
-    advanced by the wall time since. While a worker works through a backlog this stays at the
-    backlog's time, so nothing expires before its outcome, already waiting in the backlog, is read;
-    once caught up it runs with the wall clock. Before the first event it only ticks once a whole
-    retention has passed since the start (an idle worker has no backlog to wait for)."""
+    """The join's notion of "now" for the sweep, from the source timestamps it has processed.
 
-    def __init__(self, started_wall_ms: int, retention_ms: int) -> None:
+    Each source (predictions, outcomes) has its own clock: the newest timestamp read from it,
+    advanced by the wall time since. While a worker works through a backlog a source's clock stays
+    at the backlog's time; once caught up it runs with the wall clock. Before a source's first event
+    its clock only ticks once a whole retention has passed since the start (an idle source has no
+    backlog to wait for). The join's "now" is the slowest source's clock: the re-key interleaves the
+    two sources, so a worker over a backlog may read new predictions before the older outcomes that
+    are due to join with earlier ones, and those must not expire in between.
+    """
+
+    def __init__(self, started_wall_ms: int, retention_ms: int, sources: tuple[str, ...]) -> None:
         self._started_wall_ms = started_wall_ms
         self._retention_ms = retention_ms
-        self._source_ms: int | None = None
-        self._seen_wall_ms = started_wall_ms
+        self._newest: dict[str, tuple[int, int]] = {}  # source → (newest source ms, wall ms it was read)
+        self._sources = sources
 
-    def observe(self, source_ms: int, wall_ms: int) -> None:
-        """A message with source timestamp `source_ms` was processed at `wall_ms`."""
-        if self._source_ms is None or source_ms >= self._source_ms:
-            self._source_ms = source_ms
-            self._seen_wall_ms = wall_ms
+    def observe(self, source: str, source_ms: int, wall_ms: int) -> None:
+        """A message of `source` with timestamp `source_ms` was processed at `wall_ms`."""
+        newest = self._newest.get(source)
+        if newest is None or source_ms >= newest[0]:
+            self._newest[source] = (source_ms, wall_ms)
 
     def now(self, wall_ms: int) -> int | None:
         """Source time to sweep at, or None: too early to expire anything."""
-        if self._source_ms is None:
-            return wall_ms if wall_ms - self._started_wall_ms >= self._retention_ms else None
-        return self._source_ms + max(0, wall_ms - self._seen_wall_ms)
+        idle_ms = wall_ms if wall_ms - self._started_wall_ms >= self._retention_ms else None
+        clocks = []
+        for source in self._sources:
+            newest = self._newest.get(source)
+            clock = idle_ms if newest is None else newest[0] + max(0, wall_ms - newest[1])
+            if clock is None:
+                return None
+            clocks.append(clock)
+        return min(clocks)

@@ -80,7 +80,7 @@ def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.Topi
     )
     app.tables.add(table)
     retention_ms = int(settings.join_retention_s * 1000)
-    clock = StreamClock(started_wall_ms=wall_ms(), retention_ms=retention_ms)
+    clock = StreamClock(wall_ms(), retention_ms, sources=("prediction", "outcome"))
 
     async def reject(message: Any, reason: str, error_type: str) -> None:
         """Count, log and dead-letter a message the join cannot use; the stream goes on."""
@@ -141,7 +141,7 @@ def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.Topi
             else:
                 step = on_outcome(entry, request_id, record, at_ms, retention_ms)
             await apply(request_id, step)
-            clock.observe(at_ms, wall_ms())
+            clock.observe(kind, at_ms, wall_ms())
 
     async def apply(key: str, step: Step) -> None:
         if step.entry is None:

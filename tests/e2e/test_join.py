@@ -94,6 +94,7 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
         assert (
             len(consume(settings, settings.topic("predictions"), "Prediction", 200, processes=[first])) == 200
         )
+        predicted_at = time.monotonic()
         send_outcomes(deployment, requests[:100])
         rows = consume(settings, joined_topic, "JoinedOutcome", 200, processes=[first])
         assert len(rows) == 200, "100 outcomes x (golden + one shadow)"
@@ -102,9 +103,11 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
         first.wait(timeout=60)
         print_problems(settings.home / "join-1.log")
 
-    # While no worker runs: outcomes for requests predicted before the restart, and new requests.
-    # The second worker starts over this backlog and must process all of it.
+    # While no worker runs: outcomes for requests predicted before the restart, on time, and new
+    # requests, after a downtime longer than retention. The second worker starts over this backlog,
+    # must process all of it, and must not expire the old predictions on the time of the new ones.
     send_outcomes(deployment, requests[100:150])
+    time.sleep(max(0.0, predicted_at + RETENTION_S + 5 - time.monotonic()))
     backlog = requests_for(deployment, [f"backlog-{uuid.uuid4().hex}" for _ in range(100)])
     assert produce_requests(settings, backlog) == 100
     second = start_worker(settings, settings.home / "join-2.log", loglevel="info", web_port=WEB_PORT, **env)
@@ -121,19 +124,20 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
         )
         assert {p["request_id"] for p in answered} == {r["request_id"] for r in backlog}, "backlog answered"
 
-        send_outcomes(deployment, requests[:10])  # duplicates
         send_outcomes(deployment, requests_for(deployment, [f"unknown-{i}" for i in range(5)]))  # orphans
         early = requests_for(deployment, [f"early-{uuid.uuid4().hex}" for _ in range(20)])
         send_outcomes(deployment, early)  # outcomes before their requests exist
         time.sleep(2)
         assert produce_requests(settings, early) == 20
+        eventually(lambda: join_counts()["out_of_order"] >= 20, 60, "the early outcomes to join")
+        send_outcomes(deployment, early[:10])  # duplicates
 
         eventually(
             lambda: join_counts()["expired_unjoined"] >= 150,
             RETENTION_S + 60,
             "unjoined predictions to expire",
         )
-        send_outcomes(deployment, requests[150:160])  # late: beyond retention
+        send_outcomes(deployment, backlog[:10])  # late: beyond retention
         eventually(
             lambda: join_counts()["late"] >= 10 and join_counts()["orphans"] >= 5,
             60,
@@ -152,8 +156,7 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
     assert {row["role"] for row in rows} == {"golden", "shadow"}
     assert counts["joined"] == 70, counts  # 50 joined after the restart + 20 that arrived out of order
     assert counts["out_of_order"] == 20, counts
-    # At-least-once: outcomes the first worker read but had not committed when it stopped are read
-    # again by the second one. They meet a joined entry, so they count as duplicates, never twice.
+    # At least once: an outcome read again after a redelivery also counts as a duplicate.
     assert counts["duplicate_outcomes"] >= 10, counts
     assert counts["orphans"] == 5, counts
     assert counts["expired_unjoined"] == 150, counts  # 50 before the restart, the 100 of the backlog

@@ -172,15 +172,31 @@ def test_a_prediction_long_after_its_outcome_leaves_an_orphan_and_waits_for_its_
 
 
 def test_the_stream_clock_holds_at_the_backlog_and_runs_with_the_wall_clock_once_caught_up() -> None:
-    clock = StreamClock(started_wall_ms=1_000_000, retention_ms=RETENTION)
+    clock = StreamClock(started_wall_ms=1_000_000, retention_ms=RETENTION, sources=("only",))
     assert clock.now(1_000_000 + RETENTION - 1) is None, "no event yet: a backlog may be on its way"
     assert clock.now(1_000_000 + RETENTION) == 1_000_000 + RETENTION, "idle for a whole retention"
-    clock.observe(source_ms=5_000, wall_ms=2_000_000)  # reading a backlog from long ago
+    clock.observe("only", source_ms=5_000, wall_ms=2_000_000)  # reading a backlog from long ago
     assert clock.now(2_000_000) == 5_000
-    clock.observe(source_ms=4_000, wall_ms=2_000_100)  # an older message never moves it back
+    clock.observe("only", source_ms=4_000, wall_ms=2_000_100)  # an older message never moves it back
     assert clock.now(2_000_500) == 5_500
-    clock.observe(source_ms=2_000_900, wall_ms=2_001_000)  # caught up
+    clock.observe("only", source_ms=2_000_900, wall_ms=2_001_000)  # caught up
     assert clock.now(2_011_000) == 2_010_900
+
+
+def test_the_stream_clock_waits_for_the_slowest_source() -> None:
+    clock = StreamClock(started_wall_ms=0, retention_ms=RETENTION, sources=("prediction", "outcome"))
+    clock.observe("prediction", source_ms=900_000, wall_ms=1_000)  # new predictions of a backlog first
+    assert clock.now(1_000) is None, "the outcomes of the backlog are not read yet"
+    clock.observe("outcome", source_ms=100_000, wall_ms=2_000)  # then its older outcomes
+    assert clock.now(2_000) == 100_000
+    table = Table()
+    table.predict("r1", now=100_000 - RETENTION + 1)  # an early prediction of the backlog...
+    table.sweep(clock.now(2_000))
+    table.observe("r1", now=100_000)  # ...joins its outcome, read after the newer predictions
+    assert table.counts == Counter(joined=1)
+    clock.observe("outcome", source_ms=800_000, wall_ms=3_000)
+    assert clock.now(3_000) == 800_000, "both sources caught up"
+    assert clock.now(3_000 + RETENTION) == 800_000 + RETENTION
 
 
 def test_request_partitions_are_stable_and_spread() -> None:
