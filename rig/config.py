@@ -155,6 +155,10 @@ class RigSettings(BaseSettings):
     """A worker logs an error, with Faust's diagnosis of the cause, when an assigned partition with
     messages waiting has not been read or processed for this long (Faust's default is 300 s)."""
 
+    partition_watchdog_s: float = Field(default=10, gt=0)
+    """How often a worker looks for stream partitions with messages waiting and no progress; one
+    found at two looks in a row is read again from its committed offset (a warning is logged)."""
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level of the worker and CLI."""
 

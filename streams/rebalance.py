@@ -1,4 +1,4 @@
-"""Faust's rebalance handling, fixed in two places: no skipped messages, and few repeats.
+"""Faust's rebalance handling, fixed: no skipped messages, few repeats, no silent partitions.
 
 1. Seek before resume. faust-streaming (0.15.3 and earlier) finishes a rebalance by resuming the
    stream partitions and only then seeking them to their committed offsets. With the fetcher already
@@ -17,12 +17,18 @@
    `tests/e2e/test_rebalance.py` 103 of 22,549 requests were answered twice (one run of two).
    `CommitBeforeRevokeConsumer` commits the acked offsets first: no repeat in five runs.
 
-`streams.app.make_app` installs both.
+3. A watchdog for silent partitions. Rarely, a worker started over a backlog never reads one of its
+   partitions: no error, no skipped-message line, the committed offset unchanged (`StuckPartitions`
+   has the details). `install_partition_watchdog` finds such a partition and reads it again.
+
+`streams.app.make_app` installs all three.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from dataclasses import dataclass
 from typing import cast
 
 import faust
@@ -31,6 +37,8 @@ from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka
 from faust.types import TP
 from faust.types.transports import TransportT
+
+log = logging.getLogger(__name__)
 
 
 class SeekThenResumeRecovery(Recovery):
@@ -135,3 +143,98 @@ class RebalanceSafeApp(faust.App):
 
     def _new_transport(self) -> TransportT:
         return RebalanceSafeTransport(self.conf.broker_consumer, self)
+
+
+@dataclass(frozen=True)
+class PartitionProgress:
+    """What Faust knows of one stream partition at one moment."""
+
+    committed: int | None  # next offset to read, as committed
+    read: int | None  # last offset handed to the streams
+    highwater: int | None  # the log end offset, as last fetched
+    in_flight: bool  # messages read and not yet acked
+    held: bool  # paused by Faust, or held back by a full stream buffer
+
+    def waiting(self) -> bool:
+        """Messages wait on the broker while nothing is being worked on."""
+        return (
+            not self.in_flight
+            and not self.held
+            and self.committed is not None
+            and self.highwater is not None
+            and self.highwater > self.committed
+        )
+
+
+class StuckPartitions:
+    """Finds stream partitions that have messages waiting and make no progress.
+
+    faust-streaming can leave a partition silent after a worker starts over a backlog: its messages
+    are fetched but never reach the streams, and nothing is logged (seen in `tests/e2e/test_join.py`
+    and in CI: 13 outcomes on one partition never read in 3 minutes, the committed offset unchanged).
+    A partition counts as stuck when it was `waiting` with the same read and committed offsets at
+    `checks` consecutive looks; seeking it to its committed offset makes the consumer read it again.
+    """
+
+    def __init__(self, checks: int = 2) -> None:
+        self._checks = checks
+        self._seen: dict[TP, tuple[int | None, int | None, int]] = {}
+
+    def look(self, progress: dict[TP, PartitionProgress]) -> list[TP]:
+        """The partitions stuck as of this look (each reported once, then watched afresh)."""
+        stuck: list[TP] = []
+        seen: dict[TP, tuple[int | None, int | None, int]] = {}
+        for tp, now in progress.items():
+            if not now.waiting():
+                continue
+            before = self._seen.get(tp)
+            times = before[2] + 1 if before and before[:2] == (now.read, now.committed) else 1
+            if times >= self._checks:
+                stuck.append(tp)
+            else:
+                seen[tp] = (now.read, now.committed, times)
+        self._seen = seen
+        return stuck
+
+
+def partition_progress(consumer: aiokafka.Consumer) -> dict[TP, PartitionProgress]:
+    """The progress of every assigned stream partition (changelogs are read by recovery)."""
+    in_flight = {message.tp for message in list(consumer._unacked_messages)}
+    held = consumer._paused_partitions | consumer._buffered_partitions
+    return {
+        tp: PartitionProgress(
+            committed=consumer._committed_offset.get(tp),
+            read=consumer._read_offset.get(tp),
+            highwater=consumer.highwater(tp),
+            in_flight=tp in in_flight,
+            held=tp in held,
+        )
+        for tp in consumer.assignment()
+        if not consumer._is_changelog_tp(tp)
+    }
+
+
+def install_partition_watchdog(app: faust.App, interval_s: float) -> None:
+    """Every `interval_s`, seek stuck partitions (see `StuckPartitions`) to their committed offsets."""
+    watch = StuckPartitions()
+
+    @app.timer(interval=interval_s)
+    async def watch_partitions() -> None:
+        consumer = app.consumer
+        if app.rebalancing or not consumer.flow_active:
+            watch.look({})
+            return
+        for tp in watch.look(partition_progress(cast(aiokafka.Consumer, consumer))):
+            progress = partition_progress(cast(aiokafka.Consumer, consumer)).get(tp)
+            if progress is None or not progress.waiting() or progress.committed is None:
+                continue
+            log.warning(
+                "partition stuck, reading it again from its committed offset "
+                "topic=%s partition=%s committed=%s highwater=%s",
+                tp.topic,
+                tp.partition,
+                progress.committed,
+                progress.highwater,
+            )
+            consumer.resume_partitions({tp})
+            await consumer.seek(tp, progress.committed)
