@@ -149,7 +149,7 @@ class RebalanceSafeApp(faust.App):
 class PartitionProgress:
     """What Faust knows of one stream partition at one moment."""
 
-    committed: int | None  # next offset to read, as committed
+    start: int | None  # where reading resumes: the committed offset, else the log start
     read: int | None  # last offset handed to the streams
     highwater: int | None  # the log end offset, as last fetched
     in_flight: bool  # messages read and not yet acked
@@ -160,9 +160,9 @@ class PartitionProgress:
         return (
             not self.in_flight
             and not self.held
-            and self.committed is not None
+            and self.start is not None
             and self.highwater is not None
-            and self.highwater > self.committed
+            and self.highwater > self.start
         )
 
 
@@ -170,10 +170,10 @@ class StuckPartitions:
     """Finds stream partitions that have messages waiting and make no progress.
 
     faust-streaming can leave a partition silent after a worker starts over a backlog: its messages
-    are fetched but never reach the streams, and nothing is logged (seen in `tests/e2e/test_join.py`
-    and in CI: 13 outcomes on one partition never read in 3 minutes, the committed offset unchanged).
-    A partition counts as stuck when it was `waiting` with the same read and committed offsets at
-    `checks` consecutive looks; seeking it to its committed offset makes the consumer read it again.
+    are never handed to the streams, and nothing is logged (seen in `tests/e2e/test_join.py` and in
+    CI: 13 outcomes on one partition never read in 3 minutes, the committed offset unchanged). A
+    partition counts as stuck when it was `waiting` with the same read and start offsets at `checks`
+    consecutive looks; seeking it to its start offset makes the consumer read it again.
     """
 
     def __init__(self, checks: int = 2) -> None:
@@ -188,53 +188,54 @@ class StuckPartitions:
             if not now.waiting():
                 continue
             before = self._seen.get(tp)
-            times = before[2] + 1 if before and before[:2] == (now.read, now.committed) else 1
+            times = before[2] + 1 if before and before[:2] == (now.read, now.start) else 1
             if times >= self._checks:
                 stuck.append(tp)
             else:
-                seen[tp] = (now.read, now.committed, times)
+                seen[tp] = (now.read, now.start, times)
         self._seen = seen
         return stuck
 
 
-def partition_progress(consumer: aiokafka.Consumer) -> dict[TP, PartitionProgress]:
+async def partition_progress(consumer: aiokafka.Consumer) -> dict[TP, PartitionProgress]:
     """The progress of every assigned stream partition (changelogs are read by recovery)."""
+    tps = [tp for tp in consumer.assignment() if not consumer._is_changelog_tp(tp)]
+    committed = {tp: consumer._committed_offset.get(tp) for tp in tps}
+    never_committed = [tp for tp, offset in committed.items() if offset is None]
+    log_start = await consumer.earliest_offsets(*never_committed) if never_committed else {}
     in_flight = {message.tp for message in list(consumer._unacked_messages)}
     held = consumer._paused_partitions | consumer._buffered_partitions
     return {
         tp: PartitionProgress(
-            committed=consumer._committed_offset.get(tp),
+            start=committed[tp] if committed[tp] is not None else log_start.get(tp),
             read=consumer._read_offset.get(tp),
             highwater=consumer.highwater(tp),
             in_flight=tp in in_flight,
             held=tp in held,
         )
-        for tp in consumer.assignment()
-        if not consumer._is_changelog_tp(tp)
+        for tp in tps
     }
 
 
 def install_partition_watchdog(app: faust.App, interval_s: float) -> None:
-    """Every `interval_s`, seek stuck partitions (see `StuckPartitions`) to their committed offsets."""
+    """Every `interval_s`, seek stuck partitions (see `StuckPartitions`) to their start offsets."""
     watch = StuckPartitions()
 
     @app.timer(interval=interval_s)
     async def watch_partitions() -> None:
-        consumer = app.consumer
+        consumer = cast(aiokafka.Consumer, app.consumer)
         if app.rebalancing or not consumer.flow_active:
             watch.look({})
             return
-        for tp in watch.look(partition_progress(cast(aiokafka.Consumer, consumer))):
-            progress = partition_progress(cast(aiokafka.Consumer, consumer)).get(tp)
-            if progress is None or not progress.waiting() or progress.committed is None:
-                continue
+        progress = await partition_progress(consumer)
+        for tp in watch.look(progress):
+            start = cast(int, progress[tp].start)  # a waiting partition has one
             log.warning(
-                "partition stuck, reading it again from its committed offset "
-                "topic=%s partition=%s committed=%s highwater=%s",
+                "partition stuck, reading it again from offset %s topic=%s partition=%s highwater=%s",
+                start,
                 tp.topic,
                 tp.partition,
-                progress.committed,
-                progress.highwater,
+                progress[tp].highwater,
             )
             consumer.resume_partitions({tp})
-            await consumer.seek(tp, progress.committed)
+            await consumer.seek(tp, start)

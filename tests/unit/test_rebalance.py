@@ -11,10 +11,10 @@ OUTCOMES_1 = TP("rig.outcomes", 1)
 
 
 def progress(
-    committed: int | None = 25, read: int | None = 25, highwater: int | None = 38, **kw
+    start: int | None = 25, read: int | None = 25, highwater: int | None = 38, **kw
 ) -> PartitionProgress:
     return PartitionProgress(
-        committed=committed,
+        start=start,
         read=read,
         highwater=highwater,
         in_flight=kw.get("in_flight", False),
@@ -32,18 +32,18 @@ def test_a_partition_waiting_without_progress_at_two_looks_is_stuck_once() -> No
 
 def test_progress_between_looks_is_not_stuck() -> None:
     watch = StuckPartitions(checks=2)
-    watch.look({OUTCOMES_0: progress(read=25, committed=25)})
-    assert watch.look({OUTCOMES_0: progress(read=30, committed=25)}) == []
-    assert watch.look({OUTCOMES_0: progress(read=30, committed=31)}) == []
+    watch.look({OUTCOMES_0: progress(read=25, start=25)})
+    assert watch.look({OUTCOMES_0: progress(read=30, start=25)}) == []
+    assert watch.look({OUTCOMES_0: progress(read=30, start=31)}) == []
 
 
 def test_caught_up_busy_or_held_partitions_are_never_stuck() -> None:
     watch = StuckPartitions(checks=1)
     looks = {
-        OUTCOMES_0: progress(committed=38, highwater=38),  # nothing waits
+        OUTCOMES_0: progress(start=38, highwater=38),  # nothing waits
         OUTCOMES_1: progress(in_flight=True),  # an agent works on it
         TP("rig.requests", 0): progress(held=True),  # paused, or its stream buffer is full
-        TP("rig.requests", 1): progress(committed=None),  # never committed: no offset to go back to
+        TP("rig.requests", 1): progress(start=None),  # its log start is not known yet
         TP("rig.requests", 2): progress(highwater=None),  # never fetched yet
     }
     assert watch.look(looks) == []
