@@ -56,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,9 @@ from typing import Any
 import numpy as np
 from bench_warmup import (  # shared by every benchmark
     Collector,
+    Message,
+    Sender,
+    connected_producer,
     isolated_settings,
     require_services,
     say,
@@ -87,7 +90,6 @@ NAIVE_STAGES = ("decode", "enrich", "transform", "predict", "total")
 TARGET_RATIO = 10.0
 BUSY_AFTER_LIMIT_S = 100.0  # longest wait for an agent to be idle after its backlog
 SERVE_PREDICT_ONLY = "--serve-predict-only"
-Message = tuple[str, bytes, bytes]  # request_id, key, encoded value
 
 
 # -- deployment ---------------------------------------------------------------------------------
@@ -232,49 +234,15 @@ def encoded_requests(settings: RigSettings, n: int, seed: int) -> list[Message]:
     ]
 
 
-def connected_producer(settings: RigSettings) -> Any:
-    """One producer for the whole run, connected before any clock starts.
-
-    A message's CreateTime is stamped when it is produced: a producer still connecting to the broker
-    would add its connection time to the first requests' latency.
-    """
-    from confluent_kafka import Producer
-
-    producer = Producer({**settings.kafka_client_config(), "linger.ms": 5, "acks": "all"})
-    producer.list_topics(timeout=10)
-    return producer
-
-
 def produce(producer: Any, topic: str, messages: Sequence[Message], rate_per_s: float | None) -> Sent:
     """Produce pre-encoded requests (paced to `rate_per_s`, or as fast as possible) and wait for acks."""
-    sent = Sent()
-
-    def delivered(request_id: str) -> Callable[[Any, Any], None]:
-        def callback(error: Any, message: Any) -> None:
-            if error is None:
-                sent.create_ms[request_id] = message.timestamp()[1]
-            else:
-                sent.failed += 1
-
-        return callback
-
-    sent.began = time.perf_counter()
-    for index, (request_id, key, value) in enumerate(messages):
-        if rate_per_s:
-            ahead = index / rate_per_s - (time.perf_counter() - sent.began)
-            if ahead > 0:
-                time.sleep(ahead)
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value, on_delivery=delivered(request_id))
-                break
-            except BufferError:
-                producer.poll(0.01)
-        producer.poll(0)
-    sent.ended = time.perf_counter()
+    sender = Sender(producer, topic)
+    began = time.perf_counter()
+    sender.send(messages, rate_per_s)
+    ended = time.perf_counter()
     if producer.flush(60):
         raise RuntimeError(f"requests to {topic} not acknowledged within 60 s")
-    return sent
+    return Sent(create_ms=sender.create_ms, failed=sender.failed, began=began, ended=ended)
 
 
 def decode_predictions(raw: Sequence[tuple[int, bytes]], wanted: set[str]) -> dict[str, tuple[int, dict]]:

@@ -384,7 +384,11 @@ class Collector:
 
 
 def connected_producer(settings: RigSettings) -> Any:
-    """A producer already connected to the broker (its connection time is not on a request's clock)."""
+    """One producer for a whole run, connected before any clock starts.
+
+    A message's CreateTime is stamped when it is produced: a producer still connecting to the broker
+    would add its connection time to the first requests' latency.
+    """
     from confluent_kafka import Producer
 
     producer = Producer({**settings.kafka_client_config(), "linger.ms": 5, "acks": "all"})
