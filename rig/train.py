@@ -20,7 +20,8 @@ from rig.data import FEATURE_SETS, World, labelled_events
 from rig.metrics import log_loss_per_row, roc_auc
 from rig.model_inputs import column_index, model_columns
 from rig.registry import ModelMeta, ModelRegistry
-from rig.transform import FittedTransform, TransformSpec, fit
+from rig.transform import FittedTransform, fit
+from rig.transform_spec import TransformSpec
 
 if TYPE_CHECKING:
     import xgboost

@@ -24,8 +24,8 @@ from rig.data import OFFLINE_STORE_FILE
 from rig.dispatch import TrafficLimiter
 from rig.errors import RigError
 from rig.explain_service import ExplanationService
+from rig.feature_stats import FeatureStats
 from rig.features import FeatureStoreClient
-from rig.metadata import FeatureStats
 from rig.model_inputs import column_index
 from rig.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader
 from rig.registry import ModelRegistry

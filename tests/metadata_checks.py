@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 
 from rig.errors import MetadataError
-from rig.metadata import Experiment, FeatureStats, LabelDelays, MetadataStore, ModelMetrics
+from rig.feature_stats import FeatureStats
+from rig.metadata import Experiment, LabelDelays, MetadataStore, ModelMetrics
 from rig.registry import ModelMeta
 
 Check = Callable[[MetadataStore], None]

@@ -250,7 +250,7 @@ def test_redis_unreachable_means_bypass_without_errors_raised(
 ) -> None:
     cache = PredictionCache("redis://127.0.0.1:1/0", namespace, TTL_S, 1000, 10**7, backoff_s=0.0)
     x = rows(50)
-    caplog.set_level(logging.DEBUG, logger="rig.cache")
+    caplog.set_level(logging.DEBUG, logger="rig.cache_tiers")
 
     started = time.perf_counter()
     for _ in range(5):

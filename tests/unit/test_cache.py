@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from rig.cache import CacheMetrics, HitTier, PredictionCache, PurgeResult, canonical_rows
+from rig.cache import HitTier, PredictionCache, PurgeResult, canonical_rows
+from rig.cache_tiers import CacheMetrics
 from rig.errors import CacheError
 
 MODEL = "risk.1"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import xgboost
 
+from rig.anchors import Anchor, Condition
 from rig.config import RigSettings
 from rig.data import (
     FEATURE_NAMES,
@@ -21,7 +22,7 @@ from rig.data import (
     make_world,
 )
 from rig.errors import ExplainerError
-from rig.explainer import Anchor, Condition, Explainer, ExplainerOptions, explanation_key
+from rig.explainer import Explainer, ExplainerOptions, explanation_key
 from rig.model_inputs import model_columns
 from rig.train import fit_booster, load_transform_spec, model_matrix
 from rig.transform import fit

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from rig.errors import MetadataError
-from rig.metadata import FeatureStats, MetadataStore
+from rig.feature_stats import FeatureStats
+from rig.metadata import MetadataStore
 from tests.metadata_checks import CHECKS, Check, check_id, opened_store, reference_frame
 
 
