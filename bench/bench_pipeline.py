@@ -70,6 +70,7 @@ from bench_warmup import (  # shared by every benchmark
     isolated_settings,
     require_services,
     say,
+    unlink_keys,
     with_prefix,
 )
 
@@ -159,23 +160,6 @@ def delete_topics(settings: RigSettings) -> list[str]:
     return names
 
 
-def delete_redis_keys(settings: RigSettings) -> int:
-    """Delete the Redis keys under this run's (unique) prefix: the prediction caches' entries."""
-    import redis
-
-    client = redis.Redis.from_url(settings.redis_url)
-    deleted = 0
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=f"{settings.topic_prefix}*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            deleted += client.unlink(*batch)
-            batch = []
-    if batch:
-        deleted += client.unlink(*batch)
-    return deleted
-
-
 def cleanup(settings: RigSettings) -> None:
     """Remove the Feast project's Redis keys and registry objects, and the run's topics."""
     from rig.features import FeatureStoreClient
@@ -186,7 +170,8 @@ def cleanup(settings: RigSettings) -> None:
     except Exception as error:  # noqa: BLE001 - cleanup must go on; reported
         say(f"feast teardown failed: {error}")
     try:
-        say(f"  deleted {delete_redis_keys(settings)} Redis keys under {settings.topic_prefix} (cache)")
+        deleted = unlink_keys(settings.redis_url, f"{settings.topic_prefix}*")
+        say(f"  deleted {deleted} Redis keys under {settings.topic_prefix} (cache)")
     except Exception as error:  # noqa: BLE001 - cleanup must go on; reported
         say(f"cache key deletion failed: {error}")
     try:

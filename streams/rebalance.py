@@ -15,7 +15,8 @@
    `broker_commit_interval` of work done twice. Seen in CI: a worker joining mid-run in
    `tests/e2e/test_predict_pipeline.py` repeated 429 and then 536 of 10,000 predictions; in
    `tests/e2e/test_rebalance.py` 103 of 22,549 requests were answered twice (one run of two).
-   `CommitBeforeRevokeConsumer` commits the acked offsets first: no repeat in five runs.
+   `CommitBeforeRevokeConsumer` runs Faust's own revoke steps (stop, wait for the agents, commit)
+   before the acks are forgotten.
 
 3. A watchdog for silent partitions. Rarely, a worker started over a backlog never reads one of its
    partitions: no error, no skipped-message line, the committed offset unchanged (`StuckPartitions`
@@ -114,20 +115,26 @@ class SeekThenResumeTableManager(TableManager):
 
 
 class CommitBeforeRevokeConsumer(aiokafka.Consumer):
-    """Faust's aiokafka consumer that commits the acked offsets before it gives partitions up.
+    """Faust's aiokafka consumer that finishes and commits its work before it gives partitions up.
 
-    The events still in flight are acked after this commit; Faust's own wait for the streams commits
-    them (its bookkeeping for them starts afresh). Messages read but not yet started are dropped by
-    Faust and read again by the partition's next owner: at least once, with no repeats in between.
+    Faust's own steps on revoke (stop the flow, drop the messages not yet started, wait for the
+    agents to finish what they started, commit), run *before* Faust forgets what was acked on the
+    revoked partitions, so the commit covers the finished work. The dropped messages are read again
+    by the partition's next owner: at least once, with no repeats in between.
     """
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        """Commit what was processed, then let Faust revoke the partitions."""
-        if revoked and not self.app.client_only:
-            # A timed commit under way holds back ours (Faust's commit then only waits for it).
-            while await self.maybe_wait_for_commit_to_finish():
-                pass
-            await self.commit()
+        """Drain and commit, then let Faust revoke the partitions (its own steps find them done)."""
+        assignment = self.assignment()
+        if revoked and assignment and not self.app.client_only:
+            self.stop_flow()
+            self.app.flow_control.suspend()
+            self.pause_partitions(assignment)
+            self.app.flow_control.clear()
+            if self.app.conf.stream_wait_empty:
+                await self.wait_empty()  # commits as it waits, and once all is acked
+            else:
+                await self.commit()
         await super().on_partitions_revoked(revoked)
 
 
