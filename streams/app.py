@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 
 from rig.config import RigSettings
-from streams.rebalance import RebalanceSafeApp, SeekThenResumeTableManager, install_partition_watchdog
+from streams.rebalance import SeekThenResumeTableManager, install_partition_watchdog
 
 
 def make_app(settings: RigSettings, app_id: str = "rig", **overrides: object) -> faust.App:
@@ -36,6 +36,6 @@ def make_app(settings: RigSettings, app_id: str = "rig", **overrides: object) ->
         "stream_processing_timeout": settings.stall_alert_s,
     }
     options.update(overrides)
-    app = RebalanceSafeApp(app_id, **options)
+    app = faust.App(app_id, **options)
     install_partition_watchdog(app, settings.partition_watchdog_s)
     return app

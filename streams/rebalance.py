@@ -1,4 +1,4 @@
-"""Faust's rebalance handling, fixed: no skipped messages, few repeats, no silent partitions.
+"""Faust's rebalance handling, fixed where it loses or stalls messages.
 
 1. Seek before resume. faust-streaming (0.15.3 and earlier) finishes a rebalance by resuming the
    stream partitions and only then seeking them to their committed offsets. With the fetcher already
@@ -9,20 +9,11 @@
    to 9 of them in 3 of 4 runs. `SeekThenResumeRecovery` is Faust's own two methods, reordered: seek
    while the partitions are still paused, then resume.
 
-2. Commit before revoke. When partitions are revoked, Faust first forgets what was acked on them and
-   only then waits for the agents and commits, so that commit finds nothing to commit: every
-   partition (an eager rebalance revokes all of them) is read again from the last timed commit, up to
-   `broker_commit_interval` of work done twice. Seen in CI: a worker joining mid-run in
-   `tests/e2e/test_predict_pipeline.py` repeated 429 and then 536 of 10,000 predictions; in
-   `tests/e2e/test_rebalance.py` 103 of 22,549 requests were answered twice (one run of two).
-   `CommitBeforeRevokeConsumer` runs Faust's own revoke steps (stop, wait for the agents, commit)
-   before the acks are forgotten.
-
-3. A watchdog for silent partitions. Rarely, a worker started over a backlog never reads one of its
+2. A watchdog for silent partitions. Rarely, a worker started over a backlog never reads one of its
    partitions: no error, no skipped-message line, the committed offset unchanged (`StuckPartitions`
    has the details). `install_partition_watchdog` finds such a partition and reads it again.
 
-`streams.app.make_app` installs all three.
+`streams.app.make_app` installs both.
 """
 
 from __future__ import annotations
@@ -37,7 +28,6 @@ from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka
 from faust.types import TP
-from faust.types.transports import TransportT
 
 log = logging.getLogger(__name__)
 
@@ -112,44 +102,6 @@ class SeekThenResumeTableManager(TableManager):
                 self.app, cast(TableManager, self), beacon=self.beacon, loop=self.loop
             )
         return self._recovery
-
-
-class CommitBeforeRevokeConsumer(aiokafka.Consumer):
-    """Faust's aiokafka consumer that finishes and commits its work before it gives partitions up.
-
-    Faust's own steps on revoke (stop the flow, drop the messages not yet started, wait for the
-    agents to finish what they started, commit), run *before* Faust forgets what was acked on the
-    revoked partitions, so the commit covers the finished work. The dropped messages are read again
-    by the partition's next owner: at least once, with no repeats in between.
-    """
-
-    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        """Drain and commit, then let Faust revoke the partitions (its own steps find them done)."""
-        assignment = self.assignment()
-        if revoked and assignment and not self.app.client_only:
-            self.stop_flow()
-            self.app.flow_control.suspend()
-            self.pause_partitions(assignment)
-            self.app.flow_control.clear()
-            if self.app.conf.stream_wait_empty:
-                await self.wait_empty()  # commits as it waits, and once all is acked
-            else:
-                await self.commit()
-        await super().on_partitions_revoked(revoked)
-
-
-class RebalanceSafeTransport(aiokafka.Transport):
-    """Faust's aiokafka transport with `CommitBeforeRevokeConsumer`."""
-
-    Consumer = CommitBeforeRevokeConsumer
-
-
-class RebalanceSafeApp(faust.App):
-    """`faust.App` whose consumer commits before revoke (its tables recover with
-    `SeekThenResumeTableManager`, set through Faust's `TableManager` setting by `make_app`)."""
-
-    def _new_transport(self) -> TransportT:
-        return RebalanceSafeTransport(self.conf.broker_consumer, self)
 
 
 @dataclass(frozen=True)

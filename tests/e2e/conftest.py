@@ -43,12 +43,10 @@ def route(deployment: Deployment, *events: dict[str, Any]) -> None:
 
 
 @contextmanager
-def workers(
-    deployment: Deployment, count: int = 1, name: str = "worker", loglevel: str = "warn", **env: str
-) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Run `count` worker processes (logs `<name>-<i>.log`); on exit stop them and print their logs' tails."""
-    logs = [deployment.settings.home / f"{name}-{i}.log" for i in range(count)]
-    processes = [start_worker(deployment.settings, log, loglevel, **env) for log in logs]
+def workers(deployment: Deployment, count: int = 1, **env: str) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Run `count` worker processes; on exit stop them and print the tail of their logs."""
+    logs = [deployment.settings.home / f"worker-{i}.log" for i in range(count)]
+    processes = [start_worker(deployment.settings, log, **env) for log in logs]
     try:
         yield processes
     finally:

@@ -59,8 +59,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
 @pytest.fixture(scope="module")
 def running(deployment: Deployment) -> Iterator[Deployment]:
     with workers(deployment, count=2) as processes:
-        # Traffic starts once both workers share the partitions (tests/e2e/test_rebalance.py
-        # covers a worker joining mid-stream).
+        # Traffic starts once both workers share the partitions: a worker joining mid-stream makes
+        # Faust redo the work since its last commit (at least once), and this test counts exactly.
         eventually(
             lambda: [len(m) > 0 for m in worker_group_members(deployment.settings)] == [True, True],
             timeout_s=180,
