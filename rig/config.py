@@ -157,7 +157,8 @@ class RigSettings(BaseSettings):
 
     partition_watchdog_s: float = Field(default=10, gt=0)
     """How often a worker looks for stream partitions with messages waiting and no progress; one
-    found at two looks in a row is read again from its committed offset (a warning is logged)."""
+    found at two looks in a row is read again from its committed offset, or from the log start if
+    nothing was ever committed (a warning is logged)."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level of the worker and CLI."""

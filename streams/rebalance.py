@@ -160,7 +160,8 @@ async def partition_progress(consumer: aiokafka.Consumer) -> dict[TP, PartitionP
     """The progress of every assigned stream partition (changelogs are read by recovery)."""
     tps = [tp for tp in consumer.assignment() if not consumer._is_changelog_tp(tp)]
     committed = {tp: consumer._committed_offset.get(tp) for tp in tps}
-    never_committed = [tp for tp, offset in committed.items() if offset is None]
+    # Only a partition with messages can be waiting: ask the broker for the log start of those alone.
+    never_committed = [tp for tp, offset in committed.items() if offset is None and consumer.highwater(tp)]
     log_start = await consumer.earliest_offsets(*never_committed) if never_committed else {}
     in_flight = {message.tp for message in list(consumer._unacked_messages)}
     held = consumer._paused_partitions | consumer._buffered_partitions
