@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install services-up services-down demo test test-unit lint bench clean
+.PHONY: install services-up demo-services services-down demo test test-unit lint bench clean
 
 install: $(VENV)/.installed
 
@@ -15,18 +15,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# What the tests use: Kafka, Redis, PostgreSQL and kcat. A service that cannot start stops the others
+# this command started, and says what to do.
 services-up: install
 	ops/tools/install
-	RIG_PYTHON=$(BIN)/python ops/redis/up
-	RIG_PYTHON=$(BIN)/python ops/kafka/up
-	ops/postgres/up
+	RIG_PYTHON=$(BIN)/python ops/services up redis kafka postgres
+
+# What the demo uses: Kafka and Redis (its metadata store is SQLite), PostgreSQL only when
+# RIG_METADATA_URL points at it.
+demo-services: install
+	RIG_PYTHON=$(BIN)/python ops/services up redis kafka $(if $(findstring postgresql,$(RIG_METADATA_URL)),postgres)
 
 services-down:
-	-ops/kafka/down
-	-ops/postgres/down
-	-ops/redis/down
+	ops/services down
 
-demo: services-up
+demo: demo-services
 	$(BIN)/rig demo
 
 # Starts the services, runs every test, stops the services, and keeps pytest's exit code.
