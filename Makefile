@@ -30,7 +30,7 @@ services-down:
 	ops/services down
 
 demo: demo-services
-	$(BIN)/rig demo
+	$(BIN)/rig-sim demo
 
 # Starts the services, runs every test, stops the services, and keeps pytest's exit code.
 test: services-up
@@ -40,8 +40,8 @@ test-unit: install
 	$(BIN)/pytest -q tests/unit
 
 lint: install
-	$(BIN)/ruff check rig streams tests bench ops
-	$(BIN)/ruff format --check rig streams tests bench ops
+	$(BIN)/ruff check rig streams sim tests bench ops
+	$(BIN)/ruff format --check rig streams sim tests bench ops
 
 clean: services-down
 	rm -rf .rig ops/kafka/state ops/redis/state ops/feast/data

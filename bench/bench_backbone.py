@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import xgboost
 
-from rig.backbone import MODEL_NTHREAD, Backbone, MicroBatcher
-from rig.registry import ModelRegistry
+from rig.models.registry import ModelRegistry
+from rig.serving.backbone import MODEL_NTHREAD, Backbone, MicroBatcher
 
 N_FEATURES = 16
 N_TREES = 200

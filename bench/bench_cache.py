@@ -27,9 +27,9 @@ import numpy as np
 import redis
 import xgboost
 
-from rig.backbone import MODEL_NTHREAD
-from rig.cache import HitTier, PredictionCache
+from rig.cache.store import HitTier, PredictionCache
 from rig.config import RigSettings
+from rig.serving.backbone import MODEL_NTHREAD
 
 N_FEATURES = 20
 N_TREES = 200

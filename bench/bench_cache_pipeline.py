@@ -6,14 +6,14 @@ than the backlog has requests, models `golden`, `better`, `worse` trained on Fea
 serves every measurement; routing is the golden plus two shadow experiments (`better`, `worse`), so
 every request is scored by three models (or answered by the cache for all three).
 
-1. Hit path, measured directly with `rig.cache.PredictionCache` on real rows (the deployment's
+1. Hit path, measured directly with `rig.cache.store.PredictionCache` on real rows (the deployment's
    transform output for 500 entities read from the online store), median of interleaved trials:
    tier-1 hit (in-process LRU), tier-2 hit (Redis MGET, tier 1 off), miss in both tiers, and beside
    them the work a hit saves: `inplace_predict` of the three models on the same rows. µs per row at
    batch 500 (the worker's `batch_max`) and µs per call for a single row. The worker looks up every
    routed version, so a batch costs three lookups.
 2. End to end: for each repeat share (0, 0.5, 0.9) and cache on/off (RIG_CACHE_ENABLED), a fresh
-   `rig worker` (rig.deploy.start_worker) on its own topic prefix, hence its own consumer group and
+   `rig worker` (sim.deploy.start_worker) on its own topic prefix, hence its own consumer group and
    its own, empty, cache namespace `<prefix>cache:`. Automatic explanations are off by default
    (RIG_EXPLAIN_DISAGREEMENT=1; `--explain` keeps them): with a `worse` shadow nearly every batch
    has disagreements, the explain work runs in the same process and costs far more than a
@@ -84,10 +84,10 @@ from bench_warmup import (
 )
 
 from rig.config import RigSettings
-from rig.control import publish_control
-from rig.data import World
-from rig.deploy import prepare, start_worker, stop_processes
-from rig.routing import set_golden_event, start_experiment_event
+from rig.routing.control import publish_control
+from rig.routing.table import set_golden_event, start_experiment_event
+from sim.deploy import prepare, start_worker, stop_processes
+from sim.world import World
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "cache_pipeline.json"
@@ -191,12 +191,12 @@ def hit_path(
     settings: RigSettings, versions: dict[str, str], world: World, cleanup: Cleanup
 ) -> dict[str, Any]:
     """µs per row (batch MICRO_BATCH) and per single-row call of the cache tiers and of the models."""
-    from rig.backbone import MODEL_NTHREAD
-    from rig.cache import HitTier, PredictionCache
-    from rig.features import FeatureStoreClient
-    from rig.model_inputs import column_index
-    from rig.online_reader import RedisLayoutReader
-    from rig.registry import ModelRegistry
+    from rig.cache.store import HitTier, PredictionCache
+    from rig.features.online_reader import RedisLayoutReader
+    from rig.features.store import FeatureStoreClient
+    from rig.models.registry import ModelRegistry
+    from rig.serving.backbone import MODEL_NTHREAD
+    from rig.transform.model_inputs import column_index
 
     registry = ModelRegistry(settings.model_dir)
     golden = versions["golden"]
@@ -281,7 +281,7 @@ def run_once(
     idle_timeout_s: float,
     explain: bool,
 ) -> dict[str, Any]:
-    from rig.topics import ensure_topics
+    from rig.wire.topics import ensure_topics
 
     tag = f"{'on' if cache else 'off'}{round(share * 100)}r{repeat}"
     settings = with_prefix(base, tag)

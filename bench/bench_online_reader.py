@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from rig.config import RigSettings
-from rig.deploy import isolated_feast_repo
-from rig.features import FeatureStoreClient, prepare_world
-from rig.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader
+from rig.features.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader
+from rig.features.store import FeatureStoreClient, prepare_world
+from sim.deploy import isolated_feast_repo
 
 N_ENTITIES = 5_000
 WORLD_DAYS = 3

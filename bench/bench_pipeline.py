@@ -5,7 +5,7 @@ the shared Redis), a synthetic world of 5,000 entities, three models trained on 
 reads, and on the control topic a golden model plus two shadow experiments (`better`, `worse`).
 Every agent scores every request with all three models. Agents (each on its own topics):
 
-- rig:          `rig worker` as shipped (rig.deploy.start_worker): the micro-batched predict agent
+- rig:          `rig worker` as shipped (sim.deploy.start_worker): the micro-batched predict agent
                 (fast Redis-layout reader, backbone pools) AND the other agents the worker runs in
                 the same process (join, promoter, explainer, metadata, ...), which also work on
                 what it produces.
@@ -74,12 +74,12 @@ from bench_warmup import (  # shared by every benchmark
     with_prefix,
 )
 
-from rig.clients import synthetic_requests
-from rig.codec import Codec, Rejected
+from rig.cli.clients import synthetic_requests
 from rig.config import RigSettings
-from rig.control import publish_control
-from rig.deploy import prepare, settings_env, start_worker, stop_processes
-from rig.routing import set_golden_event, start_experiment_event
+from rig.routing.control import publish_control
+from rig.routing.table import set_golden_event, start_experiment_event
+from rig.wire.codec import Codec, Rejected
+from sim.deploy import prepare, settings_env, start_worker, stop_processes
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "pipeline.json"
@@ -122,7 +122,7 @@ def serve_predict_only() -> None:
     """The rig's predict agent alone: what streams/worker.py runs, without its other agents."""
     import asyncio
 
-    from rig.topics import ensure_topics
+    from rig.wire.topics import ensure_topics
     from streams.app import make_app
     from streams.predict import handle_batch
     from streams.runtime import Runtime
@@ -162,7 +162,7 @@ def delete_topics(settings: RigSettings) -> list[str]:
 
 def cleanup(settings: RigSettings) -> None:
     """Remove the Feast project's Redis keys and registry objects, and the run's topics."""
-    from rig.features import FeatureStoreClient
+    from rig.features.store import FeatureStoreClient
 
     try:
         FeatureStoreClient(settings).teardown()
@@ -708,7 +708,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    from rig.topics import ensure_topics
+    from rig.wire.topics import ensure_topics
 
     settings = isolated_settings(root, args.entities, args.days, args.seed, "pipeline")
     naive_settings = with_prefix(settings, "naive")

@@ -4,7 +4,7 @@ warmer, beside the steady-state p99 measured in the same worker run. Target: wit
 
 Not a test. One deployment (own Feast project on the shared Redis, a synthetic world of 3,000
 entities, models `golden` and challenger `better` trained on Feast historical reads) serves every run.
-Each run gets a fresh `rig worker` (rig.deploy.start_worker) on its own topic prefix, hence its own
+Each run gets a fresh `rig worker` (sim.deploy.start_worker) on its own topic prefix, hence its own
 consumer group and its own prediction-cache namespace `<prefix>cache:`, so the cold case is really cold:
 
 1. routing: golden only (`better` is not loaded and has no cache entries);
@@ -68,12 +68,12 @@ from typing import Any
 import numpy as np
 import xgboost
 
-from rig.clients import synthetic_requests
-from rig.codec import Codec, Rejected
+from rig.cli.clients import synthetic_requests
 from rig.config import RigSettings
-from rig.control import publish_control
-from rig.deploy import isolated_feast_repo, prepare, start_worker, stop_processes
-from rig.routing import set_golden_event
+from rig.routing.control import publish_control
+from rig.routing.table import set_golden_event
+from rig.wire.codec import Codec, Rejected
+from sim.deploy import isolated_feast_repo, prepare, start_worker, stop_processes
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "warmup.json"
@@ -179,7 +179,7 @@ class Cleanup:
                 say(f"could not stop worker {worker.pid}: {error}")
         if self.feast_applied:
             try:
-                from rig.features import FeatureStoreClient
+                from rig.features.store import FeatureStoreClient
 
                 FeatureStoreClient(self.base).teardown()
                 say("cleanup: feast project torn down")
@@ -544,7 +544,7 @@ def run_once(
     logs: Path,
 ) -> dict[str, Any]:
     """One worker, warmer on or off: steady traffic, a promotion, the first answers of the new golden."""
-    from rig.topics import ensure_topics
+    from rig.wire.topics import ensure_topics
 
     settings = with_prefix(base, f"{variant}{repeat}")
     cleanup.prefixes.append(settings.topic_prefix)

@@ -1,7 +1,7 @@
 """The naive baseline of bench/bench_pipeline.py: a Faust agent that answers ONE request at a time.
 
 For each message it does what a first, straightforward implementation would do: decode it with
-`rig.codec`, read the features of its one entity through the Feast SDK (`FeastSdkReader` over
+`rig.wire.codec`, read the features of its one entity through the Feast SDK (`FeastSdkReader` over
 `FeatureStoreClient`), transform that one row with the deployment's stored `FittedTransform`, score
 it with the golden model and every live shadow, one `inplace_predict` each, build the Prediction
 record and `await` one send. No micro-batching, no thread pool, no fast Redis reader.
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from rig.codec import Codec, Rejected
 from rig.config import RigSettings
+from rig.wire.codec import Codec, Rejected
 from streams.app import make_app
 
 NAIVE_PREFIX_ENV = "BENCH_NAIVE_TOPIC_PREFIX"
@@ -72,12 +72,12 @@ class NaiveState:
 
 def load_state() -> NaiveState:
     """Read the routing once, load its models and the golden's transform (blocking)."""
-    from rig.backbone import MODEL_NTHREAD
-    from rig.control import read_routing
-    from rig.features import FeatureStoreClient
-    from rig.model_inputs import column_index
-    from rig.online_reader import FeastSdkReader
-    from rig.registry import ModelRegistry
+    from rig.features.online_reader import FeastSdkReader
+    from rig.features.store import FeatureStoreClient
+    from rig.models.registry import ModelRegistry
+    from rig.routing.control import read_routing
+    from rig.serving.backbone import MODEL_NTHREAD
+    from rig.transform.model_inputs import column_index
 
     table = read_routing(settings)
     if table.golden is None:

@@ -1,7 +1,7 @@
 """Promoter simulation: false-promotion rate, power and time to decision under continuous monitoring.
 
-Real models on real synthetic data: a world from `rig.data`, XGBoost models trained with
-`rig.train.fit_booster` on point-in-time (`as_of_features`) events — golden (feature set `golden`),
+Real models on real synthetic data: a world from `sim.world`, XGBoost models trained with
+`rig.models.train.fit_booster` on point-in-time (`as_of_features`) events — golden (feature set `golden`),
 a twin (same set, another seed), `better` and `worse` — score a pool of simulated requests. Each run
 draws `--outcomes` requests from the pool with replacement and fresh labels from the *true*
 probability, so runs are independent and every challenger's true mean gain is known exactly
@@ -12,8 +12,9 @@ golden/twin roles swapped at random per request (an exact null with realistic d)
 worse, the three challengers at once (Holm), and de-promotion (stable golden vs drift).
 Baseline in the same run: a naive fixed-sample t-test re-checked every 1,000 outcomes at α = 0.05.
 
-The statistics are vectorised across runs with the same functions `rig.promoter` uses; the first runs
-of every case also go through `Promoter` / `GoldenMonitor` themselves and must decide identically.
+The statistics are vectorised across runs with the same functions `rig.feedback.sequential` uses; the
+first runs of every case also go through `Promoter` / `GoldenMonitor` themselves and must decide
+identically.
 
 Run: .venv/bin/python bench/promoter_sim.py   (writes bench/results/promoter_sim.json and .png)
 """
@@ -31,8 +32,7 @@ import numpy as np
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
-from rig import data
-from rig.promoter import (
+from rig.feedback.sequential import (
     GoldenMonitor,
     Promoter,
     PromoterConfig,
@@ -40,7 +40,8 @@ from rig.promoter import (
     log_mixture_ratio,
     mixture_radius,
 )
-from rig.train import fit_booster
+from rig.models.train import fit_booster
+from sim import world as data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAIVE_EVERY = 1000

@@ -68,15 +68,6 @@ class RigSettings(BaseSettings):
     metadata_url: str | None = None
     """SQLAlchemy URL of the metadata store; defaults to a SQLite file under `home`."""
 
-    world_seed: int = 7
-    """Seed of the synthetic world: the same seed gives the same entities, requests and labels."""
-
-    world_entities: int = Field(default=2_000, ge=10)
-    """Number of entities in the synthetic world."""
-
-    world_days: int = Field(default=14, ge=2)
-    """Days of feature history in the synthetic world."""
-
     batch_max: int = Field(default=500, ge=1)
     """Largest micro-batch an agent takes from a topic."""
 
@@ -149,7 +140,10 @@ class RigSettings(BaseSettings):
     """How many recent requests the warmer replays through a new golden to pre-fill the cache."""
 
     web_port: int = 6066
-    """Port of the worker's web server (metrics, health)."""
+    """Port of the worker's web server (metrics, health); 0 turns it off."""
+
+    web_bind: str = "127.0.0.1"
+    """Address the worker's web server listens on (0.0.0.0 to reach it from other hosts)."""
 
     stall_alert_s: float = Field(default=60, gt=0)
     """A worker logs an error, with Faust's diagnosis of the cause, when an assigned partition with

@@ -10,6 +10,7 @@ import numpy as np
 from rich.console import Console
 
 from rig.config import RigSettings
+from sim.settings import WorldSettings
 
 console = Console()
 DEMO_REQUESTS = 20_000
@@ -26,16 +27,16 @@ def step(title: str) -> Iterator[None]:
     console.print(f"  [dim]done in {time.perf_counter() - started:.1f} s[/]")
 
 
-def run_demo(settings: RigSettings) -> None:
+def run_demo(settings: RigSettings, world: WorldSettings) -> None:
     """Topics, feature store, training, routing, a worker, requests in, predictions out, a summary."""
-    from rig.control import publish_control
-    from rig.deploy import prepare, start_worker
-    from rig.registry import ModelRegistry
-    from rig.routing import set_golden_event, start_experiment_event
+    from rig.models.registry import ModelRegistry
+    from rig.routing.control import publish_control
+    from rig.routing.table import set_golden_event, start_experiment_event
+    from sim.deploy import prepare, start_worker
 
     models = {"golden": "golden", "better": "better", "worse": "worse"}
-    with step(f"Deploy the synthetic world ({settings.world_entities} entities): topics, Feast, training"):
-        _, versions = prepare(settings, models, on_step=lambda name: console.print(f"  · {name}"))
+    with step(f"Deploy the synthetic world ({world.entities} entities): topics, Feast, training"):
+        _, versions = prepare(settings, models, world, on_step=lambda name: console.print(f"  · {name}"))
         registry = ModelRegistry(settings.model_dir)
         for name, version in versions.items():
             meta = registry.meta(version)
@@ -49,17 +50,17 @@ def run_demo(settings: RigSettings) -> None:
         for name in ("better", "worse"):
             publish_control(settings, start_experiment_event(name, versions[name], "shadow", actor="demo"))
 
-    with step("Start a worker (rig worker) and wait until it answers a first request"):
+    with step("Start a worker (rig-worker) and wait until it answers a first request"):
         log_path = settings.home / "demo-worker.log"
         worker = start_worker(settings, log_path)
         console.print(f"  worker log: {log_path}")
     try:
-        send_and_read(settings, 1, rate=None, timeout_s=180)
+        send_and_read(settings, world, 1, rate=None, timeout_s=180)
         with step(f"Steady traffic: {PACED_REQUESTS:,} requests at {PACED_RATE:,}/s"):
-            paced = send_and_read(settings, PACED_REQUESTS, rate=PACED_RATE)
+            paced = send_and_read(settings, world, PACED_REQUESTS, rate=PACED_RATE)
         with step(f"Backlog: {DEMO_REQUESTS:,} requests at once"):
             started = time.perf_counter()
-            backlog = send_and_read(settings, DEMO_REQUESTS, rate=None)
+            backlog = send_and_read(settings, world, DEMO_REQUESTS, rate=None)
             elapsed = time.perf_counter() - started
     finally:
         worker.terminate()
@@ -85,16 +86,17 @@ def run_demo(settings: RigSettings) -> None:
 
 
 def send_and_read(
-    settings: RigSettings, count: int, rate: float | None, timeout_s: float = 300
+    settings: RigSettings, world: WorldSettings, count: int, rate: float | None, timeout_s: float = 300
 ) -> list[dict]:
     """Send `count` synthetic requests (paced to `rate` per second) and read their predictions.
 
     Raises:
         RuntimeError: not every request was answered within the timeout.
     """
-    from rig.clients import produce_requests, synthetic_requests, tail_predictions
+    from rig.cli.clients import produce_requests, tail_predictions
+    from sim.traffic import synthetic_requests
 
-    requests = list(synthetic_requests(settings, count, seed=time.time_ns() % 2**32))
+    requests = list(synthetic_requests(world, count, seed=time.time_ns() % 2**32))
     sent = produce_requests(settings, requests, rate)
     ids = {r["request_id"] for r in requests}
     predictions = list(tail_predictions(settings, True, limit=sent, timeout_s=timeout_s, request_ids=ids))

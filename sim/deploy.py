@@ -9,18 +9,21 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rig.config import RigSettings
-from rig.data import World
+from sim.settings import WorldSettings
+from sim.world import World, labelled_events, write_offline_store
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ENV_FIELDS = (
     "topic_prefix",
     "home",
     "feast_repo",
-    "world_seed",
-    "world_entities",
-    "world_days",
     "kafka_bootstrap",
     "redis_url",
     "missing_entity_policy",
@@ -49,41 +52,71 @@ def isolated_feast_repo(root: Path, project_prefix: str) -> Path:
     return repo
 
 
+def write_world(settings: RigSettings, world_settings: WorldSettings) -> World:
+    """Make the synthetic world and write its snapshots as the Feast repo's offline store."""
+    world = world_settings.make()
+    write_offline_store(world, settings.feast_data_dir)
+    return world
+
+
+def world_training_frame(
+    world: World,
+    historical: Callable[[pd.DataFrame], pd.DataFrame],
+    n_events: int,
+    seed: int,
+    drift_at: datetime | None = None,
+) -> pd.DataFrame:
+    """Labelled events of the world joined point-in-time to their Feast features, in time order."""
+    from rig.models.train import training_frame
+
+    return training_frame(labelled_events(world, n_events, seed=seed, drift_at=drift_at), historical)
+
+
 def prepare(
     settings: RigSettings,
     models: Mapping[str, str],
+    world_settings: WorldSettings | None = None,
     n_events: int = 20_000,
     rounds: int = 150,
     on_step: Callable[[str], None] = lambda _: None,
 ) -> tuple[World, dict[str, str]]:
-    """Create topics, write and materialize the world, and train one model per name → feature set.
+    """Create topics, write and materialize the world, and train one model per name → feature set
+    (of `sim.world.FEATURE_SETS`).
 
     All models share one transform, fitted on the training part of the same Feast historical read.
 
     Returns:
         The world, and the model version trained for each name.
     """
-    from rig.features import FeatureStoreClient, prepare_world
-    from rig.topics import ensure_topics
-    from rig.train import load_transform_spec, split_by_time, train_and_register, training_frame
-    from rig.transform import fit
+    from rig.features.store import FeatureStoreClient
+    from rig.models.train import load_transform_spec, split_by_time, train_and_register
+    from rig.transform.fitted import fit
+    from rig.wire.topics import ensure_topics
+    from sim.world import FEATURE_SETS
 
+    world_settings = world_settings or WorldSettings()
     on_step("topics")
     ensure_topics(settings)
     on_step("feast apply")
-    world = prepare_world(settings)
+    world = write_world(settings, world_settings)
     client = FeatureStoreClient(settings)
     client.apply()
     on_step("feast materialize")
     client.materialize(world.start, world.end, progress=False)
     on_step("training data (Feast historical retrieval)")
-    frame = training_frame(world, client.historical, n_events=n_events, seed=settings.world_seed)
+    frame = world_training_frame(world, client.historical, n_events=n_events, seed=world_settings.seed)
     transform = fit(load_transform_spec(settings), split_by_time(frame)[0])
     versions = {}
     for seed, (name, feature_set) in enumerate(models.items()):
         on_step(f"train {name} ({feature_set})")
         report = train_and_register(
-            settings, frame, feature_set, rounds=rounds, seed=seed, transform=transform
+            settings,
+            frame,
+            FEATURE_SETS[feature_set],
+            rounds=rounds,
+            seed=seed,
+            transform=transform,
+            training={"feature_set": feature_set},
         )
         versions[name] = report.meta.version
     return world, versions
@@ -113,13 +146,14 @@ def stop_processes(processes: Sequence[subprocess.Popen[bytes]], grace_s: float 
 
 
 def start_worker(
-    settings: RigSettings, log_path: Path, loglevel: str = "warn", web_port: int = 0, **env: str
+    settings: RigSettings, log_path: Path, log_level: str = "WARNING", web_port: int = 0, **env: str
 ) -> subprocess.Popen[bytes]:
-    """Start `rig worker` as a child process logging to `log_path` (web server only with a port)."""
+    """Start a worker (`rig-worker`) as a child process logging to `log_path` (web server only with
+    a port)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "rig.cli", "worker", "--web-port", str(web_port), "--loglevel", loglevel],
-        env=settings_env(settings, **env),
+        [sys.executable, "-m", "streams"],
+        env=settings_env(settings, RIG_WEB_PORT=str(web_port), RIG_LOG_LEVEL=log_level, **env),
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
     )

@@ -18,9 +18,9 @@ from typing import Any
 
 import faust
 
-from rig.codec import Codec, Rejected
 from rig.config import RigSettings
 from rig.errors import RigError
+from rig.wire.codec import Codec, Rejected
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)

@@ -21,10 +21,8 @@ from typing import Any
 
 import faust
 
-from rig.codec import Codec, Rejected
 from rig.config import RigSettings
-from rig.intake import Source, dead_letter
-from rig.join import (
+from rig.feedback.join import (
     Step,
     StreamClock,
     compact_prediction,
@@ -33,6 +31,8 @@ from rig.join import (
     request_partition,
     sweep,
 )
+from rig.wire.codec import Codec, Rejected
+from rig.wire.intake import Source, dead_letter
 
 log = logging.getLogger(__name__)
 

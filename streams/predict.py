@@ -15,13 +15,13 @@ from typing import Any
 import faust
 import numpy as np
 
-from rig.codec import ErrorType
-from rig.dispatch import plan_batch
-from rig.enrich import enrich
 from rig.errors import RigError
-from rig.intake import Source, take_in
-from rig.predictions import build_predictions
-from rig.scoring import fill_cache, look_up, merge
+from rig.features.enrich import enrich
+from rig.serving.cached_scores import fill_cache, look_up, merge
+from rig.serving.dispatch import plan_batch
+from rig.serving.predictions import build_predictions
+from rig.wire.codec import ErrorType
+from rig.wire.intake import Source, take_in
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)

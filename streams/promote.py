@@ -16,14 +16,14 @@ from typing import Any
 import faust
 import numpy as np
 
-from rig.codec import Codec, Rejected
 from rig.config import RigSettings
-from rig.control import publish_control
 from rig.errors import RigError
-from rig.metadata import MetadataStore
-from rig.metrics import window_metrics
-from rig.promoter import PromoterConfig
-from rig.promotion import PromotionLoop, columns, control_events
+from rig.feedback.metadata import MetadataStore
+from rig.feedback.promotion import PromotionLoop, columns, control_events
+from rig.feedback.sequential import PromoterConfig
+from rig.models.metrics import window_metrics
+from rig.routing.control import publish_control
+from rig.wire.codec import Codec, Rejected
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)

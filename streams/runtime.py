@@ -12,26 +12,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from confluent_kafka import Producer
 
-from rig.backbone import Backbone
-from rig.cache import PredictionCache
-from rig.codec import Codec
+from rig.cache.store import PredictionCache
 from rig.config import RigSettings
-from rig.control import ControlFollower
-from rig.data import OFFLINE_STORE_FILE
-from rig.dispatch import TrafficLimiter
 from rig.errors import RigError
-from rig.explain_service import ExplanationService
-from rig.feature_stats import FeatureStats
-from rig.features import FeatureStoreClient
-from rig.model_inputs import column_index
-from rig.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader
-from rig.registry import ModelRegistry
-from rig.routing import EMPTY_ROUTING, RoutingTable
-from rig.transform import FittedTransform
-from rig.warmer import recent_requests, warm
+from rig.explain.service import ExplanationService
+from rig.features.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader
+from rig.features.stats import FeatureStats
+from rig.features.store import FeatureStoreClient
+from rig.models.registry import ModelRegistry
+from rig.routing.control import ControlFollower
+from rig.routing.table import EMPTY_ROUTING, RoutingTable
+from rig.serving.backbone import Backbone
+from rig.serving.dispatch import TrafficLimiter
+from rig.serving.warmer import recent_requests, warm
+from rig.transform.fitted import FittedTransform
+from rig.transform.model_inputs import column_index
+from rig.wire.codec import Codec
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +107,7 @@ class Runtime:
                 max_entries=settings.cache_max_entries,
                 max_bytes=settings.cache_max_bytes,
             )
-        runtime.explanations = ExplanationService(registry, reader, settings.feast_data_dir)
-        runtime.feature_stats = reference_stats(settings)
+        runtime.explanations = ExplanationService(registry, reader)
         runtime.follower.on_change = runtime.apply_routing
         runtime.follower.on_purge = runtime.purge_cache
         table = runtime.follower.start().wait_caught_up()
@@ -140,6 +137,8 @@ class Runtime:
             except RigError:
                 log.exception("routing needs models that cannot be loaded or warmed versions=%s", versions)
                 return
+            if table.golden is not None and table.golden != self._routing.golden:
+                self.feature_stats = serving_stats(self.registry, table.golden)
             self.transform, self._routing = transform, table  # the switch: two reference assignments
             log.info(
                 "routing applied golden=%s experiments=%s",
@@ -196,16 +195,13 @@ class Runtime:
         self.backbone.close()
 
 
-def reference_stats(settings: RigSettings) -> FeatureStats | None:
-    """Serving feature statistics with the training distribution (the offline store) as reference."""
-    path = settings.feast_data_dir / OFFLINE_STORE_FILE
-    if not path.is_file():
-        log.warning("no offline store at %s: serving feature statistics are off", path)
+def serving_stats(registry: ModelRegistry, golden: str) -> FeatureStats | None:
+    """Empty serving feature statistics, with the golden's training features as the reference."""
+    reference = registry.reference(golden)
+    if reference is None:
+        log.warning("model %s has no reference rows: serving feature statistics are off", golden)
         return None
-    frame = pd.read_parquet(path).drop(
-        columns=["entity_id", "event_timestamp", "created_timestamp"], errors="ignore"
-    )
-    return FeatureStats.from_reference(frame)
+    return FeatureStats.from_reference(reference)
 
 
 def _select_columns(registry: ModelRegistry, version: str, booster: Any) -> ColumnSelectingModel:

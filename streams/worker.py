@@ -1,4 +1,6 @@
-"""The rig worker: `rig worker` (or `faust -A streams.worker worker`).
+"""The rig worker: `rig-worker` (or `python -m streams`, or `faust -A streams.worker worker`).
+
+Every setting comes from `RIG_*` variables (`RIG_WEB_PORT`, `RIG_LOG_LEVEL`, ...), on every launch path.
 
 One Faust app per process; the predict agent consumes the requests topic in micro-batches. The
 runtime (models, routing, feature reader) is built before the first batch is consumed.
@@ -12,8 +14,11 @@ import os
 import socket
 import time
 
+import faust
+from mode.utils.loops import get_event_loop
+
 from rig.config import RigSettings
-from rig.topics import ensure_topics
+from rig.wire.topics import ensure_topics
 from streams.app import make_app
 from streams.explain import ExplainConsumer, install_explain_endpoint
 from streams.join import install_join
@@ -28,6 +33,7 @@ app = make_app(
     app_id=f"{settings.topic_prefix}worker",
     web_port=settings.web_port or 6066,  # Faust validates the port even when the web server is off
     web_enabled=settings.web_port > 0,
+    web_bind=settings.web_bind,
 )
 requests_topic = app.topic(settings.topic("requests"), key_serializer="raw", value_serializer="raw")
 dead_letter_topic = app.topic(settings.topic("dlq"), key_serializer="raw", value_serializer="raw")
@@ -83,7 +89,7 @@ install_explain_endpoint(app, get_runtime)
 
 
 def main() -> None:
-    """Build the runtime (models loaded and warmed, routing read), then run the Faust worker.
+    """`rig-worker`: build the runtime (models loaded and warmed, routing read), then run the Faust worker.
 
     The runtime is ready before the worker joins its consumer group: an agent that started consuming
     and then waited for its models would hold messages of partitions a rebalance moves elsewhere.
@@ -93,4 +99,8 @@ def main() -> None:
     # Faust leaves the root logger at DEBUG: aiokafka would build several records per message.
     for name in ("aiokafka", "kafka"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
-    app.main()
+    app.finalize()
+    app.worker_init()
+    app.worker_init_post_autodiscover()
+    worker = faust.Worker(app, loglevel=settings.log_level, loop=get_event_loop(), redirect_stdouts=False)
+    worker.execute_from_commandline()

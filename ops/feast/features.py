@@ -1,7 +1,7 @@
-"""Feast definitions of the rig: one entity (an account) and its daily feature snapshots.
+"""Feast definitions of the synthetic world: one entity (an account) and its daily feature snapshots.
 
-Loaded by `feast apply` (run in this folder) and by `rig.features.FeatureStoreClient.apply`.
-The Parquet file is written by `rig.data.write_offline_store` (`rig features apply`).
+Loaded by `feast apply` (run in this folder) and by `rig features apply`. The Parquet file is written
+by `rig-sim world` (`sim.world.write_offline_store`); the feature names are the world's.
 """
 
 from datetime import timedelta
@@ -9,7 +9,24 @@ from datetime import timedelta
 from feast import Entity, FeatureView, Field, FileSource, ValueType
 from feast.types import Float64
 
-from rig.data import FEATURE_NAMES, OFFLINE_STORE_FILE
+FEATURE_NAMES = (
+    "txn_amount_mean_7d",
+    "txn_count_7d",
+    "txn_count_30d",
+    "distinct_merchants_30d",
+    "declined_txn_ratio_7d",
+    "foreign_txn_ratio_30d",
+    "mobile_txn_ratio_7d",
+    "credit_utilization",
+    "credit_limit",
+    "chargeback_count_90d",
+    "account_age_days",
+    "days_since_last_login",
+    "device_count_30d",
+    "income_estimate",
+    "support_tickets_30d",
+    "session_length_mean_s",
+)
 
 entity = Entity(
     name="entity",
@@ -20,7 +37,7 @@ entity = Entity(
 
 entity_features_source = FileSource(
     name="entity_features_source",
-    path=f"data/{OFFLINE_STORE_FILE}",
+    path="data/entity_features.parquet",
     timestamp_field="event_timestamp",
     created_timestamp_column="created_timestamp",
 )
@@ -33,5 +50,5 @@ entity_features = FeatureView(
     schema=[Field(name=name, dtype=Float64) for name in FEATURE_NAMES],
     online=True,
     source=entity_features_source,
-    description="Daily snapshot of the account's payment behaviour (see rig/data.py).",
+    description="Daily snapshot of the account's payment behaviour (see sim/world.py).",
 )

@@ -13,7 +13,7 @@ the same index in memory, so `purge_entity` unlinks exactly that entity's keys w
 Values. Redis holds 16 bytes per key, the score and its absolute expiry time (little-endian float64),
 so a tier-2 hit copied into tier 1 keeps the expiry it was written with; tier 1 honours the TTL too.
 
-The tiers themselves, and what happens while Redis is down, are in `rig.cache_tiers`.
+The tiers themselves, and what happens while Redis is down, are in `rig.cache.tiers`.
 
 The cache is synchronous and thread-safe; a batch costs one MGET or one script call. From an event loop,
 call it in a worker thread when that round trip matters.
@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from rig.cache_tiers import CacheMetrics, LruTier, RedisTier
+from rig.cache.tiers import CacheMetrics, LruTier, RedisTier
 from rig.errors import CacheError
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Storage tiers of the prediction cache: tier 1, an in-process LRU, and tier 2, Redis.
 
-Only storage lives here: `rig.cache.PredictionCache` makes the keys and values, takes the locks tier 1
+Only storage lives here: `rig.cache.store.PredictionCache` makes the keys and values, takes the locks tier 1
 needs and counts the hits.
 
 Redis down. Any Redis error turns tier 2 off for `backoff_s` (one warning per outage, one info line on

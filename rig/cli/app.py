@@ -34,7 +34,7 @@ def settings() -> RigSettings:
 @topics_app.command("create")
 def topics_create() -> None:
     """Create every rig topic that does not exist yet (control is compacted)."""
-    from rig.topics import ensure_topics
+    from rig.wire.topics import ensure_topics
 
     config = settings()
     created = ensure_topics(config)
@@ -43,30 +43,37 @@ def topics_create() -> None:
 
 @features_app.command("apply")
 def features_apply() -> None:
-    """Write the synthetic world to the offline store and register the feature repo."""
-    from rig.features import FeatureStoreClient, prepare_world
+    """Register the feature repo's entities and feature views (`feast apply` with the rig's Redis)."""
+    from rig.features.store import FeatureStoreClient
 
     config = settings()
-    world = prepare_world(config)
     FeatureStoreClient(config).apply()
-    typer.echo(f"applied {config.feast_repo} with {world.n_entities} entities over {world.days} days")
+    typer.echo(f"applied {config.feast_repo}")
 
 
 @features_app.command("materialize")
-def features_materialize() -> None:
-    """Load the latest feature values of every entity into the Redis online store."""
-    from rig.data import make_world
-    from rig.features import FeatureStoreClient
+def features_materialize(
+    start: Annotated[
+        str, typer.Option(help="Earliest feature timestamp to load (ISO date or time, UTC).")
+    ] = "1970-01-01",
+    end: Annotated[str | None, typer.Option(help="Latest feature timestamp to load; default now.")] = None,
+) -> None:
+    """Load the latest feature values of every entity (within [start, end]) into the Redis online store."""
+    from datetime import UTC, datetime
+
+    from rig.errors import RigError
+    from rig.features.store import FeatureStoreClient
+    from rig.routing.control import publish_control
+    from rig.routing.table import purge_cache_event
+
+    def moment(text: str) -> datetime:
+        value = datetime.fromisoformat(text)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
 
     config = settings()
-    world = make_world(config.world_seed, config.world_entities, config.world_days)
-    FeatureStoreClient(config).materialize(world.start, world.end, progress=True)
-    typer.echo(f"materialized {world.n_entities} entities into {config.redis_url}")
+    FeatureStoreClient(config).materialize(moment(start), moment(end) if end else datetime.now(UTC))
+    typer.echo(f"materialized {config.feast_repo} into {config.redis_url}")
     # New feature values: cached predictions of the old ones must not be served.
-    from rig.control import publish_control
-    from rig.errors import RigError
-    from rig.routing import purge_cache_event
-
     try:
         publish_control(config, purge_cache_event("cli", "features materialized"))
     except RigError as error:
@@ -77,52 +84,74 @@ def features_materialize() -> None:
 
 @app.command()
 def train(
-    feature_set: Annotated[str, typer.Option(help="Feature set of rig.data.FEATURE_SETS.")] = "golden",
+    entities: Annotated[
+        str,
+        typer.Argument(
+            help="Parquet or CSV of labelled events: the entity join key, event_timestamp, label."
+        ),
+    ],
+    label: Annotated[str, typer.Option(help="Name of the label column (0/1).")] = "label",
+    features: Annotated[
+        str | None, typer.Option(help="Comma-separated features to train on; default: every feature.")
+    ] = None,
     name: Annotated[str, typer.Option(help="Model name; versions are numbered per name.")] = "risk",
-    events: Annotated[int, typer.Option(help="Labelled events to train and test on.")] = 20_000,
-    seed: Annotated[int, typer.Option(help="Seed of the labelled events and of XGBoost.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of XGBoost.")] = 1,
     role: Annotated[str, typer.Option(help="golden, shadow, ab or none.")] = "none",
     experiment: Annotated[str, typer.Option(help="Experiment name when role is shadow or ab.")] = "",
     share: Annotated[float, typer.Option(help="Traffic share of an A/B experiment.")] = 0.1,
 ) -> None:
-    """Train XGBoost on point-in-time-correct Feast data and store it (UBJ + SHA-256)."""
-    from rig.data import make_world
-    from rig.features import FeatureStoreClient
-    from rig.routing import set_golden_event, start_experiment_event
-    from rig.train import train_and_register, training_frame
+    """Train XGBoost on point-in-time-correct Feast data for labelled events, store it (UBJ + SHA-256)."""
+    from pathlib import Path
 
+    from rig.cli.clients import read_table
+    from rig.features.store import FeatureStoreClient
+    from rig.models.train import LABEL_COLUMN, train_and_register, training_frame
+
+    check_role(role)
+    config = settings()
+    path = Path(entities)
+    events = read_table(path).rename(columns={label: LABEL_COLUMN})
+    client = FeatureStoreClient(config)
+    chosen = [f.strip() for f in features.split(",") if f.strip()] if features else client.feature_names
+    frame = training_frame(events, client.historical)
+    report = train_and_register(config, frame, chosen, name=name, seed=seed, training={"events": path.name})
+    route_new_model(config, report.meta.version, role, experiment, share)
+    typer.echo(
+        f"trained {report.meta.version} on {report.n_train} rows: held-out AUC {report.auc:.3f}, "
+        f"log loss {report.log_loss:.4f}, sha256 {report.meta.sha256[:12]}…, role {role}"
+    )
+
+
+def check_role(role: str) -> None:
+    """Refuse a role other than golden, shadow, ab or none."""
     if role not in ("golden", "shadow", "ab", "none"):
         raise typer.BadParameter("role must be golden, shadow, ab or none", param_hint="--role")
-    config = settings()
-    world = make_world(config.world_seed, config.world_entities, config.world_days)
-    frame = training_frame(world, FeatureStoreClient(config).historical, events, seed=seed)
-    report = train_and_register(config, frame, feature_set=feature_set, name=name, seed=seed)
-    version = report.meta.version
+
+
+def route_new_model(config: RigSettings, version: str, role: str, experiment: str, share: float) -> None:
+    """Route a freshly trained version: as the golden, as a shadow or A/B experiment, or not at all."""
+    from rig.routing.table import set_golden_event, start_experiment_event
+
     if role == "golden":
-        publish(config, set_golden_event(version, actor="cli", reason="rig train --role golden"))
+        publish(config, set_golden_event(version, actor="cli", reason="trained with --role golden"))
     elif role in ("shadow", "ab"):
         publish(
             config,
             start_experiment_event(
                 experiment or version,
                 version,
-                role,
+                role,  # type: ignore[arg-type]
                 actor="cli",
-                reason="rig train",
+                reason="trained with --role " + role,
                 traffic_share=share if role == "ab" else None,
             ),
         )
-    typer.echo(
-        f"trained {report.meta.version} on {report.n_train} rows ({feature_set}): "
-        f"held-out AUC {report.auc:.3f}, log loss {report.log_loss:.4f}, "
-        f"sha256 {report.meta.sha256[:12]}…, role {role}"
-    )
 
 
 def publish(config: RigSettings, event: dict) -> None:
     """Publish a control event after checking it against the current routing; exit 1 if refused."""
-    from rig.control import publish_control, read_routing
     from rig.errors import RigError
+    from rig.routing.control import publish_control, read_routing
 
     try:
         publish_control(config, event, check_against=read_routing(config))
@@ -140,7 +169,7 @@ def cache_purge(
     ] = None,
 ) -> None:
     """Purge cached predictions on every worker (all, one model version's, or one entity's)."""
-    from rig.routing import purge_cache_event
+    from rig.routing.table import purge_cache_event
 
     if model and entity:
         raise typer.BadParameter("give --model or --entity, not both")
@@ -154,8 +183,8 @@ def models() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from rig.control import read_routing
-    from rig.registry import ModelRegistry
+    from rig.models.registry import ModelRegistry
+    from rig.routing.control import read_routing
 
     config = settings()
     table_of = read_routing(config)
@@ -195,8 +224,8 @@ def experiment_start(
     ] = None,
 ) -> None:
     """Start (or reconfigure) an experiment; every worker applies it within seconds."""
-    from rig.registry import ModelRegistry
-    from rig.routing import start_experiment_event
+    from rig.models.registry import ModelRegistry
+    from rig.routing.table import start_experiment_event
 
     config = settings()
     ModelRegistry(config.model_dir).meta(model)  # unknown versions are refused before publishing
@@ -217,7 +246,7 @@ def experiment_start(
 @experiment_app.command("stop")
 def experiment_stop(name: Annotated[str, typer.Argument(help="Experiment name.")]) -> None:
     """Stop an experiment."""
-    from rig.routing import stop_experiment_event
+    from rig.routing.table import stop_experiment_event
 
     publish(settings(), stop_experiment_event(name, actor="cli", reason="rig experiment stop"))
 
@@ -225,8 +254,8 @@ def experiment_stop(name: Annotated[str, typer.Argument(help="Experiment name.")
 @experiment_app.command("kill")
 def experiment_kill(name: Annotated[str, typer.Argument(help="Experiment name.")]) -> None:
     """Kill switch: the experiment stays listed but scores nothing."""
-    from rig.control import read_routing
-    from rig.routing import kill_experiment_event
+    from rig.routing.control import read_routing
+    from rig.routing.table import kill_experiment_event
 
     config = settings()
     route = read_routing(config).experiment(name)
@@ -238,7 +267,7 @@ def experiment_kill(name: Annotated[str, typer.Argument(help="Experiment name.")
 @experiment_app.command("list")
 def experiment_list() -> None:
     """Golden model and experiments as every worker sees them."""
-    from rig.control import read_routing
+    from rig.routing.control import read_routing
 
     table = read_routing(settings())
     typer.echo(f"golden: {table.golden or '-'} (previous: {table.previous_golden or '-'})")
@@ -255,15 +284,15 @@ def promote(
     reason: Annotated[str, typer.Option(help="Why (recorded).")] = "manual promotion",
 ) -> None:
     """Make a version golden by hand (recorded as a manual decision); the old golden stays a shadow."""
-    from rig.control import read_routing
-    from rig.promotion import control_events, manual_decision
-    from rig.registry import ModelRegistry
+    from rig.feedback.promotion import control_events, manual_decision
+    from rig.models.registry import ModelRegistry
+    from rig.routing.control import read_routing
 
     config = settings()
     ModelRegistry(config.model_dir).meta(version)  # unknown versions are refused before publishing
     routing = read_routing(config)
     if routing.golden is None:
-        from rig.routing import set_golden_event
+        from rig.routing.table import set_golden_event
 
         publish(config, set_golden_event(version, actor="cli", reason=reason))
         return
@@ -274,8 +303,8 @@ def promote(
 @app.command()
 def rollback(reason: Annotated[str, typer.Option(help="Why (recorded).")] = "manual rollback") -> None:
     """Roll the golden back to the previous golden (recorded as a manual decision)."""
-    from rig.control import read_routing
-    from rig.promotion import control_events, manual_decision
+    from rig.feedback.promotion import control_events, manual_decision
+    from rig.routing.control import read_routing
 
     config = settings()
     routing = read_routing(config)
@@ -297,8 +326,8 @@ def record_decision(config: RigSettings, decision: dict, events: list[dict]) -> 
     """Publish a decision to the decisions topic and the metadata store, then apply its events."""
     from confluent_kafka import Producer
 
-    from rig.codec import Codec
-    from rig.metadata import MetadataStore
+    from rig.feedback.metadata import MetadataStore
+    from rig.wire.codec import Codec
 
     producer = Producer(config.kafka_client_config())
     producer.produce(
@@ -322,8 +351,8 @@ def record_decision(config: RigSettings, decision: dict, events: list[dict]) -> 
 @app.command()
 def status(limit: Annotated[int, typer.Option(help="How many recent decisions to show.")] = 10) -> None:
     """Routing as the workers see it, and the latest decisions with their evidence."""
-    from rig.control import read_routing
-    from rig.metadata import MetadataStore
+    from rig.feedback.metadata import MetadataStore
+    from rig.routing.control import read_routing
 
     config = settings()
     routing = read_routing(config)
@@ -343,39 +372,19 @@ def status(limit: Annotated[int, typer.Option(help="How many recent decisions to
 
 
 @app.command()
-def worker(
-    web_port: Annotated[int, typer.Option(help="Web port (metrics, health); 0 disables it.")] = 6066,
-    loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug.")] = "info",
-) -> None:
-    """Run a stream-processing worker (Faust). Start N of them; Kafka partitions spread the load."""
-    import os
-    import sys
-
-    os.environ["RIG_WEB_PORT"] = str(web_port)
-    from streams.worker import main
-
-    web = ["--without-web"] if web_port == 0 else ["--web-port", str(web_port), "--web-bind", "127.0.0.1"]
-    sys.argv = ["rig-worker", "worker", "--loglevel", loglevel, *web]
-    main()
-
-
-@app.command()
 def produce(
-    count: Annotated[int, typer.Option(help="Synthetic requests to send.")] = 1000,
+    file: Annotated[str, typer.Argument(help="Requests in a .jsonl, .csv or .parquet file.")],
     rate: Annotated[float, typer.Option(help="Requests per second; 0 sends as fast as possible.")] = 0,
-    file: Annotated[
-        str | None, typer.Option(help="Send requests from a .jsonl, .csv or .parquet file.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic requests.")] = 0,
 ) -> None:
-    """Produce prediction requests to the requests topic."""
+    """Produce prediction requests from a file to the requests topic."""
     from pathlib import Path
 
-    from rig.clients import file_requests, produce_requests, synthetic_requests
+    from rig.cli.clients import file_requests, produce_requests
 
     config = settings()
-    requests = file_requests(Path(file)) if file else synthetic_requests(config, count, seed)
-    sent = produce_requests(config, requests, rate or None, on_progress=lambda n: typer.echo(f"  {n} sent"))
+    sent = produce_requests(
+        config, file_requests(Path(file)), rate or None, on_progress=lambda n: typer.echo(f"  {n} sent")
+    )
     typer.echo(f"{sent} request(s) acknowledged on {config.topic('requests')}")
 
 
@@ -385,7 +394,7 @@ def tail(
     limit: Annotated[int | None, typer.Option(help="Stop after this many.")] = None,
 ) -> None:
     """Pretty-print predictions as they arrive."""
-    from rig.clients import tail_predictions
+    from rig.cli.clients import tail_predictions
 
     for p in tail_predictions(settings(), from_beginning, limit):
         experiments = " ".join(f"{e['experiment']}={e['score']:.3f}" for e in p["experiments"])
@@ -407,8 +416,8 @@ def batch(
     """Batch prediction over the Feast offline store, with the same transform and models as online."""
     from pathlib import Path
 
-    from rig.batch import run_batch
-    from rig.control import read_routing
+    from rig.models.batch import run_batch
+    from rig.routing.control import read_routing
 
     config = settings()
     golden = read_routing(config).golden
@@ -417,14 +426,6 @@ def batch(
         f"{summary.rows:,} rows scored in {summary.seconds:.1f} s ({summary.rejected:,} rejected) "
         f"→ {summary.output_path}"
     )
-
-
-@app.command()
-def demo() -> None:
-    """Run what exists of the pipeline end to end on the synthetic world and print a summary."""
-    from rig.demo import run_demo
-
-    run_demo(settings())
 
 
 if __name__ == "__main__":

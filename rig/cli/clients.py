@@ -1,4 +1,4 @@
-"""Client tools: produce requests (synthetic or from a file) and tail predictions."""
+"""Client tools: produce requests (from a file or any iterable) and tail predictions."""
 
 from __future__ import annotations
 
@@ -10,27 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from rig.codec import Codec, Rejected
 from rig.config import RigSettings
-
-
-def synthetic_requests(settings: RigSettings, n: int, seed: int) -> Iterator[dict[str, Any]]:
-    """Requests of the synthetic world (entities that the feature store knows)."""
-    from rig.data import make_requests, make_world
-
-    world = make_world(settings.world_seed, settings.world_entities, settings.world_days)
-    frame = make_requests(world, n, seed=seed)
-    event_ms = frame["event_time"].astype("int64") // 1_000_000
-    for request_id, entity_id, event_time in zip(
-        frame["request_id"], frame["entity_id"], event_ms, strict=True
-    ):
-        yield {
-            "request_id": request_id,
-            "entity_id": entity_id,
-            "event_time": int(event_time),
-            "features": {},
-            "context": {},
-        }
+from rig.wire.codec import Codec, Rejected
 
 
 def file_requests(path: Path) -> Iterator[dict[str, Any]]:
@@ -42,9 +23,13 @@ def file_requests(path: Path) -> Iterator[dict[str, Any]]:
                     record = json.loads(line)
                     yield {"features": {}, "context": {}, **record}
         return
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    for record in frame.to_dict("records"):
+    for record in read_table(path).to_dict("records"):
         yield {"features": {}, "context": {}, **record}
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A Parquet (`.parquet`) or CSV file as a DataFrame."""
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
 
 
 def produce_requests(

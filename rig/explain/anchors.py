@@ -1,6 +1,6 @@
 """Anchors-style rules: the beam search for a short rule under which the model keeps a row's decision.
 
-How rules, perturbations and precision are defined: see `rig.explainer`'s module docstring (`anchor`).
+How rules, perturbations and precision are defined: see `rig.explain.explainer`'s module docstring (`anchor`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from rig.explanation_records import Record
+from rig.explain.records import Record
 
 _ANCHOR_STREAM = 0xA1
 _SCREEN_SLACK = 0.02  # a screened rule this close to the precision target is confirmed when it is wide
@@ -110,7 +110,7 @@ class AnchorSearch:
         edges: per feature, the reference quantiles that cut it into bins.
         seed: seed of the perturbation draws.
         precision_target, max_anchor_size, beam_width, anchor_batch, anchor_confirm, confidence:
-            as in `rig.explainer.ExplainerOptions`.
+            as in `rig.explain.explainer.ExplainerOptions`.
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """Counterfactuals (CEM-style pertinent negatives): the beam search for the smallest change of mutable
 features that flips a row's decision.
 
-How candidate values and distances are defined: see `rig.explainer`'s module docstring (`counterfactual`).
+How candidate values and distances are defined: see the module docstring of `rig.explain.explainer`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rig.explanation_records import Record
+from rig.explain.records import Record
 
 _FLIP_EPS = 1e-6  # margin units a counterfactual must cross the threshold by
 
@@ -50,7 +50,7 @@ class CounterfactualSearch:
         mutable: indices of the features a counterfactual may change.
         grid: per feature, the values (reference quantiles) a counterfactual may set it to.
         scale: per feature, the reference unit of distance.
-        max_changes, counterfactual_beam: as in `rig.explainer.ExplainerOptions`.
+        max_changes, counterfactual_beam: as in `rig.explain.explainer.ExplainerOptions`.
     """
 
     def __init__(

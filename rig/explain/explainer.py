@@ -46,8 +46,8 @@ Library decision (checked in throwaway venvs with Python 3.11, numpy 2.4.6, xgbo
   production use without a commercial licence). Unpinned, pip falls back to alibi 0.5.5 (2020), which
   drags in TensorFlow 2.21, spaCy and scikit-image (a 3.1 GB venv, ~7.6 s import); its AnchorTabular
   runs (4.2 s for one toy explanation) but its CEM is TF1-session code that fails to construct under
-  TF 2.21 (`keras.backend` has no `get_session`): not used. The Anchors-style search (`rig.anchors`)
-  and the counterfactual (`rig.counterfactual`) are implemented in numpy, vectorised (one predict call
+  TF 2.21 (`keras.backend` has no `get_session`): not used. The Anchors-style search (`rig.explain.anchors`)
+  and the counterfactual (`rig.explain.counterfactual`) are implemented in numpy, vectorised (one predict call
   per search step).
 """
 
@@ -62,10 +62,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rig.anchors import Anchor, AnchorSearch
-from rig.counterfactual import Counterfactual, CounterfactualSearch
 from rig.errors import ExplainerError
-from rig.explanation_records import Record
+from rig.explain.anchors import Anchor, AnchorSearch
+from rig.explain.counterfactual import Counterfactual, CounterfactualSearch
+from rig.explain.records import Record
 
 if TYPE_CHECKING:
     import xgboost

@@ -4,20 +4,17 @@ then the explainer, cached by feature hash (model version + transformed row)."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from rig.data import OFFLINE_STORE_FILE
-from rig.enrich import enrich
 from rig.errors import ExplainerError
-from rig.explainer import Explainer, explanation_key
-from rig.model_inputs import column_index
-from rig.online_reader import OnlineReader
-from rig.registry import ModelRegistry
-from rig.transform import FittedTransform
+from rig.explain.explainer import Explainer, explanation_key
+from rig.features.enrich import enrich
+from rig.features.online_reader import OnlineReader
+from rig.models.registry import ModelRegistry
+from rig.transform.fitted import FittedTransform
+from rig.transform.model_inputs import column_index
 
 REFERENCE_ROWS = 2_000
 
@@ -25,12 +22,9 @@ REFERENCE_ROWS = 2_000
 class ExplanationService:
     """Explainers per model version (built on first use) and a bounded cache of explanations."""
 
-    def __init__(
-        self, registry: ModelRegistry, reader: OnlineReader, offline_store: Path, max_cached: int = 10_000
-    ) -> None:
+    def __init__(self, registry: ModelRegistry, reader: OnlineReader, max_cached: int = 10_000) -> None:
         self.registry = registry
         self.reader = reader
-        self.offline_store = offline_store
         self.max_cached = max_cached
         self._explainers: dict[str, tuple[Explainer, np.ndarray]] = {}
         self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -63,14 +57,16 @@ class ExplanationService:
         if version not in self._explainers:
             meta = self.registry.meta(version)
             columns = column_index(transform.output_columns, meta.features)
-            reference = self._reference(transform)[:, columns]
+            reference = self._reference(version, transform)[:, columns]
             explainer = Explainer(self.registry.load(version), list(meta.features), reference)
             self._explainers[version] = (explainer, columns)
         return self._explainers[version]
 
-    def _reference(self, transform: FittedTransform) -> np.ndarray:
-        """Transformed rows of the offline store: what the anchors and counterfactuals sample from."""
-        frame = pd.read_parquet(self.offline_store / OFFLINE_STORE_FILE)
+    def _reference(self, version: str, transform: FittedTransform) -> np.ndarray:
+        """Transformed rows of the model's training data: what anchors and counterfactuals sample from."""
+        frame = self.registry.reference(version)
+        if frame is None:
+            raise ExplainerError(f"model {version} was stored without reference rows to explain against")
         sample = frame.sample(min(REFERENCE_ROWS, len(frame)), random_state=0)
         result = transform.transform(sample)
         return result.values[result.row_ok]

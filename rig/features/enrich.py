@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rig.codec import ErrorType
+from rig.wire.codec import ErrorType
 
 MissingEntityPolicy = Literal["defaults", "dlq"]
 

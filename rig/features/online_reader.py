@@ -30,7 +30,7 @@ from rig.config import RigSettings
 from rig.errors import FeatureStoreError
 
 if TYPE_CHECKING:
-    from rig.features import FeatureStoreClient
+    from rig.features.store import FeatureStoreClient
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class FeastSdkReader:
         self.feature_names: tuple[str, ...] = tuple(client.feature_names)
 
     def read(self, entity_ids: Sequence[str]) -> OnlineFeatures:
-        from rig.features import ENTITY_FOUND
+        from rig.features.store import ENTITY_FOUND
 
         frame = self.client.online(entity_ids)
         columns = {

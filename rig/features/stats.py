@@ -3,7 +3,7 @@
 `FeatureStats` is pure (no storage): per feature, counts, missing rate, mean/std and a histogram over
 bin edges taken from the training (reference) distribution. Histograms on the same edges merge by
 addition, so windows and workers combine exactly, and PSI compares serving data with the reference
-on those same bins. `rig.metadata.MetadataStore` stores them per window.
+on those same bins. `rig.feedback.metadata.MetadataStore` stores them per window.
 """
 
 from __future__ import annotations

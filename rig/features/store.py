@@ -25,7 +25,6 @@ import pandas as pd
 import yaml
 
 from rig.config import RigSettings
-from rig.data import DEFAULT_START, World, make_world, write_offline_store
 from rig.errors import ConfigError, FeatureStoreError
 
 if TYPE_CHECKING:
@@ -125,7 +124,7 @@ class FeatureStoreClient:
             ) from error
         except FileNotFoundError as error:
             raise FeatureStoreError(
-                f"{action}: file missing ({error}); run `rig features apply` to write the offline store"
+                f"{action}: file missing ({error}); the offline store of {self.repo_path} must exist first"
             ) from error
         except (feast.errors.FeastError, redis.RedisError, OSError, ValueError, KeyError) as error:
             raise FeatureStoreError(f"{action} failed: {type(error).__name__}: {error}") from error
@@ -320,18 +319,3 @@ class FeatureStoreClient:
         """Delete this project's online rows from Redis and its objects from the registry."""
         with self._errors("feast teardown"):
             self.store.teardown()
-
-
-def prepare_world(settings: RigSettings, start: datetime = DEFAULT_START) -> World:
-    """Make the synthetic world the settings describe and write it as the Feast offline store.
-
-    Args:
-        settings: `world_seed`, `world_entities`, `world_days` and `feast_data_dir` are used.
-        start: Start of the world's first day.
-
-    Returns:
-        The world (its snapshots are now in `feast_data_dir`).
-    """
-    world = make_world(settings.world_seed, settings.world_entities, settings.world_days, start)
-    write_offline_store(world, settings.feast_data_dir)
-    return world

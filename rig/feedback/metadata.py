@@ -14,7 +14,7 @@ Write semantics:
                           redelivery). Several writers of one window must merge first or use their
                           own scope (e.g. `serving:worker-1`).
 
-The feature statistics themselves (`FeatureStats`, what a window holds) live in `rig.feature_stats`.
+The feature statistics themselves (`FeatureStats`, what a window holds) live in `rig.features.stats`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ import sqlalchemy as sa
 from fastavro.validation import ValidationError, validate
 from sqlalchemy import exc as sa_exc
 
-from rig.codec import load_schema
 from rig.errors import MetadataError
-from rig.feature_stats import FeatureStats, FeatureStatsWindow, json_float
-from rig.registry import ModelMeta
+from rig.features.stats import FeatureStats, FeatureStatsWindow, json_float
+from rig.models.registry import ModelMeta
+from rig.wire.codec import load_schema
 
 _EXPERIMENT_STATUS = {
     "start_experiment": "running",

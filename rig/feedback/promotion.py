@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from rig.promoter import GoldenMonitor, Promoter, PromoterConfig
-from rig.routing import RoutingTable, set_golden_event, start_experiment_event, stop_experiment_event
+from rig.feedback.sequential import GoldenMonitor, Promoter, PromoterConfig
+from rig.routing.table import RoutingTable, set_golden_event, start_experiment_event, stop_experiment_event
 
 PREVIOUS_GOLDEN_EXPERIMENT = "previous-golden"
 ACTOR = "promoter"

@@ -39,7 +39,7 @@ import numpy as np
 from scipy.stats import norm
 
 from rig.errors import PromoterError
-from rig.metrics import log_loss_per_row
+from rig.models.metrics import log_loss_per_row
 
 MODES: tuple[str, ...] = ("suggest", "auto")
 """Promoter modes: `suggest` records decisions only, `auto` has them applied by the caller."""

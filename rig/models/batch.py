@@ -38,15 +38,15 @@ import pandas as pd
 
 from rig.config import RigSettings
 from rig.errors import BatchInputError, RegistryError
-from rig.features import FeatureStoreClient
-from rig.model_inputs import column_index
-from rig.registry import ModelRegistry
+from rig.features.store import FeatureStoreClient
+from rig.models.registry import ModelRegistry
+from rig.transform.model_inputs import column_index
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import xgboost
 
-    from rig.transform import FittedTransform
+    from rig.transform.fitted import FittedTransform
 
 ENTITY_COLUMN = "entity_id"
 TIME_COLUMN = "event_timestamp"

@@ -19,13 +19,18 @@ from typing import TYPE_CHECKING
 from rig.errors import ModelIntegrityError, RegistryError
 
 if TYPE_CHECKING:
+    import pandas as pd
     import xgboost
 
-    from rig.transform import FittedTransform
+    from rig.transform.fitted import FittedTransform
 
 MODEL_FILE = "model.ubj"
 TRANSFORMS_DIR = "transforms"
 META_FILE = "meta.json"
+REFERENCE_FILE = "reference.parquet"
+REFERENCE_ROWS = 10_000
+"""Raw feature rows of the training data kept with a model: the reference of serving statistics
+(PSI) and the sample explanations search in."""
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -62,8 +67,12 @@ class ModelRegistry:
         transform_version: str = "",
         metrics: dict[str, float] | None = None,
         training: dict[str, str | int | float] | None = None,
+        reference: pd.DataFrame | None = None,
     ) -> ModelMeta:
         """Store a trained booster as the next version of `name`.
+
+        `reference` is raw (untransformed) feature rows of its training data; up to `REFERENCE_ROWS`
+        of them are kept (see `reference`).
 
         Raises:
             RegistryError: the name is not a lowercase slug, or the booster's features disagree.
@@ -87,8 +96,18 @@ class ModelRegistry:
         folder = self.root / version
         folder.mkdir(parents=True)
         (folder / MODEL_FILE).write_bytes(data)
+        if reference is not None:
+            sample = reference.sample(min(REFERENCE_ROWS, len(reference)), random_state=0)
+            sample.reset_index(drop=True).to_parquet(folder / REFERENCE_FILE, index=False)
         _write_json(folder / META_FILE, asdict(meta))
         return meta
+
+    def reference(self, version: str) -> pd.DataFrame | None:
+        """Raw feature rows of `version`'s training data, or None when none were stored with it."""
+        import pandas as pd
+
+        path = self.root / version / REFERENCE_FILE
+        return pd.read_parquet(path) if path.is_file() else None
 
     def meta(self, version: str) -> ModelMeta:
         """Recorded metadata of a version.
@@ -152,7 +171,7 @@ class ModelRegistry:
         Raises:
             RegistryError: no such transform.
         """
-        from rig.transform import FittedTransform
+        from rig.transform.fitted import FittedTransform
 
         path = self.root / TRANSFORMS_DIR / f"{version}.json"
         if not path.is_file():

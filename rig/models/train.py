@@ -1,27 +1,26 @@
 """Training and export: point-in-time-correct data from Feast, XGBoost, stored with a checksum.
 
-This is the seed's "export model & deploy" notebook as code: labelled events → Feast historical
-retrieval (features as of each event) → time-ordered split → the inference-time transform (fitted
-on the training part only) → XGBoost → registry (UBJ + SHA-256, and the fitted transform beside it).
+This is the seed's "export model & deploy" notebook as code: labelled events (an entity dataframe
+with a label column) → Feast historical retrieval (features as of each event) → time-ordered split →
+the inference-time transform (fitted on the training part only) → XGBoost → registry (UBJ + SHA-256,
+the fitted transform beside it, and a sample of the raw training features as its reference).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from rig.config import RigSettings
-from rig.data import FEATURE_SETS, World, labelled_events
-from rig.metrics import log_loss_per_row, roc_auc
-from rig.model_inputs import column_index, model_columns
-from rig.registry import ModelMeta, ModelRegistry
-from rig.transform import FittedTransform, fit
-from rig.transform_spec import TransformSpec
+from rig.models.metrics import log_loss_per_row, roc_auc
+from rig.models.registry import ModelMeta, ModelRegistry
+from rig.transform.fitted import FittedTransform, fit
+from rig.transform.model_inputs import column_index, model_columns
+from rig.transform.spec import TransformSpec
 
 if TYPE_CHECKING:
     import xgboost
@@ -53,23 +52,13 @@ class TrainingReport:
     n_test: int
 
 
-def training_frame(
-    world: World,
-    historical: Callable[[pd.DataFrame], pd.DataFrame],
-    n_events: int,
-    seed: int,
-    drift_at: datetime | None = None,
-) -> pd.DataFrame:
-    """Labelled events joined point-in-time to their features by Feast historical retrieval.
+def training_frame(events: pd.DataFrame, historical: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
+    """Labelled events joined point-in-time to their features, in time order.
 
     Args:
-        world: the synthetic world whose events are labelled.
+        events: rows with the join key, `event_timestamp` and `label`.
         historical: a callable `entity_df -> DataFrame` (e.g. `FeatureStoreClient.historical`).
-        n_events: how many labelled events to draw.
-        seed: seed of the event draw.
-        drift_at: labels after this time follow the drifted truth.
     """
-    events = labelled_events(world, n_events, seed=seed, drift_at=drift_at)
     frame = historical(events)
     return frame.sort_values(TIME_COLUMN, kind="stable").reset_index(drop=True)
 
@@ -110,24 +99,25 @@ def fit_booster(
 def train_and_register(
     settings: RigSettings,
     frame: pd.DataFrame,
-    feature_set: str = "golden",
+    raw_features: Sequence[str],
     name: str = "risk",
     rounds: int = 150,
     seed: int = 0,
     transform: FittedTransform | None = None,
+    training: dict[str, str | int | float] | None = None,
 ) -> TrainingReport:
     """Train on the earlier 80 % of `frame`, score the later 20 %, and store model and transform.
 
     Args:
+        frame: training rows in time order (see `training_frame`), with a `label` column.
+        raw_features: the feature store's features the model reads (before the transform).
         transform: a transform already fitted on the same training part (to share it between the
             models of one deployment); fitted here from `settings.transform_spec` when not given.
-
-    Raises:
-        KeyError: unknown feature set (see `rig.data.FEATURE_SETS`).
+        training: more to record about the run in the model's metadata (e.g. a feature set's name).
     """
     train, test = split_by_time(frame)
     fitted = transform or fit(load_transform_spec(settings), train)
-    features = model_columns(fitted.output_columns, FEATURE_SETS[feature_set])
+    features = model_columns(fitted.output_columns, tuple(raw_features))
     x_train, ok_train = model_matrix(fitted, train, features)
     x_test, ok_test = model_matrix(fitted, test, features)
     labels_train = train[LABEL_COLUMN].to_numpy()[ok_train]
@@ -144,11 +134,12 @@ def train_and_register(
         transform_version=registry.save_transform(fitted),
         metrics={"auc": auc, "log_loss": loss},
         training={
-            "feature_set": feature_set,
+            **(training or {}),
             "rows": int(ok_train.sum()),
             "rejected_rows": int((~ok_train).sum()),
             "rounds": rounds,
             "seed": seed,
         },
+        reference=train.select_dtypes("number").drop(columns=[LABEL_COLUMN]),
     )
     return TrainingReport(meta=meta, auc=auc, log_loss=loss, n_train=int(ok_train.sum()), n_test=len(labels))

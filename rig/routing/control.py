@@ -1,8 +1,8 @@
 """The control topic on Kafka: publish routing changes, and follow them on every worker.
 
-Every worker reads the compacted, single-partition `rig.control` topic from the beginning with a
+Every worker reads the compacted, single-partition `rig.routing.control` topic from the beginning with a
 plain consumer (no consumer group, so every worker sees every record) and folds it into a
-`RoutingTable` (see `rig.routing`). This is the design's alternative to Faust's GlobalTable, which
+`RoutingTable` (see `rig.routing.table`). This is the design's alternative to Faust's GlobalTable, which
 has an open report of not working with several worker instances.
 """
 
@@ -13,9 +13,9 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rig.codec import Codec, Rejected
 from rig.config import RigSettings
-from rig.routing import EMPTY_ROUTING, RoutingTable, apply_control, control_key, fold_report
+from rig.routing.table import EMPTY_ROUTING, RoutingTable, apply_control, control_key, fold_report
+from rig.wire.codec import Codec, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def publish_control(
 
     Args:
         settings: cluster and topic names.
-        event: a record built by the `rig.routing` event helpers.
+        event: a record built by the `rig.routing.table` event helpers.
         check_against: when given, the event is first applied to this table and refused if invalid.
 
     Raises:

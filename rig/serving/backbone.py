@@ -25,7 +25,7 @@ from rig.errors import BackboneError
 if TYPE_CHECKING:
     import xgboost
 
-    from rig.registry import ModelRegistry
+    from rig.models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rig.backbone import BatchScores
-from rig.cache import PredictionCache
-from rig.dispatch import DispatchPlan
+from rig.cache.store import PredictionCache
+from rig.serving.backbone import BatchScores
+from rig.serving.dispatch import DispatchPlan
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rig.errors import RoutingError
-from rig.routing import ExperimentRoute, RoutingTable
+from rig.routing.table import ExperimentRoute, RoutingTable
 
 _SPLITMIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _SPLITMIX_2 = np.uint64(0x94D049BB133111EB)

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from rig.backbone import BatchScores
-from rig.dispatch import DispatchPlan
+from rig.serving.backbone import BatchScores
+from rig.serving.dispatch import DispatchPlan
 
 
 def build_predictions(

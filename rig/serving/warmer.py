@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rig.cache import PredictionCache
-from rig.codec import Codec, Rejected
+from rig.cache.store import PredictionCache
 from rig.config import RigSettings
-from rig.online_reader import OnlineReader
-from rig.transform import FittedTransform
+from rig.features.online_reader import OnlineReader
+from rig.transform.fitted import FittedTransform
+from rig.wire.codec import Codec, Rejected
 
 log = logging.getLogger(__name__)
 

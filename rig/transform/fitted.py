@@ -1,6 +1,6 @@
 """Inference-time feature transformer: fits a declarative spec and applies it vectorised over a batch.
 
-The spec (step definitions and their validation) lives in `rig.transform_spec`.
+The spec (step definitions and their validation) lives in `rig.transform.spec`.
 
 The same `FittedTransform.transform` serves a micro-batch of a few hundred online requests, a
 training frame and a batch-prediction run of hundreds of thousands of rows: every op is elementwise
@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from rig.errors import TransformError
-from rig.transform_spec import (
+from rig.transform.spec import (
     Bucketize,
     Clip,
     FillMissing,

@@ -2,7 +2,7 @@
 
 The data model only: each op's step class (its parameters, checks, and the columns it reads and
 writes) and `TransformSpec`, the ordered steps plus output columns, validated as a whole. Fitting
-and the vectorised application over a batch live in `rig.transform`.
+and the vectorised application over a batch live in `rig.transform.fitted`.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from fastavro.validation import ValidationError, validate
 
 from rig.errors import CodecError
 
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0x00
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

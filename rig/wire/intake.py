@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rig.codec import Codec, ErrorType, Rejected
+from rig.wire.codec import Codec, ErrorType, Rejected
 
 
 @dataclass(frozen=True, slots=True)

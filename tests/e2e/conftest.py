@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rig.codec import Codec, Rejected
 from rig.config import RigSettings
-from rig.control import publish_control
-from rig.data import World
-from rig.deploy import prepare, start_worker, stop_processes
+from rig.routing.control import publish_control
+from rig.wire.codec import Codec, Rejected
+from sim.deploy import prepare, start_worker, stop_processes
+from sim.settings import WorldSettings
+from sim.world import World
 from tests.integration.conftest import isolated_feast_settings
 
 
@@ -24,16 +25,19 @@ class Deployment:
     """A deployed rig: its settings, world, model versions by role name, and running workers."""
 
     settings: RigSettings
+    world_settings: WorldSettings
     world: World
     versions: dict[str, str]
     processes: tuple[subprocess.Popen[bytes], ...] = ()
 
 
-def deploy(root: Path, models: dict[str, str], rounds: int = 40, **world: Any) -> Deployment:
+def deploy(
+    root: Path, models: dict[str, str], world: WorldSettings, rounds: int = 40, **settings: Any
+) -> Deployment:
     """A deployment on its own Feast project and topic prefix: one trained model per name → feature set."""
-    settings = isolated_feast_settings(root, topic_prefix=f"e2e.{uuid.uuid4().hex[:8]}.", **world)
-    world_, versions = prepare(settings, models, n_events=6_000, rounds=rounds)
-    return Deployment(settings=settings, world=world_, versions=versions)
+    rig_settings = isolated_feast_settings(root, topic_prefix=f"e2e.{uuid.uuid4().hex[:8]}.", **settings)
+    built, versions = prepare(rig_settings, models, world, n_events=6_000, rounds=rounds)
+    return Deployment(settings=rig_settings, world_settings=world, world=built, versions=versions)
 
 
 def route(deployment: Deployment, *events: dict[str, Any]) -> None:

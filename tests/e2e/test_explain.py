@@ -6,9 +6,11 @@ import math
 
 import pytest
 
-from rig.clients import produce_requests, synthetic_requests
-from rig.deploy import start_worker
-from rig.routing import set_golden_event, start_experiment_event
+from rig.cli.clients import produce_requests
+from rig.routing.table import set_golden_event, start_experiment_event
+from sim.deploy import start_worker
+from sim.settings import WorldSettings
+from sim.traffic import synthetic_requests
 from tests.e2e.conftest import consume, deploy, eventually, get_json, route
 
 pytestmark = pytest.mark.e2e
@@ -20,9 +22,7 @@ def test_explanations_over_http_and_for_disagreements_on_the_explanations_topic(
         tmp_path,
         {"golden": "golden", "worse": "worse"},
         rounds=30,
-        world_seed=61,
-        world_entities=400,
-        world_days=3,
+        world=WorldSettings(seed=61, entities=400, days=3),
     )
     settings, versions = deployment.settings, deployment.versions
     route(
@@ -44,7 +44,7 @@ def test_explanations_over_http_and_for_disagreements_on_the_explanations_topic(
         assert shap["score"] == pytest.approx(1 / (1 + math.exp(-shap["margin"])), abs=1e-6)
         assert explanation["anchor"]["rule"] and 0 <= explanation["anchor"]["precision"] <= 1
 
-        requests = list(synthetic_requests(settings, 2_000, seed=8))
+        requests = list(synthetic_requests(deployment.world_settings, 2_000, seed=8))
         assert produce_requests(settings, requests) == 2_000
         predictions = consume(
             settings, settings.topic("predictions"), "Prediction", 2_000, processes=[worker]

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from rig.clients import produce_requests
-from rig.codec import Codec
-from rig.deploy import start_worker
-from rig.routing import set_golden_event, start_experiment_event
+from rig.cli.clients import produce_requests
+from rig.routing.table import set_golden_event, start_experiment_event
+from rig.wire.codec import Codec
+from sim.deploy import start_worker
+from sim.settings import WorldSettings
 from tests.e2e.conftest import Deployment, consume, deploy, eventually, get_json, route
 
 pytestmark = pytest.mark.e2e
@@ -69,9 +70,7 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
         tmp_path,
         {"golden": "golden", "better": "better"},
         rounds=20,
-        world_seed=31,
-        world_entities=500,
-        world_days=3,
+        world=WorldSettings(seed=31, entities=500, days=3),
     )
     settings = deployment.settings
     route(
@@ -88,7 +87,7 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
     joined_topic = settings.topic("joined")
     requests = requests_for(deployment, [f"r-{uuid.uuid4().hex}" for _ in range(200)])
 
-    first = start_worker(settings, settings.home / "join-1.log", loglevel="info", **env)
+    first = start_worker(settings, settings.home / "join-1.log", log_level="INFO", **env)
     try:
         assert produce_requests(settings, requests) == 200
         assert (
@@ -110,7 +109,7 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
     time.sleep(max(0.0, predicted_at + RETENTION_S + 5 - time.monotonic()))
     backlog = requests_for(deployment, [f"backlog-{uuid.uuid4().hex}" for _ in range(100)])
     assert produce_requests(settings, backlog) == 100
-    second = start_worker(settings, settings.home / "join-2.log", loglevel="info", web_port=WEB_PORT, **env)
+    second = start_worker(settings, settings.home / "join-2.log", log_level="INFO", web_port=WEB_PORT, **env)
     try:
         rows = consume(settings, joined_topic, "JoinedOutcome", 300, timeout_s=180, processes=[second])
         assert len(rows) == 300, "outcomes sent during the restart joined with predictions made before it"

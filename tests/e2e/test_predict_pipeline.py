@@ -15,11 +15,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from rig.clients import produce_requests, synthetic_requests
-from rig.codec import Codec
-from rig.model_inputs import column_index
-from rig.registry import ModelRegistry
-from rig.routing import kill_experiment_event, set_golden_event, start_experiment_event
+from rig.cli.clients import produce_requests
+from rig.models.registry import ModelRegistry
+from rig.routing.table import kill_experiment_event, set_golden_event, start_experiment_event
+from rig.transform.model_inputs import column_index
+from rig.wire.codec import Codec
+from sim.settings import WorldSettings
+from sim.traffic import synthetic_requests
 from tests.conftest import REPO
 from tests.e2e.conftest import (
     Deployment,
@@ -40,9 +42,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     deployed = deploy(
         tmp_path_factory.mktemp("e2e"),
         {"golden": "golden", "better": "better", "worse": "worse", "twin": "golden"},
-        world_seed=21,
-        world_entities=5_000,
-        world_days=4,
+        world=WorldSettings(seed=21, entities=5_000, days=4),
         missing_entity_policy="dlq",
     )
     v = deployed.versions
@@ -83,7 +83,7 @@ def offline_golden_scores(deployment: Deployment, entity_ids: list[str]) -> np.n
 
 def test_ten_thousand_requests_give_exactly_ten_thousand_predictions(running: Deployment) -> None:
     settings, versions = running.settings, running.versions
-    requests = list(synthetic_requests(settings, 10_000, seed=5))
+    requests = list(synthetic_requests(running.world_settings, 10_000, seed=5))
     assert produce_requests(settings, requests) == 10_000
 
     predictions = consume(
@@ -222,14 +222,14 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_loses_no_valid_request(runn
 
 
 def test_a_routing_change_reaches_every_running_worker_within_seconds(running: Deployment) -> None:
-    from rig.control import read_routing
+    from rig.routing.control import read_routing
 
     settings = running.settings
     table = read_routing(settings)
     route(running, kill_experiment_event(table.experiment("worse"), actor="test", reason="kill switch test"))
     time.sleep(3)  # "within seconds": the workers follow the control topic continuously
 
-    requests = list(synthetic_requests(settings, 2_000, seed=77))
+    requests = list(synthetic_requests(running.world_settings, 2_000, seed=77))
     ids = {r["request_id"] for r in requests}
     assert produce_requests(settings, requests) == 2_000
     predictions = consume(
@@ -249,8 +249,8 @@ def test_batch_prediction_equals_online_prediction_for_the_same_entity_and_time(
 ) -> None:
     import pandas as pd
 
-    from rig.batch import score_column
-    from rig.deploy import settings_env
+    from rig.models.batch import score_column
+    from sim.deploy import settings_env
 
     settings, versions = running.settings, running.versions
     online = consume(settings, settings.topic("predictions"), "Prediction", 300)
@@ -264,7 +264,7 @@ def test_batch_prediction_equals_online_prediction_for_the_same_entity_and_time(
         [
             sys.executable,
             "-m",
-            "rig.cli",
+            "rig.cli.app",
             "batch",
             str(tmp_path / "entities.parquet"),
             str(tmp_path / "out.parquet"),

@@ -5,18 +5,20 @@ is demoted."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import datetime
 
 import pandas as pd
 import pytest
 from confluent_kafka import Producer
 
-from rig.codec import Codec
-from rig.control import read_routing
-from rig.data import make_outcomes, make_requests
-from rig.metadata import MetadataStore
-from rig.promotion import PREVIOUS_GOLDEN_EXPERIMENT
-from rig.routing import set_golden_event, start_experiment_event
+from rig.feedback.metadata import MetadataStore
+from rig.feedback.promotion import PREVIOUS_GOLDEN_EXPERIMENT
+from rig.routing.control import read_routing
+from rig.routing.table import set_golden_event, start_experiment_event
+from rig.wire.codec import Codec
+from sim.settings import WorldSettings
+from sim.world import make_outcomes, make_requests
 from tests.e2e.conftest import Deployment, consume, deploy, route, workers
 
 pytestmark = pytest.mark.e2e
@@ -79,9 +81,7 @@ def test_better_challenger_is_promoted_and_a_drifting_golden_is_demoted(tmp_path
         tmp_path,
         {"golden": "golden", "better": "better", "worse": "worse"},
         rounds=60,
-        world_seed=41,
-        world_entities=2_000,
-        world_days=4,
+        world=WorldSettings(seed=41, entities=2_000, days=4),
     )
     v = deployment.versions
     route(
@@ -94,7 +94,7 @@ def test_better_challenger_is_promoted_and_a_drifting_golden_is_demoted(tmp_path
     # One worker: that routing changes reach every worker is proven with two workers by
     # test_predict_pipeline's kill switch; here a second worker only adds rebalances.
     with workers(deployment, count=1, **env) as processes:
-        running = Deployment(deployment.settings, deployment.world, deployment.versions, tuple(processes))
+        running = replace(deployment, processes=tuple(processes))
         for _ in range(16):  # ~7,000 paired outcomes were needed in trial runs: this allows twice that
             one_round(running)
             if read_routing(running.settings).golden == v["better"]:

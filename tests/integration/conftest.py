@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from rig.config import RigSettings
-from rig.deploy import isolated_feast_repo
+from sim.deploy import isolated_feast_repo
 
 
 def require_redis(redis_url: str) -> None:

@@ -10,14 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rig.batch import NOT_FOUND_REASON, predict_batch_frame, run_batch, score_column
 from rig.config import RigSettings
-from rig.data import FEATURE_NAMES, World, as_of_features
 from rig.errors import BatchInputError, RegistryError
-from rig.features import FeatureStoreClient, prepare_world
-from rig.model_inputs import column_index
-from rig.registry import ModelRegistry
-from rig.train import train_and_register, training_frame
+from rig.features.store import FeatureStoreClient
+from rig.models.batch import NOT_FOUND_REASON, predict_batch_frame, run_batch, score_column
+from rig.models.registry import ModelRegistry
+from rig.models.train import train_and_register
+from rig.transform.model_inputs import column_index
+from sim.deploy import world_training_frame, write_world
+from sim.settings import WorldSettings
+from sim.world import FEATURE_NAMES, FEATURE_SETS, World, as_of_features
 from tests.integration.conftest import isolated_feast_settings
 
 pytestmark = pytest.mark.integration
@@ -40,13 +42,13 @@ class Deployment:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     root = tmp_path_factory.mktemp("batch")
-    settings = isolated_feast_settings(root, world_seed=5, world_entities=300, world_days=6)
+    settings = isolated_feast_settings(root)
     settings = settings.model_copy(update={"transform_spec": settings.feast_repo / "transform.json"})
-    world = prepare_world(settings)
+    world = write_world(settings, WorldSettings(seed=5, entities=300, days=6))
     client = FeatureStoreClient(settings)
     client.apply()
-    frame = training_frame(world, client.historical, n_events=3_000, seed=3)
-    golden = train_and_register(settings, frame, feature_set="golden", name="risk", rounds=30)
+    frame = world_training_frame(world, client.historical, n_events=3_000, seed=3)
+    golden = train_and_register(settings, frame, FEATURE_SETS["golden"], name="risk", rounds=30)
     # The challenger's transform (another version) also rejects every row whose session length is
     # below the training mean: a log1p of the standardized value, computed but not output.
     spec = json.loads(settings.transform_spec.read_text())
@@ -59,7 +61,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     challenger = train_and_register(
         settings.model_copy(update={"transform_spec": challenger_spec}),
         frame,
-        feature_set="better",
+        FEATURE_SETS["better"],
         name="better",
         rounds=30,
     )

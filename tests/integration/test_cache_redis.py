@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import redis
 
-from rig.cache import HitTier, PredictionCache
+from rig.cache.store import HitTier, PredictionCache
 from rig.config import RigSettings
 from tests.integration.conftest import require_redis
 
@@ -250,7 +250,7 @@ def test_redis_unreachable_means_bypass_without_errors_raised(
 ) -> None:
     cache = PredictionCache("redis://127.0.0.1:1/0", namespace, TTL_S, 1000, 10**7, backoff_s=0.0)
     x = rows(50)
-    caplog.set_level(logging.DEBUG, logger="rig.cache_tiers")
+    caplog.set_level(logging.DEBUG, logger="rig.cache.tiers")
 
     started = time.perf_counter()
     for _ in range(5):

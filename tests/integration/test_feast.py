@@ -14,11 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rig import data
 from rig.config import RigSettings
-from rig.data import FEATURE_NAMES
 from rig.errors import ConfigError, FeatureStoreError
-from rig.features import ENTITY_FOUND, FeatureStoreClient, prepare_world, redis_connection_string
+from rig.features.store import ENTITY_FOUND, FeatureStoreClient, redis_connection_string
+from sim import world as data
+from sim.deploy import write_world
+from sim.settings import WorldSettings
+from sim.world import FEATURE_NAMES
 from tests.integration.conftest import isolated_feast_settings
 
 
@@ -38,12 +40,10 @@ def project_keys(redis_url: str, project: str) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppliedStore]:
-    settings = isolated_feast_settings(
-        tmp_path_factory.mktemp("feast"), world_seed=3, world_entities=200, world_days=5
-    )
+    settings = isolated_feast_settings(tmp_path_factory.mktemp("feast"))
     redis_url = settings.redis_url
     project = FeatureStoreClient(settings).repo_config().project
-    world = prepare_world(settings)
+    world = write_world(settings, WorldSettings(seed=3, entities=200, days=5))
     client = FeatureStoreClient(settings)
     client.apply()
     client.materialize(world.start, world.end, progress=False)

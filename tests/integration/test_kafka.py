@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from rig.config import TOPIC_NAMES, RigSettings
-from rig.topics import ensure_topics
+from rig.wire.topics import ensure_topics
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from rig.errors import MetadataError
-from rig.metadata import MetadataStore
-from tests.metadata_checks import CHECKS, Check, check_id, opened_store
+from rig.feedback.metadata import MetadataStore
+from tests.support.metadata_checks import CHECKS, Check, check_id, opened_store
 
 pytestmark = pytest.mark.integration
 

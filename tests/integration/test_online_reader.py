@@ -17,17 +17,19 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from rig import data
 from rig.config import RigSettings
 from rig.errors import FeatureStoreError
-from rig.features import FeatureStoreClient, prepare_world
-from rig.online_reader import (
+from rig.features.online_reader import (
     NUMERIC_KINDS,
     FeastSdkReader,
     OnlineFeatures,
     OnlineReader,
     RedisLayoutReader,
 )
+from rig.features.store import FeatureStoreClient
+from sim import world as data
+from sim.deploy import write_world
+from sim.settings import WorldSettings
 from tests.integration.conftest import isolated_feast_settings
 
 UNKNOWN_IDS = ["ent-999999", "", "ünïcödé-键", "ENT-000001"]
@@ -52,10 +54,8 @@ def project_keys(settings: RigSettings, project: str) -> set[bytes]:
 
 @pytest.fixture(scope="module")
 def readers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Readers]:
-    settings = isolated_feast_settings(
-        tmp_path_factory.mktemp("online_reader"), world_seed=11, world_entities=300, world_days=4
-    )
-    world = prepare_world(settings)
+    settings = isolated_feast_settings(tmp_path_factory.mktemp("online_reader"))
+    world = write_world(settings, WorldSettings(seed=11, entities=300, days=4))
     client = FeatureStoreClient(settings)
     project = client.repo_config().project
     client.apply()

@@ -5,23 +5,26 @@ from __future__ import annotations
 import pytest
 
 from rig.errors import ModelIntegrityError
-from rig.features import FeatureStoreClient, prepare_world
-from rig.metrics import roc_auc
-from rig.registry import MODEL_FILE, ModelRegistry
-from rig.train import model_matrix, split_by_time, train_and_register, training_frame
+from rig.features.store import FeatureStoreClient
+from rig.models.metrics import roc_auc
+from rig.models.registry import MODEL_FILE, ModelRegistry
+from rig.models.train import model_matrix, split_by_time, train_and_register
+from sim.deploy import world_training_frame, write_world
+from sim.settings import WorldSettings
+from sim.world import FEATURE_SETS
 from tests.integration.conftest import isolated_feast_settings
 
 pytestmark = pytest.mark.integration
 
 
 def test_model_trained_on_point_in_time_features_scores_well_above_chance(tmp_path) -> None:
-    settings = isolated_feast_settings(tmp_path, world_seed=11, world_entities=500, world_days=10)
-    world = prepare_world(settings)
+    settings = isolated_feast_settings(tmp_path)
+    world = write_world(settings, WorldSettings(seed=11, entities=500, days=10))
     client = FeatureStoreClient(settings)
     client.apply()
 
-    frame = training_frame(world, client.historical, n_events=8_000, seed=2)
-    report = train_and_register(settings, frame, feature_set="golden", rounds=80)
+    frame = world_training_frame(world, client.historical, n_events=8_000, seed=2)
+    report = train_and_register(settings, frame, FEATURE_SETS["golden"], rounds=80)
     print(f"held-out AUC {report.auc:.3f} on {report.n_test} later events (trained on {report.n_train})")
 
     assert report.auc > 0.70

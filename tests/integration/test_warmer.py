@@ -7,13 +7,15 @@ import uuid
 import numpy as np
 import pytest
 
-from rig.cache import HitTier, PredictionCache
-from rig.clients import produce_requests, synthetic_requests
-from rig.deploy import prepare
-from rig.features import FeatureStoreClient
-from rig.online_reader import RedisLayoutReader
-from rig.registry import ModelRegistry
-from rig.warmer import recent_requests, warm
+from rig.cache.store import HitTier, PredictionCache
+from rig.cli.clients import produce_requests
+from rig.features.online_reader import RedisLayoutReader
+from rig.features.store import FeatureStoreClient
+from rig.models.registry import ModelRegistry
+from rig.serving.warmer import recent_requests, warm
+from sim.deploy import prepare
+from sim.settings import WorldSettings
+from sim.traffic import synthetic_requests
 from tests.integration.conftest import isolated_feast_settings
 
 pytestmark = pytest.mark.integration
@@ -23,12 +25,12 @@ def test_warming_a_new_golden_prefills_the_cache_with_its_scores_of_recent_traff
     settings = isolated_feast_settings(
         tmp_path,
         topic_prefix=f"warm.{uuid.uuid4().hex[:8]}.",
-        world_seed=51,
-        world_entities=300,
-        world_days=3,
     )
-    _, versions = prepare(settings, {"golden": "golden", "better": "better"}, n_events=3_000, rounds=20)
-    requests = list(synthetic_requests(settings, 500, seed=3))
+    world = WorldSettings(seed=51, entities=300, days=3)
+    _, versions = prepare(
+        settings, {"golden": "golden", "better": "better"}, world, n_events=3_000, rounds=20
+    )
+    requests = list(synthetic_requests(world, 500, seed=3))
     assert produce_requests(settings, requests) == 500
 
     recent = recent_requests(settings, 200)

@@ -1,4 +1,4 @@
-"""Behaviour checks of `rig.metadata.MetadataStore`, shared by the SQLite unit tests and the
+"""Behaviour checks of `rig.feedback.metadata.MetadataStore`, shared by the SQLite unit tests and the
 integration tests that run them on SQLite and on a real PostgreSQL.
 
 Each check takes an empty store whose schema exists and proves one behaviour through the public API.
@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 
 from rig.errors import MetadataError
-from rig.feature_stats import FeatureStats
-from rig.metadata import Experiment, LabelDelays, MetadataStore, ModelMetrics
-from rig.registry import ModelMeta
+from rig.features.stats import FeatureStats
+from rig.feedback.metadata import Experiment, LabelDelays, MetadataStore, ModelMetrics
+from rig.models.registry import ModelMeta
 
 Check = Callable[[MetadataStore], None]
 CHECKS: list[Check] = []

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from rig.cache import HitTier, PredictionCache, PurgeResult, canonical_rows
-from rig.cache_tiers import CacheMetrics
+from rig.cache.store import HitTier, PredictionCache, PurgeResult, canonical_rows
+from rig.cache.tiers import CacheMetrics
 from rig.errors import CacheError
 
 MODEL = "risk.1"
@@ -199,7 +199,7 @@ def test_an_entry_shared_by_two_entities_goes_with_either() -> None:
 def test_keys_are_the_same_in_every_process() -> None:
     """Tier 2 is shared between workers, so a key must not depend on the process (e.g. hash seeds)."""
     script = (
-        "import numpy as np; from rig.cache import PredictionCache; "
+        "import numpy as np; from rig.cache.store import PredictionCache; "
         "x = np.arange(12, dtype=np.float32).reshape(3, 4); "
         f"print(*PredictionCache(None, 'rig:test:', 60.0, 10, 10**6).keys({MODEL!r}, {TRANSFORM!r}, x))"
     )

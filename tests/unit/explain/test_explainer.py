@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 import xgboost
 
-from rig.anchors import Anchor, Condition
 from rig.config import RigSettings
-from rig.data import (
+from rig.errors import ExplainerError
+from rig.explain.anchors import Anchor, Condition
+from rig.explain.explainer import Explainer, ExplainerOptions, explanation_key
+from rig.models.train import fit_booster, load_transform_spec, model_matrix
+from rig.transform.fitted import fit
+from rig.transform.model_inputs import model_columns
+from sim.world import (
     FEATURE_NAMES,
     NOISE_FEATURES,
     STRONG_FEATURES,
@@ -21,13 +26,8 @@ from rig.data import (
     labelled_events,
     make_world,
 )
-from rig.errors import ExplainerError
-from rig.explainer import Explainer, ExplainerOptions, explanation_key
-from rig.model_inputs import model_columns
-from rig.train import fit_booster, load_transform_spec, model_matrix
-from rig.transform import fit
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 N_TRAIN = 4800
 MUTABLE = ("txn_amount_mean_7d", "declined_txn_ratio_7d", "foreign_txn_ratio_30d", "credit_utilization")
 

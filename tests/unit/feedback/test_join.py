@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from rig.join import (
+from rig.feedback.join import (
     Entry,
     StreamClock,
     compact_prediction,

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from rig.errors import MetadataError
-from rig.feature_stats import FeatureStats
-from rig.metadata import MetadataStore
-from tests.metadata_checks import CHECKS, Check, check_id, opened_store, reference_frame
+from rig.features.stats import FeatureStats
+from rig.feedback.metadata import MetadataStore
+from tests.support.metadata_checks import CHECKS, Check, check_id, opened_store, reference_frame
 
 
 @pytest.fixture

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 from fastavro.validation import validate
 
-from rig.codec import load_schema
-from rig.promoter import PromoterConfig
-from rig.promotion import (
+from rig.feedback.promotion import (
     PREVIOUS_GOLDEN_EXPERIMENT,
     PromotionLoop,
     RecentKeys,
     control_events,
     manual_decision,
 )
-from rig.routing import control_key, fold, set_golden_event, start_experiment_event
+from rig.feedback.sequential import PromoterConfig
+from rig.routing.table import control_key, fold, set_golden_event, start_experiment_event
+from rig.wire.codec import load_schema
 
 CONFIG = PromoterConfig(min_samples=200, min_effect=0.002, mode="auto")
 

@@ -11,9 +11,8 @@ import pytest
 from fastavro.validation import validate
 from scipy.integrate import quad
 
-from rig.codec import load_schema
 from rig.errors import PromoterError
-from rig.promoter import (
+from rig.feedback.sequential import (
     GoldenMonitor,
     LossStream,
     PairState,
@@ -24,6 +23,7 @@ from rig.promoter import (
     mixture_radius,
     welford_update,
 )
+from rig.wire.codec import load_schema
 
 GOLDEN = "risk-v1"
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rig.metrics import log_loss_per_row, roc_auc
+from rig.models.metrics import log_loss_per_row, roc_auc
 
 
 def test_auc_equals_the_pairwise_definition_with_ties() -> None:

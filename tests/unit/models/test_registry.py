@@ -9,7 +9,7 @@ import pytest
 import xgboost
 
 from rig.errors import ModelIntegrityError, RegistryError
-from rig.registry import MODEL_FILE, ModelRegistry
+from rig.models.registry import MODEL_FILE, ModelRegistry
 
 FEATURES = ("a", "b", "c")
 

@@ -1,4 +1,4 @@
-"""rig.routing: the routing table folded from the compacted control topic is the same whether a
+"""rig.routing.table: the routing table folded from the compacted control topic is the same whether a
 worker read the whole log or only the latest record per key, and bad records are reported, never
 raised out of the fold."""
 
@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from rig.codec import SCHEMAS_DIR, Codec
 from rig.errors import RoutingError
-from rig.routing import (
+from rig.routing.table import (
     EMPTY_ROUTING,
     ExperimentRoute,
     RoutingTable,
@@ -28,6 +27,7 @@ from rig.routing import (
     start_experiment_event,
     stop_experiment_event,
 )
+from rig.wire.codec import SCHEMAS_DIR, Codec
 
 Record = tuple[bytes, dict[str, Any] | None]
 

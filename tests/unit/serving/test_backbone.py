@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import xgboost
 
-from rig.backbone import MODEL_NTHREAD, Backbone, BatchScores, MicroBatcher, Model, ModelWrapper
 from rig.errors import BackboneError, ModelIntegrityError
-from rig.registry import MODEL_FILE, ModelRegistry
+from rig.models.registry import MODEL_FILE, ModelRegistry
+from rig.serving.backbone import MODEL_NTHREAD, Backbone, BatchScores, MicroBatcher, Model, ModelWrapper
 
 FEATURES = ("a", "b", "c", "d")
 N_ROWS = 200

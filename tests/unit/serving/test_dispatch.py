@@ -1,4 +1,4 @@
-"""rig.dispatch: golden scores every row, shadows score and never answer, A/B experiments answer
+"""rig.serving.dispatch: golden scores every row, shadows score and never answer, A/B experiments answer
 sticky, non-overlapping shares of entities, caps skip rows, and there is no routing without a golden."""
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rig.dispatch import DispatchPlan, TrafficLimiter, plan_batch
 from rig.errors import RoutingError
-from rig.routing import (
+from rig.routing.table import (
     RoutingTable,
     control_key,
     fold,
@@ -18,6 +17,7 @@ from rig.routing import (
     set_golden_event,
     start_experiment_event,
 )
+from rig.serving.dispatch import DispatchPlan, TrafficLimiter, plan_batch
 
 ENTITIES = [f"customer-{i}" for i in range(100_000)]
 

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rig import data
-from rig.data import FEATURE_NAMES, FEATURE_SETS, INFORMATIVE_FEATURES, NOISE_FEATURES
-from rig.train import fit_booster
+from rig.models.train import fit_booster
+from sim import world as data
+from sim.world import FEATURE_NAMES, FEATURE_SETS, INFORMATIVE_FEATURES, NOISE_FEATURES
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from rig.errors import TransformError
-from rig.transform import FittedTransform, TransformResult, fit
-from rig.transform_spec import TransformSpec
+from rig.transform.fitted import FittedTransform, TransformResult, fit
+from rig.transform.spec import TransformSpec
 
 NAN = np.nan
 

@@ -1,4 +1,4 @@
-"""rig.codec: every schema round-trips in every wire format, matches the reference `avro` package
+"""rig.wire.codec: every schema round-trips in every wire format, matches the reference `avro` package
 byte for byte, and every kind of bad message becomes a typed rejection instead of an exception."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import avro.schema
 import pytest
 from fastavro.schema import to_parsing_canonical_form
 
-from rig.codec import SCHEMAS_DIR, Codec, DecodeResult, ErrorType, Rejected, load_schema
 from rig.errors import CodecError
+from rig.wire.codec import SCHEMAS_DIR, Codec, DecodeResult, ErrorType, Rejected, load_schema
 
 T0 = 1_718_000_000_123  # 2024-06-10T06:13:20.123Z, in ms
 

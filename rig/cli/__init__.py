@@ -1,0 +1,1 @@
+"""The `rig` command line: the operator's side of the library (topics, features, models, routing)."""

@@ -1,0 +1,1 @@
+"""Per-request explanations: TreeSHAP, anchor rules, counterfactuals, and the service that caches them."""

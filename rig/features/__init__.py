@@ -1,0 +1,1 @@
+"""Features of a request: the Feast store, the online readers, enrichment, serving statistics."""

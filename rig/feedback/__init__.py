@@ -1,0 +1,1 @@
+"""The feedback loop: outcomes joined to predictions, sequential tests, promotion, the metadata store."""
