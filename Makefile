@@ -42,6 +42,7 @@ test-unit: install
 lint: install
 	$(BIN)/ruff check rig streams sim tests bench ops
 	$(BIN)/ruff format --check rig streams sim tests bench ops
+	$(BIN)/lint-imports
 
 clean: services-down
 	rm -rf .rig ops/kafka/state ops/redis/state ops/feast/data

@@ -13,6 +13,10 @@ class CodecError(RigError):
     """Bytes or records that cannot be encoded or decoded against a schema."""
 
 
+class TopicError(RigError):
+    """A Kafka topic could not be created or described, or exists with the wrong configuration."""
+
+
 class FeatureStoreError(RigError):
     """The Feast feature store could not be read or written."""
 

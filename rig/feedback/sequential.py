@@ -41,7 +41,7 @@ from scipy.stats import norm
 from rig.errors import PromoterError
 from rig.models.metrics import log_loss_per_row
 
-MODES: tuple[str, ...] = ("suggest", "auto")
+PROMOTER_MODES: tuple[str, ...] = ("suggest", "auto")
 """Promoter modes: `suggest` records decisions only, `auto` has them applied by the caller."""
 
 TAU_PER_EFFECT = 5.0
@@ -150,7 +150,7 @@ class PromoterConfig:
             f"tau2 must be positive, got {self.tau2}": self.tau2 is not None and not self.tau2 > 0.0,
             "tau2 must be given when min_effect is 0": self.tau2 is None and self.min_effect == 0.0,
             f"unknown metric {self.metric!r}; known: {sorted(METRICS)}": self.metric not in METRICS,
-            f"mode must be one of {MODES}, got {self.mode!r}": self.mode not in MODES,
+            f"mode must be one of {PROMOTER_MODES}, got {self.mode!r}": self.mode not in PROMOTER_MODES,
         }
         wrong = [text for text, bad in problems.items() if bad]
         if wrong:

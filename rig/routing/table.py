@@ -60,7 +60,7 @@ KINDS: tuple[str, ...] = (
     "kill_experiment",
     "purge_cache",
 )
-MODES: tuple[str, ...] = ("shadow", "ab")
+EXPERIMENT_MODES: tuple[str, ...] = ("shadow", "ab")
 GOLDEN_PREFIX = b"golden:"
 EXPERIMENT_PREFIX = b"experiment:"
 CACHE_KEY = b"cache"
@@ -215,7 +215,7 @@ def _route_from(event: Mapping[str, Any]) -> ExperimentRoute:
     name = _text(event, "experiment", kind)
     version = _text(event, "model_version", kind)
     mode = event.get("mode")
-    if mode not in MODES:
+    if mode not in EXPERIMENT_MODES:
         raise RoutingError(f"{kind} of {name!r} needs mode 'shadow' or 'ab', got {mode!r}")
     share = _number(event, "traffic_share", kind)
     if mode == "ab":

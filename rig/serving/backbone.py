@@ -3,8 +3,7 @@
 `Backbone.predict_batch` scores one batch for the golden model and every experiment, each model in
 ONE call on exactly its rows, all models in parallel in bounded thread pools. The golden answer never
 waits on an experiment for longer than a bounded grace: a slow or failing experiment becomes an entry
-in `BatchScores.failed`, never an exception. `MicroBatcher` gathers single rows (HTTP endpoint,
-explainer) into batches, MLServer-style: a bounded queue, a future per request, flush on size or time.
+in `BatchScores.failed`, never an exception.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -327,169 +326,3 @@ def _score(model: Model, features: np.ndarray, rows: np.ndarray) -> _Outcome:
         return _Outcome(scores, None, time.perf_counter())
     except Exception as exc:  # noqa: BLE001 - a model may raise anything; it is returned as data
         return _Outcome(None, exc, time.perf_counter())
-
-
-class MicroBatcher:
-    """Gathers single rows into batches for one `predict_fn` call (HTTP endpoint, explainer).
-
-    A bounded queue (a full queue makes `submit` wait: backpressure), a future per request, a batch
-    flushed when it holds `max_batch` rows or `max_wait_s` after its first row, one batch in flight at
-    a time, and an error handed to every caller of the failed batch. The flushing task is supervised:
-    if it dies, every waiting caller gets a BackboneError and `stop()` raises it.
-
-    Wiring to the backbone, golden only:
-        async def predict(x): return (await backbone.predict_batch(x, {v: np.arange(len(x))}, v)).scores[v]
-    """
-
-    def __init__(
-        self,
-        predict_fn: Callable[[np.ndarray], Awaitable[np.ndarray]],
-        max_batch: int,
-        max_wait_s: float,
-        max_queue: int,
-    ) -> None:
-        """A stopped batcher; `start()` it inside the event loop that will call `submit`.
-
-        Raises:
-            BackboneError: a bound is not positive.
-        """
-        if max_batch < 1 or max_wait_s < 0 or max_queue < 1:
-            raise BackboneError(
-                "need max_batch >= 1, max_wait_s >= 0, max_queue >= 1; "
-                f"got {max_batch}, {max_wait_s}, {max_queue}"
-            )
-        self._predict_fn = predict_fn
-        self._max_batch = max_batch
-        self._max_wait_s = max_wait_s
-        self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[float]]] = asyncio.Queue(max_queue)
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
-        self._crash: BaseException | None = None
-
-    @property
-    def queued(self) -> int:
-        """Rows waiting in the queue (not yet taken into a batch)."""
-        return self._queue.qsize()
-
-    async def start(self) -> None:
-        """Start the flushing task (once).
-
-        Raises:
-            BackboneError: already started or stopped.
-        """
-        if self._task is not None or self._stopped:
-            raise BackboneError("micro-batcher can be started once")
-        self._task = asyncio.create_task(self._flush_forever(), name="rig-micro-batcher")
-        self._task.add_done_callback(self._on_flusher_done)
-
-    async def stop(self) -> None:
-        """Stop the flushing task; callers still waiting (queued or in flight) get a BackboneError.
-
-        Raises:
-            BackboneError: the flushing task had crashed (the crash is its cause).
-        """
-        self._stopped = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.wait([self._task])
-        self._fail_queued("micro-batcher stopped")
-        if self._crash is not None:
-            raise BackboneError("micro-batcher's flushing task crashed") from self._crash
-
-    async def __aenter__(self) -> MicroBatcher:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def submit(self, row: np.ndarray) -> float:
-        """Score one row in the next batch; waits while the queue is full.
-
-        Raises:
-            BackboneError: not running, the row is not 1-D, or its batch failed (cause attached).
-        """
-        self._check_running()
-        row = np.asarray(row)
-        if row.ndim != 1:
-            raise BackboneError(f"submit takes one 1-D row, got shape {row.shape}")
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        await self._queue.put((row, future))
-        if not future.done():
-            self._check_running()  # stopped or crashed while this call waited for room
-        return await future
-
-    def _check_running(self) -> None:
-        if self._crash is not None:
-            raise BackboneError("micro-batcher's flushing task crashed") from self._crash
-        if self._task is None or self._stopped:
-            raise BackboneError("micro-batcher is not running (call start(), and not after stop())")
-
-    async def _flush_forever(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            try:
-                await self._fill(batch)
-                await self._flush(batch)
-            except BaseException as exc:  # stopped, or the flusher dies: nobody may be left waiting
-                stopped = isinstance(exc, asyncio.CancelledError)
-                reason = "micro-batcher stopped" if stopped else "micro-batcher's flushing task crashed"
-                for _, future in batch:
-                    _fail(
-                        future,
-                        BackboneError(f"{reason} before this batch was scored"),
-                        None if stopped else exc,
-                    )
-                raise
-
-    async def _fill(self, batch: list[tuple[np.ndarray, asyncio.Future[float]]]) -> None:
-        """Add queued rows to `batch` until it holds `max_batch` or `max_wait_s` passed since its first."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._max_wait_s
-        while len(batch) < self._max_batch:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                return
-
-    async def _flush(self, batch: list[tuple[np.ndarray, asyncio.Future[float]]]) -> None:
-        """One `predict_fn` call for the rows whose callers still wait; its error goes to each of them."""
-        waiting = [(row, future) for row, future in batch if not future.done()]  # skip cancelled callers
-        if not waiting:
-            return
-        try:
-            scores = np.asarray(await self._predict_fn(np.stack([row for row, _ in waiting])))
-            if scores.shape != (len(waiting),):
-                raise BackboneError(f"predict_fn returned shape {scores.shape} for {len(waiting)} rows")
-        except Exception as exc:  # noqa: BLE001 - handed to every waiting caller of the batch
-            for _, future in waiting:
-                _fail(future, BackboneError(f"batch of {len(waiting)} rows failed: {exc!r}"), cause=exc)
-            return
-        for (_, future), score in zip(waiting, scores.tolist(), strict=True):
-            if not future.done():
-                future.set_result(score)
-
-    def _on_flusher_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        self._crash = task.exception()
-        if self._crash is not None:
-            log.error("micro_batcher_crashed error=%r", self._crash)
-            self._fail_queued("micro-batcher's flushing task crashed", cause=self._crash)
-
-    def _fail_queued(self, reason: str, cause: BaseException | None = None) -> None:
-        while not self._queue.empty():
-            _, future = self._queue.get_nowait()
-            _fail(future, BackboneError(reason), cause)
-
-
-def _fail(future: asyncio.Future[float], error: BackboneError, cause: BaseException | None = None) -> None:
-    if not future.done():
-        error.__cause__ = cause
-        future.set_exception(error)

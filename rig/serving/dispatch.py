@@ -36,12 +36,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from rig.errors import RoutingError
-from rig.routing.table import ExperimentRoute, RoutingTable
+from rig.routing.table import SHARE_TOLERANCE, ExperimentRoute, RoutingTable
 
 _SPLITMIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _SPLITMIX_2 = np.uint64(0x94D049BB133111EB)
 _TO_UNIT = 2.0**-53
-_SHARE_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,7 @@ def plan_batch(
         remaining = 1.0
         for route in ab_routes:
             share = route.traffic_share
-            if share >= remaining - _SHARE_TOLERANCE:
+            if share >= remaining - SHARE_TOLERANCE:
                 threshold = 1.0
             else:
                 threshold = share / remaining if remaining > 0 else 0.0

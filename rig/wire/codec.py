@@ -58,16 +58,8 @@ class Rejected:
     error_type: str
 
 
-@dataclass(frozen=True, slots=True)
-class DecodeResult:
-    """Outcome of decoding a batch: the good records in order, and the rejected messages in order."""
-
-    ok: list[dict[str, Any]]
-    rejected: list[Rejected]
-
-
-class _Invalid(Exception):
-    """A JSON value that does not fit the schema; the message names the field."""
+class _Invalid(CodecError):
+    """A JSON value that does not fit the schema; the message names the field (never leaves the codec)."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -271,25 +263,6 @@ class Codec:
             accepted += ", Confluent (0x00)"
         reason = f"unknown message format (first byte 0x{data[0]:02x}); expected {accepted}"
         return Rejected(data, reason, ErrorType.MALFORMED)
-
-    def decode_batch(self, messages: list[bytes]) -> DecodeResult:
-        """Decode a batch; the good records and the rejected messages each keep their order.
-
-        Args:
-            messages: Message values as read from Kafka.
-
-        Returns:
-            A DecodeResult; `len(ok) + len(rejected) == len(messages)`.
-        """
-        ok: list[dict[str, Any]] = []
-        rejected: list[Rejected] = []
-        for data in messages:
-            result = self.decode(data)
-            if isinstance(result, Rejected):
-                rejected.append(result)
-            else:
-                ok.append(result)
-        return DecodeResult(ok, rejected)
 
     def _read_body(self, data: bytes, start: int, writer: dict[str, Any] | None) -> dict[str, Any] | Rejected:
         buffer = io.BytesIO(data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from rig.config import TOPIC_NAMES, RigSettings
-from rig.errors import RigError
+from rig.errors import TopicError
 
 # Routing state is the latest value per key, so the control topic keeps only that.
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
@@ -16,10 +16,6 @@ TOPIC_CONFIGS: dict[str, dict[str, str]] = {
 
 # Control: one order of routing changes for every worker. Joined: one promoter sees every outcome.
 SINGLE_PARTITION = ("control", "joined")
-
-
-class TopicError(RigError):
-    """A topic could not be created or described."""
 
 
 def ensure_topics(

@@ -17,7 +17,7 @@ import pytest
 from fastavro.schema import to_parsing_canonical_form
 
 from rig.errors import CodecError
-from rig.wire.codec import SCHEMAS_DIR, Codec, DecodeResult, ErrorType, Rejected, load_schema
+from rig.wire.codec import SCHEMAS_DIR, Codec, ErrorType, Rejected, load_schema
 
 T0 = 1_718_000_000_123  # 2024-06-10T06:13:20.123Z, in ms
 
@@ -480,23 +480,6 @@ def test_oversized_messages_are_rejected_before_parsing() -> None:
     for data in (Codec("Request").encode(big), Codec("Request").encode_json(big)):
         rejected = _rejected(codec.decode(data))
         assert rejected.error_type == ErrorType.OVERSIZED and str(len(data)) in rejected.reason
-
-
-def test_decode_batch_keeps_valid_records_around_invalid_ones_in_order() -> None:
-    codec = Codec("Outcome", allow_json=True)
-    records = [{**SAMPLES["Outcome"], "request_id": f"req-{i}"} for i in range(3)]
-    bad = [b"\xff garbage", codec.encode(records[0])[:-2]]
-    batch = [
-        codec.encode(records[0]),
-        bad[0],
-        codec.encode_json(records[1]),
-        bad[1],
-        codec.encode(records[2]),
-    ]
-    result = codec.decode_batch(batch)
-    assert isinstance(result, DecodeResult)
-    assert result.ok == records
-    assert [r.raw for r in result.rejected] == bad
 
 
 # -- encode errors ---------------------------------------------------------------------------------
