@@ -2,8 +2,8 @@
 
 The baseline is measured in the same run on the same boosters: for every row, one `inplace_predict`
 per model, one after the other. Also measured: the booster thread setting behind `MODEL_NTHREAD`
-(nthread=1 per model with two models in parallel vs nthread=2 one model after the other), and single
-rows gathered by `MicroBatcher`. Prints a table and writes bench/results/backbone.json; takes < 60 s.
+(nthread=1 per model with two models in parallel vs nthread=2 one model after the other). Prints a
+table and writes bench/results/backbone.json; takes < 60 s.
 
 Run: .venv/bin/python bench/bench_backbone.py
 """
@@ -12,21 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
-import os
-import platform
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` as a script too
 
 import numpy as np
 import xgboost
 
+from bench.support.report import RESULTS_DIR, RunRecord, write_results
+from bench.support.timing import seconds_per_call
 from rig.models.registry import ModelRegistry
-from rig.serving.backbone import MODEL_NTHREAD, Backbone, MicroBatcher
+from rig.serving.backbone import MODEL_NTHREAD, Backbone
 
 N_FEATURES = 16
 N_TREES = 200
@@ -35,7 +36,7 @@ BATCH_SIZES = (1, 10, 100, 1000)
 SECONDS_PER_SIZE = 1.5
 NAIVE_ROWS = 200
 NTHREAD_TRIAL_S = 0.15
-RESULTS = Path(__file__).resolve().parent / "results" / "backbone.json"
+RESULTS = RESULTS_DIR / "backbone.json"
 FEATURE_NAMES = tuple(f"f{i:02d}" for i in range(N_FEATURES))
 
 
@@ -49,17 +50,6 @@ def train(seed: int) -> xgboost.Booster:
     return xgboost.train(params, dtrain, num_boost_round=N_TREES)
 
 
-def timed(fn: Callable[[], object], budget_s: float, min_reps: int = 3) -> float:
-    """Seconds per call of `fn` (after one warm-up call), calling it for about `budget_s`."""
-    fn()
-    reps = 0
-    start = time.perf_counter()
-    while reps < min_reps or time.perf_counter() - start < budget_s:
-        fn()
-        reps += 1
-    return (time.perf_counter() - start) / reps
-
-
 def naive_us_per_row(boosters: list[xgboost.Booster], features: np.ndarray) -> float:
     """µs per row when every row is one `inplace_predict` per model, sequentially."""
 
@@ -69,7 +59,7 @@ def naive_us_per_row(boosters: list[xgboost.Booster], features: np.ndarray) -> f
             for booster in boosters:
                 booster.inplace_predict(row)
 
-    return timed(every_row_every_model, budget_s=0.0, min_reps=1) / NAIVE_ROWS * 1e6
+    return seconds_per_call(every_row_every_model, budget_s=0.0, min_calls=1, warm_up=True) / NAIVE_ROWS * 1e6
 
 
 def nthread_choice(boosters: list[xgboost.Booster], features: np.ndarray) -> dict[str, object]:
@@ -92,10 +82,14 @@ def nthread_choice(boosters: list[xgboost.Booster], features: np.ndarray) -> dic
             for _ in range(7):  # interleaved trials: a busy neighbour hurts both sides alike
                 for booster in two:
                     booster.set_param({"nthread": 1})
-                parallel.append(timed(functools.partial(in_parallel, batch), NTHREAD_TRIAL_S))
+                parallel.append(
+                    seconds_per_call(functools.partial(in_parallel, batch), NTHREAD_TRIAL_S, warm_up=True)
+                )
                 for booster in two:
                     booster.set_param({"nthread": 2})
-                sequential.append(timed(functools.partial(in_sequence, batch), NTHREAD_TRIAL_S))
+                sequential.append(
+                    seconds_per_call(functools.partial(in_sequence, batch), NTHREAD_TRIAL_S, warm_up=True)
+                )
             out[f"rows_{rows}"] = {
                 "nthread1_parallel_ms_median": statistics.median(parallel) * 1e3,
                 "nthread2_sequential_ms_median": statistics.median(sequential) * 1e3,
@@ -138,21 +132,8 @@ async def backbone_rates(backbone: Backbone, versions: list[str], features: np.n
     return results
 
 
-async def micro_batched_us_per_row(backbone: Backbone, golden: str, features: np.ndarray) -> float:
-    """µs per row for 2,000 concurrent single-row callers (golden only) gathered by MicroBatcher."""
-
-    async def predict(x: np.ndarray) -> np.ndarray:
-        return (await backbone.predict_batch(x, {golden: np.arange(len(x))}, golden)).scores[golden]
-
-    rows = features[:2000]
-    async with MicroBatcher(predict, max_batch=256, max_wait_s=0.002, max_queue=1024) as batcher:
-        start = time.perf_counter()
-        await asyncio.gather(*(batcher.submit(row) for row in rows))
-        return (time.perf_counter() - start) / len(rows) * 1e6
-
-
 async def main() -> None:
-    began = time.perf_counter()
+    record = RunRecord()
     print(f"training 3 models ({N_FEATURES} features, {N_TREES} trees, depth {MAX_DEPTH}) ...", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         registry = ModelRegistry(Path(folder))
@@ -166,14 +147,12 @@ async def main() -> None:
         nthread = nthread_choice(boosters, features)
         print(f"measuring the naive baseline ({NAIVE_ROWS} rows x 3 models, one call each) ...", flush=True)
         naive = naive_us_per_row(boosters, features)
-        naive_golden = naive_us_per_row(boosters[:1], features)
 
         backbone = Backbone(registry, max_workers=2, timeout_s=10.0)
         try:
             backbone.ensure_loaded(versions)
             print("measuring predict_batch (golden + 2 shadows) ...", flush=True)
             rates = await backbone_rates(backbone, versions, features)
-            micro = await micro_batched_us_per_row(backbone, versions[0], features)
         finally:
             backbone.close()
 
@@ -187,35 +166,24 @@ async def main() -> None:
             f"{rate['batch_size']:>6} {rate['rows_per_s']:>10.0f} {rate['us_per_row']:>9.1f} "
             f"{rate['batch_ms_p50']:>8.2f} {rate['batch_ms_p99']:>8.2f} {rate['speedup_vs_naive']:>8.1f}x"
         )
-    print(
-        f"MicroBatcher, 2,000 concurrent single rows, golden only: {micro:.1f} µs/row "
-        f"vs naive golden-only {naive_golden:.1f} µs/row ({naive_golden / micro:.1f}x)"
-    )
     for rows, numbers in nthread.items():
         print(
             f"nthread, 2 models, {rows}: nthread=1 parallel {numbers['nthread1_parallel_ms_median']:.2f} ms, "
             f"nthread=2 sequential {numbers['nthread2_sequential_ms_median']:.2f} ms (medians of 7)"
         )
 
-    report = {
-        "benchmark": "backbone",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "xgboost": xgboost.__version__,
+    write_results(
+        RESULTS,
+        {
+            "benchmark": "backbone",
+            "model": {"features": N_FEATURES, "trees": N_TREES, "max_depth": MAX_DEPTH, "count": 3},
+            "model_nthread": MODEL_NTHREAD,
+            "naive_us_per_row_3_models": naive,
+            "predict_batch_golden_plus_2_shadows": rates,
+            "nthread_measurement": nthread,
+            **record.fields(),
         },
-        "model": {"features": N_FEATURES, "trees": N_TREES, "max_depth": MAX_DEPTH, "count": 3},
-        "model_nthread": MODEL_NTHREAD,
-        "naive_us_per_row_3_models": naive,
-        "naive_us_per_row_golden_only": naive_golden,
-        "predict_batch_golden_plus_2_shadows": rates,
-        "micro_batcher_us_per_row_golden_only": micro,
-        "nthread_measurement": nthread,
-        "seconds": time.perf_counter() - began,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {RESULTS} in {report['seconds']:.1f} s")
+    )
 
 
 if __name__ == "__main__":

@@ -12,21 +12,23 @@ Run: .venv/bin/python bench/bench_cache.py   (Redis from RIG_REDIS_URL or the se
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import statistics
-import time
+import sys
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` as a script too
+
 import numpy as np
 import redis
 import xgboost
 
+from bench.support.deploy import redis_error
+from bench.support.report import RESULTS_DIR, RunRecord, write_results
+from bench.support.timing import interleaved_us_per_row
 from rig.cache.store import HitTier, PredictionCache
 from rig.config import RigSettings
 from rig.serving.backbone import MODEL_NTHREAD
@@ -37,7 +39,7 @@ MAX_DEPTH = 6
 BATCH = 500
 TRIALS = 15
 TRIAL_BUDGET_S = 0.12
-RESULTS = Path(__file__).resolve().parent / "results" / "cache.json"
+RESULTS = RESULTS_DIR / "cache.json"
 MODEL, TRANSFORM = "bench.1", "bench-transform"
 
 
@@ -52,33 +54,19 @@ def train() -> xgboost.Booster:
     return booster
 
 
-def trial(fn: Callable[[], object]) -> float:
-    """Seconds per call of `fn`, calling it for about TRIAL_BUDGET_S (at least 3 times)."""
-    reps = 0
-    start = time.perf_counter()
-    while reps < 3 or time.perf_counter() - start < TRIAL_BUDGET_S:
-        fn()
-        reps += 1
-    return (time.perf_counter() - start) / reps
-
-
 def measure(cases: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """µs per row of each case: median over TRIALS rounds, cases interleaved within a round."""
-    for fn in cases.values():
-        fn()  # warm-up
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(TRIALS):
-        for name, fn in cases.items():
-            samples[name].append(trial(fn) / BATCH * 1e6)
+    """µs per row of each case (a call handles the batch): median of TRIALS interleaved trials."""
+    samples = interleaved_us_per_row(
+        {name: (fn, BATCH) for name, fn in cases.items()}, TRIALS, TRIAL_BUDGET_S
+    )
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def redis_url_or_none() -> str | None:
     url = RigSettings().redis_url
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:
-        print(f"no Redis at {url} ({exc}): tier-2 figures skipped; start it with ops/redis/up")
+    error = redis_error(url)
+    if error:
+        print(f"{error}: tier-2 figures skipped")
         return None
     return url
 
@@ -148,7 +136,7 @@ def tier2_cases(url: str, batch: Batch, namespace: str, stack: ExitStack) -> dic
 
 
 def main() -> None:
-    started = time.perf_counter()
+    record = RunRecord()
     print(
         f"training the baseline model ({N_FEATURES} features, {N_TREES} trees, depth {MAX_DEPTH}) ...",
         flush=True,
@@ -188,26 +176,26 @@ def main() -> None:
     for name, ratio in break_even.items():
         print(f"break-even hit ratio ({name}): {ratio:.0%}" + ("  (never pays off)" if ratio >= 1 else ""))
 
-    report = {
-        "benchmark": "cache",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "xgboost": xgboost.__version__,
+    write_results(
+        RESULTS,
+        {
+            "benchmark": "cache",
+            "model": {
+                "features": N_FEATURES,
+                "trees": N_TREES,
+                "max_depth": MAX_DEPTH,
+                "nthread": MODEL_NTHREAD,
+            },
+            "batch_size": BATCH,
+            "trials": TRIALS,
+            "redis": url is not None,
+            "us_per_row": us,
+            "ratio_vs_predict": {name: value / predict for name, value in us.items()},
+            "speedup_of_hit": speedup,
+            "break_even_hit_ratio": break_even,
+            **record.fields(),
         },
-        "model": {"features": N_FEATURES, "trees": N_TREES, "max_depth": MAX_DEPTH, "nthread": MODEL_NTHREAD},
-        "batch_size": BATCH,
-        "trials": TRIALS,
-        "redis": url is not None,
-        "us_per_row": us,
-        "ratio_vs_predict": {name: value / predict for name, value in us.items()},
-        "speedup_of_hit": speedup,
-        "break_even_hit_ratio": break_even,
-        "seconds": time.perf_counter() - started,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {RESULTS} in {report['seconds']:.1f} s")
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Cache benchmark: hit-path latency (µs) of tier 1 and tier 2, and end-to-end throughput of `rig worker`
+"""Cache benchmark: hit-path latency (µs) of tier 1 and tier 2, and end-to-end throughput of `rig-worker`
 at 0 %, 50 % and 90 % repeat traffic, with the prediction cache on and off, in the same run.
 
 Not a test. One deployment (own Feast project on the shared Redis, a synthetic world with more entities
@@ -13,7 +13,7 @@ every request is scored by three models (or answered by the cache for all three)
    batch 500 (the worker's `batch_max`) and µs per call for a single row. The worker looks up every
    routed version, so a batch costs three lookups.
 2. End to end: for each repeat share (0, 0.5, 0.9) and cache on/off (RIG_CACHE_ENABLED), a fresh
-   `rig worker` (sim.deploy.start_worker) on its own topic prefix, hence its own consumer group and
+   `rig-worker` (sim.deploy.start_worker) on its own topic prefix, hence its own consumer group and
    its own, empty, cache namespace `<prefix>cache:`. Automatic explanations are off by default
    (RIG_EXPLAIN_DISAGREEMENT=1; `--explain` keeps them): with a `worse` shadow nearly every batch
    has disagreements, the explain work runs in the same process and costs far more than a
@@ -39,11 +39,12 @@ every request is scored by three models (or answered by the cache for all three)
    one cell was +-25 % here even on a quiet machine, so read single-run ratios within that.
 
 Prints the tables, writes bench/results/cache_pipeline.json, and always cleans up (also on error or
-Ctrl-C): stops the workers, tears the Feast project down, UNLINKs the `<prefix>cache:*` keys of every
-run (SCAN), deletes the run's topics. Takes ~3 min on 2 cores with the defaults (~5 min when busy).
+Ctrl-C): stops the workers, tears the Feast project down, UNLINKs the Redis keys under the run's topic
+prefix (every run's `<prefix>cache:*`; SCAN), deletes the run's topics. Takes ~3 min on 2 cores with the
+defaults (~5 min when busy).
 
-Helpers (deployment, cleanup, Kafka I/O, CPU sampling) are shared with bench/bench_warmup.py. Models
-are trained with one XGBoost thread (two threads on a busy 2-core box were ~10x slower).
+Deployment, cleanup, Kafka I/O and CPU sampling come from `bench.support`. Models are trained with one
+XGBoost thread (two threads on a busy 2-core box were ~10x slower).
 
 Run (from the repository root): .venv/bin/python bench/bench_cache_pipeline.py
 """
@@ -52,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import os
 import statistics
 import sys
 import tempfile
@@ -62,35 +62,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import xgboost
-from bench_warmup import (
-    Cleanup,
-    Collector,
-    CpuSampler,
-    Message,
-    Sender,
-    cleaned_up,
-    connected_producer,
-    cpu_seconds,
-    encode_requests,
-    isolated_settings,
-    machine,
-    require_services,
-    say,
-    wait_ready,
-    with_prefix,
-    write_results,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` as a script too
 
+import numpy as np
+
+from bench.support.cleanup import Cleanup
+from bench.support.cpu import CpuSampler, cpu_seconds, wait_idle
+from bench.support.deploy import deployed, with_prefix
+from bench.support.kafka_io import Collector, Message, Sender, connected_producer, encode_requests, wait_ready
+from bench.support.report import RESULTS_DIR, RunRecord, say, write_results
+from bench.support.timing import interleaved_us_per_row
 from rig.config import RigSettings
 from rig.routing.control import publish_control
 from rig.routing.table import set_golden_event, start_experiment_event
-from sim.deploy import prepare, start_worker, stop_processes
+from sim.deploy import start_worker, stop_processes
+from sim.settings import WorldSettings
 from sim.world import World
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results" / "cache_pipeline.json"
+RESULTS = RESULTS_DIR / "cache_pipeline.json"
 MODELS = {"golden": "golden", "better": "better", "worse": "worse"}
 SHADOWS = ("better", "worse")
 SHARES = (0.0, 0.5, 0.9)
@@ -166,30 +155,8 @@ def reserved_requests(world: World, n: int, seed: int) -> list[dict[str, Any]]:
     ]
 
 
-def wait_idle(pid: int, timeout_s: float = 30, window_s: float = 0.5, cores: float = 0.25) -> float:
-    """Seconds until the process used less than `cores` of CPU over `window_s` (inf on timeout)."""
-    began = time.perf_counter()
-    while time.perf_counter() - began < timeout_s:
-        before = cpu_seconds(pid)
-        time.sleep(window_s)
-        if (cpu_seconds(pid) - before) / window_s < cores:
-            return time.perf_counter() - began
-    return float("inf")
-
-
 # -- hit path micro-benchmark -------------------------------------------------------------------
-def timed(fn: Callable[[], object]) -> float:
-    """Seconds per call of `fn`, calling it for about MICRO_TRIAL_S (at least 3 times)."""
-    reps, began = 0, time.perf_counter()
-    while reps < 3 or time.perf_counter() - began < MICRO_TRIAL_S:
-        fn()
-        reps += 1
-    return (time.perf_counter() - began) / reps
-
-
-def hit_path(
-    settings: RigSettings, versions: dict[str, str], world: World, cleanup: Cleanup
-) -> dict[str, Any]:
+def hit_path(settings: RigSettings, versions: dict[str, str], world: World) -> dict[str, Any]:
     """µs per row (batch MICRO_BATCH) and per single-row call of the cache tiers and of the models."""
     from rig.cache.store import HitTier, PredictionCache
     from rig.features.online_reader import RedisLayoutReader
@@ -212,9 +179,7 @@ def hit_path(
     stored, unseen = rows[:MICRO_BATCH], rows[MICRO_BATCH:]
     ids = np.array(entities[:MICRO_BATCH])
     scores = np.asarray(models[0][0].inplace_predict(stored[:, models[0][1]]), dtype=np.float64)
-    prefix = f"{settings.topic_prefix}micro."
-    cleanup.prefixes.append(prefix)
-    namespace = f"{prefix}cache:"
+    namespace = f"{settings.topic_prefix}micro.cache:"
     tier1 = PredictionCache(None, namespace, 600.0, max_entries=100_000, max_bytes=1 << 28)
     tier2 = PredictionCache(settings.redis_url, namespace, 600.0, max_entries=0, max_bytes=0, timeout_s=1.0)
     both = PredictionCache(  # the worker's configuration: LRU + Redis
@@ -244,12 +209,7 @@ def hit_path(
             "tier1_hit_1_row": (lambda: tier1.get_many(golden, transform.version, one, one_id), 1),
             "tier2_hit_1_row": (lambda: tier2.get_many(golden, transform.version, one, one_id), 1),
         }
-        for fn, _ in cases.values():
-            fn()
-        samples: dict[str, list[float]] = {name: [] for name in cases}
-        for _ in range(MICRO_TRIALS):
-            for name, (fn, n_rows) in cases.items():
-                samples[name].append(timed(fn) / n_rows * 1e6)
+        samples = interleaved_us_per_row(cases, MICRO_TRIALS, MICRO_TRIAL_S)
         bypasses = tier2.stats().bypasses + both.stats().bypasses
         if bypasses:
             say(f"  Redis was bypassed {bypasses} times during the hit-path measurement (timeouts)")
@@ -285,7 +245,6 @@ def run_once(
 
     tag = f"{'on' if cache else 'off'}{round(share * 100)}r{repeat}"
     settings = with_prefix(base, tag)
-    cleanup.prefixes.append(settings.topic_prefix)
     ensure_topics(settings)
     publish_control(settings, set_golden_event(versions["golden"], actor="bench", reason="cache benchmark"))
     for name in SHADOWS:
@@ -295,7 +254,7 @@ def run_once(
     if not explain:
         env["RIG_EXPLAIN_DISAGREEMENT"] = "1"  # scores are probabilities: no difference exceeds 1
     worker = start_worker(settings, logs / f"worker-{tag}.log", **env)
-    cleanup.workers.append(worker)
+    cleanup.processes.append(worker)
     sampler = CpuSampler(worker.pid).start()
     sender = Sender(connected_producer(settings), settings.topic("requests"))
     try:
@@ -309,7 +268,7 @@ def run_once(
         while not want <= seen and time.perf_counter() < deadline:
             seen.update(record["request_id"] for _, record in collector.take())
             time.sleep(0.05)
-        idle_s = wait_idle(worker.pid, timeout_s=10)
+        idle_s = wait_idle(worker.pid, timeout_s=10, window_s=0.5, cores=0.25)
         collector.take()  # forget the warm-up's predictions
         explain_before = topic_messages(settings, "explain")
         cpu_before = cpu_seconds(worker.pid)
@@ -468,57 +427,48 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=41)
     args = parser.parse_args()
     entities = args.entities or args.requests + RESERVED + 100
-    started = time.perf_counter()
-    load_start = os.getloadavg()
+    record = RunRecord()
+    world_settings = WorldSettings(seed=args.seed, entities=entities, days=args.days)
     logs = Path(tempfile.mkdtemp(prefix="bench-cache-pipeline-logs-"))  # kept: the workers' logs
     say(f"worker logs in {logs}")
 
-    with tempfile.TemporaryDirectory(prefix="bench-cache-pipeline-") as tmp:
-        base = isolated_settings(Path(tmp), entities, args.days, args.seed, "cache")
-        require_services(base)
-        with cleaned_up(base) as cleanup:
-            say(f"deployment: {entities} entities, models {list(MODELS)}, prefix {base.topic_prefix}")
-            cleanup.feast_applied = True
-            with xgboost.config_context(nthread=1):  # 2 threads on a busy 2-core box: ~10x slower
-                world, versions = prepare(
-                    base, MODELS, n_events=args.train_events, on_step=lambda step: say(f"  prepare: {step}")
+    with deployed("cache", MODELS, world_settings, n_events=args.train_events) as deployment:
+        base, world, versions = deployment.settings, deployment.world, deployment.versions
+        say("hit path (PredictionCache on the deployment's rows) ...")
+        micro = hit_path(base, versions, world)
+        warm = encode_requests(base, reserved_requests(world, PROBES + BURST, args.seed + 7))
+        traffic = {
+            share: encode_requests(base, backlog(world, args.requests, share, args.gap, args.seed))
+            for share in SHARES
+        }
+        runs = []
+        order = [
+            (repeat, share, cache)
+            for repeat in range(args.repeats)
+            for i, share in enumerate(SHARES)
+            for cache in ((False, True) if (i + repeat) % 2 == 0 else (True, False))
+        ]
+        for repeat, share, cache in order:
+            say(
+                f"run {len(runs) + 1}/{len(order)}: {share:.0%} repeats, cache {'on' if cache else 'off'}"
+                + (f", repeat {repeat}" if args.repeats > 1 else "")
+            )
+            runs.append(
+                run_once(
+                    base,
+                    deployment.cleanup,
+                    versions,
+                    share,
+                    cache,
+                    repeat,
+                    traffic[share],
+                    warm,
+                    logs,
+                    args.timeout_s,
+                    args.idle_timeout_s,
+                    args.explain,
                 )
-            say(f"  models: {versions}")
-            say("hit path (PredictionCache on the deployment's rows) ...")
-            micro = hit_path(base, versions, world, cleanup)
-            warm = encode_requests(reserved_requests(world, PROBES + BURST, args.seed + 7), base)
-            traffic = {
-                share: encode_requests(backlog(world, args.requests, share, args.gap, args.seed), base)
-                for share in SHARES
-            }
-            runs = []
-            order = [
-                (repeat, share, cache)
-                for repeat in range(args.repeats)
-                for i, share in enumerate(SHARES)
-                for cache in ((False, True) if (i + repeat) % 2 == 0 else (True, False))
-            ]
-            for repeat, share, cache in order:
-                say(
-                    f"run {len(runs) + 1}/{len(order)}: {share:.0%} repeats, cache {'on' if cache else 'off'}"
-                    + (f", repeat {repeat}" if args.repeats > 1 else "")
-                )
-                runs.append(
-                    run_once(
-                        base,
-                        cleanup,
-                        versions,
-                        share,
-                        cache,
-                        repeat,
-                        traffic[share],
-                        warm,
-                        logs,
-                        args.timeout_s,
-                        args.idle_timeout_s,
-                        args.explain,
-                    )
-                )
+            )
 
     summary = summarize(runs, micro)
     print_tables(micro, runs, summary, args)
@@ -528,7 +478,6 @@ def main() -> None:
             "benchmark": "cache_pipeline",
             "question": "tier-1/tier-2 hit latency; end-to-end throughput at 0/50/90 % repeats, "
             "cache on vs off",
-            "machine": {**machine(), "load_average_start": load_start, "load_average_end": os.getloadavg()},
             "deployment": {
                 "entities": entities,
                 "days": args.days,
@@ -542,12 +491,11 @@ def main() -> None:
             "hit_path": micro,
             "runs": runs,
             "summary": summary,
-            "seconds": time.perf_counter() - started,
-            "command": " ".join(sys.argv),
             "worker_logs": str(logs),
+            **record.fields(),
         },
     )
-    say(f"done in {time.perf_counter() - started:.0f} s")
+    say(f"done in {record.seconds:.0f} s")
 
 
 METRICS = {
@@ -619,7 +567,7 @@ def print_tables(
         f"{predict:.1f} µs of predicting; a miss costs {miss_cost:.1f} µs more (look-up + put, both tiers)"
     )
     print(
-        f"\nEnd to end: `rig worker`, golden + 2 shadows, backlog of {args.requests} requests, repeats >= "
+        f"\nEnd to end: `rig-worker`, golden + 2 shadows, backlog of {args.requests} requests, repeats >= "
         f"{args.gap} requests after their first ask;\nrequests/s from the first to the last prediction; "
         "CPU = worker CPU ms per request in that window; others = cores busy outside the worker and "
         "this script;\nbatches and explain asks (requests the predict agent queued for the explain agent "

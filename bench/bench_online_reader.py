@@ -11,9 +11,6 @@ Run: .venv/bin/python bench/bench_online_reader.py
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -23,41 +20,24 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` as a script too
+
 import numpy as np
 
-from rig.config import RigSettings
+from bench.support.deploy import isolated_settings, require_services
+from bench.support.report import RESULTS_DIR, RunRecord, say, write_results
 from rig.features.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader
-from rig.features.store import FeatureStoreClient, prepare_world
-from sim.deploy import isolated_feast_repo
+from rig.features.store import FeatureStoreClient
+from sim.deploy import write_world
+from sim.settings import WorldSettings
 
 N_ENTITIES = 5_000
 WORLD_DAYS = 3
 BATCH_SIZES = (1, 10, 100, 500)
 SECONDS_PER_SIZE = 4.0
 MIN_ROUNDS = 5
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results" / "online_reader.json"
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def isolated_settings(root: Path) -> RigSettings:
-    """Settings on a copy of ops/feast with its own Feast project, so the bench shares Redis safely."""
-    repo = isolated_feast_repo(root, "rig_bench")
-    return RigSettings(
-        feast_repo=repo, home=root / "home", world_seed=17, world_entities=N_ENTITIES, world_days=WORLD_DAYS
-    )
-
-
-def require_redis(redis_url: str) -> None:
-    import redis
-
-    try:
-        redis.Redis.from_url(redis_url, socket_connect_timeout=2).ping()
-    except redis.ConnectionError as error:
-        raise SystemExit(f"no Redis at {redis_url} ({error}); start it with ops/redis/up") from error
+WORLD = WorldSettings(seed=17, entities=N_ENTITIES, days=WORLD_DAYS)
+RESULTS = RESULTS_DIR / "online_reader.json"
 
 
 def assert_same(ids: Sequence[str], fast: OnlineReader, sdk: OnlineReader) -> None:
@@ -128,14 +108,12 @@ def breakdown(reader: RedisLayoutReader, ids: list[str], size: int, seed: int) -
 
 
 def main() -> None:
-    import feast
-    import redis
-
+    record = RunRecord()
     with tempfile.TemporaryDirectory(prefix="rig-bench-online-") as tmp:
-        settings = isolated_settings(Path(tmp))
-        require_redis(settings.redis_url)
+        settings = isolated_settings(Path(tmp), "online")
+        require_services(settings, kafka=False)
         say(f"world: {N_ENTITIES} entities x {WORLD_DAYS} days ...")
-        world = prepare_world(settings)
+        world = write_world(settings, WORLD)
         client = FeatureStoreClient(settings)
         say(f"feast apply + materialize into project {client.repo_config().project} ...")
         client.apply()
@@ -158,13 +136,6 @@ def main() -> None:
 
     result: dict[str, Any] = {
         "benchmark": "online_reader",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_average_1m": os.getloadavg()[0],
-            "python": platform.python_version(),
-            "feast": feast.__version__,
-            "redis_py": redis.__version__,
-        },
         "world": {
             "entities": N_ENTITIES,
             "features": len(fast.feature_names),
@@ -172,11 +143,10 @@ def main() -> None:
         },
         "results": rows,
         "fast_breakdown_batch_500": split,
+        **record.fields(),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(RESULTS, result)
 
-    load = os.getloadavg()[0]
     print(f"{'batch':>6} {'fast µs/row':>12} {'SDK µs/row':>11} {'fast/SDK':>9} {'speed-up':>9}")
     for row in rows:
         ratio = row["ratio_fast_over_sdk"]
@@ -185,7 +155,8 @@ def main() -> None:
             f"{ratio:>9.3f} {1 / ratio:>8.1f}x"
         )
     print("fast reader at batch 500, µs/row: " + ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
-    print(f"load average {load:.2f} on {os.cpu_count()} cpus; wrote {RESULTS}")
+    machine = result["machine"]
+    print(f"load average {machine['load_average_end'][0]:.2f} on {machine['cpus']} cpus; wrote {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
-"""End-to-end pipeline: `rig worker` (micro-batched) against a naive per-message agent, same run.
+"""End-to-end pipeline: `rig-worker` (micro-batched) against a naive per-message agent, same run.
 
 Not a test. One deployment serves every agent: its own topic prefix and its own Feast project (on
 the shared Redis), a synthetic world of 5,000 entities, three models trained on Feast historical
 reads, and on the control topic a golden model plus two shadow experiments (`better`, `worse`).
 Every agent scores every request with all three models. Agents (each on its own topics):
 
-- rig:          `rig worker` as shipped (sim.deploy.start_worker): the micro-batched predict agent
+- rig:          `rig-worker` as shipped (sim.deploy.start_worker): the micro-batched predict agent
                 (fast Redis-layout reader, backbone pools) AND the other agents the worker runs in
                 the same process (join, promoter, explainer, metadata, ...), which also work on
                 what it produces.
@@ -28,7 +28,7 @@ For each agent, in turn (the others idle):
 3. latency: requests at a steady rate (`--latency-load` of the capacity just measured) for
    `--latency-seconds`; end-to-end latency = the prediction's Kafka timestamp - the request's Kafka
    CreateTime (both read with confluent-kafka `message.timestamp()`, matched by request_id).
-The rig worker is also run at the naive agent's latency rate, so both are seen at one load.
+`rig-worker` is also run at the naive agent's latency rate, so both are seen at one load.
 The machine may be shared: each phase also reports the cores every other process used meanwhile.
 
 Where the rig's time goes is read from the per-batch `timings_ms` of its predictions (decode, enrich,
@@ -47,42 +47,31 @@ Run (from the repository root): .venv/bin/python bench/bench_pipeline.py
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from bench_warmup import (  # shared by every benchmark
-    Collector,
-    Message,
-    Sender,
-    connected_producer,
-    isolated_settings,
-    require_services,
-    say,
-    unlink_keys,
-    with_prefix,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` as a script too
 
-from rig.cli.clients import synthetic_requests
+import numpy as np
+
+from bench.support.cpu import CpuUsage, cpu_seconds, wait_idle
+from bench.support.deploy import deployed, with_prefix
+from bench.support.kafka_io import Collector, Message, Sender, connected_producer, synthetic_messages
+from bench.support.report import REPO, RESULTS_DIR, RunRecord, latency_percentiles, say, write_results
 from rig.config import RigSettings
 from rig.routing.control import publish_control
 from rig.routing.table import set_golden_event, start_experiment_event
-from rig.wire.codec import Codec, Rejected
-from sim.deploy import prepare, settings_env, start_worker, stop_processes
+from rig.wire.codec import Codec
+from sim.deploy import settings_env, start_worker
+from sim.settings import WorldSettings
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results" / "pipeline.json"
+RESULTS = RESULTS_DIR / "pipeline.json"
 NAIVE_AGENT = REPO / "bench" / "naive_agent.py"
 MODELS = {"golden": "golden", "better": "better", "worse": "worse"}
 SHADOWS = ("better", "worse")
@@ -145,41 +134,6 @@ def serve_predict_only() -> None:
     app.main()
 
 
-def delete_topics(settings: RigSettings) -> list[str]:
-    """Delete every topic under this run's (unique) prefix, Faust's internal ones included."""
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient(settings.kafka_client_config())
-    names = [name for name in admin.list_topics(timeout=10).topics if name.startswith(settings.topic_prefix)]
-    if names:
-        for future in admin.delete_topics(names, operation_timeout=30).values():
-            try:
-                future.result()
-            except Exception as error:  # noqa: BLE001 - best effort cleanup, reported
-                say(f"could not delete a topic: {error}")
-    return names
-
-
-def cleanup(settings: RigSettings) -> None:
-    """Remove the Feast project's Redis keys and registry objects, and the run's topics."""
-    from rig.features.store import FeatureStoreClient
-
-    try:
-        FeatureStoreClient(settings).teardown()
-        say("  feast project torn down")
-    except Exception as error:  # noqa: BLE001 - cleanup must go on; reported
-        say(f"feast teardown failed: {error}")
-    try:
-        deleted = unlink_keys(settings.redis_url, f"{settings.topic_prefix}*")
-        say(f"  deleted {deleted} Redis keys under {settings.topic_prefix} (cache)")
-    except Exception as error:  # noqa: BLE001 - cleanup must go on; reported
-        say(f"cache key deletion failed: {error}")
-    try:
-        say(f"  deleted {len(delete_topics(settings))} topics")
-    except Exception as error:  # noqa: BLE001 - cleanup must go on; reported
-        say(f"topic deletion failed: {error}")
-
-
 # -- Kafka I/O ----------------------------------------------------------------------------------
 def wait_for(
     collector: Collector, count: int, timeout_s: float, processes: Sequence[subprocess.Popen[bytes]]
@@ -210,15 +164,6 @@ class Sent:
         return self.ended - self.began
 
 
-def encoded_requests(settings: RigSettings, n: int, seed: int) -> list[Message]:
-    """(request_id, key, Avro value) of `n` synthetic requests, encoded before any clock starts."""
-    codec = Codec("Request", registry_url=settings.schema_registry_url)
-    return [
-        (r["request_id"], r["entity_id"].encode(), codec.encode(r))
-        for r in synthetic_requests(settings, n, seed=seed)
-    ]
-
-
 def produce(producer: Any, topic: str, messages: Sequence[Message], rate_per_s: float | None) -> Sent:
     """Produce pre-encoded requests (paced to `rate_per_s`, or as fast as possible) and wait for acks."""
     sender = Sender(producer, topic)
@@ -230,42 +175,16 @@ def produce(producer: Any, topic: str, messages: Sequence[Message], rate_per_s: 
     return Sent(create_ms=sender.create_ms, failed=sender.failed, began=began, ended=ended)
 
 
-def decode_predictions(raw: Sequence[tuple[int, bytes]], wanted: set[str]) -> dict[str, tuple[int, dict]]:
+def first_answers(
+    predictions: Iterable[tuple[int, dict[str, Any]]], wanted: set[str]
+) -> dict[str, tuple[int, dict]]:
     """request_id -> (prediction Kafka timestamp ms, record), for the wanted requests (first answer)."""
-    codec = Codec("Prediction")
     found: dict[str, tuple[int, dict]] = {}
-    for timestamp, value in raw:
-        record = codec.decode(value)
-        if isinstance(record, Rejected):
-            continue
+    for timestamp, record in predictions:
         request_id = record["request_id"]
         if request_id in wanted and request_id not in found:
             found[request_id] = (timestamp, record)
     return found
-
-
-def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
-    """User + system CPU seconds of a process so far, all its threads (Linux /proc)."""
-    stat = Path(f"/proc/{process.pid}/stat").read_text()
-    fields = stat.rsplit(")", 1)[1].split()  # fields from the 3rd on (state, ppid, ...)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_idle(
-    process: subprocess.Popen[bytes], timeout_s: float = 120, window_s: float = 1.0, cores: float = 0.2
-) -> float:
-    """Seconds until the process used less than `cores` of CPU over `window_s` (inf on timeout).
-
-    An agent may still be busy after its last prediction: `rig worker` also runs agents that consume
-    the predictions (the join). The next phase starts only once that work is done.
-    """
-    began = time.perf_counter()
-    while time.perf_counter() - began < timeout_s:
-        before = cpu_seconds(process)
-        time.sleep(window_s)
-        if (cpu_seconds(process) - before) / window_s < cores:
-            return time.perf_counter() - began - window_s
-    return float("inf")
 
 
 # -- phases -------------------------------------------------------------------------------------
@@ -279,14 +198,14 @@ class Agent:
     def round_trip(self, messages: Sequence[Message], rate_per_s: float | None, timeout_s: float) -> Trip:
         """Produce `messages` to the agent and collect their predictions."""
         collector = Collector(self.settings, from_end=True).start()
-        usage = CpuUsage(self.process)
+        usage = CpuUsage(self.process.pid)
         try:
             sent = produce(self.producer, self.settings.topic("requests"), messages, rate_per_s)
             raw = wait_for(collector, len(messages), timeout_s, (self.process,))
         finally:
             collector.close()
         contention = usage.report()
-        answered = decode_predictions(raw, {request_id for request_id, _, _ in messages})
+        answered = first_answers(collector.decode(raw), {request_id for request_id, _, _ in messages})
         if len(answered) < len(messages):
             say(f"  {self.name}: {len(answered)} of {len(messages)} predictions within {timeout_s:.0f} s")
         return Trip(sent, answered, contention["agent_cpu_s"], contention)
@@ -303,56 +222,22 @@ class Trip:
     contention: dict[str, float]
 
 
-class CpuUsage:
-    """CPU used from construction to `report()`: the agent, this process, the machine, the others.
-
-    The machine is shared: `others_cores` is what every other process took meanwhile (Kafka and
-    Redis included), the first thing to look at when a wall-clock number looks odd.
-    """
-
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
-        self.process = process
-        self.began = time.perf_counter()
-        self.agent = cpu_seconds(process)
-        self.bench = sum(os.times()[:2])
-        self.machine = machine_busy_seconds()
-
-    def report(self) -> dict[str, float]:
-        seconds = time.perf_counter() - self.began
-        agent = cpu_seconds(self.process) - self.agent
-        bench = sum(os.times()[:2]) - self.bench
-        machine = machine_busy_seconds() - self.machine
-        return {
-            "seconds": seconds,
-            "agent_cpu_s": agent,
-            "agent_cores": agent / seconds,
-            "bench_cores": bench / seconds,
-            "machine_cores": machine / seconds,
-            "others_cores": max(0.0, machine - agent - bench) / seconds,
-            "load_average_1m_after": os.getloadavg()[0],
-        }
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine spent busy since boot, all cores (Linux /proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def warm_up(agent: Agent, settings: RigSettings, burst: int, seed: int) -> dict[str, float]:
+def warm_up(agent: Agent, world: WorldSettings, burst: int, seed: int) -> dict[str, float]:
     """A probe request and its prediction (waits out the start-up), then a small burst."""
     began = time.perf_counter()
-    answered = agent.round_trip(encoded_requests(settings, 1, seed), None, timeout_s=240).answered
+    probe = synthetic_messages(agent.settings, world, 1, seed)
+    answered = agent.round_trip(probe, None, timeout_s=240).answered
     if not answered:
         raise RuntimeError(f"{agent.name} did not answer the probe request within 240 s")
     probe_s = time.perf_counter() - began
-    answered = agent.round_trip(encoded_requests(settings, burst, seed + 1), None, timeout_s=120).answered
+    answered = agent.round_trip(
+        synthetic_messages(agent.settings, world, burst, seed + 1), None, timeout_s=120
+    ).answered
     return {"probe_answered_after_s": probe_s, "burst": burst, "burst_answered": len(answered)}
 
 
 def throughput(
-    agent: Agent, settings: RigSettings, n: int, seed: int, timeout_s: float
+    agent: Agent, world: WorldSettings, n: int, seed: int, timeout_s: float
 ) -> tuple[dict[str, Any], list[dict]]:
     """A backlog of `n` requests; requests/s between the first and the last prediction.
 
@@ -363,14 +248,14 @@ def throughput(
     Returns:
         The measurements, and the prediction records.
     """
-    messages = encoded_requests(settings, n, seed)
-    idle_wait_s = wait_idle(agent.process)
-    cpu_start = cpu_seconds(agent.process)
+    messages = synthetic_messages(agent.settings, world, n, seed)
+    idle_wait_s = wait_idle(agent.process.pid)
+    cpu_start = cpu_seconds(agent.process.pid)
     trip = agent.round_trip(messages, None, timeout_s)
     sent, answered, cpu_s = trip.sent, trip.answered, trip.cpu_s
-    busy_after_s = wait_idle(agent.process, timeout_s=BUSY_AFTER_LIMIT_S)
+    busy_after_s = wait_idle(agent.process.pid, timeout_s=BUSY_AFTER_LIMIT_S)
     idle_at_ms = time.time() * 1000 - 1000  # the start of the idle window
-    cpu_until_idle_s = cpu_seconds(agent.process) - cpu_start
+    cpu_until_idle_s = cpu_seconds(agent.process.pid) - cpu_start
     stamps = np.sort(np.array([timestamp for timestamp, _ in answered.values()], dtype=np.int64))
     window_s = (stamps[-1] - stamps[0]) / 1000 if len(stamps) > 1 else float("nan")
     first_request_ms = min(sent.create_ms.values())
@@ -417,17 +302,16 @@ def capacity(tp: dict[str, Any]) -> float:
 
 
 def latency(
-    agent: Agent, settings: RigSettings, rate_per_s: float, seconds: float, seed: int
+    agent: Agent, world: WorldSettings, rate_per_s: float, seconds: float, seed: int
 ) -> dict[str, Any]:
     """Requests at a steady rate; end-to-end latency from the two Kafka timestamps."""
-    messages = encoded_requests(settings, max(10, int(rate_per_s * seconds)), seed)
-    idle_wait_s = wait_idle(agent.process)
+    messages = synthetic_messages(agent.settings, world, max(10, int(rate_per_s * seconds)), seed)
+    idle_wait_s = wait_idle(agent.process.pid)
     trip = agent.round_trip(messages, rate_per_s, timeout_s=seconds + 90)
     sent, answered, cpu_s = trip.sent, trip.answered, trip.cpu_s
     in_order = np.array(
         [answered[r][0] - sent.create_ms[r] for r, _, _ in messages if r in answered], dtype=np.float64
     )
-    tenth = max(1, len(in_order) // 10)
     return {
         "target_rate_per_s": rate_per_s,
         "achieved_rate_per_s": len(messages) / sent.seconds if sent.seconds > 0 else float("nan"),
@@ -439,16 +323,7 @@ def latency(
         "cache_hit_share": cache_hit_share(answered),
         "contention": trip.contention,
         "waited_for_idle_before_s": idle_wait_s,
-        "latency_ms": {
-            "p50": float(np.percentile(in_order, 50)),
-            "p90": float(np.percentile(in_order, 90)),
-            "p99": float(np.percentile(in_order, 99)),
-            "mean": float(in_order.mean()),
-            "max": float(in_order.max()),
-            # growing from the first to the last tenth of the run: the agent fell behind the rate
-            "p50_first_tenth": float(np.median(in_order[:tenth])),
-            "p50_last_tenth": float(np.median(in_order[-tenth:])),
-        },
+        "latency_ms": latency_percentiles(in_order),
     }
 
 
@@ -530,41 +405,6 @@ def codec_costs(records: Sequence[dict], requests: Sequence[Message]) -> dict[st
 
 
 # -- report -------------------------------------------------------------------------------------
-def machine_info() -> dict[str, Any]:
-    def version(name: str) -> str | None:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    import confluent_kafka
-
-    return {
-        "cpus": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "packages": {
-            name: version(name)
-            for name in ("faust-streaming", "aiokafka", "confluent-kafka", "feast", "xgboost-cpu", "fastavro")
-        },
-        "librdkafka": confluent_kafka.libversion()[0],
-    }
-
-
-def code_revision() -> dict[str, Any]:
-    """The commit measured, and the files under rig/, streams/ and bench/ that differ from it."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
-
-    try:
-        dirty = git("status", "--porcelain", "--", "rig", "streams", "bench").splitlines()
-        return {"commit": git("rev-parse", "HEAD").strip(), "uncommitted": [line.strip() for line in dirty]}
-    except (OSError, subprocess.CalledProcessError) as error:
-        return {"error": str(error)}
-
-
 def fell_behind(lat: dict[str, Any]) -> bool:
     """True when latency grew through a steady run: the agent did not keep up with the rate."""
     ms = lat["latency_ms"]
@@ -668,7 +508,7 @@ def print_report(result: dict[str, Any], output: Path = RESULTS) -> None:
     print(
         f"\nload average (1 min) {machine['load_average_start'][0]:.2f} at start, "
         f"{machine['load_average_end'][0]:.2f} at end, on {machine['cpus']} cpus; "
-        f"{result['elapsed_s']:.0f} s; wrote {output}"
+        f"{result['seconds']:.0f} s; wrote {output}"
     )
 
 
@@ -696,7 +536,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="RIG_NAME=VALUE",
-        help="setting for the rig worker and predict_only, e.g. RIG_EXPLAIN_DISAGREEMENT=1.0 (repeatable)",
+        help="setting for rig-worker and predict_only, e.g. RIG_EXPLAIN_DISAGREEMENT=1.0 (repeatable)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON results")
     parser.add_argument("--seed", type=int, default=31, help="seed of the world and requests")
@@ -707,17 +547,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     from rig.wire.topics import ensure_topics
 
-    settings = isolated_settings(root, args.entities, args.days, args.seed, "pipeline")
-    naive_settings = with_prefix(settings, "naive")
-    predict_only_settings = with_prefix(settings, "predict-only")
-    require_services(settings)
+    world = WorldSettings(seed=args.seed, entities=args.entities, days=args.days)
     phases: dict[str, float] = {}
-    processes: list[subprocess.Popen[bytes]] = []
     logs: list[Path] = []
-    deployed = False
     mark = time.perf_counter()
 
     def phase(name: str) -> None:
@@ -726,100 +561,98 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         phases[name] = now - mark
         mark = now
 
-    try:
-        say(f"deploy: prefix {settings.topic_prefix}, {args.entities} entities x {args.days} days")
-        deployed = True
-        _, versions = prepare(
-            settings, MODELS, n_events=args.train_events, rounds=args.rounds, on_step=lambda s: say(f"  {s}")
-        )
-        ensure_topics(naive_settings, names=("requests", "predictions"))
-        routed = [settings] + ([] if args.no_predict_only else [predict_only_settings])
-        for target in routed:
-            ensure_topics(target)
-            publish_control(target, set_golden_event(versions["golden"], actor="bench"))
-            for name in SHADOWS:
-                event = start_experiment_event(name, versions[name], "shadow", actor="bench")
-                publish_control(target, event)
-        producer = connected_producer(settings)
-        phase("deploy_s")
+    with deployed("pipeline", MODELS, world, n_events=args.train_events, rounds=args.rounds) as deployment:
+        settings, versions = deployment.settings, deployment.versions
+        processes = deployment.cleanup.processes  # stopped at the end, also on error
+        naive_settings = with_prefix(settings, "naive")
+        predict_only_settings = with_prefix(settings, "predict-only")
+        try:
+            ensure_topics(naive_settings, names=("requests", "predictions"))
+            routed = [settings] + ([] if args.no_predict_only else [predict_only_settings])
+            for target in routed:
+                ensure_topics(target)
+                publish_control(target, set_golden_event(versions["golden"], actor="bench"))
+                for name in SHADOWS:
+                    event = start_experiment_event(name, versions[name], "shadow", actor="bench")
+                    publish_control(target, event)
+            producer = connected_producer(settings)
+            phase("deploy_s")
 
-        say("start the agents: rig worker, naive agent" + ("" if args.no_predict_only else ", predict-only"))
-        home = settings.home
-        logs = [home / "rig-worker.log", home / "naive-agent.log", home / "predict-only.log"]
-        agents: dict[str, Agent] = {}
-        worker_env = dict(item.split("=", 1) for item in args.worker_env)
-        processes.append(start_worker(settings, logs[0], **worker_env))
-        agents["rig"] = Agent("rig", settings, processes[-1], producer)
-        if not args.no_predict_only:
-            processes.append(
-                start_predict_only(predict_only_settings, logs[2], args.predict_only_cache, **worker_env)
-            )
-            agents["predict_only"] = Agent("predict_only", predict_only_settings, processes[-1], producer)
-        processes.append(start_naive_agent(settings, naive_settings.topic_prefix, logs[1]))
-        agents["naive"] = Agent("naive", naive_settings, processes[-1], producer)
+            also = "" if args.no_predict_only else ", predict-only"
+            say(f"start the agents: rig-worker, naive agent{also}")
+            home = settings.home
+            logs = [home / "rig-worker.log", home / "naive-agent.log", home / "predict-only.log"]
+            agents: dict[str, Agent] = {}
+            worker_env = dict(item.split("=", 1) for item in args.worker_env)
+            processes.append(start_worker(settings, logs[0], **worker_env))
+            agents["rig"] = Agent("rig", settings, processes[-1], producer)
+            if not args.no_predict_only:
+                processes.append(
+                    start_predict_only(predict_only_settings, logs[2], args.predict_only_cache, **worker_env)
+                )
+                agents["predict_only"] = Agent("predict_only", predict_only_settings, processes[-1], producer)
+            processes.append(start_naive_agent(settings, naive_settings.topic_prefix, logs[1]))
+            agents["naive"] = Agent("naive", naive_settings, processes[-1], producer)
 
-        say("warm-up: a probe request each, then a small burst")
-        warm = {
-            name: warm_up(agent, settings, 50 if name == "naive" else 1_000, seed=1_000 + 10 * i)
-            for i, (name, agent) in enumerate(agents.items())
-        }
-        phase("warm_up_s")
+            say("warm-up: a probe request each, then a small burst")
+            warm = {
+                name: warm_up(agent, world, 50 if name == "naive" else 1_000, seed=1_000 + 10 * i)
+                for i, (name, agent) in enumerate(agents.items())
+            }
+            phase("warm_up_s")
 
-        # The naive agent's backlog runs twice, first and last, and its better round counts: the
-        # machine is shared, and a slow naive round must not flatter the ratios.
-        measured: dict[str, dict[str, Any]] = {name: {"throughput_rounds": []} for name in agents}
-        records: dict[str, list[dict]] = {}
-        schedule = ["naive", *(name for name in agents if name != "naive"), "naive"]
-        for i, name in enumerate(schedule):
-            n = args.naive_requests if name == "naive" else args.rig_requests
-            say(f"throughput: {name}, backlog of {n:,}")
-            tp, batch_records = throughput(agents[name], settings, n, seed=2_000 + i, timeout_s=240)
-            measured[name]["throughput_rounds"].append(
-                {key: tp[key] for key in ("requests_per_s", "agent_cpu_ms_per_request", "contention")}
-            )
-            if (
-                "throughput" not in measured[name]
-                or tp["requests_per_s"] > measured[name]["throughput"]["requests_per_s"]
-            ):
-                measured[name]["throughput"], records[name] = tp, batch_records
-            contention = tp["contention"]
+            # The naive agent's backlog runs twice, first and last, and its better round counts: the
+            # machine is shared, and a slow naive round must not flatter the ratios.
+            measured: dict[str, dict[str, Any]] = {name: {"throughput_rounds": []} for name in agents}
+            records: dict[str, list[dict]] = {}
+            schedule = ["naive", *(name for name in agents if name != "naive"), "naive"]
+            for i, name in enumerate(schedule):
+                n = args.naive_requests if name == "naive" else args.rig_requests
+                say(f"throughput: {name}, backlog of {n:,}")
+                tp, batch_records = throughput(agents[name], world, n, seed=2_000 + i, timeout_s=240)
+                measured[name]["throughput_rounds"].append(
+                    {key: tp[key] for key in ("requests_per_s", "agent_cpu_ms_per_request", "contention")}
+                )
+                if (
+                    "throughput" not in measured[name]
+                    or tp["requests_per_s"] > measured[name]["throughput"]["requests_per_s"]
+                ):
+                    measured[name]["throughput"], records[name] = tp, batch_records
+                contention = tp["contention"]
+                say(
+                    f"  {name}: {tp['requests_per_s']:,.0f} req/s, "
+                    f"{tp['agent_cpu_ms_per_request']:.3f} CPU ms/req (agent {contention['agent_cores']:.2f} "
+                    f"cores, other processes {contention['others_cores']:.2f} cores)"
+                )
+            phase("throughput_s")
+
+            for i, (name, agent) in enumerate(agents.items()):
+                rate = args.latency_load * capacity(measured[name]["throughput"])
+                say(f"latency: {name} at {rate:,.0f} req/s for {args.latency_seconds:.0f} s")
+                run_latency = latency(agent, world, rate, args.latency_seconds, seed=3_000 + i)
+                measured[name]["latency"] = run_latency
+                lat, contention = run_latency["latency_ms"], run_latency["contention"]
+                say(
+                    f"  {name}: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms (other processes "
+                    f"{contention['others_cores']:.2f} cores)"
+                )
+            naive_rate = measured["naive"]["latency"]["target_rate_per_s"]
             say(
-                f"  {name}: {tp['requests_per_s']:,.0f} req/s, "
-                f"{tp['agent_cpu_ms_per_request']:.3f} CPU ms/req (agent {contention['agent_cores']:.2f} "
-                f"cores, other processes {contention['others_cores']:.2f} cores)"
+                f"latency: rig at the naive agent's rate, {naive_rate:,.0f} req/s "
+                f"for {args.latency_seconds:.0f} s"
             )
-        phase("throughput_s")
-
-        for i, (name, agent) in enumerate(agents.items()):
-            rate = args.latency_load * capacity(measured[name]["throughput"])
-            say(f"latency: {name} at {rate:,.0f} req/s for {args.latency_seconds:.0f} s")
-            measured[name]["latency"] = latency(agent, settings, rate, args.latency_seconds, seed=3_000 + i)
-            lat, contention = measured[name]["latency"]["latency_ms"], measured[name]["latency"]["contention"]
-            say(
-                f"  {name}: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms (other processes "
-                f"{contention['others_cores']:.2f} cores)"
+            measured["rig"]["latency_at_naive_rate"] = latency(
+                agents["rig"], world, naive_rate, args.latency_seconds, seed=3_100
             )
-        naive_rate = measured["naive"]["latency"]["target_rate_per_s"]
-        say(
-            f"latency: rig at the naive agent's rate, {naive_rate:,.0f} req/s "
-            f"for {args.latency_seconds:.0f} s"
-        )
-        measured["rig"]["latency_at_naive_rate"] = latency(
-            agents["rig"], settings, naive_rate, args.latency_seconds, seed=3_100
-        )
-        phase("latency_s")
+            phase("latency_s")
 
-        costs = codec_costs(records["rig"], encoded_requests(settings, 3_000, seed=4_000))
-    except BaseException:
-        for log in logs:
-            if log.is_file():
-                print(f"----- {log.name} (tail)\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
-        raise
-    finally:
-        say("clean up: stop the agents, tear down the Feast project, delete the run's topics")
-        stop_processes(processes)
-        if deployed:
-            cleanup(settings)
+            costs = codec_costs(records["rig"], synthetic_messages(settings, world, 3_000, seed=4_000))
+        except BaseException:
+            for log in logs:
+                if log.is_file():
+                    tail = log.read_text(errors="replace")[-3000:]
+                    print(f"----- {log.name} (tail)\n{tail}", file=sys.stderr)
+            raise
 
     return {
         "settings": {
@@ -840,19 +673,6 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "agents": measured,
         "codec_costs_bench_process": costs,
     }
-
-
-def plain(value: Any) -> Any:
-    """The result as strict JSON: numpy scalars as numbers, NaN and infinity as null."""
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def ratios(agents: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -876,21 +696,15 @@ def ratios(agents: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    began = time.perf_counter()
-    load_start = os.getloadavg()
-    revision = code_revision()
-    with tempfile.TemporaryDirectory(prefix="rig-bench-pipeline-") as tmp:
-        measured = run(args, Path(tmp))
+    record = RunRecord()
+    measured = run(args)
     result: dict[str, Any] = {
         "benchmark": "pipeline",
-        "command": [sys.executable, *sys.argv],
         "config": {**vars(args), "output": str(args.output)},
-        "code": revision,
-        "machine": {**machine_info(), "load_average_start": load_start, "load_average_end": os.getloadavg()},
         **measured,
         "ratios": ratios(measured["agents"]),
         "target": {"throughput_ratio": TARGET_RATIO},
-        "elapsed_s": time.perf_counter() - began,
+        **record.fields(),
     }
     result["target"]["met_by_rig_worker"] = bool(result["ratios"]["rig"]["throughput"] >= TARGET_RATIO)
     result["target"]["met_by_rig_worker_sustained"] = bool(
@@ -906,8 +720,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         result["target"]["met_by_predict_path_alone_cpu"] = bool(
             result["ratios"]["predict_only"]["cpu_per_request_saving_until_idle"] >= TARGET_RATIO
         )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(plain(result), indent=2, allow_nan=False) + "\n")
+    write_results(args.output, result)
     print_report(result, args.output)
 
 

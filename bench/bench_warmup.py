@@ -4,12 +4,12 @@ warmer, beside the steady-state p99 measured in the same worker run. Target: wit
 
 Not a test. One deployment (own Feast project on the shared Redis, a synthetic world of 3,000
 entities, models `golden` and challenger `better` trained on Feast historical reads) serves every run.
-Each run gets a fresh `rig worker` (sim.deploy.start_worker) on its own topic prefix, hence its own
+Each run gets a fresh `rig-worker` (sim.deploy.start_worker) on its own topic prefix, hence its own
 consumer group and its own prediction-cache namespace `<prefix>cache:`, so the cold case is really cold:
 
 1. routing: golden only (`better` is not loaded and has no cache entries);
 2. the worker answers a probe request (start-up is excluded), then a background thread produces
-   synthetic requests at a fixed rate well under capacity (`--rate`, 200/s: at 400/s a `rig worker`
+   synthetic requests at a fixed rate well under capacity (`--rate`, 200/s: at 400/s a `rig-worker`
    with its join/promoter/explain agents fell seconds behind here), Zipf-popular entities,
    so repeats (cache hits) are natural;
 3. warm-up: the first `--warm-requests`; steady state: the next `--steady` requests;
@@ -40,8 +40,9 @@ Models are trained with one XGBoost thread (two threads on a busy 2-core box wer
 workers score as shipped.
 
 Prints a table, writes bench/results/warmup.json, and always cleans up (also on error or Ctrl-C):
-stops the workers, tears the Feast project down, UNLINKs each run's `<prefix>cache:*` keys (SCAN),
-deletes the run's topics. Takes ~4 min on 2 cores with the defaults (2 repeats).
+stops the workers, tears the Feast project down, UNLINKs the Redis keys under the run's topic prefix
+(each run's `<prefix>cache:*`; SCAN), deletes the run's topics. Takes ~4 min on 2 cores with the
+defaults (2 repeats).
 
 Run (from the repository root): .venv/bin/python bench/bench_warmup.py [--repeats 3]
 """
@@ -49,476 +50,57 @@ Run (from the repository root): .venv/bin/python bench/bench_warmup.py [--repeat
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import xgboost
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` as a script too
 
-from rig.cli.clients import synthetic_requests
+import numpy as np
+
+from bench.support.cleanup import Cleanup
+from bench.support.cpu import CpuSampler
+from bench.support.deploy import deployed, with_prefix
+from bench.support.kafka_io import (
+    Collector,
+    Message,
+    Sender,
+    connected_producer,
+    synthetic_messages,
+    wait_ready,
+)
+from bench.support.report import RESULTS_DIR, RunRecord, latency_percentiles, say, write_results
 from rig.config import RigSettings
 from rig.routing.control import publish_control
 from rig.routing.table import set_golden_event
-from rig.wire.codec import Codec, Rejected
-from sim.deploy import isolated_feast_repo, prepare, start_worker, stop_processes
+from sim.deploy import start_worker, stop_processes
+from sim.settings import WorldSettings
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results" / "warmup.json"
+RESULTS = RESULTS_DIR / "warmup.json"
 TARGET_RATIO = 1.5
 DISTURBED_CORES = 0.5  # a run is "disturbed" when everything else on the machine took more than this
 MODELS = {"golden": "golden", "better": "better"}
-Message = tuple[str, bytes, bytes]  # request_id, key, encoded Avro value
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# -- deployment and cleanup (also used by bench_cache_pipeline.py) ------------------------------
-def isolated_settings(root: Path, entities: int, days: int, seed: int, tag: str) -> RigSettings:
-    """Settings on a copy of ops/feast with its own Feast project and its own topic prefix.
-
-    Like tests/integration/conftest.py `isolated_feast_settings`, so the run shares Kafka and Redis
-    with everything else on the machine without clashing.
-    """
-    repo = isolated_feast_repo(root, "rig_bench")
-    return RigSettings(
-        feast_repo=repo,
-        home=root / "home",
-        transform_spec=repo / "transform.json",
-        topic_prefix=f"bench.{tag}.{uuid.uuid4().hex[:8]}.",
-        world_seed=seed,
-        world_entities=entities,
-        world_days=days,
-    )
-
-
-def with_prefix(settings: RigSettings, suffix: str) -> RigSettings:
-    """The same deployment on topics (and a cache namespace) under `<prefix><suffix>.`."""
-    return settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}{suffix}."})
-
-
-def require_services(settings: RigSettings) -> None:
-    """Exit with a clear message when Kafka or Redis does not answer."""
-    import redis
-    from confluent_kafka.admin import AdminClient
-
-    try:
-        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2).ping()
-    except redis.ConnectionError as error:
-        raise SystemExit(f"no Redis at {settings.redis_url} ({error}); start it with ops/redis/up") from error
-    try:
-        AdminClient(settings.kafka_client_config()).list_topics(timeout=10)
-    except Exception as error:  # any client error means the same thing here
-        raise SystemExit(
-            f"no Kafka at {settings.kafka_bootstrap} ({error}); start it with ops/kafka/up"
-        ) from error
-
-
-def unlink_keys(redis_url: str, pattern: str) -> int:
-    """UNLINK every Redis key matching `pattern` (SCAN, 1,000 at a time); returns how many."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    deleted, batch = 0, []
-    try:
-        for key in client.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                deleted += client.unlink(*batch)
-                batch = []
-        if batch:
-            deleted += client.unlink(*batch)
-    finally:
-        client.close()
-    return deleted
-
-
-def delete_topics(settings: RigSettings, prefix: str) -> int:
-    """Delete every topic whose name starts with `prefix` (Faust's internal ones included)."""
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient(settings.kafka_client_config())
-    names = [name for name in admin.list_topics(timeout=10).topics if name.startswith(prefix)]
-    if names:
-        for future in admin.delete_topics(names, operation_timeout=30).values():
-            try:
-                future.result()
-            except Exception as error:  # noqa: BLE001 - best effort, reported
-                say(f"could not delete a topic: {error}")
-    return len(names)
-
-
-@dataclass
-class Cleanup:
-    """What a run created, removed at the end whatever happened."""
-
-    base: RigSettings
-    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    prefixes: list[str] = field(default_factory=list)
-    feast_applied: bool = False
-
-    def run(self) -> None:
-        for worker in self.workers:
-            try:
-                stop_processes([worker])
-            except Exception as error:  # noqa: BLE001 - cleanup goes on; reported
-                say(f"could not stop worker {worker.pid}: {error}")
-        if self.feast_applied:
-            try:
-                from rig.features.store import FeatureStoreClient
-
-                FeatureStoreClient(self.base).teardown()
-                say("cleanup: feast project torn down")
-            except Exception as error:  # noqa: BLE001
-                say(f"cleanup: feast teardown failed: {error}")
-        deleted = 0
-        for prefix in dict.fromkeys([*self.prefixes, self.base.topic_prefix]):
-            try:
-                deleted += unlink_keys(self.base.redis_url, f"{prefix}cache:*")
-            except Exception as error:  # noqa: BLE001
-                say(f"cleanup: cache keys under {prefix} not deleted: {error}")
-        say(f"cleanup: unlinked {deleted} cache keys")
-        try:
-            say(f"cleanup: deleted {delete_topics(self.base, self.base.topic_prefix)} topics")
-        except Exception as error:  # noqa: BLE001
-            say(f"cleanup: topic deletion failed: {error}")
-
-
-@contextmanager
-def cleaned_up(base: RigSettings) -> Iterator[Cleanup]:
-    """A Cleanup that runs on exit, on error and on Ctrl-C (SIGTERM is turned into SystemExit)."""
-    import signal
-
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    cleanup = Cleanup(base)
-    try:
-        yield cleanup
-    finally:
-        cleanup.run()
-        signal.signal(signal.SIGTERM, previous)
-
-
-def encode_requests(requests: Sequence[dict[str, Any]], settings: RigSettings) -> list[Message]:
-    codec = Codec("Request", registry_url=settings.schema_registry_url)
-    return [(r["request_id"], r["entity_id"].encode(), codec.encode(r)) for r in requests]
-
-
-def machine() -> dict[str, Any]:
-    revision = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "revision": revision,
-        "load_average": os.getloadavg(),
-    }
-
-
-def write_results(path: Path, report: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=float))
-    say(f"wrote {path}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and iowait)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuSampler:
-    """Samples, every `period_s`, the machine's busy CPU seconds and those of the worker and of this
-    process, so the load of everything else on the machine (neighbours, and Kafka and Redis) can be
-    reported for any time window: benchmarks on a shared 2-core machine must say how busy it was."""
-
-    def __init__(self, worker_pid: int, period_s: float = 0.25) -> None:
-        self.worker_pid = worker_pid
-        self.period_s = period_s
-        self.samples: list[tuple[float, float, float, float]] = []  # epoch s, machine, worker, bench
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
-
-    def start(self) -> CpuSampler:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.samples.append(
-                    (
-                        time.time(),
-                        machine_busy_seconds(),
-                        cpu_seconds(self.worker_pid),
-                        cpu_seconds(os.getpid()),
-                    )
-                )
-            except (OSError, ValueError, IndexError):  # the worker is gone
-                return
-            self._stop.wait(self.period_s)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def cores(self, start_s: float, end_s: float) -> dict[str, float]:
-        """Average cores busy between two epoch times: machine, worker, this process, everything else."""
-        inside = [sample for sample in self.samples if start_s <= sample[0] <= end_s]
-        if len(inside) < 2:
-            return {}
-        (t0, m0, w0, b0), (t1, m1, w1, b1) = inside[0], inside[-1]
-        span = t1 - t0
-        machine_cores, worker, bench = (m1 - m0) / span, (w1 - w0) / span, (b1 - b0) / span
-        return {
-            "machine": machine_cores,
-            "worker": worker,
-            "bench_process": bench,
-            "others": machine_cores - worker - bench,
-        }
-
-
-# -- Kafka I/O ----------------------------------------------------------------------------------
-class Collector:
-    """Reads a predictions topic in a thread, keeping raw (Kafka timestamp, value) in `raw`.
-
-    `from_end=False` reads a fresh topic from the beginning; `from_end=True` starts at the high
-    watermarks at `start()`, so nothing produced after it is missed. Decoding is left to the caller
-    (`take`), so the reader takes as little CPU as it can from the worker being measured.
-    """
-
-    def __init__(self, settings: RigSettings, from_end: bool = False) -> None:
-        self.settings = settings
-        self.topic = settings.topic("predictions")
-        self.from_end = from_end
-        self.raw: list[tuple[int, bytes]] = []
-        self._taken = 0
-        self._codec = Codec("Prediction", registry_url=settings.schema_registry_url)
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
-
-    def start(self) -> Collector:
-        self._thread.start()
-        if not self._ready.wait(30) or self._failure is not None:
-            raise RuntimeError(f"could not read {self.topic}: {self._failure}")
-        return self
-
-    def _run(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        consumer = Consumer(
-            {
-                **self.settings.kafka_client_config(),
-                "group.id": f"bench-collector-{uuid.uuid4().hex[:8]}",  # never joined or committed
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,
-            }
-        )
-        try:
-            partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
-            assignment = []
-            for partition in partitions:
-                offset = OFFSET_BEGINNING
-                if self.from_end:
-                    _, offset = consumer.get_watermark_offsets(
-                        TopicPartition(self.topic, partition), timeout=10
-                    )
-                assignment.append(TopicPartition(self.topic, partition, offset))
-            consumer.assign(assignment)
-            self._ready.set()
-            while not self._stop.is_set():
-                for message in consumer.consume(2000, timeout=0.1):
-                    if message.error() is None:
-                        self.raw.append((message.timestamp()[1], message.value()))
-        except BaseException as error:  # noqa: BLE001 - reported by start/take/check
-            self._failure = error
-        finally:
-            self._ready.set()
-            consumer.close()
-
-    def check(self) -> None:
-        """Raise if the reading thread failed."""
-        if self._failure is not None:
-            raise RuntimeError(f"collector failed: {self._failure}") from self._failure
-
-    def take(self) -> list[tuple[int, dict[str, Any]]]:
-        """Decoded predictions that arrived since the last call: (Kafka timestamp ms, record)."""
-        self.check()
-        end = len(self.raw)
-        fresh = self.raw[self._taken : end]
-        self._taken = end
-        out = []
-        for timestamp, value in fresh:
-            record = self._codec.decode(value)
-            if not isinstance(record, Rejected):
-                out.append((timestamp, record))
-        return out
-
-    def close(self) -> None:
-        """Stop reading (idempotent)."""
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
-def connected_producer(settings: RigSettings) -> Any:
-    """One producer for a whole run, connected before any clock starts.
-
-    A message's CreateTime is stamped when it is produced: a producer still connecting to the broker
-    would add its connection time to the first requests' latency.
-    """
-    from confluent_kafka import Producer
-
-    producer = Producer({**settings.kafka_client_config(), "linger.ms": 5, "acks": "all"})
-    producer.list_topics(timeout=10)
-    return producer
-
-
-class Sender:
-    """Produces pre-encoded requests, paced (in a thread) or as fast as possible; records each
-    request's Kafka CreateTime from the delivery report."""
-
-    def __init__(self, producer: Any, topic: str) -> None:
-        self.producer = producer
-        self.topic = topic
-        self.create_ms: dict[str, int] = {}
-        self.failed = 0
-        self.sent = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._failure: BaseException | None = None
-
-    def _callback(self, request_id: str) -> Callable[[Any, Any], None]:
-        def delivered(error: Any, message: Any) -> None:
-            if error is None:
-                self.create_ms[request_id] = message.timestamp()[1]
-            else:
-                self.failed += 1
-
-        return delivered
-
-    def send(self, messages: Sequence[Message], rate_per_s: float | None = None) -> None:
-        """Produce `messages` on the calling thread (stops early when `stop()` is called)."""
-        began = time.perf_counter()
-        for index, (request_id, key, value) in enumerate(messages):
-            if self._stop.is_set():
-                break
-            if rate_per_s:
-                ahead = index / rate_per_s - (time.perf_counter() - began)
-                if ahead > 0:
-                    time.sleep(ahead)
-            while True:
-                try:
-                    self.producer.produce(
-                        self.topic, key=key, value=value, on_delivery=self._callback(request_id)
-                    )
-                    break
-                except BufferError:
-                    self.producer.poll(0.01)
-            self.sent += 1
-            self.producer.poll(0)
-
-    def start(self, messages: Sequence[Message], rate_per_s: float) -> Sender:
-        """Produce `messages` at `rate_per_s` in a background thread (`sent` counts them from 0)."""
-        self.sent = 0
-
-        def run() -> None:
-            try:
-                self.send(messages, rate_per_s)
-            except BaseException as error:  # noqa: BLE001 - reported by check()
-                self._failure = error
-
-        self._thread = threading.Thread(target=run, name="sender", daemon=True)
-        self._thread.start()
-        return self
-
-    def check(self) -> None:
-        if self._failure is not None:
-            raise RuntimeError(f"sender failed: {self._failure}") from self._failure
-
-    def stop(self) -> None:
-        """Stop the background thread and wait for every delivery report."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        if self.producer.flush(60):
-            raise RuntimeError(f"requests to {self.topic} not acknowledged within 60 s")
-
-
-def wait_ready(
-    sender: Sender,
-    collector: Collector,
-    probes: Sequence[Message],
-    worker: subprocess.Popen[bytes],
-    timeout_s: float,
-) -> tuple[float, list[tuple[int, dict[str, Any]]]]:
-    """Send a probe request every 0.5 s until one is answered (the worker's start-up is then over).
-
-    Returns:
-        Seconds until the first answer, and the predictions read meanwhile.
-    """
-    began = time.perf_counter()
-    seen: list[tuple[int, dict[str, Any]]] = []
-    for probe in probes:
-        sender.send([probe])
-        sender.producer.flush(10)
-        deadline = time.perf_counter() + 0.5
-        while time.perf_counter() < deadline:
-            seen.extend(collector.take())
-            if seen:
-                return time.perf_counter() - began, seen
-            if worker.poll() is not None:
-                raise RuntimeError(f"worker exited with {worker.returncode} during start-up")
-            time.sleep(0.05)
-        if time.perf_counter() - began > timeout_s:
-            break
-    raise RuntimeError(f"the worker answered no probe within {timeout_s:.0f} s")
 
 
 # -- statistics ---------------------------------------------------------------------------------
 def latency_summary(
     latencies_ms: Sequence[float], hits: Sequence[bool], in_worker_ms: Sequence[float]
 ) -> dict[str, Any]:
-    values = np.asarray(latencies_ms, dtype=np.float64)
-    if values.size == 0:
+    if len(latencies_ms) == 0:
         return {"requests": 0}
-    tenth = max(1, values.size // 10)
     return {
-        "requests": int(values.size),
-        "p50_ms": float(np.percentile(values, 50)),
-        "p90_ms": float(np.percentile(values, 90)),
-        "p99_ms": float(np.percentile(values, 99)),
-        "max_ms": float(values.max()),
-        "mean_ms": float(values.mean()),
+        "requests": len(latencies_ms),
+        # p50_ms ... max_ms; p50 growing from the first to the last tenth: the worker fell behind the rate
+        **{f"{name}_ms": value for name, value in latency_percentiles(latencies_ms).items()},
         "cache_hit_share": float(np.mean(hits)) if len(hits) else float("nan"),
         "kafka_to_publish_p99_ms": float(np.percentile(in_worker_ms, 99))
         if len(in_worker_ms)
         else float("nan"),
-        # p50 growing from the first to the last tenth (in send order): the worker fell behind the rate
-        "p50_first_tenth_ms": float(np.median(values[:tenth])),
-        "p50_last_tenth_ms": float(np.median(values[-tenth:])),
     }
 
 
@@ -547,7 +129,6 @@ def run_once(
     from rig.wire.topics import ensure_topics
 
     settings = with_prefix(base, f"{variant}{repeat}")
-    cleanup.prefixes.append(settings.topic_prefix)
     ensure_topics(settings)
     golden, better = versions["golden"], versions["better"]
     publish_control(
@@ -558,11 +139,11 @@ def run_once(
     worker = start_worker(
         settings,
         log_path,
-        loglevel="info",
+        log_level="INFO",  # the "model warmed" lines
         RIG_WARMER_ENABLED=str(variant == "warm").lower(),
         RIG_CACHE_ENABLED=str(plan.cache).lower(),
     )
-    cleanup.workers.append(worker)
+    cleanup.processes.append(worker)
     sampler = CpuSampler(worker.pid).start()
     sender = Sender(connected_producer(settings), settings.topic("requests"))
     try:
@@ -737,35 +318,26 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=23)
     args = parser.parse_args()
     plan = Plan(args.rate, args.warm_requests, args.steady, args.after, not args.no_cache)
-    started = time.perf_counter()
-    load_start = os.getloadavg()
+    record = RunRecord()
+    world = WorldSettings(seed=args.seed, entities=args.entities, days=args.days)
 
     logs = Path(tempfile.mkdtemp(prefix="bench-warmup-logs-"))  # kept: the workers' logs
     say(f"worker logs in {logs}")
-    with tempfile.TemporaryDirectory(prefix="bench-warmup-") as tmp:
-        root = Path(tmp)
-        base = isolated_settings(root, args.entities, args.days, args.seed, "warmup")
-        require_services(base)
-        with cleaned_up(base) as cleanup:
-            say(f"deployment: {args.entities} entities, models {list(MODELS)}, prefix {base.topic_prefix}")
-            cleanup.feast_applied = True
-            with xgboost.config_context(nthread=1):  # 2 threads on a busy 2-core box: ~10x slower
-                _, versions = prepare(
-                    base, MODELS, n_events=args.train_events, on_step=lambda step: say(f"  prepare: {step}")
+    with deployed("warmup", MODELS, world, n_events=args.train_events) as deployment:
+        base, versions = deployment.settings, deployment.versions
+        budget = plan.warm_requests + plan.steady + 2 * plan.after + int(plan.rate * 15)
+        traffic = {
+            r: synthetic_messages(base, world, budget, seed=args.seed * 100 + r) for r in range(args.repeats)
+        }
+        probes = synthetic_messages(base, world, 400, seed=args.seed * 100 + 99)
+        order = [("warm", "cold"), ("cold", "warm")]
+        runs = []
+        for r in range(args.repeats):
+            for variant in order[r % 2]:
+                say(f"run {len(runs) + 1}/{2 * args.repeats}: {variant}, repeat {r}")
+                runs.append(
+                    run_once(base, deployment.cleanup, versions, variant, r, traffic[r], probes, plan, logs)
                 )
-            say(f"  models: {versions}")
-            budget = plan.warm_requests + plan.steady + 2 * plan.after + int(plan.rate * 15)
-            traffic = {
-                r: encode_requests(list(synthetic_requests(base, budget, seed=args.seed * 100 + r)), base)
-                for r in range(args.repeats)
-            }
-            probes = encode_requests(list(synthetic_requests(base, 400, seed=args.seed * 100 + 99)), base)
-            order = [("warm", "cold"), ("cold", "warm")]
-            runs = []
-            for r in range(args.repeats):
-                for variant in order[r % 2]:
-                    say(f"run {len(runs) + 1}/{2 * args.repeats}: {variant}, repeat {r}")
-                    runs.append(run_once(base, cleanup, versions, variant, r, traffic[r], probes, plan, logs))
 
     summary = summarize(runs)
     print_table(runs, summary, plan)
@@ -777,7 +349,6 @@ def main() -> None:
             "target_ratio": TARGET_RATIO,
             "latency": "prediction Kafka timestamp - request Kafka CreateTime (message.timestamp()), "
             "matched by request_id",
-            "machine": {**machine(), "load_average_start": load_start, "load_average_end": os.getloadavg()},
             "deployment": {
                 "entities": args.entities,
                 "days": args.days,
@@ -790,11 +361,11 @@ def main() -> None:
             "batch_within_s": base.batch_within_s,
             "runs": runs,
             "summary": summary,
-            "seconds": time.perf_counter() - started,
-            "command": " ".join(sys.argv),
+            "worker_logs": str(logs),
+            **record.fields(),
         },
     )
-    say(f"done in {time.perf_counter() - started:.0f} s")
+    say(f"done in {record.seconds:.0f} s")
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:

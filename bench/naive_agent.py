@@ -9,7 +9,7 @@ record and `await` one send. No micro-batching, no thread pool, no fast Redis re
 Models and routing are the deployment's own: the routing table is read once from the deployment's
 control topic (`RIG_TOPIC_PREFIX`), the boosters and the transform from its registry (`RIG_HOME`).
 Requests and predictions use topics under another prefix (`BENCH_NAIVE_TOPIC_PREFIX`, by default
-`<RIG_TOPIC_PREFIX>naive.`), so this agent and `rig worker` never see each other's messages.
+`<RIG_TOPIC_PREFIX>naive.`), so this agent and `rig-worker` never see each other's messages.
 
 Every prediction carries its own per-message stage timings (decode, enrich, transform, predict,
 total, in ms), like the rig's per-batch `timings_ms`.

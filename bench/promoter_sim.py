@@ -24,14 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` as a script too
 
 import numpy as np
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
+from bench.support.report import RESULTS_DIR, RunRecord, say, write_results
 from rig.feedback.sequential import (
     GoldenMonitor,
     Promoter,
@@ -43,7 +46,6 @@ from rig.feedback.sequential import (
 from rig.models.train import fit_booster
 from sim import world as data
 
-RESULTS = Path(__file__).resolve().parent / "results"
 NAIVE_EVERY = 1000
 NAIVE_ALPHA = 0.05
 CHECKED_RUNS = 5
@@ -51,12 +53,6 @@ TAU_FACTORS = (1.0, 2.0, 5.0, 10.0, 25.0)
 MARGINAL_WEIGHT = 0.05
 """The `marginal` challenger blends golden and better in logit space (5 % better): a true gain just
 above min_effect, where the practical-effect guardrail decides how long promotion takes."""
-T0 = time.perf_counter()
-
-
-def say(message: str) -> None:
-    """Progress line with elapsed seconds."""
-    print(f"[{time.perf_counter() - T0:6.1f}s] {message}", flush=True)
 
 
 @dataclass
@@ -473,6 +469,7 @@ def main() -> None:
     parser.add_argument("--tau2", type=float, default=None, help="mixing variance; default from min_effect")
     parser.add_argument("--min-effect", type=float, default=0.002)
     args = parser.parse_args()
+    record = RunRecord()
     if args.outcomes % args.every or NAIVE_EVERY % args.every:
         raise SystemExit("--outcomes and 1000 must be multiples of --every")
     cfg = PromoterConfig(min_effect=args.min_effect, tau2=args.tau2)
@@ -494,11 +491,12 @@ def main() -> None:
         "power >= 0.9 within outcomes": cases_out["better"]["msprt_promoted"]["rate"] >= 0.9,
         "worse never promoted": cases_out["worse"]["msprt_promoted"]["rate"] == 0.0,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "promoter_sim.json").write_text(json.dumps(results, indent=1))
-    plot(results, args, RESULTS / "promoter_sim.png")
+    write_results(
+        RESULTS_DIR / "promoter_sim.json", {"benchmark": "promoter_sim", **results, **record.fields()}
+    )
+    plot(results, args, RESULTS_DIR / "promoter_sim.png")
+    say(f"wrote {RESULTS_DIR / 'promoter_sim.png'}")
     table(results)
-    say(f"wrote {RESULTS / 'promoter_sim.json'} and {RESULTS / 'promoter_sim.png'}")
 
 
 if __name__ == "__main__":

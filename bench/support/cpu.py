@@ -1,0 +1,120 @@
+"""CPU sampling from /proc (Linux): a process's CPU time, the machine's, and the others' share.
+
+The benchmark machine is shared: every wall-clock number is read beside how busy everything else was.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # from the 3rd on (state, ...)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(pid: int, timeout_s: float = 120, window_s: float = 1.0, cores: float = 0.2) -> float:
+    """Seconds until the process used less than `cores` of CPU over `window_s`: until the start of
+    that idle window (inf on timeout).
+
+    A worker may still be busy after its last prediction (its other agents, e.g. the join, work on
+    what the predictions caused): a phase that starts before it is idle measures that work too.
+    """
+    began = time.perf_counter()
+    while time.perf_counter() - began < timeout_s:
+        before = cpu_seconds(pid)
+        time.sleep(window_s)
+        if (cpu_seconds(pid) - before) / window_s < cores:
+            return time.perf_counter() - began - window_s
+    return float("inf")
+
+
+class CpuUsage:
+    """CPU used from construction to `report()`: the process, this one, the machine, the others.
+
+    `others_cores` is what every other process took meanwhile (Kafka and Redis included), the first
+    thing to look at when a wall-clock number looks odd.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.began = time.perf_counter()
+        self.agent = cpu_seconds(pid)
+        self.bench = sum(os.times()[:2])
+        self.machine = machine_busy_seconds()
+
+    def report(self) -> dict[str, float]:
+        seconds = time.perf_counter() - self.began
+        agent = cpu_seconds(self.pid) - self.agent
+        bench = sum(os.times()[:2]) - self.bench
+        machine = machine_busy_seconds() - self.machine
+        return {
+            "seconds": seconds,
+            "agent_cpu_s": agent,
+            "agent_cores": agent / seconds,
+            "bench_cores": bench / seconds,
+            "machine_cores": machine / seconds,
+            "others_cores": max(0.0, machine - agent - bench) / seconds,
+            "load_average_1m_after": os.getloadavg()[0],
+        }
+
+
+class CpuSampler:
+    """Samples, every `period_s` in a thread, the machine's busy CPU seconds and those of the worker
+    and of this process, so that the load of everything else (neighbours, Kafka, Redis) can be
+    reported for any time window of a run."""
+
+    def __init__(self, worker_pid: int, period_s: float = 0.25) -> None:
+        self.worker_pid = worker_pid
+        self.period_s = period_s
+        self.samples: list[tuple[float, float, float, float]] = []  # epoch s, machine, worker, bench
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def start(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append(
+                    (
+                        time.time(),
+                        machine_busy_seconds(),
+                        cpu_seconds(self.worker_pid),
+                        cpu_seconds(os.getpid()),
+                    )
+                )
+            except (OSError, ValueError, IndexError):  # the worker is gone
+                return
+            self._stop.wait(self.period_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def cores(self, start_s: float, end_s: float) -> dict[str, float]:
+        """Average cores busy between two epoch times: machine, worker, this process, everything else."""
+        inside = [sample for sample in self.samples if start_s <= sample[0] <= end_s]
+        if len(inside) < 2:
+            return {}
+        (t0, m0, w0, b0), (t1, m1, w1, b1) = inside[0], inside[-1]
+        span = t1 - t0
+        machine_cores, worker, bench = (m1 - m0) / span, (w1 - w0) / span, (b1 - b0) / span
+        return {
+            "machine": machine_cores,
+            "worker": worker,
+            "bench_process": bench,
+            "others": machine_cores - worker - bench,
+        }
