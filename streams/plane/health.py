@@ -1,0 +1,99 @@
+"""Readiness of a worker: what it waits for, which partitions it holds, which ones stall."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether the worker answers requests now, and if not, every reason why."""
+
+    ready: bool
+    reasons: tuple[str, ...]
+
+
+class Health:
+    """Shared, thread-safe health state of one worker.
+
+    Parts of the worker report what they wait for (`waiting`/`recovered`, e.g. Redis refusing
+    connections, a delivery failing, no golden model routed yet) and the source reports its
+    assignment and stalled partitions. A dependency being waited for is not a stall: the worker goes
+    on by itself when it comes back. `unexplained_stall_s` says how long partitions have stalled with
+    nothing being waited for, which only a restart can mend.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._waiting: dict[str, tuple[str, float]] = {}
+        self._assigned = 0
+        self._stalled: dict[str, float] = {}
+        self._unexplained_since: float | None = None
+        self._checks: list[Callable[[], str | None]] = []
+
+    def waiting(self, dependency: str, reason: str) -> None:
+        """`dependency` is unavailable for `reason`; logged once when the wait starts."""
+        with self._lock:
+            first = dependency not in self._waiting
+            since = self._waiting[dependency][1] if not first else self._clock()
+            self._waiting[dependency] = (reason, since)
+        if first:
+            log.warning("waiting for %s: %s", dependency, reason)
+
+    def recovered(self, dependency: str) -> None:
+        """`dependency` answers again."""
+        with self._lock:
+            entry = self._waiting.pop(dependency, None)
+        if entry is not None:
+            log.warning("%s is back after %.1f s", dependency, self._clock() - entry[1])
+
+    def waits_for(self, dependency: str) -> bool:
+        """Whether `dependency` is being waited for."""
+        with self._lock:
+            return dependency in self._waiting
+
+    def add_check(self, check: Callable[[], str | None]) -> None:
+        """A readiness condition: returns why the worker is not ready, or None."""
+        self._checks.append(check)
+
+    def assigned(self, count: int) -> None:
+        """The number of partitions the worker holds now."""
+        with self._lock:
+            self._assigned = count
+
+    def stalled(self, partitions: dict[str, float]) -> None:
+        """Partitions (by name) with messages waiting and no progress, with seconds since their last."""
+        with self._lock:
+            self._stalled = dict(partitions)
+            if partitions and not self._waiting:
+                if self._unexplained_since is None:
+                    self._unexplained_since = self._clock()
+            else:
+                self._unexplained_since = None
+
+    def unexplained_stall_s(self) -> float:
+        """Seconds partitions have stalled while nothing was being waited for (0 when none)."""
+        with self._lock:
+            since = self._unexplained_since
+        return 0.0 if since is None else self._clock() - since
+
+    def readiness(self) -> Readiness:
+        """Ready when no dependency is waited for, partitions are held, none stalls, every check passes."""
+        reasons: list[str] = []
+        with self._lock:
+            now = self._clock()
+            reasons += [
+                f"waiting for {d} for {now - since:.0f} s: {r}" for d, (r, since) in self._waiting.items()
+            ]
+            if self._assigned == 0:
+                reasons.append("no partitions assigned")
+            reasons += [f"partition {tp} stalled for {s:.0f} s" for tp, s in sorted(self._stalled.items())]
+        reasons += [reason for check in self._checks if (reason := check()) is not None]
+        return Readiness(ready=not reasons, reasons=tuple(reasons))

@@ -1,0 +1,185 @@
+"""Outputs of a batch, produced by an idempotent producer and counted until every one is delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from streams.plane.health import Health
+
+log = logging.getLogger(__name__)
+
+DEPENDENCY = "Kafka (deliveries)"
+FIRST_RETRY_S = 0.2
+LAST_RETRY_S = 5.0
+
+
+@dataclass(slots=True)
+class Output:
+    """One message of a batch, kept until the broker acknowledged it."""
+
+    batch_id: int
+    topic: str
+    key: bytes | None
+    value: bytes
+    attempt: int = 0
+
+
+class DeliveringSink:
+    """An idempotent producer whose messages belong to batches.
+
+    A batch is delivered when it is sealed (no more outputs will come) and every one of its
+    messages has a successful delivery report; `on_delivered(batch_id)` is then called (from the
+    producer's poll thread). A failed delivery (broker away past `message.timeout.ms`, topic deleted
+    or not authorized, ...) is produced again after a backoff, for as long as it takes: it never
+    counts as delivered, so the batch's offsets are never committed past it.
+    """
+
+    def __init__(
+        self,
+        client_config: dict[str, str],
+        on_delivered: Callable[[int], None],
+        health: Health,
+        *,
+        producer_config: dict[str, Any] | None = None,
+    ) -> None:
+        self._producer = Producer(
+            {
+                **client_config,
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                # The rig's topics are created on purpose (`rig topics create`), never by a produce:
+                # a deleted topic is waited for, not re-created with a broker's defaults.
+                "allow.auto.create.topics": False,
+                **(producer_config or {}),
+            }
+        )
+        self._on_delivered = on_delivered
+        self._health = health
+        self._lock = threading.Lock()
+        self._pending: dict[int, int] = {}
+        self._sealed: set[int] = set()
+        self._retries: list[tuple[float, int, Output]] = []
+        self._order = itertools.count()
+        self._failing = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll_forever, name="rig-sink-poll", daemon=True)
+
+    def start(self) -> DeliveringSink:
+        """Start serving delivery reports and retries."""
+        self._thread.start()
+        return self
+
+    async def publish(self, batch_id: int, messages: Iterable[tuple[str, bytes | None, bytes]]) -> None:
+        """Produce (topic, key, value) messages as outputs of `batch_id`, then seal the batch.
+
+        Waits (without blocking the event loop) while the producer's queue is full.
+        """
+        for topic, key, value in messages:
+            output = Output(batch_id, topic, key, value)
+            with self._lock:
+                self._pending[batch_id] = self._pending.get(batch_id, 0) + 1
+            while not self._send(output):
+                await asyncio.sleep(0.05)
+        self._seal(batch_id)
+
+    def _seal(self, batch_id: int) -> None:
+        with self._lock:
+            done = self._pending.get(batch_id, 0) == 0
+            if done:
+                self._pending.pop(batch_id, None)
+            else:
+                self._sealed.add(batch_id)
+        if done:
+            self._on_delivered(batch_id)
+
+    def _send(self, output: Output) -> bool:
+        """Hand a message to librdkafka; False when its queue is full (try again later)."""
+        try:
+            self._producer.produce(
+                output.topic, output.value, output.key, on_delivery=functools.partial(self._report, output)
+            )
+        except BufferError:
+            return False
+        except KafkaException as error:  # refused before queueing (e.g. a fatal producer error)
+            self._failed(output, error.args[0] if error.args else KafkaError(KafkaError._FAIL))
+        return True
+
+    def _report(self, output: Output, error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            self._failed(output, error)
+            return
+        with self._lock:
+            left = self._pending[output.batch_id] - 1
+            self._pending[output.batch_id] = left
+            finished = left == 0 and output.batch_id in self._sealed
+            if finished:
+                del self._pending[output.batch_id]
+                self._sealed.discard(output.batch_id)
+            recovered = self._failing > 0 and output.attempt > 0
+            if recovered:
+                self._failing -= 1
+        if recovered and self._failing == 0:
+            self._health.recovered(DEPENDENCY)
+        if finished:
+            self._on_delivered(output.batch_id)
+
+    def _failed(self, output: Output, error: KafkaError) -> None:
+        """Schedule the message again; the batch stays undelivered meanwhile."""
+        if error.fatal():  # the idempotent producer cannot go on; only a new process can
+            log.critical("fatal producer error, exiting for a restart: %s", error)
+            raise SystemExit(70)
+        delay = min(LAST_RETRY_S, FIRST_RETRY_S * 2**output.attempt)
+        with self._lock:
+            if output.attempt == 0:
+                self._failing += 1
+            output.attempt += 1
+            heapq.heappush(self._retries, (time.monotonic() + delay, next(self._order), output))
+        self._health.waiting(DEPENDENCY, f"delivery to {output.topic} failed: {error.str()}")
+        if output.attempt == 1 or output.attempt % 10 == 0:
+            log.warning(
+                "delivery failed, producing again in %.1f s topic=%s attempt=%d error=%s",
+                delay,
+                output.topic,
+                output.attempt,
+                error.str(),
+            )
+
+    def _poll_forever(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+            now = time.monotonic()
+            while True:
+                with self._lock:
+                    if not self._retries or self._retries[0][0] > now:
+                        break
+                    _, _, output = heapq.heappop(self._retries)
+                if not self._send(output):
+                    with self._lock:
+                        heapq.heappush(self._retries, (now + 0.05, next(self._order), output))
+                    break
+
+    def undelivered(self) -> int:
+        """Messages produced and not delivered yet (in flight or waiting for a retry)."""
+        with self._lock:
+            return sum(self._pending.values())
+
+    def close(self, timeout_s: float = 30) -> int:
+        """Wait up to `timeout_s` for outstanding deliveries, stop; returns what stayed undelivered."""
+        deadline = time.monotonic() + timeout_s
+        while self.undelivered() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._producer.flush(max(0.0, deadline - time.monotonic()))
+        return self.undelivered()

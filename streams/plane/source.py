@@ -1,0 +1,268 @@
+"""Requests (or any topic) consumed with librdkafka in a thread of its own, handed over in micro-batches."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from streams.plane.health import Health
+from streams.plane.ledger import OffsetLedger
+from streams.plane.ledger import TopicPartition as TP
+
+log = logging.getLogger(__name__)
+
+DEPENDENCY = "Kafka (consumer)"
+
+
+@dataclass(frozen=True)
+class SourceBatch:
+    """Messages read together, in offset order per partition; `batch_id` is its entry in the ledger."""
+
+    batch_id: int
+    messages: list[Message]
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """How a `BatchSource` reads."""
+
+    group_id: str
+    topics: tuple[str, ...]
+    batch_max: int = 500
+    max_open_batches: int = 4
+    """Batches handed over and not yet delivered; at this many, fetching pauses (backpressure)."""
+    commit_interval_s: float = 1.0
+    revoke_timeout_s: float = 30.0
+    """How long a revoke waits for the partition's open batches before it gives them up."""
+    stall_s: float = 30.0
+    """A partition with messages waiting and no progress for this long counts as stalled."""
+    group_instance_id: str | None = None
+    """Static membership: a restart within the session timeout keeps the partitions."""
+
+
+class BatchSource:
+    """Consumes with confluent-kafka (cooperative-sticky, no auto commit, no auto offset store).
+
+    `poll` waits for the first message only; what has arrived behind it (up to `batch_max`) joins the
+    batch without waiting, so batches grow under load and an idle worker answers at once. Each batch
+    is recorded in the ledger, then handed over. The ledger's offsets are committed every
+    `commit_interval_s`; revoked partitions are committed on revoke, after their open batches finish;
+    lost partitions are dropped without a commit.
+    """
+
+    def __init__(
+        self,
+        client_config: dict[str, str],
+        settings: SourceSettings,
+        ledger: OffsetLedger,
+        health: Health,
+        hand_over: Callable[[SourceBatch], None],
+    ) -> None:
+        self._client_config = client_config
+        self.settings = settings
+        self._ledger = ledger
+        self._health = health
+        self._hand_over = hand_over
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rig-source-{settings.group_id}", daemon=True)
+        self._assignment: set[TP] = set()
+        self._lock = threading.Lock()
+        self._progress: dict[TP, tuple[tuple[int | None, int], float]] = {}
+        self._paused = False
+        self.crashed: BaseException | None = None
+
+    def start(self) -> BatchSource:
+        """Start consuming in the source's thread."""
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 60) -> None:
+        """Stop consuming: open batches get `revoke_timeout_s` to finish, their offsets are committed."""
+        self._stop.set()
+        self._thread.join(timeout=timeout_s)
+
+    def alive(self) -> bool:
+        """Whether the consuming thread runs."""
+        return self._thread.is_alive()
+
+    def owns(self, batch: SourceBatch) -> bool:
+        """Whether the batch is still worth answering: open, on a partition still held."""
+        return self._ledger.holds(batch.batch_id)
+
+    def assignment(self) -> set[TP]:
+        """The partitions held now."""
+        with self._lock:
+            return set(self._assignment)
+
+    # -- the consuming thread -----------------------------------------------------------------------
+    def _consumer(self) -> Consumer:
+        config: dict[str, object] = {
+            **self._client_config,
+            "group.id": self.settings.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+        }
+        if self.settings.group_instance_id:
+            config["group.instance.id"] = self.settings.group_instance_id
+        return Consumer(config)
+
+    def _run(self) -> None:
+        consumer = self._consumer()
+        try:
+            consumer.subscribe(
+                list(self.settings.topics),
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            next_commit = next_look = time.monotonic()
+            while not self._stop.is_set():
+                self._apply_backpressure(consumer)
+                message = consumer.poll(0.1)
+                if message is not None:
+                    self._take(consumer, message)
+                now = time.monotonic()
+                if now >= next_commit:
+                    self._commit(consumer, self._ledger.to_commit())
+                    next_commit = now + self.settings.commit_interval_s
+                if now >= next_look:
+                    self._look_for_stalls(consumer, now)
+                    next_look = now + 1.0
+            self._finish(consumer)
+        except BaseException as error:  # reported: the worker exits for a restart
+            log.exception("source stopped group=%s", self.settings.group_id)
+            self.crashed = error
+        finally:
+            consumer.close()
+
+    def _take(self, consumer: Consumer, first: Message) -> None:
+        """Build a batch from `first` and what has already arrived behind it, and hand it over."""
+        messages = [first]
+        if self.settings.batch_max > 1:
+            messages += consumer.consume(self.settings.batch_max - 1, timeout=0)
+        good: list[Message] = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                good.append(message)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                self._consumer_error(error)
+        if not good:
+            return
+        if self._health.waits_for(DEPENDENCY):
+            self._health.recovered(DEPENDENCY)
+        lasts: dict[TP, int] = {}
+        for message in good:
+            lasts[(message.topic(), message.partition())] = message.offset()
+        self._hand_over(SourceBatch(self._ledger.begin(lasts), good))
+
+    def _consumer_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            raise KafkaException(error)
+        self._health.waiting(DEPENDENCY, error.str())
+
+    def _apply_backpressure(self, consumer: Consumer) -> None:
+        """Pause fetching while `max_open_batches` are open; resume below that."""
+        full = self._ledger.open_batches() >= self.settings.max_open_batches
+        if full == self._paused and not full:
+            return
+        partitions = [TopicPartition(t, p) for t, p in self.assignment()]
+        if full:
+            consumer.pause(partitions)  # again each round: partitions assigned meanwhile pause too
+        else:
+            consumer.resume(partitions)
+        self._paused = full
+
+    def _commit(self, consumer: Consumer, offsets: dict[TP, int]) -> None:
+        if not offsets:
+            return
+        try:
+            consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
+            )
+        except KafkaException as error:  # the next commit carries the same offsets again
+            log.warning("commit failed, retried with the next one offsets=%s error=%s", offsets, error)
+            return
+        self._ledger.committed(offsets)
+
+    def _look_for_stalls(self, consumer: Consumer, now: float) -> None:
+        """Report partitions with messages waiting whose position and finished offset stood still."""
+        stalled: dict[str, float] = {}
+        open_for = self._ledger.stalled_for(now)
+        for tp in self.assignment():
+            partition = TopicPartition(*tp)
+            try:
+                _, high = consumer.get_watermark_offsets(partition, cached=True)
+                [position] = consumer.position([partition])
+            except KafkaException:
+                continue
+            finished = self._ledger.position(tp)
+            behind = high >= 0 and position.offset >= 0 and high > position.offset
+            marker = (finished, position.offset)
+            seen = self._progress.get(tp)
+            if seen is None or seen[0] != marker:
+                self._progress[tp] = (marker, now)
+                continue
+            idle_s = now - seen[1]
+            waiting = behind or tp in open_for
+            if waiting and idle_s >= self.settings.stall_s:
+                stalled[f"{tp[0]}-{tp[1]}"] = idle_s
+        self._health.stalled(stalled)
+        if self._health.waits_for(DEPENDENCY) and not stalled:
+            try:  # the broker answers again even if no message came since
+                consumer.list_topics(self.settings.topics[0], timeout=1)
+                self._health.recovered(DEPENDENCY)
+            except KafkaException:
+                pass
+
+    def _finish(self, consumer: Consumer) -> None:
+        """Stopping: let open batches finish (bounded), commit what they finished, let go of the rest
+        (the revoke that closing the consumer brings then has nothing left to wait for)."""
+        held = self.assignment()
+        self._ledger.wait_finished(held, self.settings.revoke_timeout_s)
+        self._commit(consumer, self._ledger.to_commit())
+        self._forget(held)
+
+    # -- rebalance callbacks (called inside poll, in the consuming thread) ---------------------------
+    def _on_assign(self, _consumer: Consumer, partitions: Sequence[TopicPartition]) -> None:
+        with self._lock:
+            self._assignment |= {(p.topic, p.partition) for p in partitions}
+            count = len(self._assignment)
+        self._health.assigned(count)
+        log.info("partitions assigned %s", sorted(f"{p.topic}-{p.partition}" for p in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: Sequence[TopicPartition]) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        finished = self._ledger.wait_finished(tps, self.settings.revoke_timeout_s)
+        offsets = {tp: offset for tp, offset in self._ledger.to_commit().items() if tp in tps}
+        self._commit(consumer, offsets)
+        self._forget(tps)
+        log.info(
+            "partitions revoked %s committed=%s%s",
+            sorted(f"{t}-{p}" for t, p in tps),
+            {f"{t}-{p}": o for (t, p), o in offsets.items()},
+            ""
+            if finished
+            else " (open batches given up after the revoke timeout: their new owner redoes them)",
+        )
+
+    def _on_lost(self, _consumer: Consumer, partitions: Sequence[TopicPartition]) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        self._forget(tps)
+        log.warning("partitions lost (not committed) %s", sorted(f"{t}-{p}" for t, p in tps))
+
+    def _forget(self, tps: set[TP]) -> None:
+        self._ledger.drop(tps)
+        for tp in tps:
+            self._progress.pop(tp, None)
+        with self._lock:
+            self._assignment -= tps
+            count = len(self._assignment)
+        self._health.assigned(count)

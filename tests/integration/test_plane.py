@@ -1,0 +1,203 @@
+"""The data plane on the real broker: offsets advance only past delivered batches, revokes commit them."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.plane.health import Health
+from streams.plane.ledger import OffsetLedger
+from streams.plane.sink import DeliveringSink
+from streams.plane.source import BatchSource, SourceBatch, SourceSettings
+
+pytestmark = pytest.mark.integration
+
+
+def create_topic(bootstrap: str, partitions: int = 4, name: str | None = None) -> str:
+    name = name or f"test.plane.{uuid.uuid4().hex[:10]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive until the topic exists
+    admin.create_topics([NewTopic(name, partitions, 1)])[name].result()
+    return name
+
+
+def produce(bootstrap: str, topic: str, count: int, start: int = 0) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in range(start, start + count):
+        producer.produce(topic, f"m{i}".encode(), f"k{i % 17}".encode())
+    assert producer.flush(30) == 0
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int = 4) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        offsets = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in offsets}
+
+
+class Plane:
+    """A source whose batches land in a queue, with its ledger and health."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, **settings: object) -> None:
+        self.batches: queue.Queue[SourceBatch] = queue.Queue()
+        self.ledger = OffsetLedger()
+        self.health = Health()
+        self.source = BatchSource(
+            {"bootstrap.servers": bootstrap},
+            SourceSettings(group_id=group, topics=(topic,), commit_interval_s=0.2, **settings),  # type: ignore[arg-type]
+            self.ledger,
+            self.health,
+            self.batches.put,
+        )
+
+    def take(self, timeout_s: float = 30) -> SourceBatch:
+        return self.batches.get(timeout=timeout_s)
+
+    def values(self, batch: SourceBatch) -> list[bytes]:
+        return [m.value() for m in batch.messages]
+
+
+@contextmanager
+def running(plane: Plane) -> Iterator[Plane]:
+    plane.source.start()
+    try:
+        yield plane
+    finally:
+        plane.source.stop()
+
+
+def drain(plane: Plane, expected: int, finish: bool = True, timeout_s: float = 30) -> list[bytes]:
+    seen: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < expected and time.monotonic() < deadline:
+        try:
+            batch = plane.take(timeout_s=1)
+        except queue.Empty:
+            continue
+        seen += plane.values(batch)
+        if finish:
+            plane.ledger.finish(batch.batch_id)
+    return seen
+
+
+def test_finished_batches_are_committed_and_unfinished_ones_are_not(kafka_bootstrap: str) -> None:
+    topic, group = create_topic(kafka_bootstrap, partitions=1), f"test-{uuid.uuid4().hex}"
+    produce(kafka_bootstrap, topic, 100)
+    plane = Plane(kafka_bootstrap, group, topic, batch_max=30, revoke_timeout_s=1)
+    with running(plane):
+        first = plane.take()
+        plane.ledger.finish(first.batch_id)
+        unfinished = plane.take()  # handed over, never delivered
+        time.sleep(1)
+    done = first.messages[-1].offset() + 1
+    assert unfinished.messages[0].offset() == done
+    assert committed(kafka_bootstrap, group, topic, partitions=1) == {0: done}
+
+    again = Plane(kafka_bootstrap, group, topic)
+    with running(again):
+        values = drain(again, 100 - done)
+    assert values == [f"m{i}".encode() for i in range(done, 100)], "the next owner starts at the commit"
+
+
+def test_an_idle_source_hands_over_a_single_message_at_once(kafka_bootstrap: str) -> None:
+    topic, group = create_topic(kafka_bootstrap, partitions=1), f"test-{uuid.uuid4().hex}"
+    plane = Plane(kafka_bootstrap, group, topic, batch_max=500)
+    with running(plane):
+        deadline = time.monotonic() + 30
+        while not plane.source.assignment() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        produce(kafka_bootstrap, topic, 1)
+        started = time.monotonic()
+        batch = plane.take()
+        waited = time.monotonic() - started
+        plane.ledger.finish(batch.batch_id)
+    assert plane.values(batch) == [b"m0"]
+    print(f"one message handed over {waited * 1000:.1f} ms after it was acknowledged")
+
+
+def test_a_second_member_takes_partitions_where_the_first_committed_them_without_loss_or_repeat(
+    kafka_bootstrap: str,
+) -> None:
+    topic, group = create_topic(kafka_bootstrap), f"test-{uuid.uuid4().hex}"
+    produce(kafka_bootstrap, topic, 2_000)
+    first = Plane(kafka_bootstrap, group, topic, batch_max=50)
+    second = Plane(kafka_bootstrap, group, topic, batch_max=50)
+    seen: list[bytes] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def work(plane: Plane) -> None:
+        while not stop.is_set():
+            try:
+                batch = plane.take(timeout_s=0.2)
+            except queue.Empty:
+                continue
+            time.sleep(0.01)  # an agent at work: batches are open when the revoke comes
+            with lock:
+                seen.extend(plane.values(batch))
+            plane.ledger.finish(batch.batch_id)
+
+    workers = [threading.Thread(target=work, args=(p,), daemon=True) for p in (first, second)]
+    for thread in workers:
+        thread.start()
+    with running(first):
+        time.sleep(1.5)
+        with running(second):
+            produce(kafka_bootstrap, topic, 2_000, start=2_000)
+            deadline = time.monotonic() + 60
+            while len(seen) < 4_000 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert first.source.assignment() and second.source.assignment(), "both members hold partitions"
+    stop.set()
+    repeats = len(seen) - len(set(seen))
+    print(f"messages seen {len(seen)}, distinct {len(set(seen))}, repeats {repeats}")
+    assert set(seen) == {f"m{i}".encode() for i in range(4_000)}
+    assert repeats == 0, "a cooperative join commits on revoke: nothing is redone"
+
+
+def test_a_delivery_to_a_missing_topic_is_retried_until_the_topic_exists(kafka_bootstrap: str) -> None:
+    topic = f"test.plane.{uuid.uuid4().hex[:10]}"  # not created yet
+    delivered: list[int] = []
+    health = Health()
+    sink = DeliveringSink(
+        {"bootstrap.servers": kafka_bootstrap},
+        delivered.append,
+        health,
+        producer_config={"message.timeout.ms": 2_000},
+    ).start()
+    try:
+        import asyncio
+
+        asyncio.run(sink.publish(7, [(topic, b"k", b"v1"), (topic, b"k", b"v2")]))
+        time.sleep(4)
+        assert delivered == [], "not delivered while the topic is missing"
+        assert health.waits_for("Kafka (deliveries)")
+        create_topic(kafka_bootstrap, partitions=1, name=topic)
+        deadline = time.monotonic() + 60
+        while not delivered and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        left = sink.close(timeout_s=10)
+    assert delivered == [7] and left == 0
+    assert not health.waits_for("Kafka (deliveries)")
+    consumer = Consumer(
+        {"bootstrap.servers": kafka_bootstrap, "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([topic])
+    values: list[bytes] = []
+    deadline = time.monotonic() + 30
+    while len(values) < 2 and time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and not message.error():
+            values.append(message.value())
+    consumer.close()
+    assert sorted(values) == [b"v1", b"v2"]

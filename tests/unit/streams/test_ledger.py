@@ -1,0 +1,89 @@
+"""The offset ledger: a partition's offset advances only past batches whose outputs were all delivered."""
+
+from __future__ import annotations
+
+import threading
+
+from streams.plane.ledger import OffsetLedger
+
+A, B = ("rig.requests", 0), ("rig.requests", 1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_nothing_is_committable_before_a_batch_finishes() -> None:
+    ledger = OffsetLedger()
+    ledger.begin({A: 9})
+    assert ledger.to_commit() == {}
+    assert ledger.open_batches() == 1
+
+
+def test_a_finished_batch_makes_the_offset_after_its_last_message_committable() -> None:
+    ledger = OffsetLedger()
+    batch = ledger.begin({A: 9, B: 4})
+    ledger.finish(batch)
+    assert ledger.to_commit() == {A: 10, B: 5}
+    assert ledger.open_batches() == 0
+
+
+def test_a_batch_finishing_early_never_lets_the_offset_skip_a_slower_batch_before_it() -> None:
+    ledger = OffsetLedger()
+    first = ledger.begin({A: 9})
+    second = ledger.begin({A: 19, B: 3})
+    ledger.finish(second)
+    assert ledger.to_commit() == {B: 4}, "A waits for the first batch"
+    ledger.finish(first)
+    assert ledger.to_commit() == {A: 20, B: 4}
+
+
+def test_committed_offsets_are_not_offered_again_until_they_move() -> None:
+    ledger = OffsetLedger()
+    ledger.finish(ledger.begin({A: 9}))
+    ledger.committed({A: 10})
+    assert ledger.to_commit() == {}
+    ledger.finish(ledger.begin({A: 12}))
+    assert ledger.to_commit() == {A: 13}
+
+
+def test_dropped_partitions_close_the_batches_that_were_only_on_them() -> None:
+    ledger = OffsetLedger()
+    only_a = ledger.begin({A: 9})
+    both = ledger.begin({A: 19, B: 3})
+    ledger.drop([A])
+    assert not ledger.holds(only_a)
+    assert ledger.holds(both), "still on B"
+    assert ledger.open_batches() == 1
+    ledger.finish(both)
+    assert ledger.to_commit() == {B: 4}, "nothing is committed for a dropped partition"
+
+
+def test_wait_finished_returns_once_the_partitions_batches_finish_in_another_thread() -> None:
+    ledger = OffsetLedger()
+    batch = ledger.begin({A: 9})
+    other = ledger.begin({B: 9})
+    finisher = threading.Timer(0.05, ledger.finish, args=(batch,))
+    finisher.start()
+    assert ledger.wait_finished([A], timeout_s=5)
+    assert not ledger.wait_finished([B], timeout_s=0.05), "B's batch is still open"
+    ledger.finish(other)
+    assert ledger.wait_finished([A, B], timeout_s=0)
+
+
+def test_stall_time_counts_from_the_oldest_open_batch_or_the_last_progress() -> None:
+    clock = Clock()
+    ledger = OffsetLedger(clock)
+    first = ledger.begin({A: 9})
+    clock.now += 30
+    assert ledger.stalled_for() == {A: 30}
+    ledger.finish(first)
+    assert ledger.stalled_for() == {}, "no open batch, nothing stalls"
+    clock.now += 500
+    ledger.begin({A: 19})
+    clock.now += 2
+    assert ledger.stalled_for() == {A: 2}, "an idle partition starts a new batch with a fresh clock"
