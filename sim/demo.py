@@ -5,12 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
 
 from rig.config import RigSettings
 from sim.settings import WorldSettings
+
+if TYPE_CHECKING:
+    from rig.wire.records import Prediction
 
 console = Console()
 DEMO_REQUESTS = 20_000
@@ -66,7 +70,7 @@ def run_demo(settings: RigSettings, world: WorldSettings) -> None:
         worker.terminate()
         worker.wait(timeout=30)
 
-    latencies = np.array([p["timings_ms"]["kafka_to_publish"] for p in paced])
+    latencies = np.array([p.timings_ms["kafka_to_publish"] for p in paced])
     p50, p99 = np.percentile(latencies, [50, 99])
     console.print("[bold green]Summary[/]")
     console.print(
@@ -80,14 +84,14 @@ def run_demo(settings: RigSettings, world: WorldSettings) -> None:
         f"  backlog: {len(backlog):,} predictions in {elapsed:.1f} s "
         f"= {len(backlog) / elapsed:,.0f} requests/s"
     )
-    agree = np.mean([abs(p["golden"]["score"] - e["score"]) < 0.1 for p in backlog for e in p["experiments"]])
+    agree = np.mean([abs(p.golden.score - e.score) < 0.1 for p in backlog for e in p.experiments])
     console.print(f"  shadows agree with golden within 0.1 on {agree:.0%} of scores")
     console.print("  next: .venv/bin/rig tail --from-beginning --limit 5;  .venv/bin/rig experiment list")
 
 
 def send_and_read(
     settings: RigSettings, world: WorldSettings, count: int, rate: float | None, timeout_s: float = 300
-) -> list[dict]:
+) -> list[Prediction]:
     """Send `count` synthetic requests (paced to `rate` per second) and read their predictions.
 
     Raises:
@@ -98,7 +102,7 @@ def send_and_read(
 
     requests = list(synthetic_requests(world, count, seed=time.time_ns() % 2**32))
     sent = produce_requests(settings, requests, rate)
-    ids = {r["request_id"] for r in requests}
+    ids = {r.request_id for r in requests}
     predictions = list(tail_predictions(settings, True, limit=sent, timeout_s=timeout_s, request_ids=ids))
     if len(predictions) < count:
         raise RuntimeError(f"only {len(predictions)} of {count} requests answered in {timeout_s} s")

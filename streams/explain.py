@@ -14,21 +14,19 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import faust
 
 from rig.config import RigSettings
 from rig.errors import RigError
 from rig.wire.codec import Codec, Rejected
+from rig.wire.records import Explanation, Request, to_plain
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def explain_with_golden(
-    runtime: Runtime, request: dict[str, Any], version: str | None = None
-) -> dict[str, Any]:
+def explain_with_golden(runtime: Runtime, request: Request, version: str | None = None) -> Explanation:
     """An Explanation record of `version` (default: the golden) for `request` (blocking).
 
     Raises:
@@ -61,8 +59,8 @@ class ExplainConsumer:
         from confluent_kafka import Consumer
 
         settings = self.settings
-        request_codec = Codec("Request", registry_url=settings.schema_registry_url, allow_json=True)
-        explanation_codec = Codec("Explanation", registry_url=settings.schema_registry_url)
+        request_codec = Codec(Request, registry_url=settings.schema_registry_url, allow_json=True)
+        explanation_codec = Codec(Explanation, registry_url=settings.schema_registry_url)
         consumer = Consumer(
             {
                 **settings.kafka_client_config(),
@@ -87,11 +85,11 @@ class ExplainConsumer:
                         record = explain_with_golden(self.runtime, request)
                         self.runtime.producer.produce(
                             settings.topic("explanations"),
-                            key=request["entity_id"].encode(),
+                            key=request.entity_id.encode(),
                             value=explanation_codec.encode(record),
                         )
                     except RigError as error:
-                        log.warning("not explained request_id=%s reason=%s", request["request_id"], error)
+                        log.warning("not explained request_id=%s reason=%s", request.request_id, error)
                 consumer.store_offsets(message)
         except Exception:  # the worker keeps predicting; the failure is logged loudly
             log.exception("explainer stopped topic=%s", settings.topic("explain"))
@@ -106,15 +104,11 @@ def install_explain_endpoint(app: faust.App, get_runtime: Callable[[], Awaitable
     async def explain_entity(web, request, entity_id: str):  # type: ignore[no-untyped-def]
         """Explain the golden's (or `?model=`) score for this entity now."""
         runtime = await get_runtime()
-        ask = {
-            "request_id": f"http-{uuid.uuid4().hex}",
-            "entity_id": entity_id,
-            "event_time": int(time.time() * 1000),
-            "features": {},
-            "context": {},
-        }
+        ask = Request(
+            request_id=f"http-{uuid.uuid4().hex}", entity_id=entity_id, event_time=int(time.time() * 1000)
+        )
         try:
             record = await asyncio.to_thread(explain_with_golden, runtime, ask, request.query.get("model"))
         except RigError as error:
             return web.json({"error": str(error)}, status=422)
-        return web.json(record)
+        return web.json(to_plain(record))

@@ -25,6 +25,7 @@ from rig.config import RigSettings
 from rig.feedback.join import (
     Step,
     StreamClock,
+    compact_outcome,
     compact_prediction,
     on_outcome,
     on_prediction,
@@ -33,6 +34,7 @@ from rig.feedback.join import (
 )
 from rig.wire.codec import Codec, Rejected
 from rig.wire.intake import Source, dead_letter
+from rig.wire.records import DeadLetter, JoinedOutcome, Outcome, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,10 @@ class RequestTable(faust.Table):
 def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.TopicT) -> Counter[str]:
     """Add the join agents, table and sweep timer to `app`; returns the live counters."""
     counts: Counter[str] = Counter()
-    prediction_codec = Codec("Prediction", registry_url=settings.schema_registry_url)
-    outcome_codec = Codec("Outcome", registry_url=settings.schema_registry_url, allow_json=True)
-    joined_codec = Codec("JoinedOutcome", registry_url=settings.schema_registry_url)
-    dead_letter_codec = Codec("DeadLetter", registry_url=settings.schema_registry_url)
+    prediction_codec = Codec(Prediction, registry_url=settings.schema_registry_url)
+    outcome_codec = Codec(Outcome, registry_url=settings.schema_registry_url, allow_json=True)
+    joined_codec = Codec(JoinedOutcome, registry_url=settings.schema_registry_url)
+    dead_letter_codec = Codec(DeadLetter, registry_url=settings.schema_registry_url)
 
     predictions_topic = settings.topic("predictions")
     partitions = settings.topic_partitions
@@ -102,20 +104,16 @@ def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.Topi
         async for event in stream.events():
             message = event.message
             is_prediction = message.topic == predictions_topic
-            decoded = (prediction_codec if is_prediction else outcome_codec).decode(message.value or b"")
+            codec: Codec[Prediction] | Codec[Outcome] = prediction_codec if is_prediction else outcome_codec
+            decoded = codec.decode(message.value or b"")
             if isinstance(decoded, Rejected):
                 await reject(message, decoded.reason, decoded.error_type)
                 continue
             record = (
-                compact_prediction(decoded)
-                if is_prediction
-                else {
-                    "label": int(decoded["label"]),
-                    "event_time": decoded["event_time"],
-                }
+                compact_prediction(decoded) if isinstance(decoded, Prediction) else compact_outcome(decoded)
             )
             kind = "prediction" if is_prediction else "outcome"
-            request_id = decoded["request_id"]
+            request_id = decoded.request_id
             await by_request.send(
                 key=request_id,
                 value={"kind": kind, "record": record, "at_ms": int(message.timestamp * 1000)},

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import faust
 import numpy as np
@@ -22,6 +21,7 @@ from rig.serving.dispatch import plan_batch
 from rig.serving.predictions import build_predictions
 from rig.wire.codec import ErrorType
 from rig.wire.intake import Source, take_in
+from rig.wire.records import DeadLetter, Prediction, Request
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,10 @@ async def handle_batch(runtime: Runtime, events: Sequence[faust.types.EventT]) -
     transform = runtime.transform
     if transform is None:
         batch.reject_all("no golden model is routed", ErrorType.INVALID_VALUE)
-    records: list[dict[str, Any]] = []
+    records: list[Prediction] = []
     if batch:
         result = transform.transform(
-            enriched.columns, now=[r["event_time"] for r in batch.requests]
+            enriched.columns, now=[r.event_time for r in batch.requests]
         )  # transform
         ok = np.flatnonzero(result.row_ok)
         batch.keep(ok, [(i, reason, ErrorType.INVALID_VALUE) for i, reason in result.reasons.items()])
@@ -77,10 +77,10 @@ async def handle_batch(runtime: Runtime, events: Sequence[faust.types.EventT]) -
             scores, golden_hit = (computed, None) if lookup is None else merge(plan, lookup, computed)
             for version, reason in scores.failed.items():
                 log.warning("experiment skipped a batch version=%s reason=%s", version, reason)
+            received_ms = [source.timestamp_ms for source in batch.sources]
             records = build_predictions(
-                batch.requests, plan, scores, transform.version, found, clock.total(), golden_hit
+                batch.requests, plan, scores, transform.version, found, clock.total(), golden_hit, received_ms
             )
-            stamp_latency(records, batch.sources)
             ask_explanations(runtime, batch.requests, records)
 
     publish(runtime, records, batch.dead_letters)  # publish
@@ -121,52 +121,40 @@ def source_of(message: faust.types.Message) -> Source:
     )
 
 
-def ask_explanations(runtime: Runtime, requests: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
+def ask_explanations(runtime: Runtime, requests: list[Request], records: list[Prediction]) -> None:
     """Queue the requests on which golden and a challenger disagree on the explain topic, at most
     `explain_rate_per_s` per second: they are explained asynchronously, off the critical path."""
     threshold = runtime.settings.explain_disagreement
     disagreeing = [
         request
         for request, record in zip(requests, records, strict=True)
-        if any(abs(e["score"] - record["golden"]["score"]) > threshold for e in record["experiments"])
+        if any(abs(e.score - record.golden.score) > threshold for e in record.experiments)
     ]
     allowed = runtime.explain_limiter.take("explain", runtime.settings.explain_rate_per_s, len(disagreeing))
     for request in disagreeing[:allowed]:
         runtime.producer.produce(
             runtime.settings.topic("explain"),
-            key=request["entity_id"].encode(),
+            key=request.entity_id.encode(),
             value=runtime.request_codec.encode(request),
         )
 
 
-def stamp_latency(records: list[dict[str, Any]], sources: list[Source]) -> None:
-    """Add each record's time since its request reached Kafka (`kafka_to_publish` ms)."""
-    now_ms = time.time() * 1000
-    for record, source in zip(records, sources, strict=True):
-        record["timings_ms"] = {
-            **record["timings_ms"],
-            "kafka_to_publish": round(now_ms - source.timestamp_ms, 3),
-        }
-
-
-def publish(runtime: Runtime, predictions: list[dict[str, Any]], dead_letters: list[dict[str, Any]]) -> None:
+def publish(runtime: Runtime, predictions: list[Prediction], dead_letters: list[DeadLetter]) -> None:
     """Queue predictions (keyed by entity id) and dead letters on the producer."""
     settings, producer = runtime.settings, runtime.producer
     topic = settings.topic("predictions")
     for record in predictions:
-        producer.produce(
-            topic, key=record["entity_id"].encode(), value=runtime.prediction_codec.encode(record)
-        )
+        producer.produce(topic, key=record.entity_id.encode(), value=runtime.prediction_codec.encode(record))
         producer.poll(0)
     dlq = settings.topic("dlq")
     for letter in dead_letters:
         log.warning(
             "dead letter topic=%s partition=%s offset=%s request_id=%s error_type=%s reason=%s",
-            letter["source_topic"],
-            letter["partition"],
-            letter["offset"],
-            letter["request_id"],
-            letter["error_type"],
-            letter["reason"],
+            letter.source_topic,
+            letter.partition,
+            letter.offset,
+            letter.request_id,
+            letter.error_type,
+            letter.reason,
         )
-        producer.produce(dlq, key=letter["key"], value=runtime.dead_letter_codec.encode(letter))
+        producer.produce(dlq, key=letter.key, value=runtime.dead_letter_codec.encode(letter))

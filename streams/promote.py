@@ -11,7 +11,6 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import faust
 import numpy as np
@@ -24,6 +23,7 @@ from rig.feedback.sequential import PromoterConfig
 from rig.models.metrics import window_metrics
 from rig.routing.control import publish_control
 from rig.wire.codec import Codec, Rejected
+from rig.wire.records import Decision, JoinedOutcome
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ def install_promoter(
     metadata: MetadataStore | None,
 ) -> None:
     """Add the promoter agent to `app` (decisions and model metrics go to `metadata` when given)."""
-    joined_codec = Codec("JoinedOutcome", registry_url=settings.schema_registry_url)
-    decision_codec = Codec("Decision", registry_url=settings.schema_registry_url)
+    joined_codec = Codec(JoinedOutcome, registry_url=settings.schema_registry_url)
+    decision_codec = Codec(Decision, registry_url=settings.schema_registry_url)
     joined = app.topic(settings.topic("joined"), key_serializer="raw", value_serializer="raw")
     decisions_topic = app.topic(settings.topic("decisions"), key_serializer="raw", value_serializer="raw")
     config = PromoterConfig(
@@ -69,13 +69,13 @@ def install_promoter(
             for decision in loop.decide(int(time.time() * 1000), routing):
                 log.info(
                     "decision action=%s golden=%s challenger=%s reason=%s",
-                    decision["action"],
-                    decision["golden_version"],
-                    decision["challenger_version"],
-                    decision["reason"],
+                    decision.action,
+                    decision.golden_version,
+                    decision.challenger_version,
+                    decision.reason,
                 )
                 await decisions_topic.send(
-                    key=decision["golden_version"].encode(), value=decision_codec.encode(decision)
+                    key=decision.golden_version.encode(), value=decision_codec.encode(decision)
                 )
                 if metadata is not None:
                     await asyncio.to_thread(metadata.record_decision, decision)
@@ -86,17 +86,15 @@ def install_promoter(
                             await asyncio.to_thread(metadata.record_control, event)
 
 
-def record_window(metadata: MetadataStore, rows: list[dict[str, Any]], window_end_ms: int) -> None:
+def record_window(metadata: MetadataStore, rows: list[JoinedOutcome], window_end_ms: int) -> None:
     """Per-model quality and the label delay distribution of one batch of joined outcomes."""
-    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_model: dict[str, list[JoinedOutcome]] = defaultdict(list)
     for row in rows:
-        by_model[row["model_version"]].append(row)
+        by_model[row.model_version].append(row)
     for version, group in by_model.items():
         labels, scores = columns(group, "label", "score")
         metadata.record_model_metrics(version, window_end_ms, **window_metrics(labels, scores))
-    delays = np.array(
-        [row["outcome_time"] - row["prediction_time"] for row in rows if row["role"] == "golden"]
-    )
+    delays = np.array([row.outcome_time - row.prediction_time for row in rows if row.role == "golden"])
     if delays.size:
         levels = (0.5, 0.9, 0.99)
         metadata.record_label_delays(

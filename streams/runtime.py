@@ -30,6 +30,7 @@ from rig.serving.warmer import recent_requests, warm
 from rig.transform.fitted import FittedTransform
 from rig.transform.model_inputs import column_index
 from rig.wire.codec import Codec
+from rig.wire.records import ControlEvent, DeadLetter, Prediction, Request
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,9 @@ class Runtime:
     backbone: Backbone
     follower: ControlFollower
     producer: Producer
-    request_codec: Codec
-    prediction_codec: Codec
-    dead_letter_codec: Codec
+    request_codec: Codec[Request]
+    prediction_codec: Codec[Prediction]
+    dead_letter_codec: Codec[DeadLetter]
     cache: PredictionCache | None = None
     explanations: ExplanationService | None = None
     feature_stats: FeatureStats | None = None
@@ -94,10 +95,10 @@ class Runtime:
             follower=ControlFollower(settings),
             producer=Producer({**settings.kafka_client_config(), "enable.idempotence": True, "linger.ms": 5}),
             request_codec=Codec(
-                "Request", registry_url=registry_url, allow_json=True, max_bytes=settings.max_message_bytes
+                Request, registry_url=registry_url, allow_json=True, max_bytes=settings.max_message_bytes
             ),
-            prediction_codec=Codec("Prediction", registry_url=registry_url),
-            dead_letter_codec=Codec("DeadLetter", registry_url=registry_url),
+            prediction_codec=Codec(Prediction, registry_url=registry_url),
+            dead_letter_codec=Codec(DeadLetter, registry_url=registry_url),
         )
         if settings.cache_enabled:
             runtime.cache = PredictionCache(
@@ -171,22 +172,17 @@ class Runtime:
                 report.seconds,
             )
 
-    def purge_cache(self, event: dict[str, Any]) -> None:
+    def purge_cache(self, event: ControlEvent) -> None:
         """Apply a `purge_cache` control event: one entity's entries, one version's, or all."""
         if self.cache is None:
             return
-        if event.get("entity_id"):
-            result = self.cache.purge_entity(event["entity_id"])
-        elif event.get("model_version"):
-            result = self.cache.purge_model(event["model_version"])
+        if event.entity_id:
+            result = self.cache.purge_entity(event.entity_id)
+        elif event.model_version:
+            result = self.cache.purge_model(event.model_version)
         else:
             result = self.cache.purge_all()
-        log.info(
-            "cache purged entity=%s version=%s result=%s",
-            event.get("entity_id"),
-            event.get("model_version"),
-            result,
-        )
+        log.info("cache purged entity=%s version=%s result=%s", event.entity_id, event.model_version, result)
 
     def close(self) -> None:
         """Stop following the control topic, flush the producer and stop the model pools."""

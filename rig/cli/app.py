@@ -3,11 +3,14 @@ need them, so `rig --help` answers at once."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from rig.config import RigSettings
+
+if TYPE_CHECKING:
+    from rig.wire.records import ControlEvent, Decision
 
 app = typer.Typer(
     help="Prediction rig: streaming predictions with Kafka, Faust, Feast and XGBoost.", no_args_is_help=True
@@ -148,7 +151,7 @@ def route_new_model(config: RigSettings, version: str, role: str, experiment: st
         )
 
 
-def publish(config: RigSettings, event: dict) -> None:
+def publish(config: RigSettings, event: ControlEvent) -> None:
     """Publish a control event after checking it against the current routing; exit 1 if refused."""
     from rig.errors import RigError
     from rig.routing.control import publish_control, read_routing
@@ -158,7 +161,7 @@ def publish(config: RigSettings, event: dict) -> None:
     except RigError as error:
         typer.secho(f"refused: {error}", fg="red", err=True)
         raise typer.Exit(1) from error
-    typer.echo(f"published {event['kind']} to {config.topic('control')}")
+    typer.echo(f"published {event.kind} to {config.topic('control')}")
 
 
 @cache_app.command("purge")
@@ -322,18 +325,19 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def record_decision(config: RigSettings, decision: dict, events: list[dict]) -> None:
+def record_decision(config: RigSettings, decision: Decision, events: list[ControlEvent]) -> None:
     """Publish a decision to the decisions topic and the metadata store, then apply its events."""
     from confluent_kafka import Producer
 
     from rig.feedback.metadata import MetadataStore
     from rig.wire.codec import Codec
+    from rig.wire.records import Decision
 
     producer = Producer(config.kafka_client_config())
     producer.produce(
         config.topic("decisions"),
-        key=decision["golden_version"].encode(),
-        value=Codec("Decision", registry_url=config.schema_registry_url).encode(decision),
+        key=decision.golden_version.encode(),
+        value=Codec(Decision, registry_url=config.schema_registry_url).encode(decision),
     )
     if producer.flush(30):
         typer.secho("refused: the decision was not acknowledged by Kafka", fg="red", err=True)
@@ -345,7 +349,7 @@ def record_decision(config: RigSettings, decision: dict, events: list[dict]) -> 
     for event in events:
         publish(config, event)
         store.record_control(event)
-    typer.echo(f"recorded {decision['action']} {decision['decision_id']}: {decision['reason']}")
+    typer.echo(f"recorded {decision.action} {decision.decision_id}: {decision.reason}")
 
 
 @app.command()
@@ -364,11 +368,11 @@ def status(limit: Annotated[int, typer.Option(help="How many recent decisions to
     typer.echo(f"latest decisions ({config.resolved_metadata_url.split('@')[-1]}):")
     for d in store.decisions(limit):
         typer.echo(
-            f"  {d['action']:<7} {d['mode']:<7} golden={d['golden_version']} "
-            f"challenger={d['challenger_version'] or '-'} n={d['n']} estimate={d['estimate']:.4g} "
-            f"CI=[{d['ci_low']:.4g}, {d['ci_high']:.4g}] p={d['p_value']}"
+            f"  {d.action:<7} {d.mode:<7} golden={d.golden_version} "
+            f"challenger={d.challenger_version or '-'} n={d.n} estimate={d.estimate:.4g} "
+            f"CI=[{d.ci_low:.4g}, {d.ci_high:.4g}] p={d.p_value}"
         )
-        typer.echo(f"          {d['reason']}")
+        typer.echo(f"          {d.reason}")
 
 
 @app.command()
@@ -397,11 +401,11 @@ def tail(
     from rig.cli.clients import tail_predictions
 
     for p in tail_predictions(settings(), from_beginning, limit):
-        experiments = " ".join(f"{e['experiment']}={e['score']:.3f}" for e in p["experiments"])
+        experiments = " ".join(f"{e.experiment}={e.score:.3f}" for e in p.experiments)
         typer.echo(
-            f"{p['request_id'][:8]} {p['entity_id']} score={p['score']:.4f} by {p['answered_by']} "
-            f"golden={p['golden']['score']:.4f} {experiments} found={p['entity_found']} "
-            f"{p['timings_ms'].get('total', 0):.1f}ms"
+            f"{p.request_id[:8]} {p.entity_id} score={p.score:.4f} by {p.answered_by} "
+            f"golden={p.golden.score:.4f} {experiments} found={p.entity_found} "
+            f"{p.timings_ms.get('total', 0):.1f}ms"
         )
 
 

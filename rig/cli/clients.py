@@ -2,29 +2,45 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pandas as pd
 
 from rig.config import RigSettings
-from rig.wire.codec import Codec, Rejected
+from rig.errors import CodecError
+from rig.wire.codec import Codec, Rejected, to_millis
+from rig.wire.records import Prediction, Request
 
 
-def file_requests(path: Path) -> Iterator[dict[str, Any]]:
-    """Requests from a JSON-lines, CSV or Parquet file (columns request_id, entity_id, event_time)."""
+def file_requests(path: Path) -> Iterator[Request]:
+    """Requests from a JSON-lines, CSV or Parquet file (columns request_id, entity_id, event_time).
+
+    Raises:
+        CodecError: a line or row is not a Request (the message names the field).
+    """
     if path.suffix in (".jsonl", ".json"):
         with path.open() as lines:
-            for line in lines:
-                if line.strip():
-                    record = json.loads(line)
-                    yield {"features": {}, "context": {}, **record}
+            rows: Iterable[dict[str, Any]] = (json.loads(line) for line in lines if line.strip())
+            yield from _requests(path, rows)
         return
-    for record in read_table(path).to_dict("records"):
-        yield {"features": {}, "context": {}, **record}
+    yield from _requests(path, read_table(path).to_dict("records"))
+
+
+def _requests(path: Path, rows: Iterable[dict[str, Any]]) -> Iterator[Request]:
+    """Rows as Request records; a datetime event_time (a Parquet timestamp column) becomes int ms."""
+    for number, row in enumerate(rows, start=1):
+        if isinstance(row.get("event_time"), dt.datetime):
+            row = {**row, "event_time": to_millis(row["event_time"])}
+        try:
+            yield msgspec.convert(row, Request)
+        except msgspec.ValidationError as error:
+            raise CodecError(f"{path}: request {number} is not a Request: {error}") from error
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -34,7 +50,7 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def produce_requests(
     settings: RigSettings,
-    requests: Iterable[dict[str, Any]],
+    requests: Iterable[Request],
     rate_per_s: float | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> int:
@@ -48,7 +64,7 @@ def produce_requests(
     """
     from confluent_kafka import Producer
 
-    codec = Codec("Request", registry_url=settings.schema_registry_url)
+    codec = Codec(Request, registry_url=settings.schema_registry_url)
     producer = Producer({**settings.kafka_client_config(), "enable.idempotence": True, "linger.ms": 5})
     topic = settings.topic("requests")
     delivered = 0
@@ -60,7 +76,7 @@ def produce_requests(
     started = time.perf_counter()
     for sent, request in enumerate(requests, start=1):
         producer.produce(
-            topic, key=request["entity_id"].encode(), value=codec.encode(request), on_delivery=count
+            topic, key=request.entity_id.encode(), value=codec.encode(request), on_delivery=count
         )
         producer.poll(0)
         if rate_per_s:
@@ -79,7 +95,7 @@ def tail_predictions(
     limit: int | None = None,
     timeout_s: float | None = None,
     request_ids: set[str] | None = None,
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[Prediction]:
     """Decoded predictions as they arrive (a throwaway consumer group, never committing).
 
     Args:
@@ -92,7 +108,7 @@ def tail_predictions(
 
     from confluent_kafka import Consumer
 
-    codec = Codec("Prediction", registry_url=settings.schema_registry_url)
+    codec = Codec(Prediction, registry_url=settings.schema_registry_url)
     consumer = Consumer(
         {
             **settings.kafka_client_config(),
@@ -112,7 +128,7 @@ def tail_predictions(
             decoded = codec.decode(message.value())
             if isinstance(decoded, Rejected):
                 continue
-            if request_ids is not None and decoded["request_id"] not in request_ids:
+            if request_ids is not None and decoded.request_id not in request_ids:
                 continue
             seen += 1
             yield decoded

@@ -4,8 +4,8 @@ then the explainer, cached by feature hash (model version + transformed row)."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
 
+import msgspec
 import numpy as np
 
 from rig.errors import ExplainerError
@@ -15,6 +15,7 @@ from rig.features.online_reader import OnlineReader
 from rig.models.registry import ModelRegistry
 from rig.transform.fitted import FittedTransform
 from rig.transform.model_inputs import column_index
+from rig.wire.records import Explanation, Request, to_plain
 
 REFERENCE_ROWS = 2_000
 
@@ -27,31 +28,33 @@ class ExplanationService:
         self.reader = reader
         self.max_cached = max_cached
         self._explainers: dict[str, tuple[Explainer, np.ndarray]] = {}
-        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._cache: OrderedDict[str, Explanation] = OrderedDict()
 
-    def explain(self, request: dict[str, Any], version: str, transform: FittedTransform) -> dict[str, Any]:
-        """An Explanation record (schemas/Explanation.avsc) of `version`'s score for `request`.
+    def explain(self, request: Request, version: str, transform: FittedTransform) -> Explanation:
+        """The Explanation record of `version`'s score for `request` (the only place one is built).
 
         Raises:
             ExplainerError: the request cannot be transformed (its reason says why).
         """
-        online = self.reader.read([request["entity_id"]])
+        online = self.reader.read([request.entity_id])
         enriched = enrich([request], online.columns, online.found)
         if enriched.rejected:
             raise ExplainerError(enriched.rejected[0][1])
-        result = transform.transform(enriched.columns, now=[request["event_time"]])
+        result = transform.transform(enriched.columns, now=[request.event_time])
         if not result.row_ok[0]:
             raise ExplainerError(result.reasons[0])
         explainer, columns = self._explainer(version, transform)
         row = result.values[0, columns]
         key = explanation_key(version, row)
         if key not in self._cache:
-            self._cache[key] = explainer.explain(row).to_dict()
+            found = {**explainer.explain(row).to_dict(), "model_version": version, "explanation_key": key}
+            ids = {"request_id": request.request_id, "entity_id": request.entity_id}
+            self._cache[key] = msgspec.convert(to_plain({**ids, **found}), Explanation)
             if len(self._cache) > self.max_cached:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(key)
-        ids = {"request_id": request["request_id"], "entity_id": request["entity_id"]}
-        return {**ids, "model_version": version, "explanation_key": key, **self._cache[key]}
+        cached = self._cache[key]
+        return msgspec.structs.replace(cached, request_id=request.request_id, entity_id=request.entity_id)
 
     def _explainer(self, version: str, transform: FittedTransform) -> tuple[Explainer, np.ndarray]:
         if version not in self._explainers:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from rig.wire.codec import ErrorType
+from rig.wire.records import Request
 
 MissingEntityPolicy = Literal["defaults", "dlq"]
 
@@ -32,7 +33,7 @@ class Enriched:
 
 
 def enrich(
-    requests: Sequence[dict[str, Any]],
+    requests: Sequence[Request],
     store_columns: dict[str, np.ndarray],
     found: np.ndarray,
     policy: MissingEntityPolicy = "defaults",
@@ -50,7 +51,7 @@ def enrich(
     keep = np.ones(len(requests), dtype=bool)
     rejected: list[tuple[int, str, str]] = []
     for i, request in enumerate(requests):
-        overrides = request["features"]
+        overrides = request.features
         if not overrides:
             continue
         unknown = sorted(set(overrides) - columns.keys())
@@ -63,9 +64,7 @@ def enrich(
     if policy == "dlq":
         for i in np.flatnonzero(keep & ~found):
             keep[i] = False
-            rejected.append(
-                (int(i), f"unknown entity {requests[i]['entity_id']!r}", ErrorType.UNKNOWN_ENTITY)
-            )
+            rejected.append((int(i), f"unknown entity {requests[i].entity_id!r}", ErrorType.UNKNOWN_ENTITY))
     kept = np.flatnonzero(keep)
     if kept.size != len(requests):
         columns = {name: values[kept] for name, values in columns.items()}

@@ -27,8 +27,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rig.wire.records import JoinedOutcome, Outcome, Prediction
+
 State = Literal["predicted", "outcome_waiting", "joined", "expired"]
 Entry = dict[str, Any]  # {"state": State, "at_ms": int, "prediction": {...} | None, "outcome": {...} | None}
+"""One request's join state, as the changelogged table keeps it (JSON): the compact forms of its
+prediction (`compact_prediction`) and outcome (`compact_outcome`), not the topic records."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class Step:
     """The result of one event or sweep: the new entry (None: delete it), rows to emit, counts."""
 
     entry: Entry | None
-    joined: list[dict[str, Any]]
+    joined: list[JoinedOutcome]
     counts: Counter[str]
 
     def then(self, following: Step) -> Step:
@@ -44,21 +48,26 @@ class Step:
         return Step(following.entry, self.joined + following.joined, self.counts + following.counts)
 
 
-def compact_prediction(prediction: dict[str, Any]) -> dict[str, Any]:
+def compact_prediction(prediction: Prediction) -> dict[str, Any]:
     """What the join needs of a Prediction record (kept small: it lives in the table)."""
     return {
-        "entity_id": prediction["entity_id"],
-        "event_time": prediction["event_time"],
-        "golden": [prediction["golden"]["model_version"], prediction["golden"]["score"]],
-        "experiments": [
-            [e["experiment"], e["model_version"], e["mode"], e["score"]] for e in prediction["experiments"]
-        ],
+        "entity_id": prediction.entity_id,
+        "event_time": prediction.event_time,
+        "golden": [prediction.golden.model_version, prediction.golden.score],
+        "experiments": [[e.experiment, e.model_version, e.mode, e.score] for e in prediction.experiments],
     }
 
 
-def joined_rows(request_id: str, prediction: dict[str, Any], outcome: dict[str, Any]) -> list[dict[str, Any]]:
-    """One JoinedOutcome record per model that scored the request (golden first); every challenger's
-    row carries the golden's score of the same request, so a pair is one row."""
+def compact_outcome(outcome: Outcome) -> dict[str, Any]:
+    """What the join needs of an Outcome record: its label and when it was observed."""
+    return {"label": int(outcome.label), "event_time": outcome.event_time}
+
+
+def joined_rows(request_id: str, prediction: dict[str, Any], outcome: dict[str, Any]) -> list[JoinedOutcome]:
+    """One JoinedOutcome record per model that scored the request, golden first (the only place one
+    is built); every challenger's row carries the golden's score of the same request, so a pair is
+    one row. `prediction` and `outcome` are in their compact forms."""
+    golden, golden_score = prediction["golden"]
     common = {
         "request_id": request_id,
         "entity_id": prediction["entity_id"],
@@ -66,22 +75,18 @@ def joined_rows(request_id: str, prediction: dict[str, Any], outcome: dict[str, 
         "prediction_time": prediction["event_time"],
         "outcome_time": outcome["event_time"],
     }
-    golden, golden_score = prediction["golden"]
-    paired = {"golden_model_version": golden, "golden_score": golden_score}
-    rows = [
-        {
-            **common,
-            "model_version": golden,
-            "role": "golden",
-            "experiment": None,
-            "score": golden_score,
-            "golden_model_version": None,
-            "golden_score": None,
-        }
-    ]
+    rows = [JoinedOutcome(**common, model_version=golden, role="golden", score=golden_score)]
     for name, version, mode, score in prediction["experiments"]:
         rows.append(
-            {**common, "model_version": version, "role": mode, "experiment": name, "score": score, **paired}
+            JoinedOutcome(
+                **common,
+                model_version=version,
+                role=mode,
+                experiment=name,
+                score=score,
+                golden_model_version=golden,
+                golden_score=golden_score,
+            )
         )
     return rows
 
@@ -103,7 +108,7 @@ def on_prediction(
 def on_outcome(
     entry: Entry | None, request_id: str, outcome: dict[str, Any], now_ms: int, retention_ms: int
 ) -> Step:
-    """An outcome (label) arrived for `request_id` at source time `now_ms`."""
+    """An outcome (in `compact_outcome` form) arrived for `request_id` at source time `now_ms`."""
     aged = age(entry, now_ms, retention_ms)
     return aged.then(_on_outcome(aged.entry, request_id, outcome, now_ms))
 

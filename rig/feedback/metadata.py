@@ -9,6 +9,8 @@ Write semantics:
     record_model          once per version; the same version with another checksum is refused.
     record_control        append-only log of ControlEvent records; a redelivered event_id is ignored.
     record_decision       Decision records, once per decision_id (at-least-once delivery is safe).
+                          Both tables have one column per field of the record's schema; reading
+                          them gives the records back (`routing_history`, `decisions`).
     record_model_metrics, record_feature_stats, record_label_delays
                           one entry per window; recording a window again replaces it (late labels,
                           redelivery). Several writers of one window must merge first or use their
@@ -26,8 +28,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import sqlalchemy as sa
 from fastavro.validation import ValidationError, validate
 from sqlalchemy import exc as sa_exc
@@ -36,6 +39,9 @@ from rig.errors import MetadataError
 from rig.features.stats import FeatureStats, FeatureStatsWindow, json_float
 from rig.models.registry import ModelMeta
 from rig.wire.codec import load_schema
+from rig.wire.records import ControlEvent, Decision, Record, to_plain
+
+R = TypeVar("R", bound=Record)
 
 _EXPERIMENT_STATUS = {
     "start_experiment": "running",
@@ -222,15 +228,19 @@ class MetadataStore:
             rows = connection.execute(query).mappings().all()
         return [ModelMeta(**{**row, "features": tuple(row["features"])}) for row in rows]
 
-    def record_control(self, event: Mapping[str, Any]) -> bool:
-        """Append a ControlEvent record to the routing history; False for a redelivered event_id."""
-        row = _checked_record("ControlEvent", event)
+    def record_control(self, event: ControlEvent) -> bool:
+        """Append a ControlEvent record to the routing history; False for a redelivered event_id.
+
+        Raises:
+            MetadataError: the record does not fit schemas/ControlEvent.avsc (or holds NaN).
+        """
+        row = _checked_row(ControlEvent, event)
         return self._insert_once(CONTROL_EVENTS, row, CONTROL_EVENTS.c.event_id == row["event_id"])
 
-    def routing_history(self, limit: int = 100) -> list[dict[str, Any]]:
+    def routing_history(self, limit: int = 100) -> list[ControlEvent]:
         """The latest `limit` ControlEvent records, newest first."""
         order = (CONTROL_EVENTS.c.issued_at.desc(), CONTROL_EVENTS.c.event_id.desc())
-        return self._records(sa.select(CONTROL_EVENTS).order_by(*order).limit(limit))
+        return self._typed(sa.select(CONTROL_EVENTS).order_by(*order).limit(limit), ControlEvent)
 
     def experiments(self) -> list[Experiment]:
         """Every experiment named in the routing history, folded from its events, by name."""
@@ -240,10 +250,10 @@ class MetadataStore:
             .order_by(CONTROL_EVENTS.c.issued_at, CONTROL_EVENTS.c.event_id)
         )
         found: dict[str, Experiment] = {}
-        for event in self._records(query):
-            name, kind, at = event["experiment"], event["kind"], event["issued_at"]
+        for event in self._typed(query, ControlEvent):
+            name, kind, at = event.experiment, event.kind, event.issued_at
             status = _EXPERIMENT_STATUS.get(kind)
-            if status is None:
+            if status is None or name is None:
                 continue
             if kind != "start_experiment" and name in found:  # ends the latest start
                 found[name] = replace(found[name], status=status, ended_at_ms=at)
@@ -251,31 +261,31 @@ class MetadataStore:
             started = kind == "start_experiment"
             found[name] = Experiment(
                 name=name,
-                model_version=event["model_version"],
-                mode=event["mode"],
-                traffic_share=event["traffic_share"],
-                traffic_cap_rps=event["traffic_cap_rps"],
+                model_version=event.model_version,
+                mode=event.mode,
+                traffic_share=event.traffic_share,
+                traffic_cap_rps=event.traffic_cap_rps,
                 status=status,
                 started_at_ms=at if started else None,
                 ended_at_ms=None if started else at,
             )
         return [found[name] for name in sorted(found)]
 
-    def record_decision(self, decision: Mapping[str, Any]) -> bool:
+    def record_decision(self, decision: Decision) -> bool:
         """Record a Decision record with its evidence; False when its decision_id is already recorded.
 
         Raises:
             MetadataError: the record does not fit schemas/Decision.avsc (or holds NaN).
         """
-        row = _checked_record("Decision", decision)
+        row = _checked_row(Decision, decision)
         return self._insert_once(DECISIONS, row, DECISIONS.c.decision_id == row["decision_id"])
 
-    def decisions(self, limit: int = 100, golden: str | None = None) -> list[dict[str, Any]]:
+    def decisions(self, limit: int = 100, golden: str | None = None) -> list[Decision]:
         """The latest `limit` Decision records, newest first; only those about golden `golden` if given."""
         query = sa.select(DECISIONS).order_by(DECISIONS.c.decided_at.desc(), DECISIONS.c.decision_id.desc())
         if golden is not None:
             query = query.where(DECISIONS.c.golden_version == golden)
-        return self._records(query.limit(limit))
+        return self._typed(query.limit(limit), Decision)
 
     def record_model_metrics(
         self,
@@ -375,6 +385,18 @@ class MetadataStore:
         with self._begin() as connection:
             return [dict(row) for row in connection.execute(query).mappings()]
 
+    def _typed(self, query: sa.Select[Any], record_type: type[R]) -> list[R]:
+        """The rows of a record table as records (its columns are the record's fields)."""
+        try:  # column names are SQLAlchemy's str subclass `quoted_name`: plain str keys for msgspec
+            return [
+                msgspec.convert({str(name): value for name, value in row.items()}, record_type)
+                for row in self._records(query)
+            ]
+        except msgspec.ValidationError as error:
+            raise MetadataError(
+                f"a stored {record_type.__name__} does not fit its record: {error}"
+            ) from error
+
     def _insert_once(self, table: sa.Table, row: dict[str, Any], key: sa.ColumnElement[bool]) -> bool:
         try:
             with self._begin() as connection:
@@ -401,24 +423,24 @@ class MetadataStore:
                     raise MetadataError(f"cannot record into {table.name}: {error.orig}") from error
 
 
-def _checked_record(schema_name: str, record: Mapping[str, Any]) -> dict[str, Any]:
-    """The record with defaults filled in, checked against schemas/<schema_name>.avsc.
+def _checked_row(record_type: type[Record], record: Record) -> dict[str, Any]:
+    """The row of a record: its fields, checked against schemas/<record class name>.avsc.
 
     Raises:
-        MetadataError: unknown or missing fields, wrong types, timestamps not int ms, or NaN values.
+        MetadataError: not a record of that class, wrong types, timestamps not int ms, or NaN values.
     """
+    schema_name = record_type.__name__
+    if not isinstance(record, record_type):
+        raise MetadataError(f"expected a {schema_name} record, got {type(record).__name__}")
     schema = load_schema(schema_name)
     fields = schema["fields"]
-    unknown = sorted(set(record) - {field["name"] for field in fields})
-    if unknown:
-        raise MetadataError(f"{schema_name} record has unknown fields {unknown}")
-    full = {field["name"]: record.get(field["name"], field.get("default")) for field in fields}
     try:
-        validate(full, schema, raise_errors=True)
-    except ValidationError as error:
+        row = to_plain(record)
+        validate(row, schema, raise_errors=True)
+    except (TypeError, ValidationError) as error:
         raise MetadataError(f"invalid {schema_name} record: {error}") from error
     for field in fields:
-        value = full[field["name"]]
+        value = row[field["name"]]
         is_timestamp = (
             isinstance(field["type"], dict) and field["type"].get("logicalType") == "timestamp-millis"
         )
@@ -426,4 +448,4 @@ def _checked_record(schema_name: str, record: Mapping[str, Any]) -> dict[str, An
             raise MetadataError(f"{schema_name}.{field['name']} must be int milliseconds, not {value!r}")
         if isinstance(value, float) and math.isnan(value):
             raise MetadataError(f"{schema_name}.{field['name']} is NaN; use null for 'not computed'")
-    return full
+    return row

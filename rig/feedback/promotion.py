@@ -9,14 +9,15 @@ reference window.
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict, deque
-from typing import Any
+from operator import attrgetter
 
+import msgspec
 import numpy as np
 
-from rig.feedback.sequential import GoldenMonitor, Promoter, PromoterConfig
+from rig.feedback.sequential import GoldenMonitor, Promoter, PromoterConfig, new_decision
 from rig.routing.table import RoutingTable, set_golden_event, start_experiment_event, stop_experiment_event
+from rig.wire.records import ControlEvent, Decision, DecisionAction, JoinedOutcome
 
 PREVIOUS_GOLDEN_EXPERIMENT = "previous-golden"
 ACTOR = "promoter"
@@ -66,22 +67,22 @@ class PromotionLoop:
             self.promoter = None if routing.golden is None else Promoter(self.config, routing.golden)
             self.monitor = None if routing.golden is None else GoldenMonitor(self.config, routing.golden)
 
-    def observe(self, rows: list[dict[str, Any]], routing: RoutingTable) -> list[dict[str, Any]]:
+    def observe(self, rows: list[JoinedOutcome], routing: RoutingTable) -> list[JoinedOutcome]:
         """Fold a batch of JoinedOutcome records in (rows of other goldens are ignored); returns the
         rows seen for the first time, so whatever else is fed from them does not count repeats."""
-        fresh = [row for row in rows if self._seen.first_time((row["request_id"], row["model_version"]))]
+        fresh = [row for row in rows if self._seen.first_time((row.request_id, row.model_version))]
         self.duplicate_rows += len(rows) - len(fresh)
         self.follow(routing)
         if self.promoter is None or self.monitor is None:
             return fresh
-        pairs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        pairs: dict[tuple[str, str], list[JoinedOutcome]] = defaultdict(list)
         golden_rows = []
         for row in fresh:
-            if row["role"] == "golden":
-                if row["model_version"] == self.golden:
+            if row.role == "golden":
+                if row.model_version == self.golden:
                     golden_rows.append(row)
-            elif row["golden_model_version"] is not None:
-                pairs[(row["golden_model_version"], row["model_version"])].append(row)
+            elif row.golden_model_version is not None:
+                pairs[(row.golden_model_version, row.model_version)].append(row)
         for (golden, challenger), group in pairs.items():
             labels, golden_scores, scores = columns(group, "label", "golden_score", "score")
             self.promoter.observe(golden, challenger, labels, golden_scores, scores)
@@ -89,33 +90,34 @@ class PromotionLoop:
             self.monitor.observe(*columns(golden_rows, "label", "score"))
         return fresh
 
-    def decide(self, now_ms: int, routing: RoutingTable) -> list[dict[str, Any]]:
+    def decide(self, now_ms: int, routing: RoutingTable) -> list[Decision]:
         """Decisions now: promotions of challengers, rollbacks to the previous golden, demotions."""
         if self.promoter is None or self.monitor is None:
             return []
         decisions = []
         for decision in self.promoter.decide(now_ms):
-            if decision["action"] == "promote" and decision["challenger_version"] == routing.previous_golden:
-                decision = {**decision, "action": "demote", "reason": f"rollback: {decision['reason']}"}
+            if decision.action == "promote" and decision.challenger_version == routing.previous_golden:
+                rollback = f"rollback: {decision.reason}"
+                decision = msgspec.structs.replace(decision, action="demote", reason=rollback)
             decisions.append(decision)
         decisions += self.monitor.decide(now_ms)
         return decisions
 
 
-def control_events(decision: dict[str, Any], routing: RoutingTable) -> list[dict[str, Any]]:
+def control_events(decision: Decision, routing: RoutingTable) -> list[ControlEvent]:
     """The routing changes that apply a decision (none for `keep`).
 
     A promotion makes the challenger golden and keeps the old golden scoring as the
     `previous-golden` shadow; a demotion rolls back to the previous golden.
     """
-    reason = f"decision {decision['decision_id']}: {decision['reason']}"
-    if decision["action"] == "promote":
-        old = decision["golden_version"]
+    reason = f"decision {decision.decision_id}: {decision.reason}"
+    if decision.action == "promote":
+        old = decision.golden_version
         return [
-            set_golden_event(decision["challenger_version"], actor=ACTOR, reason=reason),
+            set_golden_event(decision.challenger_version, actor=ACTOR, reason=reason),
             start_experiment_event(PREVIOUS_GOLDEN_EXPERIMENT, old, "shadow", actor=ACTOR, reason=reason),
         ]
-    if decision["action"] == "demote" and routing.previous_golden is not None:
+    if decision.action == "demote" and routing.previous_golden is not None:
         events = [set_golden_event(routing.previous_golden, actor=ACTOR, reason=reason)]
         if routing.experiment(PREVIOUS_GOLDEN_EXPERIMENT) is not None:
             events.append(stop_experiment_event(PREVIOUS_GOLDEN_EXPERIMENT, actor=ACTOR, reason=reason))
@@ -124,30 +126,15 @@ def control_events(decision: dict[str, Any], routing: RoutingTable) -> list[dict
 
 
 def manual_decision(
-    action: str, golden: str, challenger: str | None, reason: str, now_ms: int
-) -> dict[str, Any]:
+    action: DecisionAction, golden: str, challenger: str | None, reason: str, now_ms: int
+) -> Decision:
     """A Decision record for a promotion or rollback made by hand (`rig promote`, `rig rollback`).
 
     It carries no statistical evidence (n = 0, estimate and interval 0): a person decided.
     """
-    return {
-        "decision_id": uuid.uuid4().hex,
-        "decided_at": now_ms,
-        "action": action,
-        "mode": "manual",
-        "golden_version": golden,
-        "challenger_version": challenger,
-        "metric": "none",
-        "n": 0,
-        "estimate": 0.0,
-        "ci_low": 0.0,
-        "ci_high": 0.0,
-        "p_value": None,
-        "e_value": None,
-        "reason": reason,
-    }
+    return new_decision(now_ms, action, "manual", (golden, challenger), reason)
 
 
-def columns(rows: list[dict[str, Any]], *names: str) -> list[np.ndarray]:
+def columns(rows: list[JoinedOutcome], *names: str) -> list[np.ndarray]:
     """Numpy columns of some fields of a list of records."""
-    return [np.array([row[name] for row in rows]) for name in names]
+    return [np.array(list(map(attrgetter(name), rows))) for name in names]

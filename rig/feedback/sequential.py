@@ -23,8 +23,9 @@ Holm's step-down (Holm, Scand. J. Statist. 6, 1979) over their always-valid p-va
 confidence sequences at α/m (Bonferroni): family-wise false promotions ≤ α, at most the best promoted.
 `GoldenMonitor` reuses the machinery for de-promotion (see its docstring).
 
-Decision records follow `schemas/Decision.avsc`, whose `estimate` is *challenger minus golden*
-(negative: challenger better), i.e. `-mean(d)`, with `ci_low`/`ci_high` negated and swapped.
+Decision records (`rig.wire.records.Decision`, built only by `new_decision`) have `estimate` as
+*challenger minus golden* (negative: challenger better), i.e. `-mean(d)`, with `ci_low`/`ci_high`
+negated and swapped.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from scipy.stats import norm
 
 from rig.errors import PromoterError
 from rig.models.metrics import log_loss_per_row
+from rig.wire.records import Decision, DecisionAction, PromoterMode
 
 PROMOTER_MODES: tuple[str, ...] = ("suggest", "auto")
 """Promoter modes: `suggest` records decisions only, `auto` has them applied by the caller."""
@@ -225,32 +227,48 @@ class PairState:
         return asdict(self)
 
 
-def _decision(
-    config: PromoterConfig,
+NO_EVIDENCE = Evidence(0, 0.0, 0.0, 0.0, None)
+"""The evidence of a decision a person made: no sample, estimate and interval 0, no e-value."""
+
+
+def new_decision(
     now_ms: int,
-    action: str,
+    action: DecisionAction,
+    mode: PromoterMode,
     versions: tuple[str, str | None],
-    ev: Evidence,
-    p_value: float | None,
     reason: str,
-) -> dict[str, Any]:
-    """A Decision record (schema `Decision.avsc`); `ev` already in the schema's sign."""
-    return {
-        "decision_id": uuid.uuid4().hex,
-        "decided_at": int(now_ms),
-        "action": action,
-        "mode": config.mode,
-        "golden_version": versions[0],
-        "challenger_version": versions[1],
-        "metric": config.metric,
-        "n": int(ev.n),
-        "estimate": ev.mean,
-        "ci_low": ev.low,
-        "ci_high": ev.high,
-        "p_value": p_value,
-        "e_value": ev.e_value,
-        "reason": reason,
-    }
+    metric: str = "none",
+    ev: Evidence = NO_EVIDENCE,
+    p_value: float | None = None,
+) -> Decision:
+    """A Decision record: the one constructor, for the promoter's decisions and manual ones alike.
+
+    Args:
+        now_ms: When it was decided, epoch milliseconds.
+        action: keep, promote or demote.
+        mode: The promoter's mode, or "manual" for a person's decision.
+        versions: (golden, challenger); challenger None for a decision about the golden alone.
+        reason: Why, in words a person reads.
+        metric: The per-request loss tested; "none" when nothing was tested.
+        ev: The evidence, already in the schema's sign (challenger minus golden).
+        p_value: The always-valid p-value after multiplicity correction; None if not computed.
+    """
+    return Decision(
+        decision_id=uuid.uuid4().hex,
+        decided_at=int(now_ms),
+        action=action,
+        mode=mode,
+        golden_version=versions[0],
+        challenger_version=versions[1],
+        metric=metric,
+        n=int(ev.n),
+        estimate=float(ev.mean),
+        ci_low=float(ev.low),
+        ci_high=float(ev.high),
+        p_value=p_value,
+        e_value=ev.e_value,
+        reason=reason,
+    )
 
 
 def _stats_text(config: PromoterConfig, ev: Evidence, level: float) -> str:
@@ -309,8 +327,8 @@ class Promoter:
         """Start over against a new golden: every earlier pair compared another model."""
         self.golden_version, self.pairs, self.stale_rows = version, {}, 0
 
-    def decide(self, now_ms: int, include_keep: bool = False) -> list[dict[str, Any]]:
-        """Decisions at this moment, as dicts matching `schemas/Decision.avsc`.
+    def decide(self, now_ms: int, include_keep: bool = False) -> list[Decision]:
+        """Decisions at this moment, as Decision records.
 
         At most one `promote`: among the m challengers, those Holm rejects at level α whose (1 - α/m)
         confidence lower bound exceeds min_effect, the one with the largest mean gain. Each finding
@@ -355,7 +373,9 @@ class Promoter:
                 action, reason = "keep", f"already recorded ({finding}); {reason}"
             p_value = float(adjusted[i]) if ready[i] else None
             versions = (self.golden_version, pair.challenger_version)
-            decisions.append(_decision(cfg, now_ms, action, versions, ev.flipped(), p_value, reason))
+            decisions.append(
+                new_decision(now_ms, action, cfg.mode, versions, reason, cfg.metric, ev.flipped(), p_value)
+            )
         return decisions
 
     def to_dict(self) -> dict[str, Any]:
@@ -469,7 +489,7 @@ class GoldenMonitor:
     def _track_alpha(self) -> float:
         return self.config.alpha / (2 if self.previous is not None else 1)
 
-    def decide(self, now_ms: int, include_keep: bool = False) -> list[dict[str, Any]]:
+    def decide(self, now_ms: int, include_keep: bool = False) -> list[Decision]:
         """A `demote` (returned once) when the golden got worse by more than min_effect on a track;
         with `include_keep`, otherwise a `keep` per track saying where it stands."""
         cfg, alpha = self.config, self._track_alpha()
@@ -495,7 +515,8 @@ class GoldenMonitor:
         for worse, challenger, ev, p_value, reason in records:
             action = "demote" if worse and not self.reported else "keep"
             reason = f"already recorded (demote); {reason}" if worse and self.reported else reason
-            out.append(_decision(cfg, now_ms, action, (self.golden_version, challenger), ev, p_value, reason))
+            versions = (self.golden_version, challenger)
+            out.append(new_decision(now_ms, action, cfg.mode, versions, reason, cfg.metric, ev, p_value))
             if action == "demote":
                 self.reported = True
                 return out[-1:]

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 from rig.config import RigSettings
 from rig.routing.table import EMPTY_ROUTING, RoutingTable, apply_control, control_key, fold_report
 from rig.wire.codec import Codec, Rejected
+from rig.wire.records import ControlEvent
 
 log = logging.getLogger(__name__)
 
-CONTROL_SCHEMA = "ControlEvent"
-
 
 def publish_control(
-    settings: RigSettings, event: Mapping[str, Any], check_against: RoutingTable | None = None
+    settings: RigSettings, event: ControlEvent, check_against: RoutingTable | None = None
 ) -> None:
     """Write one control event to the control topic, keyed for compaction, and wait for the ack.
 
@@ -48,7 +46,7 @@ def publish_control(
     producer.produce(
         settings.topic("control"),
         key=key,
-        value=Codec(CONTROL_SCHEMA, registry_url=settings.schema_registry_url).encode(dict(event)),
+        value=Codec(ControlEvent, registry_url=settings.schema_registry_url).encode(event),
         on_delivery=lambda error, _message: errors.append(str(error)) if error else None,
     )
     if producer.flush(30) or errors:
@@ -71,14 +69,14 @@ class ControlFollower:
         self.settings = settings
         self.table: RoutingTable = EMPTY_ROUTING
         self.on_change = on_change
-        self.on_purge: Callable[[dict[str, Any]], None] | None = None
+        self.on_purge: Callable[[ControlEvent], None] | None = None
         """Called with every `purge_cache` event read after start-up (the cache is cold before)."""
         self.poll_timeout_s = poll_timeout_s
         self.caught_up = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
-        self._codec = Codec(CONTROL_SCHEMA, registry_url=settings.schema_registry_url)
+        self._codec = Codec(ControlEvent, registry_url=settings.schema_registry_url)
 
     def start(self) -> ControlFollower:
         """Start following in a daemon thread."""
@@ -152,10 +150,10 @@ class ControlFollower:
         finally:
             consumer.close()
 
-    def _fold(self, records: list[tuple[bytes, dict[str, Any] | Rejected | None]], topic: str) -> None:
+    def _fold(self, records: list[tuple[bytes, ControlEvent | Rejected | None]], topic: str) -> None:
         if self.on_purge is not None and self.caught_up.is_set():
             for _key, event in records:
-                if isinstance(event, dict) and event.get("kind") == "purge_cache":
+                if isinstance(event, ControlEvent) and event.kind == "purge_cache":
                     self.on_purge(event)
         result = fold_report(records, self.table)
         for rejected in result.rejected:

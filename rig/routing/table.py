@@ -45,29 +45,22 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, cast
+from typing import Any, cast, get_args
 
 from rig.errors import RoutingError
+from rig.wire.records import ControlEvent, ControlKind, ExperimentMode
 
-ExperimentMode = Literal["shadow", "ab"]
-ControlKind = Literal["set_golden", "start_experiment", "stop_experiment", "kill_experiment", "purge_cache"]
-KINDS: tuple[str, ...] = (
-    "set_golden",
-    "start_experiment",
-    "stop_experiment",
-    "kill_experiment",
-    "purge_cache",
-)
-EXPERIMENT_MODES: tuple[str, ...] = ("shadow", "ab")
+KINDS: tuple[str, ...] = get_args(ControlKind)
+EXPERIMENT_MODES: tuple[str, ...] = get_args(ExperimentMode)
 GOLDEN_PREFIX = b"golden:"
 EXPERIMENT_PREFIX = b"experiment:"
 CACHE_KEY = b"cache"
 SHARE_TOLERANCE = 1e-9
 
-# (key, value) as read from the topic. The value is the decoded event, None for a tombstone, or
-# anything else (e.g. the codec's Rejected) for a value that could not be decoded.
+# (key, value) as read from the topic. The value is the decoded ControlEvent, None for a tombstone,
+# or anything else (e.g. the codec's Rejected) for a value that could not be decoded.
 ControlRecord = tuple[bytes, object]
 
 
@@ -156,7 +149,7 @@ class FoldResult:
 
 
 # -- keys and validation ------------------------------------------------------------------------
-def control_key(event: Mapping[str, Any]) -> bytes:
+def control_key(event: ControlEvent) -> bytes:
     """The compaction key of a control event; the latest value per key is the routing state.
 
     Args:
@@ -173,17 +166,17 @@ def control_key(event: Mapping[str, Any]) -> bytes:
 
 def _check_event(event: object) -> bytes:
     """Validate one event on its own (no other key involved) and return the key it belongs under."""
-    if not isinstance(event, Mapping):
+    if not isinstance(event, ControlEvent):
         raise RoutingError(f"a control event must be a record, not {type(event).__name__}")
-    kind = event.get("kind")
+    kind = event.kind
     if kind not in KINDS:
         raise RoutingError(f"unknown control kind {kind!r}; expected one of {', '.join(KINDS)}")
     if kind == "set_golden":
         return GOLDEN_PREFIX + _text(event, "model_version", kind).encode()
     if kind == "purge_cache":
-        if event.get("entity_id") is not None:
+        if event.entity_id is not None:
             return CACHE_KEY + b"-entity:" + _text(event, "entity_id", kind).encode()
-        version = event.get("model_version")
+        version = event.model_version
         return (
             CACHE_KEY if version is None else CACHE_KEY + b":" + _text(event, "model_version", kind).encode()
         )
@@ -193,15 +186,15 @@ def _check_event(event: object) -> bytes:
     return EXPERIMENT_PREFIX + name.encode()
 
 
-def _text(event: Mapping[str, Any], name: str, kind: str) -> str:
-    value = event.get(name)
+def _text(event: ControlEvent, name: str, kind: str) -> str:
+    value = getattr(event, name)
     if not isinstance(value, str) or not value:
         raise RoutingError(f"{kind} needs a non-empty {name}, got {value!r}")
     return value
 
 
-def _number(event: Mapping[str, Any], name: str, kind: str) -> float | None:
-    value = event.get(name)
+def _number(event: ControlEvent, name: str, kind: str) -> float | None:
+    value = getattr(event, name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -209,12 +202,12 @@ def _number(event: Mapping[str, Any], name: str, kind: str) -> float | None:
     return float(value)
 
 
-def _route_from(event: Mapping[str, Any]) -> ExperimentRoute:
+def _route_from(event: ControlEvent) -> ExperimentRoute:
     """The route described by a start_experiment or kill_experiment event (validated)."""
-    kind = str(event["kind"])
+    kind = str(event.kind)
     name = _text(event, "experiment", kind)
     version = _text(event, "model_version", kind)
-    mode = event.get("mode")
+    mode = event.mode
     if mode not in EXPERIMENT_MODES:
         raise RoutingError(f"{kind} of {name!r} needs mode 'shadow' or 'ab', got {mode!r}")
     share = _number(event, "traffic_share", kind)
@@ -242,7 +235,7 @@ def _route_from(event: Mapping[str, Any]) -> ExperimentRoute:
 
 
 # -- folding ------------------------------------------------------------------------------------
-def apply_control(table: RoutingTable, event: Mapping[str, Any] | None, key: bytes) -> RoutingTable:
+def apply_control(table: RoutingTable, event: ControlEvent | None, key: bytes) -> RoutingTable:
     """Fold one control record into the table (pure).
 
     Args:
@@ -271,7 +264,7 @@ def fold_report(records: Iterable[ControlRecord], table: RoutingTable = EMPTY_RO
 
     Args:
         records: (key, value) pairs in offset order; value None for a tombstone. Pass a value that
-            could not be decoded as it is (any non-mapping, e.g. the codec's Rejected): it is
+            could not be decoded as it is (anything but a ControlEvent, e.g. the codec's Rejected): it is
             reported, and its key's earlier state is dropped as compaction will drop it.
         table: The table to start from (empty when reading the topic from the beginning).
 
@@ -312,15 +305,15 @@ def _step(table: RoutingTable, key: bytes, event: object) -> tuple[RoutingTable,
     if event is not None:
         try:
             expected = _check_event(event)
-            record = cast(Mapping[str, Any], event)
+            record = cast(ControlEvent, event)
             if expected != key:
                 raise RoutingError(
-                    f"record key {key!r} does not match its {record['kind']} event ({expected!r})"
+                    f"record key {key!r} does not match its {record.kind} event ({expected!r})"
                 )
         except RoutingError as exc:
             reason = str(exc)
         else:
-            kind = record["kind"]
+            kind = record.kind
             if kind == "set_golden":
                 history.append(ident)
             elif kind in ("start_experiment", "kill_experiment"):
@@ -391,30 +384,25 @@ def _event(
     reason: str,
     issued_at: int | None,
     **fields: Any,
-) -> dict[str, Any]:
+) -> ControlEvent:
+    """The one constructor of ControlEvent records: every factory below, and only they, call it."""
     if not actor:
         raise RoutingError(f"{kind} needs an actor (a person's name, or 'promoter')")
-    event: dict[str, Any] = {
-        "event_id": uuid.uuid4().hex,
-        "issued_at": int(time.time() * 1000) if issued_at is None else int(issued_at),
-        "kind": kind,
-        "model_version": None,
-        "experiment": None,
-        "mode": None,
-        "traffic_share": None,
-        "traffic_cap_rps": None,
-        "actor": actor,
-        "reason": reason,
-        "entity_id": None,
-    }
-    event.update(fields)
+    event = ControlEvent(
+        event_id=uuid.uuid4().hex,
+        issued_at=int(time.time() * 1000) if issued_at is None else int(issued_at),
+        kind=kind,
+        actor=actor,
+        reason=reason,
+        **fields,
+    )
     _check_event(event)
     return event
 
 
 def set_golden_event(
     version: str, actor: str, reason: str = "", *, issued_at: int | None = None
-) -> dict[str, Any]:
+) -> ControlEvent:
     """A ControlEvent making `version` the golden model (every field present).
 
     Raises:
@@ -433,7 +421,7 @@ def start_experiment_event(
     traffic_share: float | None = None,
     traffic_cap_rps: float | None = None,
     issued_at: int | None = None,
-) -> dict[str, Any]:
+) -> ControlEvent:
     """A ControlEvent starting (or reconfiguring) `experiment` on model `version`.
 
     Args:
@@ -465,14 +453,14 @@ def start_experiment_event(
 
 def stop_experiment_event(
     experiment: str, actor: str, reason: str = "", *, issued_at: int | None = None
-) -> dict[str, Any]:
+) -> ControlEvent:
     """A ControlEvent stopping `experiment` (an ordinary value under its key, see the module doc)."""
     return _event("stop_experiment", actor, reason, issued_at, experiment=experiment)
 
 
 def kill_experiment_event(
     route: ExperimentRoute, actor: str, reason: str = "", *, issued_at: int | None = None
-) -> dict[str, Any]:
+) -> ControlEvent:
     """A ControlEvent killing the experiment of `route` (take it from the current table).
 
     The event repeats the route's configuration because it replaces the start record under the
@@ -498,7 +486,7 @@ def purge_cache_event(
     version: str | None = None,
     entity_id: str | None = None,
     issued_at: int | None = None,
-) -> dict[str, Any]:
+) -> ControlEvent:
     """A ControlEvent asking workers to purge their cache: all of it, one model version's, or one
     entity's (its features changed)."""
     return _event("purge_cache", actor, reason, issued_at, model_version=version, entity_id=entity_id)

@@ -21,6 +21,7 @@ from rig.config import RigSettings
 from rig.features.online_reader import OnlineReader
 from rig.transform.fitted import FittedTransform
 from rig.wire.codec import Codec, Rejected
+from rig.wire.records import Request
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class WarmReport:
     seconds: float
 
 
-def recent_requests(settings: RigSettings, count: int, timeout_s: float = 10) -> list[dict]:
+def recent_requests(settings: RigSettings, count: int, timeout_s: float = 10) -> list[Request]:
     """The last `count` requests of the requests topic (spread over its partitions), decoded.
 
     Reads by offset with a group-less consumer, so it never disturbs the workers' consumer group.
@@ -46,7 +47,7 @@ def recent_requests(settings: RigSettings, count: int, timeout_s: float = 10) ->
     consumer = Consumer(
         {**settings.kafka_client_config(), "group.id": "rig-warmer", "enable.auto.commit": False}
     )
-    codec = Codec("Request", registry_url=settings.schema_registry_url, allow_json=True)
+    codec = Codec(Request, registry_url=settings.schema_registry_url, allow_json=True)
     try:
         partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
         per_partition = max(1, count // max(len(partitions), 1))
@@ -60,7 +61,7 @@ def recent_requests(settings: RigSettings, count: int, timeout_s: float = 10) ->
         if not assignment:
             return []
         consumer.assign(assignment)
-        requests: list[dict] = []
+        requests: list[Request] = []
         read, deadline = 0, time.monotonic() + timeout_s
         while read < wanted and time.monotonic() < deadline:
             for message in consumer.consume(1000, timeout=0.5):
@@ -80,7 +81,7 @@ def warm(
     predict: Callable[[np.ndarray], np.ndarray],
     transform: FittedTransform,
     reader: OnlineReader,
-    requests: list[dict],
+    requests: list[Request],
     cache: PredictionCache | None,
     warm_up_rows: int = 256,
 ) -> WarmReport:
@@ -96,9 +97,9 @@ def warm(
         width = len(transform.output_columns)
         predict(np.zeros((warm_up_rows, width), dtype=np.float32))  # warm the model even with no traffic
         return WarmReport(version, warm_up_rows, 0, time.perf_counter() - started)
-    entity_ids = [r["entity_id"] for r in requests]
+    entity_ids = [r.entity_id for r in requests]
     online = reader.read(entity_ids)
-    result = transform.transform(online.columns, now=[r["event_time"] for r in requests])
+    result = transform.transform(online.columns, now=[r.event_time for r in requests])
     ok = np.flatnonzero(result.row_ok)
     values = result.values[ok]
     predict(values[:warm_up_rows])

@@ -8,7 +8,8 @@ Wire formats, told apart by their first bytes:
 - JSON (when allowed): a UTF-8 object checked against the schema; defaults fill missing fields;
   union values are given plainly (`"x"`, not `{"string": "x"}`); unknown fields are rejected.
 
-Decoded records are plain dicts; timestamp-millis fields are int milliseconds since the epoch
+A codec is typed by its record class (`rig.wire.records`), whose name names the schema: `Codec(Prediction)`
+reads and writes `schemas/Prediction.avsc`. Timestamp-millis fields are int milliseconds since the epoch
 (JSON may also give them as ISO-8601 text with a timezone).
 """
 
@@ -22,13 +23,15 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import msgspec
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import expand_schema, fingerprint, to_parsing_canonical_form
 from fastavro.validation import ValidationError, validate
 
 from rig.errors import CodecError
+from rig.wire.records import Record, to_plain
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -36,6 +39,8 @@ CONFLUENT_MAGIC = 0x00
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _MAX_CACHED_SCHEMA_IDS = 1024
+
+T = TypeVar("T", bound=Record)
 
 
 class ErrorType(StrEnum):
@@ -119,12 +124,12 @@ def _registry_client(url: str) -> Any:
     return SchemaRegistryClient.new_client({"url": url})
 
 
-class Codec:
-    """Encodes and decodes records of one schema; see the module docstring for the wire formats."""
+class Codec(Generic[T]):
+    """Encodes and decodes records of one class; see the module docstring for the wire formats."""
 
     def __init__(
         self,
-        schema_name: str,
+        record_type: type[T],
         *,
         registry_url: str | None = None,
         subject: str | None = None,
@@ -135,7 +140,8 @@ class Codec:
         """Prepare headers and parsed schemas once, so that no message parses a schema.
 
         Args:
-            schema_name: Schema file name without `.avsc`, e.g. "Request".
+            record_type: The record class (`rig.wire.records`); its name names the schema file,
+                e.g. `Request` for `schemas/Request.avsc`.
             registry_url: Schema registry URL (`mock://...` in tests); switches encoding to the
                 Confluent wire format.
             subject: Registry subject; the record's full name (e.g. `rig.Request`) by default.
@@ -146,7 +152,8 @@ class Codec:
         Raises:
             CodecError: The schema cannot be loaded.
         """
-        self.schema_name = schema_name
+        self.record_type = record_type
+        self.schema_name = schema_name = record_type.__name__
         self.schema = load_schema(schema_name, schemas_dir)
         self.full_name: str = self.schema["name"]
         self.allow_json = allow_json
@@ -165,30 +172,31 @@ class Codec:
         self._writers: dict[int, dict[str, Any] | str | None] = {}
 
     # -- encode -------------------------------------------------------------------------------
-    def encode(self, record: dict[str, Any]) -> bytes:
+    def encode(self, record: T) -> bytes:
         """Encode one record in the configured Avro wire format.
 
         Args:
-            record: Field name -> value; timestamps as int ms (or aware datetimes). Fields with a
-                default may be left out. Like other Avro writers, numbers are coerced (an int
-                for a double, a bool for a number).
+            record: A record of this codec's class; timestamps as int ms (an aware datetime is
+                written the same). Like other Avro writers, numbers are coerced (an int for a
+                double, a bool for a number, a numpy scalar for its value).
 
         Returns:
             The framed message.
 
         Raises:
-            CodecError: The record does not fit the schema (the message names the field), it is
-                larger than max_bytes, or the schema registry refused the schema.
+            CodecError: The record is not of this codec's class or a value does not fit the schema
+                (the message names the field), it is larger than max_bytes, or the schema registry
+                refused the schema.
         """
         buffer = io.BytesIO()
         buffer.write(self._header if self._registry_url is None else self._confluent_header())
-        self._write_body(buffer, record)
+        self._write_body(buffer, self._plain(record))
         data = buffer.getvalue()
         if len(data) > self.max_bytes:
             raise CodecError(f"{self.full_name} record is {len(data)} bytes, over max_bytes={self.max_bytes}")
         return data
 
-    def encode_json(self, record: dict[str, Any]) -> bytes:
+    def encode_json(self, record: T) -> bytes:
         """Encode one record as compact UTF-8 JSON (timestamps as int ms, bytes as latin-1 text).
 
         Args:
@@ -200,8 +208,18 @@ class Codec:
         Raises:
             CodecError: The record does not fit the schema.
         """
-        self._write_body(io.BytesIO(), record)
-        return json.dumps(record, default=_json_default, separators=(",", ":")).encode()
+        plain = self._plain(record)
+        self._write_body(io.BytesIO(), plain)
+        return json.dumps(plain, default=_json_default, separators=(",", ":")).encode()
+
+    def _plain(self, record: T) -> dict[str, Any]:
+        """The record as the plain dict fastavro writes (bytes and datetimes kept as they are)."""
+        if not isinstance(record, self.record_type):
+            raise CodecError(f"expected a {self.schema_name} record, got {type(record).__name__}")
+        try:
+            return to_plain(record)
+        except TypeError as exc:
+            raise CodecError(f"invalid {self.full_name} record: {exc}") from exc
 
     def _write_body(self, buffer: io.BytesIO, record: dict[str, Any]) -> None:
         try:
@@ -228,14 +246,15 @@ class Codec:
         return bytes([CONFLUENT_MAGIC]) + int(self._schema_id).to_bytes(4, "big")
 
     # -- decode -------------------------------------------------------------------------------
-    def decode(self, data: bytes) -> dict[str, Any] | Rejected:
+    def decode(self, data: bytes) -> T | Rejected:
         """Decode one message in any configured format; never raises.
 
         Args:
             data: The message value as read from Kafka.
 
         Returns:
-            The record as a plain dict, or a Rejected with the reason and an ErrorType.
+            The record, or a Rejected with the reason and an ErrorType (INVALID_RECORD, naming the
+            field, for a message that decodes but does not fit the record class).
         """
         if not isinstance(data, bytes):
             if data is None:
@@ -264,7 +283,7 @@ class Codec:
         reason = f"unknown message format (first byte 0x{data[0]:02x}); expected {accepted}"
         return Rejected(data, reason, ErrorType.MALFORMED)
 
-    def _read_body(self, data: bytes, start: int, writer: dict[str, Any] | None) -> dict[str, Any] | Rejected:
+    def _read_body(self, data: bytes, start: int, writer: dict[str, Any] | None) -> T | Rejected:
         buffer = io.BytesIO(data)
         buffer.seek(start)
         try:
@@ -280,7 +299,14 @@ class Codec:
         if buffer.tell() != len(data):
             reason = f"{len(data) - buffer.tell()} trailing bytes after the {self.full_name} record"
             return Rejected(data, reason, ErrorType.MALFORMED)
-        return record  # type: ignore[return-value]
+        return self._typed(data, record)
+
+    def _typed(self, data: bytes, record: Any) -> T | Rejected:
+        """The decoded plain record as this codec's class, or why it does not fit (naming the field)."""
+        try:
+            return msgspec.convert(record, self.record_type)
+        except msgspec.ValidationError as exc:
+            return Rejected(data, f"invalid {self.full_name}: {exc}", ErrorType.INVALID_RECORD)
 
     def _foreign_fingerprint(self, fp: bytes) -> str:
         for path in sorted(self._schemas_dir.glob("*.avsc")):
@@ -292,7 +318,7 @@ class Codec:
                 return f"message is a {other['name']}, not a {self.full_name} (fingerprint {fp.hex()})"
         return f"unknown schema fingerprint {fp.hex()}; {self.full_name} has {self.fingerprint.hex()}"
 
-    def _decode_confluent(self, data: bytes) -> dict[str, Any] | Rejected:
+    def _decode_confluent(self, data: bytes) -> T | Rejected:
         if self._registry_url is None:
             reason = "Confluent wire format (magic byte 0x00) but no schema registry is configured"
             return Rejected(data, reason, ErrorType.UNKNOWN_SCHEMA)
@@ -330,26 +356,28 @@ class Codec:
             return f"schema id {schema_id} is {name}, not {self.full_name}", True
         return (None if to_parsing_canonical_form(writer) == self._canonical else writer), True
 
-    def _decode_json(self, data: bytes) -> dict[str, Any] | Rejected:
+    def _decode_json(self, data: bytes) -> T | Rejected:
         try:
             value = json.loads(data)
         except (ValueError, RecursionError) as exc:
             return Rejected(data, f"invalid JSON: {exc}", ErrorType.MALFORMED)
         try:
-            return _from_json(self._json_schema, value, "")
+            record = _from_json(self._json_schema, value, "")
         except _Invalid as exc:
             return Rejected(data, f"invalid {self.full_name}: {exc}", ErrorType.INVALID_RECORD)
+        return self._typed(data, record)
 
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("latin-1")
     if isinstance(value, dt.datetime):
-        return _to_millis(value)
+        return to_millis(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _to_millis(value: dt.datetime) -> int:
+def to_millis(value: dt.datetime) -> int:
+    """Milliseconds since the epoch of a datetime, a naive one taken as UTC (as Avro writers do)."""
     aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
     return (aware - _EPOCH) // dt.timedelta(milliseconds=1)
 
@@ -385,7 +413,7 @@ def _from_json(schema: Any, value: Any, path: str) -> Any:
             raise _Invalid(f"{where}: {value!r} is not an ISO-8601 time or int milliseconds") from None
         if moment.tzinfo is None:
             raise _Invalid(f"{where}: time {value!r} needs a timezone (e.g. Z)")
-        return _to_millis(moment)
+        return to_millis(moment)
     if kind == "null" and value is None:
         return None
     if kind == "boolean" and isinstance(value, bool):

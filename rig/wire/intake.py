@@ -10,11 +10,11 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from rig.wire.codec import Codec, ErrorType, Rejected
+from rig.wire.records import DeadLetter, Request
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,22 +34,22 @@ class RequestBatch:
     """The requests of one micro-batch still on their way, aligned with their sources, and the
     dead letters of those that fell out. Each stage narrows it with `keep`; nothing leaves silently."""
 
-    requests: list[dict[str, Any]]
+    requests: list[Request]
     sources: list[Source]
-    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.requests)
 
     def entity_ids(self) -> list[str]:
         """Entity id of each request."""
-        return [r["entity_id"] for r in self.requests]
+        return [r.entity_id for r in self.requests]
 
     def keep(self, kept: Sequence[int] | np.ndarray, rejected: Iterable[tuple[int, str, str]] = ()) -> None:
         """Keep the requests at positions `kept`; dead-letter each (position, reason, error_type)."""
         for i, reason, error_type in rejected:
             self.dead_letters.append(
-                dead_letter(self.sources[i], reason, error_type, self.requests[i]["request_id"])
+                dead_letter(self.sources[i], reason, error_type, self.requests[i].request_id)
             )
         self.requests = [self.requests[i] for i in kept]
         self.sources = [self.sources[i] for i in kept]
@@ -59,45 +59,43 @@ class RequestBatch:
         self.keep([], [(i, reason, error_type) for i in range(len(self.requests))])
 
 
-def dead_letter(
-    source: Source, reason: str, error_type: str, request_id: str | None = None
-) -> dict[str, Any]:
-    """A DeadLetter record (schemas/DeadLetter.avsc) for a message that cannot be answered."""
-    return {
-        "received_at": int(time.time() * 1000),
-        "source_topic": source.topic,
-        "partition": source.partition,
-        "offset": source.offset,
-        "key": source.key,
-        "original": source.value,
-        "reason": reason,
-        "error_type": error_type,
-        "request_id": request_id,
-    }
+def dead_letter(source: Source, reason: str, error_type: str, request_id: str | None = None) -> DeadLetter:
+    """The DeadLetter record of a message that cannot be answered (the only place one is built)."""
+    return DeadLetter(
+        received_at=int(time.time() * 1000),
+        source_topic=source.topic,
+        partition=source.partition,
+        offset=source.offset,
+        key=source.key,
+        original=source.value,
+        reason=reason,
+        error_type=str(error_type),
+        request_id=request_id,
+    )
 
 
-def invalid_reason(request: dict[str, Any]) -> str | None:
+def invalid_reason(request: Request) -> str | None:
     """Why a decoded request cannot be answered, or None when it can."""
-    if not request["request_id"].strip():
+    if not request.request_id.strip():
         return "request_id is empty"
-    if not request["entity_id"].strip():
+    if not request.entity_id.strip():
         return "entity_id is empty"
-    bad = sorted(name for name, value in request["features"].items() if not math.isfinite(value))
+    bad = sorted(name for name, value in request.features.items() if not math.isfinite(value))
     if bad:
         return f"non-finite request feature(s) {bad} (NaN or infinity)"
     return None
 
 
-def take_in(codec: Codec, sources: Sequence[Source]) -> RequestBatch:
+def take_in(codec: Codec[Request], sources: Sequence[Source]) -> RequestBatch:
     """Decode and validate a batch of raw request messages.
 
     Returns:
         A `RequestBatch`: valid requests in arrival order, and a dead letter for every message that
         is malformed, of another schema, oversized, incomplete or carries non-finite values.
     """
-    requests: list[dict[str, Any]] = []
+    requests: list[Request] = []
     kept: list[Source] = []
-    dead: list[dict[str, Any]] = []
+    dead: list[DeadLetter] = []
     for source in sources:
         decoded = codec.decode(source.value)
         if isinstance(decoded, Rejected):
@@ -105,7 +103,7 @@ def take_in(codec: Codec, sources: Sequence[Source]) -> RequestBatch:
             continue
         reason = invalid_reason(decoded)
         if reason is not None:
-            dead.append(dead_letter(source, reason, ErrorType.INVALID_VALUE, decoded["request_id"] or None))
+            dead.append(dead_letter(source, reason, ErrorType.INVALID_VALUE, decoded.request_id or None))
             continue
         requests.append(decoded)
         kept.append(source)

@@ -9,15 +9,18 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rig.config import RigSettings
 from rig.routing.control import publish_control
 from rig.wire.codec import Codec, Rejected
+from rig.wire.records import ControlEvent, Record
 from sim.deploy import prepare, start_worker, stop_processes
 from sim.settings import WorldSettings
 from sim.world import World
 from tests.integration.conftest import isolated_feast_settings
+
+R = TypeVar("R", bound=Record)
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ def deploy(
     return Deployment(settings=rig_settings, world_settings=world, world=built, versions=versions)
 
 
-def route(deployment: Deployment, *events: dict[str, Any]) -> None:
+def route(deployment: Deployment, *events: ControlEvent) -> None:
     """Publish control events for this deployment."""
     for event in events:
         publish_control(deployment.settings, event)
@@ -62,16 +65,16 @@ def workers(deployment: Deployment, count: int = 1, **env: str) -> Iterator[list
 def consume(
     settings: RigSettings,
     topic: str,
-    schema: str,
+    record_type: type[R],
     expected: int,
     timeout_s: float = 120,
-    where: Callable[[dict[str, Any]], bool] | None = None,
+    where: Callable[[R], bool] | None = None,
     processes: Sequence[subprocess.Popen[bytes]] = (),
-) -> list[dict[str, Any]]:
+) -> list[R]:
     """Read `expected` records (those `where` accepts) from the start of `topic`, or what came in time."""
     from confluent_kafka import Consumer
 
-    codec = Codec(schema, registry_url=settings.schema_registry_url)
+    codec = Codec(record_type, registry_url=settings.schema_registry_url)
     consumer = Consumer(
         {
             **settings.kafka_client_config(),
@@ -81,7 +84,7 @@ def consume(
         }
     )
     consumer.subscribe([topic])
-    records: list[dict[str, Any]] = []
+    records: list[R] = []
     deadline = time.monotonic() + timeout_s
     try:
         while len(records) < expected and time.monotonic() < deadline:

@@ -8,6 +8,7 @@ import pytest
 
 from rig.cli.clients import produce_requests
 from rig.routing.table import set_golden_event, start_experiment_event
+from rig.wire.records import Explanation, Prediction
 from sim.deploy import start_worker
 from sim.settings import WorldSettings
 from sim.traffic import synthetic_requests
@@ -46,18 +47,16 @@ def test_explanations_over_http_and_for_disagreements_on_the_explanations_topic(
 
         requests = list(synthetic_requests(deployment.world_settings, 2_000, seed=8))
         assert produce_requests(settings, requests) == 2_000
-        predictions = consume(
-            settings, settings.topic("predictions"), "Prediction", 2_000, processes=[worker]
-        )
+        predictions = consume(settings, settings.topic("predictions"), Prediction, 2_000, processes=[worker])
         disagreeing = {
-            p["request_id"]
+            p.request_id
             for p in predictions
-            if any(abs(e["score"] - p["golden"]["score"]) > 0.2 for e in p["experiments"])
+            if any(abs(e.score - p.golden.score) > 0.2 for e in p.experiments)
         }
         assert disagreeing, "the worse shadow disagrees with the golden on some requests"
-        explained = consume(settings, settings.topic("explanations"), "Explanation", 1, processes=[worker])
+        explained = consume(settings, settings.topic("explanations"), Explanation, 1, processes=[worker])
     finally:
         worker.terminate()
         worker.wait(timeout=60)
-    assert explained and {e["request_id"] for e in explained} <= disagreeing
-    assert all(e["model_version"] == versions["golden"] for e in explained)
+    assert explained and {e.request_id for e in explained} <= disagreeing
+    assert all(e.model_version == versions["golden"] for e in explained)

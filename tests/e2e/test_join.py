@@ -13,6 +13,7 @@ from confluent_kafka import Producer
 from rig.cli.clients import produce_requests
 from rig.routing.table import set_golden_event, start_experiment_event
 from rig.wire.codec import Codec
+from rig.wire.records import JoinedOutcome, Outcome, Prediction, Request
 from sim.deploy import start_worker
 from sim.settings import WorldSettings
 from tests.e2e.conftest import Deployment, consume, deploy, eventually, get_json, route
@@ -22,32 +23,21 @@ RETENTION_S = 45
 WEB_PORT = 16066
 
 
-def requests_for(deployment: Deployment, ids: list[str]) -> list[dict]:
+def requests_for(deployment: Deployment, ids: list[str]) -> list[Request]:
     entities = deployment.world.entity_ids
     return [
-        {
-            "request_id": rid,
-            "entity_id": entities[i % len(entities)],
-            "event_time": 1,
-            "features": {},
-            "context": {},
-        }
+        Request(request_id=rid, entity_id=entities[i % len(entities)], event_time=1, features={}, context={})
         for i, rid in enumerate(ids)
     ]
 
 
-def send_outcomes(deployment: Deployment, requests: list[dict], label: int = 1) -> None:
-    codec = Codec("Outcome")
+def send_outcomes(deployment: Deployment, requests: list[Request], label: int = 1) -> None:
+    codec = Codec(Outcome)
     producer = Producer(deployment.settings.kafka_client_config())
     for r in requests:
-        outcome = {
-            "request_id": r["request_id"],
-            "entity_id": r["entity_id"],
-            "label": label,
-            "event_time": 2,
-        }
+        outcome = Outcome(request_id=r.request_id, entity_id=r.entity_id, label=label, event_time=2)
         producer.produce(
-            deployment.settings.topic("outcomes"), key=r["entity_id"].encode(), value=codec.encode(outcome)
+            deployment.settings.topic("outcomes"), key=r.entity_id.encode(), value=codec.encode(outcome)
         )
     assert producer.flush(30) == 0
 
@@ -91,11 +81,11 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
     try:
         assert produce_requests(settings, requests) == 200
         assert (
-            len(consume(settings, settings.topic("predictions"), "Prediction", 200, processes=[first])) == 200
+            len(consume(settings, settings.topic("predictions"), Prediction, 200, processes=[first])) == 200
         )
         predicted_at = time.monotonic()
         send_outcomes(deployment, requests[:100])
-        rows = consume(settings, joined_topic, "JoinedOutcome", 200, processes=[first])
+        rows = consume(settings, joined_topic, JoinedOutcome, 200, processes=[first])
         assert len(rows) == 200, "100 outcomes x (golden + one shadow)"
     finally:
         first.terminate()
@@ -111,17 +101,17 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
     assert produce_requests(settings, backlog) == 100
     second = start_worker(settings, settings.home / "join-2.log", log_level="INFO", web_port=WEB_PORT, **env)
     try:
-        rows = consume(settings, joined_topic, "JoinedOutcome", 300, timeout_s=180, processes=[second])
+        rows = consume(settings, joined_topic, JoinedOutcome, 300, timeout_s=180, processes=[second])
         assert len(rows) == 300, "outcomes sent during the restart joined with predictions made before it"
         answered = consume(
             settings,
             settings.topic("predictions"),
-            "Prediction",
+            Prediction,
             100,
-            where=lambda p: p["request_id"].startswith("backlog-"),
+            where=lambda p: p.request_id.startswith("backlog-"),
             processes=[second],
         )
-        assert {p["request_id"] for p in answered} == {r["request_id"] for r in backlog}, "backlog answered"
+        assert {p.request_id for p in answered} == {r.request_id for r in backlog}, "backlog answered"
 
         send_outcomes(deployment, requests_for(deployment, [f"unknown-{i}" for i in range(5)]))  # orphans
         early = requests_for(deployment, [f"early-{uuid.uuid4().hex}" for _ in range(20)])
@@ -142,7 +132,7 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
             60,
             "late and orphan counts",
         )
-        rows = consume(settings, joined_topic, "JoinedOutcome", 341, timeout_s=15)
+        rows = consume(settings, joined_topic, JoinedOutcome, 341, timeout_s=15)
         counts = join_counts()
     finally:
         second.terminate()
@@ -150,9 +140,9 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
         print_problems(settings.home / "join-2.log")
 
     print("join counts after the restart:", dict(counts))
-    per_request = Counter(row["request_id"] for row in rows)
+    per_request = Counter(row.request_id for row in rows)
     assert len(rows) == 340 and set(per_request.values()) == {2}, "170 requests joined, each exactly once"
-    assert {row["role"] for row in rows} == {"golden", "shadow"}
+    assert {row.role for row in rows} == {"golden", "shadow"}
     assert counts["joined"] == 70, counts  # 50 joined after the restart + 20 that arrived out of order
     assert counts["out_of_order"] == 20, counts
     # At least once: an outcome read again after a redelivery also counts as a duplicate.

@@ -20,6 +20,7 @@ from rig.models.registry import ModelRegistry
 from rig.routing.table import kill_experiment_event, set_golden_event, start_experiment_event
 from rig.transform.model_inputs import column_index
 from rig.wire.codec import Codec
+from rig.wire.records import DeadLetter, Decision, Prediction, Request
 from sim.settings import WorldSettings
 from sim.traffic import synthetic_requests
 from tests.conftest import REPO
@@ -89,85 +90,73 @@ def test_ten_thousand_requests_give_exactly_ten_thousand_predictions(running: De
     predictions = consume(
         settings,
         settings.topic("predictions"),
-        "Prediction",
+        Prediction,
         10_000,
         timeout_s=240,
         processes=running.processes,
     )
-    extra = consume(settings, settings.topic("predictions"), "Prediction", 10_001, timeout_s=5)
+    extra = consume(settings, settings.topic("predictions"), Prediction, 10_001, timeout_s=5)
 
     assert len(predictions) == 10_000 and len(extra) == 10_000, "each request answered exactly once"
-    assert {p["request_id"] for p in predictions} == {r["request_id"] for r in requests}
+    assert {p.request_id for p in predictions} == {r.request_id for r in requests}
 
     for p in predictions:
-        assert p["golden"]["model_version"] == versions["golden"]
-        shadows = {e["experiment"]: e for e in p["experiments"] if e["mode"] == "shadow"}
+        assert p.golden.model_version == versions["golden"]
+        shadows = {e.experiment: e for e in p.experiments if e.mode == "shadow"}
         assert set(shadows) == {"better", "worse"}, p
-        assert all(0.0 <= e["score"] <= 1.0 for e in p["experiments"])
+        assert all(0.0 <= e.score <= 1.0 for e in p.experiments)
 
     sample = predictions[:: len(predictions) // 200]
-    expected = offline_golden_scores(running, [p["entity_id"] for p in sample])
-    np.testing.assert_allclose([p["golden"]["score"] for p in sample], expected, atol=1e-6, rtol=0)
+    expected = offline_golden_scores(running, [p.entity_id for p in sample])
+    np.testing.assert_allclose([p.golden.score for p in sample], expected, atol=1e-6, rtol=0)
 
     answered_by: dict[str, set[str]] = collections.defaultdict(set)
     for p in predictions:
-        answered_by[p["entity_id"]].add(p["answered_by"])
+        answered_by[p.entity_id].add(p.answered_by)
     assert all(len(models) == 1 for models in answered_by.values()), "A/B assignment is sticky per entity"
     ab_share = sum(versions["twin"] in models for models in answered_by.values()) / len(answered_by)
     print(f"A/B share over {len(answered_by)} entities: {ab_share:.4f} (configured {AB_SHARE})")
     assert abs(ab_share - AB_SHARE) <= 0.02
     for p in predictions:
-        expected_score = p["golden"]["score"]
-        if p["answered_by"] == versions["twin"]:
-            expected_score = next(e["score"] for e in p["experiments"] if e["experiment"] == "twin")
-        assert p["score"] == expected_score
+        expected_score = p.golden.score
+        if p.answered_by == versions["twin"]:
+            expected_score = next(e.score for e in p.experiments if e.experiment == "twin")
+        assert p.score == expected_score
 
 
 def test_bad_input_goes_to_the_dead_letter_topic_and_loses_no_valid_request(running: Deployment) -> None:
     from confluent_kafka import Producer
 
     settings = running.settings
-    request_codec, decision_codec = Codec("Request"), Codec("Decision")
+    request_codec, decision_codec = Codec(Request), Codec(Decision)
     known = running.world.entity_ids[0]
     key = known.encode()  # one key: one partition, so bad and good messages interleave in order
 
     def valid() -> tuple[str, bytes]:
         request_id = f"ok-{uuid.uuid4().hex}"
-        record = {
-            "request_id": request_id,
-            "entity_id": known,
-            "event_time": 1,
-            "features": {},
-            "context": {},
-        }
+        record = Request(request_id=request_id, entity_id=known, event_time=1, features={}, context={})
         return request_id, request_codec.encode(record)
 
     def request(request_id: str, entity: str, features: dict[str, float]) -> bytes:
-        record = {
-            "request_id": request_id,
-            "entity_id": entity,
-            "event_time": 1,
-            "features": features,
-            "context": {},
-        }
+        record = Request(request_id=request_id, entity_id=entity, event_time=1, features=features, context={})
         return request_codec.encode(record)
 
-    decision = {
-        "decision_id": "d",
-        "decided_at": 1,
-        "action": "keep",
-        "mode": "suggest",
-        "golden_version": "g",
-        "challenger_version": None,
-        "metric": "log_loss",
-        "n": 1,
-        "estimate": 0.0,
-        "ci_low": 0.0,
-        "ci_high": 0.0,
-        "p_value": None,
-        "e_value": None,
-        "reason": "",
-    }
+    decision = Decision(
+        decision_id="d",
+        decided_at=1,
+        action="keep",
+        mode="suggest",
+        golden_version="g",
+        challenger_version=None,
+        metric="log_loss",
+        n=1,
+        estimate=0.0,
+        ci_low=0.0,
+        ci_high=0.0,
+        p_value=None,
+        e_value=None,
+        reason="",
+    )
     bad = {
         "malformed": b"\xff\xfenot avro at all",
         "wrong-schema": decision_codec.encode(decision),
@@ -199,15 +188,15 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_loses_no_valid_request(runn
     answered = consume(
         settings,
         settings.topic("predictions"),
-        "Prediction",
+        Prediction,
         len(good),
-        where=lambda p: p["request_id"] in good,
+        where=lambda p: p.request_id in good,
     )
-    dead = consume(settings, settings.topic("dlq"), "DeadLetter", len(bad), timeout_s=60)
+    dead = consume(settings, settings.topic("dlq"), DeadLetter, len(bad), timeout_s=60)
 
-    assert sorted(p["request_id"] for p in answered) == sorted(good)
-    by_type = collections.Counter(letter["error_type"] for letter in dead)
-    print("dead letters:", [(d["error_type"], d["reason"][:80]) for d in dead])
+    assert sorted(p.request_id for p in answered) == sorted(good)
+    by_type = collections.Counter(letter.error_type for letter in dead)
+    print("dead letters:", [(d.error_type, d.reason[:80]) for d in dead])
     assert len(dead) == len(bad)
     assert by_type == {
         "malformed": 1,
@@ -216,9 +205,9 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_loses_no_valid_request(runn
         "unknown_entity": 1,
         "oversized": 1,
     }
-    originals = {letter["original"] for letter in dead}
+    originals = {letter.original for letter in dead}
     assert set(bad.values()) == originals, "every dead letter carries the original bytes"
-    assert all(letter["reason"] and letter["source_topic"] == settings.topic("requests") for letter in dead)
+    assert all(letter.reason and letter.source_topic == settings.topic("requests") for letter in dead)
 
 
 def test_a_routing_change_reaches_every_running_worker_within_seconds(running: Deployment) -> None:
@@ -230,18 +219,18 @@ def test_a_routing_change_reaches_every_running_worker_within_seconds(running: D
     time.sleep(3)  # "within seconds": the workers follow the control topic continuously
 
     requests = list(synthetic_requests(running.world_settings, 2_000, seed=77))
-    ids = {r["request_id"] for r in requests}
+    ids = {r.request_id for r in requests}
     assert produce_requests(settings, requests) == 2_000
     predictions = consume(
-        settings, settings.topic("predictions"), "Prediction", 2_000, where=lambda p: p["request_id"] in ids
+        settings, settings.topic("predictions"), Prediction, 2_000, where=lambda p: p.request_id in ids
     )
 
     assert len(predictions) == 2_000
     members = worker_group_members(settings)
     assert len(members) == 2, "both worker processes share the requests topic's partitions"
     assert sorted(p for member in members for p in member) == list(range(settings.topic_partitions))
-    assert all("worse" not in {e["experiment"] for e in p["experiments"]} for p in predictions)
-    assert all("better" in {e["experiment"] for e in p["experiments"]} for p in predictions)
+    assert all("worse" not in {e.experiment for e in p.experiments} for p in predictions)
+    assert all("better" in {e.experiment for e in p.experiments} for p in predictions)
 
 
 def test_batch_prediction_equals_online_prediction_for_the_same_entity_and_time(
@@ -253,9 +242,9 @@ def test_batch_prediction_equals_online_prediction_for_the_same_entity_and_time(
     from sim.deploy import settings_env
 
     settings, versions = running.settings, running.versions
-    online = consume(settings, settings.topic("predictions"), "Prediction", 300)
-    entities = sorted({p["entity_id"] for p in online})[:100]
-    online_golden = {p["entity_id"]: p["golden"]["score"] for p in online}
+    online = consume(settings, settings.topic("predictions"), Prediction, 300)
+    entities = sorted({p.entity_id for p in online})[:100]
+    online_golden = {p.entity_id: p.golden.score for p in online}
     # The online store holds each entity's latest snapshot: the one as of the world's end.
     table = pd.DataFrame({"entity_id": entities, "event_timestamp": pd.Timestamp(running.world.end)})
     table.to_parquet(tmp_path / "entities.parquet")

@@ -17,6 +17,7 @@ from rig.feedback.promotion import PREVIOUS_GOLDEN_EXPERIMENT
 from rig.routing.control import read_routing
 from rig.routing.table import set_golden_event, start_experiment_event
 from rig.wire.codec import Codec
+from rig.wire.records import Decision, Outcome, Prediction, Request
 from sim.settings import WorldSettings
 from sim.world import make_outcomes, make_requests
 from tests.e2e.conftest import Deployment, consume, deploy, route, workers
@@ -27,20 +28,20 @@ MIN_SAMPLES = 300
 seeds = itertools.count(100)
 
 
-def one_round(deployment: Deployment, drift_at: datetime | None = None) -> list[dict]:
+def one_round(deployment: Deployment, drift_at: datetime | None = None) -> list[Prediction]:
     """Send ROUND requests, wait for their predictions, then send their true outcomes."""
     settings, world = deployment.settings, deployment.world
     frame = make_requests(world, ROUND, seed=next(seeds), rate_per_s=1_000)
-    request_codec, outcome_codec = Codec("Request"), Codec("Outcome")
+    request_codec, outcome_codec = Codec(Request), Codec(Outcome)
     producer = Producer(settings.kafka_client_config())
     for row in frame.itertuples():
-        request = {
-            "request_id": row.request_id,
-            "entity_id": row.entity_id,
-            "event_time": int(row.event_time.timestamp() * 1000),
-            "features": {},
-            "context": {},
-        }
+        request = Request(
+            request_id=row.request_id,
+            entity_id=row.entity_id,
+            event_time=int(row.event_time.timestamp() * 1000),
+            features={},
+            context={},
+        )
         producer.produce(
             settings.topic("requests"), key=row.entity_id.encode(), value=request_codec.encode(request)
         )
@@ -49,21 +50,21 @@ def one_round(deployment: Deployment, drift_at: datetime | None = None) -> list[
     predictions = consume(
         settings,
         settings.topic("predictions"),
-        "Prediction",
+        Prediction,
         ROUND,
-        where=lambda p: p["request_id"] in ids,
+        where=lambda p: p.request_id in ids,
         processes=deployment.processes,
         timeout_s=600,
     )
     assert len(predictions) == ROUND
     outcomes = make_outcomes(world, frame, seed=next(seeds), delay_median_s=1, drift_at=drift_at)
     for row in outcomes.itertuples():
-        outcome = {
-            "request_id": row.request_id,
-            "entity_id": row.entity_id,
-            "label": int(row.label),
-            "event_time": int(row.event_time.timestamp() * 1000),
-        }
+        outcome = Outcome(
+            request_id=row.request_id,
+            entity_id=row.entity_id,
+            label=int(row.label),
+            event_time=int(row.event_time.timestamp() * 1000),
+        )
         producer.produce(
             settings.topic("outcomes"), key=row.entity_id.encode(), value=outcome_codec.encode(outcome)
         )
@@ -71,9 +72,9 @@ def one_round(deployment: Deployment, drift_at: datetime | None = None) -> list[
     return predictions
 
 
-def decisions(deployment: Deployment) -> list[dict]:
+def decisions(deployment: Deployment) -> list[Decision]:
     settings = deployment.settings
-    return consume(settings, settings.topic("decisions"), "Decision", 10_000, timeout_s=3)
+    return consume(settings, settings.topic("decisions"), Decision, 10_000, timeout_s=3)
 
 
 def test_better_challenger_is_promoted_and_a_drifting_golden_is_demoted(tmp_path) -> None:
@@ -101,19 +102,17 @@ def test_better_challenger_is_promoted_and_a_drifting_golden_is_demoted(tmp_path
                 break
         routing = read_routing(running.settings)
         assert routing.golden == v["better"], f"not promoted; decisions: {decisions(running)}"
-        promoted = [d for d in decisions(running) if d["action"] == "promote"]
-        assert [(d["golden_version"], d["challenger_version"]) for d in promoted] == [
-            (v["golden"], v["better"])
-        ]
+        promoted = [d for d in decisions(running) if d.action == "promote"]
+        assert [(d.golden_version, d.challenger_version) for d in promoted] == [(v["golden"], v["better"])]
         evidence = promoted[0]
-        assert evidence["n"] >= MIN_SAMPLES and evidence["ci_high"] < 0 and evidence["p_value"] <= 0.05
+        assert evidence.n >= MIN_SAMPLES and evidence.ci_high < 0 and evidence.p_value <= 0.05
         print("promotion evidence:", evidence)
 
         # Every worker now answers with the new golden and keeps the old one scoring as a shadow.
         after = one_round(running)
-        assert all(p["golden"]["model_version"] == v["better"] for p in after)
+        assert all(p.golden.model_version == v["better"] for p in after)
         for p in after:
-            shadows = {e["experiment"]: e["model_version"] for e in p["experiments"]}
+            shadows = {e.experiment: e.model_version for e in p.experiments}
             assert shadows[PREVIOUS_GOLDEN_EXPERIMENT] == v["golden"] and "worse" in shadows
 
         # The new golden's reference window fills with undrifted outcomes, then the world drifts.
@@ -124,20 +123,18 @@ def test_better_challenger_is_promoted_and_a_drifting_golden_is_demoted(tmp_path
             one_round(running, drift_at=drift)
             if read_routing(running.settings).golden != v["better"]:
                 break
-        demoted = [d for d in decisions(running) if d["action"] == "demote"]
+        demoted = [d for d in decisions(running) if d.action == "demote"]
         assert demoted, f"no demotion; decisions: {decisions(running)}"
         print("demotion evidence:", demoted[0])
-        assert demoted[0]["golden_version"] == v["better"]
+        assert demoted[0].golden_version == v["better"]
         assert read_routing(running.settings).golden == v["golden"], "rolled back to the previous golden"
         assert not [
-            d
-            for d in decisions(running)
-            if d["challenger_version"] == v["worse"] and d["action"] == "promote"
+            d for d in decisions(running) if d.challenger_version == v["worse"] and d.action == "promote"
         ]
 
     # The metadata store recorded the decisions with their evidence, rolling model quality and label delays.
     store = MetadataStore(deployment.settings.resolved_metadata_url)
-    recorded = {(d["action"], d["golden_version"]) for d in store.decisions(1_000)}
+    recorded = {(d.action, d.golden_version) for d in store.decisions(1_000)}
     assert {("promote", v["golden"]), ("demote", v["better"])} <= recorded
     metrics = store.model_metrics(v["better"])
     assert metrics and sum(m.n for m in metrics) > MIN_SAMPLES and all(m.mean_loss > 0 for m in metrics)

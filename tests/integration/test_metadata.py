@@ -10,12 +10,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from rig.errors import MetadataError
 from rig.feedback.metadata import MetadataStore
+from rig.wire.records import Decision
 from tests.support.metadata_checks import CHECKS, Check, check_id, opened_store
 
 pytestmark = pytest.mark.integration
@@ -69,7 +71,7 @@ def test_store_behaves_the_same_on_sqlite_and_postgresql(store: MetadataStore, b
 
 def test_tables_live_in_the_schema_of_the_search_path(postgres_url: str, postgres_engine: sa.Engine) -> None:
     with opened_store(postgres_url) as store:
-        store.record_decision({**_minimal_decision(), "decision_id": "scoped"})
+        store.record_decision(Decision(decision_id="scoped", **_minimal_decision()))
         schema = sa.make_url(postgres_url).query["options"].split("=", 1)[1]
         tables = sa.inspect(postgres_engine).get_table_names(schema=schema)
     assert set(tables) >= {"models", "control_events", "decisions", "model_metrics", "feature_stats"}
@@ -85,7 +87,7 @@ def test_wrong_password_is_a_metadata_error_naming_ops_postgres_up(postgres_engi
     assert "wrong" not in str(raised.value)
 
 
-def _minimal_decision() -> dict[str, object]:
+def _minimal_decision() -> dict[str, Any]:
     return {
         "decided_at": 1,
         "action": "keep",

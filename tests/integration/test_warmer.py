@@ -35,7 +35,7 @@ def test_warming_a_new_golden_prefills_the_cache_with_its_scores_of_recent_traff
 
     recent = recent_requests(settings, 200)
     assert 150 <= len(recent) <= 200, "about the last 200 requests, spread over the partitions"
-    assert {r["request_id"] for r in recent} <= {r["request_id"] for r in requests}
+    assert {r.request_id for r in recent} <= {r.request_id for r in requests}
 
     registry = ModelRegistry(settings.model_dir)
     version = versions["better"]
@@ -53,10 +53,10 @@ def test_warming_a_new_golden_prefills_the_cache_with_its_scores_of_recent_traff
     report = warm(version, predict, transform, reader, recent, cache)
 
     assert report.cached_rows == len(recent) and calls[0] <= 256, "a warm-up batch, then the replay"
-    online = reader.read([r["entity_id"] for r in recent])
+    online = reader.read([r.entity_id for r in recent])
     values = transform.transform(online.columns).values
     scores, tiers = cache.get_many(
-        version, transform.version, values, np.array([r["entity_id"] for r in recent])
+        version, transform.version, values, np.array([r.entity_id for r in recent])
     )
     assert (tiers != HitTier.MISS).all(), "every replayed request is now a cache hit for the new golden"
     np.testing.assert_allclose(scores, booster.inplace_predict(values[:, columns]), atol=1e-6)

@@ -16,11 +16,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from msgspec.structs import replace as replace_field
 
 from rig.errors import MetadataError
 from rig.features.stats import FeatureStats
 from rig.feedback.metadata import Experiment, LabelDelays, MetadataStore, ModelMetrics
 from rig.models.registry import ModelMeta
+from rig.routing.table import (
+    ExperimentRoute,
+    kill_experiment_event,
+    purge_cache_event,
+    set_golden_event,
+    start_experiment_event,
+    stop_experiment_event,
+)
+from rig.wire.records import Decision, to_plain
 
 Check = Callable[[MetadataStore], None]
 CHECKS: list[Check] = []
@@ -46,9 +56,9 @@ def opened_store(url: str) -> Iterator[MetadataStore]:
         store.close()
 
 
-def decision(decision_id: str = "d1", **fields: Any) -> dict[str, Any]:
-    """A complete Decision record (every field, as the codec decodes it)."""
-    record = {
+def decision(decision_id: str = "d1", **fields: Any) -> Decision:
+    """A Decision record with every field set (as the codec decodes it)."""
+    values = {
         "decision_id": decision_id,
         "decided_at": 1_700_000_000_000,
         "action": "keep",
@@ -64,25 +74,7 @@ def decision(decision_id: str = "d1", **fields: Any) -> dict[str, Any]:
         "e_value": 1.7,
         "reason": "not enough evidence yet",
     }
-    return record | fields
-
-
-def control_event(event_id: str, issued_at: int, kind: str, **fields: Any) -> dict[str, Any]:
-    """A complete ControlEvent record."""
-    record = {
-        "event_id": event_id,
-        "issued_at": issued_at,
-        "kind": kind,
-        "model_version": None,
-        "experiment": None,
-        "mode": None,
-        "traffic_share": None,
-        "traffic_cap_rps": None,
-        "actor": "ana",
-        "reason": "",
-        "entity_id": None,
-    }
-    return record | fields
+    return Decision(**(values | fields))
 
 
 def reference_frame(rows: int = 5_000, seed: int = 3) -> pd.DataFrame:
@@ -140,9 +132,9 @@ def a_model_with_a_nan_metric_is_refused_because_json_has_no_nan(store: Metadata
 @check
 def routing_history_keeps_every_change_newest_first_and_ignores_redelivery(store: MetadataStore) -> None:
     events = [
-        control_event("e1", 1_000, "set_golden", model_version="risk.1"),
-        control_event("e2", 2_000, "start_experiment", model_version="risk.2", experiment="x", mode="shadow"),
-        control_event("e3", 3_000, "set_golden", model_version="risk.2", actor="promoter", reason="better"),
+        set_golden_event("risk.1", "ana", issued_at=1_000),
+        start_experiment_event("x", "risk.2", "shadow", "ana", issued_at=2_000),
+        set_golden_event("risk.2", "promoter", "better", issued_at=3_000),
     ]
     assert [store.record_control(event) for event in events] == [True, True, True]
     assert store.record_control(events[1]) is False  # at-least-once redelivery
@@ -153,27 +145,29 @@ def routing_history_keeps_every_change_newest_first_and_ignores_redelivery(store
 
 @check
 def a_control_event_without_optional_fields_gets_the_schema_defaults(store: MetadataStore) -> None:
-    store.record_control({"event_id": "e1", "issued_at": 5, "kind": "purge_cache", "actor": "ana"})
-    assert store.routing_history() == [control_event("e1", 5, "purge_cache")]
+    event = purge_cache_event("ana", issued_at=5)
+    store.record_control(event)
+    (stored,) = store.routing_history()
+    assert stored == event
+    assert (stored.model_version, stored.experiment, stored.mode, stored.entity_id, stored.reason) == (
+        None,
+        None,
+        None,
+        None,
+        "",
+    )
+    assert (stored.traffic_share, stored.traffic_cap_rps) == (None, None)
 
 
 @check
 def experiments_are_folded_from_the_routing_history(store: MetadataStore) -> None:
     events = [
-        control_event("e1", 1_000, "start_experiment", model_version="risk.2", experiment="a", mode="shadow"),
-        control_event(
-            "e2",
-            1_500,
-            "start_experiment",
-            model_version="risk.3",
-            experiment="b",
-            mode="ab",
-            traffic_share=0.2,
-        ),
-        control_event("e3", 2_000, "stop_experiment", experiment="a"),
-        control_event("e4", 2_500, "kill_experiment", model_version="risk.3", experiment="b", mode="ab"),
-        control_event("e5", 3_000, "start_experiment", model_version="risk.4", experiment="a", mode="shadow"),
-        control_event("e6", 3_500, "set_golden", model_version="risk.1"),
+        start_experiment_event("a", "risk.2", "shadow", "ana", issued_at=1_000),
+        start_experiment_event("b", "risk.3", "ab", "ana", traffic_share=0.2, issued_at=1_500),
+        stop_experiment_event("a", "ana", issued_at=2_000),
+        kill_experiment_event(ExperimentRoute("b", "risk.3", "ab", 0.2), "ana", issued_at=2_500),
+        start_experiment_event("a", "risk.4", "shadow", "ana", issued_at=3_000),
+        set_golden_event("risk.1", "ana", issued_at=3_500),
     ]
     for event in events:
         store.record_control(event)
@@ -196,7 +190,7 @@ def concurrent_redeliveries_of_a_decision_insert_it_once(store: MetadataStore) -
     with ThreadPoolExecutor(max_workers=8) as pool:
         inserted = list(pool.map(lambda _: store.record_decision(decision("race")), range(16)))
     assert inserted.count(True) == 1
-    assert [record["decision_id"] for record in store.decisions()] == ["race"]
+    assert [record.decision_id for record in store.decisions()] == ["race"]
 
 
 @check
@@ -217,18 +211,20 @@ def decisions_round_trip_newest_first_with_infinite_bounds_and_filter_by_golden(
 
 @check
 def records_that_do_not_fit_their_schema_are_refused_and_not_stored(store: MetadataStore) -> None:
-    bad = [
+    bad: list[Any] = [
         decision(action="maybe"),
         decision(estimate=math.nan),
         decision(decided_at=pd.Timestamp("2026-01-01", tz="UTC").to_pydatetime()),
-        decision(evidence="extra field"),
-        {key: value for key, value in decision().items() if key != "metric"},
+        decision(metric=None),
+        # Not Decision records: a plain dict with an extra field, and one with a field missing.
+        {**to_plain(decision()), "evidence": "extra field"},
+        {key: value for key, value in to_plain(decision()).items() if key != "metric"},
     ]
     for record in bad:
         with pytest.raises(MetadataError):
             store.record_decision(record)
     with pytest.raises(MetadataError):
-        store.record_control(control_event("e1", 1, "set_golden", mode="canary"))
+        store.record_control(replace_field(set_golden_event("risk.1", "ana", issued_at=1), mode="canary"))
     assert store.decisions() == []
     assert store.routing_history() == []
 

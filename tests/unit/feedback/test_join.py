@@ -7,31 +7,36 @@ from collections import Counter
 from rig.feedback.join import (
     Entry,
     StreamClock,
+    compact_outcome,
     compact_prediction,
     on_outcome,
     on_prediction,
     request_partition,
     sweep,
 )
+from rig.wire.records import ExperimentScore, JoinedOutcome, ModelScore, Outcome, Prediction
 
 RETENTION = 60_000
 
 
-def prediction(request_id: str, experiments: int = 2) -> dict:
-    return {
-        "request_id": request_id,
-        "entity_id": "ent-1",
-        "event_time": 1_000,
-        "golden": {"model_version": "risk.1", "score": 0.2},
-        "experiments": [
-            {"experiment": f"e{i}", "model_version": f"risk.{i + 2}", "mode": "shadow", "score": 0.1 * i}
+def prediction(request_id: str, experiments: int = 2) -> Prediction:
+    return Prediction(
+        request_id=request_id,
+        entity_id="ent-1",
+        event_time=1_000,
+        score=0.2,
+        answered_by="risk.1",
+        golden=ModelScore(model_version="risk.1", score=0.2),
+        experiments=[
+            ExperimentScore(experiment=f"e{i}", model_version=f"risk.{i + 2}", mode="shadow", score=0.1 * i)
             for i in range(experiments)
         ],
-    }
+        transform_version="t-1",
+    )
 
 
-def outcome(request_id: str, label: int = 1, at: int = 5_000) -> dict:
-    return {"request_id": request_id, "entity_id": "ent-1", "label": label, "event_time": at}
+def outcome(request_id: str, label: int = 1, at: int = 5_000) -> Outcome:
+    return Outcome(request_id=request_id, entity_id="ent-1", label=label, event_time=at)
 
 
 class Table:
@@ -39,7 +44,7 @@ class Table:
 
     def __init__(self) -> None:
         self.entries: dict[str, Entry] = {}
-        self.rows: list[dict] = []
+        self.rows: list[JoinedOutcome] = []
         self.counts: Counter[str] = Counter()
 
     def apply(self, key: str, step) -> None:
@@ -65,7 +70,13 @@ class Table:
     def observe(self, request_id: str, now: int = 0, label: int = 1) -> None:
         self.apply(
             request_id,
-            on_outcome(self.entries.get(request_id), request_id, outcome(request_id, label), now, RETENTION),
+            on_outcome(
+                self.entries.get(request_id),
+                request_id,
+                compact_outcome(outcome(request_id, label)),
+                now,
+                RETENTION,
+            ),
         )
 
     def sweep(self, now: int) -> None:
@@ -77,13 +88,13 @@ def test_an_outcome_joins_one_row_per_model_that_scored_the_request() -> None:
     table = Table()
     table.predict("r1")
     table.observe("r1", label=0)
-    assert [(r["model_version"], r["role"], r["experiment"]) for r in table.rows] == [
+    assert [(r.model_version, r.role, r.experiment) for r in table.rows] == [
         ("risk.1", "golden", None),
         ("risk.2", "shadow", "e0"),
         ("risk.3", "shadow", "e1"),
     ]
-    assert {r["label"] for r in table.rows} == {0}
-    assert table.rows[0]["prediction_time"] == 1_000 and table.rows[0]["outcome_time"] == 5_000
+    assert {r.label for r in table.rows} == {0}
+    assert table.rows[0].prediction_time == 1_000 and table.rows[0].outcome_time == 5_000
     assert table.counts == Counter(joined=1)
 
 

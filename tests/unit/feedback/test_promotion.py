@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from fastavro.validation import validate
+from msgspec.structs import replace
 
 from rig.feedback.promotion import (
     PREVIOUS_GOLDEN_EXPERIMENT,
@@ -15,6 +16,7 @@ from rig.feedback.promotion import (
 from rig.feedback.sequential import PromoterConfig
 from rig.routing.table import control_key, fold, set_golden_event, start_experiment_event
 from rig.wire.codec import load_schema
+from rig.wire.records import JoinedOutcome, to_plain
 
 CONFIG = PromoterConfig(min_samples=200, min_effect=0.002, mode="auto")
 
@@ -23,7 +25,7 @@ def routing(*events):
     return fold((control_key(e), e) for e in events)
 
 
-def rows(golden: str, challenger: str, n: int, challenger_better: bool, seed: int = 0) -> list[dict]:
+def rows(golden: str, challenger: str, n: int, challenger_better: bool, seed: int = 0) -> list[JoinedOutcome]:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, n)
     good = np.where(labels == 1, 0.8, 0.2)
@@ -39,26 +41,26 @@ def rows(golden: str, challenger: str, n: int, challenger_better: bool, seed: in
             "outcome_time": 1,
         }
         out.append(
-            {
+            JoinedOutcome(
                 **common,
-                "model_version": golden,
-                "role": "golden",
-                "experiment": None,
-                "score": float(g[i]),
-                "golden_model_version": None,
-                "golden_score": None,
-            }
+                model_version=golden,
+                role="golden",
+                experiment=None,
+                score=float(g[i]),
+                golden_model_version=None,
+                golden_score=None,
+            )
         )
         out.append(
-            {
+            JoinedOutcome(
                 **common,
-                "model_version": challenger,
-                "role": "shadow",
-                "experiment": "x",
-                "score": float(c[i]),
-                "golden_model_version": golden,
-                "golden_score": float(g[i]),
-            }
+                model_version=challenger,
+                role="shadow",
+                experiment="x",
+                score=float(c[i]),
+                golden_model_version=golden,
+                golden_score=float(g[i]),
+            )
         )
     return out
 
@@ -70,9 +72,9 @@ def test_a_clearly_better_shadow_is_promoted_and_the_old_golden_kept_as_shadow()
     assert loop.decide(0, table) == [], "no decision before the minimum sample"
     loop.observe(rows("m.1", "m.2", 400, challenger_better=True, seed=1), table)
     decisions = loop.decide(0, table)
-    assert [(d["action"], d["challenger_version"]) for d in decisions] == [("promote", "m.2")]
+    assert [(d.action, d.challenger_version) for d in decisions] == [("promote", "m.2")]
     events = control_events(decisions[0], table)
-    assert [(e["kind"], e["model_version"], e["experiment"]) for e in events] == [
+    assert [(e.kind, e.model_version, e.experiment) for e in events] == [
         ("set_golden", "m.2", None),
         ("start_experiment", "m.1", PREVIOUS_GOLDEN_EXPERIMENT),
     ]
@@ -88,10 +90,10 @@ def test_the_previous_golden_beating_the_current_one_is_a_rollback() -> None:
     loop = PromotionLoop(CONFIG)
     loop.observe(rows("m.2", "m.1", 500, challenger_better=True), table)
     decisions = loop.decide(0, table)
-    assert [d["action"] for d in decisions] == ["demote"]
-    assert decisions[0]["reason"].startswith("rollback")
+    assert [d.action for d in decisions] == ["demote"]
+    assert decisions[0].reason.startswith("rollback")
     events = control_events(decisions[0], table)
-    assert [(e["kind"], e["model_version"] or e["experiment"]) for e in events] == [
+    assert [(e.kind, e.model_version or e.experiment) for e in events] == [
         ("set_golden", "m.1"),
         ("stop_experiment", PREVIOUS_GOLDEN_EXPERIMENT),
     ]
@@ -109,8 +111,8 @@ def test_rows_of_another_golden_do_not_count_and_a_switch_starts_over() -> None:
 
 def test_a_manual_decision_is_a_valid_decision_record() -> None:
     decision = manual_decision("demote", "m.2", None, "by hand", 5)
-    assert validate(decision, load_schema("Decision"), raise_errors=False)
-    assert decision["mode"] == "manual" and decision["n"] == 0
+    assert validate(to_plain(decision), load_schema("Decision"), raise_errors=False)
+    assert decision.mode == "manual" and decision.n == 0
 
 
 def test_redelivered_rows_are_folded_in_once() -> None:
@@ -123,8 +125,8 @@ def test_redelivered_rows_are_folded_in_once() -> None:
     assert twice.duplicate_rows == 200 and once.duplicate_rows == 0
     assert once.promoter is not None and twice.promoter is not None
     assert twice.promoter.pairs["m.2"].n == once.promoter.pairs["m.2"].n == 300
-    evidence = [{**d, "decision_id": None} for d in once.decide(0, table)]
-    assert [{**d, "decision_id": None} for d in twice.decide(0, table)] == evidence
+    evidence = [replace(d, decision_id="") for d in once.decide(0, table)]
+    assert [replace(d, decision_id="") for d in twice.decide(0, table)] == evidence
 
 
 def test_recent_keys_forget_the_oldest_beyond_capacity() -> None:

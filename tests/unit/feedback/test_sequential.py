@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 
+import msgspec
 import numpy as np
 import pytest
 from fastavro.validation import validate
@@ -24,6 +25,7 @@ from rig.feedback.sequential import (
     welford_update,
 )
 from rig.wire.codec import load_schema
+from rig.wire.records import to_plain
 
 GOLDEN = "risk-v1"
 
@@ -106,11 +108,11 @@ def test_no_decision_before_min_samples() -> None:
     feed(promoter, rng, {"sharp": 0.1}, 900, batch=300)
     assert promoter.decide(1) == []
     (waiting,) = promoter.decide(1, include_keep=True)
-    assert waiting["action"] == "keep"
-    assert waiting["p_value"] is None
-    assert "900 of 1000" in waiting["reason"]
+    assert waiting.action == "keep"
+    assert waiting.p_value is None
+    assert "900 of 1000" in waiting.reason
     feed(promoter, rng, {"sharp": 0.1}, 100, batch=100)
-    assert [d["action"] for d in promoter.decide(2)] == ["promote"]
+    assert [d.action for d in promoter.decide(2)] == ["promote"]
 
 
 def test_clear_winner_is_promoted_once_with_its_evidence() -> None:
@@ -118,17 +120,17 @@ def test_clear_winner_is_promoted_once_with_its_evidence() -> None:
     promoter = Promoter(config, GOLDEN)
     feed(promoter, np.random.default_rng(5), {"sharp": 0.3}, 5_000)
     (decision,) = promoter.decide(1_700_000_000_000)
-    assert decision["action"] == "promote"
-    assert decision["challenger_version"] == "sharp"
-    assert decision["n"] == 5_000
-    assert decision["estimate"] < 0, "challenger minus golden loss: negative means the challenger is better"
-    assert decision["ci_low"] <= decision["estimate"] <= decision["ci_high"] < -config.min_effect
-    assert decision["p_value"] <= config.alpha
-    assert decision["e_value"] >= 1 / config.alpha
+    assert decision.action == "promote"
+    assert decision.challenger_version == "sharp"
+    assert decision.n == 5_000
+    assert decision.estimate < 0, "challenger minus golden loss: negative means the challenger is better"
+    assert decision.ci_low <= decision.estimate <= decision.ci_high < -config.min_effect
+    assert decision.p_value <= config.alpha
+    assert decision.e_value >= 1 / config.alpha
     assert promoter.decide(1_700_000_000_001) == [], "a promotion is recorded once"
     (again,) = promoter.decide(1_700_000_000_002, include_keep=True)
-    assert again["action"] == "keep"
-    assert again["reason"].startswith("already recorded (promote)")
+    assert again.action == "keep"
+    assert again.reason.startswith("already recorded (promote)")
 
 
 def test_aa_streams_are_rarely_promoted_under_continuous_monitoring() -> None:
@@ -144,7 +146,7 @@ def test_aa_streams_are_rarely_promoted_under_continuous_monitoring() -> None:
         for lo in range(0, 4_000, 100):
             cut = slice(lo, lo + 100)
             promoter.observe(GOLDEN, "twin", labels[cut], golden[cut], twin[cut])
-            if any(d["action"] == "promote" for d in promoter.decide(lo)):
+            if any(d.action == "promote" for d in promoter.decide(lo)):
                 promoted += 1
                 break
     assert promoted <= 2 * config.alpha * runs
@@ -160,11 +162,11 @@ def test_holm_promotes_at_most_one_challenger_and_the_best() -> None:
     promoter = Promoter(PromoterConfig(), GOLDEN)
     feed(promoter, np.random.default_rng(7), {"good": 0.6, "best": 0.2, "same": 1.0}, 6_000)
     decisions = promoter.decide(1, include_keep=True)
-    promoted = [d["challenger_version"] for d in decisions if d["action"] == "promote"]
+    promoted = [d.challenger_version for d in decisions if d.action == "promote"]
     assert promoted == ["best"]
-    by_name = {d["challenger_version"]: d for d in decisions}
-    assert "passes, but challenger best gains more" in by_name["good"]["reason"]
-    assert by_name["best"]["estimate"] < by_name["good"]["estimate"]
+    by_name = {d.challenger_version: d for d in decisions}
+    assert "passes, but challenger best gains more" in by_name["good"].reason
+    assert by_name["best"].estimate < by_name["good"].estimate
 
 
 def test_worse_challenger_is_never_promoted_and_recorded_once() -> None:
@@ -174,12 +176,12 @@ def test_worse_challenger_is_never_promoted_and_recorded_once() -> None:
     for step in range(20):
         feed(promoter, rng, {"blurry": 1.6}, 500)
         decisions = promoter.decide(step)
-        assert all(d["action"] != "promote" for d in decisions)
+        assert all(d.action != "promote" for d in decisions)
         recorded += decisions
     (worse,) = recorded
-    assert worse["action"] == "keep"
-    assert worse["reason"].startswith("challenger worse")
-    assert worse["estimate"] > 0
+    assert worse.action == "keep"
+    assert worse.reason.startswith("challenger worse")
+    assert worse.estimate > 0
 
 
 def test_decisions_match_the_avro_schema() -> None:
@@ -192,12 +194,12 @@ def test_decisions_match_the_avro_schema() -> None:
     logit, labels = requests(rng, 6_000)
     monitor.observe(labels, model(rng, logit, 0.5), previous_scores=model(rng, logit, 0.5))
     decisions = promoter.decide(1_700_000_000_000, include_keep=True) + monitor.decide(1, include_keep=True)
-    assert {d["action"] for d in decisions} == {"promote", "keep"}
-    assert len({d["decision_id"] for d in decisions}) == len(decisions)
+    assert {d.action for d in decisions} == {"promote", "keep"}
+    assert len({d.decision_id for d in decisions}) == len(decisions)
     for decision in decisions:
-        assert set(decision) == {field["name"] for field in schema["fields"]}
-        assert validate(decision, schema, raise_errors=True)
-        assert len(decision["decision_id"]) == 32
+        assert set(msgspec.structs.asdict(decision)) == {field["name"] for field in schema["fields"]}
+        assert validate(to_plain(decision), schema, raise_errors=True)
+        assert len(decision.decision_id) == 32
 
 
 def degraded_stream(rng: np.random.Generator, n: int, noise: float) -> tuple[np.ndarray, np.ndarray]:
@@ -215,10 +217,10 @@ def test_golden_monitor_demotes_a_degraded_golden() -> None:
         monitor.observe(*degraded_stream(rng, 1_000, 1.5))
         demotions += monitor.decide(step)
     (demote,) = demotions
-    assert demote["action"] == "demote"
-    assert demote["challenger_version"] is None
-    assert demote["ci_low"] > config.min_effect
-    assert validate(demote, load_schema("Decision"), raise_errors=True)
+    assert demote.action == "demote"
+    assert demote.challenger_version is None
+    assert demote.ci_low > config.min_effect
+    assert validate(to_plain(demote), load_schema("Decision"), raise_errors=True)
 
 
 def test_golden_monitor_keeps_a_stable_golden() -> None:
@@ -228,8 +230,8 @@ def test_golden_monitor_keeps_a_stable_golden() -> None:
         monitor.observe(*degraded_stream(rng, 500, 0.8))
         assert monitor.decide(step) == []
     (keep,) = monitor.decide(99, include_keep=True)
-    assert keep["action"] == "keep"
-    assert keep["reason"].startswith("golden stable")
+    assert keep.action == "keep"
+    assert keep.reason.startswith("golden stable")
 
 
 def test_golden_monitor_demotes_when_the_previous_golden_shadow_is_better() -> None:
@@ -242,9 +244,9 @@ def test_golden_monitor_demotes_when_the_previous_golden_shadow_is_better() -> N
         logit, labels = requests(rng, 1_000)
         monitor.observe(labels, model(rng, logit, 1.2), previous_scores=model(rng, logit, 0.4))
     (demote,) = monitor.decide(1)
-    assert demote["action"] == "demote"
-    assert demote["challenger_version"] == "risk-v0"
-    assert demote["estimate"] < 0, "previous minus current golden loss: the previous one did better"
+    assert demote.action == "demote"
+    assert demote.challenger_version == "risk-v0"
+    assert demote.estimate < 0, "previous minus current golden loss: the previous one did better"
 
 
 def test_state_round_trips_through_json() -> None:

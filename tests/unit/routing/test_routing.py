@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+from msgspec.structs import replace
 
 from rig.errors import RoutingError
 from rig.routing.table import (
@@ -28,11 +30,12 @@ from rig.routing.table import (
     stop_experiment_event,
 )
 from rig.wire.codec import SCHEMAS_DIR, Codec
+from rig.wire.records import ControlEvent
 
-Record = tuple[bytes, dict[str, Any] | None]
+Record = tuple[bytes, ControlEvent | None]
 
 
-def rec(event: dict[str, Any]) -> Record:
+def rec(event: ControlEvent) -> Record:
     return control_key(event), event
 
 
@@ -119,7 +122,7 @@ def test_folding_the_compacted_log_gives_the_same_table() -> None:
 def test_a_stopped_experiment_stays_stopped_after_compaction() -> None:
     log = [golden("m.1"), shadow("wide", "m.2"), stop("wide")]
     compacted = compact(log)
-    assert [event["kind"] for _, event in compacted if event] == ["set_golden", "stop_experiment"]
+    assert [event.kind for _, event in compacted if event] == ["set_golden", "stop_experiment"]
     assert fold(compacted).experiment("wide") is None
     assert fold(log).experiment("wide") is None
 
@@ -148,16 +151,14 @@ def _random_record(rng: random.Random) -> Record:
     # Bad records, as a hand-written producer could send them.
     bad = rng.choice(["no_mode", "mismatch", "unknown_kind", "unknown_key", "bad_share"])
     if bad == "no_mode":
-        key, event = shadow(name, version)
-        return key, {**event, "mode": None}
+        return _with(shadow(name, version), mode=None)
     if bad == "mismatch":
         return b"experiment:" + rng.choice(names).encode(), golden(version)[1]
     if bad == "unknown_kind":
-        return b"golden:" + version.encode(), {**golden(version)[1], "kind": "promote"}
+        return _with(golden(version), kind="promote")
     if bad == "unknown_key":
         return b"routing", golden(version)[1]
-    key, event = ab(name, version, 0.5)
-    return key, {**event, "traffic_share": 1.5}
+    return _with(ab(name, version, 0.5), traffic_share=1.5)
 
 
 @pytest.mark.parametrize("seed", range(300))
@@ -180,19 +181,18 @@ def test_any_compaction_of_a_random_log_with_bad_records_folds_to_the_same_table
 
 # -- validation ---------------------------------------------------------------------------------
 def _with(record: Record, **changes: Any) -> Record:
+    """The record with some fields changed, as a hand-written producer could send them (a record
+    is not validated when built; the codec checks types, the fold checks routing rules)."""
     key, event = record
     assert event is not None
-    return key, {**event, **changes}
+    return key, replace(event, **changes)
 
 
 @pytest.mark.parametrize(
     ("record", "message"),
     [
         (_with(golden("m.1"), kind="promote"), "unknown control kind 'promote'"),
-        (
-            (b"golden:m.1", {**golden("m.1")[1], "model_version": None}),
-            "set_golden needs a non-empty model_version",
-        ),
+        (_with(golden("m.1"), model_version=None), "set_golden needs a non-empty model_version"),
         (_with(shadow("e1", "m.2"), mode=None), "needs mode 'shadow' or 'ab'"),
         (_with(shadow("e1", "m.2"), model_version=""), "start_experiment needs a non-empty model_version"),
         (_with(ab("e1", "m.2", 0.5), traffic_share=0.0), r"traffic_share must be in \(0, 1\]"),
@@ -204,10 +204,7 @@ def _with(record: Record, **changes: Any) -> Record:
         ((b"experiment:e2", shadow("e1", "m.2")[1]), "does not match"),
         ((b"routing", golden("m.1")[1]), "unknown control key"),
         ((b"golden:m.1", ["set_golden", "m.1"]), "must be a record"),
-        (
-            (b"experiment:e1", {**stop("e1")[1], "kind": "kill_experiment"}),
-            "kill_experiment needs a non-empty model_version",
-        ),
+        (_with(stop("e1"), kind="kill_experiment"), "kill_experiment needs a non-empty model_version"),
     ],
 )
 def test_invalid_control_records_raise_a_clear_routing_error(record: Record, message: str) -> None:
@@ -222,7 +219,7 @@ def test_event_helpers_refuse_what_the_fold_would_reject() -> None:
     with pytest.raises(RoutingError, match="actor"):
         set_golden_event("m.1", "")
     with pytest.raises(RoutingError, match="model_version"):
-        control_key({"kind": "set_golden", "model_version": None})
+        control_key(replace(set_golden_event("m.1", "ana"), model_version=None))
 
 
 def test_fold_report_skips_bad_records_reports_them_and_applies_the_rest() -> None:
@@ -365,7 +362,7 @@ def test_control_keys_name_what_each_event_controls() -> None:
 def test_event_helpers_fill_every_control_event_field_and_encode_with_the_codec() -> None:
     schema = json.loads(Path(SCHEMAS_DIR, "ControlEvent.avsc").read_text())
     fields = {f["name"] for f in schema["fields"]}
-    codec = Codec("ControlEvent")
+    codec = Codec(ControlEvent)
     before = int(time.time() * 1000)
     events = [
         set_golden_event("m.1", "ana", "first model"),
@@ -377,12 +374,12 @@ def test_event_helpers_fill_every_control_event_field_and_encode_with_the_codec(
     ]
     after = int(time.time() * 1000)
     for event in events:
-        assert set(event) == fields
+        assert set(msgspec.structs.asdict(event)) == fields
         assert codec.decode(codec.encode(event)) == event
-        assert isinstance(event["issued_at"], int) and before <= event["issued_at"] <= after
-        assert len(event["event_id"]) == 32 and int(event["event_id"], 16) >= 0
-    assert len({event["event_id"] for event in events}) == len(events)
-    assert events[1]["traffic_cap_rps"] == 100.0 and isinstance(events[1]["traffic_cap_rps"], float)
+        assert isinstance(event.issued_at, int) and before <= event.issued_at <= after
+        assert len(event.event_id) == 32 and int(event.event_id, 16) >= 0
+    assert len({event.event_id for event in events}) == len(events)
+    assert events[1].traffic_cap_rps == 100.0 and isinstance(events[1].traffic_cap_rps, float)
 
 
 def test_a_table_built_by_hand_must_have_a_consistent_golden() -> None:
