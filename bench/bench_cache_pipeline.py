@@ -75,6 +75,7 @@ from bench.support.timing import interleaved_us_per_row
 from rig.config import RigSettings
 from rig.routing.control import publish_control
 from rig.routing.table import set_golden_event, start_experiment_event
+from rig.wire.records import Prediction, Request
 from sim.deploy import start_worker, stop_processes
 from sim.settings import WorldSettings
 from sim.world import World
@@ -97,7 +98,7 @@ def entity_order(world: World) -> list[str]:
     return [str(e) for e in np.random.default_rng(world.seed).permutation(world.entity_ids)]
 
 
-def backlog(world: World, n: int, share: float, gap: int, seed: int) -> list[dict[str, Any]]:
+def backlog(world: World, n: int, share: float, gap: int, seed: int) -> list[Request]:
     """`n` requests of which round(share * n) repeat an entity first asked for >= `gap` requests earlier.
 
     The first `gap` requests are all new entities; after them, repeat positions are drawn at random
@@ -127,30 +128,26 @@ def backlog(world: World, n: int, share: float, gap: int, seed: int) -> list[dic
             positions.append(i)
             introduced.append(entity)
         out.append(
-            {
-                "request_id": str(uuid.UUID(bytes=rng.bytes(16), version=4)),
-                "entity_id": entity,
-                "event_time": start_ms + i,
-                "features": {},
-                "context": {},
-            }
+            Request(
+                request_id=str(uuid.UUID(bytes=rng.bytes(16), version=4)),
+                entity_id=entity,
+                event_time=start_ms + i,
+            )
         )
     return out
 
 
-def reserved_requests(world: World, n: int, seed: int) -> list[dict[str, Any]]:
+def reserved_requests(world: World, n: int, seed: int) -> list[Request]:
     """Requests on the RESERVED entities only (probe and warm-up burst)."""
     rng = np.random.default_rng(seed)
     entities = entity_order(world)[:RESERVED]
     start_ms = int(world.end.timestamp() * 1000)
     return [
-        {
-            "request_id": str(uuid.UUID(bytes=rng.bytes(16), version=4)),
-            "entity_id": str(entities[i % RESERVED]),
-            "event_time": start_ms + i,
-            "features": {},
-            "context": {},
-        }
+        Request(
+            request_id=str(uuid.UUID(bytes=rng.bytes(16), version=4)),
+            entity_id=str(entities[i % RESERVED]),
+            event_time=start_ms + i,
+        )
         for i in range(n)
     ]
 
@@ -266,7 +263,7 @@ def run_once(
         seen: set[str] = set()
         deadline = time.perf_counter() + 60
         while not want <= seen and time.perf_counter() < deadline:
-            seen.update(record["request_id"] for _, record in collector.take())
+            seen.update(record.request_id for _, record in collector.take())
             time.sleep(0.05)
         idle_s = wait_idle(worker.pid, timeout_s=10, window_s=0.5, cores=0.25)
         collector.take()  # forget the warm-up's predictions
@@ -277,14 +274,14 @@ def run_once(
         sender.producer.flush(60)
         produce_s = time.perf_counter() - began
         wanted = {request_id for request_id, _, _ in messages}
-        answers: dict[str, tuple[int, dict[str, Any]]] = {}
+        answers: dict[str, tuple[int, Prediction]] = {}
         deadline = time.perf_counter() + timeout_s
         while len(answers) < len(wanted) and time.perf_counter() < deadline:
             if worker.poll() is not None:
                 raise RuntimeError(f"worker exited with {worker.returncode}")
             for timestamp, record in collector.take():
-                if record["request_id"] in wanted:
-                    answers.setdefault(record["request_id"], (timestamp, record))
+                if record.request_id in wanted:
+                    answers.setdefault(record.request_id, (timestamp, record))
             time.sleep(0.05)
         cpu_s = cpu_seconds(worker.pid) - cpu_before
         explain_asks = topic_messages(settings, "explain") - explain_before
@@ -319,9 +316,9 @@ def run_once(
         "window_s": window_s,
         "backlog_produce_s": produce_s,
         "share_answered_before_backlog_complete": float(np.mean(stamps <= created_last)),
-        "cache_hit_share": float(np.mean([r["cache_hit"] for r in records])),
-        "entity_found_share": float(np.mean([r["entity_found"] for r in records])),
-        "shadow_scores_per_prediction": float(np.mean([len(r["experiments"]) for r in records])),
+        "cache_hit_share": float(np.mean([r.cache_hit for r in records])),
+        "entity_found_share": float(np.mean([r.entity_found for r in records])),
+        "shadow_scores_per_prediction": float(np.mean([len(r.experiments) for r in records])),
         "worker_cpu_ms_per_request_in_window": cpu_s * 1000 / max(1, len(answers)),
         "until_idle": until_idle(
             busy_after_s, idle_at_s, min(sender.create_ms.values()) / 1000, cpu_until_idle_s, len(messages)
@@ -377,20 +374,20 @@ def topic_messages(settings: RigSettings, name: str) -> int:
         consumer.close()
 
 
-def sum_stage(records: list[dict[str, Any]], stage: str) -> float:
+def sum_stage(records: list[Prediction], stage: str) -> float:
     """Stage milliseconds summed over batches (each record of a batch carries the batch's timings)."""
     batches: dict[tuple[float, ...], float] = {}
     for record in records:
-        timings = record["timings_ms"]
+        timings = record.timings_ms
         key = tuple(timings.get(name, 0.0) for name in ("total", "decode", "enrich", "transform"))
         batches[key] = timings.get(stage, 0.0)
     return sum(batches.values())
 
 
-def batch_count(records: list[dict[str, Any]]) -> int:
+def batch_count(records: list[Prediction]) -> int:
     return len(
         {
-            tuple(r["timings_ms"].get(name, 0.0) for name in ("total", "decode", "enrich", "transform"))
+            tuple(r.timings_ms.get(name, 0.0) for name in ("total", "decode", "enrich", "transform"))
             for r in records
         }
     )
@@ -485,7 +482,6 @@ def main() -> None:
                 "versions": versions,
                 "routing": {"golden": versions["golden"], "shadows": {s: versions[s] for s in SHADOWS}},
                 "batch_max": base.batch_max,
-                "batch_within_s": base.batch_within_s,
             },
             "plan": vars(args),
             "hit_path": micro,

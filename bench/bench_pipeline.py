@@ -68,6 +68,7 @@ from rig.config import RigSettings
 from rig.routing.control import publish_control
 from rig.routing.table import set_golden_event, start_experiment_event
 from rig.wire.codec import Codec
+from rig.wire.records import Prediction, Request
 from sim.deploy import settings_env, start_worker
 from sim.settings import WorldSettings
 
@@ -176,12 +177,12 @@ def produce(producer: Any, topic: str, messages: Sequence[Message], rate_per_s: 
 
 
 def first_answers(
-    predictions: Iterable[tuple[int, dict[str, Any]]], wanted: set[str]
-) -> dict[str, tuple[int, dict]]:
+    predictions: Iterable[tuple[int, Prediction]], wanted: set[str]
+) -> dict[str, tuple[int, Prediction]]:
     """request_id -> (prediction Kafka timestamp ms, record), for the wanted requests (first answer)."""
-    found: dict[str, tuple[int, dict]] = {}
+    found: dict[str, tuple[int, Prediction]] = {}
     for timestamp, record in predictions:
-        request_id = record["request_id"]
+        request_id = record.request_id
         if request_id in wanted and request_id not in found:
             found[request_id] = (timestamp, record)
     return found
@@ -217,7 +218,7 @@ class Trip:
     how busy the machine was meanwhile."""
 
     sent: Sent
-    answered: dict[str, tuple[int, dict]]
+    answered: dict[str, tuple[int, Prediction]]
     cpu_s: float
     contention: dict[str, float]
 
@@ -238,7 +239,7 @@ def warm_up(agent: Agent, world: WorldSettings, burst: int, seed: int) -> dict[s
 
 def throughput(
     agent: Agent, world: WorldSettings, n: int, seed: int, timeout_s: float
-) -> tuple[dict[str, Any], list[dict]]:
+) -> tuple[dict[str, Any], list[Prediction]]:
     """A backlog of `n` requests; requests/s between the first and the last prediction.
 
     Also measured: how long the agent's process stays busy after the last prediction (other agents
@@ -291,9 +292,9 @@ def throughput(
     return result, records
 
 
-def cache_hit_share(answered: dict[str, tuple[int, dict]]) -> float:
+def cache_hit_share(answered: dict[str, tuple[int, Prediction]]) -> float:
     """Share of predictions whose golden score came from the prediction cache."""
-    return float(np.mean([record["cache_hit"] for _, record in answered.values()])) if answered else 0.0
+    return float(np.mean([record.cache_hit for _, record in answered.values()])) if answered else 0.0
 
 
 def capacity(tp: dict[str, Any]) -> float:
@@ -328,16 +329,16 @@ def latency(
 
 
 # -- where the time goes ------------------------------------------------------------------------
-def rig_stages(records: Sequence[dict], window_s: float) -> dict[str, Any]:
+def rig_stages(records: Sequence[Prediction], window_s: float) -> dict[str, Any]:
     """Per-batch stage timings of the rig's predictions (every record of a batch carries the same)."""
     if not records:
         return {}
     # the stages the worker reports, in its order, `total` last (STAGES when it reports no others)
-    named = [k for k in records[0]["timings_ms"] if k not in ("kafka_to_publish", "total")]
+    named = [k for k in records[0].timings_ms if k not in ("kafka_to_publish", "total")]
     stages_in_order = (*(named or STAGES[:-1]), "total")
     batches: dict[tuple[float, ...], int] = {}
     for record in records:
-        timings = record["timings_ms"]
+        timings = record.timings_ms
         key = tuple(timings.get(stage, 0.0) for stage in stages_in_order)
         batches[key] = batches.get(key, 0) + 1
     sizes = list(batches.values())
@@ -372,13 +373,11 @@ def rig_stages(records: Sequence[dict], window_s: float) -> dict[str, Any]:
     }
 
 
-def naive_stages(records: Sequence[dict], rate: float) -> dict[str, Any]:
+def naive_stages(records: Sequence[Prediction], rate: float) -> dict[str, Any]:
     """Mean per-message stage timings of the naive agent, and the time per message outside them."""
     if not records:
         return {}
-    means = {
-        stage: statistics.fmean(r["timings_ms"].get(stage, 0.0) for r in records) for stage in NAIVE_STAGES
-    }
+    means = {stage: statistics.fmean(r.timings_ms.get(stage, 0.0) for r in records) for stage in NAIVE_STAGES}
     per_message_ms = 1000 / rate if rate > 0 else float("nan")
     stages: dict[str, Any] = {stage: {"us_per_request": means[stage] * 1000} for stage in NAIVE_STAGES}
     stages["outside_stages"] = {
@@ -388,9 +387,9 @@ def naive_stages(records: Sequence[dict], rate: float) -> dict[str, Any]:
     return {"per_stage": stages}
 
 
-def codec_costs(records: Sequence[dict], requests: Sequence[Message]) -> dict[str, float]:
+def codec_costs(records: Sequence[Prediction], requests: Sequence[Message]) -> dict[str, float]:
     """µs per record of the Avro work the rig does per request, measured here (not in the worker)."""
-    prediction, request = Codec("Prediction"), Codec("Request", allow_json=True)
+    prediction, request = Codec(Prediction), Codec(Request, allow_json=True)
     sample = list(records[:3000])
     began = time.perf_counter()
     for record in sample:
@@ -604,7 +603,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # The naive agent's backlog runs twice, first and last, and its better round counts: the
             # machine is shared, and a slow naive round must not flatter the ratios.
             measured: dict[str, dict[str, Any]] = {name: {"throughput_rounds": []} for name in agents}
-            records: dict[str, list[dict]] = {}
+            records: dict[str, list[Prediction]] = {}
             schedule = ["naive", *(name for name in agents if name != "naive"), "naive"]
             for i, name in enumerate(schedule):
                 n = args.naive_requests if name == "naive" else args.rig_requests

@@ -78,6 +78,7 @@ from bench.support.report import RESULTS_DIR, RunRecord, latency_percentiles, sa
 from rig.config import RigSettings
 from rig.routing.control import publish_control
 from rig.routing.table import set_golden_event
+from rig.wire.records import Prediction
 from sim.deploy import start_worker, stop_processes
 from sim.settings import WorldSettings
 
@@ -153,11 +154,11 @@ def run_once(
             f"traffic at {plan.rate:.0f}/s"
         )
         index = {request_id: i for i, (request_id, _, _) in enumerate(messages)}
-        answers: dict[str, tuple[int, dict[str, Any]]] = {}
+        answers: dict[str, tuple[int, Prediction]] = {}
 
-        def absorb(batch: list[tuple[int, dict[str, Any]]]) -> None:
+        def absorb(batch: list[tuple[int, Prediction]]) -> None:
             for timestamp, record in batch:
-                answers.setdefault(record["request_id"], (timestamp, record))
+                answers.setdefault(record.request_id, (timestamp, record))
 
         absorb(answered_raw)
         sender.start(messages, plan.rate)
@@ -201,8 +202,8 @@ def run_once(
         rows = [(answers[r], sender.create_ms[r]) for r in ids if r in answers and r in sender.create_ms]
         summary = latency_summary(
             [ts - created for (ts, _), created in rows],
-            [record["cache_hit"] for (_, record), _ in rows],
-            [record["timings_ms"].get("kafka_to_publish", float("nan")) for (_, record), _ in rows],
+            [record.cache_hit for (_, record), _ in rows],
+            [record.timings_ms.get("kafka_to_publish", float("nan")) for (_, record), _ in rows],
         )
         if rows:
             sent_from, sent_to = min(c for _, c in rows) / 1000, max(c for _, c in rows) / 1000
@@ -212,11 +213,9 @@ def run_once(
     sent_ids = [request_id for request_id, _, _ in messages[: sender.sent]]
     steady_ids = sent_ids[plan.warm_requests : plan.warm_requests + plan.steady]
     after_ids = sent_ids[promoted_index:]
-    by_new = [r for r in after_ids if r in answers and answers[r][1]["golden"]["model_version"] == better]
+    by_new = [r for r in after_ids if r in answers and answers[r][1].golden.model_version == better]
     old_after = [
-        r
-        for r in after_ids[: plan.after]
-        if r in answers and answers[r][1]["golden"]["model_version"] == golden
+        r for r in after_ids[: plan.after] if r in answers and answers[r][1].golden.model_version == golden
     ]
     if len(by_new) < plan.after:
         raise RuntimeError(
@@ -260,7 +259,7 @@ def run_once(
             {
                 "requests_after_promotion": index[r] - promoted_index,
                 "latency_ms": answers[r][0] - sender.create_ms[r],
-                "cache_hit": answers[r][1]["cache_hit"],
+                "cache_hit": answers[r][1].cache_hit,
             }
             for r in reversed(worst)
             if r in sender.create_ms
@@ -358,7 +357,6 @@ def main() -> None:
             "plan": vars(args),
             "warmer_replay": base.warmer_replay,
             "batch_max": base.batch_max,
-            "batch_within_s": base.batch_within_s,
             "runs": runs,
             "summary": summary,
             "worker_logs": str(logs),

@@ -30,6 +30,7 @@ import numpy as np
 
 from rig.config import RigSettings
 from rig.wire.codec import Codec, Rejected
+from rig.wire.records import ExperimentScore, ModelScore, Prediction, Request
 from streams.app import make_app
 
 NAIVE_PREFIX_ENV = "BENCH_NAIVE_TOPIC_PREFIX"
@@ -62,8 +63,8 @@ class ScoringModel:
 class NaiveState:
     """What the agent loads once: codecs, the Feast SDK reader, the transform and the models."""
 
-    request_codec: Codec
-    prediction_codec: Codec
+    request_codec: Codec[Request]
+    prediction_codec: Codec[Prediction]
     reader: Any
     transform: Any
     golden: ScoringModel
@@ -98,8 +99,8 @@ def load_state() -> NaiveState:
     )
     registry_url = settings.schema_registry_url
     return NaiveState(
-        request_codec=Codec("Request", registry_url=registry_url, allow_json=True),
-        prediction_codec=Codec("Prediction", registry_url=registry_url),
+        request_codec=Codec(Request, registry_url=registry_url, allow_json=True),
+        prediction_codec=Codec(Prediction, registry_url=registry_url),
         reader=FeastSdkReader(FeatureStoreClient(settings)),
         transform=transform,
         golden=model(table.golden, None, None),
@@ -115,44 +116,44 @@ def answer(state: NaiveState, value: bytes) -> tuple[bytes, bytes] | None:
         log.warning("naive agent dropped a message reason=%s", request.reason)
         return None
     decoded = time.perf_counter()
-    features = state.reader.read([request["entity_id"]])  # enrich: one entity, Feast SDK
+    features = state.reader.read([request.entity_id])  # enrich: one entity, Feast SDK
     columns = {name: np.array(values, dtype=np.float64) for name, values in features.columns.items()}
-    for name, override in request["features"].items():
+    for name, override in request.features.items():
         if name in columns:
             columns[name][0] = override
     enriched = time.perf_counter()
-    result = state.transform.transform(columns, now=[request["event_time"]])  # transform: one row
+    result = state.transform.transform(columns, now=[request.event_time])  # transform: one row
     if not result.row_ok[0]:
-        log.warning("naive agent dropped request_id=%s reason=%s", request["request_id"], result.reasons)
+        log.warning("naive agent dropped request_id=%s reason=%s", request.request_id, result.reasons)
         return None
     transformed = time.perf_counter()
     row = result.values
     golden_score = state.golden.score_one(row)  # predict: one row, one model at a time
     experiments = [
-        {"experiment": m.experiment, "model_version": m.version, "mode": m.mode, "score": m.score_one(row)}
+        ExperimentScore(experiment=m.experiment, model_version=m.version, mode=m.mode, score=m.score_one(row))
         for m in state.shadows
     ]
     predicted = time.perf_counter()
-    record = {
-        "request_id": request["request_id"],
-        "entity_id": request["entity_id"],
-        "event_time": request["event_time"],
-        "score": golden_score,
-        "answered_by": state.golden.version,
-        "golden": {"model_version": state.golden.version, "score": golden_score},
-        "experiments": experiments,
-        "transform_version": state.transform.version,
-        "cache_hit": False,
-        "entity_found": bool(features.found[0]),
-        "timings_ms": {
+    record = Prediction(
+        request_id=request.request_id,
+        entity_id=request.entity_id,
+        event_time=request.event_time,
+        score=golden_score,
+        answered_by=state.golden.version,
+        golden=ModelScore(model_version=state.golden.version, score=golden_score),
+        experiments=experiments,
+        transform_version=state.transform.version,
+        cache_hit=False,
+        entity_found=bool(features.found[0]),
+        timings_ms={
             "decode": round((decoded - started) * 1000, 3),
             "enrich": round((enriched - decoded) * 1000, 3),
             "transform": round((transformed - enriched) * 1000, 3),
             "predict": round((predicted - transformed) * 1000, 3),
             "total": round((time.perf_counter() - started) * 1000, 3),
         },
-    }
-    return request["entity_id"].encode(), state.prediction_codec.encode(record)
+    )
+    return request.entity_id.encode(), state.prediction_codec.encode(record)
 
 
 @app.agent(requests_topic)

@@ -215,7 +215,7 @@ def check_with_promoter(
                 golden[rows],
                 challenger[rows],
             )
-            if found < 0 and any(d["action"] == "promote" for d in promoter.decide(k)):
+            if found < 0 and any(d.action == "promote" for d in promoter.decide(k)):
                 found = k
         if found != hits[run]:
             raise SystemExit(

@@ -16,6 +16,7 @@ from typing import Any
 
 from rig.config import RigSettings
 from rig.wire.codec import Codec, Rejected
+from rig.wire.records import Prediction, Request
 from sim.settings import WorldSettings
 from sim.traffic import synthetic_requests
 
@@ -23,10 +24,10 @@ Message = tuple[str, bytes, bytes]
 """A request ready to produce: request_id, key (the entity id), encoded Avro value."""
 
 
-def encode_requests(settings: RigSettings, requests: Iterable[dict[str, Any]]) -> list[Message]:
-    """Requests (Request records) encoded as the rig reads them."""
-    codec = Codec("Request", registry_url=settings.schema_registry_url)
-    return [(r["request_id"], r["entity_id"].encode(), codec.encode(r)) for r in requests]
+def encode_requests(settings: RigSettings, requests: Iterable[Request]) -> list[Message]:
+    """Request records encoded as the rig reads them."""
+    codec = Codec(Request, registry_url=settings.schema_registry_url)
+    return [(r.request_id, r.entity_id.encode(), codec.encode(r)) for r in requests]
 
 
 def synthetic_messages(settings: RigSettings, world: WorldSettings, n: int, seed: int) -> list[Message]:
@@ -132,7 +133,7 @@ class Collector:
         self.from_end = from_end
         self.raw: list[tuple[int, bytes]] = []
         self._taken = 0
-        self._codec = Codec("Prediction", registry_url=settings.schema_registry_url)
+        self._codec = Codec(Prediction, registry_url=settings.schema_registry_url)
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._failure: BaseException | None = None
@@ -182,7 +183,7 @@ class Collector:
         if self._failure is not None:
             raise RuntimeError(f"collector failed: {self._failure}") from self._failure
 
-    def decode(self, raw: Iterable[tuple[int, bytes]]) -> list[tuple[int, dict[str, Any]]]:
+    def decode(self, raw: Iterable[tuple[int, bytes]]) -> list[tuple[int, Prediction]]:
         """(Kafka timestamp ms, Prediction record) of raw messages; undecodable ones are skipped."""
         out = []
         for timestamp, value in raw:
@@ -191,7 +192,7 @@ class Collector:
                 out.append((timestamp, record))
         return out
 
-    def take(self) -> list[tuple[int, dict[str, Any]]]:
+    def take(self) -> list[tuple[int, Prediction]]:
         """Decoded predictions that arrived since the last call: (Kafka timestamp ms, record)."""
         self.check()
         end = len(self.raw)
@@ -211,14 +212,14 @@ def wait_ready(
     probes: Sequence[Message],
     worker: subprocess.Popen[bytes],
     timeout_s: float,
-) -> tuple[float, list[tuple[int, dict[str, Any]]]]:
+) -> tuple[float, list[tuple[int, Prediction]]]:
     """Send a probe request every 0.5 s until one is answered (the worker's start-up is then over).
 
     Returns:
         Seconds until the first answer, and the predictions read meanwhile.
     """
     began = time.perf_counter()
-    seen: list[tuple[int, dict[str, Any]]] = []
+    seen: list[tuple[int, Prediction]] = []
     for probe in probes:
         sender.send([probe])
         sender.producer.flush(10)
