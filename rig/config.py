@@ -44,6 +44,14 @@ class RigSettings(BaseSettings):
     kafka_ssl_ca_location: str | None = None
     """CA bundle for TLS connections to the cluster."""
 
+    kafka_session_timeout_s: float = Field(default=45, ge=1)
+    """How long the group waits for a worker that stopped heart-beating (crashed, frozen) before its
+    partitions go to another worker."""
+
+    kafka_group_instance_id: str | None = None
+    """Static group membership (e.g. the pod name of a StatefulSet): a worker restarted within the
+    session timeout gets its partitions back without a rebalance."""
+
     topic_prefix: str = "rig."
     """Common prefix of every topic the rig reads or writes."""
 
@@ -55,6 +63,10 @@ class RigSettings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Redis used as Feast online store and as the shared cache tier."""
+
+    redis_timeout_s: float = Field(default=2.0, gt=0)
+    """Connect and read timeout of the rig's Redis clients: a Redis that hangs is waited for and
+    retried, never waited on forever."""
 
     home: Path = Path(".rig")
     """Working folder for generated data, model artifacts and the SQLite files."""
@@ -69,10 +81,21 @@ class RigSettings(BaseSettings):
     """SQLAlchemy URL of the metadata store; defaults to a SQLite file under `home`."""
 
     batch_max: int = Field(default=500, ge=1)
-    """Largest micro-batch an agent takes from a topic."""
+    """Largest micro-batch a worker takes from a topic. A batch is what has arrived (never a wait to
+    fill it), so batches grow only under load."""
 
-    batch_within_s: float = Field(default=0.05, gt=0)
-    """Longest wait, in seconds, to fill a micro-batch."""
+    max_open_batches: int = Field(default=4, ge=1)
+    """Batches taken and not yet delivered; at this many a worker stops fetching until one is done."""
+
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    """How often a worker commits the offsets of requests whose outputs were all delivered."""
+
+    stall_s: float = Field(default=30, gt=0)
+    """A partition with requests waiting and no progress for this long makes the worker unready."""
+
+    stall_exit_s: float = Field(default=120, gt=0)
+    """A worker whose partitions stalled this long while it waited for no dependency exits with an
+    error, so that its supervisor restarts it (a stall while Redis or the broker is away is waited out)."""
 
     missing_entity_policy: Literal["defaults", "dlq"] = "defaults"
     """Requests for entities the feature store lacks: `defaults` answers them with the transform's
@@ -162,6 +185,10 @@ class RigSettings(BaseSettings):
         if name not in TOPIC_NAMES:
             raise ValueError(f"unknown topic {name!r}; expected one of {TOPIC_NAMES}")
         return f"{self.topic_prefix}{name}"
+
+    def consumer_group(self, role: str) -> str:
+        """The consumer group of one of a worker's consumers (e.g. `predict`), with the topic prefix."""
+        return f"{self.topic_prefix}{role}"
 
     def kafka_client_config(self) -> dict[str, str]:
         """confluent-kafka client settings, with the SASL/TLS ones that are set."""

@@ -13,12 +13,25 @@ class CodecError(RigError):
     """Bytes or records that cannot be encoded or decoded against a schema."""
 
 
+class Unavailable(RigError):
+    """A dependency is away (Redis, a model being loaded or failing, ...): the work waits and is
+    retried, and is never dead-lettered. `dependency` names what is waited for."""
+
+    dependency = "a dependency"
+
+
 class TopicError(RigError):
     """A Kafka topic could not be created or described, or exists with the wrong configuration."""
 
 
 class FeatureStoreError(RigError):
     """The Feast feature store could not be read or written."""
+
+
+class FeatureStoreUnavailable(Unavailable, FeatureStoreError):
+    """The online store (Redis) does not answer: refused, timed out, or connection lost."""
+
+    dependency = "Redis (online features)"
 
 
 class ModelIntegrityError(RigError):
@@ -31,6 +44,12 @@ class RegistryError(RigError):
 
 class BackboneError(RigError):
     """The model runtime could not score a batch (golden failed or timed out, model not loaded, ...)."""
+
+
+class GoldenUnavailable(Unavailable, BackboneError):
+    """No golden model can answer now: none routed yet, not loaded, timed out or failing."""
+
+    dependency = "the golden model"
 
 
 class TransformError(RigError):

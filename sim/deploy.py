@@ -29,7 +29,6 @@ ENV_FIELDS = (
     "missing_entity_policy",
     "schema_registry_url",
     "batch_max",
-    "batch_within_s",
 )
 
 

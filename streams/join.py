@@ -35,6 +35,7 @@ from rig.feedback.join import (
 from rig.wire.codec import Codec, Rejected
 from rig.wire.intake import Source, dead_letter
 from rig.wire.records import DeadLetter, JoinedOutcome, Outcome, Prediction
+from streams.timers import supervised
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.Topi
             await joined.send(key=key.encode(), value=joined_codec.encode(row))
 
     @app.timer(interval=settings.join_sweep_interval_s)
+    @supervised
     async def sweep_expired() -> None:
         """Expire predictions without outcomes, drop orphans and old markers; log the counters."""
         now_ms = clock.now(wall_ms())

@@ -1,20 +1,25 @@
 """The predict agent: a request's journey, top to bottom, one call into `rig/` per arrow.
 
-decode → enrich → transform → dispatch → predict → publish; every bad message goes to the DLQ with
-its reason and bytes, and the batch goes on.
+decode → enrich → transform → cache → dispatch → predict → publish. A bad message goes to the DLQ with
+its reason and bytes and the batch goes on. A dependency that is away (Redis, the golden model) makes
+the whole batch wait and try again: nothing valid is dead-lettered, and the batch's offsets are
+committed only once every one of its outputs is delivered (`streams.plane`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import faust
 import numpy as np
+from confluent_kafka import Message
 
-from rig.errors import RigError
+from rig.errors import GoldenUnavailable, Unavailable
 from rig.features.enrich import enrich
 from rig.serving.cached_scores import fill_cache, look_up, merge
 from rig.serving.dispatch import plan_batch
@@ -22,74 +27,172 @@ from rig.serving.predictions import build_predictions
 from rig.wire.codec import ErrorType
 from rig.wire.intake import Source, take_in
 from rig.wire.records import DeadLetter, Prediction, Request
+from streams.plane.service import Plane
+from streams.plane.source import SourceBatch
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+FIRST_RETRY_S = 0.1
+LAST_RETRY_S = 5.0
+CRASH_EXIT_CODE = 70
+"""Exit code of a worker that met an error it cannot handle; its supervisor restarts it, and its
+uncommitted requests are answered by the next owner of their partitions."""
 
-async def handle_batch(runtime: Runtime, events: Sequence[faust.types.EventT]) -> tuple[int, int]:
-    """Answer one micro-batch of request events. Returns (predictions, dead letters) published."""
+
+@dataclass
+class Answer:
+    """What one batch produced, and the work left for after its outputs are published."""
+
+    predictions: list[Prediction]
+    dead_letters: list[DeadLetter]
+    explain: list[Request]
+    columns: dict[str, np.ndarray]
+    """Enriched feature columns of the answered requests (serving statistics)."""
+    fill_cache: Callable[[], None] | None = None
+
+
+async def answer(runtime: Runtime, sources: Sequence[Source]) -> Answer:
+    """Answer one micro-batch of request messages.
+
+    Raises:
+        Unavailable: a dependency is away (Redis, no golden model yet, golden failing or slow): the
+            batch must be tried again later; nothing of it was published.
+    """
     clock = StageClock()
-    batch = take_in(runtime.request_codec, [source_of(e.message) for e in events])  # decode
+    batch = take_in(runtime.request_codec, sources)  # decode
     clock.lap("decode")
 
     online = await asyncio.to_thread(runtime.reader.read, batch.entity_ids())  # enrich
     enriched = enrich(batch.requests, online.columns, online.found, runtime.settings.missing_entity_policy)
     batch.keep(enriched.kept, enriched.rejected)
-    if runtime.feature_stats is not None and batch:
-        runtime.feature_stats.update(enriched.columns)
     clock.lap("enrich")
+    if not batch:
+        return Answer([], batch.dead_letters, [], enriched.columns)
 
-    transform = runtime.transform
-    if transform is None:
-        batch.reject_all("no golden model is routed", ErrorType.INVALID_VALUE)
-    records: list[Prediction] = []
-    if batch:
-        result = transform.transform(
-            enriched.columns, now=[r.event_time for r in batch.requests]
-        )  # transform
-        ok = np.flatnonzero(result.row_ok)
-        batch.keep(ok, [(i, reason, ErrorType.INVALID_VALUE) for i, reason in result.reasons.items()])
-        values, found = result.values[ok], enriched.found[ok]
-        clock.lap("transform")
+    transform, routing = runtime.transform, runtime.routing
+    if transform is None or routing.golden is None:
+        raise GoldenUnavailable("no golden model is routed yet: requests wait in Kafka")
+    result = transform.transform(enriched.columns, now=[r.event_time for r in batch.requests])  # transform
+    ok = np.flatnonzero(result.row_ok)
+    batch.keep(ok, [(i, reason, ErrorType.INVALID_VALUE) for i, reason in result.reasons.items()])
+    values, found = result.values[ok], enriched.found[ok]
+    columns = {name: column[ok] for name, column in enriched.columns.items()}
+    clock.lap("transform")
+    if not batch:
+        return Answer([], batch.dead_letters, [], columns)
+
+    entity_ids = np.array(batch.entity_ids())
+    plan = plan_batch(routing, entity_ids, limiter=runtime.limiter)  # dispatch
     lookup = None
-    if batch:
-        entity_ids = np.array(batch.entity_ids())
-        try:
-            plan = plan_batch(runtime.routing, entity_ids, limiter=runtime.limiter)  # dispatch
-            if runtime.cache is not None:  # cache
-                lookup = await asyncio.to_thread(
-                    look_up, runtime.cache, plan, values, entity_ids, transform.version
-                )
-            clock.lap("dispatch")
-            to_score = plan.score_rows if lookup is None else lookup.to_score
-            computed = await runtime.backbone.predict_batch(values, to_score, plan.golden)  # predict
-            clock.lap("predict")
-        except RigError as error:
-            log.error(
-                "batch not scored topic=%s first_offset=%s error=%s",
-                batch.sources[0].topic,
-                batch.sources[0].offset,
-                error,
-            )
-            batch.reject_all(f"not scored: {error}", ErrorType.INVALID_VALUE)
-        else:
-            scores, golden_hit = (computed, None) if lookup is None else merge(plan, lookup, computed)
-            for version, reason in scores.failed.items():
-                log.warning("experiment skipped a batch version=%s reason=%s", version, reason)
-            received_ms = [source.timestamp_ms for source in batch.sources]
-            records = build_predictions(
-                batch.requests, plan, scores, transform.version, found, clock.total(), golden_hit, received_ms
-            )
-            ask_explanations(runtime, batch.requests, records)
+    if runtime.cache is not None:  # cache
+        lookup = await asyncio.to_thread(look_up, runtime.cache, plan, values, entity_ids, transform.version)
+    clock.lap("dispatch")
+    to_score = plan.score_rows if lookup is None else lookup.to_score
+    computed = await runtime.backbone.predict_batch(values, to_score, plan.golden)  # predict
+    clock.lap("predict")
 
-    publish(runtime, records, batch.dead_letters)  # publish
-    await asyncio.to_thread(runtime.producer.flush, 30)
-    if lookup is not None and records:  # fill the cache off the latency path
-        await asyncio.to_thread(
-            fill_cache, runtime.cache, lookup, computed, values, entity_ids, transform.version
+    scores, golden_hit = (computed, None) if lookup is None else merge(plan, lookup, computed)
+    for version, reason in scores.failed.items():
+        log.warning("experiment skipped a batch version=%s reason=%s", version, reason)
+    received_ms = [source.timestamp_ms for source in batch.sources]
+    predictions = build_predictions(
+        batch.requests, plan, scores, transform.version, found, clock.total(), golden_hit, received_ms
+    )
+    refill = None
+    if lookup is not None:
+        cache, version = runtime.cache, transform.version
+
+        def refill() -> None:
+            fill_cache(cache, lookup, computed, values, entity_ids, version)
+
+    return Answer(
+        predictions, batch.dead_letters, disagreements(runtime, batch.requests, predictions), columns, refill
+    )
+
+
+def disagreements(runtime: Runtime, requests: list[Request], predictions: list[Prediction]) -> list[Request]:
+    """The requests on which golden and a challenger disagree, at most `explain_rate_per_s` per
+    second: they are explained asynchronously, off the critical path."""
+    threshold = runtime.settings.explain_disagreement
+    disagreeing = [
+        request
+        for request, prediction in zip(requests, predictions, strict=True)
+        if any(abs(e.score - prediction.golden.score) > threshold for e in prediction.experiments)
+    ]
+    allowed = runtime.explain_limiter.take("explain", runtime.settings.explain_rate_per_s, len(disagreeing))
+    return disagreeing[:allowed]
+
+
+def outputs(runtime: Runtime, result: Answer) -> Iterator[tuple[str, bytes | None, bytes]]:
+    """Every (topic, key, value) the batch publishes: predictions keyed by entity id, dead letters,
+    explain requests."""
+    settings = runtime.settings
+    topic = settings.topic("predictions")
+    for prediction in result.predictions:
+        yield topic, prediction.entity_id.encode(), runtime.prediction_codec.encode(prediction)
+    dlq = settings.topic("dlq")
+    for letter in result.dead_letters:
+        log.warning(
+            "dead letter topic=%s partition=%s offset=%s request_id=%s error_type=%s reason=%s",
+            letter.source_topic,
+            letter.partition,
+            letter.offset,
+            letter.request_id,
+            letter.error_type,
+            letter.reason,
         )
-    return len(records), len(batch.dead_letters)
+        yield dlq, letter.key, runtime.dead_letter_codec.encode(letter)
+    explain = settings.topic("explain")
+    for request in result.explain:
+        yield explain, request.entity_id.encode(), runtime.request_codec.encode(request)
+
+
+async def serve(runtime: Runtime, plane: Plane, batch: SourceBatch) -> None:
+    """Answer a batch, waiting out every outage, and publish its outputs through the plane's sink.
+
+    A batch whose partitions were revoked (or lost) while it waited is given up: their new owner
+    answers it from the committed offsets.
+    """
+    sources = [source_of(message) for message in batch.messages]
+    delay, waited_for = FIRST_RETRY_S, set[str]()
+    while True:
+        if not plane.source.owns(batch):
+            log.info(
+                "batch given up, its partitions moved batch=%d requests=%d", batch.batch_id, len(sources)
+            )
+            return
+        try:
+            result = await answer(runtime, sources)
+            break
+        except Unavailable as error:
+            plane.health.waiting(error.dependency, str(error))
+            waited_for.add(error.dependency)
+            await asyncio.sleep(delay)
+            delay = min(LAST_RETRY_S, delay * 2)
+    for dependency in waited_for:
+        plane.health.recovered(dependency)
+    if runtime.feature_stats is not None and result.predictions:
+        runtime.feature_stats.update(result.columns)
+    await plane.sink.publish(batch.batch_id, outputs(runtime, result))
+    if result.fill_cache is not None:  # off the latency path
+        await asyncio.to_thread(result.fill_cache)
+
+
+def install_predict(app: faust.App, plane: Plane, get_runtime: Callable[[], asyncio.Future[Runtime]]) -> None:
+    """Add the predict agent: it answers the micro-batches the plane's source hands over."""
+
+    @app.agent(plane.batches)
+    async def predict(stream):  # type: ignore[no-untyped-def]
+        """Answer request micro-batches (see `serve`); an unexpected error exits for a restart."""
+        runtime = await get_runtime()
+        plane.health.add_check(lambda: None if runtime.routing.golden else "no golden model routed")
+        async for batch in stream.noack():  # the plane, not Faust, keeps the offsets
+            try:
+                await serve(runtime, plane, batch)
+            except Exception:
+                log.critical("predict agent failed, exiting for a restart", exc_info=True)
+                os._exit(CRASH_EXIT_CODE)  # nothing of this batch was committed: the next owner redoes it
 
 
 class StageClock:
@@ -109,52 +212,13 @@ class StageClock:
         return {**self.timings, "total": round((time.perf_counter() - self.started) * 1000, 3)}
 
 
-def source_of(message: faust.types.Message) -> Source:
-    """Where a Faust message came from (a tombstone's value is read as empty bytes)."""
+def source_of(message: Message) -> Source:
+    """Where a librdkafka message came from (a tombstone's value is read as empty bytes)."""
     return Source(
-        message.topic,
-        message.partition,
-        message.offset,
-        message.key,
-        message.value or b"",
-        message.timestamp * 1000,
+        message.topic(),
+        message.partition(),
+        message.offset(),
+        message.key(),
+        message.value() or b"",
+        float(message.timestamp()[1]),
     )
-
-
-def ask_explanations(runtime: Runtime, requests: list[Request], records: list[Prediction]) -> None:
-    """Queue the requests on which golden and a challenger disagree on the explain topic, at most
-    `explain_rate_per_s` per second: they are explained asynchronously, off the critical path."""
-    threshold = runtime.settings.explain_disagreement
-    disagreeing = [
-        request
-        for request, record in zip(requests, records, strict=True)
-        if any(abs(e.score - record.golden.score) > threshold for e in record.experiments)
-    ]
-    allowed = runtime.explain_limiter.take("explain", runtime.settings.explain_rate_per_s, len(disagreeing))
-    for request in disagreeing[:allowed]:
-        runtime.producer.produce(
-            runtime.settings.topic("explain"),
-            key=request.entity_id.encode(),
-            value=runtime.request_codec.encode(request),
-        )
-
-
-def publish(runtime: Runtime, predictions: list[Prediction], dead_letters: list[DeadLetter]) -> None:
-    """Queue predictions (keyed by entity id) and dead letters on the producer."""
-    settings, producer = runtime.settings, runtime.producer
-    topic = settings.topic("predictions")
-    for record in predictions:
-        producer.produce(topic, key=record.entity_id.encode(), value=runtime.prediction_codec.encode(record))
-        producer.poll(0)
-    dlq = settings.topic("dlq")
-    for letter in dead_letters:
-        log.warning(
-            "dead letter topic=%s partition=%s offset=%s request_id=%s error_type=%s reason=%s",
-            letter.source_topic,
-            letter.partition,
-            letter.offset,
-            letter.request_id,
-            letter.error_type,
-            letter.reason,
-        )
-        producer.produce(dlq, key=letter.key, value=runtime.dead_letter_codec.encode(letter))

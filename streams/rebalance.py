@@ -29,6 +29,8 @@ from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka
 from faust.types import TP
 
+from streams.timers import supervised
+
 log = logging.getLogger(__name__)
 
 
@@ -182,6 +184,7 @@ def install_partition_watchdog(app: faust.App, interval_s: float) -> None:
     watch = StuckPartitions()
 
     @app.timer(interval=interval_s)
+    @supervised
     async def watch_partitions() -> None:
         consumer = cast(aiokafka.Consumer, app.consumer)
         if app.rebalancing or not consumer.flow_active:

@@ -18,13 +18,19 @@ import faust
 from mode.utils.loops import get_event_loop
 
 from rig.config import RigSettings
+from rig.errors import RigError
 from rig.wire.topics import ensure_topics
 from streams.app import make_app
 from streams.explain import ExplainConsumer, install_explain_endpoint
+from streams.health import install_health
 from streams.join import install_join
-from streams.predict import handle_batch
+from streams.plane.health import Health
+from streams.plane.service import Plane
+from streams.plane.source import SourceSettings
+from streams.predict import install_predict
 from streams.promote import install_promoter, open_metadata
 from streams.runtime import Runtime
+from streams.timers import supervised
 
 settings = RigSettings()
 log = logging.getLogger("rig.worker")
@@ -35,7 +41,22 @@ app = make_app(
     web_enabled=settings.web_port > 0,
     web_bind=settings.web_bind,
 )
-requests_topic = app.topic(settings.topic("requests"), key_serializer="raw", value_serializer="raw")
+health = Health()
+plane = Plane(
+    app,
+    settings.kafka_client_config(),
+    SourceSettings(
+        group_id=settings.consumer_group("predict"),
+        topics=(settings.topic("requests"),),
+        batch_max=settings.batch_max,
+        max_open_batches=settings.max_open_batches,
+        commit_interval_s=settings.commit_interval_s,
+        stall_s=settings.stall_s,
+        session_timeout_s=settings.kafka_session_timeout_s,
+        group_instance_id=settings.kafka_group_instance_id,
+    ),
+    health,
+)
 dead_letter_topic = app.topic(settings.topic("dlq"), key_serializer="raw", value_serializer="raw")
 join_counts = install_join(app, settings, dead_letter_topic)
 metadata = open_metadata(settings)  # once, before consuming: agents must not wait before their loop
@@ -62,30 +83,31 @@ def build_runtime() -> Runtime:
     return runtime
 
 
-@app.agent(requests_topic)
-async def predict(stream):  # type: ignore[no-untyped-def]
-    """Answer request micro-batches: see `streams.predict.handle_batch`."""
-    runtime = await get_runtime()
-    async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-        predictions, dead = await handle_batch(runtime, events)
-        log.debug("batch done predictions=%d dead_letters=%d", predictions, dead)
+install_predict(app, plane, get_runtime)
 
 
 @app.timer(interval=60.0)
+@supervised
 async def record_feature_stats() -> None:
-    """Flush this worker's serving feature statistics (with PSI against training) to the metadata store."""
+    """Flush this worker's serving feature statistics (with PSI against training) to the metadata store.
+
+    A metadata store that is away loses this window's statistics (logged), never the worker.
+    """
     runtime = await get_runtime()
     stats = runtime.feature_stats
-    if stats is None:
+    if stats is None or metadata is None:
         return
     runtime.feature_stats = stats.empty()
-    if metadata is not None:
-        scope = f"serving:{socket.gethostname()}:{os.getpid()}"
+    scope = f"serving:{socket.gethostname()}:{os.getpid()}"
+    try:
         await asyncio.to_thread(metadata.record_feature_stats, scope, int(time.time() * 1000), stats)
+    except RigError as error:
+        log.warning("serving feature statistics not recorded: %s", error)
 
 
 install_promoter(app, settings, get_runtime, metadata)
 install_explain_endpoint(app, get_runtime)
+install_health(app, settings, health, plane.source)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from rig.config import RigSettings
-from rig.errors import FeatureStoreError
+from rig.errors import FeatureStoreError, FeatureStoreUnavailable
 
 if TYPE_CHECKING:
     from rig.features.store import FeatureStoreClient
@@ -188,7 +188,11 @@ class RedisLayoutReader:
         # Decoded timestamp field -> found; snapshots share few timestamps, so this stays small.
         self._found_by_ts: dict[bytes | None, bool] = {None: False, b"": False}
 
-        self._redis = redis.Redis.from_url(settings.redis_url)
+        self._redis = redis.Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=settings.redis_timeout_s,
+            socket_timeout=settings.redis_timeout_s,
+        )
         self._redis_errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._command_tail = b"".join(b"$%d\r\n%s\r\n" % (len(field), field) for field in self.hash_fields)
         self._command_head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(self.hash_fields) + 2)
@@ -285,7 +289,7 @@ class RedisLayoutReader:
                 f"online feature read: Redis at {self.settings.redis_url} refused HMGET "
                 f"on project {self.project!r}: {error}"
             )
-        return FeatureStoreError(
+        return FeatureStoreUnavailable(
             f"online feature read: Redis not reachable at {self.settings.redis_url}; "
             f"run ops/redis/up ({type(error).__name__}: {error})"
         )

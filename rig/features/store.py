@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 
 from rig.config import RigSettings
-from rig.errors import ConfigError, FeatureStoreError
+from rig.errors import ConfigError, FeatureStoreError, FeatureStoreUnavailable
 
 if TYPE_CHECKING:
     from feast import Entity, FeatureStore, FeatureView
@@ -113,8 +113,8 @@ class FeatureStoreClient:
             yield
         except FeatureStoreError:
             raise
-        except redis.ConnectionError as error:
-            raise FeatureStoreError(
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise FeatureStoreUnavailable(
                 f"{action}: Redis not reachable at {self.settings.redis_url}; run ops/redis/up ({error})"
             ) from error
         except (feast.errors.FeatureViewNotFoundException, feast.errors.EntityNotFoundException) as error:

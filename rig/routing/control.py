@@ -1,6 +1,6 @@
 """The control topic on Kafka: publish routing changes, and follow them on every worker.
 
-Every worker reads the compacted, single-partition `rig.routing.control` topic from the beginning with a
+Every worker reads the compacted, single-partition `rig.control` topic from the beginning with a
 plain consumer (no consumer group, so every worker sees every record) and folds it into a
 `RoutingTable` (see `rig.routing.table`). This is the design's alternative to Faust's GlobalTable, which
 has an open report of not working with several worker instances.

@@ -1,6 +1,6 @@
-"""Routing state (golden model, experiments) folded from the compacted `rig.routing.control` topic.
+"""Routing state (golden model, experiments) folded from the compacted `rig.control` topic.
 
-Every worker rebuilds the same `RoutingTable` by reading `rig.routing.control` from the beginning and folding
+Every worker rebuilds the same `RoutingTable` by reading `rig.control` from the beginning and folding
 each (key, value) record with `fold_report`. The topic is compacted, so a worker that starts late sees
 only the latest record of each key, in offset order. The fold is therefore written so that **the
 table is a function of the latest record per key and of their order**: folding the full log and

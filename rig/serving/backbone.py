@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from rig.errors import BackboneError
+from rig.errors import BackboneError, GoldenUnavailable
 
 if TYPE_CHECKING:
     import xgboost
@@ -192,8 +192,8 @@ class Backbone:
             BatchScores with the golden's scores and every experiment's scores or failure reason.
 
         Raises:
-            BackboneError: bad features, golden not loaded or without rows, golden failed or timed out,
-                or the backbone is closed.
+            GoldenUnavailable: the golden is not loaded, failed or timed out (wait and retry).
+            BackboneError: bad features, golden without rows, or the backbone is closed.
         """
         if self._closed:
             raise BackboneError("backbone is closed")
@@ -203,7 +203,9 @@ class Backbone:
             raise BackboneError(f"golden {golden} has no entry in score_rows")
         golden_model = self._models.get(golden)
         if golden_model is None:
-            raise BackboneError(f"golden model {golden} is not loaded (loaded: {', '.join(self.loaded())})")
+            raise GoldenUnavailable(
+                f"golden model {golden} is not loaded (loaded: {', '.join(self.loaded())})"
+            )
 
         start = time.perf_counter()
         golden_call = self._submit(self._golden_pool, golden, golden_model, features, score_rows[golden])
@@ -223,9 +225,11 @@ class Backbone:
             await asyncio.wait([golden_call.future], timeout=self._timeout_s)
             answer = _outcome_of(golden_call)
             if answer is None:
-                raise BackboneError(f"golden model {golden} timed out after {self._timeout_s * 1e3:.0f} ms")
+                raise GoldenUnavailable(
+                    f"golden model {golden} timed out after {self._timeout_s * 1e3:.0f} ms"
+                )
             if answer.scores is None:
-                raise BackboneError(f"golden model {golden} failed: {answer.error!r}") from answer.error
+                raise GoldenUnavailable(f"golden model {golden} failed: {answer.error!r}") from answer.error
 
             golden_took = answer.finished_at - start
             deadline = min(start + self._timeout_s, answer.finished_at + max(self._grace_s, golden_took))

@@ -41,6 +41,7 @@ class SourceSettings:
     """How long a revoke waits for the partition's open batches before it gives them up."""
     stall_s: float = 30.0
     """A partition with messages waiting and no progress for this long counts as stalled."""
+    session_timeout_s: float = 45.0
     group_instance_id: str | None = None
     """Static membership: a restart within the session timeout keeps the partitions."""
 
@@ -108,6 +109,7 @@ class BatchSource:
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": int(self.settings.session_timeout_s * 1000),
         }
         if self.settings.group_instance_id:
             config["group.instance.id"] = self.settings.group_instance_id

@@ -112,11 +112,11 @@ def get_json(url: str) -> Any:
 
 
 def worker_group_members(settings: RigSettings) -> list[list[int]]:
-    """Requests-topic partitions held by each member of the workers' consumer group."""
+    """Requests-topic partitions held by each member of the workers' predict consumer group."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(settings.kafka_client_config())
-    group = f"{settings.topic_prefix}worker"
+    group = settings.consumer_group("predict")
     description = admin.describe_consumer_groups([group])[group].result()
     return [
         [tp.partition for tp in member.assignment.topic_partitions if tp.topic == settings.topic("requests")]

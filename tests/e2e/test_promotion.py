@@ -17,7 +17,7 @@ from rig.feedback.promotion import PREVIOUS_GOLDEN_EXPERIMENT
 from rig.routing.control import read_routing
 from rig.routing.table import set_golden_event, start_experiment_event
 from rig.wire.codec import Codec
-from rig.wire.records import Decision, Outcome, Prediction, Request
+from rig.wire.records import Decision, JoinedOutcome, Outcome, Prediction, Request
 from sim.settings import WorldSettings
 from sim.world import make_outcomes, make_requests
 from tests.e2e.conftest import Deployment, consume, deploy, route, workers
@@ -29,7 +29,8 @@ seeds = itertools.count(100)
 
 
 def one_round(deployment: Deployment, drift_at: datetime | None = None) -> list[Prediction]:
-    """Send ROUND requests, wait for their predictions, then send their true outcomes."""
+    """Send ROUND requests, wait for their predictions, send their true outcomes, and wait until the
+    join published their joined rows (the feedback loop keeps up with the rounds)."""
     settings, world = deployment.settings, deployment.world
     frame = make_requests(world, ROUND, seed=next(seeds), rate_per_s=1_000)
     request_codec, outcome_codec = Codec(Request), Codec(Outcome)
@@ -69,6 +70,17 @@ def one_round(deployment: Deployment, drift_at: datetime | None = None) -> list[
             settings.topic("outcomes"), key=row.entity_id.encode(), value=outcome_codec.encode(outcome)
         )
     assert producer.flush(30) == 0
+    scored = sum(1 + len(p.experiments) for p in predictions)
+    joined = consume(
+        settings,
+        settings.topic("joined"),
+        JoinedOutcome,
+        scored,
+        where=lambda row: row.request_id in ids,
+        processes=deployment.processes,
+        timeout_s=600,
+    )
+    assert len(joined) >= scored, f"{len(joined)} of {scored} (request, model) pairs joined"
     return predictions
 
 

@@ -1,0 +1,131 @@
+"""Faults around one deployment on a Redis of its own: every request answered, none dead-lettered."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from rig.wire.topics import ensure_topics
+from tests.faults.conftest import (
+    Answers,
+    OwnRedis,
+    ReadinessWatch,
+    Stack,
+    Traffic,
+    deploy_stack,
+    free_port,
+    pause,
+    resume,
+    wait_ready,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, own_redis: OwnRedis) -> Stack:
+    return deploy_stack(tmp_path_factory.mktemp("faults"), redis_url=own_redis.url)
+
+
+@pytest.fixture
+def answers(stack: Stack) -> Iterator[Answers]:
+    reader = Answers(stack.settings).start()
+    yield reader
+    reader.stop()
+
+
+def test_redis_refusing_connections_for_10_s_loses_nothing(
+    stack: Stack, own_redis: OwnRedis, answers: Answers
+) -> None:
+    port = free_port()
+    with stack.worker("redis-down", web_port=port) as worker:
+        wait_ready(port, worker)
+        traffic = Traffic(stack, count=4_000, rate_per_s=250, seed=1).start()
+        with ReadinessWatch(port) as watch:
+            traffic.wait_sent(1_000)
+            own_redis.shutdown(save=True)  # refuses connections; restarts on its own dump
+            time.sleep(10)
+            own_redis.start()
+            traffic.join()
+            answers.assert_complete(traffic, "Redis refusing connections for 10 s")
+            wait_ready(port, worker)
+        assert worker.poll() is None, "the worker went on by itself"
+    assert watch.codes[0] == 200 and 503 in watch.codes and watch.codes[-1] == 200, watch.codes
+    assert any("Redis" in reason for reason in watch.reasons), watch.reasons
+
+
+def test_redis_hanging_for_10_s_loses_nothing(stack: Stack, own_redis: OwnRedis, answers: Answers) -> None:
+    port = free_port()
+    with stack.worker("redis-hang", web_port=port) as worker:
+        wait_ready(port, worker)
+        traffic = Traffic(stack, count=4_000, rate_per_s=250, seed=2).start()
+        with ReadinessWatch(port) as watch:
+            traffic.wait_sent(1_000)
+            pause(own_redis.pid())  # accepts connections, answers nothing
+            try:
+                time.sleep(10)
+            finally:
+                resume(own_redis.pid())
+            traffic.join()
+            answers.assert_complete(traffic, "Redis hanging (SIGSTOP) for 10 s")
+            wait_ready(port, worker)
+        assert worker.poll() is None
+    assert 503 in watch.codes and watch.codes[-1] == 200, watch.codes
+
+
+def test_a_worker_killed_mid_stream_loses_nothing(stack: Stack, answers: Answers) -> None:
+    traffic = Traffic(stack, count=3_000, rate_per_s=300, seed=3)
+    with stack.worker("killed") as doomed:
+        traffic.start()
+        traffic.wait_sent(1_000)
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.wait(10)
+    with stack.worker("replacement"):
+        traffic.join()
+        repeats = answers.assert_complete(traffic, "kill -9 of the only worker, a replacement started")
+    assert repeats < 3_000, "at most the batches the killed worker had not committed are repeated"
+
+
+def test_a_second_worker_joining_and_leaving_mid_stream_repeats_nothing(
+    stack: Stack, answers: Answers
+) -> None:
+    second_port = free_port()
+    traffic = Traffic(stack, count=6_000, rate_per_s=300, seed=4)
+    with stack.worker("first"):
+        traffic.start()
+        traffic.wait_sent(1_500)
+        with stack.worker("second", web_port=second_port) as second:
+            wait_ready(second_port, second)  # holds partitions
+            traffic.wait_sent(4_000)
+        traffic.join()
+        repeats = answers.assert_complete(traffic, "a second worker joined, then left (SIGTERM)")
+    assert repeats == 0, "cooperative rebalancing with commit-on-revoke redoes nothing"
+
+
+def test_a_deleted_predictions_topic_holds_answers_until_it_exists_again(stack: Stack) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    settings = stack.settings
+    with stack.worker("topic-gone") as worker:
+        before = Answers(settings).start()
+        first = Traffic(stack, count=500, rate_per_s=500, seed=5).start()
+        first.join()
+        before.assert_complete(first, "before the predictions topic is deleted")
+        before.stop()
+
+        admin = AdminClient(settings.kafka_client_config())
+        admin.delete_topics([settings.topic("predictions")])[settings.topic("predictions")].result()
+        second = Traffic(stack, count=1_000, rate_per_s=200, seed=6).start()
+        time.sleep(10)
+        assert ensure_topics(settings, ["predictions"]) == [settings.topic("predictions")]
+        after = Answers(settings).start()
+        try:
+            second.join()
+            after.assert_complete(second, "predictions topic deleted for 10 s, then created again")
+        finally:
+            after.stop()
+        assert worker.poll() is None
