@@ -162,6 +162,13 @@ class RigSettings(BaseSettings):
     warmer_replay: int = Field(default=2_000, ge=0)
     """How many recent requests the warmer replays through a new golden to pre-fill the cache."""
 
+    worker_roles: frozenset[Literal["predict", "feedback", "explain"]] = frozenset(
+        {"predict", "feedback", "explain"}
+    )
+    """What a worker runs (JSON list, e.g. ["predict"]): `predict` answers requests, `feedback` joins
+    outcomes and runs the promoter, `explain` answers the explain topic. Every role by default; split
+    them over processes to scale or isolate them."""
+
     web_port: int = 6066
     """Port of the worker's web server (metrics, health); 0 turns it off."""
 

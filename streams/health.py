@@ -19,7 +19,7 @@ STALL_EXIT_CODE = 75
 """Exit code of a worker that stalled with nothing to wait for (or lost its consuming thread)."""
 
 
-def install_health(app: faust.App, settings: RigSettings, health: Health, source: BatchSource) -> None:
+def install_health(app: faust.App, settings: RigSettings, health: Health, source: BatchSource | None) -> None:
     """Add the health endpoints and the stall watch to `app`."""
 
     @app.page("/healthz")
@@ -39,7 +39,7 @@ def install_health(app: faust.App, settings: RigSettings, health: Health, source
     async def watch_stalls() -> None:
         """Exit (for a supervisor to restart the worker) when its consuming thread died, or when its
         partitions stalled for `stall_exit_s` while it waited for no dependency."""
-        if source.crashed is not None:
+        if source is not None and source.crashed is not None:
             log.critical("the requests source stopped (%r); exiting for a restart", source.crashed)
             os._exit(STALL_EXIT_CODE)
         stalled_s = health.unexplained_stall_s()

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-import faust
 import numpy as np
 from confluent_kafka import Message
 
@@ -27,7 +25,7 @@ from rig.serving.predictions import build_predictions
 from rig.wire.codec import ErrorType
 from rig.wire.intake import Source, take_in
 from rig.wire.records import DeadLetter, Prediction, Request
-from streams.plane.service import Plane
+from streams.plane.service import Handler, Plane
 from streams.plane.source import SourceBatch
 from streams.runtime import Runtime
 
@@ -35,9 +33,6 @@ log = logging.getLogger(__name__)
 
 FIRST_RETRY_S = 0.1
 LAST_RETRY_S = 5.0
-CRASH_EXIT_CODE = 70
-"""Exit code of a worker that met an error it cannot handle; its supervisor restarts it, and its
-uncommitted requests are answered by the next owner of their partitions."""
 
 
 @dataclass
@@ -179,20 +174,15 @@ async def serve(runtime: Runtime, plane: Plane, batch: SourceBatch) -> None:
         await asyncio.to_thread(result.fill_cache)
 
 
-def install_predict(app: faust.App, plane: Plane, get_runtime: Callable[[], asyncio.Future[Runtime]]) -> None:
-    """Add the predict agent: it answers the micro-batches the plane's source hands over."""
+def install_predict(plane: Plane, get_runtime: Callable[[], Awaitable[Runtime]]) -> None:
+    """Answer the micro-batches the plane's source hands over (see `serve`), once the runtime is built."""
 
-    @app.agent(plane.batches)
-    async def predict(stream):  # type: ignore[no-untyped-def]
-        """Answer request micro-batches (see `serve`); an unexpected error exits for a restart."""
+    async def start() -> Handler:
         runtime = await get_runtime()
         plane.health.add_check(lambda: None if runtime.routing.golden else "no golden model routed")
-        async for batch in stream.noack():  # the plane, not Faust, keeps the offsets
-            try:
-                await serve(runtime, plane, batch)
-            except Exception:
-                log.critical("predict agent failed, exiting for a restart", exc_info=True)
-                os._exit(CRASH_EXIT_CODE)  # nothing of this batch was committed: the next owner redoes it
+        return lambda batch: serve(runtime, plane, batch)
+
+    plane.serve(start)
 
 
 class StageClock:

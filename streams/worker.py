@@ -41,24 +41,30 @@ app = make_app(
     web_enabled=settings.web_port > 0,
     web_bind=settings.web_bind,
 )
-health = Health()
-plane = Plane(
-    app,
-    settings.kafka_client_config(),
-    SourceSettings(
-        group_id=settings.consumer_group("predict"),
-        topics=(settings.topic("requests"),),
-        batch_max=settings.batch_max,
-        max_open_batches=settings.max_open_batches,
-        commit_interval_s=settings.commit_interval_s,
-        stall_s=settings.stall_s,
-        session_timeout_s=settings.kafka_session_timeout_s,
-        group_instance_id=settings.kafka_group_instance_id,
-    ),
-    health,
+roles = settings.worker_roles
+health = Health(needs_partitions="predict" in roles)
+plane = (
+    Plane(
+        app,
+        settings.kafka_client_config(),
+        SourceSettings(
+            group_id=settings.consumer_group("predict"),
+            topics=(settings.topic("requests"),),
+            batch_max=settings.batch_max,
+            max_open_batches=settings.max_open_batches,
+            commit_interval_s=settings.commit_interval_s,
+            stall_s=settings.stall_s,
+            session_timeout_s=settings.kafka_session_timeout_s,
+            group_instance_id=settings.kafka_group_instance_id,
+        ),
+        health,
+    )
+    if "predict" in roles
+    else None
 )
 dead_letter_topic = app.topic(settings.topic("dlq"), key_serializer="raw", value_serializer="raw")
-join_counts = install_join(app, settings, dead_letter_topic)
+if "feedback" in roles:
+    install_join(app, settings, dead_letter_topic)
 metadata = open_metadata(settings)  # once, before consuming: agents must not wait before their loop
 built_runtime: Runtime | None = None  # set by main() before the worker consumes
 runtime_ready: asyncio.Future[Runtime] | None = None
@@ -79,11 +85,9 @@ def build_runtime() -> Runtime:
     """Topics, then the runtime (models loaded and warmed), then the explainer thread."""
     ensure_topics(settings)
     runtime = Runtime.create(settings)
-    ExplainConsumer(settings, runtime).start()
+    if "explain" in roles:
+        ExplainConsumer(settings, runtime).start()
     return runtime
-
-
-install_predict(app, plane, get_runtime)
 
 
 @app.timer(interval=60.0)
@@ -105,9 +109,13 @@ async def record_feature_stats() -> None:
         log.warning("serving feature statistics not recorded: %s", error)
 
 
-install_promoter(app, settings, get_runtime, metadata)
-install_explain_endpoint(app, get_runtime)
-install_health(app, settings, health, plane.source)
+if plane is not None:
+    install_predict(plane, get_runtime)
+if "feedback" in roles:
+    install_promoter(app, settings, get_runtime, metadata)
+if "explain" in roles:
+    install_explain_endpoint(app, get_runtime)
+install_health(app, settings, health, None if plane is None else plane.source)
 
 
 def main() -> None:

@@ -29,8 +29,10 @@ class Health:
     nothing being waited for, which only a restart can mend.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, needs_partitions: bool = True) -> None:
+        """`needs_partitions`: the worker is ready only while it holds partitions of its source."""
         self._clock = clock
+        self._needs_partitions = needs_partitions
         self._lock = threading.Lock()
         self._waiting: dict[str, tuple[str, float]] = {}
         self._assigned = 0
@@ -92,7 +94,7 @@ class Health:
             reasons += [
                 f"waiting for {d} for {now - since:.0f} s: {r}" for d, (r, since) in self._waiting.items()
             ]
-            if self._assigned == 0:
+            if self._needs_partitions and self._assigned == 0:
                 reasons.append("no partitions assigned")
             reasons += [f"partition {tp} stalled for {s:.0f} s" for tp, s in sorted(self._stalled.items())]
         reasons += [reason for check in self._checks if (reason := check()) is not None]

@@ -1,9 +1,20 @@
-"""A data plane for one Faust app: source, ledger, sink and health, started and stopped with the app."""
+"""A data plane for one Faust app: source, ledger, sink, health and the loop that serves batches.
+
+The batches are served by a task of the app's own service, over a plain asyncio queue, not by a Faust
+agent over a channel: a Faust stream skips, silently, every event created before its app's latest
+rebalance (`message.generation_id != app.consumer_generation_id`) and clears its queues on each
+rebalance. The worker's other Faust consumers rebalance whenever a worker joins or leaves, and a
+skipped batch would never finish (seen in tests/faults: a second worker joining made the first one
+skip batches, whose partitions then stalled). Faust still runs everything around it: the app and
+its lifecycle, timers, the web server, `faust -A` deployment.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import Awaitable, Callable
 
 import faust
 from mode import Service
@@ -15,45 +26,73 @@ from streams.plane.source import BatchSource, SourceBatch, SourceSettings
 
 log = logging.getLogger(__name__)
 
+CRASH_EXIT_CODE = 70
+"""Exit code of a worker whose batch handler met an error it cannot handle; its supervisor restarts
+it, and its uncommitted requests are answered by the next owner of their partitions."""
+
+Handler = Callable[[SourceBatch], Awaitable[None]]
+"""Answers one batch and publishes its outputs through the plane's sink."""
+
 
 class Plane:
-    """The source hands micro-batches to `batches`, an in-memory Faust channel an agent iterates
-    over; the agent publishes each batch's outputs through `sink`, whose delivery reports finish the
-    batch in the `ledger`; the source commits what the ledger says is finished."""
+    """The source hands micro-batches to a queue; `handle` (set with `serve`) answers each in order and
+    publishes its outputs through `sink`, whose delivery reports finish the batch in `ledger`; the
+    source commits what the ledger says is finished."""
 
     def __init__(
         self, app: faust.App, client_config: dict[str, str], settings: SourceSettings, health: Health
     ) -> None:
         self.health = health
         self.ledger = OffsetLedger()
-        self.batches = app.channel(maxsize=settings.max_open_batches + 1)
         self.sink = DeliveringSink(client_config, self.ledger.finish, health)
         self.source = BatchSource(client_config, settings, self.ledger, health, self._hand_over)
+        self._start: Callable[[], Awaitable[Handler]] | None = None
+        self._handle: Handler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[SourceBatch] | None = None
         app.service(self._service())
 
+    def serve(self, start: Callable[[], Awaitable[Handler]]) -> None:
+        """Answer every batch with the handler `start()` returns; it is awaited before the source
+        joins its group (models loaded and warmed first). An error the handler raises exits the
+        worker for a restart."""
+        self._start = start
+
     def _hand_over(self, batch: SourceBatch) -> None:
-        """Called in the source's thread: put the batch on the agent's channel, in order."""
-        assert self._loop is not None, "batches are handed over only after the plane started"
-        asyncio.run_coroutine_threadsafe(self.batches.send(value=batch), self._loop).result()
+        """Called in the source's thread. The queue is bounded by the source's `max_open_batches`."""
+        assert self._loop is not None and self._queue is not None, "the plane hands over once started"
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, batch)
+
+    async def _serve_forever(self) -> None:
+        assert self._queue is not None and self._handle is not None
+        while True:
+            batch = await self._queue.get()
+            try:
+                await self._handle(batch)
+            except Exception:
+                log.critical("a batch could not be handled, exiting for a restart", exc_info=True)
+                os._exit(CRASH_EXIT_CODE)  # nothing of this batch was committed: the next owner redoes it
 
     def _service(self) -> type[Service]:
         plane = self
 
         class DataPlane(Service):
-            """Starts the sink, then the source, with the app; stops them in the other order."""
+            """Starts the sink, the serving task, then the source; stops the source, then the sink."""
 
             async def on_start(self) -> None:
+                if plane._start is None:
+                    raise RuntimeError("Plane.serve(start) must be called before the app starts")
+                plane._handle = await plane._start()
                 plane._loop = asyncio.get_running_loop()
+                plane._queue = asyncio.Queue()
                 plane.sink.start()
+                self.add_future(plane._serve_forever())
                 plane.source.start()
 
             async def on_stop(self) -> None:
                 await asyncio.to_thread(plane.source.stop)
                 left = await asyncio.to_thread(plane.sink.close)
                 if left:
-                    log.warning(
-                        "stopped with %d outputs undelivered (their requests were not committed)", left
-                    )
+                    log.warning("stopped with %d outputs undelivered (their requests stay uncommitted)", left)
 
         return DataPlane
