@@ -111,7 +111,7 @@ class Runtime:
         runtime.explanations = ExplanationService(registry, reader)
         runtime.follower.on_change = runtime.apply_routing
         runtime.follower.on_purge = runtime.purge_cache
-        table = runtime.follower.start().wait_caught_up()
+        table = runtime.follower.start().wait_caught_up(timeout_s=None)  # a broker away is waited for
         runtime.apply_routing(table)
         if table.golden is None:
             log.warning("no golden model on %s yet; requests wait in Kafka", settings.topic("control"))

@@ -15,6 +15,7 @@ import socket
 import time
 
 import faust
+from confluent_kafka import KafkaException
 from mode.utils.loops import get_event_loop
 
 from rig.config import RigSettings
@@ -82,12 +83,28 @@ async def get_runtime() -> Runtime:
 
 
 def build_runtime() -> Runtime:
-    """Topics, then the runtime (models loaded and warmed), then the explainer thread."""
-    ensure_topics(settings)
+    """Topics, then the runtime (models loaded and warmed), then the explainer thread. A broker that
+    is away at start-up is waited for."""
+    wait_for_topics()
     runtime = Runtime.create(settings)
     if "explain" in roles:
         ExplainConsumer(settings, runtime).start()
     return runtime
+
+
+def wait_for_topics() -> None:
+    """`ensure_topics`, tried again (warned every 30 s) until the cluster answers."""
+    delay, next_warning = 0.2, 0.0
+    while True:
+        try:
+            ensure_topics(settings)
+            return
+        except (RigError, KafkaException) as error:
+            if time.monotonic() >= next_warning:
+                log.warning("waiting for the Kafka cluster to check the topics: %s", error)
+                next_warning = time.monotonic() + 30
+            time.sleep(delay)
+            delay = min(5.0, delay * 2)
 
 
 @app.timer(interval=60.0)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 from rig.config import RigSettings
 from rig.routing.table import EMPTY_ROUTING, RoutingTable, apply_control, control_key, fold_report
@@ -84,8 +86,9 @@ class ControlFollower:
         self._thread.start()
         return self
 
-    def wait_caught_up(self, timeout_s: float = 30) -> RoutingTable:
-        """Block until the records present at start have been folded.
+    def wait_caught_up(self, timeout_s: float | None = 30) -> RoutingTable:
+        """Block until the records present at start have been folded (`timeout_s=None`: however long
+        the broker takes to answer).
 
         Raises:
             RigError: the follower failed or did not catch up in time.
@@ -117,13 +120,12 @@ class ControlFollower:
             }
         )
         try:
-            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            partitions = self._wait_for_topic(consumer, topic)
+            if partitions is None:
+                return  # stopped while waiting
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
             pending_eof = set(partitions)
-            if all(
-                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] == 0
-                for p in partitions
-            ):
+            if all(ends[1] == 0 for ends in partitions.values()):
                 self.caught_up.set()
             while not self._stop.is_set():
                 messages = consumer.consume(500, timeout=self.poll_timeout_s)
@@ -149,6 +151,30 @@ class ControlFollower:
             log.exception("control follower stopped topic=%s", topic)
         finally:
             consumer.close()
+
+    def _wait_for_topic(self, consumer: Any, topic: str) -> dict[int, tuple[int, int]] | None:
+        """The control topic's partitions and their (low, high) offsets, once the broker answers and
+        the topic exists: a broker that is away at start-up is waited for (warned every 30 s), never a
+        reason to give up. None when stopped meanwhile."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        delay, next_warning = 0.2, 0.0
+        while not self._stop.is_set():
+            try:
+                metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+                if metadata.error is not None:
+                    raise KafkaException(metadata.error)
+                return {
+                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                    for p in metadata.partitions
+                }
+            except KafkaException as error:
+                if time.monotonic() >= next_warning:
+                    log.warning("waiting for the control topic %s: %s", topic, error)
+                    next_warning = time.monotonic() + 30
+                self._stop.wait(delay)
+                delay = min(5.0, delay * 2)
+        return None
 
     def _fold(self, records: list[tuple[bytes, ControlEvent | Rejected | None]], topic: str) -> None:
         if self.on_purge is not None and self.caught_up.is_set():

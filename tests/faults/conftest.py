@@ -195,6 +195,7 @@ class Traffic:
             if ahead > 0:
                 time.sleep(ahead)
         assert self._producer.flush(300) == 0
+        del self._producer  # its connections end with the traffic, not with the test session
 
     def start(self) -> Traffic:
         self._thread.start()
@@ -263,6 +264,7 @@ class Answers:
         """Wait until every id has a prediction (or the timeout); returns the ids still missing."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            assert self._thread.is_alive(), "the reader of predictions stopped"
             missing = ids - self.predictions.keys()
             if not missing:
                 return set()
