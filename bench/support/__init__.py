@@ -3,7 +3,8 @@
 - `bench.support.kafka_io`: encoding requests, producing them (`Sender`, `connected_producer`),
   reading predictions back (`Collector`), waiting for a worker's first answer (`wait_ready`).
 - `bench.support.cpu`: CPU seconds from /proc (`cpu_seconds`, `machine_busy_seconds`), what a phase
-  used (`CpuUsage`) or a window of a run (`CpuSampler`), waiting for a process to be idle (`wait_idle`).
+  used (`CpuUsage`) or a window of a run (`CpuSampler`), per thread (`thread_cpu_seconds`), waiting for
+  processes to be idle (`wait_idle`).
 - `bench.support.timing`: seconds per call of a function, interleaved trials of several cases.
 - `bench.support.cleanup`: removing what a run created (`Cleanup`, `cleaned_up`, `delete_topics`,
   `unlink_keys`).

@@ -23,20 +23,49 @@ def machine_busy_seconds() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_idle(pid: int, timeout_s: float = 120, window_s: float = 1.0, cores: float = 0.2) -> float:
-    """Seconds until the process used less than `cores` of CPU over `window_s`: until the start of
-    that idle window (inf on timeout).
+def wait_idle(*pids: int, timeout_s: float = 120, window_s: float = 1.0, cores: float = 0.2) -> float:
+    """Seconds until the processes together used less than `cores` of CPU over `window_s`: until the
+    start of that idle window (inf on timeout).
 
     A worker may still be busy after its last prediction (its other agents, e.g. the join, work on
     what the predictions caused): a phase that starts before it is idle measures that work too.
     """
     began = time.perf_counter()
     while time.perf_counter() - began < timeout_s:
-        before = cpu_seconds(pid)
+        before = sum(cpu_seconds(pid) for pid in pids)
         time.sleep(window_s)
-        if (cpu_seconds(pid) - before) / window_s < cores:
+        if (sum(cpu_seconds(pid) for pid in pids) - before) / window_s < cores:
             return time.perf_counter() - began - window_s
     return float("inf")
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds of each thread of a process so far: thread id -> (name, seconds).
+
+    The name is the kernel's (`comm`) with digits dropped: `rdk:broker-` for every librdkafka broker
+    thread, `python` for every thread Python started (3.11 does not name them), `main` for the main
+    thread (the event loop of an asyncio program).
+    """
+    threads: dict[int, tuple[str, float]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        tid = int(task.name)
+        name = "main" if tid == pid else comm.rstrip("0123456789")
+        threads[tid] = (name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return threads
+
+
+def thread_cpu_since(pid: int, before: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each group of same-named threads used since `thread_cpu_seconds` returned `before`
+    (threads started meanwhile count from zero; those that ended meanwhile are missing)."""
+    used: dict[str, float] = {}
+    for tid, (name, seconds) in thread_cpu_seconds(pid).items():
+        used[name] = used.get(name, 0.0) + seconds - before.get(tid, (name, 0.0))[1]
+    return dict(sorted(used.items(), key=lambda item: -item[1]))
 
 
 class CpuUsage:

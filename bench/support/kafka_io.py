@@ -35,15 +35,16 @@ def synthetic_messages(settings: RigSettings, world: WorldSettings, n: int, seed
     return encode_requests(settings, synthetic_requests(world, n, seed=seed))
 
 
-def connected_producer(settings: RigSettings) -> Any:
+def connected_producer(settings: RigSettings, linger_ms: int = 5) -> Any:
     """One producer for a whole run, connected before any clock starts.
 
     A message's CreateTime is stamped when it is produced: a producer still connecting to the broker
-    would add its connection time to the first requests' latency.
+    would add its connection time to the first requests' latency, and its `linger_ms` is counted in
+    every request's latency (0 for a client that sends each request at once).
     """
     from confluent_kafka import Producer
 
-    producer = Producer({**settings.kafka_client_config(), "linger.ms": 5, "acks": "all"})
+    producer = Producer({**settings.kafka_client_config(), "linger.ms": linger_ms, "acks": "all"})
     producer.list_topics(timeout=10)
     return producer
 
