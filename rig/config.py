@@ -18,6 +18,8 @@ TOPIC_NAMES = (
     "dlq",
     "explain",
     "explanations",
+    "join-changelog",
+    "join-reroute",
 )
 
 
@@ -83,6 +85,12 @@ class RigSettings(BaseSettings):
     batch_max: int = Field(default=500, ge=1)
     """Largest micro-batch a worker takes from a topic. A batch is what has arrived (never a wait to
     fill it), so batches grow only under load."""
+
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """`at_least_once`: a batch's offsets are committed after all its outputs are delivered (a crash
+    can repeat the last second of outputs). `exactly_once`: each batch's outputs and offsets are one
+    Kafka transaction, so a read_committed consumer sees every output once (costs a round trip per
+    batch and a batch at a time)."""
 
     max_open_batches: int = Field(default=4, ge=1)
     """Batches taken and not yet delivered; at this many a worker stops fetching until one is done."""
@@ -175,15 +183,6 @@ class RigSettings(BaseSettings):
     web_bind: str = "127.0.0.1"
     """Address the worker's web server listens on (0.0.0.0 to reach it from other hosts)."""
 
-    stall_alert_s: float = Field(default=60, gt=0)
-    """A worker logs an error, with Faust's diagnosis of the cause, when an assigned partition with
-    messages waiting has not been read or processed for this long (Faust's default is 300 s)."""
-
-    partition_watchdog_s: float = Field(default=10, gt=0)
-    """How often a worker looks for stream partitions with messages waiting and no progress; one
-    found at two looks in a row is read again from its committed offset, or from the log start if
-    nothing was ever committed (a warning is logged)."""
-
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level of the worker and CLI."""
 
@@ -209,6 +208,13 @@ class RigSettings(BaseSettings):
         }
         config.update({key: value for key, value in optional.items() if value is not None})
         return config
+
+    def kafka_producer_config(self) -> dict[str, str | bool]:
+        """confluent-kafka producer settings: the client's, idempotent (no duplicates from retries),
+        and Kafka's default partitioner (`murmur2_random`, the Java client's): records keyed by
+        entity id land on the same partition whoever produces them, which co-partitions predictions
+        and outcomes for the join."""
+        return {**self.kafka_client_config(), "enable.idempotence": True, "partitioner": "murmur2_random"}
 
     @property
     def feast_data_dir(self) -> Path:

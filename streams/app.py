@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import faust
 
 from rig.config import RigSettings
-from streams.rebalance import SeekThenResumeTableManager, install_partition_watchdog
+from streams.plane.source import SourceSettings
 
 
 def make_app(settings: RigSettings, app_id: str = "rig", **overrides: object) -> faust.App:
@@ -32,10 +34,25 @@ def make_app(settings: RigSettings, app_id: str = "rig", **overrides: object) ->
         "topic_replication_factor": 1,
         "broker_credentials": broker_credentials,
         "datadir": str(settings.home / "faust"),
-        "TableManager": SeekThenResumeTableManager,  # no skipped messages after a rebalance
-        "stream_processing_timeout": settings.stall_alert_s,
     }
     options.update(overrides)
-    app = faust.App(app_id, **options)
-    install_partition_watchdog(app, settings.partition_watchdog_s)
-    return app
+    return faust.App(app_id, **options)
+
+
+def source_settings(
+    settings: RigSettings, role: str, topics: tuple[str, ...], **changes: object
+) -> SourceSettings:
+    """How a worker's `role` (predict, join, promote) reads its topics, from the rig's settings;
+    `changes` override single fields (e.g. `assignment_strategy`)."""
+    base = SourceSettings(
+        group_id=settings.consumer_group(role),
+        topics=topics,
+        batch_max=settings.batch_max,
+        max_open_batches=settings.max_open_batches,
+        commit_interval_s=settings.commit_interval_s,
+        stall_s=settings.stall_s,
+        session_timeout_s=settings.kafka_session_timeout_s,
+        group_instance_id=settings.kafka_group_instance_id,
+        commits=settings.processing_guarantee == "at_least_once",
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]

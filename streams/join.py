@@ -1,173 +1,366 @@
-"""The join agents: outcomes joined to the prediction of every model, state in a changelogged table.
+"""The join: outcomes joined to every model's prediction, on the data plane, with its state on disk.
 
-Predictions and outcomes are keyed by entity id; the join state is keyed by request id. So a first
-agent re-keys both streams by request id into an internal topic, and the second agent keeps the
-table. The internal topic and the table's changelog are partitioned by one function of the request
-id (`request_partition`), so a restarted or moved worker recovers exactly the state of the
-partitions it takes over, and a table write never waits on producer metadata: Faust's
-`use_partitioner` asks the producer, which has no partitions yet for a changelog it has not written
-to, and crashed the agent.
+Predictions and outcomes are keyed by entity id and partitioned with Kafka's default partitioner
+(murmur2; the rig's producers use it too, see `RigSettings.kafka_producer_config`), so partition p
+of both topics holds the same entities. The join's consumer group assigns partitions by range, so a
+worker holds partition p of both topics and joins them in p's store (`rig.feedback.join_store`) with
+no re-key hop. A record that arrives on another partition than its entity's (a producer with another
+partitioner) takes one hop through `<prefix>join-reroute`, on the right partition and with its
+original timestamp; the join reads that topic too.
 
-The re-key carries each message's source timestamp along, so retention is judged by when a
-prediction or outcome arrived, not by when a worker got round to it.
+Every change of a partition's state is also written to its partition of the compacted
+`<prefix>join-changelog`, as an output of the batch: the batch's offsets are committed only once its
+joined rows and its changelog records are delivered. A worker that takes a partition over restores
+its store from the changelog first (or keeps the store it had, when nobody wrote since). Retention is
+judged on the source timestamps of the records (`rig.feedback.join`); the sweep reads only what is
+due, from an index, in slices between batches.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import shutil
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
+import msgspec
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from rig.config import RigSettings
+from rig.errors import ConfigError
 from rig.feedback.join import (
-    Step,
+    Entry,
     StreamClock,
     compact_outcome,
     compact_prediction,
     on_outcome,
     on_prediction,
-    request_partition,
     sweep,
 )
+from rig.feedback.join_store import Change, JoinStore
 from rig.wire.codec import Codec, Rejected
-from rig.wire.intake import Source, dead_letter
+from rig.wire.intake import dead_letter
+from rig.wire.partitioner import partition_for
 from rig.wire.records import DeadLetter, JoinedOutcome, Outcome, Prediction
+from streams.app import source_settings
+from streams.plane.health import Health
+from streams.plane.ledger import TopicPartition as TP
+from streams.plane.service import Handler, Plane
+from streams.plane.sink import Outgoing
+from streams.plane.source import SourceBatch
+from streams.predict import source_of
 from streams.timers import supervised
 
 log = logging.getLogger(__name__)
 
-
-class RequestTable(faust.Table):
-    """A table keyed by request id whose changelog partition is `request_partition(key)`."""
-
-    def partition_for_key(self, key: Any) -> int:
-        """The changelog partition of `key`, without asking the producer or the current event."""
-        assert self.partitions is not None, "a RequestTable is created with its partition count"
-        return request_partition(key, self.partitions)
+SWEEP_SLICE = 5_000
+"""Entries swept per partition in one turn (a few tens of ms); the rest waits for the next turn."""
+_encode_entry = msgspec.msgpack.Encoder().encode
+_decode_entry = msgspec.msgpack.Decoder(dict).decode
 
 
-def install_join(app: faust.App, settings: RigSettings, dead_letters: faust.TopicT) -> Counter[str]:
-    """Add the join agents, table and sweep timer to `app`; returns the live counters."""
-    counts: Counter[str] = Counter()
-    prediction_codec = Codec(Prediction, registry_url=settings.schema_registry_url)
-    outcome_codec = Codec(Outcome, registry_url=settings.schema_registry_url, allow_json=True)
-    joined_codec = Codec(JoinedOutcome, registry_url=settings.schema_registry_url)
-    dead_letter_codec = Codec(DeadLetter, registry_url=settings.schema_registry_url)
+@dataclass
+class Partition:
+    """The join state of one partition: its store and the clock its sweep follows."""
 
-    predictions_topic = settings.topic("predictions")
-    partitions = settings.topic_partitions
-    sources = app.topic(
-        predictions_topic,
-        settings.topic("outcomes"),
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    by_request_name = f"{settings.topic_prefix}join-by-request"
-    by_request = app.topic(
-        by_request_name,
-        key_serializer="json",
-        value_serializer="json",
-        partitions=partitions,
-        internal=True,
-    )
-    joined = app.topic(settings.topic("joined"), key_serializer="raw", value_serializer="raw")
-    table = RequestTable(
-        app,
-        name="join-state",
-        default=None,  # the table's own key and value serializers (json) are also used for recovery
-        partitions=partitions,
-        beacon=app.tables.beacon,
-    )
-    app.tables.add(table)
-    retention_ms = int(settings.join_retention_s * 1000)
-    clock = StreamClock(wall_ms(), retention_ms, sources=("prediction", "outcome"))
+    store: JoinStore
+    clock: StreamClock
+    changelog_end: int | None = None
+    """The changelog's end offset when the partition was let go (kept while nobody else writes)."""
 
-    async def reject(message: Any, reason: str, error_type: str) -> None:
-        """Count, log and dead-letter a message the join cannot use; the stream goes on."""
-        counts["rejected"] += 1
-        source = Source(message.topic, message.partition, message.offset, message.key, message.value or b"")
+
+class Join:
+    """The join of the partitions a worker holds (see the module docstring)."""
+
+    def __init__(self, settings: RigSettings) -> None:
+        self.settings = settings
+        self.retention_ms = int(settings.join_retention_s * 1000)
+        self.counts: Counter[str] = Counter()
+        self.topics = {
+            "prediction": settings.topic("predictions"),
+            "outcome": settings.topic("outcomes"),
+            "reroute": settings.topic("join-reroute"),
+        }
+        self.changelog = settings.topic("join-changelog")
+        self.joined = settings.topic("joined")
+        self.partitions = settings.topic_partitions
+        self.held: dict[int, Partition] = {}
+        self.let_go: dict[int, Partition] = {}
+        registry = settings.schema_registry_url
+        self.prediction_codec = Codec(Prediction, registry_url=registry)
+        self.outcome_codec = Codec(Outcome, registry_url=registry, allow_json=True)
+        self.joined_codec = Codec(JoinedOutcome, registry_url=registry)
+        self.dead_letter_codec = Codec(DeadLetter, registry_url=registry)
+
+    def folder(self, partition: int) -> Path:
+        """Where a partition's store lives."""
+        return self.settings.home / "join" / f"{self.settings.topic_prefix}{partition}"
+
+    # -- assignment (the source's thread) -----------------------------------------------------------
+    def assigned(self, tps: set[TP]) -> None:
+        """Restore the state of newly held partitions before their records are read."""
+        for partition in sorted({p for _, p in tps} - set(self.held)):
+            started = time.monotonic()
+            kept = self.let_go.pop(partition, None)
+            end = self._changelog_end(partition)
+            if kept is not None and kept.changelog_end == end:
+                self.held[partition] = kept
+                log.info("join partition %d kept (nobody wrote its changelog meanwhile)", partition)
+                continue
+            if kept is not None:
+                kept.store.destroy()
+            shutil.rmtree(self.folder(partition), ignore_errors=True)
+            store = JoinStore(self.folder(partition), self.retention_ms)
+            restored = store.restore(self._changelog(partition, end))
+            self.held[partition] = Partition(store, StreamClock(wall_ms(), self.retention_ms, SOURCES))
+            log.info(
+                "join partition %d restored %d changelog records in %.1f s",
+                partition,
+                restored,
+                time.monotonic() - started,
+            )
+
+    def revoked(self, tps: set[TP]) -> None:
+        """Let go of partitions no longer held (their batches finished): keep their store with the
+        changelog's end, in case they come back before anybody else writes to them."""
+        for partition in {p for _, p in tps} & set(self.held):
+            state = self.held.pop(partition)
+            try:
+                state.changelog_end = self._changelog_end(partition)
+            except KafkaException:
+                state.changelog_end = None
+            self.let_go[partition] = state
+
+    def _changelog_end(self, partition: int) -> int:
+        consumer = self._reader()
+        try:
+            return int(
+                consumer.get_watermark_offsets(TopicPartition(self.changelog, partition), timeout=30)[1]
+            )
+        finally:
+            consumer.close()
+
+    def _changelog(self, partition: int, end: int) -> Iterator[tuple[str, Entry | None]]:
+        """The changelog partition's records, from its start up to `end`."""
+        if end <= 0:
+            return
+        consumer = self._reader()
+        try:
+            consumer.assign([TopicPartition(self.changelog, partition, OFFSET_BEGINNING)])
+            position = 0
+            while position < end:
+                for message in consumer.consume(10_000, timeout=1.0):
+                    if message.error():
+                        continue
+                    position = message.offset() + 1
+                    value = message.value()
+                    yield message.key().decode(), None if value is None else _decode_entry(value)
+        finally:
+            consumer.close()
+
+    def _reader(self) -> Consumer:
+        return Consumer(
+            {
+                **self.settings.kafka_client_config(),
+                "group.id": f"{self.settings.consumer_group('join')}-restore",  # never joined or committed
+                "enable.auto.commit": False,
+            }
+        )
+
+    # -- batches (in a thread of the plane's serving task) --------------------------------------------
+    def join_batch(self, batch: SourceBatch) -> tuple[list[Outgoing], dict[int, list[Change]]]:
+        """Every output of a batch (joined rows, changelog records, dead letters, re-routed records)
+        and, per partition, the store changes to write once the outputs are published."""
+        outputs: list[Outgoing] = []
+        changes: dict[int, list[Change]] = {}
+        by_partition: dict[int, list[Message]] = {}
+        for message in batch.messages:
+            by_partition.setdefault(message.partition(), []).append(message)
+        for partition, messages in by_partition.items():
+            state = self.held.get(partition)
+            if state is None:
+                continue  # let go meanwhile: its new owner reads it from the last commit
+            events = list(self._events(partition, messages, outputs))
+            changes[partition] = self._apply(state, events, outputs)
+            outputs += self._changelog_records(partition, changes[partition])
+        return outputs, changes
+
+    def write(self, changes: dict[int, list[Change]]) -> None:
+        """Write published changes to the stores of the partitions still held."""
+        for partition, partition_changes in changes.items():
+            state = self.held.get(partition)
+            if state is not None:
+                state.store.write(partition_changes)
+
+    def _events(
+        self, partition: int, messages: list[Message], outputs: list[Outgoing]
+    ) -> Iterator[tuple[str, str, dict[str, object], int]]:
+        """(kind, request id, compact record, source ms) of each usable message; bad ones become
+        dead letters, ones on the wrong partition are re-routed."""
+        for message in messages:
+            decoded = self._decode(message)
+            if isinstance(decoded, Rejected):
+                outputs.append(self._dead_letter(message, decoded))
+                continue
+            at_ms = int(message.timestamp()[1])
+            right = partition_for(decoded.entity_id.encode(), self.partitions)
+            if right != partition:
+                self.counts["rerouted"] += 1
+                key = decoded.entity_id.encode()
+                outputs.append(Outgoing(self.topics["reroute"], key, message.value(), right, at_ms))
+                continue
+            if isinstance(decoded, Prediction):
+                yield "prediction", decoded.request_id, compact_prediction(decoded), at_ms
+            else:
+                yield "outcome", decoded.request_id, compact_outcome(decoded), at_ms
+
+    def _decode(self, message: Message) -> Prediction | Outcome | Rejected:
+        value = message.value() or b""
+        if message.topic() == self.topics["prediction"]:
+            return self.prediction_codec.decode(value)
+        decoded = self.outcome_codec.decode(value)
+        if message.topic() == self.topics["reroute"] and isinstance(decoded, Rejected):
+            prediction = self.prediction_codec.decode(value)  # a re-routed prediction
+            if not isinstance(prediction, Rejected):
+                return prediction
+        return decoded
+
+    def _dead_letter(self, message: Message, rejected: Rejected) -> Outgoing:
+        self.counts["rejected"] += 1
+        source = source_of(message)
         log.warning(
             "dead letter topic=%s partition=%s offset=%s reason=%s",
-            message.topic,
-            message.partition,
-            message.offset,
-            reason,
+            source.topic,
+            source.partition,
+            source.offset,
+            rejected.reason,
         )
-        letter = dead_letter(source, reason, error_type)
-        await dead_letters.send(key=message.key, value=dead_letter_codec.encode(letter))
+        letter = dead_letter(source, rejected.reason, rejected.error_type)
+        return Outgoing(self.settings.topic("dlq"), message.key(), self.dead_letter_codec.encode(letter))
 
-    @app.agent(sources)
-    async def rekey(stream):  # type: ignore[no-untyped-def]
-        """Decode predictions and outcomes and re-key them by request id (bad outcomes → DLQ)."""
-        async for event in stream.events():
-            message = event.message
-            is_prediction = message.topic == predictions_topic
-            codec: Codec[Prediction] | Codec[Outcome] = prediction_codec if is_prediction else outcome_codec
-            decoded = codec.decode(message.value or b"")
-            if isinstance(decoded, Rejected):
-                await reject(message, decoded.reason, decoded.error_type)
+    def _apply(
+        self, state: Partition, events: list[tuple[str, str, dict[str, object], int]], outputs: list[Outgoing]
+    ) -> list[Change]:
+        """Move the entries of a partition along, add the joined rows to `outputs`; returns the
+        entries' changes."""
+        ids = list(dict.fromkeys(request_id for _, request_id, _, _ in events))
+        before = dict(zip(ids, state.store.get_many(ids), strict=True))
+        current = dict(before)
+        now = wall_ms()
+        for kind, request_id, record, at_ms in events:
+            event = on_prediction if kind == "prediction" else on_outcome
+            step = event(current[request_id], request_id, record, at_ms, self.retention_ms)  # type: ignore[arg-type]
+            current[request_id] = step.entry
+            self.counts.update(step.counts)
+            outputs += self._joined(step.joined)
+            state.clock.observe(kind, at_ms, now)
+        return [(rid, before[rid], current[rid]) for rid in ids if current[rid] != before[rid]]
+
+    def _joined(self, rows: Iterable[JoinedOutcome]) -> list[Outgoing]:
+        return [Outgoing(self.joined, row.request_id.encode(), self.joined_codec.encode(row)) for row in rows]
+
+    def _changelog_records(self, partition: int, changes: list[Change]) -> list[Outgoing]:
+        return [
+            Outgoing(self.changelog, rid.encode(), None if after is None else _encode_entry(after), partition)
+            for rid, _, after in changes
+        ]
+
+    # -- the sweep (between batches) -------------------------------------------------------------------
+    def sweep_slices(self) -> tuple[list[Outgoing], dict[int, list[Change]], bool]:
+        """Expire what retention passed on every held partition, a slice each: the changelog records
+        of the changes, the changes (to write once published), and whether more is due."""
+        outputs: list[Outgoing] = []
+        swept: dict[int, list[Change]] = {}
+        more = False
+        for partition, state in list(self.held.items()):
+            now_ms = state.clock.now(wall_ms())
+            if now_ms is None:
                 continue
-            record = (
-                compact_prediction(decoded) if isinstance(decoded, Prediction) else compact_outcome(decoded)
-            )
-            kind = "prediction" if is_prediction else "outcome"
-            request_id = decoded.request_id
-            await by_request.send(
-                key=request_id,
-                value={"kind": kind, "record": record, "at_ms": int(message.timestamp * 1000)},
-                partition=request_partition(request_id, partitions),
-            )
+            due = state.store.due(now_ms, SWEEP_SLICE)
+            more |= len(due) == SWEEP_SLICE
+            changes: list[Change] = []
+            for request_id, entry in due:
+                step = sweep(entry, now_ms, self.retention_ms)
+                self.counts.update(step.counts)
+                changes.append((request_id, entry, step.entry))
+            swept[partition] = changes
+            outputs += self._changelog_records(partition, changes)
+        return outputs, swept, more
 
-    @app.agent(by_request)
-    async def join(stream):  # type: ignore[no-untyped-def]
-        """Move each request's join entry along and emit the joined rows."""
-        async for event in stream.events():
-            request_id: str = event.key
-            value: dict[str, Any] = event.value
-            try:
-                kind, record = value["kind"], value["record"]
-                # Messages re-keyed by an earlier rig carry no at_ms: their re-key time is the nearest.
-                at_ms = int(value.get("at_ms", event.message.timestamp * 1000))
-            except (KeyError, TypeError, ValueError, AttributeError) as error:
-                await reject(event.message, f"unreadable {by_request_name} message: {error!r}", "malformed")
-                continue
-            entry = table.get(request_id)
-            if kind == "prediction":
-                step = on_prediction(entry, request_id, record, at_ms, retention_ms)
-            else:
-                step = on_outcome(entry, request_id, record, at_ms, retention_ms)
-            await apply(request_id, step)
-            clock.observe(kind, at_ms, wall_ms())
+    def log_counts(self) -> None:
+        """The join's counters, one line."""
+        log.info("join counts %s", " ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "none")
 
-    async def apply(key: str, step: Step) -> None:
-        if step.entry is None:
-            table.pop(key, None)
-        elif step.entry is not table.get(key):
-            table[key] = step.entry
-        counts.update(step.counts)
-        for row in step.joined:
-            await joined.send(key=key.encode(), value=joined_codec.encode(row))
 
-    @app.timer(interval=settings.join_sweep_interval_s)
+SOURCES = ("prediction", "outcome")
+
+
+def install_join(app: faust.App, settings: RigSettings) -> Join:
+    """Run the join on a data plane of its own (group `<prefix>join`, range assignment)."""
+    join = Join(settings)
+    topics = (settings.topic("predictions"), settings.topic("outcomes"), settings.topic("join-reroute"))
+    plane = Plane(
+        app,
+        settings.kafka_client_config(),
+        settings.kafka_producer_config(),
+        source_settings(settings, "join", topics, assignment_strategy="range"),
+        Health(needs_partitions=False),  # readiness is about answering requests
+        on_assigned=join.assigned,
+        on_revoked=join.revoked,
+    )
+
+    async def start() -> Handler:
+        await asyncio.to_thread(check_copartitioned, settings, topics)
+
+        async def handle(batch: SourceBatch) -> None:
+            outputs, changes = await asyncio.to_thread(join.join_batch, batch)
+            await plane.sink.publish(batch.batch_id, outputs)
+            await asyncio.to_thread(join.write, changes)  # after: an aborted transaction left no trace
+
+        return handle
+
+    async def sweep() -> bool:
+        outputs, changes, more = await asyncio.to_thread(join.sweep_slices)
+        if outputs:
+            await plane.sink.publish(plane.ledger.begin({}), outputs)  # no offsets wait for these
+            await asyncio.to_thread(join.write, changes)
+        return more
+
+    plane.serve(start)
+    plane.every(settings.join_sweep_interval_s, sweep)
+
+    @app.timer(interval=30.0)
     @supervised
-    async def sweep_expired() -> None:
-        """Expire predictions without outcomes, drop orphans and old markers; log the counters."""
-        now_ms = clock.now(wall_ms())
-        if now_ms is not None:
-            for key, entry in list(table.items()):
-                if entry is not None:
-                    await apply(key, sweep(entry, now_ms, retention_ms))
-        log.info("join counts %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none")
+    async def log_join_counts() -> None:
+        join.log_counts()
 
     @app.page("/join/counts/")
-    async def join_counts(web, request):  # type: ignore[no-untyped-def]
+    async def join_counts(web: Any, request: Any) -> Any:
         """This process's join counters (joined, late, orphans, duplicates, ...) as JSON."""
-        return web.json(dict(counts))
+        return web.json(dict(join.counts))
 
-    return counts
+    return join
+
+
+def check_copartitioned(settings: RigSettings, topics: tuple[str, ...]) -> None:
+    """Refuse to join topics whose partition counts differ: their partition p would not hold the
+    same entities.
+
+    Raises:
+        ConfigError: the counts differ (the message says which).
+    """
+    from confluent_kafka.admin import AdminClient
+
+    metadata = AdminClient(settings.kafka_client_config()).list_topics(timeout=30).topics
+    counts = {topic: len(metadata[topic].partitions) for topic in topics if topic in metadata}
+    if len(set(counts.values())) > 1:
+        raise ConfigError(f"the join needs co-partitioned topics, with as many partitions each: {counts}")
 
 
 def wall_ms() -> int:

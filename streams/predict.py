@@ -26,6 +26,7 @@ from rig.wire.codec import ErrorType
 from rig.wire.intake import Source, take_in
 from rig.wire.records import DeadLetter, Prediction, Request
 from streams.plane.service import Handler, Plane
+from streams.plane.sink import Outgoing
 from streams.plane.source import SourceBatch
 from streams.runtime import Runtime
 
@@ -119,13 +120,13 @@ def disagreements(runtime: Runtime, requests: list[Request], predictions: list[P
     return disagreeing[:allowed]
 
 
-def outputs(runtime: Runtime, result: Answer) -> Iterator[tuple[str, bytes | None, bytes]]:
-    """Every (topic, key, value) the batch publishes: predictions keyed by entity id, dead letters,
-    explain requests."""
+def outputs(runtime: Runtime, result: Answer) -> Iterator[Outgoing]:
+    """Every message the batch publishes: predictions keyed by entity id, dead letters, explain
+    requests."""
     settings = runtime.settings
     topic = settings.topic("predictions")
     for prediction in result.predictions:
-        yield topic, prediction.entity_id.encode(), runtime.prediction_codec.encode(prediction)
+        yield Outgoing(topic, prediction.entity_id.encode(), runtime.prediction_codec.encode(prediction))
     dlq = settings.topic("dlq")
     for letter in result.dead_letters:
         log.warning(
@@ -137,10 +138,10 @@ def outputs(runtime: Runtime, result: Answer) -> Iterator[tuple[str, bytes | Non
             letter.error_type,
             letter.reason,
         )
-        yield dlq, letter.key, runtime.dead_letter_codec.encode(letter)
+        yield Outgoing(dlq, letter.key, runtime.dead_letter_codec.encode(letter))
     explain = settings.topic("explain")
     for request in result.explain:
-        yield explain, request.entity_id.encode(), runtime.request_codec.encode(request)
+        yield Outgoing(explain, request.entity_id.encode(), runtime.request_codec.encode(request))
 
 
 async def serve(runtime: Runtime, plane: Plane, batch: SourceBatch) -> None:

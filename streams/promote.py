@@ -1,8 +1,4 @@
-"""The promoter agent: joined outcomes in, decisions out (and, in `auto` mode, routing changes).
-
-`rig.joined` has one partition, so exactly one worker runs the promoter and sees every joined
-outcome (at least once; `PromotionLoop` drops the rows it has seen).
-"""
+"""The promoter: joined outcomes in, decisions out (and, in `auto` mode, routing changes)."""
 
 from __future__ import annotations
 
@@ -11,6 +7,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import faust
 import numpy as np
@@ -23,10 +20,102 @@ from rig.feedback.sequential import PromoterConfig
 from rig.models.metrics import window_metrics
 from rig.routing.control import publish_control
 from rig.wire.codec import Codec, Rejected
-from rig.wire.records import Decision, JoinedOutcome
+from rig.wire.intake import dead_letter
+from rig.wire.records import DeadLetter, Decision, JoinedOutcome
+from streams.app import source_settings
+from streams.plane.health import Health
+from streams.plane.service import Handler, Plane
+from streams.plane.sink import Outgoing, Sink
+from streams.plane.source import SourceBatch
+from streams.predict import source_of
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+
+class Promotion:
+    """The promoter on the data plane: joined rows in (at least once; `PromotionLoop` folds each
+    (request, model) row once), decisions out, and in `auto` mode the routing changes they make.
+
+    `rig.joined` has one partition, so one worker at a time holds the promoter's state. Decisions
+    are outputs of their batch: the rows that led to them are committed once the decisions are
+    delivered. A metadata store that is away loses the statistics it would have recorded (logged),
+    never a decision on Kafka.
+    """
+
+    def __init__(self, settings: RigSettings, runtime: Runtime, metadata: MetadataStore | None) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.metadata = metadata
+        self.joined_codec = Codec(JoinedOutcome, registry_url=settings.schema_registry_url)
+        self.decision_codec = Codec(Decision, registry_url=settings.schema_registry_url)
+        self.dead_letter_codec = Codec(DeadLetter, registry_url=settings.schema_registry_url)
+        self.loop = PromotionLoop(
+            PromoterConfig(
+                alpha=settings.promoter_alpha,
+                min_samples=settings.promoter_min_samples,
+                min_effect=settings.promoter_min_effect,
+                mode=settings.promoter_mode,
+            )
+        )
+
+    async def handle(self, batch: SourceBatch, sink: Sink) -> None:
+        """Fold a batch of joined rows into the sequential tests, publish what they decide and, in
+        `auto` mode, apply it."""
+        outputs: list[Outgoing] = []
+        rows: list[JoinedOutcome] = []
+        for message in batch.messages:
+            row = self.joined_codec.decode(message.value() or b"")
+            if isinstance(row, Rejected):
+                source = source_of(message)
+                log.warning(
+                    "dead letter topic=%s offset=%s reason=%s", source.topic, source.offset, row.reason
+                )
+                letter = dead_letter(source, row.reason, row.error_type)
+                outputs.append(
+                    Outgoing(self.settings.topic("dlq"), message.key(), self.dead_letter_codec.encode(letter))
+                )
+            else:
+                rows.append(row)
+        routing = self.runtime.routing
+        fresh = self.loop.observe(rows, routing)
+        if len(fresh) < len(rows):
+            log.info("redelivered joined outcomes ignored count=%d", len(rows) - len(fresh))
+        now_ms = int(time.time() * 1000)
+        if fresh:
+            await self._record(record_window, fresh, now_ms)
+        decisions = self.loop.decide(now_ms, routing)
+        for decision in decisions:
+            log.info(
+                "decision action=%s golden=%s challenger=%s reason=%s",
+                decision.action,
+                decision.golden_version,
+                decision.challenger_version,
+                decision.reason,
+            )
+            outputs.append(
+                Outgoing(
+                    self.settings.topic("decisions"),
+                    decision.golden_version.encode(),
+                    self.decision_codec.encode(decision),
+                )
+            )
+        await sink.publish(batch.batch_id, outputs)
+        for decision in decisions:
+            await self._record(MetadataStore.record_decision, decision)
+            if self.settings.promoter_mode == "auto":
+                for event in control_events(decision, routing):
+                    await asyncio.to_thread(publish_control, self.settings, event)
+                    await self._record(MetadataStore.record_control, event)
+
+    async def _record(self, write: Callable[..., None], *args: object) -> None:
+        """A metadata write; a store that is away is logged, never fatal."""
+        if self.metadata is None:
+            return
+        try:
+            await asyncio.to_thread(write, self.metadata, *args)
+        except RigError as error:
+            log.warning("metadata not recorded (%s): %s", getattr(write, "__name__", "write"), error)
 
 
 def install_promoter(
@@ -35,55 +124,28 @@ def install_promoter(
     get_runtime: Callable[[], Awaitable[Runtime]],
     metadata: MetadataStore | None,
 ) -> None:
-    """Add the promoter agent to `app` (decisions and model metrics go to `metadata` when given)."""
-    joined_codec = Codec(JoinedOutcome, registry_url=settings.schema_registry_url)
-    decision_codec = Codec(Decision, registry_url=settings.schema_registry_url)
-    joined = app.topic(settings.topic("joined"), key_serializer="raw", value_serializer="raw")
-    decisions_topic = app.topic(settings.topic("decisions"), key_serializer="raw", value_serializer="raw")
-    config = PromoterConfig(
-        alpha=settings.promoter_alpha,
-        min_samples=settings.promoter_min_samples,
-        min_effect=settings.promoter_min_effect,
-        mode=settings.promoter_mode,
+    """Run the promoter on a data plane of its own (group `<prefix>promote`, topic `rig.joined`)."""
+    plane = Plane(
+        app,
+        settings.kafka_client_config(),
+        settings.kafka_producer_config(),
+        source_settings(settings, "promote", (settings.topic("joined"),), batch_max=1_000),
+        Health(needs_partitions=False),
     )
 
-    @app.agent(joined)
-    async def promote(stream):  # type: ignore[no-untyped-def]
-        """Fold joined outcomes into the sequential tests and act on what they decide."""
-        runtime = await get_runtime()
-        loop = PromotionLoop(config)
-        async for events in stream.take_events(1_000, within=1.0):
-            rows = [joined_codec.decode(e.message.value or b"") for e in events]
-            bad = sum(isinstance(row, Rejected) for row in rows)
-            if bad:
-                log.warning(
-                    "undecodable joined outcomes skipped count=%d topic=%s", bad, settings.topic("joined")
-                )
-            routing = runtime.routing
-            good = [row for row in rows if not isinstance(row, Rejected)]
-            fresh = loop.observe(good, routing)
-            if len(fresh) < len(good):
-                log.info("redelivered joined outcomes ignored count=%d", len(good) - len(fresh))
-            if metadata is not None and fresh:
-                await asyncio.to_thread(record_window, metadata, fresh, int(time.time() * 1000))
-            for decision in loop.decide(int(time.time() * 1000), routing):
-                log.info(
-                    "decision action=%s golden=%s challenger=%s reason=%s",
-                    decision.action,
-                    decision.golden_version,
-                    decision.challenger_version,
-                    decision.reason,
-                )
-                await decisions_topic.send(
-                    key=decision.golden_version.encode(), value=decision_codec.encode(decision)
-                )
-                if metadata is not None:
-                    await asyncio.to_thread(metadata.record_decision, decision)
-                if settings.promoter_mode == "auto":
-                    for event in control_events(decision, routing):
-                        await asyncio.to_thread(publish_control, settings, event)
-                        if metadata is not None:
-                            await asyncio.to_thread(metadata.record_control, event)
+    held: list[Promotion] = []
+
+    async def start() -> Handler:
+        promotion = Promotion(settings, await get_runtime(), metadata)
+        held.append(promotion)
+        return lambda batch: promotion.handle(batch, plane.sink)
+
+    plane.serve(start)
+
+    @app.page("/promoter/")
+    async def promoter_state(web: Any, request: Any) -> Any:
+        """Where this worker's promoter tests stand (empty unless it holds `rig.joined`)."""
+        return web.json(held[0].loop.snapshot() if held and plane.source.assignment() else {})
 
 
 def record_window(metadata: MetadataStore, rows: list[JoinedOutcome], window_end_ms: int) -> None:

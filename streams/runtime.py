@@ -93,7 +93,7 @@ class Runtime:
                 wrap_model=lambda version, booster: _select_columns(registry, version, booster),
             ),
             follower=ControlFollower(settings),
-            producer=Producer({**settings.kafka_client_config(), "enable.idempotence": True, "linger.ms": 5}),
+            producer=Producer({**settings.kafka_producer_config(), "linger.ms": 5}),
             request_codec=Codec(
                 Request, registry_url=registry_url, allow_json=True, max_bytes=settings.max_message_bytes
             ),

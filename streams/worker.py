@@ -21,13 +21,12 @@ from mode.utils.loops import get_event_loop
 from rig.config import RigSettings
 from rig.errors import RigError
 from rig.wire.topics import ensure_topics
-from streams.app import make_app
+from streams.app import make_app, source_settings
 from streams.explain import ExplainConsumer, install_explain_endpoint
 from streams.health import install_health
 from streams.join import install_join
 from streams.plane.health import Health
 from streams.plane.service import Plane
-from streams.plane.source import SourceSettings
 from streams.predict import install_predict
 from streams.promote import install_promoter, open_metadata
 from streams.runtime import Runtime
@@ -48,24 +47,15 @@ plane = (
     Plane(
         app,
         settings.kafka_client_config(),
-        SourceSettings(
-            group_id=settings.consumer_group("predict"),
-            topics=(settings.topic("requests"),),
-            batch_max=settings.batch_max,
-            max_open_batches=settings.max_open_batches,
-            commit_interval_s=settings.commit_interval_s,
-            stall_s=settings.stall_s,
-            session_timeout_s=settings.kafka_session_timeout_s,
-            group_instance_id=settings.kafka_group_instance_id,
-        ),
+        settings.kafka_producer_config(),
+        source_settings(settings, "predict", (settings.topic("requests"),)),
         health,
     )
     if "predict" in roles
     else None
 )
-dead_letter_topic = app.topic(settings.topic("dlq"), key_serializer="raw", value_serializer="raw")
 if "feedback" in roles:
-    install_join(app, settings, dead_letter_topic)
+    install_join(app, settings)
 metadata = open_metadata(settings)  # once, before consuming: agents must not wait before their loop
 built_runtime: Runtime | None = None  # set by main() before the worker consumes
 runtime_ready: asyncio.Future[Runtime] | None = None

@@ -333,7 +333,7 @@ def record_decision(config: RigSettings, decision: Decision, events: list[Contro
     from rig.wire.codec import Codec
     from rig.wire.records import Decision
 
-    producer = Producer(config.kafka_client_config())
+    producer = Producer(config.kafka_producer_config())
     producer.produce(
         config.topic("decisions"),
         key=decision.golden_version.encode(),

@@ -65,7 +65,7 @@ def produce_requests(
     from confluent_kafka import Producer
 
     codec = Codec(Request, registry_url=settings.schema_registry_url)
-    producer = Producer({**settings.kafka_client_config(), "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer({**settings.kafka_producer_config(), "linger.ms": 5})
     topic = settings.topic("requests")
     delivered = 0
 

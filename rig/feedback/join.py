@@ -2,7 +2,7 @@
 
 Outcomes arrive minutes to hours after the prediction, sometimes before it (out of order),
 sometimes twice, sometimes never, sometimes for a request nobody predicted. Each request id has
-one `JoinEntry` (kept in a changelogged table by `streams/join.py`), and these functions move it
+one entry (kept in a RocksDB store with a changelog by `streams/join.py`), and these functions move it
 between states and say what to emit and what to count:
 
     predicted ──outcome──► joined (rows emitted; later outcomes are duplicates)
@@ -22,7 +22,6 @@ sweep from running ahead of that backlog, on either source.
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,7 +30,7 @@ from rig.wire.records import JoinedOutcome, Outcome, Prediction
 
 State = Literal["predicted", "outcome_waiting", "joined", "expired"]
 Entry = dict[str, Any]  # {"state": State, "at_ms": int, "prediction": {...} | None, "outcome": {...} | None}
-"""One request's join state, as the changelogged table keeps it (JSON): the compact forms of its
+"""One request's join state, as the join's store and changelog keep it: the compact forms of its
 prediction (`compact_prediction`) and outcome (`compact_outcome`), not the topic records."""
 
 
@@ -89,12 +88,6 @@ def joined_rows(request_id: str, prediction: dict[str, Any], outcome: dict[str, 
             )
         )
     return rows
-
-
-def request_partition(request_id: str, partitions: int) -> int:
-    """The join partition of a request id: the internal topic and the table's changelog both use it,
-    so a worker that takes over a partition recovers exactly the state of its requests."""
-    return zlib.crc32(request_id.encode()) % partitions
 
 
 def on_prediction(

@@ -9,8 +9,10 @@ reference window.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict, deque
 from operator import attrgetter
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -89,6 +91,23 @@ class PromotionLoop:
         if golden_rows:
             self.monitor.observe(*columns(golden_rows, "label", "score"))
         return fresh
+
+    def snapshot(self) -> dict[str, Any]:
+        """Where the tests stand now, for people and dashboards: the golden, and per challenger the
+        paired rows folded, the mean loss gain (golden minus challenger) with its always-valid
+        interval at level 1 - alpha, and the always-valid p-value; redelivered rows ignored."""
+        pairs = {} if self.promoter is None else self.promoter.pairs
+        challengers = {}
+        for version, pair in pairs.items():
+            evidence = pair.evidence(self.config, self.config.alpha)
+            challengers[version] = {
+                "n": pair.n,
+                "mean_gain": pair.mean,
+                "ci_low": evidence.low if math.isfinite(evidence.low) else None,
+                "ci_high": evidence.high if math.isfinite(evidence.high) else None,
+                "p_value": pair.p_value,
+            }
+        return {"golden": self.golden, "challengers": challengers, "duplicate_rows": self.duplicate_rows}
 
     def decide(self, now_ms: int, routing: RoutingTable) -> list[Decision]:
         """Decisions now: promotions of challengers, rollbacks to the previous golden, demotions."""

@@ -43,7 +43,7 @@ def publish_control(
     key = control_key(event)
     if check_against is not None:
         apply_control(check_against, event, key)
-    producer = Producer({**settings.kafka_client_config(), "enable.idempotence": True, "acks": "all"})
+    producer = Producer(settings.kafka_producer_config())
     errors: list[str] = []
     producer.produce(
         settings.topic("control"),

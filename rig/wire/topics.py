@@ -11,6 +11,8 @@ from rig.errors import TopicError
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     "control": {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"},
     "dlq": {"retention.ms": str(14 * 24 * 3600 * 1000)},
+    # The join's state: the latest entry per request id; a deleted entry's tombstone goes after a day.
+    "join-changelog": {"cleanup.policy": "compact", "delete.retention.ms": str(24 * 3600 * 1000)},
 }
 
 

@@ -41,7 +41,7 @@ class OffsetLedger:
         self._clock = clock
         self._lock = threading.Condition()
         self._partitions: dict[TopicPartition, _Partition] = {}
-        self._batches: dict[int, list[TopicPartition]] = {}
+        self._batches: dict[int, dict[TopicPartition, int]] = {}
         self._next_id = 0
 
     def begin(self, lasts: Mapping[TopicPartition, int]) -> int:
@@ -59,7 +59,7 @@ class OffsetLedger:
                 if not partition.spans:
                     partition.progressed_at = now  # an idle partition is not a stalled one
                 partition.spans.append(_Span(batch_id, last))
-            self._batches[batch_id] = list(lasts)
+            self._batches[batch_id] = dict(lasts)
             return batch_id
 
     def finish(self, batch_id: int) -> None:
@@ -82,6 +82,13 @@ class OffsetLedger:
         """How many batches have begun and not finished (nor been dropped)."""
         with self._lock:
             return len(self._batches)
+
+    def offsets_after(self, batch_id: int) -> dict[TopicPartition, int]:
+        """Per partition still tracked, the offset after the batch's last message (what a commit of
+        the batch alone would store)."""
+        with self._lock:
+            lasts = self._batches.get(batch_id, {})
+            return {tp: last + 1 for tp, last in lasts.items() if tp in self._partitions}
 
     def holds(self, batch_id: int) -> bool:
         """Whether the batch is still open and still on a partition this ledger tracks."""

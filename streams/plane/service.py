@@ -23,6 +23,8 @@ from streams.plane.health import Health
 from streams.plane.ledger import OffsetLedger
 from streams.plane.sink import DeliveringSink
 from streams.plane.source import BatchSource, SourceBatch, SourceSettings
+from streams.plane.source import TopicPartition as TP
+from streams.plane.transactions import TransactionalSink
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,9 @@ it, and its uncommitted requests are answered by the next owner of their partiti
 
 Handler = Callable[[SourceBatch], Awaitable[None]]
 """Answers one batch and publishes its outputs through the plane's sink."""
+Tick = Callable[[], Awaitable[bool]]
+"""Periodic work on the same state as the handler (e.g. a sweep), run between batches; it returns
+True when it has more to do, and runs again after the batches queued meanwhile."""
 
 
 class Plane:
@@ -40,16 +45,37 @@ class Plane:
     source commits what the ledger says is finished."""
 
     def __init__(
-        self, app: faust.App, client_config: dict[str, str], settings: SourceSettings, health: Health
+        self,
+        app: faust.App,
+        client_config: dict[str, str],
+        producer_config: dict[str, object],
+        settings: SourceSettings,
+        health: Health,
+        *,
+        on_assigned: Callable[[set[TP]], None] | None = None,
+        on_revoked: Callable[[set[TP]], None] | None = None,
     ) -> None:
+        """`client_config` is the source consumer's base, `producer_config` the sink producer's; see
+        `BatchSource` for `on_assigned` and `on_revoked` (they run in the source's thread). A source
+        that does not commit (`settings.commits` False) publishes through a `TransactionalSink`:
+        exactly once."""
         self.health = health
         self.ledger = OffsetLedger()
-        self.sink = DeliveringSink(client_config, self.ledger.finish, health)
-        self.source = BatchSource(client_config, settings, self.ledger, health, self._hand_over)
+        self.source = BatchSource(
+            client_config, settings, self.ledger, health, self._hand_over, on_assigned, on_revoked
+        )
+        self.sink: DeliveringSink | TransactionalSink = (  # both are a `Sink`
+            DeliveringSink(producer_config, self.ledger.finish, health)
+            if settings.commits
+            else TransactionalSink(
+                producer_config, settings.group_id, self.ledger, health, self.source.group_metadata
+            )
+        )
         self._start: Callable[[], Awaitable[Handler]] | None = None
         self._handle: Handler | None = None
+        self._ticks: list[tuple[float, Tick]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[SourceBatch] | None = None
+        self._queue: asyncio.Queue[SourceBatch | Tick] | None = None
         app.service(self._service())
 
     def serve(self, start: Callable[[], Awaitable[Handler]]) -> None:
@@ -57,6 +83,16 @@ class Plane:
         joins its group (models loaded and warmed first). An error the handler raises exits the
         worker for a restart."""
         self._start = start
+
+    def every(self, interval_s: float, tick: Tick) -> None:
+        """Run `tick` about every `interval_s`, in turn with the batches (never at the same time)."""
+        self._ticks.append((interval_s, tick))
+
+    async def _schedule(self, interval_s: float, tick: Tick) -> None:
+        assert self._queue is not None
+        while True:
+            await asyncio.sleep(interval_s)
+            self._queue.put_nowait(tick)
 
     def _hand_over(self, batch: SourceBatch) -> None:
         """Called in the source's thread. The queue is bounded by the source's `max_open_batches`."""
@@ -66,9 +102,12 @@ class Plane:
     async def _serve_forever(self) -> None:
         assert self._queue is not None and self._handle is not None
         while True:
-            batch = await self._queue.get()
+            item = await self._queue.get()
             try:
-                await self._handle(batch)
+                if isinstance(item, SourceBatch):
+                    await self._handle(item)
+                elif await item():
+                    self._queue.put_nowait(item)
             except Exception:
                 log.critical("a batch could not be handled, exiting for a restart", exc_info=True)
                 os._exit(CRASH_EXIT_CODE)  # nothing of this batch was committed: the next owner redoes it
@@ -85,8 +124,10 @@ class Plane:
                 plane._handle = await plane._start()
                 plane._loop = asyncio.get_running_loop()
                 plane._queue = asyncio.Queue()
-                plane.sink.start()
+                await asyncio.to_thread(plane.sink.start)
                 self.add_future(plane._serve_forever())
+                for interval_s, tick in plane._ticks:
+                    self.add_future(plane._schedule(interval_s, tick))
                 plane.source.start()
 
             async def on_stop(self) -> None:

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -24,14 +24,36 @@ FIRST_RETRY_S = 0.2
 LAST_RETRY_S = 5.0
 
 
+class Outgoing(NamedTuple):
+    """A message to publish: `partition` -1 lets the partitioner choose; `value` None is a tombstone;
+    `timestamp_ms` 0 means now."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int = -1
+    timestamp_ms: int = 0
+
+
+class Sink(Protocol):
+    """Where a plane publishes the outputs of its batches: delivered (at least once) or in
+    transactions (exactly once)."""
+
+    async def publish(self, batch_id: int, messages: Iterable[Outgoing]) -> None:
+        """Publish the batch's outputs; the batch finishes in the ledger once they are safe."""
+        ...
+
+    def close(self, timeout_s: float = 30) -> int:
+        """Stop; returns the outputs that stayed undelivered."""
+        ...
+
+
 @dataclass(slots=True)
 class Output:
     """One message of a batch, kept until the broker acknowledged it."""
 
     batch_id: int
-    topic: str
-    key: bytes | None
-    value: bytes
+    message: Outgoing
     attempt: int = 0
 
 
@@ -46,22 +68,18 @@ class DeliveringSink:
     """
 
     def __init__(
-        self,
-        client_config: dict[str, str],
-        on_delivered: Callable[[int], None],
-        health: Health,
-        *,
-        producer_config: dict[str, Any] | None = None,
+        self, producer_config: dict[str, Any], on_delivered: Callable[[int], None], health: Health
     ) -> None:
+        """`producer_config`: confluent-kafka producer settings (`RigSettings.kafka_producer_config`);
+        the sink makes it idempotent and never lets a produce create a topic."""
         self._producer = Producer(
             {
-                **client_config,
-                "enable.idempotence": True,
                 "linger.ms": 5,
+                **producer_config,
+                "enable.idempotence": True,
                 # The rig's topics are created on purpose (`rig topics create`), never by a produce:
                 # a deleted topic is waited for, not re-created with a broker's defaults.
                 "allow.auto.create.topics": False,
-                **(producer_config or {}),
             }
         )
         self._on_delivered = on_delivered
@@ -80,13 +98,13 @@ class DeliveringSink:
         self._thread.start()
         return self
 
-    async def publish(self, batch_id: int, messages: Iterable[tuple[str, bytes | None, bytes]]) -> None:
-        """Produce (topic, key, value) messages as outputs of `batch_id`, then seal the batch.
+    async def publish(self, batch_id: int, messages: Iterable[Outgoing]) -> None:
+        """Produce messages as outputs of `batch_id`, then seal the batch.
 
         Waits (without blocking the event loop) while the producer's queue is full.
         """
-        for topic, key, value in messages:
-            output = Output(batch_id, topic, key, value)
+        for message in messages:
+            output = Output(batch_id, message)
             with self._lock:
                 self._pending[batch_id] = self._pending.get(batch_id, 0) + 1
             while not self._send(output):
@@ -105,9 +123,15 @@ class DeliveringSink:
 
     def _send(self, output: Output) -> bool:
         """Hand a message to librdkafka; False when its queue is full (try again later)."""
+        topic, key, value, partition, timestamp_ms = output.message
         try:
             self._producer.produce(
-                output.topic, output.value, output.key, on_delivery=functools.partial(self._report, output)
+                topic,
+                value,
+                key,
+                partition,
+                on_delivery=functools.partial(self._report, output),
+                timestamp=timestamp_ms,
             )
         except BufferError:
             return False
@@ -145,12 +169,12 @@ class DeliveringSink:
                 self._failing += 1
             output.attempt += 1
             heapq.heappush(self._retries, (time.monotonic() + delay, next(self._order), output))
-        self._health.waiting(DEPENDENCY, f"delivery to {output.topic} failed: {error.str()}")
+        self._health.waiting(DEPENDENCY, f"delivery to {output.message.topic} failed: {error.str()}")
         if output.attempt == 1 or output.attempt % 10 == 0:
             log.warning(
                 "delivery failed, producing again in %.1f s topic=%s attempt=%d error=%s",
                 delay,
-                output.topic,
+                output.message.topic,
                 output.attempt,
                 error.str(),
             )

@@ -44,6 +44,11 @@ class SourceSettings:
     session_timeout_s: float = 45.0
     group_instance_id: str | None = None
     """Static membership: a restart within the session timeout keeps the partitions."""
+    commits: bool = True
+    """Commit finished offsets (False: a transactional sink commits them with each batch's outputs)."""
+    assignment_strategy: str = "cooperative-sticky"
+    """`range` gives a member the same partition numbers of every topic (co-partitioned topics) at
+    the price of eager rebalances; `cooperative-sticky` moves only what changes owner."""
 
 
 class BatchSource:
@@ -63,8 +68,14 @@ class BatchSource:
         ledger: OffsetLedger,
         health: Health,
         hand_over: Callable[[SourceBatch], None],
+        on_assigned: Callable[[set[TP]], None] | None = None,
+        on_revoked: Callable[[set[TP]], None] | None = None,
     ) -> None:
+        """`on_assigned(partitions)` runs before fetching from newly assigned partitions starts (e.g.
+        to restore their state); `on_revoked(partitions)` after revoked or lost ones are let go."""
         self._client_config = client_config
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
         self.settings = settings
         self._ledger = ledger
         self._health = health
@@ -75,6 +86,7 @@ class BatchSource:
         self._lock = threading.Lock()
         self._progress: dict[TP, tuple[tuple[int | None, int], float]] = {}
         self._paused = False
+        self._consumer_ref: Consumer | None = None
         self.crashed: BaseException | None = None
 
     def start(self) -> BatchSource:
@@ -95,6 +107,11 @@ class BatchSource:
         """Whether the batch is still worth answering: open, on a partition still held."""
         return self._ledger.holds(batch.batch_id)
 
+    def group_metadata(self) -> object:
+        """The consumer's current group metadata (for offsets sent to a transaction)."""
+        assert self._consumer_ref is not None, "the source has not started"
+        return self._consumer_ref.consumer_group_metadata()
+
     def assignment(self) -> set[TP]:
         """The partitions held now."""
         with self._lock:
@@ -108,7 +125,7 @@ class BatchSource:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
+            "partition.assignment.strategy": self.settings.assignment_strategy,
             "session.timeout.ms": int(self.settings.session_timeout_s * 1000),
         }
         if self.settings.group_instance_id:
@@ -116,7 +133,7 @@ class BatchSource:
         return Consumer(config)
 
     def _run(self) -> None:
-        consumer = self._consumer()
+        consumer = self._consumer_ref = self._consumer()
         try:
             consumer.subscribe(
                 list(self.settings.topics),
@@ -183,7 +200,7 @@ class BatchSource:
         self._paused = full
 
     def _commit(self, consumer: Consumer, offsets: dict[TP, int]) -> None:
-        if not offsets:
+        if not offsets or not self.settings.commits:
             return
         try:
             consumer.commit(
@@ -234,8 +251,11 @@ class BatchSource:
 
     # -- rebalance callbacks (called inside poll, in the consuming thread) ---------------------------
     def _on_assign(self, _consumer: Consumer, partitions: Sequence[TopicPartition]) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        if self._on_assigned is not None and tps:
+            self._on_assigned(tps)
         with self._lock:
-            self._assignment |= {(p.topic, p.partition) for p in partitions}
+            self._assignment |= tps
             count = len(self._assignment)
         self._health.assigned(count)
         log.info("partitions assigned %s", sorted(f"{p.topic}-{p.partition}" for p in partitions))
@@ -268,3 +288,5 @@ class BatchSource:
             self._assignment -= tps
             count = len(self._assignment)
         self._health.assigned(count)
+        if self._on_revoked is not None and tps:
+            self._on_revoked(tps)

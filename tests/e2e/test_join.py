@@ -33,7 +33,7 @@ def requests_for(deployment: Deployment, ids: list[str]) -> list[Request]:
 
 def send_outcomes(deployment: Deployment, requests: list[Request], label: int = 1) -> None:
     codec = Codec(Outcome)
-    producer = Producer(deployment.settings.kafka_client_config())
+    producer = Producer(deployment.settings.kafka_producer_config())
     for r in requests:
         outcome = Outcome(request_id=r.request_id, entity_id=r.entity_id, label=label, event_time=2)
         producer.produce(

@@ -34,7 +34,7 @@ def one_round(deployment: Deployment, drift_at: datetime | None = None) -> list[
     settings, world = deployment.settings, deployment.world
     frame = make_requests(world, ROUND, seed=next(seeds), rate_per_s=1_000)
     request_codec, outcome_codec = Codec(Request), Codec(Outcome)
-    producer = Producer(settings.kafka_client_config())
+    producer = Producer(settings.kafka_producer_config())
     for row in frame.itertuples():
         request = Request(
             request_id=row.request_id,

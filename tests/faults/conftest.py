@@ -28,7 +28,7 @@ import pytest
 from rig.config import RigSettings
 from rig.routing.table import set_golden_event, start_experiment_event
 from rig.wire.codec import Codec, Rejected
-from rig.wire.records import DeadLetter, Prediction, Request
+from rig.wire.records import DeadLetter, JoinedOutcome, Outcome, Prediction, Request
 from sim.deploy import prepare, start_worker, stop_processes
 from sim.settings import WorldSettings
 from sim.traffic import synthetic_requests
@@ -134,9 +134,9 @@ class Stack:
     root: Path
 
     @contextmanager
-    def worker(self, name: str, web_port: int = 0) -> Iterator[subprocess.Popen[bytes]]:
+    def worker(self, name: str, web_port: int = 0, **env: str) -> Iterator[subprocess.Popen[bytes]]:
         log = self.root / f"{name}.log"
-        process = start_worker(self.settings, log, log_level="INFO", web_port=web_port, **FAULT_ENV)
+        process = start_worker(self.settings, log, log_level="INFO", web_port=web_port, **FAULT_ENV, **env)
         try:
             yield process
         finally:
@@ -158,9 +158,12 @@ def deploy_stack(root: Path, **settings: object) -> Stack:
 
 
 class Traffic:
-    """Requests produced at a steady rate from a thread; every id is remembered."""
+    """Requests produced at a steady rate from a thread; every id is remembered. With `outcomes`,
+    each request's outcome (keyed by its entity, label from its id) follows it at once."""
 
-    def __init__(self, stack: Stack, count: int, rate_per_s: float, seed: int) -> None:
+    def __init__(
+        self, stack: Stack, count: int, rate_per_s: float, seed: int, outcomes: bool = False
+    ) -> None:
         from confluent_kafka import Producer
 
         self.requests: list[Request] = list(synthetic_requests(stack.world, count, seed))
@@ -168,7 +171,9 @@ class Traffic:
         self.sent = 0
         self._rate = rate_per_s
         self._topic = stack.settings.topic("requests")
+        self._outcomes = stack.settings.topic("outcomes") if outcomes else None
         self._codec = Codec(Request)
+        self._outcome_codec = Codec(Outcome)
         # Waits out a broker outage: messages are retried for up to 5 minutes, never dropped.
         self._producer = Producer(
             {
@@ -189,6 +194,19 @@ class Traffic:
                 request.entity_id.encode(),
                 on_delivery=lambda error, _m: error is None or self._failed.append(str(error)),
             )
+            if self._outcomes is not None:
+                outcome = Outcome(
+                    request_id=request.request_id,
+                    entity_id=request.entity_id,
+                    label=int(request.request_id[-1], 16) % 2,
+                    event_time=request.event_time + 1_000,
+                )
+                self._producer.produce(
+                    self._outcomes,
+                    self._outcome_codec.encode(outcome),
+                    request.entity_id.encode(),
+                    on_delivery=lambda error, _m: error is None or self._failed.append(str(error)),
+                )
             self._producer.poll(0)
             self.sent = i
             ahead = i / self._rate - (time.monotonic() - started)
@@ -292,6 +310,59 @@ class Answers:
             f"valid requests dead-lettered: {[self.dead_letters[i] for i in dead_valid][:3]}"
         )
         return repeats
+
+
+class JoinedRows:
+    """Every joined row of the deployment, counted per (request id, model version), read from the
+    start (read_committed, librdkafka's default)."""
+
+    def __init__(self, settings: RigSettings) -> None:
+        self.rows: Counter[tuple[str, str]] = Counter()
+        self._settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from confluent_kafka import Consumer
+
+        codec = Codec(JoinedOutcome)
+        consumer = Consumer(
+            {
+                **self._settings.kafka_client_config(),
+                "group.id": f"faults-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        consumer.subscribe([self._settings.topic("joined")])
+        try:
+            while not self._stop.is_set():
+                for message in consumer.consume(1_000, timeout=0.2):
+                    if not message.error():
+                        row = codec.decode(message.value())
+                        assert not isinstance(row, Rejected), row.reason
+                        self.rows[(row.request_id, row.model_version)] += 1
+        finally:
+            consumer.close()
+
+    def start(self) -> JoinedRows:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def wait_for(self, ids: set[str], models: int, timeout_s: float) -> set[str]:
+        """Wait until every request id has a joined row for each of `models` models; returns the ids
+        still short of one."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            per_request = Counter(request_id for request_id, _ in self.rows)
+            short = {i for i in ids if per_request[i] < models}
+            if not short or time.monotonic() >= deadline:
+                return short
+            time.sleep(0.5)
 
 
 def readiness(port: int) -> tuple[int, dict[str, object]]:

@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.plane.health import Health
 from streams.plane.ledger import OffsetLedger
-from streams.plane.sink import DeliveringSink
+from streams.plane.sink import DeliveringSink, Outgoing
 from streams.plane.source import BatchSource, SourceBatch, SourceSettings
 
 pytestmark = pytest.mark.integration
@@ -169,15 +169,14 @@ def test_a_delivery_to_a_missing_topic_is_retried_until_the_topic_exists(kafka_b
     delivered: list[int] = []
     health = Health()
     sink = DeliveringSink(
-        {"bootstrap.servers": kafka_bootstrap},
+        {"bootstrap.servers": kafka_bootstrap, "message.timeout.ms": 2_000},
         delivered.append,
         health,
-        producer_config={"message.timeout.ms": 2_000},
     ).start()
     try:
         import asyncio
 
-        asyncio.run(sink.publish(7, [(topic, b"k", b"v1"), (topic, b"k", b"v2")]))
+        asyncio.run(sink.publish(7, [Outgoing(topic, b"k", b"v1"), Outgoing(topic, b"k", b"v2")]))
         time.sleep(4)
         assert delivered == [], "not delivered while the topic is missing"
         assert health.waits_for("Kafka (deliveries)")

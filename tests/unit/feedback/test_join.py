@@ -11,7 +11,6 @@ from rig.feedback.join import (
     compact_prediction,
     on_outcome,
     on_prediction,
-    request_partition,
     sweep,
 )
 from rig.wire.records import ExperimentScore, JoinedOutcome, ModelScore, Outcome, Prediction
@@ -208,10 +207,3 @@ def test_the_stream_clock_waits_for_the_slowest_source() -> None:
     clock.observe("outcome", source_ms=800_000, wall_ms=3_000)
     assert clock.now(3_000) == 800_000, "both sources caught up"
     assert clock.now(3_000 + RETENTION) == 800_000 + RETENTION
-
-
-def test_request_partitions_are_stable_and_spread() -> None:
-    ids = [f"r-{i}" for i in range(6_000)]
-    partitions = [request_partition(i, 6) for i in ids]
-    assert partitions == [request_partition(i, 6) for i in ids]
-    assert set(Counter(partitions).values()) <= set(range(850, 1_150)), Counter(partitions)

@@ -135,3 +135,18 @@ def test_recent_keys_forget_the_oldest_beyond_capacity() -> None:
     assert not keys.first_time(("r1", "m"))
     assert keys.first_time(("r3", "m"))  # r1 is forgotten now
     assert keys.first_time(("r1", "m"))
+
+
+def test_the_snapshot_shows_each_challengers_folded_pairs_gain_and_interval() -> None:
+    table = routing(set_golden_event("m.1", "t"), start_experiment_event("x", "m.2", "shadow", "t"))
+    loop = PromotionLoop(CONFIG)
+    assert loop.snapshot() == {"golden": None, "challengers": {}, "duplicate_rows": 0}
+    batch = rows("m.1", "m.2", 300, challenger_better=True)
+    loop.observe(batch, table)
+    loop.observe(batch[:10], table)
+    snapshot = loop.snapshot()
+    pair = loop.promoter.pairs["m.2"]  # type: ignore[union-attr]
+    assert snapshot["golden"] == "m.1" and snapshot["duplicate_rows"] == 10
+    entry = snapshot["challengers"]["m.2"]
+    assert entry["n"] == 300 and entry["mean_gain"] == pair.mean > 0
+    assert entry["ci_low"] < entry["mean_gain"] < entry["ci_high"] and entry["p_value"] == pair.p_value

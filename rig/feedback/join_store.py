@@ -1,0 +1,135 @@
+"""One join partition's state on disk: request id → join entry, and an index of when each is due.
+
+RocksDB (rocksdict) keeps the entries, so memory stays flat however many predictions wait for their
+outcomes: a bounded block cache and write buffers, the rest on disk. Two key spaces in one database:
+
+    e<request id>                          → the entry (msgpack)
+    x<due ms, 8 bytes big-endian><request id> → b""   (due = the entry's `at_ms` + retention)
+
+The index orders entries by when the sweep must look at them next, so a sweep reads only what is due,
+in slices, instead of walking every entry.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import msgspec
+import rocksdict
+
+from rig.feedback.join import Entry
+
+_ENTRY = b"e"
+_DUE = b"x"
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(dict).decode
+
+Change = tuple[str, Entry | None, Entry | None]
+"""(request id, the entry before, the entry after; None: absent)."""
+
+
+class JoinStore:
+    """The entries of one join partition, in a RocksDB database of their own."""
+
+    def __init__(
+        self,
+        path: Path,
+        retention_ms: int,
+        cache_bytes: int = 32 * 2**20,
+        write_buffer_bytes: int = 8 * 2**20,
+    ) -> None:
+        """Open (or create) the database at `path`.
+
+        Args:
+            path: a folder of this partition's own.
+            retention_ms: how long an entry waits before the sweep looks at it (`due`).
+            cache_bytes: RocksDB block cache: what the store keeps of its data in memory.
+            write_buffer_bytes: size of one of the (at most two) memtables.
+        """
+        self.path = path
+        self.retention_ms = retention_ms
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_write_buffer_size(write_buffer_bytes)
+        options.set_max_write_buffer_number(2)
+        table = rocksdict.BlockBasedOptions()
+        table.set_block_cache(rocksdict.Cache(cache_bytes))
+        table.set_cache_index_and_filter_blocks(True)
+        options.set_block_based_table_factory(table)
+        path.mkdir(parents=True, exist_ok=True)
+        self._db = rocksdict.Rdict(str(path), options=options)
+
+    def get_many(self, request_ids: Sequence[str]) -> list[Entry | None]:
+        """The entries of these request ids (None where there is none), in one multi-get."""
+        if not request_ids:
+            return []
+        raw = self._db.get([_ENTRY + rid.encode() for rid in request_ids])
+        return [None if value is None else _decode(value) for value in raw]
+
+    def write(self, changes: Iterable[Change]) -> None:
+        """Apply entry changes and keep the due index in step, in one atomic write batch."""
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for request_id, before, after in changes:
+            rid = request_id.encode()
+            if before is not None and (after is None or after["at_ms"] != before["at_ms"]):
+                batch.delete(self._due_key(before, rid))
+            if after is None:
+                batch.delete(_ENTRY + rid)
+            else:
+                batch.put(_ENTRY + rid, _encode(after))
+                if before is None or after["at_ms"] != before["at_ms"]:
+                    batch.put(self._due_key(after, rid), b"")
+        self._db.write(batch)
+
+    def due(self, now_ms: int, limit: int) -> list[tuple[str, Entry]]:
+        """Up to `limit` entries whose retention passed by `now_ms`, earliest first."""
+        found: list[tuple[str, Entry]] = []
+        iterator = self._db.iter()
+        iterator.seek(_DUE)
+        ids: list[str] = []
+        while iterator.valid() and len(ids) < limit:
+            key = iterator.key()
+            if not key.startswith(_DUE) or int.from_bytes(key[1:9], "big") > now_ms:
+                break
+            ids.append(key[9:].decode())
+            iterator.next()
+        for request_id, entry in zip(ids, self.get_many(ids), strict=True):
+            if entry is not None:
+                found.append((request_id, entry))
+        return found
+
+    def restore(self, records: Iterable[tuple[str, Entry | None]]) -> int:
+        """Apply a changelog's records in order (None: a tombstone), 10,000 request ids per write
+        batch; returns how many records were applied."""
+        applied = 0
+        latest: dict[str, Entry | None] = {}
+        for request_id, entry in records:
+            latest[request_id] = entry
+            applied += 1
+            if len(latest) >= 10_000:
+                self._write_latest(latest)
+                latest = {}
+        self._write_latest(latest)
+        return applied
+
+    def _write_latest(self, latest: dict[str, Entry | None]) -> None:
+        ids = list(latest)
+        self.write((rid, before, latest[rid]) for rid, before in zip(ids, self.get_many(ids), strict=True))
+
+    def estimated_entries(self) -> int:
+        """RocksDB's estimate of the keys held (entries and index keys: about twice the entries)."""
+        return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0) // 2
+
+    def close(self) -> None:
+        """Close the database (its files stay)."""
+        self._db.close()
+
+    def destroy(self) -> None:
+        """Close the database and delete its files."""
+        self._db.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def _due_key(self, entry: Entry, rid: bytes) -> bytes:
+        return _DUE + int(entry["at_ms"] + self.retention_ms).to_bytes(8, "big") + rid

@@ -1,0 +1,106 @@
+"""The feedback loop while workers die and come and go, outcomes flowing: every (request, model) pair
+joined, folded by the promoter exactly once; with exactly-once processing, read once by a
+read_committed reader."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from rig.routing.control import read_routing
+from tests.e2e.conftest import get_json
+from tests.faults.conftest import (
+    Answers,
+    JoinedRows,
+    OwnRedis,
+    Stack,
+    Traffic,
+    deploy_stack,
+    free_port,
+    wait_ready,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
+MODELS = 3  # golden + 2 shadows
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, own_redis: OwnRedis) -> Stack:
+    return deploy_stack(tmp_path_factory.mktemp("feedback"), redis_url=own_redis.url)
+
+
+@pytest.fixture
+def joined(stack: Stack) -> Iterator[JoinedRows]:
+    reader = JoinedRows(stack.settings).start()
+    yield reader
+    reader.stop()
+
+
+def challenger_pairs(joined: JoinedRows, ids: set[str], golden: str) -> Counter[str]:
+    """Distinct joined (request, challenger) pairs of these requests, per challenger version."""
+    return Counter(model for request_id, model in joined.rows if request_id in ids and model != golden)
+
+
+def test_the_promoter_folds_every_pair_once_across_a_kill_and_two_rebalances(
+    stack: Stack, joined: JoinedRows
+) -> None:
+    first_port, third_port = free_port(), free_port()
+    traffic = Traffic(stack, count=6_000, rate_per_s=300, seed=11, outcomes=True)
+    with stack.worker("first", web_port=first_port) as first:  # holds the promoter (rig.joined)
+        wait_ready(first_port, first)
+        traffic.start()
+        with stack.worker("killed") as killed:
+            traffic.wait_sent(2_000)
+            os.kill(killed.pid, signal.SIGKILL)
+            killed.wait(10)
+        with stack.worker("third", web_port=third_port) as third:
+            wait_ready(third_port, third)
+            traffic.wait_sent(4_500)
+        traffic.join()
+        short = joined.wait_for(traffic.ids, MODELS, timeout_s=240)
+        state = get_json(f"http://127.0.0.1:{first_port}/promoter/")
+        assert first.poll() is None
+
+    repeats = sum(count - 1 for (request_id, _), count in joined.rows.items() if request_id in traffic.ids)
+    print(f"joined: {len(traffic.ids) - len(short)} of {len(traffic.ids)} requests, repeated rows {repeats}")
+    assert not short, f"{len(short)} requests not joined for every model, e.g. {sorted(short)[:3]}"
+    golden = read_routing(stack.settings).golden
+    assert golden is not None and state["golden"] == golden
+    pairs = challenger_pairs(joined, traffic.ids, golden)
+    folded = {version: entry["n"] for version, entry in state["challengers"].items()}
+    print(f"promoter folded {folded}; distinct joined pairs {dict(pairs)}")
+    assert folded == dict(pairs), "every (request, challenger) pair folded exactly once"
+
+
+def test_exactly_once_a_read_committed_reader_sees_every_prediction_and_joined_row_once(
+    stack: Stack, joined: JoinedRows
+) -> None:
+    eos = {"RIG_PROCESSING_GUARANTEE": "exactly_once"}
+    answers = Answers(stack.settings).start()
+    second_port = free_port()
+    traffic = Traffic(stack, count=5_000, rate_per_s=300, seed=12, outcomes=True)
+    try:
+        with stack.worker("eos-killed", **eos) as doomed:
+            traffic.start()
+            traffic.wait_sent(1_500)
+            os.kill(doomed.pid, signal.SIGKILL)
+            doomed.wait(10)
+        with stack.worker("eos-first", **eos):
+            with stack.worker("eos-second", web_port=second_port, **eos) as second:
+                wait_ready(second_port, second)  # a member joined: partitions moved
+                traffic.wait_sent(3_500)
+            traffic.join()  # and left
+            repeats = answers.assert_complete(
+                traffic, "exactly once: kill -9, a second worker joining, leaving"
+            )
+            short = joined.wait_for(traffic.ids, MODELS, timeout_s=240)
+    finally:
+        answers.stop()
+    assert not short, f"{len(short)} requests not joined for every model"
+    joined_repeats = sum(c - 1 for (request_id, _), c in joined.rows.items() if request_id in traffic.ids)
+    print(f"exactly once: repeated predictions {repeats}, repeated joined rows {joined_repeats}")
+    assert repeats == 0 and joined_repeats == 0
