@@ -83,6 +83,11 @@ class OffsetLedger:
         with self._lock:
             return len(self._batches)
 
+    def wait_room(self, limit: int, timeout_s: float) -> bool:
+        """Block until fewer than `limit` batches are open, or `timeout_s` passed; True if so."""
+        with self._lock:
+            return self._lock.wait_for(lambda: len(self._batches) < limit, timeout=timeout_s)
+
     def offsets_after(self, batch_id: int) -> dict[TopicPartition, int]:
         """Per partition still tracked, the offset after the batch's last message (what a commit of
         the batch alone would store)."""

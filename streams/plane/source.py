@@ -17,6 +17,8 @@ from streams.plane.ledger import TopicPartition as TP
 log = logging.getLogger(__name__)
 
 DEPENDENCY = "Kafka (consumer)"
+PAUSE_AFTER_S = 1.0
+"""How long the source waits for a free batch slot before it pauses fetching (see `_make_room`)."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class BatchSource:
         self._lock = threading.Lock()
         self._progress: dict[TP, tuple[tuple[int | None, int], float]] = {}
         self._paused = False
-        self._consumer_ref: Consumer | None = None
+        self._group_metadata: object | None = None
         self.crashed: BaseException | None = None
 
     def start(self) -> BatchSource:
@@ -108,9 +110,11 @@ class BatchSource:
         return self._ledger.holds(batch.batch_id)
 
     def group_metadata(self) -> object:
-        """The consumer's current group metadata (for offsets sent to a transaction)."""
-        assert self._consumer_ref is not None, "the source has not started"
-        return self._consumer_ref.consumer_group_metadata()
+        """The consumer's group metadata as of the latest rebalance (for offsets sent to a
+        transaction). Read in the consuming thread at every rebalance: asking the consumer from
+        another thread blocks while that thread polls."""
+        assert self._group_metadata is not None, "the source has no assignment yet"
+        return self._group_metadata
 
     def assignment(self) -> set[TP]:
         """The partitions held now."""
@@ -133,7 +137,7 @@ class BatchSource:
         return Consumer(config)
 
     def _run(self) -> None:
-        consumer = self._consumer_ref = self._consumer()
+        consumer = self._consumer()
         try:
             consumer.subscribe(
                 list(self.settings.topics),
@@ -143,7 +147,7 @@ class BatchSource:
             )
             next_commit = next_look = time.monotonic()
             while not self._stop.is_set():
-                self._apply_backpressure(consumer)
+                self._make_room(consumer)
                 message = consumer.poll(0.1)
                 if message is not None:
                     self._take(consumer, message)
@@ -187,17 +191,22 @@ class BatchSource:
             raise KafkaException(error)
         self._health.waiting(DEPENDENCY, error.str())
 
-    def _apply_backpressure(self, consumer: Consumer) -> None:
-        """Pause fetching while `max_open_batches` are open; resume below that."""
-        full = self._ledger.open_batches() >= self.settings.max_open_batches
-        if full == self._paused and not full:
+    def _make_room(self, consumer: Consumer) -> None:
+        """Backpressure: while `max_open_batches` are open, wait (up to `PAUSE_AFTER_S`) for one to
+        finish. Batches usually finish within milliseconds, and the next one then takes everything
+        that arrived meanwhile. Only a longer wait (a dependency away) pauses the partitions, so the
+        consumer goes on serving its group without fetching; they resume once there is room. Pausing
+        at every full window instead stalled a busy worker: librdkafka drops a paused partition's
+        prefetched messages and fetches again only later (measured: p99 ~1 s against 9 ms)."""
+        room = self._ledger.wait_room(self.settings.max_open_batches, PAUSE_AFTER_S)
+        if room and not self._paused:
             return
         partitions = [TopicPartition(t, p) for t, p in self.assignment()]
-        if full:
-            consumer.pause(partitions)  # again each round: partitions assigned meanwhile pause too
-        else:
+        if room:
             consumer.resume(partitions)
-        self._paused = full
+        else:
+            consumer.pause(partitions)  # again each round: partitions assigned meanwhile pause too
+        self._paused = not room
 
     def _commit(self, consumer: Consumer, offsets: dict[TP, int]) -> None:
         if not offsets or not self.settings.commits:
@@ -250,7 +259,8 @@ class BatchSource:
         self._forget(held)
 
     # -- rebalance callbacks (called inside poll, in the consuming thread) ---------------------------
-    def _on_assign(self, _consumer: Consumer, partitions: Sequence[TopicPartition]) -> None:
+    def _on_assign(self, consumer: Consumer, partitions: Sequence[TopicPartition]) -> None:
+        self._group_metadata = consumer.consumer_group_metadata()
         tps = {(p.topic, p.partition) for p in partitions}
         if self._on_assigned is not None and tps:
             self._on_assigned(tps)
@@ -261,6 +271,7 @@ class BatchSource:
         log.info("partitions assigned %s", sorted(f"{p.topic}-{p.partition}" for p in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: Sequence[TopicPartition]) -> None:
+        self._group_metadata = consumer.consumer_group_metadata()
         tps = {(p.topic, p.partition) for p in partitions}
         finished = self._ledger.wait_finished(tps, self.settings.revoke_timeout_s)
         offsets = {tp: offset for tp, offset in self._ledger.to_commit().items() if tp in tps}

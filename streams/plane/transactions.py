@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -45,7 +46,9 @@ class TransactionalSink:
         group_metadata: Callable[[], Any],
     ) -> None:
         """`group_metadata()` returns the source consumer's current group metadata."""
-        self.transactional_id = f"{group_id}-{socket.gethostname()}-{os.getpid()}"
+        # Unique per producer: with the group metadata fencing zombies (KIP-447), the id need not be
+        # stable across restarts, and two planes or processes must never share one.
+        self.transactional_id = f"{group_id}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._producer = Producer(
             {
                 "linger.ms": 5,
@@ -76,10 +79,12 @@ class TransactionalSink:
         """Commit the batch's outputs with its offsets in one transaction, retrying until it commits;
         a batch whose partitions moved meanwhile is given up (its new owner answers it)."""
         outgoing = list(messages)
-        offsets = self._ledger.offsets_after(batch_id)
+        consumed = bool(self._ledger.offsets_after(batch_id))
         delay = FIRST_RETRY_S
         while True:
-            if offsets and not self._ledger.holds(batch_id):
+            # Again at every attempt: partitions revoked meanwhile leave the transaction's offsets.
+            offsets = self._ledger.offsets_after(batch_id)
+            if consumed and not offsets:
                 log.info("transaction given up, its partitions moved batch=%d", batch_id)
                 return
             try:
@@ -88,6 +93,7 @@ class TransactionalSink:
             except KafkaException as exception:
                 error: KafkaError = exception.args[0]
                 self._give_up_if_fatal(error)
+                log.warning("transaction failed, trying again batch=%d error=%s", batch_id, error)
                 self._health.waiting(DEPENDENCY, error.str())
                 await asyncio.sleep(delay)
                 delay = min(LAST_RETRY_S, delay * 2)

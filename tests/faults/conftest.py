@@ -175,13 +175,7 @@ class Traffic:
         self._codec = Codec(Request)
         self._outcome_codec = Codec(Outcome)
         # Waits out a broker outage: messages are retried for up to 5 minutes, never dropped.
-        self._producer = Producer(
-            {
-                **stack.settings.kafka_client_config(),
-                "enable.idempotence": True,
-                "message.timeout.ms": 300_000,
-            }
-        )
+        self._producer = Producer({**stack.settings.kafka_producer_config(), "message.timeout.ms": 300_000})
         self._failed: list[str] = []
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -236,6 +230,8 @@ class Answers:
 
     def __init__(self, settings: RigSettings) -> None:
         self.predictions: Counter[str] = Counter()
+        self.models: dict[str, set[str]] = {}
+        """Per request id, the models that scored it (golden and every experiment of its prediction)."""
         self.dead_letters: dict[str, str] = {}
         self._settings = settings
         self._stop = threading.Event()
@@ -265,6 +261,8 @@ class Answers:
                     assert not isinstance(record, Rejected), record.reason
                     if isinstance(record, Prediction):
                         self.predictions[record.request_id] += 1
+                        scored = {record.golden.model_version, *(e.model_version for e in record.experiments)}
+                        self.models[record.request_id] = scored
                     elif record.request_id:
                         self.dead_letters[record.request_id] = record.reason
         finally:
@@ -353,13 +351,12 @@ class JoinedRows:
         self._stop.set()
         self._thread.join(30)
 
-    def wait_for(self, ids: set[str], models: int, timeout_s: float) -> set[str]:
-        """Wait until every request id has a joined row for each of `models` models; returns the ids
-        still short of one."""
+    def wait_for(self, expected: dict[str, set[str]], timeout_s: float) -> set[str]:
+        """Wait until every request id has a joined row for each model that scored it; returns the
+        ids still short of one."""
         deadline = time.monotonic() + timeout_s
         while True:
-            per_request = Counter(request_id for request_id, _ in self.rows)
-            short = {i for i in ids if per_request[i] < models}
+            short = {i for i, models in expected.items() if any((i, m) not in self.rows for m in models)}
             if not short or time.monotonic() >= deadline:
                 return short
             time.sleep(0.5)

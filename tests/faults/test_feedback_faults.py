@@ -25,7 +25,6 @@ from tests.faults.conftest import (
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
-MODELS = 3  # golden + 2 shadows
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +49,7 @@ def test_the_promoter_folds_every_pair_once_across_a_kill_and_two_rebalances(
 ) -> None:
     first_port, third_port = free_port(), free_port()
     traffic = Traffic(stack, count=6_000, rate_per_s=300, seed=11, outcomes=True)
+    answers = Answers(stack.settings).start()
     with stack.worker("first", web_port=first_port) as first:  # holds the promoter (rig.joined)
         wait_ready(first_port, first)
         traffic.start()
@@ -61,9 +61,11 @@ def test_the_promoter_folds_every_pair_once_across_a_kill_and_two_rebalances(
             wait_ready(third_port, third)
             traffic.wait_sent(4_500)
         traffic.join()
-        short = joined.wait_for(traffic.ids, MODELS, timeout_s=240)
+        answers.assert_complete(traffic, "kill -9 of a second worker, a third joining, outcomes flowing")
+        short = joined.wait_for({i: answers.models[i] for i in traffic.ids}, timeout_s=240)
         state = get_json(f"http://127.0.0.1:{first_port}/promoter/")
         assert first.poll() is None
+    answers.stop()
 
     repeats = sum(count - 1 for (request_id, _), count in joined.rows.items() if request_id in traffic.ids)
     print(f"joined: {len(traffic.ids) - len(short)} of {len(traffic.ids)} requests, repeated rows {repeats}")
@@ -97,7 +99,7 @@ def test_exactly_once_a_read_committed_reader_sees_every_prediction_and_joined_r
             repeats = answers.assert_complete(
                 traffic, "exactly once: kill -9, a second worker joining, leaving"
             )
-            short = joined.wait_for(traffic.ids, MODELS, timeout_s=240)
+            short = joined.wait_for({i: answers.models[i] for i in traffic.ids}, timeout_s=240)
     finally:
         answers.stop()
     assert not short, f"{len(short)} requests not joined for every model"

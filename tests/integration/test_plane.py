@@ -152,11 +152,13 @@ def test_a_second_member_takes_partitions_where_the_first_committed_them_without
     with running(first):
         time.sleep(1.5)
         with running(second):
-            produce(kafka_bootstrap, topic, 2_000, start=2_000)
             deadline = time.monotonic() + 60
+            while not second.source.assignment() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert first.source.assignment() and second.source.assignment(), "both members hold partitions"
+            produce(kafka_bootstrap, topic, 2_000, start=2_000)
             while len(seen) < 4_000 and time.monotonic() < deadline:
                 time.sleep(0.2)
-            assert first.source.assignment() and second.source.assignment(), "both members hold partitions"
     stop.set()
     repeats = len(seen) - len(set(seen))
     print(f"messages seen {len(seen)}, distinct {len(set(seen))}, repeats {repeats}")
