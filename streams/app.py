@@ -5,9 +5,23 @@ from __future__ import annotations
 from dataclasses import replace
 
 import faust
+from faust.app.base import BootStrategy
 
 from rig.config import RigSettings
 from streams.plane.source import SourceSettings
+
+
+class NoKafkaClients(BootStrategy):
+    """Faust starts no Kafka client of its own: every topic is read and written by the rig's data
+    plane (`streams.plane`), and an idle Faust consumer would only join a group and heartbeat."""
+
+    enable_kafka = False
+
+
+class RigApp(faust.App):
+    """The Faust application model (agents, timers, services, web, lifecycle) without its Kafka I/O."""
+
+    BootStrategy = NoKafkaClients
 
 
 def make_app(settings: RigSettings, app_id: str = "rig", **overrides: object) -> faust.App:
@@ -36,7 +50,7 @@ def make_app(settings: RigSettings, app_id: str = "rig", **overrides: object) ->
         "datadir": str(settings.home / "faust"),
     }
     options.update(overrides)
-    return faust.App(app_id, **options)
+    return RigApp(app_id, **options)
 
 
 def source_settings(
