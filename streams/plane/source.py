@@ -88,6 +88,7 @@ class BatchSource:
         self._lock = threading.Lock()
         self._progress: dict[TP, tuple[tuple[int | None, int], float]] = {}
         self._paused = False
+        self._reassigned = False
         self._group_metadata: object | None = None
         self.crashed: BaseException | None = None
 
@@ -199,8 +200,12 @@ class BatchSource:
         at every full window instead stalled a busy worker: librdkafka drops a paused partition's
         prefetched messages and fetches again only later (measured: p99 ~1 s against 9 ms)."""
         room = self._ledger.wait_room(self.settings.max_open_batches, PAUSE_AFTER_S)
-        if room and not self._paused:
+        if room and not self._paused and not self._reassigned:
             return
+        # After a rebalance the state is set again on every partition: librdkafka keeps a partition's
+        # pause flag across its loss and re-assignment, so a partition paused while the broker was away
+        # came back paused and was never read again (tests/faults/test_broker_outage.py).
+        self._reassigned = False
         partitions = [TopicPartition(t, p) for t, p in self.assignment()]
         if room:
             consumer.resume(partitions)
@@ -267,6 +272,7 @@ class BatchSource:
         with self._lock:
             self._assignment |= tps
             count = len(self._assignment)
+        self._reassigned = True
         self._health.assigned(count)
         log.info("partitions assigned %s", sorted(f"{p.topic}-{p.partition}" for p in partitions))
 
