@@ -45,4 +45,4 @@ lint: install
 	$(BIN)/lint-imports
 
 clean: services-down
-	rm -rf .rig ops/kafka/state ops/redis/state ops/feast/data
+	rm -rf .rig ops/kafka/state ops/redis/state examples/synthetic_world/data

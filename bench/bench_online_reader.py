@@ -47,20 +47,33 @@ def assert_same(ids: Sequence[str], fast: OnlineReader, sdk: OnlineReader) -> No
     assert all(np.array_equal(a.columns[n], b.columns[n], equal_nan=True) for n in b.feature_names)
 
 
-def measure(readers: dict[str, OnlineReader], ids: list[str], size: int, seed: int) -> dict[str, Any]:
-    """Random batches of `size` entities, both readers on the same batch in alternating order."""
+def measure(
+    readers: dict[str, OnlineReader],
+    ids: list[str],
+    size: int,
+    seed: int,
+    request_data: Callable[[int], dict[str, list[Any]]] | None = None,
+) -> dict[str, Any]:
+    """Random batches of `size` entities (drawn with replacement when there are fewer ids), every
+    reader on the same batch, in alternating order. `request_data(size)` gives the request-time
+    fields of on-demand views, when the readers need them."""
     rng = random.Random(seed)
+
+    def draw() -> list[str]:
+        return rng.sample(ids, size) if size <= len(ids) else rng.choices(ids, k=size)
+
+    extra = request_data(size) if request_data else None
     seconds: dict[str, list[float]] = {name: [] for name in readers}
     for reader in readers.values():
-        reader.read(rng.sample(ids, size))  # warm-up
+        reader.read(draw(), extra)  # warm-up
     start = time.perf_counter()
     rounds = 0
     while rounds < MIN_ROUNDS or time.perf_counter() - start < SECONDS_PER_SIZE:
-        batch = rng.sample(ids, size)
+        batch = draw()
         order = list(readers.items()) if rounds % 2 == 0 else list(reversed(readers.items()))
         for name, reader in order:
             began = time.perf_counter()
-            reader.read(batch)
+            reader.read(batch, extra)
             seconds[name].append(time.perf_counter() - began)
         rounds += 1
     row: dict[str, Any] = {"batch_size": size, "batches": rounds}
@@ -70,7 +83,6 @@ def measure(readers: dict[str, OnlineReader], ids: list[str], size: int, seed: i
             "batch_ms_p50": statistics.median(times) * 1e3,
             "batch_ms_p99": float(np.quantile(times, 0.99)) * 1e3,
         }
-    row["ratio_fast_over_sdk"] = row["fast"]["us_per_row"] / row["sdk"]["us_per_row"]
     return row
 
 
@@ -128,7 +140,9 @@ def main() -> None:
             rows = []
             for size in BATCH_SIZES:
                 say(f"batch size {size}: {SECONDS_PER_SIZE:.0f} s ...")
-                rows.append(measure(readers, ids, size, seed=size))
+                row = measure(readers, ids, size, seed=size)
+                row["ratio_fast_over_sdk"] = row["fast"]["us_per_row"] / row["sdk"]["us_per_row"]
+                rows.append(row)
             split = breakdown(fast, ids, 500, seed=1)
             fast.close()
         finally:

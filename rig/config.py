@@ -73,10 +73,10 @@ class RigSettings(BaseSettings):
     home: Path = Path(".rig")
     """Working folder for generated data, model artifacts and the SQLite files."""
 
-    feast_repo: Path = Path("ops/feast")
+    feast_repo: Path = Path("examples/synthetic_world")
     """Feast feature repository (feature definitions and feature_store.yaml)."""
 
-    transform_spec: Path = Path("ops/feast/transform.json")
+    transform_spec: Path = Path("examples/synthetic_world/transform.json")
     """Declarative inference-time transform (JSON), fitted at training and stored with the models."""
 
     metadata_url: str | None = None
@@ -132,6 +132,29 @@ class RigSettings(BaseSettings):
 
     promoter_min_effect: float = Field(default=0.002, ge=0)
     """Smallest loss improvement (log loss) worth a switch."""
+
+    promoter_latency_margin: float = Field(default=0.5, gt=0)
+    """Latency guardrail: a challenger may take up to (1 + this) times the golden's batch scoring time
+    (geometric mean over batches) and still be promoted."""
+
+    promoter_failed_batch_margin: float = Field(default=0.01, gt=0, lt=1)
+    """Failed-batch guardrail: the largest share of its batches a promoted challenger may fail."""
+
+    promoter_calibration_margin: float = Field(default=0.03, gt=0, lt=1)
+    """Calibration guardrail: how much larger than the golden's a promoted challenger's expected
+    calibration error (10 bins, same outcomes) may be."""
+
+    promoter_srm_tolerance: float = Field(default=0.05, gt=0, lt=1)
+    """A/B sample ratio: an A/B challenger is promoted only once its arm's share of entities is shown
+    within share x (1 ± this); a mismatch flagged by the sequential SRM test holds the experiment."""
+
+    promoter_label_window_s: float | None = Field(default=None, ge=0)
+    """The label window: a request counts for the promoter once this long has passed since it was
+    predicted (and only if its outcome came within it). Unset: learned from the label delays recorded
+    in the metadata store and seen since, per label (see promoter_label_coverage)."""
+
+    promoter_label_coverage: float = Field(default=0.99, gt=0, lt=1)
+    """Share of each label's outcomes the learned label window covers (with 95 % confidence)."""
 
     cache_enabled: bool = False
     """Cache predictions by (model version, transform version, feature vector). Off by default: for

@@ -49,9 +49,16 @@ def train(
     if feature_set not in FEATURE_SETS:
         raise typer.BadParameter(f"one of {sorted(FEATURE_SETS)}", param_hint="--feature-set")
     config = RigSettings()
-    frame = world_training_frame(WorldSettings().make(), FeatureStoreClient(config).historical, events, seed)
+    client = FeatureStoreClient(config)
+    frame = world_training_frame(WorldSettings().make(), client.historical, events, seed)
     report = train_and_register(
-        config, frame, FEATURE_SETS[feature_set], name=name, seed=seed, training={"feature_set": feature_set}
+        config,
+        frame,
+        FEATURE_SETS[feature_set],
+        name=name,
+        seed=seed,
+        training={"feature_set": feature_set},
+        selection=client.selection(),
     )
     route_new_model(config, report.meta.version, role, experiment, share)
     typer.echo(

@@ -32,12 +32,12 @@ ENV_FIELDS = (
 )
 
 
-FEAST_REPO = Path(__file__).resolve().parents[1] / "ops" / "feast"
+FEAST_REPO = Path(__file__).resolve().parents[1] / "examples" / "synthetic_world"
 
 
 def isolated_feast_repo(root: Path, project_prefix: str) -> Path:
-    """A copy of ops/feast under `root` with its own Feast project name, so that runs sharing one
-    Redis (tests, benchmarks) never see each other's keys. Returns the copy's path."""
+    """A copy of examples/synthetic_world under `root` with its own Feast project name, so that runs
+    sharing one Redis (tests, benchmarks) never see each other's keys. Returns the copy's path."""
     import shutil
     import uuid
 
@@ -116,6 +116,7 @@ def prepare(
             seed=seed,
             transform=transform,
             training={"feature_set": feature_set},
+            selection=client.selection(),
         )
         versions[name] = report.meta.version
     return world, versions

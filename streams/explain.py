@@ -30,12 +30,13 @@ def explain_with_golden(runtime: Runtime, request: Request, version: str | None 
     """An Explanation record of `version` (default: the golden) for `request` (blocking).
 
     Raises:
-        RigError: no golden is routed, or the request cannot be transformed.
+        RigError: no golden is routed, the model is not routed, or the request cannot be transformed.
     """
+    serving = runtime.serving
     model = version or runtime.routing.golden
-    if model is None or runtime.transform is None or runtime.explanations is None:
+    if model is None or serving is None or runtime.explanations is None:
         raise RigError("no golden model is routed")
-    return runtime.explanations.explain(request, model, runtime.transform)
+    return runtime.explanations.explain(request, model, serving.reader, serving.layout)
 
 
 class ExplainConsumer:
@@ -59,7 +60,7 @@ class ExplainConsumer:
         from confluent_kafka import Consumer
 
         settings = self.settings
-        request_codec = Codec(Request, registry_url=settings.schema_registry_url, allow_json=True)
+        default_codec = Codec(Request, registry_url=settings.schema_registry_url, allow_json=True)
         explanation_codec = Codec(Explanation, registry_url=settings.schema_registry_url)
         consumer = Consumer(
             {
@@ -75,7 +76,9 @@ class ExplainConsumer:
                 message = consumer.poll(0.5)
                 if message is None or message.error():
                     continue
-                request = request_codec.decode(message.value() or b"")
+                serving = self.runtime.serving  # explain requests name the entity as requests do
+                codec = default_codec if serving is None else serving.request_codec
+                request = codec.decode(message.value() or b"")
                 if isinstance(request, Rejected):
                     log.warning(
                         "explain request rejected offset=%s reason=%s", message.offset(), request.reason

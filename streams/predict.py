@@ -55,52 +55,60 @@ async def answer(runtime: Runtime, sources: Sequence[Source]) -> Answer:
         Unavailable: a dependency is away (Redis, no golden model yet, golden failing or slow): the
             batch must be tried again later; nothing of it was published.
     """
+    serving = runtime.serving  # one routing, its models, transforms, reader and request codec
+    if serving is None:
+        raise GoldenUnavailable("no golden model is routed yet: requests wait in Kafka")
     clock = StageClock()
-    batch = take_in(runtime.request_codec, sources)  # decode
+    batch = take_in(serving.request_codec, sources)  # decode
     clock.lap("decode")
 
-    online = await asyncio.to_thread(runtime.reader.read, batch.entity_ids())  # enrich
-    enriched = enrich(batch.requests, online.columns, online.found, runtime.settings.missing_entity_policy)
+    fields = serving.selection.request_fields  # request-time inputs of on-demand feature views
+    request_data = {name: [r.features.get(name) for r in batch.requests] for name in fields}
+    online = await asyncio.to_thread(serving.reader.read, batch.entity_ids(), request_data)  # enrich
+    policy = runtime.settings.missing_entity_policy
+    enriched = enrich(batch.requests, online.columns, online.found, policy, request_fields=fields)
     batch.keep(enriched.kept, enriched.rejected)
     clock.lap("enrich")
     if not batch:
         return Answer([], batch.dead_letters, [], enriched.columns)
 
-    transform, routing = runtime.transform, runtime.routing
-    if transform is None or routing.golden is None:
-        raise GoldenUnavailable("no golden model is routed yet: requests wait in Kafka")
-    result = transform.transform(enriched.columns, now=[r.event_time for r in batch.requests])  # transform
-    ok = np.flatnonzero(result.row_ok)
-    batch.keep(ok, [(i, reason, ErrorType.INVALID_VALUE) for i, reason in result.reasons.items()])
-    values, found = result.values[ok], enriched.found[ok]
+    layout = serving.layout
+    laid = layout.transform(enriched.columns, now=[r.event_time for r in batch.requests])  # transform
+    ok = np.flatnonzero(laid.ok[layout.golden_block])
+    batch.keep(ok, [(i, reason, ErrorType.INVALID_VALUE) for i, reason in laid.reasons.items()])
+    values, found = laid.values[ok], enriched.found[ok]
     columns = {name: column[ok] for name, column in enriched.columns.items()}
     clock.lap("transform")
     if not batch:
         return Answer([], batch.dead_letters, [], columns)
 
     entity_ids = np.array(batch.entity_ids())
-    plan = plan_batch(routing, entity_ids, limiter=runtime.limiter)  # dispatch
+    inputs = layout.inputs()
+    eligible = {v: laid.ok[i.block][ok] for v, i in inputs.items()}
+    plan = plan_batch(serving.routing, entity_ids, limiter=runtime.limiter).restricted(eligible)  # dispatch
     lookup = None
     if runtime.cache is not None:  # cache
-        lookup = await asyncio.to_thread(look_up, runtime.cache, plan, values, entity_ids, transform.version)
+        lookup = await asyncio.to_thread(look_up, runtime.cache, plan, values, entity_ids, inputs)
     clock.lap("dispatch")
     to_score = plan.score_rows if lookup is None else lookup.to_score
-    computed = await runtime.backbone.predict_batch(values, to_score, plan.golden)  # predict
+    model_columns = {version: inputs[version].columns for version in to_score}
+    computed = await runtime.backbone.predict_batch(values, to_score, plan.golden, model_columns)  # predict
     clock.lap("predict")
 
     scores, golden_hit = (computed, None) if lookup is None else merge(plan, lookup, computed)
     for version, reason in scores.failed.items():
         log.warning("experiment skipped a batch version=%s reason=%s", version, reason)
     received_ms = [source.timestamp_ms for source in batch.sources]
+    transform_version = layout.golden_transform
     predictions = build_predictions(
-        batch.requests, plan, scores, transform.version, found, clock.total(), golden_hit, received_ms
+        batch.requests, plan, scores, transform_version, found, clock.total(), golden_hit, received_ms
     )
     refill = None
     if lookup is not None:
-        cache, version = runtime.cache, transform.version
+        cache = runtime.cache
 
         def refill() -> None:
-            fill_cache(cache, lookup, computed, values, entity_ids, version)
+            fill_cache(cache, lookup, computed, values, entity_ids, inputs)
 
     return Answer(
         predictions, batch.dead_letters, disagreements(runtime, batch.requests, predictions), columns, refill
@@ -140,8 +148,9 @@ def outputs(runtime: Runtime, result: Answer) -> Iterator[Outgoing]:
         )
         yield Outgoing(dlq, letter.key, runtime.dead_letter_codec.encode(letter))
     explain = settings.topic("explain")
-    for request in result.explain:
-        yield Outgoing(explain, request.entity_id.encode(), runtime.request_codec.encode(request))
+    codec = runtime.serving.request_codec if runtime.serving is not None else None
+    for request in result.explain if codec is not None else ():
+        yield Outgoing(explain, request.entity_id.encode(), codec.encode(request))
 
 
 async def serve(runtime: Runtime, plane: Plane, batch: SourceBatch) -> None:

@@ -9,16 +9,15 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
 from confluent_kafka import Producer
 
 from rig.cache.store import PredictionCache
 from rig.config import RigSettings
 from rig.errors import RigError
 from rig.explain.service import ExplanationService
-from rig.features.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader
+from rig.features.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader, layout_unreadable
+from rig.features.selection import FeatureSelection
 from rig.features.stats import FeatureStats
 from rig.features.store import FeatureStoreClient
 from rig.models.registry import ModelRegistry
@@ -27,7 +26,7 @@ from rig.routing.table import EMPTY_ROUTING, RoutingTable
 from rig.serving.backbone import Backbone
 from rig.serving.dispatch import TrafficLimiter
 from rig.serving.warmer import recent_requests, warm
-from rig.transform.fitted import FittedTransform
+from rig.transform.layout import InputLayout
 from rig.transform.model_inputs import column_index
 from rig.wire.codec import Codec
 from rig.wire.records import ControlEvent, DeadLetter, Prediction, Request
@@ -36,17 +35,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ColumnSelectingModel:
-    """A booster fed with only its own columns of the deployment's transform output."""
+class Serving:
+    """Everything a routing table needs to answer a batch, switched as one reference: a batch takes
+    it once, so it never mixes the models of one routing with the transforms of another."""
 
-    booster: Any
-    columns: np.ndarray
-    width: int
-
-    def inplace_predict(self, data: np.ndarray) -> Any:
-        if data.shape[1] != self.width:
-            raise RigError(f"model expects the {self.width} columns of its transform, got {data.shape[1]}")
-        return self.booster.inplace_predict(data[:, self.columns])
+    routing: RoutingTable
+    selection: FeatureSelection
+    """What the routed models read from Feast, together (one read per batch serves them all)."""
+    reader: OnlineReader
+    layout: InputLayout
+    request_codec: Codec[Request]
+    """Requests naming the entity by the deployment's join keys (`rig.wire.requests`)."""
 
 
 @dataclass
@@ -55,11 +54,10 @@ class Runtime:
 
     settings: RigSettings
     registry: ModelRegistry
-    reader: OnlineReader
+    client: FeatureStoreClient
     backbone: Backbone
     follower: ControlFollower
     producer: Producer
-    request_codec: Codec[Request]
     prediction_codec: Codec[Prediction]
     dead_letter_codec: Codec[DeadLetter]
     cache: PredictionCache | None = None
@@ -67,36 +65,24 @@ class Runtime:
     feature_stats: FeatureStats | None = None
     limiter: TrafficLimiter = field(default_factory=TrafficLimiter)
     explain_limiter: TrafficLimiter = field(default_factory=TrafficLimiter)
-    transform: FittedTransform | None = None
-    _routing: RoutingTable = EMPTY_ROUTING
+    serving: Serving | None = None
+    _readers: dict[tuple[str, ...], OnlineReader] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def create(cls, settings: RigSettings) -> Runtime:
         """Build the runtime, read the routing, and load every routed model (blocking)."""
         registry = ModelRegistry(settings.model_dir)
-        client = FeatureStoreClient(settings)
-        reader: OnlineReader = (
-            RedisLayoutReader(settings, client)
-            if settings.online_reader == "redis"
-            else FeastSdkReader(client)
-        )
         registry_url = settings.schema_registry_url
         runtime = cls(
             settings=settings,
             registry=registry,
-            reader=reader,
+            client=FeatureStoreClient(settings),
             backbone=Backbone(
-                registry,
-                timeout_s=settings.model_timeout_s,
-                grace_s=settings.experiment_grace_s,
-                wrap_model=lambda version, booster: _select_columns(registry, version, booster),
+                registry, timeout_s=settings.model_timeout_s, grace_s=settings.experiment_grace_s
             ),
             follower=ControlFollower(settings),
             producer=Producer({**settings.kafka_producer_config(), "linger.ms": 5}),
-            request_codec=Codec(
-                Request, registry_url=registry_url, allow_json=True, max_bytes=settings.max_message_bytes
-            ),
             prediction_codec=Codec(Prediction, registry_url=registry_url),
             dead_letter_codec=Codec(DeadLetter, registry_url=registry_url),
         )
@@ -108,7 +94,7 @@ class Runtime:
                 max_entries=settings.cache_max_entries,
                 max_bytes=settings.cache_max_bytes,
             )
-        runtime.explanations = ExplanationService(registry, reader)
+        runtime.explanations = ExplanationService(registry)
         runtime.follower.on_change = runtime.apply_routing
         runtime.follower.on_purge = runtime.purge_cache
         table = runtime.follower.start().wait_caught_up(timeout_s=None)  # a broker away is waited for
@@ -120,47 +106,113 @@ class Runtime:
     @property
     def routing(self) -> RoutingTable:
         """The routing in force: switched only after the models it needs are loaded and warmed."""
-        return self._routing
+        return EMPTY_ROUTING if self.serving is None else self.serving.routing
 
     def apply_routing(self, table: RoutingTable) -> None:
-        """Load and warm the models a routing table needs, then switch to it (and to its transform)."""
+        """Load and warm what a routing table needs (models, their transforms and features, the
+        reader and request codec of its entity), then switch to it in one assignment."""
         with self._lock:
             versions = [v for v in (table.golden, *(e.model_version for e in table.live_experiments)) if v]
-            try:
-                fresh = self.backbone.ensure_loaded(versions)
-                transform = self.transform
-                if table.golden is not None:
-                    version = self.registry.meta(table.golden).transform_version
-                    if transform is None or transform.version != version:
-                        transform = self.registry.load_transform(version)
-                if self.settings.warmer_enabled and transform is not None:
-                    self._warm(table, fresh, transform)
-            except RigError:
-                log.exception("routing needs models that cannot be loaded or warmed versions=%s", versions)
+            if table.golden is None:
                 return
-            if table.golden is not None and table.golden != self._routing.golden:
+            try:
+                serving = self._serving(table, versions)
+                fresh = self.backbone.ensure_loaded(versions)
+                if self.settings.warmer_enabled:
+                    self._warm(serving, fresh)
+            except RigError:
+                log.exception("routing needs models that cannot be served versions=%s", versions)
+                return
+            if table.golden != self.routing.golden:
                 self.feature_stats = serving_stats(self.registry, table.golden)
-            self.transform, self._routing = transform, table  # the switch: two reference assignments
+            self.serving = serving  # the switch: one reference assignment
             log.info(
-                "routing applied golden=%s experiments=%s",
+                "routing applied golden=%s experiments=%s reader=%s",
                 table.golden,
                 [e.name for e in table.live_experiments],
+                type(serving.reader).__name__,
             )
 
-    def _warm(self, table: RoutingTable, fresh: tuple[str, ...], transform: FittedTransform) -> None:
-        new_golden = table.golden is not None and table.golden != self._routing.golden
+    def _serving(self, table: RoutingTable, versions: list[str]) -> Serving:
+        """What serving `table` needs (see `Serving`).
+
+        Raises:
+            RigError: a model, transform or feature is missing or cannot be served.
+        """
+        metas = {version: self.registry.meta(version) for version in versions}
+        transforms = {
+            meta.transform_version: self.registry.load_transform(meta.transform_version)
+            for meta in metas.values()
+        }
+        selections = {}
+        for version, meta in metas.items():
+            selection = (
+                FeatureSelection.from_dict(meta.selection) if meta.selection else self.client.selection()
+            )
+            kinds = transforms[meta.transform_version].input_kinds
+            selection.check_types(column for column, kind in kinds.items() if kind == "category")
+            selections[version] = selection
+        combined = selections[str(table.golden)]
+        for version in versions:
+            combined = combined.union(selections[version])
+        layout = InputLayout(
+            transforms,
+            {
+                version: (meta.transform_version, meta.features, combined.renaming(selections[version]))
+                for version, meta in metas.items()
+            },
+            str(table.golden),
+        )
+        current = self.serving
+        codec = (
+            current.request_codec
+            if current is not None and current.selection.key_spec == combined.key_spec
+            else Codec(
+                Request,
+                registry_url=self.settings.schema_registry_url,
+                allow_json=True,
+                max_bytes=self.settings.max_message_bytes,
+                shape=combined.key_spec,
+            )
+        )
+        return Serving(table, combined, self._reader(combined), layout, codec)
+
+    def _reader(self, selection: FeatureSelection) -> OnlineReader:
+        """The fastest reader of a selection, built once per distinct selection."""
+        if selection.refs not in self._readers:
+            reason = (
+                layout_unreadable(self.client, selection) if self.settings.online_reader == "redis" else ""
+            )
+            if reason is None:
+                self._readers[selection.refs] = RedisLayoutReader(self.settings, self.client, selection)
+            else:
+                if reason:
+                    log.info("features read through the Feast SDK: %s", reason)
+                self._readers[selection.refs] = FeastSdkReader(self.client, selection)
+        return self._readers[selection.refs]
+
+    def _warm(self, serving: Serving, fresh: tuple[str, ...]) -> None:
+        table = serving.routing
+        new_golden = table.golden is not None and table.golden != self.routing.golden
         if not fresh and not new_golden:
             return
         # The replay only pre-fills the cache: without a cache it would be work that stalls the worker.
         replaying = new_golden and self.cache is not None
-        recent = recent_requests(self.settings, self.settings.warmer_replay) if replaying else []
+        recent = (
+            recent_requests(self.settings, self.settings.warmer_replay, serving.request_codec)
+            if replaying
+            else []
+        )
         for version in dict.fromkeys([*fresh, *([table.golden] if new_golden else [])]):
+            meta = self.registry.meta(str(version))
+            transform = serving.layout.transforms[meta.transform_version]
+            columns = column_index(transform.output_columns, meta.features)
             replay = recent if version == table.golden else []
             report = warm(
-                version,
-                lambda x, v=version: self.backbone.predict_now(v, x),
+                str(version),
+                lambda x, v=str(version), c=columns: self.backbone.predict_now(v, x[:, c]),
                 transform,
-                self.reader,
+                serving.reader,
                 replay,
                 self.cache if replay else None,
             )
@@ -198,9 +250,3 @@ def serving_stats(registry: ModelRegistry, golden: str) -> FeatureStats | None:
         log.warning("model %s has no reference rows: serving feature statistics are off", golden)
         return None
     return FeatureStats.from_reference(reference)
-
-
-def _select_columns(registry: ModelRegistry, version: str, booster: Any) -> ColumnSelectingModel:
-    meta = registry.meta(version)
-    outputs = registry.load_transform(meta.transform_version).output_columns
-    return ColumnSelectingModel(booster, column_index(outputs, meta.features), len(outputs))

@@ -78,7 +78,14 @@ def build_runtime() -> Runtime:
     wait_for_topics()
     runtime = Runtime.create(settings)
     if "explain" in roles:
-        ExplainConsumer(settings, runtime).start()
+        explainer = ExplainConsumer(settings, runtime).start()
+
+        @app.on_before_shutdown.connect
+        async def stop_explainer(sender: faust.App, **kwargs: object) -> None:
+            # Leave the explainer group now: a member that just vanishes holds its partitions for
+            # the whole session timeout.
+            await asyncio.to_thread(explainer.stop)
+
     return runtime
 
 

@@ -10,6 +10,9 @@ import typer
 from rig.config import RigSettings
 
 if TYPE_CHECKING:
+    from rig.wire.requests import KeySpec
+
+if TYPE_CHECKING:
     from rig.wire.records import ControlEvent, Decision
 
 app = typer.Typer(
@@ -61,12 +64,10 @@ def features_materialize(
     ] = "1970-01-01",
     end: Annotated[str | None, typer.Option(help="Latest feature timestamp to load; default now.")] = None,
 ) -> None:
-    """Load the latest feature values of every entity (within [start, end]) into the Redis online store."""
+    """Load the latest feature values of every entity (from --start to --end) into the Redis online store."""
     from datetime import UTC, datetime
 
-    from rig.errors import RigError
     from rig.features.store import FeatureStoreClient
-    from rig.routing.control import publish_control
     from rig.routing.table import purge_cache_event
 
     def moment(text: str) -> datetime:
@@ -77,12 +78,62 @@ def features_materialize(
     FeatureStoreClient(config).materialize(moment(start), moment(end) if end else datetime.now(UTC))
     typer.echo(f"materialized {config.feast_repo} into {config.redis_url}")
     # New feature values: cached predictions of the old ones must not be served.
+    purge_cached(config, [purge_cache_event("cli", "features materialized")])
+
+
+def purge_cached(config: RigSettings, events: list[ControlEvent]) -> None:
+    """Publish cache purges after features changed; a warning (not a failure) when that cannot be
+    done. Without a control topic no worker has run, so nothing is cached."""
+    from rig.errors import RigError
+    from rig.routing.control import publish_control
+    from rig.wire.topics import topic_exists
+
     try:
-        publish_control(config, purge_cache_event("cli", "features materialized"))
+        if not topic_exists(config, "control"):
+            typer.echo(f"no {config.topic('control')} topic yet: nothing cached to purge")
+            return
+        for event in events:
+            publish_control(config, event)
     except RigError as error:
         typer.secho(
             f"warning: cache purge not published ({error}); run `rig cache purge`", fg="yellow", err=True
         )
+        return
+    typer.echo(f"cache purged ({len(events)} control event(s))")
+
+
+@features_app.command("push")
+def features_push(
+    source: Annotated[str, typer.Argument(help="Feast push source.")],
+    file: Annotated[
+        str, typer.Argument(help="Rows to push: Parquet, CSV or JSON lines, as the source's schema.")
+    ],
+) -> None:
+    """Push fresh feature rows (online and offline), then purge the cached predictions of their entities."""
+    from pathlib import Path
+
+    from rig.cli.clients import read_table
+    from rig.errors import RigError
+    from rig.features.store import FeatureStoreClient
+    from rig.routing.table import purge_cache_event
+
+    config = settings()
+    frame = read_table(Path(file))
+    try:
+        FeatureStoreClient(config).push(source, frame)
+        keys = deployment_keys(config)
+        entities = sorted({keys.entity_id(row) for row in frame[list(keys.names)].itertuples(index=False)})
+    except (RigError, KeyError) as error:
+        typer.secho(f"refused: {error}", fg="red", err=True)
+        raise typer.Exit(1) from error
+    reason = f"pushed to {source}"
+    events = (
+        [purge_cache_event("cli", reason, entity_id=entity) for entity in entities]
+        if len(entities) <= 100
+        else [purge_cache_event("cli", f"{reason} ({len(entities)} entities)")]
+    )
+    typer.echo(f"pushed {len(frame)} row(s) of {len(entities)} entities to {source}")
+    purge_cached(config, events)
 
 
 @app.command()
@@ -94,8 +145,12 @@ def train(
         ),
     ],
     label: Annotated[str, typer.Option(help="Name of the label column (0/1).")] = "label",
+    feature_service: Annotated[
+        str | None, typer.Option(help="Feast feature service the model reads; default: the repo's.")
+    ] = None,
     features: Annotated[
-        str | None, typer.Option(help="Comma-separated features to train on; default: every feature.")
+        str | None,
+        typer.Option(help="Comma-separated `view:feature` refs to read instead of a feature service."),
     ] = None,
     name: Annotated[str, typer.Option(help="Model name; versions are numbered per name.")] = "risk",
     seed: Annotated[int, typer.Option(help="Seed of XGBoost.")] = 1,
@@ -115,9 +170,18 @@ def train(
     path = Path(entities)
     events = read_table(path).rename(columns={label: LABEL_COLUMN})
     client = FeatureStoreClient(config)
-    chosen = [f.strip() for f in features.split(",") if f.strip()] if features else client.feature_names
-    frame = training_frame(events, client.historical)
-    report = train_and_register(config, frame, chosen, name=name, seed=seed, training={"events": path.name})
+    refs = [f.strip() for f in features.split(",") if f.strip()] if features else None
+    selection = client.selection(feature_service, refs)
+    frame = training_frame(events, lambda entity_df: client.historical(entity_df, selection))
+    report = train_and_register(
+        config,
+        frame,
+        selection.columns,
+        name=name,
+        seed=seed,
+        training={"events": path.name},
+        selection=selection,
+    )
     route_new_model(config, report.meta.version, role, experiment, share)
     typer.echo(
         f"trained {report.meta.version} on {report.n_train} rows: held-out AUC {report.auc:.3f}, "
@@ -136,7 +200,7 @@ def route_new_model(config: RigSettings, version: str, role: str, experiment: st
     from rig.routing.table import set_golden_event, start_experiment_event
 
     if role == "golden":
-        publish(config, set_golden_event(version, actor="cli", reason="trained with --role golden"))
+        publish(config, set_golden_event(version, actor="cli", reason="routed with --role golden"))
     elif role in ("shadow", "ab"):
         publish(
             config,
@@ -145,18 +209,21 @@ def route_new_model(config: RigSettings, version: str, role: str, experiment: st
                 version,
                 role,  # type: ignore[arg-type]
                 actor="cli",
-                reason="trained with --role " + role,
+                reason="routed with --role " + role,
                 traffic_share=share if role == "ab" else None,
             ),
         )
 
 
 def publish(config: RigSettings, event: ControlEvent) -> None:
-    """Publish a control event after checking it against the current routing; exit 1 if refused."""
+    """Publish a control event after checking it against the current routing; exit 1 if refused.
+    The rig's topics are created first when missing (a routing change is a deployment's first step)."""
     from rig.errors import RigError
     from rig.routing.control import publish_control, read_routing
+    from rig.wire.topics import ensure_topics
 
     try:
+        ensure_topics(config)
         publish_control(config, event, check_against=read_routing(config))
     except RigError as error:
         typer.secho(f"refused: {error}", fg="red", err=True)
@@ -354,9 +421,13 @@ def record_decision(config: RigSettings, decision: Decision, events: list[Contro
 
 @app.command()
 def status(limit: Annotated[int, typer.Option(help="How many recent decisions to show.")] = 10) -> None:
-    """Routing as the workers see it, and the latest decisions with their evidence."""
+    """Routing as the workers see it, where every test of every challenger stands (primary test,
+    guardrails, sample ratio; even with nothing decided), and the latest decisions with their evidence."""
+    import time
+
     from rig.feedback.metadata import MetadataStore
     from rig.routing.control import read_routing
+    from rig.wire.records import to_plain
 
     config = settings()
     routing = read_routing(config)
@@ -365,6 +436,24 @@ def status(limit: Annotated[int, typer.Option(help="How many recent decisions to
         typer.echo(f"  {e.mode} {e.name}: {e.model_version}{' [killed]' if e.killed else ''}")
     store = MetadataStore(config.resolved_metadata_url)
     store.create_schema()
+    recorded = store.promoter_status()
+    if recorded is None:
+        typer.echo("promoter: no status recorded yet")
+    else:
+        at_ms, state = recorded
+        window = state.get("label_window_ms")
+        window_text = "not known yet" if window is None else f"{window / 1000:.4g} s"
+        age_s = time.time() - at_ms / 1000
+        typer.echo(
+            f"promoter ({age_s:.0f} s ago): golden {state.get('golden') or '-'}, "
+            f"label window {window_text}, cohorts {state.get('cohorts')}"
+        )
+        if state.get("srm"):
+            typer.echo(f"  A/B split: {state['srm']}")
+        for version, entry in state.get("challengers", {}).items():
+            typer.echo(f"  challenger {version}:")
+            for check in entry.get("checks", []):
+                typer.echo(f"    {_check_line(check)}")
     typer.echo(f"latest decisions ({config.resolved_metadata_url.split('@')[-1]}):")
     for d in store.decisions(limit):
         typer.echo(
@@ -373,6 +462,22 @@ def status(limit: Annotated[int, typer.Option(help="How many recent decisions to
             f"CI=[{d.ci_low:.4g}, {d.ci_high:.4g}] p={d.p_value}"
         )
         typer.echo(f"          {d.reason}")
+        for check in d.checks:
+            typer.echo(f"          {_check_line(to_plain(check))}")
+
+
+def _check_line(check: dict) -> str:
+    """One test's state in a line: name, state, n, estimate, interval, bound, p-value, what it is."""
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4g}"
+
+    interval = f"[{number(check.get('ci_low'))}, {number(check.get('ci_high'))}]"
+    return (
+        f"{check['name']:<14} {check['state']:<10} n={check['n']} estimate={number(check.get('estimate'))} "
+        f"CI={interval} bound={number(check.get('margin'))} p={number(check.get('p_value'))}  "
+        f"{check.get('detail', '')}"
+    )
 
 
 @app.command()
@@ -386,10 +491,127 @@ def produce(
     from rig.cli.clients import file_requests, produce_requests
 
     config = settings()
+    keys = deployment_keys(config)
     sent = produce_requests(
-        config, file_requests(Path(file)), rate or None, on_progress=lambda n: typer.echo(f"  {n} sent")
+        config,
+        file_requests(Path(file), keys),
+        rate or None,
+        on_progress=lambda n: typer.echo(f"  {n} sent"),
+        keys=keys,
     )
     typer.echo(f"{sent} request(s) acknowledged on {config.topic('requests')}")
+
+
+@app.command()
+def register(
+    path: Annotated[
+        str, typer.Argument(help="Model file written by save_model (UBJ or JSON; Booster or XGBClassifier).")
+    ],
+    name: Annotated[str, typer.Option(help="Model name; versions are numbered per name.")],
+    feature_service: Annotated[
+        str | None, typer.Option(help="Feast feature service the model reads; default: the repo's.")
+    ] = None,
+    features: Annotated[
+        str | None, typer.Option(help="Comma-separated `view:feature` refs instead of a feature service.")
+    ] = None,
+    transform: Annotated[
+        str | None, typer.Option(help="Fitted transform JSON; default: the features as stored.")
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="Parquet/CSV of training rows (join keys, event_timestamp): probe and reference."),
+    ] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option(help="A metric of the model card, name=value (repeatable).")
+    ] = None,
+    training_window: Annotated[
+        str, typer.Option(help="Data the model was trained on, e.g. 2025-01/2025-06.")
+    ] = "",
+    description: Annotated[str, typer.Option(help="What the model is, for the model card.")] = "",
+    role: Annotated[str, typer.Option(help="golden, shadow, ab or none.")] = "none",
+    experiment: Annotated[str, typer.Option(help="Experiment name when role is shadow or ab.")] = "",
+    share: Annotated[float, typer.Option(help="Traffic share of an A/B experiment.")] = 0.1,
+) -> None:
+    """Register an XGBoost model trained elsewhere: checked against its features, then stored."""
+    from pathlib import Path
+
+    from rig.cli.clients import read_table
+    from rig.errors import RigError
+    from rig.features.store import FeatureStoreClient
+    from rig.models.register import ModelCard
+    from rig.models.register import register as register_model
+    from rig.transform.fitted import FittedTransform
+
+    check_role(role)
+    config = settings()
+    try:
+        card = ModelCard(_metrics(metric or []), training_window, description)
+        client = FeatureStoreClient(config)
+        refs = [f.strip() for f in features.split(",") if f.strip()] if features else None
+        selection = client.selection(feature_service, refs)
+        fitted = FittedTransform.from_json(Path(transform).read_text()) if transform else None
+        rows = client.historical(read_table(Path(reference)), selection) if reference else None
+        meta = register_model(config, Path(path), name, selection, card, fitted, rows)
+    except (RigError, OSError, ValueError) as error:
+        typer.secho(f"refused: {error}", fg="red", err=True)
+        raise typer.Exit(1) from error
+    route_new_model(config, meta.version, role, experiment, share)
+    typer.echo(
+        f"registered {meta.version}: {len(meta.features)} columns from "
+        f"{selection.service or ', '.join(selection.refs)}, sha256 {meta.sha256[:12]}…, role {role}"
+    )
+
+
+def _metrics(pairs: list[str]) -> dict[str, float]:
+    """`name=value` pairs as metrics."""
+    metrics = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"a metric is name=value, got {pair!r}")
+        metrics[name.strip()] = float(value)
+    return metrics
+
+
+@app.command()
+def outcomes(
+    file: Annotated[
+        str,
+        typer.Argument(
+            help="JSON lines, CSV or Parquet: request_id, label (0/1), event_time, the entity's keys."
+        ),
+    ],
+    rate: Annotated[float, typer.Option(help="Outcomes per second; 0 sends as fast as possible.")] = 0,
+) -> None:
+    """Send ground truth (outcomes of earlier requests) to the outcomes topic, keyed by entity."""
+    from pathlib import Path
+
+    from rig.cli.clients import file_outcomes, produce_outcomes
+    from rig.errors import RigError
+
+    config = settings()
+    try:
+        key_spec = deployment_keys(config)
+        sent = produce_outcomes(config, file_outcomes(Path(file), key_spec), rate or None)
+    except (RigError, OSError, ValueError, KeyError) as error:
+        typer.secho(f"refused: {error}", fg="red", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"{sent} outcome(s) acknowledged on {config.topic('outcomes')}")
+
+
+def deployment_keys(config: RigSettings) -> KeySpec:
+    """The join keys requests and outcomes name their entity by: the golden model's (the repo's
+    default when no golden is routed or it recorded none)."""
+    from rig.features.selection import FeatureSelection
+    from rig.features.store import FeatureStoreClient
+    from rig.models.registry import ModelRegistry
+    from rig.routing.control import read_routing
+
+    golden = read_routing(config).golden
+    recorded = ModelRegistry(config.model_dir).meta(golden).selection if golden else None
+    if recorded:
+        return FeatureSelection.from_dict(recorded).key_spec
+    return FeatureStoreClient(config).selection().key_spec
 
 
 @app.command()

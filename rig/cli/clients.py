@@ -15,37 +15,75 @@ import pandas as pd
 from rig.config import RigSettings
 from rig.errors import CodecError
 from rig.wire.codec import Codec, Rejected, to_millis
-from rig.wire.records import Prediction, Request
+from rig.wire.records import Outcome, Prediction, Request
+from rig.wire.requests import DEFAULT_KEYS, KeySpec
 
 
-def file_requests(path: Path) -> Iterator[Request]:
-    """Requests from a JSON-lines, CSV or Parquet file (columns request_id, entity_id, event_time).
+def file_requests(path: Path, keys: KeySpec = DEFAULT_KEYS) -> Iterator[Request]:
+    """Requests from a JSON-lines, CSV or Parquet file: request_id, event_time, the entity by its
+    join key column(s) (`keys`), optionally `features` and `context`.
 
     Raises:
-        CodecError: a line or row is not a Request (the message names the field).
+        CodecError: a line or row is not a request (the message names the field).
     """
     if path.suffix in (".jsonl", ".json"):
         with path.open() as lines:
             rows: Iterable[dict[str, Any]] = (json.loads(line) for line in lines if line.strip())
-            yield from _requests(path, rows)
+            yield from _requests(path, rows, keys)
         return
-    yield from _requests(path, read_table(path).to_dict("records"))
+    yield from _requests(path, read_table(path).to_dict("records"), keys)
 
 
-def _requests(path: Path, rows: Iterable[dict[str, Any]]) -> Iterator[Request]:
+def _requests(path: Path, rows: Iterable[dict[str, Any]], keys: KeySpec) -> Iterator[Request]:
     """Rows as Request records; a datetime event_time (a Parquet timestamp column) becomes int ms."""
     for number, row in enumerate(rows, start=1):
         if isinstance(row.get("event_time"), dt.datetime):
             row = {**row, "event_time": to_millis(row["event_time"])}
         try:
-            yield msgspec.convert(row, Request)
-        except msgspec.ValidationError as error:
-            raise CodecError(f"{path}: request {number} is not a Request: {error}") from error
+            yield msgspec.convert(keys.to_record(row), Request)
+        except (msgspec.ValidationError, KeyError, ValueError) as error:
+            raise CodecError(f"{path}: request {number} is not a request: {error!r}") from error
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """A Parquet (`.parquet`) or CSV file as a DataFrame."""
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    """A Parquet (`.parquet`), JSON lines (`.jsonl`, `.json`) or CSV file as a DataFrame."""
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix in (".jsonl", ".json"):
+        return pd.read_json(path, lines=True)
+    return pd.read_csv(path)
+
+
+def file_outcomes(path: Path, keys: KeySpec) -> Iterator[Outcome]:
+    """Outcomes from a file: `request_id`, `label` (0/1), `event_time` (or `time`; epoch ms or ISO
+    8601), and the entity as `entity_id` or as its join key columns.
+
+    Raises:
+        KeyError: a column is missing. ValueError: a label is not 0 or 1, a time is not a time.
+    """
+    frame = read_table(path)
+    time_column = "event_time" if "event_time" in frame.columns else "time"
+    missing = [c for c in ("request_id", "label", time_column) if c not in frame.columns]
+    if missing:
+        raise KeyError(f"{path} lacks column(s) {missing}")
+    if "entity_id" in frame.columns:
+        entities = frame["entity_id"].astype(str).tolist()
+    else:
+        absent = [name for name in keys.names if name not in frame.columns]
+        if absent:
+            raise KeyError(f"{path} names no entity: add entity_id or the join key column(s) {absent}")
+        entities = [keys.entity_id(row) for row in frame[list(keys.names)].itertuples(index=False)]
+    times = frame[time_column]
+    if pd.api.types.is_numeric_dtype(times):
+        millis = times.astype("int64")
+    else:
+        millis = pd.to_datetime(times, utc=True, format="ISO8601").astype("int64") // 1_000_000
+    for request_id, entity, label, moment in zip(
+        frame["request_id"], entities, frame["label"], millis, strict=True
+    ):
+        if label not in (0, 1, True, False):
+            raise ValueError(f"outcome of {request_id}: label {label!r} is not 0 or 1")
+        yield Outcome(request_id=str(request_id), entity_id=entity, label=int(label), event_time=int(moment))
 
 
 def produce_requests(
@@ -53,20 +91,41 @@ def produce_requests(
     requests: Iterable[Request],
     rate_per_s: float | None = None,
     on_progress: Callable[[int], None] | None = None,
+    keys: KeySpec = DEFAULT_KEYS,
 ) -> int:
-    """Send requests to the requests topic (Avro, keyed by entity id), optionally paced to a rate.
+    """Send requests to the requests topic (Avro, naming the entity by `keys`, keyed by entity id),
+    optionally paced to a rate.
 
     Returns:
         How many requests the broker acknowledged.
 
     Raises:
-        CodecError: a request does not match schemas/Request.avsc.
+        CodecError: a request does not fit the request schema.
     """
+    codec = Codec(Request, registry_url=settings.schema_registry_url, shape=keys)
+    return _produce(settings, settings.topic("requests"), codec, requests, rate_per_s, on_progress)
+
+
+def produce_outcomes(
+    settings: RigSettings, outcomes: Iterable[Outcome], rate_per_s: float | None = None
+) -> int:
+    """Send outcomes to the outcomes topic (Avro, keyed by entity id), optionally paced; returns how
+    many the broker acknowledged."""
+    codec = Codec(Outcome, registry_url=settings.schema_registry_url)
+    return _produce(settings, settings.topic("outcomes"), codec, outcomes, rate_per_s)
+
+
+def _produce(
+    settings: RigSettings,
+    topic: str,
+    codec: Codec[Any],
+    records: Iterable[Request | Outcome],
+    rate_per_s: float | None,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
     from confluent_kafka import Producer
 
-    codec = Codec(Request, registry_url=settings.schema_registry_url)
     producer = Producer({**settings.kafka_producer_config(), "linger.ms": 5})
-    topic = settings.topic("requests")
     delivered = 0
 
     def count(error: object, _message: object) -> None:
@@ -74,10 +133,8 @@ def produce_requests(
         delivered += error is None
 
     started = time.perf_counter()
-    for sent, request in enumerate(requests, start=1):
-        producer.produce(
-            topic, key=request.entity_id.encode(), value=codec.encode(request), on_delivery=count
-        )
+    for sent, record in enumerate(records, start=1):
+        producer.produce(topic, key=record.entity_id.encode(), value=codec.encode(record), on_delivery=count)
         producer.poll(0)
         if rate_per_s:
             ahead = sent / rate_per_s - (time.perf_counter() - started)

@@ -14,6 +14,7 @@ from rig.features.enrich import enrich
 from rig.features.online_reader import OnlineReader
 from rig.models.registry import ModelRegistry
 from rig.transform.fitted import FittedTransform
+from rig.transform.layout import InputLayout
 from rig.transform.model_inputs import column_index
 from rig.wire.records import Explanation, Request, to_plain
 
@@ -23,24 +24,35 @@ REFERENCE_ROWS = 2_000
 class ExplanationService:
     """Explainers per model version (built on first use) and a bounded cache of explanations."""
 
-    def __init__(self, registry: ModelRegistry, reader: OnlineReader, max_cached: int = 10_000) -> None:
+    def __init__(self, registry: ModelRegistry, max_cached: int = 10_000) -> None:
         self.registry = registry
-        self.reader = reader
         self.max_cached = max_cached
         self._explainers: dict[str, tuple[Explainer, np.ndarray]] = {}
         self._cache: OrderedDict[str, Explanation] = OrderedDict()
 
-    def explain(self, request: Request, version: str, transform: FittedTransform) -> Explanation:
+    def explain(
+        self, request: Request, version: str, reader: OnlineReader, layout: InputLayout
+    ) -> Explanation:
         """The Explanation record of `version`'s score for `request` (the only place one is built).
 
+        Args:
+            reader: reads the features of every model in `layout`.
+            layout: the serving layout; `version` must be one of its models (it says which
+                transform the model reads and from which columns).
+
         Raises:
-            ExplainerError: the request cannot be transformed (its reason says why).
+            ExplainerError: the model is not served, or the request cannot be transformed (its
+                reason says why).
         """
-        online = self.reader.read([request.entity_id])
-        enriched = enrich([request], online.columns, online.found)
+        if version not in layout.models:
+            raise ExplainerError(f"model {version} is not served (only routed models are explained)")
+        transform = layout.blocks[layout.models[version].block].transform
+        fields = reader.selection.request_fields
+        online = reader.read([request.entity_id], {name: [request.features.get(name)] for name in fields})
+        enriched = enrich([request], online.columns, online.found, request_fields=fields)
         if enriched.rejected:
             raise ExplainerError(enriched.rejected[0][1])
-        result = transform.transform(enriched.columns, now=[request.event_time])
+        result = layout.transform_for(version, enriched.columns, now=[request.event_time])
         if not result.row_ok[0]:
             raise ExplainerError(result.reasons[0])
         explainer, columns = self._explainer(version, transform)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,6 +37,7 @@ def enrich(
     store_columns: dict[str, np.ndarray],
     found: np.ndarray,
     policy: MissingEntityPolicy = "defaults",
+    request_fields: Collection[str] = (),
 ) -> Enriched:
     """Combine the online store's features with request-time features, applying the missing-entity policy.
 
@@ -46,21 +47,28 @@ def enrich(
         found: whether the store knew each request's entity.
         policy: `defaults` keeps requests of unknown entities (flagged, features filled by the
             transform); `dlq` rejects them.
+        request_fields: request-time inputs of on-demand feature views (Feast already used them
+            when it read the store): allowed in `features` without being a store column.
     """
-    columns = {name: np.array(values, dtype=np.float64) for name, values in store_columns.items()}
+    columns = {
+        name: np.array(values, dtype=np.float64 if values.dtype.kind in "fiub" else object)
+        for name, values in store_columns.items()
+    }
+    allowed = columns.keys() | set(request_fields)
     keep = np.ones(len(requests), dtype=bool)
     rejected: list[tuple[int, str, str]] = []
     for i, request in enumerate(requests):
         overrides = request.features
         if not overrides:
             continue
-        unknown = sorted(set(overrides) - columns.keys())
+        unknown = sorted(set(overrides) - allowed)
         if unknown:
             keep[i] = False
             rejected.append((i, f"unknown request feature(s) {unknown}", ErrorType.INVALID_RECORD))
             continue
         for name, value in overrides.items():
-            columns[name][i] = value
+            if name in columns:
+                columns[name][i] = value
     if policy == "dlq":
         for i in np.flatnonzero(keep & ~found):
             keep[i] = False

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -30,6 +30,7 @@ from rig.config import RigSettings
 from rig.errors import FeatureStoreError, FeatureStoreUnavailable
 
 if TYPE_CHECKING:
+    from rig.features.selection import FeatureSelection
     from rig.features.store import FeatureStoreClient
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,13 @@ class OnlineFeatures:
 class OnlineReader(Protocol):
     """Reads the latest online features of a batch of entities."""
 
-    def read(self, entity_ids: Sequence[str]) -> OnlineFeatures:
+    selection: FeatureSelection
+
+    def read(
+        self, entity_ids: Sequence[str], request_data: Mapping[str, Sequence[Any]] | None = None
+    ) -> OnlineFeatures:
         """Features of `entity_ids` in input order; duplicates and unknown ids are allowed.
+        `request_data` holds, per request-time field of on-demand views, one value per entity id.
 
         Raises:
             FeatureStoreError: when the online store cannot be read.
@@ -82,21 +88,47 @@ class OnlineReader(Protocol):
 
 
 class FeastSdkReader:
-    """The reference reader: Feast's `get_online_features` through `FeatureStoreClient.online`."""
+    """The reference reader: Feast's `get_online_features` through `FeatureStoreClient.online`; it
+    reads any selection, on-demand feature views included (Feast computes them)."""
 
-    def __init__(self, client: FeatureStoreClient) -> None:
+    def __init__(self, client: FeatureStoreClient, selection: FeatureSelection | None = None) -> None:
         self.client = client
-        self.feature_names: tuple[str, ...] = tuple(client.feature_names)
+        self.selection = selection or client.selection()
+        self.feature_names: tuple[str, ...] = self.selection.columns
 
-    def read(self, entity_ids: Sequence[str]) -> OnlineFeatures:
+    def read(
+        self, entity_ids: Sequence[str], request_data: Mapping[str, Sequence[Any]] | None = None
+    ) -> OnlineFeatures:
         from rig.features.store import ENTITY_FOUND
 
-        frame = self.client.online(entity_ids)
-        columns = {
-            name: np.ascontiguousarray(frame[name].to_numpy(dtype=np.float64)) for name in self.feature_names
-        }
+        frame = self.client.online(entity_ids, self.selection, request_data)
+        columns = {name: np.ascontiguousarray(frame[name].to_numpy()) for name in self.feature_names}
         found = frame[ENTITY_FOUND].to_numpy(dtype=bool)
         return OnlineFeatures(columns=columns, found=found, feature_names=self.feature_names)
+
+
+def layout_unreadable(client: FeatureStoreClient, selection: FeatureSelection) -> str | None:
+    """Why `RedisLayoutReader` cannot read a selection (the SDK reader must), or None when it can."""
+    config = client.repo_config()
+    store = config.online_store
+    if getattr(store, "type", None) != "redis" or getattr(store, "redis_type", "redis") != "redis":
+        return f"the online store is not a single Redis ({getattr(store, 'type', store)!r})"
+    if getattr(config.registry, "enable_online_feature_view_versioning", False):
+        return "the registry versions online feature views"
+    if selection.on_demand:
+        return f"on-demand feature views {list(selection.on_demand)} are computed by Feast"
+    if len(selection.join_keys) != 1:
+        return f"the entity has several join keys {[key.name for key in selection.join_keys]}"
+    other = [
+        ref for ref, kind in zip(selection.refs, selection.types, strict=True) if kind not in NUMERIC_TYPES
+    ]
+    if other:
+        return f"features {other} are not numbers"
+    return None
+
+
+NUMERIC_TYPES = frozenset({"Float32", "Float64", "Int32", "Int64"})
+"""Feast types the Redis-layout reader decodes (a Bool is read by the SDK reader)."""
 
 
 class RedisLayoutReader:
@@ -115,64 +147,59 @@ class RedisLayoutReader:
 
     Args:
         settings: `redis_url` names the Redis database Feast writes to.
-        client: The feature store whose repo config, feature view and entity are read.
+        client: The feature store whose repo config and registry are read.
+        selection: What to read (the repo's default when None): the features of one or more views
+            of one entity with one join key (their values share one Redis hash per entity).
 
     Raises:
-        FeatureStoreError: when the repo config is unusable, the entity's join key is not a string,
-            or the online store is not a single Redis (cluster, sentinel, versioned views).
+        FeatureStoreError: when the repo config is unusable or `layout_unreadable` says why this
+            reader cannot read the selection.
     """
 
-    def __init__(self, settings: RigSettings, client: FeatureStoreClient) -> None:
+    def __init__(
+        self, settings: RigSettings, client: FeatureStoreClient, selection: FeatureSelection | None = None
+    ) -> None:
         import redis
         from feast.infra.key_encoding_utils import serialize_entity_key
         from feast.infra.online_stores.helpers import _mmh3
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
         from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-        from feast.value_type import ValueType
         from google.protobuf.message import DecodeError
         from google.protobuf.timestamp_pb2 import Timestamp
 
         self.settings = settings
         self.client = client
+        self.selection = selection = selection or client.selection()
+        reason = layout_unreadable(client, selection)
+        if reason is not None:
+            raise FeatureStoreError(
+                f"RedisLayoutReader cannot read this selection: {reason}; use FeastSdkReader"
+            )
         config = client.repo_config()
-        store = config.online_store
-        if getattr(store, "type", None) != "redis" or getattr(store, "redis_type", "redis") != "redis":
-            raise FeatureStoreError(
-                f"RedisLayoutReader reads a single Redis online store, not {store!r}; use FeastSdkReader"
-            )
-        if getattr(config.registry, "enable_online_feature_view_versioning", False):
-            raise FeatureStoreError(
-                "RedisLayoutReader does not read versioned feature views "
-                "(enable_online_feature_view_versioning); use FeastSdkReader"
-            )
-        view = client.feature_view
-        join_key = client.join_key
-        entity = {item.name: item for item in client.definitions[0]}.get(view.entities[0])
-        if entity is None or entity.value_type != ValueType.STRING:
-            raise FeatureStoreError(
-                f"RedisLayoutReader needs a string join key; {view.name}'s entity is {entity!r}"
-            )
+        [join_key] = selection.join_keys
 
         self.project: str = config.project
-        self.feature_names: tuple[str, ...] = tuple(client.feature_names)
+        self.feature_names: tuple[str, ...] = selection.columns
         self.entity_key_serialization_version: int = config.entity_key_serialization_version
-        self.view_name: str = view.name
-        self.timestamp_field: bytes = f"_ts:{view.name}".encode()
+        self.view_names: tuple[str, ...] = selection.views
+        self.timestamp_fields: tuple[bytes, ...] = tuple(f"_ts:{view}".encode() for view in self.view_names)
         self.hash_fields: tuple[bytes, ...] = (
-            *(_mmh3(f"{view.name}:{name}") for name in self.feature_names),
-            self.timestamp_field,
+            *(_mmh3(ref) for ref in selection.refs),
+            *self.timestamp_fields,
         )
-        """Fields read from every hash: one per feature (schema order), then the timestamp."""
+        """Fields read from every hash: one per feature (selection order), then one timestamp per view."""
 
         project = self.project.encode()
         version = self.entity_key_serialization_version
+        value_field = "string_val" if join_key.kind == "string" else f"{join_key.kind}_val"
 
         def feast_key(entity_id: str) -> bytes:
-            proto = EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=entity_id)])
+            value = ValueProto(**{value_field: join_key.parse(entity_id)})
+            proto = EntityKeyProto(join_keys=[join_key.name], entity_values=[value])
             return serialize_entity_key(proto, entity_key_serialization_version=version) + project
 
         self._feast_key = feast_key
-        self._key_head = self._template_head(feast_key, project)
+        self._key_head = self._template_head(feast_key, project) if join_key.kind == "string" else None
         self._value_proto = ValueProto
         self._timestamp = Timestamp
         self._decode_error = DecodeError
@@ -234,7 +261,9 @@ class RedisLayoutReader:
 
     # Reading ----------------------------------------------------------------------------------
 
-    def read(self, entity_ids: Sequence[str]) -> OnlineFeatures:
+    def read(
+        self, entity_ids: Sequence[str], request_data: Mapping[str, Sequence[Any]] | None = None
+    ) -> OnlineFeatures:
         ids = entity_ids if isinstance(entity_ids, list) else list(entity_ids)
         unique = list(dict.fromkeys(ids))
         n_features = len(self.feature_names)
@@ -310,14 +339,16 @@ class RedisLayoutReader:
         packed = np.frombuffer(b"".join(parts), dtype=_TAGGED_DOUBLE)["value"]
         values = np.ascontiguousarray(packed.reshape(len(replies), n_features).T)
         cache = self._found_by_ts
-        found = np.fromiter(
-            (
-                hit if (hit := cache.get(ts)) is not None else self._found(ts)
-                for ts in (reply[n_features] for reply in replies)
-            ),
-            bool,
-            len(replies),
-        )
+        found = np.zeros(len(replies), dtype=bool)
+        for view in range(len(self.timestamp_fields)):  # found in any view of the entity
+            found |= np.fromiter(
+                (
+                    hit if (hit := cache.get(ts)) is not None else self._found(ts)
+                    for ts in (reply[n_features + view] for reply in replies)
+                ),
+                bool,
+                len(replies),
+            )
         return values, found
 
     def _slow_double(self, value: bytes | None) -> bytes:

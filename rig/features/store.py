@@ -9,14 +9,12 @@ rig's own: the Redis online store comes from `settings.redis_url`, and the regis
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -26,13 +24,14 @@ import yaml
 
 from rig.config import RigSettings
 from rig.errors import ConfigError, FeatureStoreError, FeatureStoreUnavailable
+from rig.features.selection import SERVED_TYPES, FeatureSelection, full_name, resolve
 
 if TYPE_CHECKING:
-    from feast import Entity, FeatureStore, FeatureView
+    from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
-DEFINITIONS_FILE = "features.py"
-"""File of the feature repo that defines the Feast objects."""
+REGISTRY_FILE = "rig_registry.db"
+"""The rig's Feast registry (a SQLite `sql` registry) in the repo's data folder."""
 
 ENTITY_FOUND = "entity_found"
 """Boolean column of `FeatureStoreClient.online`: False for entities the online store lacks."""
@@ -65,21 +64,60 @@ def redis_connection_string(redis_url: str) -> str:
     return ",".join(params)
 
 
-def _load_definitions(path: Path) -> ModuleType:
-    """Import the repo's definitions file by path (a fresh module each time)."""
-    if not path.is_file():
-        raise FeatureStoreError(f"Feast definitions not found at {path}")
-    name = f"rig_feast_definitions_{abs(hash(path.resolve()))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise FeatureStoreError(f"cannot import Feast definitions from {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+def _decode(response: Any, selection: FeatureSelection) -> tuple[dict[str, Any], np.ndarray]:
+    """Columns and found flags from Feast's response protobuf.
+
+    Feast 0.67's Redis store reports status PRESENT even for unknown entities, so an entity counts
+    as found when one of its stored views has an event timestamp (the zero timestamp when nothing
+    is stored); on-demand features carry no stored timestamp and do not count. Numbers become
+    float64 (stored NaNs and missing values alike become NaN); strings stay strings.
+    """
+    # Feast names each answer by the feature (or, with full names, `view__feature`).
+    wanted = {
+        (full_name(ref) if selection.full_names else ref.split(":", 1)[1]): (column, feast_type, ref)
+        for ref, column, feast_type in zip(selection.refs, selection.columns, selection.types, strict=True)
+    }
+    names = response.proto.metadata.feature_names.val
+    found: np.ndarray | None = None
+    columns: dict[str, Any] = {}
+    for answered, result in zip(names, response.proto.results, strict=True):
+        if answered not in wanted:
+            continue  # a join key or request field
+        column, feast_type, ref = wanted[answered]
+        kinds = [value.WhichOneof("val") for value in result.values]
+        if feast_type in SERVED_TYPES:
+            numbers = [
+                float(getattr(value, kind)) if kind in _NUMERIC_VALUES else np.nan
+                for value, kind in zip(result.values, kinds, strict=True)
+            ]
+            columns[column] = np.array(numbers, dtype=np.float64)
+        else:
+            texts = [
+                getattr(value, kind) if kind else None
+                for value, kind in zip(result.values, kinds, strict=True)
+            ]
+            columns[column] = np.array(texts, dtype=object)
+        if ref.split(":", 1)[0] not in selection.on_demand:
+            present = np.fromiter((ts.seconds != 0 for ts in result.event_timestamps), bool, len(kinds))
+            found = present if found is None else found | present
+    n = len(next(iter(columns.values()))) if columns else 0
+    return {column: columns[column] for column in selection.columns}, (
+        found if found is not None else np.ones(n, dtype=bool)
+    )
+
+
+@contextlib.contextmanager
+def _inside(repo: Path) -> Iterator[None]:
+    """Run in the repo's folder with it on the import path, as `feast apply` does; restored after."""
+    previous = os.getcwd()
+    sys.path.insert(0, str(repo))
+    os.chdir(repo)
     try:
-        spec.loader.exec_module(module)
+        yield
     finally:
-        sys.modules.pop(name, None)
-    return module
+        os.chdir(previous)
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(repo))
 
 
 @contextlib.contextmanager
@@ -102,6 +140,7 @@ class FeatureStoreClient:
         self.settings = settings
         self.repo_path = settings.feast_repo.resolve()
         self.data_dir = settings.feast_data_dir.resolve()
+        self._selections: dict[tuple[str | None, tuple[str, ...] | None], FeatureSelection] = {}
 
     @contextlib.contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -142,15 +181,20 @@ class FeatureStoreClient:
             raw = yaml.safe_load(yaml_path.read_text()) or {}
         except (OSError, yaml.YAMLError) as error:
             raise FeatureStoreError(f"cannot read Feast repo config {yaml_path}: {error}") from error
-        # The registry is a SQLite database (Feast's `sql` registry) in the rig's data folder.
+        # The registry is a SQLite database (Feast's `sql` registry) in the repo's data folder, under a
+        # name of its own: a repo's own `feast apply` keeps its file registry (data/registry.db) apart.
         registry = raw.get("registry") if isinstance(raw.get("registry"), dict) else {}
         raw["registry"] = {
             **registry,
             "registry_type": "sql",
-            "path": f"sqlite:///{self.data_dir / 'registry.db'}",
+            "path": f"sqlite:///{self.data_dir / REGISTRY_FILE}",
         }
+        # The online store is the rig's Redis whatever the repo names (e.g. `feast init`'s SQLite);
+        # a repo's own Redis options (key_ttl_seconds, ...) are kept.
+        online = raw.get("online_store") if isinstance(raw.get("online_store"), dict) else {}
+        kept = online if online.get("type") == "redis" else {}
         raw["online_store"] = {
-            **(raw.get("online_store") or {}),
+            **kept,
             "type": "redis",
             "connection_string": redis_connection_string(self.settings.redis_url),
         }
@@ -170,54 +214,54 @@ class FeatureStoreClient:
         with self._errors("opening the Feast feature store"):
             return FeatureStore(repo_path=str(self.repo_path), config=self.repo_config())
 
-    @cached_property
-    def definitions(self) -> tuple[list[Entity], list[FeatureView]]:
-        """Entities and feature views defined in the repo's `features.py`."""
-        from feast import Entity, FeatureView
+    def selection(self, service: str | None = None, refs: Sequence[str] | None = None) -> FeatureSelection:
+        """The features a model reads: a feature service, explicit `view:feature` refs, or the repo's
+        default (see `rig.features.selection.resolve`), resolved against the applied registry.
 
-        module = _load_definitions(self.repo_path / DEFINITIONS_FILE)
-        objects = list(vars(module).values())
-        entities = [item for item in objects if isinstance(item, Entity)]
-        views = [item for item in objects if isinstance(item, FeatureView)]
-        if not views:
-            raise FeatureStoreError(f"no FeatureView defined in {self.repo_path / DEFINITIONS_FILE}")
-        return entities, views
-
-    @property
-    def feature_view(self) -> FeatureView:
-        """The (single) feature view the rig reads."""
-        return self.definitions[1][0]
+        Raises:
+            FeatureStoreError: an unknown service, view or feature, or the repo is not applied.
+        """
+        key = (service, tuple(refs) if refs else None)
+        if key not in self._selections:
+            with self._errors("reading the Feast registry"):
+                self._selections[key] = resolve(self.store, service, refs)
+        return self._selections[key]
 
     @property
     def feature_names(self) -> list[str]:
-        """Feature names of the feature view, in its schema order."""
-        return [field.name for field in self.feature_view.features]
+        """Raw feature columns of the repo's default selection, in order."""
+        return list(self.selection().columns)
 
     @property
     def join_key(self) -> str:
-        """Join key of the feature view's entity (`entity_id`).
+        """The single join key of the repo's default selection.
 
-        Read from the entity definition: a FeatureView's own `join_keys` stay empty until applied.
+        Raises:
+            FeatureStoreError: its entity has several join keys (use `selection().join_keys`).
         """
-        entities = {entity.name: entity for entity in self.definitions[0]}
-        name = self.feature_view.entities[0]
-        if name not in entities:
-            raise FeatureStoreError(f"entity {name!r} of {self.feature_view.name} is not defined")
-        return entities[name].join_key
-
-    def feature_refs(self) -> list[str]:
-        """`view:feature` references of every feature, for Feast reads."""
-        return [f"{self.feature_view.name}:{name}" for name in self.feature_names]
+        keys = self.selection().join_keys
+        if len(keys) != 1:
+            raise FeatureStoreError(f"the entity has several join keys {[k.name for k in keys]}")
+        return keys[0].name
 
     def apply(self) -> None:
-        """Register the repo's entities and feature views (creates the registry when missing).
+        """Register every object the repo defines, the way `feast apply` does (it imports every
+        Python file of the repo), with the rig's Redis and registry.
 
         Raises:
             FeatureStoreError: on an invalid definition or an unreachable online store.
         """
-        entities, views = self.definitions
+        from feast.repo_operations import apply_total_with_repo_instance, parse_repo
+
         with self._errors("feast apply"):
-            self.store.apply([*entities, *views])
+            with _inside(self.repo_path):
+                repo = parse_repo(self.repo_path)
+            store = self.store
+            with _quiet(False):
+                apply_total_with_repo_instance(
+                    store, store.project, store.registry, repo, skip_source_validation=False
+                )
+        self._selections.clear()
 
     def materialize(self, start: datetime, end: datetime, progress: bool = True) -> None:
         """Load the latest value per entity with timestamps in `[start, end]` into Redis.
@@ -228,92 +272,116 @@ class FeatureStoreClient:
             progress: Show Feast's progress bar and log lines.
 
         Raises:
-            FeatureStoreError: when Redis is down, the offline Parquet is missing, or nothing is applied.
+            FeatureStoreError: when Redis is down, the offline store is missing, or nothing is applied.
         """
         with self._errors("feast materialize"), _quiet(progress):
             self.store.materialize(start_date=start, end_date=end)
 
-    def online(self, entity_ids: Sequence[str]) -> pd.DataFrame:
-        """Latest features of entities from the online store, in one batched Feast call.
+    def online(
+        self,
+        entity_ids: Sequence[str],
+        selection: FeatureSelection | None = None,
+        request_data: Mapping[str, Sequence[Any]] | None = None,
+    ) -> pd.DataFrame:
+        """Latest features of entities from the online store, in one batched Feast call (on-demand
+        views computed by Feast, from `request_data` for their request-time fields).
 
         Args:
-            entity_ids: Entity ids; duplicates allowed.
+            entity_ids: Entity ids (`rig.wire.requests`); duplicates allowed.
+            selection: What to read; the repo's default when None.
+            request_data: Request-time field → one value per entity id.
 
         Returns:
-            DataFrame in input order: the join key, every feature (float64; NaN when missing) and
-            `entity_found` (False for entities the online store does not hold).
+            DataFrame in input order: the join keys, one column per selected feature (float64 for
+            numbers, NaN when missing; as stored for a String), and `entity_found` (False for entities
+            the online store does not hold in any view of the selection).
 
         Raises:
-            FeatureStoreError: when Redis is down or the feature view is not registered.
+            FeatureStoreError: when Redis is down or the selection is not registered.
         """
+        selection = selection or self.selection()
         ids = list(entity_ids)
-        names = self.feature_names
-        unique_ids = list(dict.fromkeys(ids))
-        values = np.full((len(unique_ids), len(names)), np.nan)
-        found = np.zeros(len(unique_ids), dtype=bool)
-        if unique_ids:
-            with self._errors("online feature read"):
-                response = self.store.get_online_features(
-                    features=self.feature_refs(), entity_rows={self.join_key: unique_ids}
-                )
-                self._decode(response, names, values, found)
-        rows = pd.Index(unique_ids, dtype=object).get_indexer(ids)
-        frame = pd.DataFrame(values[rows], columns=names)
-        frame.insert(0, self.join_key, pd.Series(ids, dtype=object))
-        frame[ENTITY_FOUND] = found[rows]
+        names = list(selection.columns)
+        if not ids:
+            return pd.DataFrame({**{name: pd.Series(dtype=np.float64) for name in names}, ENTITY_FOUND: []})
+        try:
+            rows = selection.key_spec.rows(ids)
+        except ValueError as error:
+            raise FeatureStoreError(f"online feature read: {error}") from error
+        for name, kind in zip(selection.request_fields, selection.request_types, strict=True):
+            values = list((request_data or {}).get(name, [None] * len(ids)))
+            if kind in ("Int64", "Int32"):  # request features travel as doubles
+                values = [int(v) if isinstance(v, float) and v.is_integer() else v for v in values]
+            rows[name] = values
+        entity_rows = [dict(zip(rows, values, strict=True)) for values in zip(*rows.values(), strict=True)]
+        with self._errors("online feature read"):
+            response = self.store.get_online_features(
+                features=list(selection.refs),
+                entity_rows=entity_rows,
+                full_feature_names=selection.full_names,
+            )
+            columns, found = _decode(response, selection)
+        frame = pd.DataFrame(
+            {**{key: pd.Series(values, dtype=object) for key, values in rows.items()}, **columns}
+        )
+        frame = frame.drop(columns=list(selection.request_fields))
+        frame[ENTITY_FOUND] = found
         return frame
 
-    @staticmethod
-    def _decode(response: Any, names: list[str], values: np.ndarray, found: np.ndarray) -> None:
-        """Fill `values` (rows x features) and `found` from Feast's response protobuf.
-
-        Feast 0.67's Redis store reports status PRESENT even for unknown entities, so a row counts
-        as found when its event timestamp is set (it is the zero timestamp when nothing is stored).
-        Stored NaNs come back as empty values, as do missing ones: both become NaN.
-        """
-        column = {name: index for index, name in enumerate(names)}
-        response_names = response.proto.metadata.feature_names.val
-        for name, result in zip(response_names, response.proto.results, strict=True):
-            if name not in column:
-                continue  # the join key
-            kinds = (value.WhichOneof("val") for value in result.values)
-            values[:, column[name]] = [
-                getattr(value, kind) if kind in _NUMERIC_VALUES else np.nan
-                for value, kind in zip(result.values, kinds, strict=True)
-            ]
-            found |= np.fromiter((ts.seconds != 0 for ts in result.event_timestamps), bool, len(found))
-
-    def historical(self, entity_df: pd.DataFrame) -> pd.DataFrame:
+    def historical(self, entity_df: pd.DataFrame, selection: FeatureSelection | None = None) -> pd.DataFrame:
         """Point-in-time correct features for training rows, from the offline store.
 
         Args:
-            entity_df: Rows with the join key and `event_timestamp`; other columns (e.g. `label`)
-                are kept.
+            entity_df: Rows with the entity's join keys and `event_timestamp` (and the request-time
+                fields of on-demand views); other columns (e.g. `label`) are kept.
+            selection: What to read; the repo's default when None.
 
         Returns:
-            `entity_df` in its order with every feature added (NaN when no snapshot within the
-            feature view's ttl at or before the row's time).
+            `entity_df` in its order with every selected feature added (NaN when no snapshot within
+            the feature view's ttl at or before the row's time).
 
         Raises:
-            FeatureStoreError: when the offline Parquet is missing or the entity frame is invalid.
+            FeatureStoreError: when the offline store is missing or the entity frame is invalid.
         """
-        missing = {self.join_key, "event_timestamp"} - set(entity_df.columns)
+        selection = selection or self.selection()
+        keys = [*selection.key_spec.names, "event_timestamp"]
+        missing = set(keys) - set(entity_df.columns)
         if missing:
             raise FeatureStoreError(f"entity_df lacks column(s) {sorted(missing)}")
-        keys = [self.join_key, "event_timestamp"]
         # Feast keeps one row per (entity, time) and its file offline store drops rows whose entity
         # has snapshots but none within the ttl: ask for each distinct pair once, numbered, and
         # join the answers back so every input row survives (NaN features when nothing matched).
         group = entity_df.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()
         rows = entity_df.reset_index(drop=True).assign(_rig_group=group)
-        distinct = rows[[*keys, "_rig_group"]].drop_duplicates("_rig_group")
+        distinct = rows[[*keys, *selection.request_fields, "_rig_group"]].drop_duplicates("_rig_group")
         with self._errors("historical feature read"):
-            job = self.store.get_historical_features(entity_df=distinct, features=self.feature_refs())
+            job = self.store.get_historical_features(
+                entity_df=distinct, features=list(selection.refs), full_feature_names=selection.full_names
+            )
             found = job.to_df()
-        names = self.feature_names
-        found = found[["_rig_group", *names]].astype(dict.fromkeys(names, np.float64))
+        if selection.full_names:
+            found = found.rename(
+                columns={
+                    full_name(ref): column
+                    for ref, column in zip(selection.refs, selection.columns, strict=True)
+                }
+            )
+        names = list(selection.columns)
+        numeric = [name for name, kind in zip(names, selection.types, strict=True) if kind in SERVED_TYPES]
+        found = found[["_rig_group", *names]].astype(dict.fromkeys(numeric, np.float64))
         frame = rows.merge(found, on="_rig_group", how="left", validate="many_to_one")
         return frame.drop(columns="_rig_group")
+
+    def push(self, source: str, frame: pd.DataFrame) -> None:
+        """Push fresh feature rows to a push source (online and offline), as Feast's `push` does.
+
+        Raises:
+            FeatureStoreError: unknown push source, rows that do not fit it, or Redis away.
+        """
+        from feast.data_source import PushMode
+
+        with self._errors(f"push to {source}"):
+            self.store.push(source, frame, to=PushMode.ONLINE_AND_OFFLINE)
 
     def teardown(self) -> None:
         """Delete this project's online rows from Redis and its objects from the registry."""

@@ -38,6 +38,7 @@ import pandas as pd
 
 from rig.config import RigSettings
 from rig.errors import BatchInputError, RegistryError
+from rig.features.selection import FeatureSelection
 from rig.features.store import FeatureStoreClient
 from rig.models.registry import ModelRegistry
 from rig.transform.model_inputs import column_index
@@ -100,8 +101,22 @@ class _Scorer:
             raise RegistryError("no model version to score: pass at least one version")
         self.golden = golden
         self.score_missing_entities = settings.missing_entity_policy == "defaults"
-        self.groups = _load_groups(ModelRegistry(settings.model_dir), self.versions)
+        registry = ModelRegistry(settings.model_dir)
+        self.groups = _load_groups(registry, self.versions)
         self.client = FeatureStoreClient(settings)
+        self.selection = self._selection(registry)
+        self.keys = self.selection.key_spec.names
+
+    def _selection(self, registry: ModelRegistry) -> FeatureSelection:
+        """What every scored model reads, together (the repo's default for a model that did not
+        record it)."""
+        combined: FeatureSelection | None = None
+        for version in self.versions:
+            recorded = registry.meta(version).selection
+            selection = FeatureSelection.from_dict(recorded) if recorded else self.client.selection()
+            combined = selection if combined is None else combined.union(selection)
+        assert combined is not None  # at least one version
+        return combined
 
     @property
     def output_columns(self) -> tuple[str, ...]:
@@ -111,11 +126,10 @@ class _Scorer:
 
     def check_columns(self, columns: Sequence[str], source: str) -> None:
         """Raises: BatchInputError when key columns are missing or output names are taken."""
-        missing = [name for name in (ENTITY_COLUMN, TIME_COLUMN) if name not in columns]
+        needed = (*self.keys, TIME_COLUMN)
+        missing = [name for name in needed if name not in columns]
         if missing:
-            raise BatchInputError(
-                f"{source} lacks column(s) {missing}; it needs {ENTITY_COLUMN}, {TIME_COLUMN}"
-            )
+            raise BatchInputError(f"{source} lacks column(s) {missing}; it needs {', '.join(needed)}")
         taken = [name for name in self.output_columns if name in columns]
         if taken:
             raise BatchInputError(f"{source} already has output column(s) {taken}; rename them")
@@ -123,10 +137,10 @@ class _Scorer:
     def score(self, chunk: pd.DataFrame) -> pd.DataFrame:
         """`chunk` (index kept) with `event_timestamp` parsed as UTC and the output columns added."""
         n = len(chunk)
-        ids = chunk[ENTITY_COLUMN].to_numpy(dtype=object)
-        times, reasons = _parse_keys(ids, chunk[TIME_COLUMN])
+        keys = {name: chunk[name].to_numpy(dtype=object) for name in self.keys}
+        times, reasons = _parse_keys(keys, chunk[TIME_COLUMN])
         valid = reasons == ""
-        features = self._features(ids, times, valid)
+        features = self._features(keys, times, valid)
         found = valid & features.notna().any(axis=1).to_numpy()
         usable = valid & (found | self.score_missing_entities)
         reasons[valid & ~usable] = NOT_FOUND_REASON
@@ -155,16 +169,22 @@ class _Scorer:
         out[REASON_COLUMN] = reasons
         return out
 
-    def _features(self, ids: np.ndarray, times: pd.Series, valid: np.ndarray) -> pd.DataFrame:
+    def _features(self, keys: dict[str, np.ndarray], times: pd.Series, valid: np.ndarray) -> pd.DataFrame:
         """Raw features per row (NaN for rows not looked up or not found), positionally aligned."""
-        names = self.client.feature_names
-        values = np.full((len(ids), len(names)), np.nan)
+        names = list(self.selection.columns)
+        n = len(times)
+        frame = pd.DataFrame({name: np.full(n, np.nan) for name in names})
         if valid.any():
-            lookup = pd.DataFrame(
-                {self.client.join_key: ids[valid].astype(str), TIME_COLUMN: times[valid].to_numpy()}
-            )
-            values[valid] = self.client.historical(lookup)[names].to_numpy(dtype=np.float64)
-        return pd.DataFrame(values, columns=names)
+            lookup = pd.DataFrame({name: values[valid] for name, values in keys.items()})
+            for key in self.selection.join_keys:
+                lookup[key.name] = lookup[key.name].astype(str if key.kind == "string" else np.int64)
+            lookup[TIME_COLUMN] = times[valid].to_numpy()
+            found = self.client.historical(lookup, self.selection)[names]
+            for name in names:
+                column = found[name].to_numpy()
+                frame[name] = frame[name].astype(column.dtype if column.dtype.kind in "fiub" else object)
+                frame.loc[valid, name] = column
+        return frame
 
 
 def _load_groups(registry: ModelRegistry, versions: Sequence[str]) -> list[_TransformGroup]:
@@ -195,18 +215,19 @@ def _load_groups(registry: ModelRegistry, versions: Sequence[str]) -> list[_Tran
     return [_TransformGroup(transforms[key], tuple(models)) for key, models in members.items()]
 
 
-def _parse_keys(ids: np.ndarray, raw_times: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    """UTC times (NaT where unusable) and a reason per row ("" when the key is usable)."""
+def _parse_keys(keys: dict[str, np.ndarray], raw_times: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """UTC times (NaT where unusable) and a reason per row ("" when its keys are usable)."""
     times = _utc_times(raw_times)
-    reasons = np.full(len(ids), "", dtype=object)
+    reasons = np.full(len(raw_times), "", dtype=object)
     bad_time = times.isna().to_numpy()
     for row in np.flatnonzero(bad_time):
         value = raw_times.iloc[row]
         reasons[row] = (
             f"{TIME_COLUMN}: missing" if pd.isna(value) else f"{TIME_COLUMN}: {value!r} is not a timestamp"
         )
-    missing_id = pd.isna(ids) | (pd.Series(ids, dtype=object).astype(str).str.strip() == "").to_numpy()
-    reasons[missing_id] = f"{ENTITY_COLUMN}: missing"
+    for name, ids in keys.items():
+        missing_id = pd.isna(ids) | (pd.Series(ids, dtype=object).astype(str).str.strip() == "").to_numpy()
+        reasons[missing_id] = f"{name}: missing"
     return times, reasons
 
 
@@ -376,7 +397,7 @@ def _open_input(path: Path, chunk_rows: int) -> tuple[int, pa.Schema, Iterator[p
             file = pq.ParquetFile(path)
             batches = _reading(path, file.iter_batches(batch_size=chunk_rows))
             return file.metadata.num_rows, file.schema_arrow, batches
-        options = pacsv.ConvertOptions(column_types={ENTITY_COLUMN: pa.string()})
+        options = pacsv.ConvertOptions(column_types={ENTITY_COLUMN: pa.string()})  # ids as text
         table = pacsv.read_csv(path, convert_options=options)
     except (pa.ArrowException, OSError) as error:
         raise BatchInputError(f"cannot read {path}: {error}") from error

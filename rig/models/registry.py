@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rig.errors import ModelIntegrityError, RegistryError
 
@@ -46,6 +46,9 @@ class ModelMeta:
     transform_version: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     training: dict[str, str | int | float] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None
+    """The Feast features its transform reads (`rig.features.selection.FeatureSelection.to_dict`);
+    None for a model stored before selections were recorded (the repo's default selection)."""
 
 
 def sha256_of(data: bytes) -> str:
@@ -68,6 +71,7 @@ class ModelRegistry:
         metrics: dict[str, float] | None = None,
         training: dict[str, str | int | float] | None = None,
         reference: pd.DataFrame | None = None,
+        selection: dict[str, Any] | None = None,
     ) -> ModelMeta:
         """Store a trained booster as the next version of `name`.
 
@@ -92,6 +96,7 @@ class ModelRegistry:
             transform_version=transform_version,
             metrics=dict(metrics or {}),
             training=dict(training or {}),
+            selection=selection,
         )
         folder = self.root / version
         folder.mkdir(parents=True)

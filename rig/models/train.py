@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from rig.config import RigSettings
+from rig.features.selection import FeatureSelection
 from rig.models.metrics import log_loss_per_row, roc_auc
 from rig.models.registry import ModelMeta, ModelRegistry
 from rig.transform.fitted import FittedTransform, fit
@@ -105,6 +106,7 @@ def train_and_register(
     seed: int = 0,
     transform: FittedTransform | None = None,
     training: dict[str, str | int | float] | None = None,
+    selection: FeatureSelection | None = None,
 ) -> TrainingReport:
     """Train on the earlier 80 % of `frame`, score the later 20 %, and store model and transform.
 
@@ -114,6 +116,7 @@ def train_and_register(
         transform: a transform already fitted on the same training part (to share it between the
             models of one deployment); fitted here from `settings.transform_spec` when not given.
         training: more to record about the run in the model's metadata (e.g. a feature set's name).
+        selection: the Feast features `frame` was read with (recorded: the workers read them).
     """
     train, test = split_by_time(frame)
     fitted = transform or fit(load_transform_spec(settings), train)
@@ -141,5 +144,6 @@ def train_and_register(
             "seed": seed,
         },
         reference=train.select_dtypes("number").drop(columns=[LABEL_COLUMN]),
+        selection=None if selection is None else selection.to_dict(),
     )
     return TrainingReport(meta=meta, auc=auc, log_loss=loss, n_train=int(ok_train.sum()), n_test=len(labels))

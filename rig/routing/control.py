@@ -158,7 +158,8 @@ class ControlFollower:
         reason to give up. None when stopped meanwhile."""
         from confluent_kafka import KafkaException, TopicPartition
 
-        delay, next_warning = 0.2, 0.0
+        # The first warning waits a few seconds: a topic created a moment ago has no leader yet.
+        delay, next_warning = 0.2, time.monotonic() + 3
         while not self._stop.is_set():
             try:
                 metadata = consumer.list_topics(topic, timeout=10).topics[topic]

@@ -173,7 +173,11 @@ class Backbone:
         self._experiment_pool.shutdown(wait=False, cancel_futures=True)
 
     async def predict_batch(
-        self, features: np.ndarray, score_rows: Mapping[str, np.ndarray], golden: str
+        self,
+        features: np.ndarray,
+        score_rows: Mapping[str, np.ndarray],
+        golden: str,
+        columns: Mapping[str, np.ndarray] | None = None,
     ) -> BatchScores:
         """Score one batch: golden and every experiment, one `inplace_predict` each, in parallel.
 
@@ -187,6 +191,8 @@ class Backbone:
             score_rows: per version, the row indices (1-D ints, or a boolean mask) it scores; must
                 include `golden`. Rows covering the whole batch in order are passed without a copy.
             golden: the version whose answer is returned to users.
+            columns: per version, the columns of `features` it reads (`rig.transform.layout`); every
+                column when None.
 
         Returns:
             BatchScores with the golden's scores and every experiment's scores or failure reason.
@@ -208,7 +214,10 @@ class Backbone:
             )
 
         start = time.perf_counter()
-        golden_call = self._submit(self._golden_pool, golden, golden_model, features, score_rows[golden])
+        own = columns or {}
+        golden_call = self._submit(
+            self._golden_pool, golden, golden_model, features, score_rows[golden], own.get(golden)
+        )
         experiments: dict[str, _Call] = {}
         failed: dict[str, str] = {}
         for version, rows in score_rows.items():
@@ -220,7 +229,9 @@ class Backbone:
             elif self._abandoned.get(version, 0):
                 failed[version] = "skipped: an earlier call was abandoned (timed out) and is still running"
             else:
-                experiments[version] = self._submit(self._experiment_pool, version, model, features, rows)
+                experiments[version] = self._submit(
+                    self._experiment_pool, version, model, features, rows, own.get(version)
+                )
         try:
             await asyncio.wait([golden_call.future], timeout=self._timeout_s)
             answer = _outcome_of(golden_call)
@@ -267,8 +278,9 @@ class Backbone:
         model: Model,
         features: np.ndarray,
         rows: np.ndarray,
+        columns: np.ndarray | None,
     ) -> _Call:
-        thread_future = pool.submit(_score, model, features, rows)
+        thread_future = pool.submit(_score, model, features, rows, columns)
         return _Call(version, thread_future, asyncio.wrap_future(thread_future))
 
     def _abandon(self, call: _Call) -> None:
@@ -318,10 +330,12 @@ def _rows_of(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return features[rows]
 
 
-def _score(model: Model, features: np.ndarray, rows: np.ndarray) -> _Outcome:
-    """Runs in a worker thread: one `inplace_predict` on the version's rows."""
+def _score(model: Model, features: np.ndarray, rows: np.ndarray, columns: np.ndarray | None) -> _Outcome:
+    """Runs in a worker thread: one `inplace_predict` on the version's rows (and columns)."""
     try:
         data = _rows_of(features, rows)
+        if columns is not None:
+            data = data[:, columns]
         if data.shape[0] == 0:
             return _Outcome(np.empty(0), None, time.perf_counter())
         scores = np.asarray(model.inplace_predict(data), dtype=np.float64)

@@ -6,6 +6,7 @@ vector) was scored before are answered from the cache; only the misses reach the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 from rig.cache.store import PredictionCache
 from rig.serving.backbone import BatchScores
 from rig.serving.dispatch import DispatchPlan
+from rig.transform.layout import ModelInput
 
 
 @dataclass(frozen=True)
@@ -33,12 +35,15 @@ def look_up(
     plan: DispatchPlan,
     values: np.ndarray,
     entity_ids: np.ndarray,
-    transform_version: str,
+    inputs: Mapping[str, ModelInput],
 ) -> CacheLookup:
-    """Cached scores of every (version, row) the plan wants, and the rows left to score."""
+    """Cached scores of every (version, row) the plan wants, and the rows left to score; each model's
+    key is its own input row and transform version (`rig.transform.layout`)."""
     hits, to_score = {}, {}
     for version, rows in plan.score_rows.items():
-        scores, _tier = cache.get_many(version, transform_version, values[rows], entity_ids[rows])
+        own = inputs[version]
+        rows_values = values[np.ix_(rows, own.columns)]
+        scores, _tier = cache.get_many(version, own.transform_version, rows_values, entity_ids[rows])
         hits[version] = scores
         to_score[version] = rows[np.isnan(scores)]
     return CacheLookup(hits=hits, to_score=to_score)
@@ -71,11 +76,13 @@ def fill_cache(
     computed: BatchScores,
     values: np.ndarray,
     entity_ids: np.ndarray,
-    transform_version: str,
+    inputs: Mapping[str, ModelInput],
 ) -> None:
     """Put every freshly computed score in the cache (after the predictions are published)."""
     for version, rows in lookup.to_score.items():
         if rows.size and version in computed.scores:
+            own = inputs[version]
+            rows_values = values[np.ix_(rows, own.columns)]
             cache.put_many(
-                version, transform_version, values[rows], entity_ids[rows], computed.scores[version]
+                version, own.transform_version, rows_values, entity_ids[rows], computed.scores[version]
             )

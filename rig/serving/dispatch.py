@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +61,28 @@ class DispatchPlan:
     answered_by: np.ndarray
     experiment_of: dict[str, ExperimentRoute]
     capped: dict[str, int]
+
+    def restricted(self, eligible: Mapping[str, np.ndarray]) -> DispatchPlan:
+        """The plan with each experiment scoring only the rows its input allows (`eligible`: per
+        version, a boolean mask over the batch, e.g. the rows its transform accepted); an A/B row
+        left out is answered by the golden."""
+        score_rows = dict(self.score_rows)
+        answered_by = self.answered_by
+        for version, rows in self.score_rows.items():
+            mask = eligible.get(version)
+            if version == self.golden or mask is None or mask[rows].all():
+                continue
+            kept = _frozen(rows[mask[rows]])
+            dropped = rows[~mask[rows]]
+            if answered_by is self.answered_by:
+                answered_by = self.answered_by.copy()
+            answered_by[dropped[answered_by[dropped] == version]] = self.golden
+            if kept.size:
+                score_rows[version] = kept
+            else:
+                del score_rows[version]
+        experiment_of = {v: route for v, route in self.experiment_of.items() if v in score_rows}
+        return DispatchPlan(self.golden, score_rows, answered_by, experiment_of, self.capped)
 
 
 class TrafficLimiter:

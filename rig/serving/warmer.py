@@ -36,8 +36,11 @@ class WarmReport:
     seconds: float
 
 
-def recent_requests(settings: RigSettings, count: int, timeout_s: float = 10) -> list[Request]:
-    """The last `count` requests of the requests topic (spread over its partitions), decoded.
+def recent_requests(
+    settings: RigSettings, count: int, codec: Codec[Request] | None = None, timeout_s: float = 10
+) -> list[Request]:
+    """The last `count` requests of the requests topic (spread over its partitions), decoded with
+    `codec` (the deployment's request codec; the default entity's when None).
 
     Reads by offset with a group-less consumer, so it never disturbs the workers' consumer group.
     """
@@ -47,7 +50,7 @@ def recent_requests(settings: RigSettings, count: int, timeout_s: float = 10) ->
     consumer = Consumer(
         {**settings.kafka_client_config(), "group.id": "rig-warmer", "enable.auto.commit": False}
     )
-    codec = Codec(Request, registry_url=settings.schema_registry_url, allow_json=True)
+    codec = codec or Codec(Request, registry_url=settings.schema_registry_url, allow_json=True)
     try:
         partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
         per_partition = max(1, count // max(len(partitions), 1))
@@ -88,7 +91,7 @@ def warm(
     """Warm `version` on recent traffic: a warm-up batch, then the cache pre-fill.
 
     Args:
-        predict: the loaded model's predict function on the transform output (all columns).
+        predict: the loaded model's predict function on `transform`'s output (all its columns).
         requests: recent requests to replay (their entities' current features are read again).
         cache: where the replayed scores go (skipped when None).
     """

@@ -354,7 +354,8 @@ class FittedTransform:
             values = np.empty((batch.n, len(self.output_columns)), dtype=np.float32)
             for j, column in enumerate(self.output_columns):
                 values[:, j] = batch.columns[column]
-        finite = np.asarray(np.isfinite(values).all(axis=1))
+        usable = np.isfinite(values) | np.isnan(values) if self.spec.allow_missing else np.isfinite(values)
+        finite = np.asarray(usable.all(axis=1))
         row_ok = finite
         for mask, _ in batch.rejects:
             row_ok = row_ok & ~mask
@@ -373,7 +374,8 @@ class FittedTransform:
             for i in np.flatnonzero(mask):
                 found[int(i)].append(reason)
         for i in np.flatnonzero(~finite):
-            bad = [self.output_columns[j] for j in np.flatnonzero(~np.isfinite(values[i]))]
+            allowed = np.isnan(values[i]) if self.spec.allow_missing else np.zeros(values.shape[1], bool)
+            bad = [self.output_columns[j] for j in np.flatnonzero(~np.isfinite(values[i]) & ~allowed)]
             found[int(i)].append(f"non-finite output: {', '.join(bad)}")
         return {i: "; ".join(reasons) for i, reasons in found.items()}
 
@@ -412,6 +414,14 @@ class FittedTransform:
         if not isinstance(data, dict):
             raise TransformError("transform JSON must be an object")
         return cls.from_dict(data)
+
+
+def identity(columns: Sequence[str]) -> FittedTransform:
+    """The transform of a model that reads its features as they are stored, missing values included
+    (numeric columns; a model registered without a transform of its own)."""
+    steps = [{"op": "passthrough", "column": column} for column in columns]
+    spec = TransformSpec.from_dict({"steps": steps, "outputs": list(columns), "allow_missing": True})
+    return FittedTransform(spec, [{} for _ in spec.steps])
 
 
 def fit(spec: TransformSpec, frame: Frame, now: Any = None) -> FittedTransform:

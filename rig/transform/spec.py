@@ -185,6 +185,9 @@ class TransformSpec(BaseModel):
 
     steps: tuple[Step, ...] = Field(min_length=1)
     outputs: tuple[str, ...] = Field(min_length=1)
+    allow_missing: bool = False
+    """Outputs may be NaN: the model handles missing values itself (as XGBoost does). Infinities
+    still reject the row. Off by default: a row with a missing output is rejected with its reason."""
 
     @model_validator(mode="after")
     def _check(self) -> TransformSpec:
@@ -203,7 +206,10 @@ class TransformSpec(BaseModel):
         return _input_kinds(self.steps)
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        if not self.allow_missing:
+            del data["allow_missing"]  # so that transforms written before it keep their version
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
@@ -79,6 +79,11 @@ def _schema_json(name: str, schemas_dir: Path) -> dict[str, Any]:
         raise CodecError(f"schema file {path} is not valid JSON: {exc}") from exc
 
 
+def schema_json(name: str) -> dict[str, Any]:
+    """A schema of `schemas/` as its JSON (a copy: safe to change)."""
+    return copy.deepcopy(_schema_json(name, SCHEMAS_DIR))
+
+
 @functools.lru_cache(maxsize=64)
 def load_schema(name: str, schemas_dir: Path | None = None) -> dict[str, Any]:
     """Load and parse one Avro schema, once per process.
@@ -124,6 +129,24 @@ def _registry_client(url: str) -> Any:
     return SchemaRegistryClient.new_client({"url": url})
 
 
+class Shape(Protocol):
+    """How a record class is laid out on the wire when that is not its schema file: e.g. a request
+    whose entity is the deployment's typed join keys (`rig.wire.requests.KeySpec`)."""
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """The Avro record schema (JSON form) of the wire layout."""
+        ...
+
+    def to_record(self, plain: dict[str, Any]) -> dict[str, Any]:
+        """A decoded wire record as the record class's fields. Raises ValueError when it cannot be."""
+        ...
+
+    def to_wire(self, plain: dict[str, Any]) -> dict[str, Any]:
+        """The record class's fields as the wire record."""
+        ...
+
+
 class Codec(Generic[T]):
     """Encodes and decodes records of one class; see the module docstring for the wire formats."""
 
@@ -136,6 +159,7 @@ class Codec(Generic[T]):
         allow_json: bool = False,
         max_bytes: int = 1_000_000,
         schemas_dir: Path | None = None,
+        shape: Shape | None = None,
     ) -> None:
         """Prepare headers and parsed schemas once, so that no message parses a schema.
 
@@ -148,18 +172,27 @@ class Codec(Generic[T]):
             allow_json: Accept JSON objects on decode.
             max_bytes: Messages longer than this are rejected as oversized.
             schemas_dir: Folder of the `.avsc` files; the repository's `schemas/` by default.
+            shape: The wire layout, when it is not the record class's schema file.
 
         Raises:
             CodecError: The schema cannot be loaded.
         """
         self.record_type = record_type
         self.schema_name = schema_name = record_type.__name__
-        self.schema = load_schema(schema_name, schemas_dir)
+        self._schemas_dir = schemas_dir or SCHEMAS_DIR
+        self._shape = shape
+        if shape is None:
+            self.schema = load_schema(schema_name, schemas_dir)
+            raw = _schema_json(schema_name, self._schemas_dir)
+        else:
+            raw = shape.schema
+            try:
+                self.schema = parse_schema(copy.deepcopy(raw))
+            except Exception as exc:
+                raise CodecError(f"the {schema_name} wire schema is not a valid Avro schema: {exc}") from exc
         self.full_name: str = self.schema["name"]
         self.allow_json = allow_json
         self.max_bytes = max_bytes
-        self._schemas_dir = schemas_dir or SCHEMAS_DIR
-        raw = _schema_json(schema_name, self._schemas_dir)
         self._raw_json = json.dumps(raw)
         self._reader = parse_schema(_strip_logical_types(raw))
         self._json_schema = expand_schema(raw)
@@ -217,8 +250,9 @@ class Codec(Generic[T]):
         if not isinstance(record, self.record_type):
             raise CodecError(f"expected a {self.schema_name} record, got {type(record).__name__}")
         try:
-            return to_plain(record)
-        except TypeError as exc:
+            plain = to_plain(record)
+            return plain if self._shape is None else self._shape.to_wire(plain)
+        except (TypeError, ValueError) as exc:
             raise CodecError(f"invalid {self.full_name} record: {exc}") from exc
 
     def _write_body(self, buffer: io.BytesIO, record: dict[str, Any]) -> None:
@@ -304,8 +338,10 @@ class Codec(Generic[T]):
     def _typed(self, data: bytes, record: Any) -> T | Rejected:
         """The decoded plain record as this codec's class, or why it does not fit (naming the field)."""
         try:
+            if self._shape is not None:
+                record = self._shape.to_record(record)
             return msgspec.convert(record, self.record_type)
-        except msgspec.ValidationError as exc:
+        except (msgspec.ValidationError, ValueError) as exc:
             return Rejected(data, f"invalid {self.full_name}: {exc}", ErrorType.INVALID_RECORD)
 
     def _foreign_fingerprint(self, fp: bytes) -> str:

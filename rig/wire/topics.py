@@ -64,3 +64,19 @@ def ensure_topics(
                 continue
             raise TopicError(f"could not create topic {topic}: {exc}") from exc
     return created
+
+
+def topic_exists(settings: RigSettings, name: str, timeout_s: float = 10) -> bool:
+    """Whether the rig topic `name` (short name) exists on the cluster.
+
+    Raises:
+        TopicError: the cluster did not answer within `timeout_s`.
+    """
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        topics = AdminClient(settings.kafka_client_config()).list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise TopicError(f"the cluster at {settings.kafka_bootstrap} did not answer: {exc}") from exc
+    return settings.topic(name) in topics

@@ -22,7 +22,7 @@ def require_redis(redis_url: str) -> None:
 
 
 def isolated_feast_settings(root: Path, **overrides: object) -> RigSettings:
-    """Settings on a copy of ops/feast with its own Feast project, so tests share Redis safely.
+    """Settings on a copy of examples/synthetic_world with its own Feast project, so tests share Redis safely.
 
     The copy's feature_store.yaml names a dead Redis address on purpose: the rig must take Redis
     from `settings.redis_url`, never from the file.

@@ -1,6 +1,7 @@
 """Real Feast on the real Redis: apply, materialize, online and point-in-time historical reads.
 
-Each run uses a copy of ops/feast with its own Feast project, and removes only that project's keys.
+Each run uses a copy of examples/synthetic_world with its own Feast project, and removes only that
+project's keys.
 """
 
 from __future__ import annotations

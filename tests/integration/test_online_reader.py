@@ -124,7 +124,7 @@ def test_feature_view_ttl_is_not_applied_online_as_in_feast(readers: Readers) ->
 
     If a Feast upgrade starts dropping stale rows online, this fails and the fast reader must follow.
     """
-    ttl = readers.client.feature_view.ttl
+    ttl = readers.client.store.get_feature_view("entity_features").ttl
     assert ttl is not None and readers.world.end < datetime.now(UTC) - ttl, "snapshots must be stale"
     ids = sorted(readers.world.features["entity_id"].unique())[:20]
 
@@ -150,7 +150,7 @@ def test_layout_keys_and_fields_are_the_ones_feast_wrote(readers: Readers) -> No
         fields = pipe.execute()
     assert all(set(hash_fields) == set(fast.hash_fields) for hash_fields in fields)
     assert len(set(fast.hash_fields)) == len(data.FEATURE_NAMES) + 1
-    assert fast.hash_fields[-1] == b"_ts:" + readers.client.feature_view.name.encode()
+    assert fast.hash_fields[-1] == b"_ts:entity_features"
 
 
 @pytest.mark.integration

@@ -47,7 +47,8 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def trained() -> Trained:
-    """A small model on the synthetic world, through the deployment's transform (ops/feast/transform.json)."""
+    """A small model on the synthetic world, through the deployment's transform
+    (examples/synthetic_world/transform.json)."""
     world = make_world(seed=11, n_entities=1200, days=8)
     events = labelled_events(world, 6000, seed=12)
     frame = as_of_features(world, events["entity_id"], events["event_timestamp"])
