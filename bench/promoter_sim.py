@@ -12,6 +12,13 @@ golden/twin roles swapped at random per request (an exact null with realistic d)
 worse, the three challengers at once (Holm), and de-promotion (stable golden vs drift).
 Baseline in the same run: a naive fixed-sample t-test re-checked every 1,000 outcomes at α = 0.05.
 
+Beyond the primary test (`bench/support/promoter_cases.py`, the same runs count): label-dependent
+delays (positives known 5x later), where the as-arrived test runs beside the matured-cohort one the
+promoter uses, and the whole promotion rule (primary test on matured cohorts, latency, failed-batch
+and calibration guardrails, and for A/B the sample ratio test) on a truly better challenger, on one
+that is 3x slower, miscalibrated or failing batches, and on A/B arms with a correct split or 10 %
+of an arm lost.
+
 The statistics are vectorised across runs with the same functions `rig.feedback.sequential` uses; the
 first runs of every case also go through `Promoter` / `GoldenMonitor` themselves and must decide
 identically.
@@ -31,12 +38,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` as a script too
 
 import numpy as np
+from scipy.optimize import brentq
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
+from bench.support import promoter_cases as beyond
 from bench.support.report import RESULTS_DIR, RunRecord, say, write_results
+from rig.feedback.guardrails import GuardrailConfig
+from rig.feedback.monitor import GoldenMonitor
 from rig.feedback.sequential import (
-    GoldenMonitor,
     Promoter,
     PromoterConfig,
     holm_adjust,
@@ -53,6 +63,10 @@ TAU_FACTORS = (1.0, 2.0, 5.0, 10.0, 25.0)
 MARGINAL_WEIGHT = 0.05
 """The `marginal` challenger blends golden and better in logit space (5 % better): a true gain just
 above min_effect, where the practical-effect guardrail decides how long promotion takes."""
+MISCALIBRATION_SHIFT = 0.4
+"""The `miscalibrated` challenger is `better` with log-odds +0.4 (odds x1.5): still better on log loss,
+with an expected calibration error several points above the golden's."""
+SRM_CONCENTRATIONS = (50.0, 200.0, 500.0, 2_000.0)
 
 
 @dataclass
@@ -62,6 +76,7 @@ class Pool:
     truth: np.ndarray
     truth_drifted: np.ndarray
     scores: dict[str, np.ndarray]
+    entity_ids: np.ndarray
 
 
 def build_pool(args: argparse.Namespace) -> Pool:
@@ -85,7 +100,24 @@ def build_pool(args: argparse.Namespace) -> Pool:
     logit = {name: np.log(scores[name]) - np.log1p(-scores[name]) for name in ("golden", "better")}
     blend = (1 - MARGINAL_WEIGHT) * logit["golden"] + MARGINAL_WEIGHT * logit["better"]
     scores["marginal"] = 1.0 / (1.0 + np.exp(-blend))
-    return Pool(data.true_probability(pool), data.true_probability(pool, drifted=True), scores)
+    truth = data.true_probability(pool)
+    golden_loss = expected_loss(truth, scores["golden"])
+    trap = brentq(lambda c: expected_loss(truth, shifted(logit["better"], c)) - golden_loss, -3.0, 0.0)
+    scores["trap"] = shifted(logit["better"], trap)
+    scores["miscalibrated"] = shifted(logit["better"], MISCALIBRATION_SHIFT)
+    say(f"trap challenger: better shifted by {trap:+.4f} in logit (same expected loss as the golden)")
+    return Pool(truth, data.true_probability(pool, drifted=True), scores, requests["entity_id"].to_numpy())
+
+
+def shifted(logit: np.ndarray, shift: float) -> np.ndarray:
+    """Scores of a model whose log-odds are `logit + shift`."""
+    return 1.0 / (1.0 + np.exp(-(logit + shift)))
+
+
+def expected_loss(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Expected log loss over the pool under the true probabilities."""
+    p = np.clip(scores, 1e-15, 1 - 1e-15)
+    return float(np.mean(-truth * np.log(p) - (1 - truth) * np.log1p(-p)))
 
 
 def row_losses(metric: str, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -370,6 +402,83 @@ def demotion(pool: Pool, args: argparse.Namespace, cfg: PromoterConfig) -> dict:
     return out
 
 
+def beyond_primary(pool: Pool, args: argparse.Namespace, cfg: PromoterConfig) -> dict:
+    """Label-dependent delays, guardrails and A/B sample ratios (bench/support/promoter_cases.py)."""
+    window_ms, history = beyond.label_window(pool.truth, args.seed)
+    say(
+        f"label window W = {window_ms / 1000:.0f} s from {beyond.HISTORY_OUTCOMES} recorded delays "
+        f"(true 99 % quantile: negatives {beyond.true_quantile_s(0.99, False):.0f} s, positives "
+        f"{beyond.true_quantile_s(0.99, True):.0f} s)"
+    )
+    world = beyond.make_world(
+        pool.truth,
+        pool.scores["golden"],
+        pool.entity_ids,
+        (cfg, GuardrailConfig(), window_ms),
+        args.every,
+        args.outcomes,
+        args.runs,
+        args.chunk,
+    )
+    scores = pool.scores
+    delay_cases = {
+        "A/A identical": beyond.Challenger("identical", scores["golden"]),
+        "A/A twin": beyond.Challenger("twin", scores["twin"]),
+        "trap: better on negatives, same loss": beyond.Challenger("trap", scores["trap"]),
+        "better": beyond.Challenger("better", scores["better"]),
+    }
+    guard_cases = {
+        "better, 3x slower": beyond.Challenger("slow", scores["better"], slowdown=3.0),
+        "better, miscalibrated": beyond.Challenger("miscalibrated", scores["miscalibrated"]),
+        "better, fails 5 % of batches": beyond.Challenger("failing", scores["better"], fail_rate=0.05),
+    }
+    ab_cases = {
+        "A/B better, correct split": beyond.Challenger("ab", scores["better"], ab=True),
+        "A/B better, 10 % of the arm's entities lost": beyond.Challenger(
+            "ab-lost-units", scores["better"], ab=True, lost_units=beyond.SRM_LOSS
+        ),
+        "A/B better, 10 % of the arm's outcomes lost": beyond.Challenger(
+            "ab-lost-outcomes", scores["better"], ab=True, lost_outcomes=beyond.SRM_LOSS
+        ),
+    }
+    out: dict = {
+        "label_window_s": window_ms / 1000,
+        "delay_model": {
+            "negative_median_s": beyond.NEGATIVE_MEDIAN_S,
+            "positive_factor": beyond.POSITIVE_FACTOR,
+            "sigma": beyond.DELAY_SIGMA,
+            "history_outcomes": beyond.HISTORY_OUTCOMES,
+            "history_positives": history.n(1),
+            "seconds_per_request": beyond.STEP_MS / 1000,
+        },
+        "guardrails": asdict(world.guard),
+        "delays": {},
+        "guardrail_cases": {},
+        "ab": {},
+    }
+    for number, (name, challenger) in enumerate(delay_cases.items()):
+        out["delays"][name] = result = beyond.run_case(world, challenger, number, args.seed, as_arrived=True)
+        say(
+            f"{name:<38} gain {result['true_gain']:+.5f}  as-arrived {result['as_arrived']['rate']:.3f}  "
+            f"matured {result['primary_alone']['rate']:.3f}  whole rule {result['promoted']['rate']:.3f} "
+            f"(median {result['promoted']['median_outcomes']})"
+        )
+    for number, (name, challenger) in enumerate(guard_cases.items(), start=10):
+        out["guardrail_cases"][name] = result = beyond.run_case(world, challenger, number, args.seed)
+        alone, promoted = result["primary_alone"]["rate"], result["promoted"]["rate"]
+        say(f"{name:<38} primary alone {alone:.3f}  promoted {promoted:.3f}")
+    for number, (name, challenger) in enumerate(ab_cases.items(), start=20):
+        out["ab"][name] = result = beyond.run_case(world, challenger, number, args.seed)
+        say(
+            f"{name:<46} SRM flagged {result['srm_flagged']['rate']:.3f} (median "
+            f"{result['srm_flagged']['median_outcomes']})  promoted {result['promoted']['rate']:.3f}  "
+            f"request-level SRM flagged {result['naive_request_srm_flagged']['rate']:.3f}"
+        )
+    lost = ab_cases["A/B better, 10 % of the arm's entities lost"]
+    out["srm_concentration"] = beyond.srm_concentrations(world, lost, args.seed, SRM_CONCENTRATIONS)
+    return out
+
+
 def plot(results: dict, args: argparse.Namespace, path: Path) -> None:
     """Cumulative promotion rate over n (mSPRT vs naive), p-value paths, demotion curves."""
     import matplotlib
@@ -429,6 +538,68 @@ def plot(results: dict, args: argparse.Namespace, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_beyond(results: dict, args: argparse.Namespace, path: Path) -> None:
+    """As-arrived vs matured cohorts under label-dependent delays, guardrails, SRM detection."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.arange(1, args.outcomes // args.every + 1) * args.every
+    alpha = results["config"]["alpha"]
+    beyond_results = results["beyond_primary"]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    ax = axes[0, 0]
+    for name, colour in (("A/A twin", "tab:blue"), ("trap: better on negatives, same loss", "tab:red")):
+        case = beyond_results["delays"][name]
+        ax.plot(counts, case["as_arrived"]["curve"], "--", color=colour, label=f"{name}: as arrived")
+        ax.plot(counts, case["promoted"]["curve"], color=colour, label=f"{name}: matured cohorts")
+    ax.axhline(alpha, color="grey", lw=0.8, ls=":")
+    ax.set_title("Nulls under label-dependent delays: false promotions")
+    ax = axes[0, 1]
+    case = beyond_results["delays"]["better"]
+    ax.plot(
+        counts, case["as_arrived"]["curve"], "--", color="tab:green", label="better: as arrived (primary)"
+    )
+    ax.plot(counts, case["primary_alone"]["curve"], ":", color="tab:green", label="better: matured (primary)")
+    ax.plot(counts, case["promoted"]["curve"], color="tab:green", label="better: matured, whole rule")
+    for (name, item), colour in zip(
+        beyond_results["guardrail_cases"].items(), ("tab:red", "tab:orange", "tab:purple"), strict=True
+    ):
+        ax.plot(counts, item["promoted"]["curve"], color=colour, label=f"{name}: whole rule")
+    ax.set_title("Power, and winners held by a guardrail")
+    ax = axes[1, 0]
+    looks = [
+        int(k) for k in beyond_results["delays"]["trap: better on negatives, same loss"]["bias_as_arrived"]
+    ]
+    for name in ("trap: better on negatives, same loss", "better"):
+        case = beyond_results["delays"][name]
+        ax.plot(looks, list(case["bias_as_arrived"].values()), "--o", label=f"{name}: as arrived")
+        matured = [math.nan if v is None else v for v in case["bias_matured"].values()]
+        ax.plot(looks, matured, "-o", label=f"{name}: matured cohorts")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_ylabel("mean estimate minus true gain")
+    ax.set_title("Bias of the mean log-loss gain")
+    ax = axes[1, 1]
+    for name, item in beyond_results["ab"].items():
+        ax.plot(counts, item["srm_flagged"]["curve"], label=f"{name}: entities")
+    correct = beyond_results["ab"]["A/B better, correct split"]
+    ax.plot(
+        counts, correct["naive_request_srm_flagged"]["curve"], "--", label="correct split: requests (naive)"
+    )
+    ax.axhline(alpha, color="grey", lw=0.8, ls=":")
+    ax.set_title("Sample ratio mismatch flagged")
+    for ax in axes.ravel():
+        if ax is not axes[1, 0]:
+            ax.set_xlabel("joined outcomes")
+            ax.set_ylabel("share of runs so far")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def table(results: dict) -> None:
     """The summary table."""
     head = (
@@ -452,7 +623,48 @@ def table(results: dict) -> None:
         print(f"  k={factor:<4} " + "  ".join(cells[1:]) + f"  A/A any rejection {null:.3f}")
     for name, item in results["demotion"].items():
         print(f"de-promotion {name:<24} rate {item['rate']:.3f}  median n {item['median_outcomes']}")
-    print(f"\ntargets: {json.dumps(results['targets'])}")
+    table_beyond(results["beyond_primary"])
+    print("\ntargets:")
+    for target, passed in results["targets"].items():
+        print(f"  {'PASS' if passed else 'MISS'}  {target}")
+
+
+def defined(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def table_beyond(beyond_results: dict) -> None:
+    """The delays, guardrails and A/B tables."""
+
+    def med(summary: dict) -> str:
+        return "-" if summary["median_outcomes"] is None else f"{summary['median_outcomes']:.0f}"
+
+    print(f"\nlabel-dependent delays (label window W = {beyond_results['label_window_s']:.0f} s)")
+    head = (
+        f"{'case':<38}{'true gain':>11}{'as-arrived':>12}{'matured':>9}{'whole rule':>12}{'median n':>10}"
+        f"{'bias@10k arrived':>18}{'bias@10k matured':>18}"
+    )
+    print(head + "\n" + "-" * len(head))
+    for name, case in beyond_results["delays"].items():
+        print(
+            f"{name:<38}{case['true_gain']:>+11.5f}{case['as_arrived']['rate']:>12.3f}"
+            f"{case['primary_alone']['rate']:>9.3f}{case['promoted']['rate']:>12.3f}{med(case['promoted']):>10}"
+            f"{case['bias_as_arrived']['10000']:>+18.5f}{defined(case['bias_matured']['10000']):>+18.5f}"
+        )
+    better = beyond_results["delays"]["better"]
+    print(f"better: median matured outcomes at promotion {better['matured_n_at_promotion']}")
+    print("\nguardrails (matured cohorts, whole rule)")
+    for name, case in beyond_results["guardrail_cases"].items():
+        alone, promoted = case["primary_alone"]["rate"], case["promoted"]["rate"]
+        print(f"  {name:<36} primary alone {alone:.3f}  promoted {promoted:.3f}")
+    print("\nA/B sample ratio (entities per arm; 50/50 split)")
+    for name, case in beyond_results["ab"].items():
+        print(
+            f"  {name:<46} flagged {case['srm_flagged']['rate']:.3f} (median {med(case['srm_flagged'])})  "
+            f"promoted {case['promoted']['rate']:.3f} (median {med(case['promoted'])})  "
+            f"request-level test flagged {case['naive_request_srm_flagged']['rate']:.3f}"
+        )
+    print(f"  SRM concentration C (10 % of the arm's entities lost): {beyond_results['srm_concentration']}")
 
 
 def main() -> None:
@@ -482,7 +694,10 @@ def main() -> None:
     results["family"] = family(pool, cases, args, cfg)
     results["tau_sensitivity"] = tau_sensitivity(pool, cases, args, cfg)
     results["demotion"] = demotion(pool, args, cfg)
+    results["beyond_primary"] = extra = beyond_primary(pool, args, cfg)
     cases_out = results["cases"]
+    delays, guards, ab = extra["delays"], extra["guardrail_cases"], extra["ab"]
+    lost = [ab[f"A/B better, 10 % of the arm's {what} lost"] for what in ("entities", "outcomes")]
     results["targets"] = {
         "A/A false promotion <= alpha": all(
             cases_out[name]["msprt_promoted"]["rate"] <= cfg.alpha
@@ -490,12 +705,32 @@ def main() -> None:
         ),
         "power >= 0.9 within outcomes": cases_out["better"]["msprt_promoted"]["rate"] >= 0.9,
         "worse never promoted": cases_out["worse"]["msprt_promoted"]["rate"] == 0.0,
+        "label-dependent delays: delay-aware A/A false promotion <= alpha (identical, twin, trap)": all(
+            max(delays[name]["primary_alone"]["rate"], delays[name]["promoted"]["rate"]) <= cfg.alpha
+            for name in ("A/A identical", "A/A twin", "trap: better on negatives, same loss")
+        ),
+        f"label-dependent delays: power >= 0.9 for the +0.027 challenger within {args.outcomes:,} outcomes": (
+            delays["better"]["promoted"]["rate"] >= 0.9
+        ),
+        "3x slower challenger never promoted": guards["better, 3x slower"]["promoted"]["rate"] == 0.0,
+        "miscalibrated challenger never promoted": guards["better, miscalibrated"]["promoted"]["rate"] == 0.0,
+        "10 % SRM (arm's entities lost) flagged in a median of <= 5,000 outcomes": (
+            (lost[0]["srm_flagged"]["median_outcomes"] or math.inf) <= 5_000
+        ),
+        "10 % SRM (arm's entities lost) never promoted": lost[0]["promoted"]["rate"] == 0.0,
+        "10 % of the arm's outcomes lost (entities that come back often still appear) never promoted": (
+            lost[1]["promoted"]["rate"] == 0.0
+        ),
+        "correct split flagged in <= alpha of runs": (
+            ab["A/B better, correct split"]["srm_flagged"]["rate"] <= cfg.alpha
+        ),
     }
     write_results(
         RESULTS_DIR / "promoter_sim.json", {"benchmark": "promoter_sim", **results, **record.fields()}
     )
     plot(results, args, RESULTS_DIR / "promoter_sim.png")
-    say(f"wrote {RESULTS_DIR / 'promoter_sim.png'}")
+    plot_beyond(results, args, RESULTS_DIR / "promoter_sim_beyond.png")
+    say(f"wrote {RESULTS_DIR / 'promoter_sim.png'} and {RESULTS_DIR / 'promoter_sim_beyond.png'}")
     table(results)
 
 

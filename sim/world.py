@@ -480,6 +480,40 @@ def make_requests(
     )
 
 
+def label_delays(
+    rng: np.random.Generator,
+    labels: np.ndarray,
+    median_s: float = 60.0,
+    sigma: float = 0.75,
+    positive_factor: float = 1.0,
+) -> np.ndarray:
+    """Delays until each label is known, in seconds: lognormal, slower for positives.
+
+    A negative's delay has median `median_s`, a positive's `median_s * positive_factor` (fraud is
+    confirmed later than a clean payment is), both with lognormal shape `sigma`. With a factor other
+    than 1 the outcomes known early over-represent one label: what the promoter's matured cohorts
+    are for (`rig.feedback.delays`).
+
+    Args:
+        rng: The generator to draw from (one standard normal per label).
+        labels: 0/1 per outcome.
+        median_s: Median delay of a negative, seconds (> 0).
+        sigma: Lognormal shape (0 makes every delay its label's median).
+        positive_factor: How many times longer a positive's median delay is (> 0).
+
+    Raises:
+        ValueError: if a parameter is out of range.
+    """
+    if median_s <= 0 or sigma < 0 or positive_factor <= 0:
+        raise ValueError(
+            "need median_s > 0, sigma >= 0 and positive_factor > 0, got "
+            f"{median_s}, {sigma}, {positive_factor}"
+        )
+    y = np.asarray(labels)
+    medians = np.where(y == 1, median_s * positive_factor, median_s)
+    return np.exp(np.log(medians) + sigma * rng.standard_normal(y.shape))
+
+
 def make_outcomes(
     world: World,
     requests: pd.DataFrame,
@@ -487,19 +521,23 @@ def make_outcomes(
     delay_median_s: float = 60.0,
     drift_at: datetime | None = None,
     delay_sigma: float = 0.75,
+    positive_delay_factor: float = 1.0,
 ) -> pd.DataFrame:
     """Delayed ground-truth outcomes of requests.
 
     The label is drawn from the true probability of the entity's features as of the request's
-    time (drifted for requests at or after `drift_at`); it becomes known after a lognormal delay.
+    time (drifted for requests at or after `drift_at`); it becomes known after a lognormal delay
+    that may depend on the label (`label_delays`).
 
     Args:
         world: The world the requests came from.
         requests: Frame with `request_id`, `entity_id`, `event_time`.
         seed: Seed of the draws.
-        delay_median_s: Median delay between request and outcome, in seconds (> 0).
+        delay_median_s: Median delay between request and outcome of a negative, in seconds (> 0).
         drift_at: Requests at or after this time use the drifted relationship.
-        delay_sigma: Lognormal shape of the delay (0 makes every delay the median).
+        delay_sigma: Lognormal shape of the delay (0 makes every delay its label's median).
+        positive_delay_factor: A positive's median delay is this many times a negative's (1: the
+            delay does not depend on the label).
 
     Returns:
         DataFrame `request_id`, `entity_id`, `label` (int64 0/1), `event_time` (when the outcome
@@ -508,12 +546,15 @@ def make_outcomes(
     Raises:
         ValueError: if a request is earlier than its entity's first snapshot, or the delay is invalid.
     """
-    if delay_median_s <= 0 or delay_sigma < 0:
-        raise ValueError(f"need delay_median_s > 0 and delay_sigma >= 0, got {delay_median_s}, {delay_sigma}")
+    if delay_median_s <= 0 or delay_sigma < 0 or positive_delay_factor <= 0:
+        raise ValueError(
+            "need delay_median_s > 0, delay_sigma >= 0 and positive_delay_factor > 0, got "
+            f"{delay_median_s}, {delay_sigma}, {positive_delay_factor}"
+        )
     rng = _rng(seed, 3)
     features = as_of_features(world, requests["entity_id"], requests["event_time"])
     labels = _draw_labels(rng, features, _drift_mask(features["event_time"], drift_at), "requests")
-    delays = np.exp(np.log(delay_median_s) + delay_sigma * rng.standard_normal(len(requests)))
+    delays = label_delays(rng, labels, delay_median_s, delay_sigma, positive_delay_factor)
     outcomes = pd.DataFrame(
         {
             "request_id": requests["request_id"].to_numpy(),

@@ -1,4 +1,11 @@
-"""The promoter: joined outcomes in, decisions out (and, in `auto` mode, routing changes)."""
+"""The promoter: joined outcomes in, decisions out (and, in `auto` mode, routing changes).
+
+Besides the joined rows, the promoter reads from the metadata store: the label delays recorded by
+earlier windows (at start: the label window is known from the first row) and the serving windows
+the predict workers record for the latency and failed-batch guardrails (every SERVING_READ_S). It
+writes there its own windows (model quality, label delays per label), its decisions and, every
+STATUS_S, where every test stands (`rig status`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,8 @@ import numpy as np
 
 from rig.config import RigSettings
 from rig.errors import RigError
+from rig.feedback.delays import DelayModel, WindowConfig
+from rig.feedback.guardrails import GuardrailConfig
 from rig.feedback.metadata import MetadataStore
 from rig.feedback.promotion import PromotionLoop, columns, control_events
 from rig.feedback.sequential import PromoterConfig
@@ -31,6 +40,15 @@ from streams.predict import source_of
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+DELAY_WINDOW_S = 60.0
+"""How often the label delays seen are recorded as one window of per-label histograms."""
+DELAY_HISTORY_WINDOWS = 10_080
+"""How many recorded delay windows seed the label window at start (a week of DELAY_WINDOW_S)."""
+SERVING_READ_S = 10.0
+"""How often the serving windows of the golden's challengers are read from the metadata store."""
+STATUS_S = 5.0
+"""How often where every test stands is recorded for `rig status`."""
 
 
 class Promotion:
@@ -50,13 +68,33 @@ class Promotion:
         self.joined_codec = Codec(JoinedOutcome, registry_url=settings.schema_registry_url)
         self.decision_codec = Codec(Decision, registry_url=settings.schema_registry_url)
         self.dead_letter_codec = Codec(DeadLetter, registry_url=settings.schema_registry_url)
-        self.loop = PromotionLoop(
-            PromoterConfig(
-                alpha=settings.promoter_alpha,
-                min_samples=settings.promoter_min_samples,
-                min_effect=settings.promoter_min_effect,
-                mode=settings.promoter_mode,
-            )
+        self.loop = promotion_loop(settings)
+        self.delays_seen = DelayModel()
+        """Label delays since the last recorded window (DELAY_WINDOW_S)."""
+        self.serving_golden: str | None = None
+        self.folded_serving: set[tuple[str, int, str]] = set()
+        """(scope, window end, model version) of the serving windows folded for `serving_golden`."""
+        self.next_ms = {"delays": 0, "serving": 0, "status": 0}
+
+    async def start(self) -> None:
+        """Seed the label window with the delays the metadata store recorded."""
+        if self.metadata is None:
+            return
+        try:
+            history = await asyncio.to_thread(self.metadata.delay_histograms, DELAY_HISTORY_WINDOWS)
+        except RigError as error:
+            log.warning("recorded label delays not read (the window is learned from scratch): %s", error)
+            return
+        model = DelayModel()
+        for window in history:
+            model.add_counts(window.label, window.counts)
+        self.loop.seed_delays(model)
+        log.info(
+            "label delays seeded windows=%d negatives=%d positives=%d window_ms=%s",
+            len({window.window_end_ms for window in history}),
+            model.n(0),
+            model.n(1),
+            self.loop.label_window_ms,
         )
 
     async def handle(self, batch: SourceBatch, sink: Sink) -> None:
@@ -84,7 +122,14 @@ class Promotion:
         now_ms = int(time.time() * 1000)
         if fresh:
             await self._record(record_window, fresh, now_ms)
+            golden = [row for row in fresh if row.role == "golden"]
+            if golden:
+                labels, predicted, arrived = columns(golden, "label", "prediction_time", "outcome_time")
+                self.delays_seen.add(labels, arrived - predicted)
+        await self._periodic(now_ms)
         decisions = self.loop.decide(now_ms, routing)
+        if decisions:  # where every test stood when they were taken
+            self.next_ms["status"] = now_ms
         for decision in decisions:
             log.info(
                 "decision action=%s golden=%s challenger=%s reason=%s",
@@ -101,12 +146,50 @@ class Promotion:
                 )
             )
         await sink.publish(batch.batch_id, outputs)
+        if decisions:
+            await self._periodic(now_ms)
         for decision in decisions:
             await self._record(MetadataStore.record_decision, decision)
             if self.settings.promoter_mode == "auto":
                 for event in control_events(decision, routing):
                     await asyncio.to_thread(publish_control, self.settings, event)
                     await self._record(MetadataStore.record_control, event)
+
+    async def _periodic(self, now_ms: int) -> None:
+        """Record the label delays window, read new serving windows, record the status, when due."""
+        if self.metadata is None:
+            return
+        due = {name: now_ms >= at for name, at in self.next_ms.items()}
+        if due["delays"]:
+            self.next_ms["delays"] = now_ms + int(DELAY_WINDOW_S * 1000)
+            seen, self.delays_seen = self.delays_seen, DelayModel()
+            if seen.n(0) or seen.n(1):
+                histograms = {label: seen.sparse(label) for label in (0, 1)}
+                await self._record(MetadataStore.record_delay_histograms, now_ms, histograms)
+        if due["serving"] and self.loop.golden is not None:
+            self.next_ms["serving"] = now_ms + int(SERVING_READ_S * 1000)
+            await self._read_serving(self.metadata, self.loop.golden)
+        if due["status"]:
+            self.next_ms["status"] = now_ms + int(STATUS_S * 1000)
+            status = self.loop.snapshot(self.runtime.routing)
+            await self._record(MetadataStore.record_promoter_status, "promoter", now_ms, status)
+
+    async def _read_serving(self, metadata: MetadataStore, golden: str) -> None:
+        """Fold the serving windows of the golden's challengers not folded yet (a store that is away
+        is logged; the guardrails wait)."""
+        try:
+            recorded = await asyncio.to_thread(metadata.serving_recorded)
+            windows = await asyncio.to_thread(metadata.model_serving, golden)
+        except RigError as error:
+            log.warning("serving windows not read: %s", error)
+            return
+        if recorded:
+            self.loop.serving_measured = True
+        if golden != self.serving_golden:
+            self.serving_golden, self.folded_serving = golden, set()
+        new = [w for w in windows if (w.scope, w.window_end_ms, w.model_version) not in self.folded_serving]
+        self.folded_serving |= {(w.scope, w.window_end_ms, w.model_version) for w in new}
+        self.loop.observe_serving(new)
 
     async def _record(self, write: Callable[..., None], *args: object) -> None:
         """A metadata write; a store that is away is logged, never fatal."""
@@ -137,6 +220,7 @@ def install_promoter(
 
     async def start() -> Handler:
         promotion = Promotion(settings, await get_runtime(), metadata)
+        await promotion.start()
         held.append(promotion)
         return lambda batch: promotion.handle(batch, plane.sink)
 
@@ -145,7 +229,33 @@ def install_promoter(
     @app.page("/promoter/")
     async def promoter_state(web: Any, request: Any) -> Any:
         """Where this worker's promoter tests stand (empty unless it holds `rig.joined`)."""
-        return web.json(held[0].loop.snapshot() if held and plane.source.assignment() else {})
+        if not held or not plane.source.assignment():
+            return web.json({})
+        return web.json(held[0].loop.snapshot(held[0].runtime.routing))
+
+
+def promotion_loop(settings: RigSettings) -> PromotionLoop:
+    """The promoter's loop as the `RIG_PROMOTER_*` settings configure it."""
+    window_s = settings.promoter_label_window_s
+    return PromotionLoop(
+        PromoterConfig(
+            alpha=settings.promoter_alpha,
+            min_samples=settings.promoter_min_samples,
+            min_effect=settings.promoter_min_effect,
+            mode=settings.promoter_mode,
+        ),
+        GuardrailConfig(
+            latency_margin=settings.promoter_latency_margin,
+            failed_batch_margin=settings.promoter_failed_batch_margin,
+            calibration_margin=settings.promoter_calibration_margin,
+            srm_tolerance=settings.promoter_srm_tolerance,
+        ),
+        WindowConfig(
+            fixed_ms=None if window_s is None else window_s * 1000,
+            coverage=settings.promoter_label_coverage,
+            max_ms=settings.join_retention_s * 1000,
+        ),
+    )
 
 
 def record_window(metadata: MetadataStore, rows: list[JoinedOutcome], window_end_ms: int) -> None:

@@ -11,10 +11,16 @@ Write semantics:
     record_decision       Decision records, once per decision_id (at-least-once delivery is safe).
                           Both tables have one column per field of the record's schema; reading
                           them gives the records back (`routing_history`, `decisions`).
-    record_model_metrics, record_feature_stats, record_label_delays
+    record_model_metrics, record_feature_stats, record_label_delays, record_delay_histograms,
+    record_model_serving
                           one entry per window; recording a window again replaces it (late labels,
                           redelivery). Several writers of one window must merge first or use their
                           own scope (e.g. `serving:worker-1`).
+    record_promoter_status
+                          one entry per promoter scope, replaced: where every test stands now.
+
+`create_schema` also adds the columns a record schema gained since a table was created (fields with
+defaults only), so a store written by an older version keeps working.
 
 The feature statistics themselves (`FeatureStats`, what a window holds) live in `rig.features.stats`.
 """
@@ -91,6 +97,31 @@ LABEL_DELAYS = sa.Table(
     sa.Column("n", sa.BigInteger, nullable=False),
     sa.Column("quantiles_ms", sa.JSON, nullable=False),
 )  # fmt: skip
+DELAY_HISTOGRAMS = sa.Table(
+    "label_delay_histograms", _schema,
+    sa.Column("window_end_ms", sa.BigInteger, primary_key=True),
+    sa.Column("label", sa.Integer, primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+    sa.Column("counts", sa.JSON, nullable=False),
+)  # fmt: skip
+MODEL_SERVING = sa.Table(
+    "model_serving", _schema,
+    sa.Column("scope", _version, primary_key=True),
+    sa.Column("window_end_ms", sa.BigInteger, primary_key=True),
+    sa.Column("model_version", _version, primary_key=True),
+    sa.Column("golden_version", _version, nullable=False, index=True),
+    sa.Column("batches", sa.BigInteger, nullable=False),
+    sa.Column("failed", sa.BigInteger, nullable=False),
+    sa.Column("timed", sa.BigInteger, nullable=False),
+    sa.Column("log_ratio_mean", sa.Double, nullable=False),
+    sa.Column("log_ratio_m2", sa.Double, nullable=False),
+)  # fmt: skip
+PROMOTER_STATUS = sa.Table(
+    "promoter_status", _schema,
+    sa.Column("scope", _version, primary_key=True),
+    sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.JSON, nullable=False),
+)  # fmt: skip
 _AVRO_SQL: dict[str, type[sa.types.TypeEngine[Any]]] = {
     "long": sa.BigInteger,
     "int": sa.Integer,
@@ -99,6 +130,8 @@ _AVRO_SQL: dict[str, type[sa.types.TypeEngine[Any]]] = {
     "boolean": sa.Boolean,
     "string": sa.String,
     "enum": sa.String,
+    "array": sa.JSON,
+    "map": sa.JSON,
 }
 
 
@@ -108,14 +141,14 @@ def _record_table(name: str, schema_name: str, key: str, indexed: Sequence[str])
     for field in load_schema(schema_name)["fields"]:
         kinds = field["type"] if isinstance(field["type"], list) else [field["type"]]
         kind = next(kind for kind in kinds if kind != "null")
-        sql_type = _AVRO_SQL[kind["type"] if isinstance(kind, dict) else kind]
+        avro_type = kind["type"] if isinstance(kind, dict) else kind
         column = field["name"]
         columns.append(
             sa.Column(
                 column,
-                sql_type(),
+                _AVRO_SQL[avro_type](),
                 primary_key=column == key,
-                nullable="null" in kinds,
+                nullable="null" in kinds or avro_type in ("array", "map"),
                 index=column in indexed,
             )
         )
@@ -162,6 +195,33 @@ class LabelDelays:
     quantiles_ms: dict[float, float]
 
 
+@dataclass(frozen=True)
+class DelayHistogram:
+    """Counts of the delays of one label's outcomes over one window, by bin (`rig.feedback.delays`)."""
+
+    window_end_ms: int
+    label: int
+    n: int
+    counts: dict[int, int]
+
+
+@dataclass(frozen=True)
+class ServingWindow:
+    """One challenger's serving facts over one window of one worker (`rig.feedback.guardrails`):
+    batches it was asked to score, how many failed, and the moments of log(its scoring time / the
+    golden's) over the `timed` batches both answered."""
+
+    scope: str
+    window_end_ms: int
+    model_version: str
+    golden_version: str
+    batches: int
+    failed: int
+    timed: int
+    log_ratio_mean: float
+    log_ratio_m2: float
+
+
 class MetadataStore:
     """The rig's metadata tables behind one SQLAlchemy URL (SQLite or PostgreSQL)."""
 
@@ -189,7 +249,8 @@ class MetadataStore:
         self._engine.dispose()
 
     def create_schema(self) -> None:
-        """Create the tables that do not exist yet (and a SQLite file's folder); safe to repeat."""
+        """Create the tables that do not exist yet (and a SQLite file's folder), and add the nullable
+        columns a record table gained since it was created; safe to repeat."""
         database = self._url.database
         if self._url.get_backend_name() == "sqlite" and database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
@@ -197,8 +258,9 @@ class MetadataStore:
             try:
                 with self._begin() as connection:
                     _schema.create_all(connection)
+                    _add_missing_columns(connection, (CONTROL_EVENTS, DECISIONS))
                 return
-            except (MetadataError, sa_exc.IntegrityError) as error:
+            except (MetadataError, sa_exc.IntegrityError, sa_exc.OperationalError) as error:
                 if attempt == 3:
                     raise MetadataError(f"cannot create the metadata schema: {error}") from error
 
@@ -357,6 +419,77 @@ class MetadataStore:
             for row in rows
         ]
 
+    def record_delay_histograms(
+        self, window_end_ms: int, counts_by_label: Mapping[int, Mapping[int, int]]
+    ) -> None:
+        """Record (or replace) the delay histogram of each label (label -> bin -> count) over one window."""
+        rows = [
+            {
+                "window_end_ms": int(window_end_ms),
+                "label": int(label),
+                "n": int(sum(counts.values())),
+                "counts": {str(int(b)): int(c) for b, c in counts.items()},
+            }
+            for label, counts in counts_by_label.items()
+            if counts
+        ]
+        self._replace(DELAY_HISTOGRAMS, (DELAY_HISTOGRAMS.c.window_end_ms == window_end_ms,), rows)
+
+    def delay_histograms(self, limit: int | None = None) -> list[DelayHistogram]:
+        """The delay histograms of the latest `limit` (default all) windows, oldest first."""
+        table = DELAY_HISTOGRAMS
+        windows = sa.select(table.c.window_end_ms).distinct().order_by(table.c.window_end_ms.desc())
+        query = sa.select(table).where(table.c.window_end_ms.in_(windows.limit(limit).scalar_subquery()))
+        return [
+            DelayHistogram(
+                row["window_end_ms"], row["label"], row["n"], {int(b): c for b, c in row["counts"].items()}
+            )
+            for row in self._records(query.order_by(table.c.window_end_ms, table.c.label))
+        ]
+
+    def record_model_serving(self, windows: Sequence[ServingWindow]) -> None:
+        """Record (or replace) serving windows, each keyed by (scope, window_end_ms, model_version)."""
+        for window in windows:
+            row = asdict(window)
+            where = (
+                MODEL_SERVING.c.scope == window.scope,
+                MODEL_SERVING.c.window_end_ms == window.window_end_ms,
+                MODEL_SERVING.c.model_version == window.model_version,
+            )
+            self._replace(MODEL_SERVING, where, [row])
+
+    def model_serving(self, golden_version: str, after_ms: int = -1) -> list[ServingWindow]:
+        """The serving windows of challengers of `golden_version` ending after `after_ms`, oldest first."""
+        table = MODEL_SERVING
+        query = sa.select(table).where(
+            table.c.golden_version == golden_version, table.c.window_end_ms > after_ms
+        )
+        query = query.order_by(table.c.window_end_ms, table.c.scope, table.c.model_version)
+        return [ServingWindow(**row) for row in self._records(query)]
+
+    def serving_recorded(self) -> bool:
+        """True when any worker has recorded a serving window (the serving guardrails apply)."""
+        with self._begin() as connection:
+            return connection.scalar(sa.select(MODEL_SERVING.c.scope).limit(1)) is not None
+
+    def record_promoter_status(self, scope: str, updated_at_ms: int, status: Mapping[str, Any]) -> None:
+        """Record (or replace) where a promoter's tests stand (plain JSON values, no NaN).
+
+        Raises:
+            MetadataError: the status holds a value JSON cannot store.
+        """
+        try:
+            json.dumps(status, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise MetadataError(f"promoter status holds a value JSON cannot store: {error}") from error
+        row = {"scope": scope, "updated_at_ms": int(updated_at_ms), "status": dict(status)}
+        self._replace(PROMOTER_STATUS, (PROMOTER_STATUS.c.scope == scope,), [row])
+
+    def promoter_status(self, scope: str = "promoter") -> tuple[int, dict[str, Any]] | None:
+        """(updated_at_ms, status) of a promoter scope, or None when none was recorded."""
+        rows = self._records(sa.select(PROMOTER_STATUS).where(PROMOTER_STATUS.c.scope == scope))
+        return (rows[0]["updated_at_ms"], rows[0]["status"]) if rows else None
+
     @contextmanager
     def _begin(self) -> Iterator[sa.Connection]:
         """A transaction; connection and query failures become MetadataError, IntegrityError passes."""
@@ -387,9 +520,12 @@ class MetadataStore:
 
     def _typed(self, query: sa.Select[Any], record_type: type[R]) -> list[R]:
         """The rows of a record table as records (its columns are the record's fields)."""
-        try:  # column names are SQLAlchemy's str subclass `quoted_name`: plain str keys for msgspec
+        try:  # column names are SQLAlchemy's str subclass `quoted_name`: plain str keys for msgspec;
+            # NULL in a column added later (an older row) is the field's default
             return [
-                msgspec.convert({str(name): value for name, value in row.items()}, record_type)
+                msgspec.convert(
+                    {str(name): value for name, value in row.items() if value is not None}, record_type
+                )
                 for row in self._records(query)
             ]
         except msgspec.ValidationError as error:
@@ -421,6 +557,20 @@ class MetadataStore:
             except sa_exc.IntegrityError as error:
                 if attempt == 2:
                     raise MetadataError(f"cannot record into {table.name}: {error.orig}") from error
+
+
+def _add_missing_columns(connection: sa.Connection, tables: Sequence[sa.Table]) -> None:
+    """ALTER TABLE ... ADD COLUMN for every nullable column of `tables` the database lacks (a field
+    added to a record schema, with a default, after the table was created)."""
+    inspector = sa.inspect(connection)
+    for table in tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present or not column.nullable:
+                continue
+            kind = column.type.compile(dialect=connection.dialect)
+            name = connection.dialect.identifier_preparer.quote(column.name)
+            connection.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
 
 
 def _checked_row(record_type: type[Record], record: Record) -> dict[str, Any]:

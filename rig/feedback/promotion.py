@@ -1,31 +1,69 @@
 """From joined outcomes to decisions to routing changes: the promoter's control loop, pure.
 
 Every challenger row of a joined outcome carries the golden's score of the same request, so a row is
-one paired observation. The previous golden, kept scoring as a shadow after a promotion, is just
-another challenger: if it beats the current golden, the decision is a rollback (`demote`). The
-golden's own rows feed the `GoldenMonitor`, which demotes a golden that degrades against its own
-reference window.
+one paired observation. Rows go through three stages:
+
+1. As they arrive: the sample ratio test of the A/B split (`rig.feedback.srm`, entities per arm) and
+   the label delays (`rig.feedback.delays.DelayModel`, one delay per request, from the golden's row).
+2. Matured cohorts (`rig.feedback.delays.MaturedCohorts`): a request counts once its label window
+   has passed, and only if its outcome came within it; the moments of its loss differences, the
+   golden's losses and the calibration bins wait in their cohort until then.
+3. The tests: the paired mSPRT per challenger with Holm (`rig.feedback.sequential.Promoter`), the
+   golden's reference track (`rig.feedback.monitor.GoldenMonitor`) and the calibration guardrail get
+   the matured cohorts; the latency and failed-batch guardrails get the serving windows the predict
+   path records (`observe_serving`).
+
+A challenger is promoted only when it wins the primary test and passes every guardrail (and, in an
+A/B experiment, the sample ratio check). A flagged sample ratio mismatch holds every A/B challenger of
+the split and is recorded as a `keep` decision saying why. The previous golden, kept scoring as a
+shadow after a promotion, is just another challenger (exempt from guardrails: it served as golden):
+if it beats the current golden, the decision is a rollback (`demote`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
 import msgspec
 import numpy as np
 
-from rig.feedback.sequential import GoldenMonitor, Promoter, PromoterConfig, new_decision
+from rig.feedback.delays import DelayModel, MaturedCohorts, WindowConfig, cohort_width_ms, groups
+from rig.feedback.guardrails import (
+    GuardrailConfig,
+    PairCalibration,
+    ServingStats,
+    calibration_check,
+    failure_check,
+    latency_check,
+    unmeasured,
+)
+from rig.feedback.metadata import ServingWindow
+from rig.feedback.monitor import GoldenMonitor
+from rig.feedback.sequential import (
+    NO_EVIDENCE,
+    Moments,
+    Promoter,
+    PromoterConfig,
+    losses,
+    new_decision,
+)
+from rig.feedback.srm import SrmMonitor
 from rig.routing.table import RoutingTable, set_golden_event, start_experiment_event, stop_experiment_event
-from rig.wire.records import ControlEvent, Decision, DecisionAction, JoinedOutcome
+from rig.wire.records import ControlEvent, Decision, DecisionAction, DecisionCheck, JoinedOutcome, to_plain
 
 PREVIOUS_GOLDEN_EXPERIMENT = "previous-golden"
 ACTOR = "promoter"
 RECENT_ROWS = 200_000
 """How many (request, model) keys the loop remembers to drop redelivered rows: a redelivery replays
 the uncommitted tail of `rig.joined`, far fewer rows than this."""
+BACKLOG_ROWS = 200_000
+"""Most rows kept while the label window is not known yet (the oldest are dropped beyond)."""
+SERVING_UNMEASURED = "no worker records serving statistics (model_serving): not enforced"
 
 
 class RecentKeys:
@@ -47,27 +85,77 @@ class RecentKeys:
         return True
 
 
+@dataclass
+class GoldenTests:
+    """Everything measured against one golden: started over when the golden changes."""
+
+    promoter: Promoter
+    monitor: GoldenMonitor
+    calibration: dict[str, PairCalibration] = field(default_factory=dict)
+    serving: dict[str, ServingStats] = field(default_factory=dict)
+    srm_reported: set[str] = field(default_factory=set)
+
+
 class PromotionLoop:
-    """Keeps the promoter and the golden monitor for the current golden; resets them on a switch.
+    """Keeps the tests of the current golden; starts them over on a switch.
 
     Joined rows are delivered at least once; a row seen again (same request and model) is counted in
     `duplicate_rows` and not folded in a second time, so no paired observation weighs double.
     """
 
-    def __init__(self, config: PromoterConfig, recent_rows: int = RECENT_ROWS) -> None:
+    def __init__(
+        self,
+        config: PromoterConfig,
+        guardrails: GuardrailConfig | None = None,
+        window: WindowConfig | None = None,
+        recent_rows: int = RECENT_ROWS,
+    ) -> None:
         self.config = config
+        self.guardrails = guardrails or GuardrailConfig()
+        self.window = window or WindowConfig()
         self.golden: str | None = None
-        self.promoter: Promoter | None = None
-        self.monitor: GoldenMonitor | None = None
+        self.tests: GoldenTests | None = None
+        self.delays = DelayModel()
+        """Delays per label, from the metadata store's history (`seed_delays`) and every request seen."""
+        self.cohorts = MaturedCohorts()
+        self.srm = SrmMonitor(config.alpha, self.guardrails.srm_tolerance)
+        self.serving_measured = False
+        """True once any serving window was seen: from then on the latency and failed-batch guardrails
+        are enforced (before, no worker records them and they are reported `unmeasured`)."""
         self.duplicate_rows = 0
         self._seen = RecentKeys(recent_rows)
+        self._backlog: deque[JoinedOutcome] = deque(maxlen=BACKLOG_ROWS)
+
+    @property
+    def promoter(self) -> Promoter | None:
+        """The primary tests of the current golden's challengers."""
+        return None if self.tests is None else self.tests.promoter
+
+    @property
+    def monitor(self) -> GoldenMonitor | None:
+        """The current golden's degradation monitor."""
+        return None if self.tests is None else self.tests.monitor
+
+    @property
+    def label_window_ms(self) -> float | None:
+        """The label window W in use (None while it cannot be learned yet)."""
+        return self.window.window_ms(self.delays)
+
+    def seed_delays(self, history: DelayModel) -> None:
+        """Start from recorded label delays (the metadata store's), so W is known from the start."""
+        self.delays.merge(history)
 
     def follow(self, routing: RoutingTable) -> None:
         """Start over when the golden changed (every earlier pair compared another model)."""
         if routing.golden != self.golden:
             self.golden = routing.golden
-            self.promoter = None if routing.golden is None else Promoter(self.config, routing.golden)
-            self.monitor = None if routing.golden is None else GoldenMonitor(self.config, routing.golden)
+            self.tests = None
+            if routing.golden is not None:
+                self.tests = GoldenTests(
+                    Promoter(self.config, routing.golden), GoldenMonitor(self.config, routing.golden)
+                )
+            self.cohorts.clear()
+            self._backlog.clear()
 
     def observe(self, rows: list[JoinedOutcome], routing: RoutingTable) -> list[JoinedOutcome]:
         """Fold a batch of JoinedOutcome records in (rows of other goldens are ignored); returns the
@@ -75,52 +163,238 @@ class PromotionLoop:
         fresh = [row for row in rows if self._seen.first_time((row.request_id, row.model_version))]
         self.duplicate_rows += len(rows) - len(fresh)
         self.follow(routing)
-        if self.promoter is None or self.monitor is None:
+        if self.tests is None:
             return fresh
-        pairs: dict[tuple[str, str], list[JoinedOutcome]] = defaultdict(list)
+        self.srm.follow(routing, self.cohorts.watermark_ms)
+        self.srm.observe(fresh)
+        golden = [row for row in fresh if row.role == "golden" and row.model_version == self.golden]
+        if golden:
+            labels, predicted, arrived = columns(golden, "label", "prediction_time", "outcome_time")
+            self.delays.add(labels, arrived - predicted)
+        if fresh:
+            self.cohorts.advance(columns(fresh, "outcome_time")[0])
+        window = self.label_window_ms
+        if window is None:
+            self._backlog.extend(fresh)
+            return fresh
+        waiting = [*self._backlog, *fresh]
+        self._backlog.clear()
+        self._place(waiting, window)
+        self._release(window)
+        return fresh
+
+    def observe_serving(self, windows: Sequence[ServingWindow]) -> None:
+        """Fold serving windows (`ServingTally`, read from the metadata store) of the current golden's
+        challengers into the latency and failed-batch guardrails."""
+        if windows:
+            self.serving_measured = True
+        if self.tests is None:
+            return
+        for window in windows:
+            if window.golden_version == self.golden:
+                held = self.tests.serving.get(window.model_version, ServingStats())
+                self.tests.serving[window.model_version] = held.merge(ServingStats.of_window(window))
+
+    def _place(self, rows: list[JoinedOutcome], window: float) -> None:
+        """Put the moments of every row that counts into its cohort."""
+        tests, cohorts, metric = self.tests, self.cohorts, self.config.metric
+        if tests is None or not rows:
+            return
+        width = cohort_width_ms(window)
+        pairs: dict[str, list[JoinedOutcome]] = defaultdict(list)
         golden_rows = []
-        for row in fresh:
+        for row in rows:
             if row.role == "golden":
                 if row.model_version == self.golden:
                     golden_rows.append(row)
+            elif row.golden_model_version == self.golden:
+                pairs[row.model_version].append(row)
             elif row.golden_model_version is not None:
-                pairs[(row.golden_model_version, row.model_version)].append(row)
-        for (golden, challenger), group in pairs.items():
-            labels, golden_scores, scores = columns(group, "label", "golden_score", "score")
-            self.promoter.observe(golden, challenger, labels, golden_scores, scores)
+                tests.promoter.stale_rows += 1
         if golden_rows:
-            self.monitor.observe(*columns(golden_rows, "label", "score"))
-        return fresh
+            labels, scores, predicted, arrived = columns(
+                golden_rows, "label", "score", "prediction_time", "outcome_time"
+            )
+            (loss,) = losses(metric, labels, scores)
+            keep, keys = cohorts.place(predicted, arrived - predicted, window)
+            for key, idx in groups(keys[keep]):
+                cohorts.add((width, key), "golden", Moments.of(loss[keep][idx]))
+        for challenger, group in pairs.items():
+            labels, golden_scores, scores, predicted, arrived = columns(
+                group, "label", "golden_score", "score", "prediction_time", "outcome_time"
+            )
+            loss_g, loss_c = losses(metric, labels, golden_scores, scores)
+            keep, keys = cohorts.place(predicted, arrived - predicted, window, count=False)
+            d, y, gs, cs = (loss_g - loss_c)[keep], labels[keep], golden_scores[keep], scores[keep]
+            for key, idx in groups(keys[keep]):
+                cohorts.add((width, key), f"pair:{challenger}", Moments.of(d[idx]))
+                cohorts.add(
+                    (width, key), f"calibration:{challenger}", PairCalibration.of(y[idx], cs[idx], gs[idx])
+                )
 
-    def snapshot(self) -> dict[str, Any]:
-        """Where the tests stand now, for people and dashboards: the golden, and per challenger the
-        paired rows folded, the mean loss gain (golden minus challenger) with its always-valid
-        interval at level 1 - alpha, and the always-valid p-value; redelivered rows ignored."""
-        pairs = {} if self.promoter is None else self.promoter.pairs
-        challengers = {}
-        for version, pair in pairs.items():
-            evidence = pair.evidence(self.config, self.config.alpha)
-            challengers[version] = {
-                "n": pair.n,
-                "mean_gain": pair.mean,
-                "ci_low": evidence.low if math.isfinite(evidence.low) else None,
-                "ci_high": evidence.high if math.isfinite(evidence.high) else None,
-                "p_value": pair.p_value,
-            }
-        return {"golden": self.golden, "challengers": challengers, "duplicate_rows": self.duplicate_rows}
+    def _release(self, window: float) -> None:
+        """Fold the cohorts that matured into the tests: merged first, so each test looks once."""
+        tests = self.tests
+        if tests is None:
+            return
+        merged: dict[str, Any] = {}
+        for cohort in self.cohorts.release(window):
+            for stream, stats in cohort.items():
+                merged[stream] = stats if stream not in merged else merged[stream].merge(stats)
+        for stream, stats in merged.items():
+            kind, _, name = stream.partition(":")
+            if kind == "golden":
+                tests.monitor.fold(stats)
+            elif kind == "pair":
+                tests.promoter.fold(name, stats)
+            else:
+                held = tests.calibration.get(name)
+                tests.calibration[name] = stats if held is None else held.merge(stats)
+
+    def checks(self, routing: RoutingTable) -> dict[str, list[DecisionCheck]]:
+        """Per challenger, its guardrail checks and (A/B) its sample ratio check, in that order."""
+        tests, cfg, margins = self.tests, self.config, self.guardrails
+        if tests is None:
+            return {}
+        srm = self.srm.checks()
+        names = sorted({*tests.promoter.pairs, *tests.calibration, *tests.serving, *srm})
+        out = {}
+        for name in names:
+            serving = tests.serving.get(name, ServingStats())
+            if self.serving_measured:
+                latency = latency_check(serving, margins.latency_margin, cfg.alpha)
+                failures = failure_check(serving, margins.failed_batch_margin, cfg.alpha)
+            else:
+                latency = unmeasured("latency", SERVING_UNMEASURED)
+                failures = unmeasured("failed_batches", SERVING_UNMEASURED)
+            calibration = calibration_check(
+                tests.calibration.get(name, PairCalibration()),
+                margins.calibration_margin,
+                cfg.alpha,
+                cfg.min_samples,
+            )
+            out[name] = [latency, failures, calibration, *([srm[name]] if name in srm else [])]
+        return out
+
+    def snapshot(self, routing: RoutingTable | None = None) -> dict[str, Any]:
+        """Where every test stands now, for people and dashboards (plain JSON values): the golden; per
+        challenger the paired rows folded, the mean loss gain (golden minus challenger) with its
+        always-valid interval at level 1 - alpha, the always-valid p-value and every check (primary,
+        guardrails, SRM); the label window and the cohorts; the A/B split; redelivered rows ignored."""
+        tests = self.tests
+        challengers: dict[str, Any] = {}
+        if tests is not None:
+            others = self.checks(routing) if routing is not None else {}
+            for version in sorted({*tests.promoter.pairs, *others}):
+                pair = tests.promoter.pairs.get(version)
+                entry: dict[str, Any] = {
+                    "n": 0,
+                    "mean_gain": 0.0,
+                    "ci_low": None,
+                    "ci_high": None,
+                    "p_value": 1.0,
+                }
+                if pair is not None:
+                    evidence = pair.evidence(self.config, self.config.alpha)
+                    entry = {
+                        "n": pair.n,
+                        "mean_gain": pair.mean,
+                        "ci_low": evidence.low if math.isfinite(evidence.low) else None,
+                        "ci_high": evidence.high if math.isfinite(evidence.high) else None,
+                        "p_value": pair.p_value,
+                    }
+                checks = [tests.promoter.primary_check(version), *others.get(version, [])]
+                entry["checks"] = [to_plain(check) for check in checks]
+                challengers[version] = entry
+        window = self.label_window_ms
+        return {
+            "golden": self.golden,
+            "challengers": challengers,
+            "duplicate_rows": self.duplicate_rows,
+            "label_window_ms": window,
+            "label_delays": {
+                str(label): {
+                    "n": self.delays.n(label),
+                    "coverage_bound_ms": self.delays.quantile_bound_ms(
+                        label, self.window.coverage, self.window.confidence
+                    ),
+                }
+                for label in (0, 1)
+            },
+            "cohorts": {
+                "watermark_ms": self.cohorts.watermark_ms,
+                "pending": len(self.cohorts.pending),
+                "counted": self.cohorts.counted,
+                "beyond_window": self.cohorts.beyond_window,
+                "waiting_for_window": len(self._backlog),
+            },
+            "srm": self.srm.snapshot(),
+            "serving_measured": self.serving_measured,
+        }
 
     def decide(self, now_ms: int, routing: RoutingTable) -> list[Decision]:
-        """Decisions now: promotions of challengers, rollbacks to the previous golden, demotions."""
-        if self.promoter is None or self.monitor is None:
+        """Decisions now: sample ratio holds, promotions of challengers, rollbacks to the previous
+        golden, demotions."""
+        tests = self.tests
+        if tests is None:
             return []
-        decisions = []
-        for decision in self.promoter.decide(now_ms):
+        checks = self.checks(routing)
+        holds: dict[str, tuple[str, str]] = {}
+        for name, items in checks.items():
+            if name == routing.previous_golden:
+                continue
+            srm = next((check for check in items if check.name == "srm"), None)
+            if srm is not None and srm.state == "fail":
+                holds[name] = ("srm", "sample ratio mismatch")
+                continue
+            waiting = [f"{check.name} {check.state}" for check in items if check.state in ("pending", "fail")]
+            if waiting:
+                holds[name] = ("guardrails", "not passed: " + ", ".join(waiting))
+        decisions = self._srm_holds(now_ms, checks)
+        for decision in tests.promoter.decide(now_ms, holds=holds, checks=checks):
             if decision.action == "promote" and decision.challenger_version == routing.previous_golden:
                 rollback = f"rollback: {decision.reason}"
                 decision = msgspec.structs.replace(decision, action="demote", reason=rollback)
             decisions.append(decision)
-        decisions += self.monitor.decide(now_ms)
+        decisions += tests.monitor.decide(now_ms)
         return decisions
+
+    def _srm_holds(self, now_ms: int, checks: dict[str, list[DecisionCheck]]) -> list[Decision]:
+        """One `keep` per A/B challenger of a flagged split (once per split), saying why it is held."""
+        tests = self.tests
+        if tests is None or not self.srm.mismatch:
+            return []
+        snapshot = self.srm.snapshot()
+        out = []
+        for version, check in self.srm.checks().items():
+            if version in tests.srm_reported:
+                continue
+            tests.srm_reported.add(version)
+            reason = (
+                f"held: sample ratio mismatch in the A/B split, every decision of its experiments waits; "
+                f"entities per arm {snapshot['arms']} for shares {snapshot['shares']}, always-valid "
+                f"p={self.srm.p_value:.3g} <= {self.config.alpha:g}"
+            )
+            pair = tests.promoter.pairs.get(version)
+            evidence = (
+                NO_EVIDENCE if pair is None else pair.evidence(self.config, self.config.alpha).flipped()
+            )
+            items = [tests.promoter.primary_check(version), *checks.get(version, [check])]
+            versions = (tests.promoter.golden_version, version)
+            out.append(
+                new_decision(
+                    now_ms,
+                    "keep",
+                    self.config.mode,
+                    versions,
+                    reason,
+                    self.config.metric,
+                    evidence,
+                    None,
+                    items,
+                )
+            )
+        return out
 
 
 def control_events(decision: Decision, routing: RoutingTable) -> list[ControlEvent]:

@@ -21,27 +21,29 @@ the normal approximation need them; looking later never hurts validity); promoti
 confidence lower bound above `min_effect`; the m challengers of one golden are corrected together by
 Holm's step-down (Holm, Scand. J. Statist. 6, 1979) over their always-valid p-values, with the
 confidence sequences at α/m (Bonferroni): family-wise false promotions ≤ α, at most the best promoted.
-`GoldenMonitor` reuses the machinery for de-promotion (see its docstring).
+`rig.feedback.monitor.GoldenMonitor` reuses the machinery for de-promotion. A challenger that wins
+can still be held (`Promoter.decide(holds=...)`): by a guardrail it has not passed yet, or by a sample
+ratio mismatch of its A/B experiment (`rig.feedback.guardrails`, `rig.feedback.srm`).
 
 Decision records (`rig.wire.records.Decision`, built only by `new_decision`) have `estimate` as
 *challenger minus golden* (negative: challenger better), i.e. `-mean(d)`, with `ci_low`/`ci_high`
-negated and swapped.
+negated and swapped; their `checks` list where every test of the challenger stands (this primary
+test first, as `primary_check` words it).
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
 
 from rig.errors import PromoterError
 from rig.models.metrics import log_loss_per_row
-from rig.wire.records import Decision, DecisionAction, PromoterMode
+from rig.wire.records import Decision, DecisionAction, DecisionCheck, PromoterMode
 
 PROMOTER_MODES: tuple[str, ...] = ("suggest", "auto")
 """Promoter modes: `suggest` records decisions only, `auto` has them applied by the caller."""
@@ -49,12 +51,9 @@ PROMOTER_MODES: tuple[str, ...] = ("suggest", "auto")
 TAU_PER_EFFECT = 5.0
 """Default mixing scale τ = TAU_PER_EFFECT · min_effect (see `PromoterConfig.mixing_variance`)."""
 
-REFERENCE_PER_MIN_SAMPLES = 5
-"""Default `GoldenMonitor` reference window, in min_samples: raw losses vary far more than paired
-differences, and the reference mean's error never shrinks later, so it bounds what can be detected."""
-
 _VARIANCE_FLOOR = 1e-12
-_MAX_LOG = 709.0  # math.exp overflows above this
+MAX_LOG = 709.0
+"""math.exp overflows above this: e-values are capped there."""
 
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
@@ -108,8 +107,42 @@ def welford_update(n: int, mean: float, m2: float, values: np.ndarray) -> tuple[
     return total, mean + delta * k / total, m2
 
 
-def _losses(metric: str, labels: np.ndarray, *scores: np.ndarray) -> list[np.ndarray]:
-    """Per-request losses of each score array against `labels`, after checking the batch."""
+@dataclass(frozen=True)
+class Moments:
+    """Count, mean and sum of squared deviations of some values: what a normal-mixture test needs,
+    and mergeable exactly (Chan et al.), so groups of values can be folded in any grouping."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Moments:
+        """The moments of an array of values."""
+        return cls(*welford_update(0, 0.0, 0.0, np.asarray(values, dtype=float).ravel()))
+
+    def merge(self, other: Moments) -> Moments:
+        """The moments of both groups of values together."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        total, delta = self.n + other.n, other.mean - self.mean
+        m2 = self.m2 + other.m2 + delta * delta * self.n * other.n / total
+        return Moments(total, self.mean + delta * other.n / total, m2)
+
+    @property
+    def variance(self) -> float:
+        """Sample variance (0 below two values)."""
+        return self.m2 / (self.n - 1) if self.n > 1 else 0.0
+
+
+def losses(metric: str, labels: np.ndarray, *scores: np.ndarray) -> list[np.ndarray]:
+    """Per-request losses of each score array against `labels`, after checking the batch.
+
+    Raises:
+        PromoterError: misaligned arrays, scores outside [0, 1] or NaN, or labels other than 0/1.
+    """
     y = np.asarray(labels, dtype=float).ravel()
     out = []
     for raw in scores:
@@ -207,14 +240,23 @@ class PairState:
     def update(self, differences: np.ndarray, config: PromoterConfig) -> None:
         """Fold a batch of paired differences in, then update Λ_n and the running-minimum p-value."""
         self.n, self.mean, self.m2 = welford_update(self.n, self.mean, self.m2, differences)
+        self._look(config)
+
+    def fold(self, moments: Moments, config: PromoterConfig) -> None:
+        """Fold the moments of a group of paired differences in (a matured cohort), then look."""
+        merged = Moments(self.n, self.mean, self.m2).merge(moments)
+        self.n, self.mean, self.m2 = merged.n, merged.mean, merged.m2
+        self._look(config)
+
+    def _look(self, config: PromoterConfig) -> None:
         if self.n >= config.min_samples:
             log_lr = log_mixture_ratio(self.n, self.mean, self.variance, config.mixing_variance)
             self.log_e_value = float(log_lr)
-            self.p_value = min(self.p_value, math.exp(-min(self.log_e_value, _MAX_LOG)))
+            self.p_value = min(self.p_value, math.exp(-min(self.log_e_value, MAX_LOG)))
 
     def evidence(self, config: PromoterConfig, alpha: float) -> Evidence:
         """Mean of d and its always-valid (1 - alpha) confidence sequence at the current n."""
-        e_value = math.exp(min(self.log_e_value, _MAX_LOG)) if self.n >= config.min_samples else None
+        e_value = math.exp(min(self.log_e_value, MAX_LOG)) if self.n >= config.min_samples else None
         radius = (
             float(mixture_radius(self.n, self.variance, config.mixing_variance, alpha))
             if self.n > 1
@@ -240,6 +282,7 @@ def new_decision(
     metric: str = "none",
     ev: Evidence = NO_EVIDENCE,
     p_value: float | None = None,
+    checks: Sequence[DecisionCheck] = (),
 ) -> Decision:
     """A Decision record: the one constructor, for the promoter's decisions and manual ones alike.
 
@@ -252,6 +295,7 @@ def new_decision(
         metric: The per-request loss tested; "none" when nothing was tested.
         ev: The evidence, already in the schema's sign (challenger minus golden).
         p_value: The always-valid p-value after multiplicity correction; None if not computed.
+        checks: Where every test of the challenger stands (primary test, guardrails, SRM).
     """
     return Decision(
         decision_id=uuid.uuid4().hex,
@@ -268,21 +312,28 @@ def new_decision(
         p_value=p_value,
         e_value=ev.e_value,
         reason=reason,
+        checks=list(checks),
     )
 
 
-def _stats_text(config: PromoterConfig, ev: Evidence, level: float) -> str:
+def evidence_text(config: PromoterConfig, ev: Evidence, level: float) -> str:
+    """The evidence about d in words: mean gain, always-valid interval at `level`, n."""
     return (
         f"mean {config.metric} gain {ev.mean:.4g} (golden minus challenger), {level:.1%} always-valid "
         f"CI [{ev.low:.4g}, {ev.high:.4g}], n={ev.n}"
     )
 
 
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 class Promoter:
     """Sequential tests of every challenger against the current golden, with Holm across them.
 
-    Feed paired scores with `observe`, ask `decide` as often as you like (every decision is valid
-    under continuous monitoring). After a promotion is applied, call `reset_for_new_golden`.
+    Feed paired scores with `observe` (or the moments of matured cohorts with `fold`), ask `decide` as
+    often as you like (every decision is valid under continuous monitoring). After a promotion is
+    applied, call `reset_for_new_golden`.
     """
 
     def __init__(self, config: PromoterConfig, golden_version: str) -> None:
@@ -310,14 +361,23 @@ class Promoter:
             PromoterError: misaligned arrays, scores outside [0, 1] or NaN, labels other than 0/1, or
                 the golden as its own challenger.
         """
-        loss_g, loss_c = _losses(self.config.metric, label, golden_scores, challenger_scores)
+        loss_g, loss_c = losses(self.config.metric, label, golden_scores, challenger_scores)
         if golden_version != self.golden_version:
             self.stale_rows += int(loss_g.size)
             return
-        if challenger_version == golden_version:
+        self.fold(challenger_version, Moments.of(loss_g - loss_c))
+
+    def fold(self, challenger_version: str, moments: Moments) -> None:
+        """Fold the moments of paired differences d (golden minus challenger loss) of the current
+        golden and one challenger in.
+
+        Raises:
+            PromoterError: the golden as its own challenger.
+        """
+        if challenger_version == self.golden_version:
             raise PromoterError(f"challenger {challenger_version!r} is the golden itself")
-        pair = self.pairs.setdefault(challenger_version, PairState(golden_version, challenger_version))
-        pair.update(loss_g - loss_c, self.config)
+        pair = self.pairs.setdefault(challenger_version, PairState(self.golden_version, challenger_version))
+        pair.fold(moments, self.config)
 
     def end_challenger(self, challenger_version: str) -> None:
         """Forget a challenger whose experiment stopped (it leaves Holm's family)."""
@@ -327,14 +387,8 @@ class Promoter:
         """Start over against a new golden: every earlier pair compared another model."""
         self.golden_version, self.pairs, self.stale_rows = version, {}, 0
 
-    def decide(self, now_ms: int, include_keep: bool = False) -> list[Decision]:
-        """Decisions at this moment, as Decision records.
-
-        At most one `promote`: among the m challengers, those Holm rejects at level α whose (1 - α/m)
-        confidence lower bound exceeds min_effect, the one with the largest mean gain. Each finding
-        (promote, or a significantly worse challenger as `keep` "challenger worse") is returned once
-        per pair; with `include_keep`, every other pair (and repeated findings) get a `keep` with why.
-        """
+    def _standing(self) -> tuple[list[str], list[bool], np.ndarray, list[Evidence], list[bool]]:
+        """Per challenger (sorted): ready, Holm-adjusted p, evidence at α/m, significant."""
         cfg = self.config
         names = sorted(self.pairs)
         pairs = [self.pairs[name] for name in names]
@@ -343,11 +397,79 @@ class Promoter:
         adjusted = holm_adjust([pair.p_value if ok else 1.0 for pair, ok in zip(pairs, ready, strict=True)])
         evidence = [pair.evidence(cfg, cfg.alpha / max(m, 1)) for pair in pairs]
         significant = [ok and p <= cfg.alpha for ok, p in zip(ready, adjusted, strict=True)]
+        return names, ready, adjusted, evidence, significant
+
+    def primary_check(self, challenger_version: str) -> DecisionCheck:
+        """The challenger's primary check (`primary_checks`), pending with n = 0 before any pair."""
+        found = self.primary_checks().get(challenger_version)
+        if found is not None:
+            return found
+        cfg = self.config
+        detail = f"no matured paired outcome yet (needs n >= {cfg.min_samples})"
+        return DecisionCheck(name="primary", state="pending", n=0, margin=-cfg.min_effect, detail=detail)
+
+    def primary_checks(self) -> dict[str, DecisionCheck]:
+        """Where each challenger's primary test stands, as a `DecisionCheck` named "primary": the
+        estimate is the mean loss difference challenger minus golden (negative: better), with its
+        always-valid interval at level 1 - α/m and its Holm-adjusted p-value; it passes once the
+        challenger is surely better by more than min_effect and fails once it is surely worse."""
+        cfg = self.config
+        names, ready, adjusted, evidence, significant = self._standing()
+        checks = {}
+        for i, name in enumerate(names):
+            ev = evidence[i].flipped()
+            passed = significant[i] and evidence[i].low > cfg.min_effect
+            failed = significant[i] and evidence[i].mean < 0.0
+            state = "pass" if passed else "fail" if failed else "pending"
+            checks[name] = DecisionCheck(
+                name="primary",
+                state=state,
+                n=ev.n,
+                estimate=ev.mean if ev.n else None,
+                ci_low=_finite(ev.low),
+                ci_high=_finite(ev.high),
+                margin=-cfg.min_effect,
+                p_value=float(adjusted[i]) if ready[i] else None,
+                detail=(
+                    f"mean {cfg.metric} challenger minus golden; passes below -{cfg.min_effect:g} "
+                    f"(Holm over {len(names)} challenger(s), needs n >= {cfg.min_samples})"
+                ),
+            )
+        return checks
+
+    def decide(
+        self,
+        now_ms: int,
+        include_keep: bool = False,
+        holds: Mapping[str, tuple[str, str]] | None = None,
+        checks: Mapping[str, Sequence[DecisionCheck]] | None = None,
+    ) -> list[Decision]:
+        """Decisions at this moment, as Decision records.
+
+        At most one `promote`: among the m challengers, those Holm rejects at level α whose (1 - α/m)
+        confidence lower bound exceeds min_effect and that are not held, the one with the largest
+        mean gain. Each finding (promote; a significantly worse challenger as `keep` "challenger
+        worse"; a winner held, as `keep` "held") is returned once per pair; with `include_keep`,
+        every other pair (and repeated findings) get a `keep` with why.
+
+        Args:
+            now_ms: When, epoch milliseconds.
+            include_keep: Also return a `keep` for every pair without a new finding.
+            holds: Challenger -> (kind, why) for challengers that may not be promoted now (a guardrail
+                not passed, a sample ratio mismatch); the kind names the finding, reported once.
+            checks: Challenger -> its other tests' checks, recorded after the primary one.
+        """
+        cfg, holds, checks = self.config, holds or {}, checks or {}
+        names, ready, adjusted, evidence, significant = self._standing()
+        primary = self.primary_checks()
+        m = len(names)
         passing = [i for i in range(m) if significant[i] and evidence[i].low > cfg.min_effect]
-        best = max(passing, key=lambda i: evidence[i].mean, default=None)
+        eligible = [i for i in passing if names[i] not in holds]
+        best = max(eligible, key=lambda i: evidence[i].mean, default=None)
         decisions = []
-        for i, (pair, ev) in enumerate(zip(pairs, evidence, strict=True)):
-            finding, reason = None, _stats_text(cfg, ev, 1.0 - cfg.alpha / m)
+        for i, (name, ev) in enumerate(zip(names, evidence, strict=True)):
+            pair = self.pairs[name]
+            finding, reason = None, evidence_text(cfg, ev, 1.0 - cfg.alpha / m)
             reason += f", Holm p={adjusted[i]:.3g} over {m} challenger(s)"
             if not ready[i]:
                 reason = f"collecting evidence: {pair.n} of {cfg.min_samples} paired outcomes"
@@ -358,6 +480,10 @@ class Promoter:
                 finding = "worse"
                 by = "by more than" if ev.high < -cfg.min_effect else "maybe not by"
                 reason = f"challenger worse, {by} the minimum effect {cfg.min_effect:g}: {reason}"
+            elif i in passing and name in holds:
+                kind, why = holds[name]
+                finding = f"held:{kind}"
+                reason = f"held ({why}); challenger better by more than the minimum effect: {reason}"
             elif i in passing:
                 reason = f"passes, but challenger {names[best or 0]} gains more: {reason}"
             elif significant[i]:
@@ -373,8 +499,11 @@ class Promoter:
                 action, reason = "keep", f"already recorded ({finding}); {reason}"
             p_value = float(adjusted[i]) if ready[i] else None
             versions = (self.golden_version, pair.challenger_version)
+            tests = [primary[name], *checks.get(name, ())]
             decisions.append(
-                new_decision(now_ms, action, cfg.mode, versions, reason, cfg.metric, ev.flipped(), p_value)
+                new_decision(
+                    now_ms, action, cfg.mode, versions, reason, cfg.metric, ev.flipped(), p_value, tests
+                )
             )
         return decisions
 
@@ -394,152 +523,3 @@ class Promoter:
         promoter.pairs = {item["challenger_version"]: PairState(**item) for item in raw["pairs"]}
         promoter.stale_rows = int(raw.get("stale_rows", 0))
         return promoter
-
-
-@dataclass
-class LossStream:
-    """Running count, mean and M2 (Welford) of the golden's per-request loss.
-
-    `exact` marks a supplied baseline whose mean is taken as known (no sampling error).
-    """
-
-    n: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-    exact: bool = False
-
-    @classmethod
-    def from_baseline(cls, mean: float, var: float, n: int | None = None) -> LossStream:
-        """A supplied reference: mean and variance of the golden's loss from `n` outcomes (None: exact).
-        Raises PromoterError for n below 2 or a negative variance."""
-        if var < 0 or (n is not None and n < 2):
-            raise PromoterError(f"a baseline needs n >= 2 and var >= 0, got n={n}, var={var}")
-        return cls(n=2, mean=mean, m2=var, exact=True) if n is None else cls(n, mean, var * (n - 1))
-
-    @property
-    def variance(self) -> float:
-        """Sample variance (0 below two observations)."""
-        return self.m2 / (self.n - 1) if self.n > 1 else 0.0
-
-
-class GoldenMonitor:
-    """Watches the golden for degradation; `decide` returns a `demote` when it got worse.
-
-    Two tracks, α split evenly between those in use:
-    - reference: the first `reference_size` (default 5 × min_samples) joined outcomes after the golden
-      took over, or a supplied `LossStream.from_baseline`, against every later loss. The reference
-      mean gets a fixed-sample (1 - α/2) normal interval (the window is fixed once full), the later
-      losses the (1 - α/2) confidence sequence; demote when the current mean's lower bound minus the
-      reference's upper bound exceeds min_effect.
-    - previous: when `previous_version` is set and its shadow scores are passed to `observe`, the
-      paired mSPRT with the previous golden as challenger; demote when it is better by > min_effect.
-    """
-
-    def __init__(
-        self,
-        config: PromoterConfig,
-        golden_version: str,
-        reference_size: int | None = None,
-        previous_version: str | None = None,
-        baseline: LossStream | None = None,
-    ) -> None:
-        self.config = config
-        self.golden_version = golden_version
-        self.reference_size = reference_size or REFERENCE_PER_MIN_SAMPLES * config.min_samples
-        if self.reference_size < 2:
-            raise PromoterError(f"reference_size must be at least 2, got {self.reference_size}")
-        self.previous_version = previous_version
-        self.reference = baseline if baseline is not None else LossStream()
-        self.current = LossStream()
-        self.previous = None if previous_version is None else PairState(golden_version, previous_version)
-        self.reported = False
-
-    def observe(
-        self, labels: np.ndarray, scores: np.ndarray, previous_scores: np.ndarray | None = None
-    ) -> None:
-        """Fold a batch of the golden's joined outcomes (and the previous golden's shadow scores) in.
-
-        Raises:
-            PromoterError: misaligned arrays, bad scores or labels, or previous scores without a
-                `previous_version`.
-        """
-        if previous_scores is not None and self.previous is None:
-            raise PromoterError("previous_scores given but the monitor has no previous_version")
-        extra = () if previous_scores is None else (previous_scores,)
-        loss, *previous = _losses(self.config.metric, labels, scores, *extra)
-        if self.previous is not None and previous:
-            self.previous.update(loss - previous[0], self.config)
-        room = 0 if self.reference.exact else self.reference_size - self.reference.n
-        for stream, part in ((self.reference, loss[: max(room, 0)]), (self.current, loss[max(room, 0) :])):
-            stream.n, stream.mean, stream.m2 = welford_update(stream.n, stream.mean, stream.m2, part)
-
-    def reference_evidence(self) -> Evidence | None:
-        """Current mean loss minus the reference mean, with its always-valid (1 - α_track) interval
-        (positive: the golden got worse); None until the window is full and two more outcomes came."""
-        ref, cur = self.reference, self.current
-        if not (ref.exact or ref.n >= self.reference_size) or cur.n < 2:
-            return None
-        split = self._track_alpha() / (1.0 if ref.exact else 2.0)
-        radius = float(mixture_radius(cur.n, cur.variance, self.config.mixing_variance, split))
-        if not ref.exact:
-            radius += float(norm.ppf(1.0 - split / 2.0)) * math.sqrt(ref.variance / ref.n)
-        diff = cur.mean - ref.mean
-        return Evidence(cur.n, diff, diff - radius, diff + radius, None)
-
-    def _track_alpha(self) -> float:
-        return self.config.alpha / (2 if self.previous is not None else 1)
-
-    def decide(self, now_ms: int, include_keep: bool = False) -> list[Decision]:
-        """A `demote` (returned once) when the golden got worse by more than min_effect on a track;
-        with `include_keep`, otherwise a `keep` per track saying where it stands."""
-        cfg, alpha = self.config, self._track_alpha()
-        records = []
-        ref = self.reference_evidence()
-        if ref is not None:
-            worse = self.current.n >= cfg.min_samples and ref.low > cfg.min_effect
-            text = (
-                f"golden mean {cfg.metric} {ref.mean:+.4g} against its reference ({self.reference.n} "
-                f"outcomes), {1 - alpha:.1%} always-valid CI [{ref.low:.4g}, {ref.high:.4g}], n={ref.n}"
-            )
-            verdict = f"degraded by more than the minimum effect {cfg.min_effect:g}" if worse else "stable"
-            records.append((worse, None, ref, None, f"golden {verdict}: {text}"))
-        if self.previous is not None and self.previous.n >= 2:
-            pair, ready = self.previous, self.previous.n >= cfg.min_samples
-            ev = pair.evidence(cfg, alpha)
-            worse = ready and pair.p_value <= alpha and ev.low > cfg.min_effect
-            verdict = "worse" if worse else "not worse"
-            text = f"golden {verdict} than the previous golden: {_stats_text(cfg, ev, 1 - alpha)}"
-            p_value = min(1.0, pair.p_value * cfg.alpha / alpha) if ready else None
-            records.append((worse, pair.challenger_version, ev.flipped(), p_value, text))
-        out = []
-        for worse, challenger, ev, p_value, reason in records:
-            action = "demote" if worse and not self.reported else "keep"
-            reason = f"already recorded (demote); {reason}" if worse and self.reported else reason
-            versions = (self.golden_version, challenger)
-            out.append(new_decision(now_ms, action, cfg.mode, versions, reason, cfg.metric, ev, p_value))
-            if action == "demote":
-                self.reported = True
-                return out[-1:]
-        return out if include_keep else []
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for persistence."""
-        state = {
-            name: getattr(self, name) for name in ("golden_version", "reference_size", "previous_version")
-        }
-        streams = {"reference": self.reference, "current": self.current, "previous": self.previous}
-        return {
-            "config": asdict(self.config),
-            **state,
-            **{name: None if item is None else asdict(item) for name, item in streams.items()},
-            "reported": self.reported,
-        }
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> GoldenMonitor:
-        """Inverse of `to_dict`."""
-        monitor = cls(PromoterConfig(**raw["config"]), raw["golden_version"], raw["reference_size"])
-        monitor.previous_version, monitor.reported = raw["previous_version"], bool(raw["reported"])
-        monitor.reference, monitor.current = LossStream(**raw["reference"]), LossStream(**raw["current"])
-        monitor.previous = None if raw["previous"] is None else PairState(**raw["previous"])
-        return monitor

@@ -35,6 +35,9 @@ DecisionAction = Literal["keep", "promote", "demote"]
 """keep: change nothing; promote: make the challenger golden; demote: roll the golden back."""
 PromoterMode = Literal["suggest", "auto", "manual"]
 """suggest: decisions are only recorded; auto: they are applied; manual: a person decided."""
+CheckState = Literal["pass", "fail", "pending", "unmeasured"]
+"""pass: shown good enough; fail: shown worse (or a sample ratio mismatch); pending: not shown either
+way yet; unmeasured: no data reaches the promoter."""
 
 
 class Record(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
@@ -124,6 +127,20 @@ class JoinedOutcome(Record, kw_only=True):
     golden_score: float | None = None
 
 
+class DecisionCheck(Record, kw_only=True):
+    """Where one test of the challenger stood when the decision was taken."""
+
+    name: str
+    state: CheckState
+    n: int
+    estimate: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    margin: float | None = None
+    p_value: float | None = None
+    detail: str = ""
+
+
 class Decision(Record, kw_only=True):
     """One decision of the promoter about a golden and a challenger, with the evidence it rests on."""
 
@@ -141,6 +158,7 @@ class Decision(Record, kw_only=True):
     p_value: float | None = None
     e_value: float | None = None
     reason: str
+    checks: list[DecisionCheck] = msgspec.field(default_factory=list)
 
 
 # -- routing ------------------------------------------------------------------------------------

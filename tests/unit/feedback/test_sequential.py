@@ -13,14 +13,15 @@ from fastavro.validation import validate
 from scipy.integrate import quad
 
 from rig.errors import PromoterError
+from rig.feedback.monitor import GoldenMonitor, LossStream
 from rig.feedback.sequential import (
-    GoldenMonitor,
-    LossStream,
+    Moments,
     PairState,
     Promoter,
     PromoterConfig,
     holm_adjust,
     log_mixture_ratio,
+    losses,
     mixture_radius,
     welford_update,
 )
@@ -301,3 +302,58 @@ def test_unusable_batches_raise_promoter_error(labels: list, golden: list, chall
 def test_invalid_config_raises_promoter_error(settings: dict) -> None:
     with pytest.raises(PromoterError):
         PromoterConfig(**settings)
+
+
+def test_moments_merge_exactly_in_any_grouping() -> None:
+    rng = np.random.default_rng(17)
+    values = rng.standard_t(4, 3_001)
+    merged = Moments()
+    for lo, hi in itertools.pairwise([0, 1, 500, 501, 2_000, 3_001]):
+        merged = merged.merge(Moments.of(values[lo:hi]))
+    assert merged.n == values.size
+    assert merged.mean == pytest.approx(values.mean(), abs=1e-12)
+    assert merged.variance == pytest.approx(values.var(ddof=1), rel=1e-10)
+    assert Moments().merge(Moments()) == Moments()
+
+
+def test_folding_moments_decides_as_observing_the_rows() -> None:
+    rng = np.random.default_rng(18)
+    by_rows, by_moments = Promoter(PromoterConfig(), GOLDEN), Promoter(PromoterConfig(), GOLDEN)
+    for _ in range(6):
+        logit, labels = requests(rng, 1_000)
+        golden, challenger = model(rng, logit, 1.0), model(rng, logit, 0.3)
+        by_rows.observe(GOLDEN, "c", labels, golden, challenger)
+        loss_g, loss_c = losses("log_loss", labels, golden, challenger)
+        by_moments.fold("c", Moments.of(loss_g - loss_c))
+    a, b = by_rows.pairs["c"], by_moments.pairs["c"]
+    assert (a.n, a.p_value) == (b.n, pytest.approx(b.p_value)) and a.mean == pytest.approx(b.mean)
+    with pytest.raises(PromoterError):
+        by_moments.fold(GOLDEN, Moments(1, 0.0, 0.0))
+
+
+def test_a_held_winner_is_reported_once_per_hold_and_the_next_best_may_be_promoted() -> None:
+    promoter = Promoter(PromoterConfig(), GOLDEN)
+    feed(promoter, np.random.default_rng(19), {"best": 0.2, "good": 0.5}, 6_000)
+    holds = {"best": ("guardrails", "not passed: latency pending")}
+    decisions = promoter.decide(1, holds=holds)
+    by_name = {d.challenger_version: d for d in decisions}
+    assert by_name["good"].action == "promote", "the best that is not held"
+    assert by_name["best"].action == "keep" and by_name["best"].reason.startswith("held (not passed: latency")
+    assert promoter.decide(2, holds=holds) == []
+    (promoted,) = promoter.decide(3)
+    assert promoted.challenger_version == "best" and promoted.action == "promote"
+
+
+def test_primary_checks_state_where_each_pair_stands() -> None:
+    promoter = Promoter(PromoterConfig(), GOLDEN)
+    feed(promoter, np.random.default_rng(20), {"best": 0.2, "blurry": 1.6, "twin": 1.0}, 4_000)
+    checks = promoter.primary_checks()
+    assert {name: check.state for name, check in checks.items()} == {
+        "best": "pass",
+        "blurry": "fail",
+        "twin": "pending",
+    }
+    best, pair = checks["best"], promoter.pairs["best"]
+    assert best.name == "primary" and best.n == pair.n and best.estimate == -pair.mean
+    assert best.ci_low < best.estimate < best.ci_high < best.margin == -PromoterConfig().min_effect
+    assert best.p_value <= 0.05
