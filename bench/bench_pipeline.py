@@ -72,12 +72,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` 
 import numpy as np
 
 from bench.support.cpu import CpuUsage, cpu_seconds, thread_cpu_seconds, thread_cpu_since, wait_idle
-from bench.support.deploy import deployed, with_prefix
+from bench.support.deploy import add_world_arguments, deployed_world, route, with_prefix
 from bench.support.kafka_io import Collector, Message, Sender, connected_producer, synthetic_messages
-from bench.support.report import REPO, RESULTS_DIR, RunRecord, latency_percentiles, say, write_results
+from bench.support.report import (
+    REPO,
+    RESULTS_DIR,
+    PhaseClock,
+    RunRecord,
+    latency_percentiles,
+    say,
+    write_results,
+)
+from bench.support.workers import add_worker_env_argument, tails_on_error, worker_env
 from rig.config import RigSettings
-from rig.routing.control import publish_control
-from rig.routing.table import set_golden_event, start_experiment_event
 from rig.wire.codec import Codec
 from rig.wire.records import Prediction, Request
 from sim.deploy import settings_env, start_worker
@@ -434,10 +441,7 @@ def codec_costs(records: Sequence[Prediction], requests: Sequence[Message]) -> d
 # -- the run --------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--entities", type=int, default=5_000, help="entities of the synthetic world")
-    parser.add_argument("--days", type=int, default=4, help="days of feature history")
-    parser.add_argument("--rounds-boosting", type=int, default=150, help="boosting rounds of each model")
-    parser.add_argument("--train-events", type=int, default=10_000, help="labelled events for training")
+    add_world_arguments(parser)
     parser.add_argument("--requests", type=int, default=50_000, help="backlog of each rig agent")
     parser.add_argument("--naive-requests", type=int, default=2_000, help="backlog of the naive agent")
     parser.add_argument("--rounds", type=int, default=2, help="backlog rounds per agent (the better counts)")
@@ -451,22 +455,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--agents", default=",".join(AGENTS), help=f"comma-separated subset of {','.join(AGENTS)}"
     )
-    parser.add_argument(
-        "--worker-env",
-        action="append",
-        default=[],
-        metavar="RIG_NAME=VALUE",
-        help="setting for every rig agent (bare loop and workers), e.g. RIG_BATCH_MAX=200 (repeatable)",
-    )
+    add_worker_env_argument(parser, "every rig agent (bare loop and workers)")
     parser.add_argument(
         "--log-level", default="WARNING", help="log level of the rig agents (logs: printed on error)"
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON results")
-    parser.add_argument("--seed", type=int, default=31, help="seed of the world and requests")
     args = parser.parse_args(argv)
-    for item in args.worker_env:
-        if "=" not in item or not item.startswith("RIG_"):
-            parser.error(f"--worker-env takes RIG_NAME=VALUE, got {item!r}")
+    args.env = worker_env(parser, args)
     args.agents = [name for name in AGENTS if name in args.agents.split(",")]
     if not args.agents:
         parser.error(f"--agents takes names of {AGENTS}")
@@ -476,36 +471,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from rig.wire.topics import ensure_topics
 
-    world = WorldSettings(seed=args.seed, entities=args.entities, days=args.days)
-    phases: dict[str, float] = {}
-    mark = time.perf_counter()
-
-    def phase(name: str) -> None:
-        nonlocal mark
-        phases[name], mark = time.perf_counter() - mark, time.perf_counter()
-
-    with deployed(
-        "pipeline", MODELS, world, n_events=args.train_events, rounds=args.rounds_boosting
-    ) as deployment:
-        settings, versions = deployment.settings, deployment.versions
+    clock = PhaseClock()
+    with deployed_world("pipeline", MODELS, args) as deployment:
+        settings, versions, world = deployment.settings, deployment.versions, deployment.world_settings
         processes = deployment.cleanup.processes  # stopped at the end, also on error
-        worker_env = dict(item.split("=", 1) for item in args.worker_env)
+        worker_env = args.env
         logs = {name: settings.home / f"{name}.log" for name in args.agents}
-        try:
+        with tails_on_error(logs.values()):
             agents: dict[str, Agent] = {}
             for name in args.agents:
                 own = with_prefix(settings, name.replace("_", "-"))
                 ensure_topics(own)
-                publish_control(own, set_golden_event(versions["golden"], actor="bench"))
-                for shadow in SHADOWS:
-                    publish_control(
-                        own, start_experiment_event(shadow, versions[shadow], "shadow", actor="bench")
-                    )
+                route(own, versions, SHADOWS)
                 processes.append(start_agent(name, own, logs[name], args.log_level, worker_env))
                 agents[name] = Agent(name, own, processes[-1])
             pids = [agent.process.pid for agent in agents.values()]
             backlog_producer, paced_producer = connected_producer(settings), connected_producer(settings, 0)
-            phase("deploy_s")
+            clock.lap("deploy_s")
 
             say(f"warm-up of {', '.join(agents)}: a probe request each, then a small burst")
             warm = {
@@ -514,7 +496,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 for i, (name, agent) in enumerate(agents.items())
             }
-            phase("warm_up_s")
+            clock.lap("warm_up_s")
 
             measured: dict[str, dict[str, Any]] = {name: {"throughput_rounds": []} for name in agents}
             sample: list[Prediction] = []
@@ -538,7 +520,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in agents:
                 rounds = measured[name]["throughput_rounds"]
                 measured[name]["throughput"] = max(rounds, key=lambda tp: tp["requests_per_s"])
-            phase("throughput_s")
+            clock.lap("throughput_s")
 
             for i, (name, agent) in enumerate(agents.items()):
                 rates = {
@@ -556,12 +538,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"  {name}: p50 {ms['p50']:.1f} ms, p99 {ms['p99']:.1f} ms (other processes "
                         f"{lat['contention']['others_cores']:.2f} cores)"
                     )
-            phase("latency_s")
+            clock.lap("latency_s")
             costs = codec_costs(sample, synthetic_messages(settings, world, 3_000, seed=4_000))
-        except BaseException:
-            for log in logs.values():
-                print(f"----- {log.name} (last lines)\n{log_tail(log)}", file=sys.stderr)
-            raise
 
     return {
         "settings": {
@@ -581,23 +559,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "routing": {"golden": versions["golden"], "shadows": {n: versions[n] for n in SHADOWS}},
             "latency_producer_linger_ms": 0,
         },
-        "phases_s": phases,
+        "phases_s": clock.phases,
         "warm_up": warm,
         "agents": measured,
         "codec_costs_bench_process": costs,
     }
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
-    """The last lines of an agent's log, without Faust's banner and terminal escapes."""
-    if not path.is_file():
-        return "(no log)"
-    kept = [
-        line
-        for line in path.read_text(errors="replace").splitlines()
-        if line.strip() and not line.startswith(("|", "+", "\x1b"))
-    ]
-    return "\n".join(kept[-lines:])
 
 
 # -- ratios, targets, report ----------------------------------------------------------------------

@@ -1,14 +1,21 @@
 """What the benchmarks share, one module per job; each `bench/bench_*.py` keeps only its own logic.
 
-- `bench.support.kafka_io`: encoding requests, producing them (`Sender`, `connected_producer`),
-  reading predictions back (`Collector`), waiting for a worker's first answer (`wait_ready`).
+- `bench.support.kafka_io`: encoding requests, producing them (`Sender`, `connected_producer`, keyed
+  with murmur2 for what the join reads), reading a topic in a thread (`TopicReader`), predictions back
+  (`Collector`), waiting for a worker's first answer (`wait_ready`), partitions' end offsets.
+- `bench.support.feedback`: requests with their outcomes (`traffic_with_outcomes`), predictions and
+  joined rows read per request id (`Answers`, `JoinedRows`: what is missing, what is repeated).
+- `bench.support.memory`: a process's RSS and peak from /proc, sampled over a run (`RssSampler`), a
+  folder's size on disk.
+- `bench.support.workers`: free ports, a worker's JSON endpoints, its log (tail, lines as they come).
 - `bench.support.cpu`: CPU seconds from /proc (`cpu_seconds`, `machine_busy_seconds`), what a phase
   used (`CpuUsage`) or a window of a run (`CpuSampler`), per thread (`thread_cpu_seconds`), waiting for
   processes to be idle (`wait_idle`).
 - `bench.support.timing`: seconds per call of a function, interleaved trials of several cases.
 - `bench.support.cleanup`: removing what a run created (`Cleanup`, `cleaned_up`, `delete_topics`,
   `unlink_keys`).
-- `bench.support.deploy`: service checks, isolated settings, a whole deployment (`deployed`).
+- `bench.support.deploy`: service checks, isolated settings, a whole deployment (`deployed`), its
+  routing (`route`: a golden and shadow experiments).
 - `bench.support.report`: progress lines (`say`), machine and code facts, JSON in bench/results/.
 
 Importing it: every benchmark script starts, before its other imports, with

@@ -6,9 +6,10 @@ its own topic prefix, so it never sees (nor leaves behind) anyone else's topics 
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,9 @@ from sim.world import World
 
 
 def isolated_settings(root: Path, tag: str) -> RigSettings:
-    """Settings on a copy of ops/feast under `root` with its own Feast project and its own topic
-    prefix `bench.<tag>.<random>.` (like tests/integration/conftest.py `isolated_feast_settings`)."""
+    """Settings on a copy of examples/synthetic_world under `root` with its own Feast project and its
+    own topic prefix `bench.<tag>.<random>.` (like tests/integration/conftest.py
+    `isolated_feast_settings`)."""
     repo = isolated_feast_repo(root, "rig_bench")
     return RigSettings(
         feast_repo=repo,
@@ -110,3 +112,37 @@ def deployed(
                 )
             say(f"  models: {versions}")
             yield Deployment(settings, world, built, versions, cleanup)
+
+
+def route(settings: RigSettings, versions: Mapping[str, str], shadows: Sequence[str]) -> None:
+    """On the control topic of `settings`: the version trained as `golden` is the golden model, and
+    each name of `shadows` an experiment scoring its version in shadow mode."""
+    from rig.routing.control import publish_control
+    from rig.routing.table import set_golden_event, start_experiment_event
+
+    publish_control(settings, set_golden_event(versions["golden"], actor="bench"))
+    for name in shadows:
+        publish_control(settings, start_experiment_event(name, versions[name], "shadow", actor="bench"))
+
+
+@contextmanager
+def deployed_world(tag: str, models: Mapping[str, str], args: argparse.Namespace) -> Iterator[Deployment]:
+    """`deployed` with the world and training the options of `add_world_arguments` describe."""
+    with deployed(
+        tag, models, world_of(args), n_events=args.train_events, rounds=args.rounds_boosting
+    ) as deployment:
+        yield deployment
+
+
+def add_world_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a deployed world: its size, its models' training, its seed."""
+    parser.add_argument("--entities", type=int, default=5_000, help="entities of the synthetic world")
+    parser.add_argument("--days", type=int, default=4, help="days of feature history")
+    parser.add_argument("--rounds-boosting", type=int, default=150, help="boosting rounds of each model")
+    parser.add_argument("--train-events", type=int, default=10_000, help="labelled events for training")
+    parser.add_argument("--seed", type=int, default=31, help="seed of the world and traffic")
+
+
+def world_of(args: argparse.Namespace) -> WorldSettings:
+    """The world the options of `add_world_arguments` describe."""
+    return WorldSettings(seed=args.seed, entities=args.entities, days=args.days)

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Self
 
 from rig.config import RigSettings
 from rig.wire.codec import Codec, Rejected
@@ -35,16 +35,19 @@ def synthetic_messages(settings: RigSettings, world: WorldSettings, n: int, seed
     return encode_requests(settings, synthetic_requests(world, n, seed=seed))
 
 
-def connected_producer(settings: RigSettings, linger_ms: int = 5) -> Any:
+def connected_producer(settings: RigSettings, linger_ms: int = 5, keyed: bool = False) -> Any:
     """One producer for a whole run, connected before any clock starts.
 
     A message's CreateTime is stamped when it is produced: a producer still connecting to the broker
     would add its connection time to the first requests' latency, and its `linger_ms` is counted in
-    every request's latency (0 for a client that sends each request at once).
+    every request's latency (0 for a client that sends each request at once). `keyed`: the rig's own
+    producer settings (idempotent, Kafka's murmur2 partitioner), required for what the join reads
+    (outcomes, predictions): it finds them on their entity's partition.
     """
     from confluent_kafka import Producer
 
-    producer = Producer({**settings.kafka_client_config(), "linger.ms": linger_ms, "acks": "all"})
+    base = settings.kafka_producer_config() if keyed else settings.kafka_client_config()
+    producer = Producer({**base, "linger.ms": linger_ms, "acks": "all"})
     producer.list_topics(timeout=10)
     return producer
 
@@ -120,27 +123,29 @@ class Sender:
             raise RuntimeError(f"requests to {self.topic} not acknowledged within 60 s")
 
 
-class Collector:
-    """Reads a predictions topic in a thread, keeping raw (Kafka timestamp, value) in `raw`.
+class TopicReader:
+    """Reads every partition of a topic in a thread, handing each message to `fold` (in that thread).
 
-    `from_end=False` reads a fresh topic from the beginning; `from_end=True` starts at the high
-    watermarks at `start()`, so nothing produced after it is missed. Decoding is left to the caller
-    (`take`), so the reader takes as little CPU as it can from the worker being measured.
+    `from_end=False` reads the topic from the beginning; `from_end=True` starts at the high watermarks
+    at `start()`, so nothing produced after it is missed. The consumer never joins a group nor
+    commits, and reads committed messages only (librdkafka's default): what a downstream consumer of
+    an exactly-once worker sees.
     """
 
-    def __init__(self, settings: RigSettings, from_end: bool = False) -> None:
+    def __init__(self, settings: RigSettings, topic: str, from_end: bool = False) -> None:
         self.settings = settings
-        self.topic = settings.topic("predictions")
+        self.topic = topic
         self.from_end = from_end
-        self.raw: list[tuple[int, bytes]] = []
-        self._taken = 0
-        self._codec = Codec(Prediction, registry_url=settings.schema_registry_url)
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"reader-{topic}", daemon=True)
 
-    def start(self) -> Collector:
+    def fold(self, message: Any) -> None:
+        """Take one message in (subclasses)."""
+        raise NotImplementedError
+
+    def start(self) -> Self:
         self._thread.start()
         if not self._ready.wait(30) or self._failure is not None:
             raise RuntimeError(f"could not read {self.topic}: {self._failure}")
@@ -152,7 +157,7 @@ class Collector:
         consumer = Consumer(
             {
                 **self.settings.kafka_client_config(),
-                "group.id": f"bench-collector-{uuid.uuid4().hex[:8]}",  # never joined or committed
+                "group.id": f"bench-reader-{uuid.uuid4().hex[:8]}",  # never joined or committed
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 10,
             }
@@ -172,8 +177,8 @@ class Collector:
             while not self._stop.is_set():
                 for message in consumer.consume(2000, timeout=0.1):
                     if message.error() is None:
-                        self.raw.append((message.timestamp()[1], message.value()))
-        except BaseException as error:  # noqa: BLE001 - reported by start/take/check
+                        self.fold(message)
+        except BaseException as error:  # noqa: BLE001 - reported by start/check
             self._failure = error
         finally:
             self._ready.set()
@@ -182,7 +187,29 @@ class Collector:
     def check(self) -> None:
         """Raise if the reading thread failed."""
         if self._failure is not None:
-            raise RuntimeError(f"collector failed: {self._failure}") from self._failure
+            raise RuntimeError(f"reading {self.topic} failed: {self._failure}") from self._failure
+
+    def close(self) -> None:
+        """Stop reading (idempotent)."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+class Collector(TopicReader):
+    """Reads a predictions topic in a thread, keeping raw (Kafka timestamp, value) in `raw`.
+
+    Decoding is left to the caller (`take`), so the reader takes as little CPU as it can from the
+    worker being measured.
+    """
+
+    def __init__(self, settings: RigSettings, from_end: bool = False) -> None:
+        super().__init__(settings, settings.topic("predictions"), from_end)
+        self.raw: list[tuple[int, bytes]] = []
+        self._taken = 0
+        self._codec = Codec(Prediction, registry_url=settings.schema_registry_url)
+
+    def fold(self, message: Any) -> None:
+        self.raw.append((message.timestamp()[1], message.value()))
 
     def decode(self, raw: Iterable[tuple[int, bytes]]) -> list[tuple[int, Prediction]]:
         """(Kafka timestamp ms, Prediction record) of raw messages; undecodable ones are skipped."""
@@ -200,11 +227,6 @@ class Collector:
         fresh = self.raw[self._taken : end]
         self._taken = end
         return self.decode(fresh)
-
-    def close(self) -> None:
-        """Stop reading (idempotent)."""
-        self._stop.set()
-        self._thread.join(timeout=10)
 
 
 def wait_ready(
@@ -235,3 +257,19 @@ def wait_ready(
         if time.perf_counter() - began > timeout_s:
             break
     raise RuntimeError(f"the worker answered no probe within {timeout_s:.0f} s")
+
+
+def end_offsets(settings: RigSettings, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    """The high watermark of every partition of these topics: (topic, partition) -> offset."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**settings.kafka_client_config(), "group.id": f"bench-ends-{uuid.uuid4().hex[:8]}"})
+    try:
+        ends = {}
+        for topic in topics:
+            for partition in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                ends[(topic, partition)] = int(high)
+        return ends
+    finally:
+        consumer.close()

@@ -10,7 +10,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,15 @@ class RunRecord:
     def seconds(self) -> float:
         return time.perf_counter() - self.began
 
+    def result(self, benchmark: str, args: Any, **parts: Any) -> dict[str, Any]:
+        """A benchmark's report: its name, its options (`args`), its `parts`, then `fields()`."""
+        return {
+            "benchmark": benchmark,
+            "config": {**vars(args), "output": str(args.output)},
+            **parts,
+            **self.fields(),
+        }
+
     def fields(self) -> dict[str, Any]:
         """`machine` (with the load average at start and end), `code`, `command` and `seconds`."""
         return {
@@ -145,3 +154,35 @@ def write_results(path: Path, report: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(plain(report), indent=2, allow_nan=False) + "\n")
     say(f"wrote {path}")
+
+
+def run_line(result: dict[str, Any], output: Path) -> str:
+    """The last line of a benchmark's printout: the load average at start and end, the run's length
+    and where its report went."""
+    machine = result["machine"]
+    return (
+        f"load average (1 min) {machine['load_average_start'][0]:.2f} at start, "
+        f"{machine['load_average_end'][0]:.2f} at end, on {machine['cpus']} cpus; "
+        f"{result['seconds']:.0f} s; wrote {output}"
+    )
+
+
+def publish(
+    result: dict[str, Any], output: Path, print_report: Callable[[dict[str, Any], Path], None]
+) -> None:
+    """Write a benchmark's report (`write_results`), print its tables, then the run's line (`run_line`)."""
+    write_results(output, result)
+    print_report(result, output)
+    print(f"\n{run_line(result, output)}")
+
+
+class PhaseClock:
+    """Seconds each phase of a run took, phase after phase: `lap(name)` ends the current one."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name], self._mark = now - self._mark, now
