@@ -31,6 +31,11 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(cache_app, name="cache")
 
+# How a new model is routed, the same for `rig train` and `rig register`.
+RoleOption = Annotated[str, typer.Option(help="golden, shadow, ab or none.")]
+ExperimentOption = Annotated[str, typer.Option(help="Experiment name when role is shadow or ab.")]
+ShareOption = Annotated[float, typer.Option(help="Traffic share of an A/B experiment.")]
+
 
 def settings() -> RigSettings:
     """Settings from the environment (RIG_*)."""
@@ -154,9 +159,9 @@ def train(
     ] = None,
     name: Annotated[str, typer.Option(help="Model name; versions are numbered per name.")] = "risk",
     seed: Annotated[int, typer.Option(help="Seed of XGBoost.")] = 1,
-    role: Annotated[str, typer.Option(help="golden, shadow, ab or none.")] = "none",
-    experiment: Annotated[str, typer.Option(help="Experiment name when role is shadow or ab.")] = "",
-    share: Annotated[float, typer.Option(help="Traffic share of an A/B experiment.")] = 0.1,
+    role: RoleOption = "none",
+    experiment: ExperimentOption = "",
+    share: ShareOption = 0.1,
 ) -> None:
     """Train XGBoost on point-in-time-correct Feast data for labelled events, store it (UBJ + SHA-256)."""
     from pathlib import Path
@@ -528,9 +533,9 @@ def register(
         str, typer.Option(help="Data the model was trained on, e.g. 2025-01/2025-06.")
     ] = "",
     description: Annotated[str, typer.Option(help="What the model is, for the model card.")] = "",
-    role: Annotated[str, typer.Option(help="golden, shadow, ab or none.")] = "none",
-    experiment: Annotated[str, typer.Option(help="Experiment name when role is shadow or ab.")] = "",
-    share: Annotated[float, typer.Option(help="Traffic share of an A/B experiment.")] = 0.1,
+    role: RoleOption = "none",
+    experiment: ExperimentOption = "",
+    share: ShareOption = 0.1,
 ) -> None:
     """Register an XGBoost model trained elsewhere: checked against its features, then stored."""
     from pathlib import Path

@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pandas as pd
+from confluent_kafka import Producer
+
 from rig.config import RigSettings
 from rig.routing.control import publish_control
 from rig.wire.codec import Codec, Rejected
-from rig.wire.records import ControlEvent, Record
+from rig.wire.records import ControlEvent, JoinedOutcome, Outcome, Prediction, Record, Request
 from sim.deploy import prepare, start_worker, stop_processes
 from sim.settings import WorldSettings
 from sim.world import World
@@ -100,6 +103,62 @@ def consume(
     finally:
         consumer.close()
     return records
+
+
+def send_requests(settings: RigSettings, frame: pd.DataFrame) -> set[str]:
+    """Produce the synthetic world's requests (`make_requests`), keyed by entity; returns their ids."""
+    codec = Codec(Request)
+    producer = Producer(settings.kafka_producer_config())
+    for row in frame.itertuples():
+        event_time = int(row.event_time.timestamp() * 1000)
+        request = Request(request_id=row.request_id, entity_id=row.entity_id, event_time=event_time)
+        producer.produce(settings.topic("requests"), key=row.entity_id.encode(), value=codec.encode(request))
+    assert producer.flush(30) == 0
+    return set(frame["request_id"])
+
+
+def send_outcomes(settings: RigSettings, outcomes: pd.DataFrame) -> None:
+    """Produce the synthetic world's outcomes (`make_outcomes`), keyed by entity."""
+    codec = Codec(Outcome)
+    producer = Producer(settings.kafka_producer_config())
+    for row in outcomes.itertuples():
+        outcome = Outcome(
+            request_id=row.request_id,
+            entity_id=row.entity_id,
+            label=int(row.label),
+            event_time=int(row.event_time.timestamp() * 1000),
+        )
+        producer.produce(settings.topic("outcomes"), key=row.entity_id.encode(), value=codec.encode(outcome))
+    assert producer.flush(30) == 0
+
+
+def predictions_of(deployment: Deployment, ids: set[str]) -> list[Prediction]:
+    """The predictions of every request in `ids` (asserted complete)."""
+    predictions = consume(
+        deployment.settings,
+        deployment.settings.topic("predictions"),
+        Prediction,
+        len(ids),
+        where=lambda p: p.request_id in ids,
+        processes=deployment.processes,
+        timeout_s=600,
+    )
+    assert len(predictions) == len(ids)
+    return predictions
+
+
+def wait_joined(deployment: Deployment, ids: set[str], scored: int) -> None:
+    """Wait until the join published `scored` (request, model) rows of the requests in `ids`."""
+    joined = consume(
+        deployment.settings,
+        deployment.settings.topic("joined"),
+        JoinedOutcome,
+        scored,
+        where=lambda row: row.request_id in ids,
+        processes=deployment.processes,
+        timeout_s=600,
+    )
+    assert len(joined) >= scored, f"{len(joined)} of {scored} (request, model) pairs joined"
 
 
 def get_json(url: str) -> Any:

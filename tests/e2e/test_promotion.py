@@ -10,17 +10,25 @@ from datetime import datetime
 
 import pandas as pd
 import pytest
-from confluent_kafka import Producer
 
 from rig.feedback.metadata import MetadataStore
 from rig.feedback.promotion import PREVIOUS_GOLDEN_EXPERIMENT
 from rig.routing.control import read_routing
 from rig.routing.table import set_golden_event, start_experiment_event
-from rig.wire.codec import Codec
-from rig.wire.records import Decision, JoinedOutcome, Outcome, Prediction, Request
+from rig.wire.records import Decision, Prediction
 from sim.settings import WorldSettings
 from sim.world import make_outcomes, make_requests
-from tests.e2e.conftest import Deployment, consume, deploy, route, workers
+from tests.e2e.conftest import (
+    Deployment,
+    consume,
+    deploy,
+    predictions_of,
+    route,
+    send_outcomes,
+    send_requests,
+    wait_joined,
+    workers,
+)
 
 pytestmark = pytest.mark.e2e
 ROUND = 1_000
@@ -33,54 +41,11 @@ def one_round(deployment: Deployment, drift_at: datetime | None = None) -> list[
     join published their joined rows (the feedback loop keeps up with the rounds)."""
     settings, world = deployment.settings, deployment.world
     frame = make_requests(world, ROUND, seed=next(seeds), rate_per_s=1_000)
-    request_codec, outcome_codec = Codec(Request), Codec(Outcome)
-    producer = Producer(settings.kafka_producer_config())
-    for row in frame.itertuples():
-        request = Request(
-            request_id=row.request_id,
-            entity_id=row.entity_id,
-            event_time=int(row.event_time.timestamp() * 1000),
-            features={},
-            context={},
-        )
-        producer.produce(
-            settings.topic("requests"), key=row.entity_id.encode(), value=request_codec.encode(request)
-        )
-    assert producer.flush(30) == 0
-    ids = set(frame["request_id"])
-    predictions = consume(
-        settings,
-        settings.topic("predictions"),
-        Prediction,
-        ROUND,
-        where=lambda p: p.request_id in ids,
-        processes=deployment.processes,
-        timeout_s=600,
-    )
-    assert len(predictions) == ROUND
+    ids = send_requests(settings, frame)
+    predictions = predictions_of(deployment, ids)
     outcomes = make_outcomes(world, frame, seed=next(seeds), delay_median_s=1, drift_at=drift_at)
-    for row in outcomes.itertuples():
-        outcome = Outcome(
-            request_id=row.request_id,
-            entity_id=row.entity_id,
-            label=int(row.label),
-            event_time=int(row.event_time.timestamp() * 1000),
-        )
-        producer.produce(
-            settings.topic("outcomes"), key=row.entity_id.encode(), value=outcome_codec.encode(outcome)
-        )
-    assert producer.flush(30) == 0
-    scored = sum(1 + len(p.experiments) for p in predictions)
-    joined = consume(
-        settings,
-        settings.topic("joined"),
-        JoinedOutcome,
-        scored,
-        where=lambda row: row.request_id in ids,
-        processes=deployment.processes,
-        timeout_s=600,
-    )
-    assert len(joined) >= scored, f"{len(joined)} of {scored} (request, model) pairs joined"
+    send_outcomes(settings, outcomes)
+    wait_joined(deployment, ids, sum(1 + len(p.experiments) for p in predictions))
     return predictions
 
 

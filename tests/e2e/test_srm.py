@@ -13,17 +13,25 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
 
 from rig.feedback.metadata import MetadataStore
 from rig.routing.control import read_routing
 from rig.routing.table import set_golden_event, start_experiment_event
-from rig.wire.codec import Codec
-from rig.wire.records import Decision, JoinedOutcome, Outcome, Prediction, Request
+from rig.wire.records import Decision
 from sim.deploy import settings_env
 from sim.settings import WorldSettings
 from sim.world import make_outcomes, make_requests
-from tests.e2e.conftest import Deployment, consume, deploy, route, workers
+from tests.e2e.conftest import (
+    Deployment,
+    consume,
+    deploy,
+    predictions_of,
+    route,
+    send_outcomes,
+    send_requests,
+    wait_joined,
+    workers,
+)
 
 pytestmark = pytest.mark.e2e
 ROUND = 1_000
@@ -47,60 +55,17 @@ def one_round(deployment: Deployment, challenger: str) -> tuple[int, int]:
     """
     settings, world = deployment.settings, deployment.world
     frame = make_requests(world, ROUND, seed=next(seeds), rate_per_s=1_000)
-    producer = Producer(settings.kafka_producer_config())
-    request_codec, outcome_codec = Codec(Request), Codec(Outcome)
-    for row in frame.itertuples():
-        request = Request(
-            request_id=row.request_id,
-            entity_id=row.entity_id,
-            event_time=int(row.event_time.timestamp() * 1000),
-        )
-        producer.produce(
-            settings.topic("requests"), key=row.entity_id.encode(), value=request_codec.encode(request)
-        )
-    assert producer.flush(30) == 0
-    ids = set(frame["request_id"])
-    predictions = consume(
-        settings,
-        settings.topic("predictions"),
-        Prediction,
-        ROUND,
-        where=lambda p: p.request_id in ids,
-        processes=deployment.processes,
-        timeout_s=600,
-    )
-    assert len(predictions) == ROUND
+    predictions = predictions_of(deployment, send_requests(settings, frame))
     answered = {p.request_id: p for p in predictions}
     outcomes = make_outcomes(world, frame, seed=next(seeds), delay_median_s=1, positive_delay_factor=3)
-    dropped, kept = 0, set()
-    for row in outcomes.itertuples():
-        prediction = answered[row.request_id]
-        if prediction.answered_by == challenger and lost(row.entity_id):
-            dropped += 1
-            continue
-        kept.add(row.request_id)
-        outcome = Outcome(
-            request_id=row.request_id,
-            entity_id=row.entity_id,
-            label=int(row.label),
-            event_time=int(row.event_time.timestamp() * 1000),
-        )
-        producer.produce(
-            settings.topic("outcomes"), key=row.entity_id.encode(), value=outcome_codec.encode(outcome)
-        )
-    assert producer.flush(30) == 0
-    scored = sum(1 + len(answered[request].experiments) for request in kept)
-    joined = consume(
-        settings,
-        settings.topic("joined"),
-        JoinedOutcome,
-        scored,
-        where=lambda row: row.request_id in kept,
-        processes=deployment.processes,
-        timeout_s=600,
+    dropped = outcomes.apply(
+        lambda row: answered[row.request_id].answered_by == challenger and lost(row.entity_id), axis=1
     )
-    assert len(joined) >= scored, f"{len(joined)} of {scored} (request, model) pairs joined"
-    return sum(p.answered_by == challenger for p in predictions), dropped
+    kept = outcomes[~dropped]
+    send_outcomes(settings, kept)
+    kept_ids = set(kept["request_id"])
+    wait_joined(deployment, kept_ids, sum(1 + len(answered[request].experiments) for request in kept_ids))
+    return sum(p.answered_by == challenger for p in predictions), int(dropped.sum())
 
 
 def held_decisions(deployment: Deployment, timeout_s: float) -> list[Decision]:
