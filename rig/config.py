@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TOPIC_NAMES = (
@@ -40,8 +41,8 @@ class RigSettings(BaseSettings):
     kafka_sasl_username: str | None = None
     """SASL user name, when the cluster needs one."""
 
-    kafka_sasl_password: str | None = None
-    """SASL password, when the cluster needs one."""
+    kafka_sasl_password: SecretStr | None = None
+    """SASL password, when the cluster needs one (shown as `**********` by repr and str)."""
 
     kafka_ssl_ca_location: str | None = None
     """CA bundle for TLS connections to the cluster."""
@@ -64,7 +65,8 @@ class RigSettings(BaseSettings):
     """When set, Avro messages use the Confluent wire format with this registry (mock:// for tests)."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis used as Feast online store and as the shared cache tier."""
+    """Redis used as Feast online store and as the shared cache tier. It may hold a password: log or
+    show it only through `masked_url`."""
 
     redis_timeout_s: float = Field(default=2.0, gt=0)
     """Connect and read timeout of the rig's Redis clients: a Redis that hangs is waited for and
@@ -80,7 +82,8 @@ class RigSettings(BaseSettings):
     """Declarative inference-time transform (JSON), fitted at training and stored with the models."""
 
     metadata_url: str | None = None
-    """SQLAlchemy URL of the metadata store; defaults to a SQLite file under `home`."""
+    """SQLAlchemy URL of the metadata store; defaults to a SQLite file under `home`. It may hold a
+    password: log or show it only through `masked_url`."""
 
     batch_max: int = Field(default=500, ge=1)
     """Largest micro-batch a worker takes from a topic. A batch is what has arrived (never a wait to
@@ -222,11 +225,12 @@ class RigSettings(BaseSettings):
     def kafka_client_config(self) -> dict[str, str]:
         """confluent-kafka client settings, with the SASL/TLS ones that are set."""
         config = {"bootstrap.servers": self.kafka_bootstrap}
+        password = self.kafka_sasl_password
         optional = {
             "security.protocol": self.kafka_security_protocol,
             "sasl.mechanism": self.kafka_sasl_mechanism,
             "sasl.username": self.kafka_sasl_username,
-            "sasl.password": self.kafka_sasl_password,
+            "sasl.password": None if password is None else password.get_secret_value(),
             "ssl.ca.location": self.kafka_ssl_ca_location,
         }
         config.update({key: value for key, value in optional.items() if value is not None})
@@ -253,3 +257,20 @@ class RigSettings(BaseSettings):
     def resolved_metadata_url(self) -> str:
         """The metadata store URL, defaulting to a SQLite file under `home`."""
         return self.metadata_url or f"sqlite:///{(self.home / 'metadata.db').resolve()}"
+
+
+def masked_url(url: str) -> str:
+    """`url` with the password of its user info replaced by `***`, fit for logs and error messages.
+
+    A string that does not parse as a URL and holds an `@` (perhaps after a password) is replaced
+    by a placeholder as a whole.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url if "@" not in url else "<unparsable URL>"
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not colon:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{user}:***{at}{host}"))

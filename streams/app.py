@@ -36,7 +36,7 @@ def make_app(settings: RigSettings, app_id: str = "rig", **overrides: object) ->
     if settings.kafka_sasl_mechanism and settings.kafka_sasl_username:
         broker_credentials = faust.SASLCredentials(
             username=settings.kafka_sasl_username,
-            password=settings.kafka_sasl_password or "",
+            password=settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else "",
             mechanism=settings.kafka_sasl_mechanism,
         )
     settings.home.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level of datadir

@@ -14,11 +14,12 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import faust
 
 from rig.config import RigSettings
-from rig.errors import RigError
+from rig.errors import RegistryError, RigError
 from rig.wire.codec import Codec, Rejected
 from rig.wire.records import Explanation, Request, to_plain
 from streams.runtime import Runtime
@@ -107,11 +108,28 @@ def install_explain_endpoint(app: faust.App, get_runtime: Callable[[], Awaitable
     async def explain_entity(web, request, entity_id: str):  # type: ignore[no-untyped-def]
         """Explain the golden's (or `?model=`) score for this entity now."""
         runtime = await get_runtime()
-        ask = Request(
-            request_id=f"http-{uuid.uuid4().hex}", entity_id=entity_id, event_time=int(time.time() * 1000)
-        )
+        body, status = await asyncio.to_thread(explain_answer, runtime, entity_id, request.query.get("model"))
+        return web.json(body, status=status)
+
+
+def explain_answer(runtime: Runtime, entity_id: str, model: str | None) -> tuple[dict[str, Any], int]:
+    """The answer to `GET /explain/<entity_id>/?model=<version>` (blocking): the Explanation as plain
+    values and 200, or an error and its status.
+
+    `model` comes from anyone who can reach the web port: anything but a registered version is
+    refused with 404 before it names a file. What cannot be explained now (no golden routed, a model
+    not served, an entity the transform cannot take) is a 422.
+    """
+    if model:  # `?model=` with no value asks for the golden, as no `?model` does
         try:
-            record = await asyncio.to_thread(explain_with_golden, runtime, ask, request.query.get("model"))
-        except RigError as error:
-            return web.json({"error": str(error)}, status=422)
-        return web.json(to_plain(record))
+            runtime.registry.folder(model)
+        except RegistryError as error:
+            return {"error": str(error)}, 404
+    ask = Request(
+        request_id=f"http-{uuid.uuid4().hex}", entity_id=entity_id, event_time=int(time.time() * 1000)
+    )
+    try:
+        record = explain_with_golden(runtime, ask, model)
+    except RigError as error:
+        return {"error": str(error)}, 422
+    return to_plain(record), 200

@@ -39,12 +39,13 @@ from rig.feedback.join import (
     StreamClock,
     compact_outcome,
     compact_prediction,
+    invalid_outcome_reason,
     on_outcome,
     on_prediction,
     sweep,
 )
 from rig.feedback.join_store import Change, JoinStore
-from rig.wire.codec import Codec, Rejected
+from rig.wire.codec import Codec, ErrorType, Rejected
 from rig.wire.intake import dead_letter
 from rig.wire.partitioner import partition_for
 from rig.wire.records import DeadLetter, JoinedOutcome, Outcome, Prediction
@@ -202,11 +203,18 @@ class Join:
         self, partition: int, messages: list[Message], outputs: list[Outgoing]
     ) -> Iterator[tuple[str, str, dict[str, object], int]]:
         """(kind, request id, compact record, source ms) of each usable message; bad ones become
-        dead letters, ones on the wrong partition are re-routed."""
+        dead letters (outcomes with a label the promoter cannot score among them), ones on the wrong
+        partition are re-routed."""
         for message in messages:
             decoded = self._decode(message)
             if isinstance(decoded, Rejected):
-                outputs.append(self._dead_letter(message, decoded))
+                outputs.append(self._dead_letter(message, decoded.reason, decoded.error_type))
+                continue
+            reason = invalid_outcome_reason(decoded) if isinstance(decoded, Outcome) else None
+            if reason is not None:
+                outputs.append(
+                    self._dead_letter(message, reason, ErrorType.INVALID_VALUE, decoded.request_id or None)
+                )
                 continue
             at_ms = int(message.timestamp()[1])
             right = partition_for(decoded.entity_id.encode(), self.partitions)
@@ -231,17 +239,20 @@ class Join:
                 return prediction
         return decoded
 
-    def _dead_letter(self, message: Message, rejected: Rejected) -> Outgoing:
+    def _dead_letter(
+        self, message: Message, reason: str, error_type: str, request_id: str | None = None
+    ) -> Outgoing:
         self.counts["rejected"] += 1
         source = source_of(message)
         log.warning(
-            "dead letter topic=%s partition=%s offset=%s reason=%s",
+            "dead letter topic=%s partition=%s offset=%s request_id=%s reason=%s",
             source.topic,
             source.partition,
             source.offset,
-            rejected.reason,
+            request_id,
+            reason,
         )
-        letter = dead_letter(source, rejected.reason, rejected.error_type)
+        letter = dead_letter(source, reason, error_type, request_id)
         return Outgoing(self.settings.topic("dlq"), message.key(), self.dead_letter_codec.encode(letter))
 
     def _apply(

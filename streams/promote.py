@@ -18,17 +18,19 @@ from typing import Any
 
 import faust
 import numpy as np
+from confluent_kafka import Message
 
-from rig.config import RigSettings
+from rig.config import RigSettings, masked_url
 from rig.errors import RigError
 from rig.feedback.delays import DelayModel, WindowConfig
 from rig.feedback.guardrails import GuardrailConfig
+from rig.feedback.join import invalid_joined_reason
 from rig.feedback.metadata import MetadataStore
 from rig.feedback.promotion import PromotionLoop, columns, control_events
 from rig.feedback.sequential import PromoterConfig
 from rig.models.metrics import window_metrics
 from rig.routing.control import publish_control
-from rig.wire.codec import Codec, Rejected
+from rig.wire.codec import Codec, ErrorType, Rejected
 from rig.wire.intake import dead_letter
 from rig.wire.records import DeadLetter, Decision, JoinedOutcome
 from streams.app import source_settings
@@ -105,16 +107,13 @@ class Promotion:
         for message in batch.messages:
             row = self.joined_codec.decode(message.value() or b"")
             if isinstance(row, Rejected):
-                source = source_of(message)
-                log.warning(
-                    "dead letter topic=%s offset=%s reason=%s", source.topic, source.offset, row.reason
-                )
-                letter = dead_letter(source, row.reason, row.error_type)
-                outputs.append(
-                    Outgoing(self.settings.topic("dlq"), message.key(), self.dead_letter_codec.encode(letter))
-                )
-            else:
-                rows.append(row)
+                outputs.append(self._dead_letter(message, row.reason, row.error_type))
+                continue
+            reason = invalid_joined_reason(row)
+            if reason is not None:  # folded in, it would raise in the losses and stop every test
+                outputs.append(self._dead_letter(message, reason, ErrorType.INVALID_VALUE, row.request_id))
+                continue
+            rows.append(row)
         routing = self.runtime.routing
         fresh = self.loop.observe(rows, routing)
         if len(fresh) < len(rows):
@@ -154,6 +153,21 @@ class Promotion:
                 for event in control_events(decision, routing):
                     await asyncio.to_thread(publish_control, self.settings, event)
                     await self._record(MetadataStore.record_control, event)
+
+    def _dead_letter(
+        self, message: Message, reason: str, error_type: str, request_id: str | None = None
+    ) -> Outgoing:
+        source = source_of(message)
+        log.warning(
+            "dead letter topic=%s partition=%s offset=%s request_id=%s reason=%s",
+            source.topic,
+            source.partition,
+            source.offset,
+            request_id,
+            reason,
+        )
+        letter = dead_letter(source, reason, error_type, request_id)
+        return Outgoing(self.settings.topic("dlq"), message.key(), self.dead_letter_codec.encode(letter))
 
     async def _periodic(self, now_ms: int) -> None:
         """Record the label delays window, read new serving windows, record the status, when due."""
@@ -283,6 +297,7 @@ def open_metadata(settings: RigSettings) -> MetadataStore | None:
         return store
     except RigError:
         log.exception(
-            "metadata store unavailable url=%s; decisions are only published", settings.resolved_metadata_url
+            "metadata store unavailable url=%s; decisions are only published",
+            masked_url(settings.resolved_metadata_url),
         )
         return None

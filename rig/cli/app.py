@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rig.config import RigSettings
+from rig.config import RigSettings, masked_url
 
 if TYPE_CHECKING:
     from rig.wire.requests import KeySpec
@@ -81,7 +81,7 @@ def features_materialize(
 
     config = settings()
     FeatureStoreClient(config).materialize(moment(start), moment(end) if end else datetime.now(UTC))
-    typer.echo(f"materialized {config.feast_repo} into {config.redis_url}")
+    typer.echo(f"materialized {config.feast_repo} into {masked_url(config.redis_url)}")
     # New feature values: cached predictions of the old ones must not be served.
     purge_cached(config, [purge_cache_event("cli", "features materialized")])
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from rig.config import RigSettings
+from rig.config import RigSettings, masked_url
 from rig.errors import FeatureStoreError, FeatureStoreUnavailable
 
 if TYPE_CHECKING:
@@ -315,11 +315,11 @@ class RedisLayoutReader:
 
         if isinstance(error, redis.ResponseError):
             return FeatureStoreError(
-                f"online feature read: Redis at {self.settings.redis_url} refused HMGET "
+                f"online feature read: Redis at {masked_url(self.settings.redis_url)} refused HMGET "
                 f"on project {self.project!r}: {error}"
             )
         return FeatureStoreUnavailable(
-            f"online feature read: Redis not reachable at {self.settings.redis_url}; "
+            f"online feature read: Redis not reachable at {masked_url(self.settings.redis_url)}; "
             f"run ops/redis/up ({type(error).__name__}: {error})"
         )
 

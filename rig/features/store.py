@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from rig.config import RigSettings
+from rig.config import RigSettings, masked_url
 from rig.errors import ConfigError, FeatureStoreError, FeatureStoreUnavailable
 from rig.features.selection import SERVED_TYPES, FeatureSelection, full_name, resolve
 
@@ -47,10 +47,10 @@ def redis_connection_string(redis_url: str) -> str:
     """
     parts = urlsplit(redis_url)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ConfigError(f"redis_url must look like redis://host:port/db, got {redis_url!r}")
+        raise ConfigError(f"redis_url must look like redis://host:port/db, got {masked_url(redis_url)!r}")
     db = parts.path.strip("/") or "0"
     if not db.isdigit():
-        raise ConfigError(f"redis_url database must be a number, got {db!r} in {redis_url!r}")
+        raise ConfigError(f"redis_url database must be a number, got {db!r} in {masked_url(redis_url)!r}")
     params = [f"{parts.hostname}:{parts.port or 6379}", f"db={db}"]
     if parts.username:
         params.append(f"username={unquote(parts.username)}")
@@ -154,7 +154,8 @@ class FeatureStoreClient:
             raise
         except (redis.ConnectionError, redis.TimeoutError) as error:
             raise FeatureStoreUnavailable(
-                f"{action}: Redis not reachable at {self.settings.redis_url}; run ops/redis/up ({error})"
+                f"{action}: Redis not reachable at {masked_url(self.settings.redis_url)}; "
+                f"run ops/redis/up ({error})"
             ) from error
         except (feast.errors.FeatureViewNotFoundException, feast.errors.EntityNotFoundException) as error:
             raise FeatureStoreError(

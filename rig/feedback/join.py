@@ -62,6 +62,38 @@ def compact_outcome(outcome: Outcome) -> dict[str, Any]:
     return {"label": int(outcome.label), "event_time": outcome.event_time}
 
 
+def invalid_outcome_reason(outcome: Outcome) -> str | None:
+    """Why a decoded outcome cannot be joined, or None when it can.
+
+    Checked at the join's intake: an outcome the promoter cannot score (its losses take labels of 0
+    or 1) is dead-lettered there, with this reason, before it reaches a joined row.
+    """
+    return _label_reason(outcome.label)
+
+
+def invalid_joined_reason(row: JoinedOutcome) -> str | None:
+    """Why a joined row cannot be folded into the promoter's tests, or None when it can: its label
+    must be 0 or 1, its scores probabilities, and a challenger's row must carry the golden's score.
+
+    The join only emits rows that pass, but `rig.joined` is a topic anybody may write to, and one
+    bad row must not stop the promoter's batch.
+    """
+    label = _label_reason(row.label)
+    if label is not None:
+        return label
+    scores: dict[str, float | None] = {"score": row.score}
+    if row.role != "golden":
+        scores["golden_score"] = row.golden_score
+    bad = [name for name, score in scores.items() if score is None or not 0.0 <= score <= 1.0]
+    if bad:  # NaN fails the comparison too
+        return f"{' and '.join(bad)} must be probabilities in [0, 1], got {[scores[name] for name in bad]}"
+    return None
+
+
+def _label_reason(label: int) -> str | None:
+    return None if label in (0, 1) else f"label must be 0 or 1, got {label!r}"
+
+
 def joined_rows(request_id: str, prediction: dict[str, Any], outcome: dict[str, Any]) -> list[JoinedOutcome]:
     """One JoinedOutcome record per model that scored the request, golden first (the only place one
     is built); every challenger's row carries the golden's score of the same request, so a pair is

@@ -41,6 +41,7 @@ import sqlalchemy as sa
 from fastavro.validation import ValidationError, validate
 from sqlalchemy import exc as sa_exc
 
+from rig.config import masked_url
 from rig.errors import MetadataError
 from rig.features.stats import FeatureStats, FeatureStatsWindow, json_float
 from rig.models.registry import ModelMeta
@@ -237,8 +238,8 @@ class MetadataStore:
                 connect_args=connect_args,
                 json_serializer=functools.partial(json.dumps, allow_nan=False),  # as strict as PostgreSQL
             )
-        except (sa_exc.ArgumentError, ImportError) as error:
-            raise MetadataError(f"bad metadata store URL {url!r}: {error}") from error
+        except (sa_exc.ArgumentError, ImportError, ValueError) as error:  # ValueError: a port not a number
+            raise MetadataError(f"bad metadata store URL {masked_url(url)!r}: {error}") from error
 
     @property
     def url(self) -> str:

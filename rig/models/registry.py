@@ -2,6 +2,10 @@
 
 A model version is stored as XGBoost UBJ (never pickle) beside a `meta.json` holding its SHA-256.
 Loading verifies the checksum first, so a corrupted or swapped file is refused.
+
+Versions reach the registry from outside (the control topic, `?model=` of the explain endpoint, the
+CLI), so a version is only ever joined into a path once it has the form the registry gives versions
+(`VERSION_PATTERN`): `/etc/x` or `../x` never name a file outside the registry's folder.
 """
 
 from __future__ import annotations
@@ -31,7 +35,13 @@ REFERENCE_FILE = "reference.parquet"
 REFERENCE_ROWS = 10_000
 """Raw feature rows of the training data kept with a model: the reference of serving statistics
 (PSI) and the sample explanations search in."""
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+"""A model name: a lowercase slug. Patterns here are matched whole (`fullmatch`: `$` would let a
+trailing newline through)."""
+VERSION_PATTERN = re.compile(rf"{NAME_PATTERN.pattern}\.[1-9][0-9]*")
+"""`<name>.<number>`, as `ModelRegistry.save` numbers versions."""
+TRANSFORM_VERSION_PATTERN = re.compile(r"[0-9a-f]{16}")
+"""The version of a fitted transform: 16 hex digits of a SHA-256."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,7 @@ class ModelRegistry:
         Raises:
             RegistryError: the name is not a lowercase slug, or the booster's features disagree.
         """
-        if not NAME_PATTERN.match(name):
+        if not NAME_PATTERN.fullmatch(name):
             raise RegistryError(f"model name {name!r} must match {NAME_PATTERN.pattern}")
         if booster.feature_names is not None and list(booster.feature_names) != list(features):
             raise RegistryError("booster feature names differ from the features given")
@@ -107,39 +117,59 @@ class ModelRegistry:
         _write_json(folder / META_FILE, asdict(meta))
         return meta
 
+    def folder(self, version: str) -> Path:
+        """The folder of a registered version: the only way a version becomes a path.
+
+        Raises:
+            RegistryError: `version` does not have the form of a version (`<name>.<number>`), or no
+                such version is stored.
+        """
+        if not VERSION_PATTERN.fullmatch(version):
+            raise RegistryError(
+                f"{version!r} is not a model version: expected <name>.<number> with a name matching "
+                f"{NAME_PATTERN.pattern}"
+            )
+        folder = self.root / version
+        if not (folder / META_FILE).is_file():
+            raise RegistryError(f"unknown model version {version!r} in {self.root}")
+        return folder
+
     def reference(self, version: str) -> pd.DataFrame | None:
-        """Raw feature rows of `version`'s training data, or None when none were stored with it."""
+        """Raw feature rows of `version`'s training data, or None when none were stored with it.
+
+        Raises:
+            RegistryError: not a registered version (see `folder`).
+        """
         import pandas as pd
 
-        path = self.root / version / REFERENCE_FILE
+        path = self.folder(version) / REFERENCE_FILE
         return pd.read_parquet(path) if path.is_file() else None
 
     def meta(self, version: str) -> ModelMeta:
         """Recorded metadata of a version.
 
         Raises:
-            RegistryError: no such version.
+            RegistryError: not a registered version (see `folder`).
         """
-        path = self.root / version / META_FILE
-        if not path.is_file():
-            raise RegistryError(f"unknown model version {version!r} in {self.root}")
-        raw = json.loads(path.read_text())
+        raw = json.loads((self.folder(version) / META_FILE).read_text())
         raw["features"] = tuple(raw["features"])
         return ModelMeta(**raw)
 
     def versions(self) -> list[ModelMeta]:
         """Every stored version, oldest first."""
-        metas = [self.meta(path.parent.name) for path in self.root.glob(f"*/{META_FILE}")]
+        names = [path.parent.name for path in self.root.glob(f"*/{META_FILE}")]
+        metas = [self.meta(name) for name in names if VERSION_PATTERN.fullmatch(name)]
         return sorted(metas, key=lambda meta: meta.created_at)
 
     def load_bytes(self, version: str) -> bytes:
         """The artifact's bytes, after checking them against the recorded SHA-256.
 
         Raises:
+            RegistryError: not a registered version (see `folder`).
             ModelIntegrityError: the file is missing or its checksum differs from the recorded one.
         """
         meta = self.meta(version)
-        path = self.root / version / MODEL_FILE
+        path = self.folder(version) / MODEL_FILE
         if not path.is_file():
             raise ModelIntegrityError(f"model file missing for {version}: {path}")
         data = path.read_bytes()
@@ -174,10 +204,12 @@ class ModelRegistry:
         """The fitted transform stored under `version` (its version is re-checked on load).
 
         Raises:
-            RegistryError: no such transform.
+            RegistryError: `version` is not the version of a fitted transform, or no such transform.
         """
         from rig.transform.fitted import FittedTransform
 
+        if not TRANSFORM_VERSION_PATTERN.fullmatch(version):
+            raise RegistryError(f"{version!r} is not a transform version (16 hex digits)")
         path = self.root / TRANSFORMS_DIR / f"{version}.json"
         if not path.is_file():
             raise RegistryError(f"unknown transform version {version!r} in {self.root / TRANSFORMS_DIR}")

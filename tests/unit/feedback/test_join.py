@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+from msgspec.structs import replace
+
 from rig.feedback.join import (
     Entry,
     StreamClock,
     compact_outcome,
     compact_prediction,
+    invalid_joined_reason,
+    invalid_outcome_reason,
+    joined_rows,
     on_outcome,
     on_prediction,
     sweep,
@@ -207,3 +213,31 @@ def test_the_stream_clock_waits_for_the_slowest_source() -> None:
     clock.observe("outcome", source_ms=800_000, wall_ms=3_000)
     assert clock.now(3_000) == 800_000, "both sources caught up"
     assert clock.now(3_000 + RETENTION) == 800_000 + RETENTION
+
+
+@pytest.mark.parametrize("label", [2, -1, 7])
+def test_an_outcome_with_a_label_other_than_0_or_1_is_invalid_and_says_why(label: int) -> None:
+    assert invalid_outcome_reason(outcome("r1", label=label)) == f"label must be 0 or 1, got {label}"
+
+
+@pytest.mark.parametrize("label", [0, 1])
+def test_outcomes_labelled_0_or_1_are_valid(label: int) -> None:
+    assert invalid_outcome_reason(outcome("r1", label=label)) is None
+
+
+def test_joined_rows_the_promoter_could_not_score_are_invalid_and_say_why() -> None:
+    golden, challenger = joined_rows(
+        "r1", compact_prediction(prediction("r1", experiments=2)), {"label": 1, "event_time": 5}
+    )[:2]
+    assert invalid_joined_reason(golden) is None
+    assert invalid_joined_reason(challenger) is None
+    assert invalid_joined_reason(replace(golden, label=2)) == "label must be 0 or 1, got 2"
+    assert (
+        invalid_joined_reason(replace(golden, score=1.5))
+        == "score must be probabilities in [0, 1], got [1.5]"
+    )
+    assert "score" in invalid_joined_reason(replace(golden, score=float("nan")))
+    assert invalid_joined_reason(replace(challenger, golden_score=None)) == (
+        "golden_score must be probabilities in [0, 1], got [None]"
+    )
+    assert invalid_joined_reason(replace(golden, golden_score=None)) is None, "a golden row has no pair"

@@ -174,3 +174,13 @@ def test_to_dict_round_trips_through_from_dict() -> None:
     stats = FeatureStats.from_reference(reference_frame())
     stats.update({"amount": np.random.default_rng(1).lognormal(3, 1, 200), "age": np.full(200, np.nan)})
     assert FeatureStats.from_dict(stats.to_dict()).to_dict() == stats.to_dict()
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql+psycopg://rig:secret@db:notaport/rig", "nodriver://rig:secret@db/rig"]
+)
+def test_a_malformed_url_is_a_metadata_error_without_its_password(url: str) -> None:
+    with pytest.raises(MetadataError, match="bad metadata store URL") as raised:
+        MetadataStore(url)
+    assert "rig:***@db" in str(raised.value)
+    assert "secret" not in str(raised.value)

@@ -60,3 +60,45 @@ def test_unknown_version_and_bad_names_are_clear_errors(tmp_path: Path) -> None:
         registry.load("risk.9")
     with pytest.raises(RegistryError, match="must match"):
         registry.save(small_booster(), "Bad Name!", FEATURES)
+
+
+def store_outside(folder: Path) -> Path:
+    """A complete model version (artifact and meta.json) outside the registry's folder."""
+    outside = ModelRegistry(folder)
+    meta = outside.save(small_booster(), "evil", FEATURES)
+    return folder / meta.version
+
+
+@pytest.mark.parametrize("name", ["absolute", "relative"])
+def test_a_version_that_is_a_path_never_loads_a_file_outside_the_registry(tmp_path: Path, name: str) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    registry.save(small_booster(), "risk", FEATURES)
+    target = store_outside(tmp_path / "elsewhere")
+    version = str(target) if name == "absolute" else f"../elsewhere/{target.name}"
+
+    for read in (registry.load, registry.load_bytes, registry.meta, registry.reference):
+        with pytest.raises(RegistryError, match="is not a model version"):
+            read(version)
+
+
+@pytest.mark.parametrize("version", ["risk", "risk.0", "risk.1\n", "Risk.1", "risk.1/../risk.1", ""])
+def test_only_names_of_the_registry_s_version_form_are_versions(tmp_path: Path, version: str) -> None:
+    registry = ModelRegistry(tmp_path)
+    registry.save(small_booster(), "risk", FEATURES)
+    with pytest.raises(RegistryError, match="is not a model version"):
+        registry.meta(version)
+    assert registry.folder("risk.1") == tmp_path / "risk.1"
+
+
+def test_a_transform_version_that_is_a_path_is_refused(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    with pytest.raises(RegistryError, match="is not a transform version"):
+        registry.load_transform(str(tmp_path / "elsewhere" / "0123456789abcdef"))
+
+
+def test_folders_that_are_not_versions_are_not_listed(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path)
+    registry.save(small_booster(), "risk", FEATURES)
+    (tmp_path / "not-a-version").mkdir()
+    (tmp_path / "not-a-version" / "meta.json").write_text("{}")
+    assert [meta.version for meta in registry.versions()] == ["risk.1"]

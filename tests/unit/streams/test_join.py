@@ -1,0 +1,83 @@
+"""The join's intake: outcomes the promoter could not score are dead-lettered, never joined."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import Message
+
+from rig.config import RigSettings
+from rig.feedback.join import StreamClock
+from rig.feedback.join_store import JoinStore
+from rig.wire.codec import Codec
+from rig.wire.records import DeadLetter, JoinedOutcome, ModelScore, Outcome, Prediction
+from streams.join import SOURCES, Join, Partition
+from streams.plane.source import SourceBatch
+
+
+@pytest.fixture
+def join(settings: RigSettings) -> Iterator[Join]:
+    """A join holding partition 0 of one-partition topics (so nothing is re-routed)."""
+    join = Join(settings.model_copy(update={"topic_partitions": 1}))
+    store = JoinStore(settings.home / "join-0", join.retention_ms)
+    join.held[0] = Partition(store, StreamClock(0, join.retention_ms, SOURCES))
+    yield join
+    store.close()
+
+
+BAD_OUTCOME = b'{"request_id": "r-bad", "entity_id": "ent-1", "label": 2, "event_time": 5}'
+"""What a client may well produce: JSON with a label the promoter cannot score."""
+
+
+def message(topic: str, offset: int, value: bytes) -> Message:
+    return Message(
+        topic=topic, partition=0, offset=offset, key=b"ent-1", value=value, timestamp=(1, 1_000 + offset)
+    )
+
+
+def prediction(request_id: str) -> Prediction:
+    golden = ModelScore(model_version="risk.1", score=0.3)
+    return Prediction(
+        request_id=request_id,
+        entity_id="ent-1",
+        event_time=1_000,
+        score=0.3,
+        answered_by="risk.1",
+        golden=golden,
+        transform_version="t-1",
+    )
+
+
+def test_an_outcome_labelled_2_is_dead_lettered_with_its_reason_and_never_joined(join: Join) -> None:
+    predictions, outcomes = join.settings.topic("predictions"), join.settings.topic("outcomes")
+    encode_prediction, encode_outcome = Codec(Prediction).encode, Codec(Outcome).encode
+    batch = SourceBatch(
+        1,
+        [
+            message(predictions, 0, encode_prediction(prediction("r-good"))),
+            message(predictions, 1, encode_prediction(prediction("r-bad"))),
+            message(
+                outcomes,
+                0,
+                encode_outcome(Outcome(request_id="r-good", entity_id="ent-1", label=1, event_time=5)),
+            ),
+            message(outcomes, 1, BAD_OUTCOME),
+        ],
+    )
+
+    outputs, changes = join.join_batch(batch)
+    join.write(changes)
+
+    letters = [
+        Codec(DeadLetter).decode(out.value) for out in outputs if out.topic == join.settings.topic("dlq")
+    ]
+    assert [(d.request_id, d.reason, d.error_type, d.offset) for d in letters] == [
+        ("r-bad", "label must be 0 or 1, got 2", "invalid_value", 1)
+    ]
+    joined = [Codec(JoinedOutcome).decode(out.value) for out in outputs if out.topic == join.joined]
+    assert [(row.request_id, row.label) for row in joined] == [("r-good", 1)]
+    assert join.counts["rejected"] == 1
+    assert join.held[0].store.get_many(["r-bad"])[0]["state"] == "predicted", (
+        "still waits for a valid outcome"
+    )

@@ -1,0 +1,98 @@
+"""The promoter's worker side: joined rows it cannot score are dead-lettered; secrets stay out of
+its logs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from confluent_kafka import Message
+
+from rig.config import RigSettings
+from rig.routing.table import control_key, fold, set_golden_event, start_experiment_event
+from rig.wire.codec import Codec
+from rig.wire.records import DeadLetter, JoinedOutcome
+from streams.plane.sink import Outgoing
+from streams.plane.source import SourceBatch
+from streams.promote import Promotion, open_metadata
+
+PASSWORD = "Pa55-w0rd-xyz"
+
+
+def test_an_unreachable_metadata_store_is_logged_without_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("RIG_METADATA_URL", f"postgresql+psycopg://rig:{PASSWORD}@127.0.0.1:1/rig")
+    settings = RigSettings(home=tmp_path)
+
+    with caplog.at_level(logging.INFO):
+        assert open_metadata(settings) is None
+
+    assert "metadata store unavailable url=postgresql+psycopg://rig:***@127.0.0.1:1/rig" in caplog.text
+    assert PASSWORD not in caplog.text, "neither the log line nor the errors in its traceback"
+
+
+class KeptSink:
+    """A Sink that keeps what it is given to publish."""
+
+    def __init__(self) -> None:
+        self.published: list[Outgoing] = []
+
+    async def publish(self, batch_id: int, messages: Iterable[Outgoing]) -> None:
+        self.published += messages
+
+    def close(self, timeout_s: float = 30) -> int:
+        return 0
+
+
+def pair(request_id: str, label: int, at: int) -> list[JoinedOutcome]:
+    """The golden's and the shadow challenger's joined rows of one request."""
+    common = {"request_id": request_id, "entity_id": "ent-1", "label": label, "prediction_time": at}
+    golden = JoinedOutcome(**common, outcome_time=at + 1, model_version="risk.1", role="golden", score=0.3)
+    challenger = JoinedOutcome(
+        **common,
+        outcome_time=at + 1,
+        model_version="risk.2",
+        role="shadow",
+        experiment="x",
+        score=0.2,
+        golden_model_version="risk.1",
+        golden_score=0.3,
+    )
+    return [golden, challenger]
+
+
+def test_joined_rows_with_a_label_other_than_0_or_1_are_dead_lettered_and_the_rest_are_folded(
+    settings: RigSettings,
+) -> None:
+    table = fold(
+        (control_key(e), e)
+        for e in (set_golden_event("risk.1", "t"), start_experiment_event("x", "risk.2", "shadow", "t"))
+    )
+    promotion = Promotion(
+        settings.model_copy(update={"promoter_label_window_s": 0.001}), SimpleNamespace(routing=table), None
+    )
+    good = [row for i in range(20) for row in pair(f"r{i}", i % 2, 10 * i)]
+    bad = pair("r-bad", 2, 5)
+    encode = Codec(JoinedOutcome).encode
+    joined = settings.topic("joined")
+    messages = [
+        Message(topic=joined, partition=0, offset=i, key=row.request_id.encode(), value=encode(row))
+        for i, row in enumerate([*good[:10], *bad, *good[10:]])
+    ]
+    sink = KeptSink()
+
+    asyncio.run(promotion.handle(SourceBatch(1, messages), sink))
+
+    letters = [
+        Codec(DeadLetter).decode(out.value) for out in sink.published if out.topic == settings.topic("dlq")
+    ]
+    assert [(d.request_id, d.reason, d.error_type, d.offset) for d in letters] == [
+        ("r-bad", "label must be 0 or 1, got 2", "invalid_value", 10),
+        ("r-bad", "label must be 0 or 1, got 2", "invalid_value", 11),
+    ]
+    assert promotion.loop.observe(good, table) == [], "every valid row was folded in already"
