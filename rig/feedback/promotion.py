@@ -23,7 +23,7 @@ if it beats the current golden, the decision is a rollback (`demote`).
 from __future__ import annotations
 
 import math
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -123,6 +123,8 @@ class PromotionLoop:
         """True once any serving window was seen: from then on the latency and failed-batch guardrails
         are enforced (before, no worker records them and they are reported `unmeasured`)."""
         self.duplicate_rows = 0
+        self.beyond_window: Counter[str] = Counter()
+        """Per challenger, paired rows left out because their outcome came after the label window."""
         self._seen = RecentKeys(recent_rows)
         self._backlog: deque[JoinedOutcome] = deque(maxlen=BACKLOG_ROWS)
 
@@ -155,6 +157,7 @@ class PromotionLoop:
                     Promoter(self.config, routing.golden), GoldenMonitor(self.config, routing.golden)
                 )
             self.cohorts.clear()
+            self.beyond_window.clear()
             self._backlog.clear()
 
     def observe(self, rows: list[JoinedOutcome], routing: RoutingTable) -> list[JoinedOutcome]:
@@ -225,6 +228,7 @@ class PromotionLoop:
             )
             loss_g, loss_c = losses(metric, labels, golden_scores, scores)
             keep, keys = cohorts.place(predicted, arrived - predicted, window, count=False)
+            self.beyond_window[challenger] += int(keep.size - keep.sum())
             d, y, gs, cs = (loss_g - loss_c)[keep], labels[keep], golden_scores[keep], scores[keep]
             for key, idx in groups(keys[keep]):
                 cohorts.add((width, key), f"pair:{challenger}", Moments.of(d[idx]))
@@ -305,6 +309,8 @@ class PromotionLoop:
                     }
                 checks = [tests.promoter.primary_check(version), *others.get(version, [])]
                 entry["checks"] = [to_plain(check) for check in checks]
+                entry["waiting"] = self._waiting(version)
+                entry["beyond_window"] = self.beyond_window[version]
                 challengers[version] = entry
         window = self.label_window_ms
         return {
@@ -331,6 +337,18 @@ class PromotionLoop:
             "srm": self.srm.snapshot(),
             "serving_measured": self.serving_measured,
         }
+
+    def _waiting(self, challenger: str) -> int:
+        """Paired rows of a challenger seen but not folded yet: in cohorts whose label window is still
+        open, or waiting for the window to be learned."""
+        stream = f"pair:{challenger}"
+        pending = sum(
+            stats.n
+            for cohort in self.cohorts.pending.values()
+            if isinstance(stats := cohort.get(stream), Moments)
+        )
+        backlog = sum(1 for row in self._backlog if row.role != "golden" and row.model_version == challenger)
+        return pending + backlog
 
     def decide(self, now_ms: int, routing: RoutingTable) -> list[Decision]:
         """Decisions now: sample ratio holds, promotions of challengers, rollbacks to the previous

@@ -418,3 +418,22 @@ def test_decisions_with_their_checks_fit_the_schema_and_round_trip_the_codec() -
         assert validate(to_plain(decision), load_schema("Decision"), raise_errors=True)
         assert codec.decode(codec.encode(decision)) == decision
         assert [check.name for check in decision.checks][:1] == ["primary"]
+
+
+def test_the_snapshot_counts_rows_waiting_for_their_window_and_rows_beyond_it() -> None:
+    loop = loop_of()
+    table = routing(
+        set_golden_event("m.1", actor="t"), start_experiment_event("x", "m.2", "shadow", actor="t")
+    )
+    loop.observe(rows("m.1", "m.2", 10, challenger_better=True), table)
+    entry = loop.snapshot(table)["challengers"]["m.2"]
+    # The last request (predicted at 90 ms, outcome at 91 ms) waits until outcome time passes 95 ms.
+    assert (entry["n"], entry["waiting"], entry["beyond_window"]) == (9, 1, 0)
+    late = [
+        replace(row, outcome_time=row.prediction_time + 50) for row in rows("m.1", "m.2", 2, True, start=200)
+    ]
+    loop.observe(late, table)
+    entry = loop.snapshot(table)["challengers"]["m.2"]
+    # Their outcomes moved outcome time on (the last one matured) but came 50 ms after their
+    # predictions, beyond the 5 ms window: left out.
+    assert (entry["n"], entry["waiting"], entry["beyond_window"]) == (10, 0, 2)
