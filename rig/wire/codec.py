@@ -2,7 +2,8 @@
 
 Wire formats, told apart by their first bytes:
 - Avro single-object encoding (default): 0xC3 0x01, the 8-byte little-endian CRC-64-AVRO fingerprint
-  of the schema's Parsing Canonical Form, then the Avro binary body.
+  of the schema's Parsing Canonical Form, then the Avro binary body. Decoding also accepts the
+  fingerprint the reference `avro` package computes for the same schema (see `_avro_package_form`).
 - Confluent wire format (when a schema registry URL is set): 0x00, the 4-byte big-endian schema id,
   then the Avro binary body. Writer schemas of other ids are fetched and resolved to ours.
 - JSON (when allowed): a UTF-8 object checked against the schema; defaults fill missing fields;
@@ -20,6 +21,8 @@ import datetime as dt
 import functools
 import io
 import json
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -38,7 +41,13 @@ SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0x00
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+DEFAULT_MAX_BYTES = 1_000_000
+"""A codec's `max_bytes` unless given: Kafka's default limit on a message (1 MiB) with room for headers."""
 _MAX_CACHED_SCHEMA_IDS = 1024
+# After a registry failure, ids not cached yet are refused without asking it for this long: every
+# lookup is a synchronous HTTP call on the event loop, and an outage must not make each message one.
+_REGISTRY_RETRY_S = 10.0
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 
 T = TypeVar("T", bound=Record)
 
@@ -117,8 +126,62 @@ def _strip_logical_types(schema: Any) -> Any:
     return schema
 
 
-def _fingerprint(parsed: dict[str, Any]) -> bytes:
-    return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+def _crc64_avro(canonical: str) -> bytes:
+    return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+
+
+def _fingerprints(parsed: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The fingerprint of a schema's Parsing Canonical Form, and the one the `avro` package computes."""
+    return _crc64_avro(to_parsing_canonical_form(parsed)), _crc64_avro(_avro_package_form(parsed))
+
+
+def _avro_package_form(parsed: dict[str, Any]) -> str:
+    """The canonical form of a parsed schema as the reference `avro` package (1.11, 1.12) writes it.
+
+    It differs from the specification's form (fastavro's) in one way: a primitive declared as an
+    object with attributes, e.g. `{"type": "long", "logicalType": "timestamp-millis"}`, stays
+    `{"type":"long"}` instead of `"long"`. Producers using that package put the fingerprint of this
+    form in single-object headers.
+    """
+
+    def canonical(schema: Any) -> Any:
+        if isinstance(schema, str):
+            return schema  # a primitive, or a named type defined earlier (by its full name)
+        if isinstance(schema, list):
+            return [canonical(branch) for branch in schema]
+        kind = schema["type"]
+        if kind in _PRIMITIVES:
+            return {"type": kind} if len(schema) > 1 else kind
+        form: dict[str, Any] = {"name": schema["name"]} if "name" in schema else {}
+        form["type"] = kind
+        if kind == "record":
+            form["fields"] = [{"name": f["name"], "type": canonical(f["type"])} for f in schema["fields"]]
+        elif kind == "enum":
+            form["symbols"] = schema["symbols"]
+        elif kind == "array":
+            form["items"] = canonical(schema["items"])
+        elif kind == "map":
+            form["values"] = canonical(schema["values"])
+        elif kind == "fixed":
+            form["size"] = schema["size"]
+        return form
+
+    return json.dumps(canonical(parsed), separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=16)
+def _schemas_by_fingerprint(schemas_dir: Path) -> dict[bytes, str]:
+    """The full name of every schema of a folder by both its fingerprints: read once per process, so
+    that naming a message of another schema, or refusing an unknown one, costs one dict lookup."""
+    names: dict[bytes, str] = {}
+    for path in sorted(schemas_dir.glob("*.avsc")):
+        try:
+            other = load_schema(path.stem, schemas_dir)
+        except CodecError:
+            continue
+        for fp in _fingerprints(other):
+            names.setdefault(fp, other["name"])
+    return names
 
 
 @functools.cache
@@ -157,7 +220,7 @@ class Codec(Generic[T]):
         registry_url: str | None = None,
         subject: str | None = None,
         allow_json: bool = False,
-        max_bytes: int = 1_000_000,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         schemas_dir: Path | None = None,
         shape: Shape | None = None,
     ) -> None:
@@ -197,12 +260,15 @@ class Codec(Generic[T]):
         self._reader = parse_schema(_strip_logical_types(raw))
         self._json_schema = expand_schema(raw)
         self._canonical = to_parsing_canonical_form(self.schema)
-        self.fingerprint = _fingerprint(self.schema)
+        self.fingerprint, avro_package_fingerprint = _fingerprints(self.schema)
+        self._accepted_fingerprints = frozenset({self.fingerprint, avro_package_fingerprint})
+        self._other_schemas = _schemas_by_fingerprint(self._schemas_dir)
         self._header = SINGLE_OBJECT_MAGIC + self.fingerprint
         self._registry_url = registry_url
         self._subject = subject or self.full_name
         self._schema_id: int | None = None
-        self._writers: dict[int, dict[str, Any] | str | None] = {}
+        self._writers: OrderedDict[int, dict[str, Any] | str | None] = OrderedDict()
+        self._registry_retry_at = 0.0
 
     # -- encode -------------------------------------------------------------------------------
     def encode(self, record: T) -> bytes:
@@ -302,7 +368,7 @@ class Codec(Generic[T]):
         if data[:2] == SINGLE_OBJECT_MAGIC:
             if len(data) < 10:
                 return Rejected(data, "truncated single-object header", ErrorType.MALFORMED)
-            if data[2:10] != self.fingerprint:
+            if data[2:10] not in self._accepted_fingerprints:
                 return Rejected(data, self._foreign_fingerprint(data[2:10]), ErrorType.UNKNOWN_SCHEMA)
             return self._read_body(data, 10, None)
         if data[0] == CONFLUENT_MAGIC:
@@ -345,13 +411,9 @@ class Codec(Generic[T]):
             return Rejected(data, f"invalid {self.full_name}: {exc}", ErrorType.INVALID_RECORD)
 
     def _foreign_fingerprint(self, fp: bytes) -> str:
-        for path in sorted(self._schemas_dir.glob("*.avsc")):
-            try:
-                other = load_schema(path.stem, self._schemas_dir)
-            except CodecError:
-                continue
-            if _fingerprint(other) == fp:
-                return f"message is a {other['name']}, not a {self.full_name} (fingerprint {fp.hex()})"
+        other = self._other_schemas.get(fp)
+        if other is not None:
+            return f"message is a {other}, not a {self.full_name} (fingerprint {fp.hex()})"
         return f"unknown schema fingerprint {fp.hex()}; {self.full_name} has {self.fingerprint.hex()}"
 
     def _decode_confluent(self, data: bytes) -> T | Rejected:
@@ -360,16 +422,30 @@ class Codec(Generic[T]):
             return Rejected(data, reason, ErrorType.UNKNOWN_SCHEMA)
         if len(data) < 5:
             return Rejected(data, "truncated Confluent header", ErrorType.MALFORMED)
-        schema_id = int.from_bytes(data[1:5], "big")
-        if schema_id in self._writers:
-            writer = self._writers[schema_id]
-        else:
-            writer, final = self._writer_schema(schema_id)
-            if final and len(self._writers) < _MAX_CACHED_SCHEMA_IDS:
-                self._writers[schema_id] = writer
+        writer = self._cached_writer_schema(int.from_bytes(data[1:5], "big"))
         if isinstance(writer, str):
             return Rejected(data, writer, ErrorType.UNKNOWN_SCHEMA)
         return self._read_body(data, 5, writer)
+
+    def _cached_writer_schema(self, schema_id: int) -> dict[str, Any] | str | None:
+        """`_writer_schema` behind a cache of the most recently used ids, refusals included, so that a
+        flood of unknown ids costs one registry call each; while the registry is failing, uncached
+        ids are refused without calling it."""
+        if schema_id in self._writers:
+            self._writers.move_to_end(schema_id)
+            return self._writers[schema_id]
+        now = time.monotonic()
+        if now < self._registry_retry_at:
+            wait = self._registry_retry_at - now
+            return f"schema registry failing; schema id {schema_id} not looked up (retry in {wait:.1f} s)"
+        writer, final = self._writer_schema(schema_id)
+        if not final:
+            self._registry_retry_at = now + _REGISTRY_RETRY_S
+            return writer
+        self._writers[schema_id] = writer
+        if len(self._writers) > _MAX_CACHED_SCHEMA_IDS:
+            self._writers.popitem(last=False)
+        return writer
 
     def _writer_schema(self, schema_id: int) -> tuple[dict[str, Any] | str | None, bool]:
         """The writer schema of an id: None when it is ours, a parsed schema to resolve to ours, or
@@ -462,9 +538,12 @@ def _from_json(schema: Any, value: Any, path: str) -> Any:
             raise _Invalid(f"{where}: {value} is out of the range of an Avro {kind}")
         return value
     if kind in ("float", "double") and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # a JSON integer beyond any double, e.g. 10**400
+            raise _Invalid(f"{where}: {str(value)[:40]}... is out of the range of an Avro {kind}") from None
     if kind == "string" and isinstance(value, str):
-        return value
+        return _unicode(value, where)
     if kind == "bytes" and isinstance(value, str):
         try:
             return value.encode("latin-1")
@@ -477,10 +556,24 @@ def _from_json(schema: Any, value: Any, path: str) -> Any:
     if kind == "array" and isinstance(value, list):
         return [_from_json(schema["items"], item, f"{path}[{i}]") for i, item in enumerate(value)]
     if kind == "map" and isinstance(value, dict):
-        return {k: _from_json(schema["values"], v, f"{path}[{k!r}]") for k, v in value.items()}
+        return {
+            _unicode(k, f"{where} key"): _from_json(schema["values"], v, f"{path}[{k!r}]")
+            for k, v in value.items()
+        }
     if kind == "record" and isinstance(value, dict):
         return _record_from_json(schema, value, path)
     raise _Invalid(f"{where}: expected {kind}, got {_kind(value)} {str(value)[:40]!r}")
+
+
+def _unicode(text: str, where: str) -> str:
+    """`text` if it is valid Unicode. JSON can escape lone surrogates (`"\\ud800"`); no UTF-8 writer
+    (Avro, Kafka keys, Redis) accepts them, so they must stop here rather than fail a later stage."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Invalid(f"{where}: {text[:40]!r} holds a lone surrogate (not valid Unicode)") from None
+    return text
 
 
 def _record_from_json(schema: dict[str, Any], value: dict[str, Any], path: str) -> dict[str, Any]:

@@ -10,11 +10,21 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
-from rig.wire.codec import Codec, ErrorType, Rejected
+from rig.wire.codec import DEFAULT_MAX_BYTES, Codec, ErrorType, Rejected
 from rig.wire.records import DeadLetter, Request
+
+# A dead letter must fit the DeadLetter codec (DEFAULT_MAX_BYTES) whatever it carries, or publishing
+# it raises: the fields a sender controls are cut to these sizes, which leave room for the others.
+MAX_ORIGINAL_BYTES = DEFAULT_MAX_BYTES - 100_000
+"""A dead letter keeps at most this many bytes of the message (and says so in its reason)."""
+_MAX_KEY_BYTES = 20_000
+_MAX_TEXT_CHARS = 2_000  # reason, request id, topic: at most 6 UTF-8 bytes a char (a `\udc80` escape)
+
+_Text = TypeVar("_Text", bytes, str)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +70,42 @@ class RequestBatch:
 
 
 def dead_letter(source: Source, reason: str, error_type: str, request_id: str | None = None) -> DeadLetter:
-    """The DeadLetter record of a message that cannot be answered (the only place one is built)."""
+    """The DeadLetter record of a message that cannot be answered (the only place one is built).
+
+    It always encodes with the DeadLetter codec: what the sender controls is cut to a bound (the
+    message to its first MAX_ORIGINAL_BYTES) and its text made valid UTF-8, and the reason says what
+    was cut.
+    """
+    cuts: list[str] = []
+    original = _cut(source.value, MAX_ORIGINAL_BYTES, "message", cuts)
+    key = None if source.key is None else _cut(source.key, _MAX_KEY_BYTES, "key", cuts)
+    request_id = None if request_id is None else _cut(request_id, _MAX_TEXT_CHARS, "request_id", cuts)
+    note = f" (dead letter truncated: {'; '.join(cuts)})" if cuts else ""
     return DeadLetter(
         received_at=int(time.time() * 1000),
-        source_topic=source.topic,
+        source_topic=_utf8(source.topic[:_MAX_TEXT_CHARS]),
         partition=source.partition,
         offset=source.offset,
-        key=source.key,
-        original=source.value,
-        reason=reason,
-        error_type=str(error_type),
-        request_id=request_id,
+        key=key,
+        original=original,
+        reason=_utf8(reason[:_MAX_TEXT_CHARS]) + note,
+        error_type=_utf8(str(error_type)[:_MAX_TEXT_CHARS]),
+        request_id=None if request_id is None else _utf8(request_id),
     )
+
+
+def _cut(value: _Text, limit: int, name: str, cuts: list[str]) -> _Text:
+    """The first `limit` bytes or characters of `value`; a cut is noted in `cuts`."""
+    if len(value) <= limit:
+        return value
+    unit = "bytes" if isinstance(value, bytes) else "characters"
+    cuts.append(f"{name} kept {limit} of {len(value)} {unit}")
+    return value[:limit]
+
+
+def _utf8(text: str) -> str:
+    """`text` with lone surrogates written as escapes (`\\ud800`), so that it encodes as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def invalid_reason(request: Request) -> str | None:

@@ -7,6 +7,8 @@ import datetime as dt
 import io
 import json
 import random
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import avro.schema
 import fastavro
 import msgspec
 import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from fastavro.schema import to_parsing_canonical_form
 from msgspec.structs import replace
 
@@ -386,6 +389,25 @@ def test_header_fingerprint_is_crc64_avro_of_the_parsing_canonical_form(name: st
     assert codec.fingerprint == avro.schema.parse(without_logical).fingerprint()
 
 
+def _framed_by_avro_package(name: str) -> bytes:
+    """A single-object message as a producer using the reference `avro` package frames it: the
+    header carries that package's fingerprint of the schema."""
+    schema = _avro_schema(name)
+    buffer = io.BytesIO()
+    avro.io.DatumWriter(schema).write(_with_datetimes(name, SAMPLES[name]), avro.io.BinaryEncoder(buffer))
+    return b"\xc3\x01" + schema.fingerprint() + buffer.getvalue()
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_single_object_message_with_the_avro_package_fingerprint_decodes(name: str) -> None:
+    assert codec_of(name).decode(_framed_by_avro_package(name)) == SAMPLES[name]
+
+
+def test_message_of_another_schema_with_the_avro_package_fingerprint_is_named() -> None:
+    rejected = _rejected(Codec(Request).decode(_framed_by_avro_package("Decision")))
+    assert rejected.error_type == ErrorType.UNKNOWN_SCHEMA and "rig.Decision" in rejected.reason
+
+
 # -- rejections ------------------------------------------------------------------------------------
 def test_random_bytes_are_rejected_as_malformed() -> None:
     rng = random.Random(7)
@@ -423,6 +445,82 @@ def test_unknown_fingerprint_is_rejected_as_unknown_schema() -> None:
     data = b"\xc3\x01" + bytes(8) + Codec(Request).encode(SAMPLES["Request"])[10:]
     rejected = _rejected(Codec(Request).decode(data))
     assert rejected.error_type == ErrorType.UNKNOWN_SCHEMA and "fingerprint" in rejected.reason
+
+
+def test_unknown_fingerprints_read_the_schemas_folder_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("Request", "Outcome"):
+        (tmp_path / f"{name}.avsc").write_text((SCHEMAS_DIR / f"{name}.avsc").read_text())
+    listings = []
+    glob = Path.glob
+
+    def counting_glob(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == tmp_path:
+            listings.append(args)
+        return glob(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "glob", counting_glob)
+    codec = Codec(Request, schemas_dir=tmp_path)
+    body = codec.encode(SAMPLES["Request"])[10:]
+
+    for i in range(500):
+        rejected = _rejected(codec.decode(b"\xc3\x01" + i.to_bytes(8, "little") + body))
+        assert rejected.error_type == ErrorType.UNKNOWN_SCHEMA and "fingerprint" in rejected.reason
+    outcome = Codec(Outcome, schemas_dir=tmp_path).encode(SAMPLES["Outcome"])
+
+    assert "rig.Outcome" in _rejected(codec.decode(outcome)).reason
+    assert len(listings) == 1
+
+
+def _confluent(schema_id: int) -> bytes:
+    return b"\x00" + schema_id.to_bytes(4, "big") + Codec(Request).encode(SAMPLES["Request"])[10:]
+
+
+def test_registry_is_asked_once_for_an_unknown_id_however_many_came_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mock_client = type(SchemaRegistryClient.new_client({"url": "mock://probe"}))
+    asked: Counter[int] = Counter()
+    get_schema = mock_client.get_schema
+
+    def counting_get_schema(self: Any, schema_id: int, *args: Any, **kwargs: Any) -> Any:
+        asked[schema_id] += 1
+        return get_schema(self, schema_id, *args, **kwargs)
+
+    monkeypatch.setattr(mock_client, "get_schema", counting_get_schema)
+    codec = Codec(Request, registry_url="mock://unknown-ids")
+    for schema_id in range(1, 2001):
+        _rejected(codec.decode(_confluent(schema_id)))
+
+    for _ in range(100):
+        rejected = _rejected(codec.decode(_confluent(5000)))
+        assert rejected.error_type == ErrorType.UNKNOWN_SCHEMA and "5000" in rejected.reason
+    _rejected(codec.decode(_confluent(1)))
+
+    assert asked[5000] == 1
+    assert asked[1] == 2  # the oldest answers leave the cache: it is bounded
+
+
+def test_a_failing_registry_is_asked_again_only_after_its_retry_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    mock_client = type(SchemaRegistryClient.new_client({"url": "mock://probe"}))
+    asked: list[int] = []
+
+    def failing_get_schema(self: Any, schema_id: int, *args: Any, **kwargs: Any) -> Any:
+        asked.append(schema_id)
+        raise ConnectionError("registry down")
+
+    monkeypatch.setattr(mock_client, "get_schema", failing_get_schema)
+    codec = Codec(Request, registry_url="mock://failing")
+    now = time.monotonic()
+    with monkeypatch.context() as clock:
+        clock.setattr(time, "monotonic", lambda: now)
+        reasons = [_rejected(codec.decode(_confluent(schema_id))).reason for schema_id in range(1, 101)]
+        now += 60.0
+        _rejected(codec.decode(_confluent(7)))
+
+    assert asked == [1, 7]
+    assert "registry down" in reasons[0] and all("registry failing" in reason for reason in reasons[1:])
 
 
 def test_confluent_message_of_another_schema_is_rejected_as_unknown_schema() -> None:
@@ -506,6 +604,34 @@ def test_json_with_an_unknown_field_is_rejected_naming_it() -> None:
         Codec(Request, allow_json=True).decode(json.dumps({**JSON_REQUEST, "featurs": {}}).encode())
     )
     assert rejected.error_type == ErrorType.INVALID_RECORD and "featurs" in rejected.reason
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"request_id": "r\ud800"}, "request_id"),
+        ({"entity_id": "\udfff"}, "entity_id"),
+        ({"context": {"channel": "w\udc80b"}}, "context['channel']"),
+        ({"features": {"\ud800": 1.0}}, "features key"),
+    ],
+)
+def test_json_with_a_lone_surrogate_is_rejected_naming_the_field(change: dict[str, Any], field: str) -> None:
+    rejected = _rejected(
+        Codec(Request, allow_json=True).decode(json.dumps({**JSON_REQUEST, **change}).encode())
+    )
+    assert rejected.error_type == ErrorType.INVALID_RECORD
+    assert field in rejected.reason and "surrogate" in rejected.reason
+
+
+def test_json_with_a_surrogate_pair_is_accepted_as_the_character_it_escapes() -> None:
+    decoded = Codec(Request, allow_json=True).decode(json.dumps({**JSON_REQUEST, "entity_id": "😀"}).encode())
+    assert isinstance(decoded, Request) and decoded.entity_id == "😀"
+
+
+def test_json_number_beyond_a_double_is_rejected_naming_the_field() -> None:
+    data = json.dumps({**JSON_REQUEST, "features": {"basket_value": 10**400}}).encode()
+    rejected = _rejected(Codec(Request, allow_json=True).decode(data))
+    assert rejected.error_type == ErrorType.INVALID_RECORD and "basket_value" in rejected.reason
 
 
 def test_broken_json_and_json_where_not_allowed_are_rejected_as_malformed() -> None:
