@@ -46,7 +46,6 @@ from rig.feedback.join import (
 )
 from rig.feedback.join_store import Change, JoinStore
 from rig.wire.codec import Codec, ErrorType, Rejected
-from rig.wire.intake import dead_letter
 from rig.wire.partitioner import partition_for
 from rig.wire.records import DeadLetter, JoinedOutcome, Outcome, Prediction
 from streams.app import source_settings
@@ -55,7 +54,7 @@ from streams.plane.ledger import TopicPartition as TP
 from streams.plane.service import Handler, Plane
 from streams.plane.sink import Outgoing
 from streams.plane.source import SourceBatch
-from streams.predict import source_of
+from streams.predict import dead_letter_output
 from streams.timers import supervised
 
 log = logging.getLogger(__name__)
@@ -243,17 +242,9 @@ class Join:
         self, message: Message, reason: str, error_type: str, request_id: str | None = None
     ) -> Outgoing:
         self.counts["rejected"] += 1
-        source = source_of(message)
-        log.warning(
-            "dead letter topic=%s partition=%s offset=%s request_id=%s reason=%s",
-            source.topic,
-            source.partition,
-            source.offset,
-            request_id,
-            reason,
+        return dead_letter_output(
+            self.settings, self.dead_letter_codec, message, reason, error_type, request_id
         )
-        letter = dead_letter(source, reason, error_type, request_id)
-        return Outgoing(self.settings.topic("dlq"), message.key(), self.dead_letter_codec.encode(letter))
 
     def _apply(
         self, state: Partition, events: list[tuple[str, str, dict[str, object], int]], outputs: list[Outgoing]

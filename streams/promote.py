@@ -31,14 +31,13 @@ from rig.feedback.sequential import PromoterConfig
 from rig.models.metrics import window_metrics
 from rig.routing.control import publish_control
 from rig.wire.codec import Codec, ErrorType, Rejected
-from rig.wire.intake import dead_letter
 from rig.wire.records import DeadLetter, Decision, JoinedOutcome
 from streams.app import source_settings
 from streams.plane.health import Health
 from streams.plane.service import Handler, Plane
 from streams.plane.sink import Outgoing, Sink
 from streams.plane.source import SourceBatch
-from streams.predict import source_of
+from streams.predict import dead_letter_output
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -157,17 +156,9 @@ class Promotion:
     def _dead_letter(
         self, message: Message, reason: str, error_type: str, request_id: str | None = None
     ) -> Outgoing:
-        source = source_of(message)
-        log.warning(
-            "dead letter topic=%s partition=%s offset=%s request_id=%s reason=%s",
-            source.topic,
-            source.partition,
-            source.offset,
-            request_id,
-            reason,
+        return dead_letter_output(
+            self.settings, self.dead_letter_codec, message, reason, error_type, request_id
         )
-        letter = dead_letter(source, reason, error_type, request_id)
-        return Outgoing(self.settings.topic("dlq"), message.key(), self.dead_letter_codec.encode(letter))
 
     async def _periodic(self, now_ms: int) -> None:
         """Record the label delays window, read new serving windows, record the status, when due."""
