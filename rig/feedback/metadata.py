@@ -19,8 +19,13 @@ Write semantics:
     record_promoter_status
                           one entry per promoter scope, replaced: where every test stands now.
 
-`create_schema` also adds the columns a record schema gained since a table was created (fields with
-defaults only), so a store written by an older version keeps working.
+Schema: `create_schema` applies the Alembic migrations of `rig.feedback.migrations` (on start and by
+`rig metadata upgrade`), so a store written by an older version is upgraded in place, and one written
+before migrations existed is adopted with its rows. A change to a table here needs a migration there.
+
+Retention: the windowed tables grow with time (a window per model per promoter batch, per worker
+process, per challenger...); `prune` deletes what is older than the retention
+(`RIG_METADATA_RETENTION_DAYS`, `rig metadata prune`). Models, routing history and decisions are kept.
 
 The feature statistics themselves (`FeatureStats`, what a window holds) live in `rig.features.stats`.
 """
@@ -44,6 +49,7 @@ from sqlalchemy import exc as sa_exc
 from rig.config import masked_url
 from rig.errors import MetadataError
 from rig.features.stats import FeatureStats, FeatureStatsWindow, json_float
+from rig.feedback import migrations
 from rig.models.registry import ModelMeta
 from rig.wire.codec import load_schema
 from rig.wire.records import ControlEvent, Decision, Record, to_plain
@@ -158,6 +164,15 @@ def _record_table(name: str, schema_name: str, key: str, indexed: Sequence[str])
 
 CONTROL_EVENTS = _record_table("control_events", "ControlEvent", "event_id", ("issued_at", "experiment"))
 DECISIONS = _record_table("decisions", "Decision", "decision_id", ("decided_at", "golden_version"))
+_PRUNED: tuple[tuple[sa.Table, sa.Column[int]], ...] = (
+    (MODEL_METRICS, MODEL_METRICS.c.window_end_ms),
+    (FEATURE_STATS, FEATURE_STATS.c.window_end_ms),
+    (LABEL_DELAYS, LABEL_DELAYS.c.window_end_ms),
+    (DELAY_HISTOGRAMS, DELAY_HISTOGRAMS.c.window_end_ms),
+    (MODEL_SERVING, MODEL_SERVING.c.window_end_ms),
+    (PROMOTER_STATUS, PROMOTER_STATUS.c.updated_at_ms),
+)
+"""The tables that grow with time, and the instant their rows are pruned by."""
 
 
 @dataclass(frozen=True)
@@ -250,20 +265,53 @@ class MetadataStore:
         self._engine.dispose()
 
     def create_schema(self) -> None:
-        """Create the tables that do not exist yet (and a SQLite file's folder), and add the nullable
-        columns a record table gained since it was created; safe to repeat."""
+        """Migrate the schema to the latest revision (`rig.feedback.migrations`), in one transaction:
+        creates a new store (and a SQLite file's folder), upgrades an older one, adopts one written
+        before migrations existed (its tables and rows kept); safe to repeat and to run concurrently.
+
+        Raises:
+            MetadataError: the store is unreachable or a migration failed (nothing of it applied).
+        """
+        sqlite = self._url.get_backend_name() == "sqlite"
         database = self._url.database
-        if self._url.get_backend_name() == "sqlite" and database and database != ":memory:":
+        if sqlite and database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        for attempt in (1, 2, 3):  # a concurrent creator makes create_all fail; a re-check sees its tables
+        for attempt in (1, 2, 3):  # a concurrent creator on PostgreSQL makes ours fail; a retry sees it
             try:
                 with self._begin() as connection:
-                    _schema.create_all(connection)
-                    _add_missing_columns(connection, (CONTROL_EVENTS, DECISIONS))
+                    if sqlite:  # its driver runs DDL outside any transaction unless one is open: open
+                        # one holding the write lock, so concurrent creators wait for it and see its work
+                        connection.exec_driver_sql("BEGIN IMMEDIATE")
+                    migrations.upgrade(connection)
                 return
             except (MetadataError, sa_exc.IntegrityError, sa_exc.OperationalError) as error:
                 if attempt == 3:
-                    raise MetadataError(f"cannot create the metadata schema: {error}") from error
+                    raise MetadataError(f"cannot migrate the metadata schema: {error}") from error
+
+    def schema_revision(self) -> str | None:
+        """The migration the schema is at; None for a store that none was applied to (new, or written
+        before migrations existed)."""
+        with self._begin() as connection:
+            return migrations.current_revision(connection)
+
+    def prune(self, now_ms: int, retention_ms: int) -> dict[str, int]:
+        """Delete the windows that ended (and promoter statuses last updated) more than `retention_ms`
+        before `now_ms`, in one transaction; returns how many rows went, by table.
+
+        Only the tables that grow with time are pruned. Models, the routing history (control events)
+        and decisions are never deleted: they are the audit trail of what served and why.
+
+        Raises:
+            MetadataError: the store is unreachable, or retention_ms is negative.
+        """
+        if retention_ms < 0:
+            raise MetadataError(f"retention must not be negative, got {retention_ms} ms")
+        cutoff = int(now_ms) - int(retention_ms)
+        with self._begin() as connection:
+            return {
+                table.name: connection.execute(table.delete().where(instant < cutoff)).rowcount
+                for table, instant in _PRUNED
+            }
 
     def record_model(self, meta: ModelMeta) -> bool:
         """Record a stored model version; False when it was already recorded.
@@ -558,20 +606,6 @@ class MetadataStore:
             except sa_exc.IntegrityError as error:
                 if attempt == 2:
                     raise MetadataError(f"cannot record into {table.name}: {error.orig}") from error
-
-
-def _add_missing_columns(connection: sa.Connection, tables: Sequence[sa.Table]) -> None:
-    """ALTER TABLE ... ADD COLUMN for every nullable column of `tables` the database lacks (a field
-    added to a record schema, with a default, after the table was created)."""
-    inspector = sa.inspect(connection)
-    for table in tables:
-        present = {column["name"] for column in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in present or not column.nullable:
-                continue
-            kind = column.type.compile(dialect=connection.dialect)
-            name = connection.dialect.identifier_preparer.quote(column.name)
-            connection.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
 
 
 def _checked_row(record_type: type[Record], record: Record) -> dict[str, Any]:

@@ -7,8 +7,10 @@ PostgreSQL schema (through the connection's search_path), dropped afterwards.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,16 @@ import pytest
 import sqlalchemy as sa
 
 from rig.errors import MetadataError
+from rig.feedback import migrations
 from rig.feedback.metadata import MetadataStore
 from rig.wire.records import Decision
 from tests.support.metadata_checks import CHECKS, Check, check_id, opened_store
+from tests.unit.feedback.migration_checks import (
+    create_pre_migration_schema,
+    differences,
+    read_everything,
+    record_one_of_each,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -55,11 +64,15 @@ def postgres_url(postgres_engine: sa.Engine) -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataStore]:
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database: a SQLite file, or a fresh schema of the real PostgreSQL."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'metadata.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
+        return f"sqlite:///{tmp_path / 'metadata.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[MetadataStore]:
     with opened_store(url) as opened:
         yield opened
 
@@ -67,6 +80,54 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataSt
 @pytest.mark.parametrize("behaviour", CHECKS, ids=check_id)
 def test_store_behaves_the_same_on_sqlite_and_postgresql(store: MetadataStore, behaviour: Check) -> None:
     behaviour(store)
+
+
+def test_migrations_at_head_build_the_tables_the_store_uses(store: MetadataStore, url: str) -> None:
+    assert store.schema_revision() == migrations.head_revision()
+    assert differences(url) == []
+
+
+def test_a_store_written_before_migrations_is_adopted_with_its_rows(url: str) -> None:
+    create_pre_migration_schema(url)
+    store = MetadataStore(url)
+    try:
+        record_one_of_each(store, 1_700_000_000_000, "risk")
+        before = read_everything(store, ("risk",))
+        assert store.schema_revision() is None
+
+        store.create_schema()
+
+        assert store.schema_revision() == migrations.head_revision()
+        assert read_everything(store, ("risk",)) == before
+    finally:
+        store.close()
+    assert differences(url) == []
+
+
+def test_workers_migrating_one_store_at_once_all_succeed(url: str) -> None:
+    stores = [MetadataStore(url) for _ in range(6)]
+    try:
+        with ThreadPoolExecutor(max_workers=len(stores)) as pool:
+            list(pool.map(MetadataStore.create_schema, stores))
+        assert {store.schema_revision() for store in stores} == {migrations.head_revision()}
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_prune_deletes_old_windows_and_keeps_recent_ones_and_decisions(store: MetadataStore) -> None:
+    now_ms, day_ms = int(time.time() * 1000), 86_400_000
+    record_one_of_each(store, now_ms - 31 * day_ms, "old")
+    record_one_of_each(store, now_ms - 29 * day_ms, "recent")
+
+    deleted = store.prune(now_ms, 30 * day_ms)
+
+    assert sum(deleted.values()) == 8
+    after = read_everything(store, ("old", "recent"))
+    assert (after["old:metrics"], after["old:serving"], after["old:promoter_status"]) == ([], [], None)
+    assert len(after["recent:metrics"]) == len(after["recent:serving"]) == 1
+    assert [d.decision_id for d in after["decisions"]] == ["decision-recent", "decision-old"]
+    assert len(after["routing"]) == len(after["models"]) == 2
 
 
 def test_tables_live_in_the_schema_of_the_search_path(postgres_url: str, postgres_engine: sa.Engine) -> None:
