@@ -39,7 +39,7 @@ settings = RigSettings()
 naive_prefix = os.environ.get(NAIVE_PREFIX_ENV, f"{settings.topic_prefix}naive.")
 naive_topics = settings.model_copy(update={"topic_prefix": naive_prefix})
 log = logging.getLogger("bench.naive_agent")
-app = make_app(settings, app_id=f"{naive_prefix}agent", web_enabled=False, web_port=6066)
+app = make_app(settings, app_id=f"{naive_prefix}agent", faust_kafka=True, web_enabled=False, web_port=6066)
 requests_topic = app.topic(naive_topics.topic("requests"), key_serializer="raw", value_serializer="raw")
 predictions_topic = app.topic(naive_topics.topic("predictions"), key_serializer="raw", value_serializer="raw")
 

@@ -85,6 +85,11 @@ class RigSettings(BaseSettings):
     """SQLAlchemy URL of the metadata store; defaults to a SQLite file under `home`. It may hold a
     password: log or show it only through `masked_url`."""
 
+    metadata_retention_days: float = Field(default=30, gt=0)
+    """How long the metadata store keeps its windows (model metrics, label delays, feature statistics,
+    serving windows) and promoter statuses: `rig metadata prune` deletes older ones. Models, routing
+    history and decisions are never pruned (the audit trail)."""
+
     batch_max: int = Field(default=500, ge=1)
     """Largest micro-batch a worker takes from a topic. A batch is what has arrived (never a wait to
     fill it), so batches grow only under load."""
@@ -207,7 +212,19 @@ class RigSettings(BaseSettings):
     """Port of the worker's web server (metrics, health); 0 turns it off."""
 
     web_bind: str = "127.0.0.1"
-    """Address the worker's web server listens on (0.0.0.0 to reach it from other hosts)."""
+    """Address the worker's web server listens on, on every launch path (0.0.0.0 to reach it from
+    other hosts: then set web_token too)."""
+
+    web_token: SecretStr | None = Field(default=None, min_length=1)
+    """Bearer token every web endpoint except the probes (/healthz, /readyz) requires
+    (`Authorization: Bearer <token>`; 401 without it). Unset: no authentication."""
+
+    web_explain_threads: int = Field(default=2, ge=1)
+    """Threads that answer `GET /explain/...`: their own, so a flood of explanations never takes the
+    threads feature reads and flushes run on."""
+
+    web_explain_queue: int = Field(default=8, ge=0)
+    """`GET /explain/...` calls that may wait for one of those threads; beyond that they get 429."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level of the worker and CLI."""

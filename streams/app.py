@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import faust
+from aiohttp import web
 from faust.app.base import BootStrategy
 
 from rig.config import RigSettings
@@ -24,12 +27,44 @@ class RigApp(faust.App):
     BootStrategy = NoKafkaClients
 
 
-def make_app(settings: RigSettings, app_id: str = "rig", **overrides: object) -> faust.App:
+# Kubernetes asks the probes (streams/health.py) without credentials; they tell only whether the
+# worker is alive and ready.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def bearer_token_required(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """An aiohttp middleware that answers 401 to every request but the probes' that lacks
+    `Authorization: Bearer <token>`. It guards Faust's own pages (tables, router, stats) too."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        # Constant-time comparison: the time to refuse must not tell how much of a guess was right.
+        if request.path in OPEN_PATHS or hmac.compare_digest(given, expected):
+            return await handler(request)
+        return web.json_response(
+            {"error": "a bearer token is required"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+        )
+
+    return require_token
+
+
+def make_app(
+    settings: RigSettings, app_id: str = "rig", faust_kafka: bool = False, **overrides: object
+) -> faust.App:
     """Build the Faust app for these settings.
 
+    The web server listens on `settings.web_bind` (127.0.0.1 unless set; Faust's own default is
+    every interface) and, with `settings.web_token`, requires that bearer token.
+
     Args:
-        settings: cluster address, security and partitioning.
+        settings: cluster address, security, partitioning and web server.
         app_id: Faust application id (also the consumer group id).
+        faust_kafka: start Faust's own Kafka clients (only for a plain Faust agent, such as the
+            benchmarks' naive baseline; the rig's workers do their Kafka I/O on the data plane).
         overrides: any other Faust setting (e.g. web_enabled=False in tests).
     """
     broker_credentials = None
@@ -48,9 +83,15 @@ def make_app(settings: RigSettings, app_id: str = "rig", **overrides: object) ->
         "topic_replication_factor": 1,
         "broker_credentials": broker_credentials,
         "datadir": str(settings.home / "faust"),
+        "web_port": settings.web_port or 6066,  # Faust validates the port even when the web server is off
+        "web_enabled": settings.web_port > 0,
+        "web_bind": settings.web_bind,
     }
+    if settings.web_token is not None:
+        token = settings.web_token.get_secret_value()
+        options["web_application_options"] = {"middlewares": [bearer_token_required(token)]}
     options.update(overrides)
-    return RigApp(app_id, **options)
+    return (faust.App if faust_kafka else RigApp)(app_id, **options)
 
 
 def source_settings(

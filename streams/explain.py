@@ -14,7 +14,8 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import faust
 
@@ -25,6 +26,8 @@ from rig.wire.records import Explanation, Request, to_plain
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def explain_with_golden(runtime: Runtime, request: Request, version: str | None = None) -> Explanation:
@@ -101,15 +104,55 @@ class ExplainConsumer:
             consumer.close()
 
 
-def install_explain_endpoint(app: faust.App, get_runtime: Callable[[], Awaitable[Runtime]]) -> None:
-    """Add `GET /explain/<entity_id>/` to the worker's web server."""
+class BoundedPool:
+    """Threads of their own with a bounded queue: at most `threads` calls run and `queue` more wait;
+    a call beyond that is refused at once instead of waiting behind the others."""
+
+    def __init__(self, threads: int, queue: int, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+        self._slots = threading.BoundedSemaphore(threads + queue)
+
+    def submit(self, fn: Callable[..., T], *args: object) -> asyncio.Future[T] | None:
+        """`fn(*args)` on one of the pool's threads, as a future of the running event loop; None
+        when every thread is busy and the queue is full."""
+        if not self._slots.acquire(blocking=False):
+            return None
+        future = self._executor.submit(fn, *args)
+        # Freed when the call ends, not when its caller stops waiting: a client that hangs up must
+        # not let more calls run than the bound.
+        future.add_done_callback(lambda _: self._slots.release())
+        return asyncio.wrap_future(future)
+
+    def shutdown(self) -> None:
+        """Drop the waiting calls; the running ones finish on their own."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def install_explain_endpoint(
+    app: faust.App, settings: RigSettings, get_runtime: Callable[[], Awaitable[Runtime]]
+) -> None:
+    """Add `GET /explain/<entity_id>/` to the worker's web server.
+
+    Explanations run on a pool of their own (`web_explain_threads`, `web_explain_queue`), never on
+    the default thread pool that feature reads and flushes use; a call beyond the pool's queue gets
+    429 at once.
+    """
+    pool = BoundedPool(settings.web_explain_threads, settings.web_explain_queue, "explain-web")
 
     @app.page("/explain/{entity_id}/")
     async def explain_entity(web, request, entity_id: str):  # type: ignore[no-untyped-def]
         """Explain the golden's (or `?model=`) score for this entity now."""
         runtime = await get_runtime()
-        body, status = await asyncio.to_thread(explain_answer, runtime, entity_id, request.query.get("model"))
+        answer = pool.submit(explain_answer, runtime, entity_id, request.query.get("model"))
+        if answer is None:
+            busy = {"error": "too many explanations in progress; try again later"}
+            return web.json(busy, status=429, headers={"Retry-After": "1"})
+        body, status = await answer
         return web.json(body, status=status)
+
+    @app.on_before_shutdown.connect
+    async def stop_explaining(sender: faust.App, **kwargs: object) -> None:
+        pool.shutdown()
 
 
 def explain_answer(runtime: Runtime, entity_id: str, model: str | None) -> tuple[dict[str, Any], int]:

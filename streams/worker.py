@@ -20,7 +20,7 @@ from mode.utils.loops import get_event_loop
 
 from rig.config import RigSettings
 from rig.errors import RigError
-from rig.wire.topics import ensure_topics
+from rig.wire.topics import MisconfiguredTopic, ensure_topics
 from streams.app import make_app, source_settings
 from streams.explain import ExplainConsumer, install_explain_endpoint
 from streams.health import install_health
@@ -34,13 +34,7 @@ from streams.timers import supervised
 
 settings = RigSettings()
 log = logging.getLogger("rig.worker")
-app = make_app(
-    settings,
-    app_id=f"{settings.topic_prefix}worker",
-    web_port=settings.web_port or 6066,  # Faust validates the port even when the web server is off
-    web_enabled=settings.web_port > 0,
-    web_bind=settings.web_bind,
-)
+app = make_app(settings, app_id=f"{settings.topic_prefix}worker")
 roles = settings.worker_roles
 health = Health(needs_partitions="predict" in roles)
 plane = (
@@ -90,12 +84,15 @@ def build_runtime() -> Runtime:
 
 
 def wait_for_topics() -> None:
-    """`ensure_topics`, tried again (warned every 30 s) until the cluster answers."""
+    """`ensure_topics`, tried again (warned every 30 s) until the cluster answers. A misconfigured
+    topic stops the worker: waiting would not fix it."""
     delay, next_warning = 0.2, 0.0
     while True:
         try:
             ensure_topics(settings)
             return
+        except MisconfiguredTopic:
+            raise
         except (RigError, KafkaException) as error:
             if time.monotonic() >= next_warning:
                 log.warning("waiting for the Kafka cluster to check the topics: %s", error)
@@ -128,7 +125,7 @@ if plane is not None:
 if "feedback" in roles:
     install_promoter(app, settings, get_runtime, metadata)
 if "explain" in roles:
-    install_explain_endpoint(app, get_runtime)
+    install_explain_endpoint(app, settings, get_runtime)
 install_health(app, settings, health, None if plane is None else plane.source)
 
 
@@ -139,7 +136,10 @@ def main() -> None:
     and then waited for its models would hold messages of partitions a rebalance moves elsewhere.
     """
     global built_runtime
-    built_runtime = build_runtime()
+    try:
+        built_runtime = build_runtime()
+    except MisconfiguredTopic as error:
+        raise SystemExit(f"refusing to start: {error}") from error
     # Faust leaves the root logger at DEBUG: aiokafka would build several records per message.
     for name in ("aiokafka", "kafka"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from rig.cli.dlq import dlq_app
+from rig.cli.metadata import metadata_app
 from rig.config import RigSettings, masked_url
 
 if TYPE_CHECKING:
@@ -30,6 +32,8 @@ app.add_typer(features_app, name="features")
 app.add_typer(topics_app, name="topics")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(cache_app, name="cache")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(metadata_app, name="metadata")
 
 # How a new model is routed, the same for `rig train` and `rig register`.
 RoleOption = Annotated[str, typer.Option(help="golden, shadow, ab or none.")]

@@ -3,6 +3,7 @@ then the explainer, cached by feature hash (model version + transformed row)."""
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import msgspec
@@ -21,14 +22,43 @@ from rig.wire.records import Explanation, Request, to_plain
 REFERENCE_ROWS = 2_000
 
 
+class ExplanationCache:
+    """A bounded LRU of explanations by explanation key, shared by threads (the explain topic's
+    consumer and the web server's explain threads): the lock keeps one thread's eviction from landing
+    between another's lookup and its reordering, a `KeyError` that would end the explainer thread."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, Explanation] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> Explanation | None:
+        """The explanation cached under `key` (now the most recently used), or None."""
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, key: str, explanation: Explanation) -> None:
+        """Cache `explanation` under `key`, evicting the least recently used beyond `max_entries`."""
+        with self._lock:
+            self._entries[key] = explanation
+            self._entries.move_to_end(key)
+            if len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+
 class ExplanationService:
     """Explainers per model version (built on first use) and a bounded cache of explanations."""
 
     def __init__(self, registry: ModelRegistry, max_cached: int = 10_000) -> None:
         self.registry = registry
-        self.max_cached = max_cached
         self._explainers: dict[str, tuple[Explainer, np.ndarray]] = {}
-        self._cache: OrderedDict[str, Explanation] = OrderedDict()
+        self._cache = ExplanationCache(max_cached)
 
     def explain(
         self, request: Request, version: str, reader: OnlineReader, layout: InputLayout
@@ -58,14 +88,12 @@ class ExplanationService:
         explainer, columns = self._explainer(version, transform)
         row = result.values[0, columns]
         key = explanation_key(version, row)
-        if key not in self._cache:
+        cached = self._cache.get(key)
+        if cached is None:  # explained outside the cache's lock: it takes far longer than any cache use
             found = {**explainer.explain(row).to_dict(), "model_version": version, "explanation_key": key}
             ids = {"request_id": request.request_id, "entity_id": request.entity_id}
-            self._cache[key] = msgspec.convert(to_plain({**ids, **found}), Explanation)
-            if len(self._cache) > self.max_cached:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        cached = self._cache[key]
+            cached = msgspec.convert(to_plain({**ids, **found}), Explanation)
+            self._cache.put(key, cached)
         return msgspec.structs.replace(cached, request_id=request.request_id, entity_id=request.entity_id)
 
     def _explainer(self, version: str, transform: FittedTransform) -> tuple[Explainer, np.ndarray]:

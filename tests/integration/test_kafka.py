@@ -10,7 +10,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from rig.config import TOPIC_NAMES, RigSettings
-from rig.wire.topics import ensure_topics
+from rig.wire.topics import MisconfiguredTopic, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +51,43 @@ def test_ensure_topics_creates_every_topic_once_with_a_compacted_control_topic(
     assert config["cleanup.policy"].value == "compact"
     partitions = admin.list_topics(settings.topic("requests"), timeout=10).topics[settings.topic("requests")]
     assert len(partitions.partitions) == settings.topic_partitions
+
+
+def create_topic(admin: AdminClient, topic: str, partitions: int) -> None:
+    """Create `topic` with the broker's default configuration, and wait until metadata shows it."""
+    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result()
+    deadline = time.monotonic() + 30
+    while len(admin.list_topics(topic, timeout=10).topics[topic].partitions) != partitions:
+        assert time.monotonic() < deadline, f"{topic} not shown with {partitions} partitions"
+        time.sleep(0.1)
+
+
+def test_an_auto_created_control_topic_is_refused_with_the_commands_that_fix_it(
+    kafka_bootstrap: str, settings: RigSettings
+) -> None:
+    """What a producer auto-creates: the broker's default partitions, cleanup.policy=delete."""
+    control = settings.topic("control")
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    create_topic(admin, control, 4)
+
+    with pytest.raises(MisconfiguredTopic) as refused:
+        ensure_topics(settings)
+
+    message = str(refused.value)
+    assert f"topic {control} has 4 partitions, the rig needs 1" in message
+    assert f"--delete --topic {control}" in message and "rig topics create" in message
+    assert f"topic {control} has cleanup.policy=delete, the rig needs compact" in message
+    assert f"--entity-name {control} --add-config cleanup.policy=compact" in message
+    requests = settings.topic("requests")
+    assert requests not in admin.list_topics(timeout=10).topics, "nothing is created while one is wrong"
+
+
+def test_a_joined_topic_of_several_partitions_is_refused(kafka_bootstrap: str, settings: RigSettings) -> None:
+    joined = settings.topic("joined")
+    create_topic(AdminClient({"bootstrap.servers": kafka_bootstrap}), joined, 2)
+
+    with pytest.raises(MisconfiguredTopic, match=f"topic {joined} has 2 partitions, the rig needs 1"):
+        ensure_topics(settings)
 
 
 def test_confluent_kafka_round_trip_keeps_every_message_and_per_key_order(kafka_bootstrap: str) -> None:

@@ -1,7 +1,10 @@
-"""The explain endpoint: `?model=` names a registered version or is refused before it names a file."""
+"""The explain endpoint: `?model=` names a registered version or is refused before it names a file,
+and explanations run on a bounded pool of their own."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -9,9 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 import xgboost
+from aiohttp.test_utils import TestClient, TestServer
 
+from rig.config import RigSettings
+from rig.errors import RegistryError
 from rig.models.registry import ModelRegistry
-from streams.explain import explain_answer
+from streams.app import make_app
+from streams.explain import BoundedPool, explain_answer, install_explain_endpoint
 
 
 def save_model(root: Path) -> Path:
@@ -21,7 +28,7 @@ def save_model(root: Path) -> Path:
     return root / meta.version
 
 
-def runtime_with(registry: ModelRegistry) -> Any:
+def runtime_with(registry: Any) -> Any:
     """What the endpoint reads of the worker's runtime: its registry, and nothing routed or served."""
     return SimpleNamespace(
         registry=registry, serving=None, explanations=None, routing=SimpleNamespace(golden=None)
@@ -52,3 +59,64 @@ def test_a_registered_version_that_cannot_be_explained_now_is_a_422(tmp_path: Pa
     body, status = explain_answer(runtime_with(registry), "ent-1", version)
     assert status == 422
     assert body == {"error": "no golden model is routed"}
+
+
+def test_a_call_beyond_the_pools_threads_and_queue_is_refused_until_one_ends() -> None:
+    release = threading.Event()
+
+    async def scenario() -> tuple[bool, list[object]]:
+        pool = BoundedPool(threads=1, queue=1, name="test-explain")
+        try:
+            running, waiting = pool.submit(release.wait), pool.submit(release.wait)
+            refused = pool.submit(release.wait) is None
+            release.set()
+            assert running is not None and waiting is not None
+            results: list[object] = [await running, await waiting]
+            later = pool.submit(len, "abc")
+            assert later is not None
+            return refused, [*results, await later]
+        finally:
+            pool.shutdown()
+
+    refused, results = asyncio.run(scenario())
+    assert refused, "the third call, with one thread busy and one call waiting, is refused"
+    assert results == [True, True, 3], "once they ended, a new call runs"
+
+
+class BlockingRegistry:
+    """A registry whose lookups wait until released (explanations that take a while), then refuse."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def folder(self, model: str) -> Path:
+        self.entered.release()
+        self.release.wait(timeout=30)
+        raise RegistryError(f"unknown model version {model!r}")
+
+
+def test_a_flood_of_explain_calls_gets_429_beyond_the_bound(tmp_path: Path) -> None:
+    settings = RigSettings(home=tmp_path, web_explain_threads=2, web_explain_queue=0)
+    app = make_app(settings)
+    registry = BlockingRegistry()
+    runtime = runtime_with(registry)
+
+    async def get_runtime() -> Any:
+        return runtime
+
+    install_explain_endpoint(app, settings, get_runtime)
+    app.web.init_server()
+
+    async def flood() -> tuple[list[int], int]:
+        async with TestClient(TestServer(app.web.web_app)) as client:
+            busy = [asyncio.ensure_future(client.get("/explain/ent-1/?model=m.1")) for _ in range(2)]
+            for _ in busy:  # both explanations are running on the pool's two threads
+                assert await asyncio.to_thread(registry.entered.acquire, timeout=30)
+            beyond = (await client.get("/explain/ent-1/?model=m.1")).status
+            registry.release.set()
+            return [(await response).status for response in busy], beyond
+
+    answered, beyond = asyncio.run(flood())
+    assert beyond == 429
+    assert answered == [404, 404], "the calls within the bound were answered"

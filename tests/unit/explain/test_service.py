@@ -1,0 +1,65 @@
+"""The explanation cache: bounded, least recently used out first, shared safely between threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from rig.explain.service import ExplanationCache
+from rig.wire.records import AnchorRule, Explanation, ShapValues
+
+
+def explanation(key: str) -> Explanation:
+    shap = ShapValues(margin=0.0, score=0.5, bias=0.0, top=[], contributions={})
+    anchor = AnchorRule(
+        rule="", conditions=[], decision=True, precision=1.0, precision_lower=1.0, coverage=1.0,
+        n_samples=0, met_target=True,
+    )  # fmt: skip
+    return Explanation(
+        request_id="r", entity_id="e", model_version="m.1", explanation_key=key, score=0.5,
+        decision=True, threshold=0.5, shap=shap, anchor=anchor,
+    )  # fmt: skip
+
+
+class YieldingKey(str):
+    """An explanation key whose hashing lets other threads run, as a thread switch may at any moment:
+    every dictionary step of the cache on it interleaves with the other threads' steps."""
+
+    def __hash__(self) -> int:
+        time.sleep(0)
+        return str.__hash__(self)
+
+
+def test_the_least_recently_used_explanation_goes_first() -> None:
+    cache = ExplanationCache(max_entries=2)
+    cache.put("a", explanation("a"))
+    cache.put("b", explanation("b"))
+    assert cache.get("a") is not None
+    cache.put("c", explanation("c"))
+    assert cache.get("b") is None, "b was used least recently"
+    assert [cache.get(key) is not None for key in ("a", "c")] == [True, True]
+
+
+def test_threads_sharing_the_cache_never_raise() -> None:
+    cache = ExplanationCache(max_entries=2)
+    keys = [YieldingKey(f"key-{i}") for i in range(5)]
+    values = {key: explanation(key) for key in keys}
+    errors: list[BaseException] = []
+
+    def use(offset: int) -> None:
+        try:
+            for i in range(500):
+                key = keys[(i + offset) % len(keys)]
+                if cache.get(key) is None:
+                    cache.put(key, values[key])
+        except BaseException as error:  # noqa: BLE001 - collected and reported by the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=use, args=(offset,)) for offset in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert len(cache) <= 2
