@@ -21,7 +21,7 @@ import numpy as np
 from confluent_kafka import Message
 
 from rig.config import RigSettings, masked_url
-from rig.errors import RigError
+from rig.errors import RigError, RoutingError
 from rig.feedback.delays import DelayModel, WindowConfig
 from rig.feedback.guardrails import GuardrailConfig
 from rig.feedback.join import invalid_joined_reason
@@ -30,6 +30,7 @@ from rig.feedback.promotion import PromotionLoop, columns, control_events
 from rig.feedback.sequential import PromoterConfig
 from rig.models.metrics import window_metrics
 from rig.routing.control import publish_control
+from rig.routing.table import RoutingTable
 from rig.wire.codec import Codec, ErrorType, Rejected
 from rig.wire.records import DeadLetter, Decision, JoinedOutcome
 from streams.app import source_settings
@@ -50,6 +51,9 @@ SERVING_READ_S = 10.0
 """How often the serving windows of the golden's challengers are read from the metadata store."""
 STATUS_S = 5.0
 """How often where every test stands is recorded for `rig status`."""
+CONTROL_FIRST_RETRY_S = 0.5
+CONTROL_LAST_RETRY_S = 10.0
+"""Backoff of a control write (an `auto` decision's routing change) that was not acknowledged."""
 
 
 class Promotion:
@@ -136,6 +140,8 @@ class Promotion:
                 decision.challenger_version,
                 decision.reason,
             )
+            if self.settings.promoter_mode == "auto":
+                await self._apply(decision, routing)
             outputs.append(
                 Outgoing(
                     self.settings.topic("decisions"),
@@ -148,10 +154,25 @@ class Promotion:
             await self._periodic(now_ms)
         for decision in decisions:
             await self._record(MetadataStore.record_decision, decision)
-            if self.settings.promoter_mode == "auto":
-                for event in control_events(decision, routing):
+
+    async def _apply(self, decision: Decision, routing: RoutingTable) -> None:
+        """Change routing as an `auto` decision says, before the decision is published or recorded:
+        the audit trail never says "promote" while routing did not change. A control write the
+        broker did not acknowledge is retried until it is (a dependency away is waited for); an
+        invalid event (RoutingError) is a bug and ends the worker for a restart."""
+        for event in control_events(decision, routing):
+            delay_s = CONTROL_FIRST_RETRY_S
+            while True:
+                try:
                     await asyncio.to_thread(publish_control, self.settings, event)
-                    await self._record(MetadataStore.record_control, event)
+                    break
+                except RoutingError:
+                    raise
+                except RigError as error:
+                    log.warning("control write failed, retried in %.1f s: %s", delay_s, error)
+                    await asyncio.sleep(delay_s)
+                    delay_s = min(CONTROL_LAST_RETRY_S, 2 * delay_s)
+            await self._record(MetadataStore.record_control, event)
 
     def _dead_letter(
         self, message: Message, reason: str, error_type: str, request_id: str | None = None

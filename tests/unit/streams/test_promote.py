@@ -11,11 +11,14 @@ from types import SimpleNamespace
 
 import pytest
 from confluent_kafka import Message
+from msgspec.structs import replace
 
 from rig.config import RigSettings
+from rig.errors import RigError
+from rig.feedback.promotion import manual_decision
 from rig.routing.table import control_key, fold, set_golden_event, start_experiment_event
 from rig.wire.codec import Codec
-from rig.wire.records import DeadLetter, JoinedOutcome
+from rig.wire.records import ControlEvent, DeadLetter, JoinedOutcome
 from streams.plane.sink import Outgoing
 from streams.plane.source import SourceBatch
 from streams.promote import Promotion, open_metadata
@@ -96,3 +99,39 @@ def test_joined_rows_with_a_label_other_than_0_or_1_are_dead_lettered_and_the_re
         ("r-bad", "label must be 0 or 1, got 2", "invalid_value", 11),
     ]
     assert promotion.loop.observe(good, table) == [], "every valid row was folded in already"
+
+
+def test_an_auto_decision_changes_routing_before_it_is_published_and_a_failed_control_write_is_retried(
+    settings: RigSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = fold(
+        (control_key(e), e)
+        for e in (set_golden_event("risk.1", "t"), start_experiment_event("x", "risk.2", "shadow", "t"))
+    )
+    promotion = Promotion(
+        settings.model_copy(update={"promoter_mode": "auto"}), SimpleNamespace(routing=table), None
+    )
+    decision = replace(manual_decision("promote", "risk.1", "risk.2", "better", 0), mode="auto")
+    monkeypatch.setattr(promotion.loop, "decide", lambda now_ms, routing: [decision])
+    monkeypatch.setattr("streams.promote.CONTROL_FIRST_RETRY_S", 0.01)
+    happened: list[str] = []
+
+    def control_write(_settings: RigSettings, event: ControlEvent) -> None:
+        happened.append(f"control {event.kind}")
+        if happened.count("control set_golden") == 1 and event.kind == "set_golden":
+            raise RigError("the broker did not acknowledge the control write")
+
+    class OrderedSink(KeptSink):
+        async def publish(self, batch_id: int, messages: Iterable[Outgoing]) -> None:
+            happened.extend(f"published {out.topic}" for out in messages)
+
+    monkeypatch.setattr("streams.promote.publish_control", control_write)
+
+    asyncio.run(promotion.handle(SourceBatch(1, []), OrderedSink()))
+
+    assert happened == [
+        "control set_golden",  # refused once
+        "control set_golden",
+        "control start_experiment",
+        f"published {settings.topic('decisions')}",
+    ]
