@@ -5,6 +5,11 @@ earlier windows (at start: the label window is known from the first row) and the
 the predict workers record for the latency and failed-batch guardrails (every SERVING_READ_S). It
 writes there its own windows (model quality, label delays per label), its decisions and, every
 STATUS_S, where every test stands (`rig status`).
+
+Every STATE_SAVE_S it also saves the loop's whole state with the `rig.joined` offset after the last
+row folded into it. A promoter that gets `rig.joined` (at start, or moved to another worker) restores
+that state and reads on from that offset instead of the committed one, so its always-valid tests go
+on where they stood instead of starting over (each fresh start would spend another α).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 from confluent_kafka import Message
 
 from rig.config import RigSettings, masked_url
-from rig.errors import RigError, RoutingError
+from rig.errors import PromoterError, RigError, RoutingError
 from rig.feedback.delays import DelayModel, WindowConfig
 from rig.feedback.guardrails import GuardrailConfig
 from rig.feedback.join import invalid_joined_reason
@@ -35,6 +40,7 @@ from rig.wire.codec import Codec, ErrorType, Rejected
 from rig.wire.records import DeadLetter, Decision, JoinedOutcome
 from streams.app import source_settings
 from streams.plane.health import Health
+from streams.plane.ledger import TopicPartition as TP
 from streams.plane.service import Handler, Plane
 from streams.plane.sink import Outgoing, Sink
 from streams.plane.source import SourceBatch
@@ -51,6 +57,8 @@ SERVING_READ_S = 10.0
 """How often the serving windows of the golden's challengers are read from the metadata store."""
 STATUS_S = 5.0
 """How often where every test stands is recorded for `rig status`."""
+STATE_SAVE_S = 5.0
+"""How often the loop's state is saved for a restart to go on from (what a crash makes it fold again)."""
 CONTROL_FIRST_RETRY_S = 0.5
 CONTROL_LAST_RETRY_S = 10.0
 """Backoff of a control write (an `auto` decision's routing change) that was not acknowledged."""
@@ -66,7 +74,16 @@ class Promotion:
     never a decision on Kafka.
     """
 
-    def __init__(self, settings: RigSettings, runtime: Runtime, metadata: MetadataStore | None) -> None:
+    def __init__(
+        self,
+        settings: RigSettings,
+        runtime: Runtime,
+        metadata: MetadataStore | None,
+        delivered: Callable[[TP], int | None] = lambda _tp: None,
+    ) -> None:
+        """`delivered(tp)` is the offset up to which a partition's batches have their outputs delivered
+        (the plane's ledger; by default never, so nothing is saved): a state is saved only once the
+        decisions of its rows are on Kafka."""
         self.settings = settings
         self.runtime = runtime
         self.metadata = metadata
@@ -76,10 +93,15 @@ class Promotion:
         self.loop = promotion_loop(settings)
         self.delays_seen = DelayModel()
         """Label delays since the last recorded window (DELAY_WINDOW_S)."""
-        self.serving_golden: str | None = None
-        self.folded_serving: set[tuple[str, int, str]] = set()
-        """(scope, window end, model version) of the serving windows folded for `serving_golden`."""
         self.next_ms = {"delays": 0, "serving": 0, "status": 0}
+        self.joined: TP = (settings.topic("joined"), 0)
+        self.delivered = delivered
+        self.unsaved: tuple[int, bytes] | None = None
+        """A state taken after a batch, with the offset after that batch: saved once it is delivered
+        (saved earlier, a crash before the delivery would skip its decisions for good)."""
+        self.next_state_ms = 0
+        self.restored: PromotionLoop | None = None
+        """The saved loop `start_offsets` read (in the source's thread), taken over by the next batch."""
 
     async def start(self) -> None:
         """Seed the label window with the delays the metadata store recorded."""
@@ -102,9 +124,35 @@ class Promotion:
             self.loop.label_window_ms,
         )
 
+    def start_offsets(self, partitions: set[TP]) -> dict[TP, int]:
+        """Called by the source (in its thread) with newly assigned partitions: when `rig.joined` is
+        one, restore the saved state and start right after the rows it folded. Nothing saved, a store
+        that is away or a state this rig cannot continue: the committed offset, tests as they are."""
+        if self.joined not in partitions or self.metadata is None:
+            return {}
+        try:
+            saved = self.metadata.load_promoter_state()
+        except RigError as error:
+            log.warning("promoter state not read (its tests start over): %s", error)
+            return {}
+        if saved is None:
+            return {}
+        offset, state = saved
+        loop = promotion_loop(self.settings)
+        try:
+            loop.restore(state)
+        except PromoterError as error:
+            log.warning("saved promoter state not continued (its tests start over): %s", error)
+            return {}
+        self.restored = loop  # handed over with the first batch the source reads after this call
+        log.info("promoter state restored golden=%s from offset=%d", loop.golden, offset)
+        return {self.joined: offset}
+
     async def handle(self, batch: SourceBatch, sink: Sink) -> None:
         """Fold a batch of joined rows into the sequential tests, publish what they decide and, in
-        `auto` mode, apply it."""
+        `auto` mode, apply it; save the tests' state when due."""
+        if self.restored is not None:
+            self.loop, self.restored, self.unsaved = self.restored, None, None
         outputs: list[Outgoing] = []
         rows: list[JoinedOutcome] = []
         for message in batch.messages:
@@ -154,6 +202,34 @@ class Promotion:
             await self._periodic(now_ms)
         for decision in decisions:
             await self._record(MetadataStore.record_decision, decision)
+        await self._take_state(batch, now_ms, decided=bool(decisions))
+        await self.save_state()
+
+    async def _take_state(self, batch: SourceBatch, now_ms: int, decided: bool) -> None:
+        """The loop's state after this batch, with the offset after its last row: every STATE_SAVE_S,
+        and after every batch that decided something (a restart from an older state would fold its
+        rows again and publish its decisions a second time)."""
+        due = now_ms >= self.next_state_ms and self.unsaved is None
+        if self.metadata is None or not (due or decided):
+            return
+        offsets = [
+            offset
+            for m in batch.messages
+            if (m.topic(), m.partition()) == self.joined and (offset := m.offset()) is not None
+        ]
+        if offsets:
+            self.next_state_ms = now_ms + int(STATE_SAVE_S * 1000)
+            self.unsaved = (max(offsets) + 1, await asyncio.to_thread(self.loop.state))
+
+    async def save_state(self) -> bool:
+        """Save the state taken last once every output of the rows it covers is delivered (a plane
+        tick, so an idle stream saves it too); False: nothing more to do now."""
+        delivered = self.delivered(self.joined)
+        if self.unsaved is None or delivered is None or delivered < self.unsaved[0]:
+            return False
+        (offset, state), self.unsaved = self.unsaved, None
+        await self._record(MetadataStore.save_promoter_state, offset, state, int(time.time() * 1000))
+        return False
 
     async def _apply(self, decision: Decision, routing: RoutingTable) -> None:
         """Change routing as an `auto` decision says, before the decision is published or recorded:
@@ -211,11 +287,7 @@ class Promotion:
             return
         if recorded:
             self.loop.serving_measured = True
-        if golden != self.serving_golden:
-            self.serving_golden, self.folded_serving = golden, set()
-        new = [w for w in windows if (w.scope, w.window_end_ms, w.model_version) not in self.folded_serving]
-        self.folded_serving |= {(w.scope, w.window_end_ms, w.model_version) for w in new}
-        self.loop.observe_serving(new)
+        self.loop.observe_serving(windows)  # it skips the windows it folded (they are in its state)
 
     async def _record(self, write: Callable[..., None], *args: object) -> None:
         """A metadata write; a store that is away is logged, never fatal."""
@@ -234,23 +306,31 @@ def install_promoter(
     metadata: MetadataStore | None,
 ) -> None:
     """Run the promoter on a data plane of its own (group `<prefix>promote`, topic `rig.joined`)."""
+    held: list[Promotion] = []
+
+    def start_offsets(partitions: set[TP]) -> dict[TP, int]:
+        return held[0].start_offsets(partitions)  # the source joins its group after `start`
+
     plane = Plane(
         app,
         settings.kafka_client_config(),
         settings.kafka_producer_config(),
         source_settings(settings, "promote", (settings.topic("joined"),), batch_max=1_000),
         Health(needs_partitions=False),
+        start_offsets=start_offsets,
     )
 
-    held: list[Promotion] = []
-
     async def start() -> Handler:
-        promotion = Promotion(settings, await get_runtime(), metadata)
+        promotion = Promotion(settings, await get_runtime(), metadata, plane.ledger.position)
         await promotion.start()
         held.append(promotion)
         return lambda batch: promotion.handle(batch, plane.sink)
 
+    async def save_state() -> bool:
+        return await held[0].save_state()
+
     plane.serve(start)
+    plane.every(STATE_SAVE_S, save_state)
 
     @app.page("/promoter/")
     async def promoter_state(web: Any, request: Any) -> Any:

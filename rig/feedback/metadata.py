@@ -18,6 +18,8 @@ Write semantics:
                           own scope (e.g. `serving:worker-1`).
     record_promoter_status
                           one entry per promoter scope, replaced: where every test stands now.
+    save_promoter_state   one entry per promoter scope, replaced: the loop's state (bytes) and the
+                          `rig.joined` offset after the last row it folded (a restart goes on there).
 
 Schema: `create_schema` applies the Alembic migrations of `rig.feedback.migrations` (on start and by
 `rig metadata upgrade`), so a store written by an older version is upgraded in place, and one written
@@ -128,6 +130,13 @@ PROMOTER_STATUS = sa.Table(
     sa.Column("scope", _version, primary_key=True),
     sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
     sa.Column("status", sa.JSON, nullable=False),
+)  # fmt: skip
+PROMOTER_STATE = sa.Table(
+    "promoter_state", _schema,
+    sa.Column("scope", _version, primary_key=True),
+    sa.Column("joined_offset", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.LargeBinary, nullable=False),
+    sa.Column("saved_at_ms", sa.BigInteger, nullable=False),
 )  # fmt: skip
 _AVRO_SQL: dict[str, type[sa.types.TypeEngine[Any]]] = {
     "long": sa.BigInteger,
@@ -538,6 +547,35 @@ class MetadataStore:
         """(updated_at_ms, status) of a promoter scope, or None when none was recorded."""
         rows = self._records(sa.select(PROMOTER_STATUS).where(PROMOTER_STATUS.c.scope == scope))
         return (rows[0]["updated_at_ms"], rows[0]["status"]) if rows else None
+
+    def save_promoter_state(
+        self, joined_offset: int, state: bytes, saved_at_ms: int, scope: str = "promoter"
+    ) -> None:
+        """Record (or replace) a promoter's state (`PromotionLoop.state`) and the `rig.joined` offset
+        after the last row folded into it: a promoter that starts reads on from there.
+
+        Raises:
+            MetadataError: the store is unreachable.
+        """
+        row = {
+            "scope": scope,
+            "joined_offset": int(joined_offset),
+            "state": state,
+            "saved_at_ms": int(saved_at_ms),
+        }
+        self._replace(PROMOTER_STATE, (PROMOTER_STATE.c.scope == scope,), [row])
+
+    def load_promoter_state(self, scope: str = "promoter") -> tuple[int, bytes] | None:
+        """(joined offset, state) a promoter scope saved last, or None when it saved none.
+
+        Raises:
+            MetadataError: the store is unreachable.
+        """
+        query = sa.select(PROMOTER_STATE.c.joined_offset, PROMOTER_STATE.c.state).where(
+            PROMOTER_STATE.c.scope == scope
+        )
+        rows = self._records(query)
+        return (rows[0]["joined_offset"], bytes(rows[0]["state"])) if rows else None
 
     @contextmanager
     def _begin(self) -> Iterator[sa.Connection]:

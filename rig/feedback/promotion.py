@@ -18,11 +18,16 @@ A/B experiment, the sample ratio check). A flagged sample ratio mismatch holds e
 the split and is recorded as a `keep` decision saying why. The previous golden, kept scoring as a
 shadow after a promotion, is just another challenger (exempt from guardrails: it served as golden):
 if it beats the current golden, the decision is a rollback (`demote`).
+
+The whole loop (tests, cohorts, seen keys, backlog) is saved with `state` and continued with
+`restore`, so a restarted or moved promoter goes on with the same always-valid tests instead of
+starting them over (k fresh starts would allow up to k·α false promotions).
 """
 
 from __future__ import annotations
 
 import math
+import pickle
 from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +37,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from rig.errors import PromoterError
 from rig.feedback.delays import DelayModel, MaturedCohorts, WindowConfig, cohort_width_ms, groups
 from rig.feedback.guardrails import (
     GuardrailConfig,
@@ -64,6 +70,9 @@ the uncommitted tail of `rig.joined`, far fewer rows than this."""
 BACKLOG_ROWS = 200_000
 """Most rows kept while the label window is not known yet (the oldest are dropped beyond)."""
 SERVING_UNMEASURED = "no worker records serving statistics (model_serving): not enforced"
+STATE_FORMAT = 1
+"""Version of `PromotionLoop.state`'s layout: a saved state of another format is refused (the tests
+then start over), never misread. Raise it whenever the loop's or its parts' attributes change."""
 
 
 class RecentKeys:
@@ -93,6 +102,8 @@ class GoldenTests:
     monitor: GoldenMonitor
     calibration: dict[str, PairCalibration] = field(default_factory=dict)
     serving: dict[str, ServingStats] = field(default_factory=dict)
+    serving_windows: set[tuple[str, int, str]] = field(default_factory=set)
+    """(scope, window end, model version) of the serving windows folded: each is folded once."""
     srm_reported: set[str] = field(default_factory=set)
 
 
@@ -186,15 +197,47 @@ class PromotionLoop:
         self._release(window)
         return fresh
 
+    def state(self) -> bytes:
+        """Everything the loop has learned, as bytes for `restore` (format `STATE_FORMAT`).
+
+        Pickle, because the state is a graph of plain dataclasses, deques and sets that must come back
+        exactly (float for float, key for key), and a second schema of it would have to follow every
+        change of the tests. Unpickling runs code named by the bytes, so a state is only ever loaded
+        from the rig's own metadata store, which this promoter alone writes.
+        """
+        return pickle.dumps((STATE_FORMAT, vars(self)), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, state: bytes) -> None:
+        """Continue from a `state` of a loop with the same settings: every test, cohort, seen key and
+        waiting row comes back, so the rows after the state's offset are folded as if never stopped.
+
+        Raises:
+            PromoterError: the state is unreadable, of another format, or was taken under other
+                promoter settings (alpha, guardrails, label window: a different test; start over).
+        """
+        try:
+            saved_format, saved = pickle.loads(state)
+        except Exception as error:  # whatever unpickling a foreign or damaged state raises
+            raise PromoterError(f"promoter state unreadable: {error!r}") from error
+        if saved_format != STATE_FORMAT:
+            raise PromoterError(f"promoter state of format {saved_format!r}, this rig reads {STATE_FORMAT}")
+        settings = ("config", "guardrails", "window")
+        changed = [name for name in settings if saved[name] != getattr(self, name)]
+        if changed:
+            raise PromoterError(f"promoter state taken under other settings ({', '.join(changed)})")
+        vars(self).update(saved)
+
     def observe_serving(self, windows: Sequence[ServingWindow]) -> None:
         """Fold serving windows (`ServingTally`, read from the metadata store) of the current golden's
-        challengers into the latency and failed-batch guardrails."""
+        challengers into the latency and failed-batch guardrails; a window folded before is skipped."""
         if windows:
             self.serving_measured = True
         if self.tests is None:
             return
         for window in windows:
-            if window.golden_version == self.golden:
+            key = (window.scope, window.window_end_ms, window.model_version)
+            if window.golden_version == self.golden and key not in self.tests.serving_windows:
+                self.tests.serving_windows.add(key)
                 held = self.tests.serving.get(window.model_version, ServingStats())
                 self.tests.serving[window.model_version] = held.merge(ServingStats.of_window(window))
 

@@ -21,9 +21,9 @@ from mode import Service
 
 from streams.plane.health import Health
 from streams.plane.ledger import OffsetLedger
+from streams.plane.ledger import TopicPartition as TP
 from streams.plane.sink import DeliveringSink
 from streams.plane.source import BatchSource, SourceBatch, SourceSettings
-from streams.plane.source import TopicPartition as TP
 from streams.plane.transactions import TransactionalSink
 
 log = logging.getLogger(__name__)
@@ -54,15 +54,23 @@ class Plane:
         *,
         on_assigned: Callable[[set[TP]], None] | None = None,
         on_revoked: Callable[[set[TP]], None] | None = None,
+        start_offsets: Callable[[set[TP]], dict[TP, int]] | None = None,
     ) -> None:
         """`client_config` is the source consumer's base, `producer_config` the sink producer's; see
-        `BatchSource` for `on_assigned` and `on_revoked` (they run in the source's thread). A source
-        that does not commit (`settings.commits` False) publishes through a `TransactionalSink`:
-        exactly once."""
+        `BatchSource` for `on_assigned`, `on_revoked` and `start_offsets` (they run in the source's
+        thread). A source that does not commit (`settings.commits` False) publishes through a
+        `TransactionalSink`: exactly once."""
         self.health = health
         self.ledger = OffsetLedger()
         self.source = BatchSource(
-            client_config, settings, self.ledger, health, self._hand_over, on_assigned, on_revoked
+            client_config,
+            settings,
+            self.ledger,
+            health,
+            self._hand_over,
+            on_assigned,
+            on_revoked,
+            start_offsets,
         )
         self.sink: DeliveringSink | TransactionalSink = (  # both are a `Sink`
             DeliveringSink(producer_config, self.ledger.finish, health)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams.plane.health import Health
 from streams.plane.ledger import OffsetLedger
@@ -72,11 +72,16 @@ class BatchSource:
         hand_over: Callable[[SourceBatch], None],
         on_assigned: Callable[[set[TP]], None] | None = None,
         on_revoked: Callable[[set[TP]], None] | None = None,
+        start_offsets: Callable[[set[TP]], dict[TP, int]] | None = None,
     ) -> None:
         """`on_assigned(partitions)` runs before fetching from newly assigned partitions starts (e.g.
-        to restore their state); `on_revoked(partitions)` after revoked or lost ones are let go."""
+        to restore their state); `on_revoked(partitions)` after revoked or lost ones are let go.
+        `start_offsets(partitions)` (after `on_assigned`) says where to start reading newly assigned
+        partitions instead of their committed offsets (e.g. right after a saved state); partitions it
+        leaves out start at their committed offset."""
         self._client_config = client_config
         self._on_assigned = on_assigned
+        self._start_offsets = start_offsets
         self._on_revoked = on_revoked
         self.settings = settings
         self._ledger = ledger
@@ -269,6 +274,19 @@ class BatchSource:
         tps = {(p.topic, p.partition) for p in partitions}
         if self._on_assigned is not None and tps:
             self._on_assigned(tps)
+        starts = self._start_offsets(tps) if self._start_offsets is not None and tps else {}
+        if starts:
+            # Assigning in the callback replaces the assignment confluent-kafka would make after it;
+            # a partition's offset left unset (OFFSET_INVALID) means its committed offset.
+            placed = [
+                TopicPartition(p.topic, p.partition, starts.get((p.topic, p.partition), OFFSET_INVALID))
+                for p in partitions
+            ]
+            if self.settings.assignment_strategy == "cooperative-sticky":
+                consumer.incremental_assign(placed)
+            else:  # eager protocols hand over the whole assignment
+                consumer.assign(placed)
+            log.info("partitions start at %s", {f"{t}-{p}": o for (t, p), o in starts.items()})
         with self._lock:
             self._assignment |= tps
             count = len(self._assignment)

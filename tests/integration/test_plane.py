@@ -1,4 +1,5 @@
-"""The data plane on the real broker: offsets advance only past delivered batches, revokes commit them."""
+"""The data plane on the real broker: offsets advance only past delivered batches, revokes commit them,
+and a start-offset hook makes a source read from where it says."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -15,6 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.plane.health import Health
 from streams.plane.ledger import OffsetLedger
+from streams.plane.ledger import TopicPartition as TP
 from streams.plane.sink import DeliveringSink, Outgoing
 from streams.plane.source import BatchSource, SourceBatch, SourceSettings
 
@@ -47,7 +49,14 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int = 4) -> di
 class Plane:
     """A source whose batches land in a queue, with its ledger and health."""
 
-    def __init__(self, bootstrap: str, group: str, topic: str, **settings: object) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        group: str,
+        topic: str,
+        start_offsets: Callable[[set[TP]], dict[TP, int]] | None = None,
+        **settings: object,
+    ) -> None:
         self.batches: queue.Queue[SourceBatch] = queue.Queue()
         self.ledger = OffsetLedger()
         self.health = Health()
@@ -57,6 +66,7 @@ class Plane:
             self.ledger,
             self.health,
             self.batches.put,
+            start_offsets=start_offsets,
         )
 
     def take(self, timeout_s: float = 30) -> SourceBatch:
@@ -202,3 +212,36 @@ def test_a_delivery_to_a_missing_topic_is_retried_until_the_topic_exists(kafka_b
             values.append(message.value())
     consumer.close()
     assert sorted(values) == [b"v1", b"v2"]
+
+
+@pytest.mark.parametrize("strategy", ["cooperative-sticky", "range"])
+def test_a_start_offset_hook_makes_the_source_read_its_partitions_from_the_offsets_it_gives(
+    kafka_bootstrap: str, strategy: str
+) -> None:
+    topic, group = create_topic(kafka_bootstrap, partitions=2), f"test-{uuid.uuid4().hex}"
+    produce(kafka_bootstrap, topic, 60)
+    first = Plane(kafka_bootstrap, group, topic, assignment_strategy=strategy)
+    with running(first):
+        drain(first, 60)
+        deadline = time.monotonic() + 30
+        while sum(committed(kafka_bootstrap, group, topic, 2).values()) < 60 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    ends = committed(kafka_bootstrap, group, topic, partitions=2)
+    asked: list[set[TP]] = []
+
+    def start_offsets(partitions: set[TP]) -> dict[TP, int]:
+        asked.append(partitions)
+        return {(topic, 0): 5}  # partition 1 is left out: it starts at its commit (its end)
+
+    again = Plane(kafka_bootstrap, group, topic, start_offsets, assignment_strategy=strategy)
+    read: list[tuple[int, int]] = []
+    with running(again):
+        while len(read) < ends[0] - 5:
+            batch = again.take()
+            again.ledger.finish(batch.batch_id)
+            read += [(m.partition(), m.offset()) for m in batch.messages]
+        time.sleep(1)  # anything else it would read arrives meanwhile
+    assert asked == [{(topic, 0), (topic, 1)}]
+    assert again.batches.empty(), "partition 1 was read from its committed offset: nothing left"
+    assert read == [(0, offset) for offset in range(5, ends[0])]
+    assert committed(kafka_bootstrap, group, topic, partitions=2) == ends

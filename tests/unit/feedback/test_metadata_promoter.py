@@ -109,3 +109,14 @@ def test_a_decisions_table_from_before_checks_gains_the_column_and_its_rows_read
     (old,) = [d for d in store.decisions() if d.decision_id == "old"]
     assert old.checks == [] and old.reason == "before checks"
     store.close()
+
+
+def test_the_promoter_state_is_replaced_and_read_back_with_its_offset(store: MetadataStore) -> None:
+    assert store.load_promoter_state() is None
+    store.save_promoter_state(120, b"\x00first", saved_at_ms=1_000)
+    store.save_promoter_state(250, b"\x00second\xff" * 1_000, saved_at_ms=2_000)  # replaces the first
+    store.save_promoter_state(7, b"other", saved_at_ms=2_000, scope="promoter:other")
+    assert store.load_promoter_state() == (250, b"\x00second\xff" * 1_000)
+    assert store.load_promoter_state("promoter:other") == (7, b"other")
+    assert store.prune(10**13, 0)["model_metrics"] == 0
+    assert store.load_promoter_state() is not None, "pruning never resets the tests"

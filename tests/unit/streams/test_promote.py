@@ -1,5 +1,5 @@
 """The promoter's worker side: joined rows it cannot score are dead-lettered; secrets stay out of
-its logs."""
+its logs; its state is saved once delivered and a new promoter goes on from it."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ from msgspec.structs import replace
 
 from rig.config import RigSettings
 from rig.errors import RigError
+from rig.feedback.metadata import MetadataStore
 from rig.feedback.promotion import manual_decision
 from rig.routing.table import control_key, fold, set_golden_event, start_experiment_event
 from rig.wire.codec import Codec
 from rig.wire.records import ControlEvent, DeadLetter, JoinedOutcome
 from streams.plane.sink import Outgoing
 from streams.plane.source import SourceBatch
-from streams.promote import Promotion, open_metadata
+from streams.promote import STATE_SAVE_S, Promotion, open_metadata
 
 PASSWORD = "Pa55-w0rd-xyz"
 
@@ -135,3 +136,53 @@ def test_an_auto_decision_changes_routing_before_it_is_published_and_a_failed_co
         "control start_experiment",
         f"published {settings.topic('decisions')}",
     ]
+
+
+def test_the_state_is_saved_once_its_batch_is_delivered_and_a_new_promoter_goes_on_from_its_offset(
+    settings: RigSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    table = fold(
+        (control_key(e), e)
+        for e in (set_golden_event("risk.1", "t"), start_experiment_event("x", "risk.2", "shadow", "t"))
+    )
+    runtime = SimpleNamespace(routing=table)
+    settings = settings.model_copy(update={"promoter_label_window_s": 0.001})
+    store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
+    store.create_schema()
+    encode, joined = Codec(JoinedOutcome).encode, settings.topic("joined")
+    rows = [row for i in range(300) for row in pair(f"r{i}", i % 2, 10 * i)]
+    messages = [
+        Message(topic=joined, partition=0, offset=i, key=row.request_id.encode(), value=encode(row))
+        for i, row in enumerate(rows)
+    ]
+    batches = [SourceBatch(n, messages[200 * n : 200 * (n + 1)]) for n in range(3)]
+    delivered: dict[tuple[str, int], int] = {}
+    first = Promotion(settings, runtime, store, delivered.get)
+
+    asyncio.run(first.handle(batches[0], KeptSink()))
+    assert store.load_promoter_state() is None, "its decisions are not delivered yet"
+    delivered[(joined, 0)] = 200
+    asyncio.run(first.save_state())  # the plane's tick
+    saved = store.load_promoter_state()
+    assert saved is not None and saved[0] == 200
+    for batch in batches[1:]:  # within STATE_SAVE_S: no state taken, then the worker crashes
+        asyncio.run(first.handle(batch, KeptSink()))
+        delivered[(joined, 0)] = batch.messages[-1].offset() + 1
+    assert store.load_promoter_state() == saved and STATE_SAVE_S >= 1
+
+    second = Promotion(settings, runtime, store)
+    assert second.start_offsets({(joined, 0)}) == {(joined, 0): 200}
+    for batch in batches[1:]:  # what the source reads from offset 200
+        asyncio.run(second.handle(batch, KeptSink()))
+    assert second.loop.snapshot(table) == first.loop.snapshot(table)
+    standing = second.loop.snapshot(table)
+    assert standing["duplicate_rows"] == 0 and standing["challengers"]["risk.2"]["n"] == 299, "each once"
+
+    stricter = settings.model_copy(update={"promoter_alpha": 0.01})
+    away = MetadataStore(f"sqlite:///{tmp_path / 'no-tables.db'}")
+    with caplog.at_level(logging.WARNING):
+        assert Promotion(stricter, runtime, store).start_offsets({(joined, 0)}) == {}
+        assert Promotion(settings, runtime, away).start_offsets({(joined, 0)}) == {}
+    assert "saved promoter state not continued" in caplog.text
+    assert "promoter state not read" in caplog.text
+    store.close()
