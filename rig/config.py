@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TOPIC_NAMES = (
@@ -27,25 +27,35 @@ TOPIC_NAMES = (
 class RigSettings(BaseSettings):
     """Every setting of the rig; read from `RIG_<FIELD>` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="RIG_", extra="ignore")
+    # A refused setting's message must not quote what was given: that could be a password (the
+    # Kafka security checks see every field, SASL password included).
+    model_config = SettingsConfigDict(env_prefix="RIG_", extra="ignore", hide_input_in_errors=True)
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     """Kafka bootstrap servers, comma separated. Point it at any existing cluster."""
 
-    kafka_security_protocol: str | None = None
-    """Passed to clients as `security.protocol` (e.g. SASL_SSL) when set."""
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """`security.protocol` of every Kafka client of the rig. `SSL` and `SASL_SSL` need
+    kafka_ssl_ca_location; `SASL_SSL` and `SASL_PLAINTEXT` need the SASL mechanism, user name and
+    password. Settings that would connect with less protection than asked for refuse to load."""
 
-    kafka_sasl_mechanism: str | None = None
-    """Passed to clients as `sasl.mechanism` (e.g. PLAIN, SCRAM-SHA-512) when set."""
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """`sasl.mechanism`: one of those that take a user name and password (the rig has no settings for
+    Kerberos or OAuth)."""
 
-    kafka_sasl_username: str | None = None
+    kafka_sasl_username: str | None = Field(default=None, min_length=1)
     """SASL user name, when the cluster needs one."""
 
-    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password: SecretStr | None = Field(default=None, min_length=1)
     """SASL password, when the cluster needs one (shown as `**********` by repr and str)."""
 
-    kafka_ssl_ca_location: str | None = None
-    """CA bundle for TLS connections to the cluster."""
+    kafka_sasl_plaintext_allowed: bool = False
+    """Allow `SASL_PLAINTEXT`, which sends the password (PLAIN) and every record unencrypted: only for
+    a network that is private end to end."""
+
+    kafka_ssl_ca_location: Path | None = None
+    """PEM file of the CA certificates that signed the brokers' certificates (for a publicly trusted
+    cluster, the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt): TLS clients trust it alone."""
 
     kafka_session_timeout_s: float = Field(default=45, ge=1)
     """How long the group waits for a worker that stopped heart-beating (crashed, frozen) before its
@@ -239,18 +249,64 @@ class RigSettings(BaseSettings):
         """The consumer group of one of a worker's consumers (e.g. `predict`), with the topic prefix."""
         return f"{self.topic_prefix}{role}"
 
-    def kafka_client_config(self) -> dict[str, str]:
-        """confluent-kafka client settings, with the SASL/TLS ones that are set."""
-        config = {"bootstrap.servers": self.kafka_bootstrap}
-        password = self.kafka_sasl_password
-        optional = {
-            "security.protocol": self.kafka_security_protocol,
-            "sasl.mechanism": self.kafka_sasl_mechanism,
-            "sasl.username": self.kafka_sasl_username,
-            "sasl.password": None if password is None else password.get_secret_value(),
-            "ssl.ca.location": self.kafka_ssl_ca_location,
+    @model_validator(mode="after")
+    def _refuse_weaker_kafka_security(self) -> RigSettings:
+        # A half-set security setting must stop the rig, never fall back quietly: SASL credentials
+        # without a SASL protocol would be ignored by librdkafka but make aiokafka (Faust) talk
+        # SASL_PLAINTEXT, and TLS without the CA file could not verify the brokers.
+        protocol = self.kafka_security_protocol
+        credentials = {
+            "RIG_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
+            "RIG_KAFKA_SASL_USERNAME": self.kafka_sasl_username,
+            "RIG_KAFKA_SASL_PASSWORD": self.kafka_sasl_password,
         }
-        config.update({key: value for key, value in optional.items() if value is not None})
+        if protocol.startswith("SASL_"):
+            missing = [name for name, value in credentials.items() if value is None]
+            if missing:
+                raise ValueError(f"RIG_KAFKA_SECURITY_PROTOCOL={protocol} needs {', '.join(missing)}")
+        elif any(value is not None for value in credentials.values()):
+            raise ValueError(
+                f"SASL settings are given but RIG_KAFKA_SECURITY_PROTOCOL={protocol} does not use SASL: "
+                "set it to SASL_SSL"
+            )
+        if protocol == "SASL_PLAINTEXT" and not self.kafka_sasl_plaintext_allowed:
+            raise ValueError(
+                "RIG_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT sends the SASL password and every record "
+                "unencrypted: use SASL_SSL, or set RIG_KAFKA_SASL_PLAINTEXT_ALLOWED=true on a private network"
+            )
+        ca = self.kafka_ssl_ca_location
+        if protocol.endswith("SSL"):
+            if ca is None:
+                raise ValueError(
+                    f"RIG_KAFKA_SECURITY_PROTOCOL={protocol} needs RIG_KAFKA_SSL_CA_LOCATION, the PEM file "
+                    "of the CA that signed the brokers' certificates"
+                )
+            if not ca.is_file():
+                raise ValueError(f"RIG_KAFKA_SSL_CA_LOCATION={ca} is not a file")
+        elif ca is not None:
+            raise ValueError(
+                f"RIG_KAFKA_SSL_CA_LOCATION is set but RIG_KAFKA_SECURITY_PROTOCOL={protocol} does not "
+                "use TLS: set it to SASL_SSL or SSL"
+            )
+        return self
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """confluent-kafka client settings: the cluster, and the TLS and SASL ones its protocol uses.
+        Every Kafka client of the rig starts from these (or `kafka_producer_config`)."""
+        config = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_ssl_ca_location is not None:
+            config["ssl.ca.location"] = str(self.kafka_ssl_ca_location)
+            # librdkafka's default since 2.0, stated so that no client ever skips the host name check.
+            config["ssl.endpoint.identification.algorithm"] = "https"
+        if self.kafka_sasl_mechanism is not None:
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username is not None:
+            config["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password is not None:
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
         return config
 
     def kafka_producer_config(self) -> dict[str, str | bool]:

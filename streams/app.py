@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hmac
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import faust
 from aiohttp import web
 from faust.app.base import BootStrategy
+from faust.types.auth import CredentialsT
 
 from rig.config import RigSettings
 from streams.plane.source import SourceSettings
@@ -52,6 +54,32 @@ def bearer_token_required(token: str) -> Callable[[web.Request, Handler], Awaita
     return require_token
 
 
+def broker_credentials(settings: RigSettings) -> CredentialsT | None:
+    """Credentials of Faust's own Kafka clients (aiokafka): the protocol, CA and SASL user of the
+    rig's confluent-kafka clients (`RigSettings.kafka_client_config`).
+
+    aiokafka speaks TLS only when given an SSL context: SASL credentials without one would mean
+    SASL_PLAINTEXT whatever `kafka_security_protocol` says.
+
+    Raises:
+        OSError: the CA file cannot be read or holds no certificate (`ssl.SSLError`).
+    """
+    protocol = settings.kafka_security_protocol
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        # The settings refuse TLS without a CA file; the default context also checks host names.
+        context = ssl.create_default_context(cafile=str(settings.kafka_ssl_ca_location))
+    if protocol in ("SASL_SSL", "SASL_PLAINTEXT"):
+        password = settings.kafka_sasl_password
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=None if password is None else password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    return None if context is None else faust.SSLCredentials(context)
+
+
 def make_app(
     settings: RigSettings, app_id: str = "rig", faust_kafka: bool = False, **overrides: object
 ) -> faust.App:
@@ -67,13 +95,6 @@ def make_app(
             benchmarks' naive baseline; the rig's workers do their Kafka I/O on the data plane).
         overrides: any other Faust setting (e.g. web_enabled=False in tests).
     """
-    broker_credentials = None
-    if settings.kafka_sasl_mechanism and settings.kafka_sasl_username:
-        broker_credentials = faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else "",
-            mechanism=settings.kafka_sasl_mechanism,
-        )
     settings.home.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level of datadir
     bootstrap = ";".join(f"kafka://{host}" for host in settings.kafka_bootstrap.split(","))
     options: dict[str, object] = {
@@ -81,7 +102,7 @@ def make_app(
         "store": "memory://",
         "topic_partitions": settings.topic_partitions,
         "topic_replication_factor": 1,
-        "broker_credentials": broker_credentials,
+        "broker_credentials": broker_credentials(settings),
         "datadir": str(settings.home / "faust"),
         "web_port": settings.web_port or 6066,  # Faust validates the port even when the web server is off
         "web_enabled": settings.web_port > 0,
