@@ -39,7 +39,7 @@ def train(
     share: Annotated[float, typer.Option(help="Traffic share of an A/B experiment.")] = 0.1,
 ) -> None:
     """Train XGBoost on labelled events of the world (Feast historical features) and route it."""
-    from rig.cli.app import check_role, route_new_model
+    from rig.cli.app import check_role, record_checksum, route_new_model
     from rig.features.store import FeatureStoreClient
     from rig.models.train import train_and_register
     from sim.deploy import world_training_frame
@@ -60,6 +60,7 @@ def train(
         training={"feature_set": feature_set},
         selection=client.selection(),
     )
+    record_checksum(config, report.meta)
     route_new_model(config, report.meta.version, role, experiment, share)
     typer.echo(
         f"trained {report.meta.version} on {report.n_train} rows ({feature_set}): "

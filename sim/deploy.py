@@ -87,6 +87,7 @@ def prepare(
     Returns:
         The world, and the model version trained for each name.
     """
+    from rig.cli.app import record_checksum
     from rig.features.store import FeatureStoreClient
     from rig.models.train import load_transform_spec, split_by_time, train_and_register
     from rig.transform.fitted import fit
@@ -118,6 +119,7 @@ def prepare(
             training={"feature_set": feature_set},
             selection=client.selection(),
         )
+        record_checksum(settings, report.meta)
         versions[name] = report.meta.version
     return world, versions
 

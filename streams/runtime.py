@@ -9,18 +9,20 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from confluent_kafka import Producer
 
 from rig.cache.store import PredictionCache
 from rig.config import RigSettings
-from rig.errors import RigError
+from rig.errors import ModelIntegrityError, RigError
 from rig.explain.service import ExplanationService
 from rig.features.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader, layout_unreadable
 from rig.features.selection import FeatureSelection
 from rig.features.stats import FeatureStats
 from rig.features.store import FeatureStoreClient
-from rig.models.registry import ModelRegistry
+from rig.feedback.metadata import MetadataStore
+from rig.models.registry import ModelRegistry, sha256_of
 from rig.routing.control import ControlFollower
 from rig.routing.table import EMPTY_ROUTING, RoutingTable
 from rig.serving.backbone import Backbone
@@ -32,6 +34,44 @@ from rig.wire.codec import Codec
 from rig.wire.records import ControlEvent, DeadLetter, Prediction, Request
 
 log = logging.getLogger(__name__)
+
+
+class VerifiedRegistry(ModelRegistry):
+    """A registry whose loads are also checked against the checksum the metadata store recorded at
+    registration. The checksum in `meta.json` only catches corruption: whoever can rewrite a model
+    file can rewrite the file beside it, but not the metadata store."""
+
+    def __init__(self, root: Path, metadata: MetadataStore) -> None:
+        super().__init__(root)
+        self.metadata = metadata
+
+    def load_bytes(self, version: str) -> bytes:
+        """The artifact's bytes, checked against `meta.json` and then against the metadata store.
+        A version the store has no record of (registered before checksums were recorded there) is
+        loaded with a warning.
+
+        Raises:
+            RegistryError: not a registered version.
+            ModelIntegrityError: the file is missing, or its checksum differs from `meta.json`'s or
+                from the metadata store's.
+            MetadataError: the metadata store is unreachable (the model is not loaded unverified).
+        """
+        data = super().load_bytes(version)
+        recorded = self.metadata.model_checksum(version)
+        if recorded is None:
+            log.warning(
+                "model %s has no checksum in the metadata store (registered before checksums were "
+                "recorded there): checked against its meta.json only",
+                version,
+            )
+            return data
+        actual = sha256_of(data)
+        if actual != recorded:
+            raise ModelIntegrityError(
+                f"checksum mismatch for {version}: the metadata store recorded {recorded[:16]}…, the "
+                f"file has {actual[:16]}…; refusing a model that is not the one registered"
+            )
+        return data
 
 
 @dataclass(frozen=True)
@@ -71,8 +111,19 @@ class Runtime:
 
     @classmethod
     def create(cls, settings: RigSettings) -> Runtime:
-        """Build the runtime, read the routing, and load every routed model (blocking)."""
-        registry = ModelRegistry(settings.model_dir)
+        """Build the runtime, read the routing, and load every routed model (blocking).
+
+        Models are verified against the metadata store's checksums (`VerifiedRegistry`); when the
+        store cannot be opened, against their `meta.json` only (logged).
+        """
+        from streams.promote import open_metadata  # here: streams.promote imports this module
+
+        metadata = open_metadata(settings)
+        if metadata is None:
+            log.warning("model checksums are checked against meta.json only: no metadata store")
+            registry = ModelRegistry(settings.model_dir)
+        else:
+            registry = VerifiedRegistry(settings.model_dir, metadata)
         registry_url = settings.schema_registry_url
         runtime = cls(
             settings=settings,

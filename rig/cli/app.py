@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from rig.wire.requests import KeySpec
 
 if TYPE_CHECKING:
+    from rig.models.registry import ModelMeta
     from rig.wire.records import ControlEvent, Decision
 
 app = typer.Typer(
@@ -171,6 +172,7 @@ def train(
     from pathlib import Path
 
     from rig.cli.clients import read_table
+    from rig.errors import RigError
     from rig.features.store import FeatureStoreClient
     from rig.models.train import LABEL_COLUMN, train_and_register, training_frame
 
@@ -191,11 +193,49 @@ def train(
         training={"events": path.name},
         selection=selection,
     )
+    try:
+        record_checksum(config, report.meta)
+    except RigError as error:
+        typer.secho(f"refused: {error}", fg="red", err=True)
+        raise typer.Exit(1) from error
     route_new_model(config, report.meta.version, role, experiment, share)
     typer.echo(
         f"trained {report.meta.version} on {report.n_train} rows: held-out AUC {report.auc:.3f}, "
         f"log loss {report.log_loss:.4f}, sha256 {report.meta.sha256[:12]}…, role {role}"
     )
+
+
+def record_checksum(config: RigSettings, meta: ModelMeta) -> None:
+    """Record a freshly stored model, with its checksum, in the metadata store: workers verify the
+    file against that record on load. The checksum in `meta.json` only catches corruption, since
+    whoever can rewrite the model file can rewrite the file beside it.
+
+    When no metadata store is configured (`RIG_METADATA_URL` unset) and the default SQLite file cannot
+    be created, a warning is printed and the model stays unrecorded (workers load it with a warning).
+
+    Raises:
+        MetadataError: the configured store cannot be reached, or it holds this version with another
+            checksum (a model directory reused with an older store).
+    """
+    from contextlib import closing
+
+    from rig.errors import MetadataError
+    from rig.feedback.metadata import MetadataStore
+
+    with closing(MetadataStore(config.resolved_metadata_url)) as store:
+        try:
+            store.create_schema()  # creates the default SQLite file (and its folder) if missing
+        except (MetadataError, OSError) as error:
+            if config.metadata_url is not None:
+                raise MetadataError(f"cannot record model {meta.version}: {error}") from error
+            typer.secho(
+                f"warning: model {meta.version} is not recorded in the metadata store ({error}); "
+                "workers will only check it against its meta.json",
+                fg="yellow",
+                err=True,
+            )
+            return
+        store.record_model(meta)
 
 
 def check_role(role: str) -> None:
@@ -561,6 +601,7 @@ def register(
         fitted = FittedTransform.from_json(Path(transform).read_text()) if transform else None
         rows = client.historical(read_table(Path(reference)), selection) if reference else None
         meta = register_model(config, Path(path), name, selection, card, fitted, rows)
+        record_checksum(config, meta)
     except (RigError, OSError, ValueError) as error:
         typer.secho(f"refused: {error}", fg="red", err=True)
         raise typer.Exit(1) from error

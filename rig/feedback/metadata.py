@@ -341,6 +341,15 @@ class MetadataStore:
             raise MetadataError(f"model {meta.version} is already recorded with checksum {recorded}")
         return False
 
+    def model_checksum(self, version: str) -> str | None:
+        """The SHA-256 recorded for `version` at registration; None when the version is not recorded.
+
+        Raises:
+            MetadataError: the store is unreachable.
+        """
+        with self._begin() as connection:
+            return connection.scalar(sa.select(MODELS.c.sha256).where(MODELS.c.version == version))
+
     def models(self) -> list[ModelMeta]:
         """Every recorded model version, oldest first."""
         query = sa.select(MODELS).order_by(MODELS.c.created_at, MODELS.c.version)
