@@ -123,9 +123,10 @@ async def bare_loop(settings: RigSettings, stop: threading.Event) -> None:
     from confluent_kafka import Consumer, Producer
 
     from streams.predict import answer, outputs, source_of
+    from streams.promote import open_metadata
     from streams.runtime import Runtime
 
-    runtime = Runtime.create(settings)
+    runtime = Runtime.create(settings, open_metadata(settings))  # as the worker builds it
     consumer = Consumer(
         {
             **settings.kafka_client_config(),

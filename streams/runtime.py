@@ -110,15 +110,12 @@ class Runtime:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def create(cls, settings: RigSettings) -> Runtime:
+    def create(cls, settings: RigSettings, metadata: MetadataStore | None) -> Runtime:
         """Build the runtime, read the routing, and load every routed model (blocking).
 
-        Models are verified against the metadata store's checksums (`VerifiedRegistry`); when the
-        store cannot be opened, against their `meta.json` only (logged).
+        Models are verified against the checksums `metadata` recorded (`VerifiedRegistry`); with no
+        metadata store (it could not be opened), against their `meta.json` only (logged).
         """
-        from streams.promote import open_metadata  # here: streams.promote imports this module
-
-        metadata = open_metadata(settings)
         if metadata is None:
             log.warning("model checksums are checked against meta.json only: no metadata store")
             registry = ModelRegistry(settings.model_dir)

@@ -70,7 +70,7 @@ def build_runtime() -> Runtime:
     """Topics, then the runtime (models loaded and warmed), then the explainer thread. A broker that
     is away at start-up is waited for."""
     wait_for_topics()
-    runtime = Runtime.create(settings)
+    runtime = Runtime.create(settings, metadata)
     if "explain" in roles:
         explainer = ExplainConsumer(settings, runtime).start()
 

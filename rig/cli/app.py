@@ -503,7 +503,7 @@ def status(limit: Annotated[int, typer.Option(help="How many recent decisions to
             typer.echo(f"  challenger {version}:")
             for check in entry.get("checks", []):
                 typer.echo(f"    {_check_line(check)}")
-    typer.echo(f"latest decisions ({config.resolved_metadata_url.split('@')[-1]}):")
+    typer.echo(f"latest decisions ({masked_url(config.resolved_metadata_url)}):")
     for d in store.decisions(limit):
         typer.echo(
             f"  {d.action:<7} {d.mode:<7} golden={d.golden_version} "
