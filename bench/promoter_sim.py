@@ -43,6 +43,7 @@ from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from bench.support import promoter_cases as beyond
+from bench.support.promoter_cases import first_true, summarise
 from bench.support.report import RESULTS_DIR, RunRecord, say, write_results
 from rig.feedback.guardrails import GuardrailConfig
 from rig.feedback.monitor import GoldenMonitor
@@ -191,12 +192,6 @@ def msprt(n: np.ndarray, mean: np.ndarray, var: np.ndarray, cfg: PromoterConfig,
     return {"p": p, "low": mean - radius, "high": mean + radius, "ready": ready}
 
 
-def first_true(flags: np.ndarray) -> np.ndarray:
-    """Index of the first True per row, -1 when none."""
-    hit = flags.any(axis=1)
-    return np.where(hit, flags.argmax(axis=1), -1)
-
-
 def naive_promote(
     n: np.ndarray, mean: np.ndarray, var: np.ndarray, every: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -207,16 +202,6 @@ def naive_promote(
     p = 2 * student_t.sf(np.abs(t), n - 1)
     reject = looks & (p < NAIVE_ALPHA)  # NaN (d identically 0) never rejects
     return first_true(reject & (mean > 0)), first_true(reject)
-
-
-def summarise(hit: np.ndarray, counts: np.ndarray) -> dict:
-    """Rate of runs with a hit and median outcomes to it (among hits)."""
-    n_at = counts[hit[hit >= 0]]
-    return {
-        "rate": float(np.mean(hit >= 0)),
-        "median_outcomes": float(np.median(n_at)) if n_at.size else None,
-        "curve": [float(np.mean((hit >= 0) & (hit <= k))) for k in range(counts.size)],
-    }
 
 
 def check_with_promoter(
