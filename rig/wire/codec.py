@@ -34,6 +34,7 @@ from fastavro.schema import expand_schema, fingerprint, to_parsing_canonical_for
 from fastavro.validation import ValidationError, validate
 
 from rig.errors import CodecError
+from rig.wire.avro_writer import compile_writer
 from rig.wire.records import Record, to_plain
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -259,6 +260,8 @@ class Codec(Generic[T]):
         self._raw_json = json.dumps(raw)
         self._reader = parse_schema(_strip_logical_types(raw))
         self._json_schema = expand_schema(raw)
+        # A record laid out by a shape is rewritten as a dict first: it keeps fastavro's writer.
+        self._compiled = compile_writer(self._json_schema) if shape is None else None
         self._canonical = to_parsing_canonical_form(self.schema)
         self.fingerprint, avro_package_fingerprint = _fingerprints(self.schema)
         self._accepted_fingerprints = frozenset({self.fingerprint, avro_package_fingerprint})
@@ -287,10 +290,13 @@ class Codec(Generic[T]):
                 (the message names the field), it is larger than max_bytes, or the schema registry
                 refused the schema.
         """
-        buffer = io.BytesIO()
-        buffer.write(self._header if self._registry_url is None else self._confluent_header())
-        self._write_body(buffer, self._plain(record))
-        data = buffer.getvalue()
+        header = self._header if self._registry_url is None else self._confluent_header()
+        data = self._compiled_message(header, record)
+        if data is None:
+            buffer = io.BytesIO()
+            buffer.write(header)
+            self._write_body(buffer, self._plain(record))
+            data = buffer.getvalue()
         if len(data) > self.max_bytes:
             raise CodecError(f"{self.full_name} record is {len(data)} bytes, over max_bytes={self.max_bytes}")
         return data
@@ -310,6 +316,16 @@ class Codec(Generic[T]):
         plain = self._plain(record)
         self._write_body(io.BytesIO(), plain)
         return json.dumps(plain, default=_json_default, separators=(",", ":")).encode()
+
+    def _compiled_message(self, header: bytes, record: T) -> bytes | None:
+        """The message written by the compiled writer, or None for fastavro to write it (no
+        compiled writer, or a value it refuses: fastavro then names the field or coerces it)."""
+        if self._compiled is None or type(record) is not self.record_type:
+            return None
+        try:
+            return header + self._compiled(record)
+        except Exception:  # noqa: BLE001 - any refusal means: let fastavro write it (or say why not)
+            return None
 
     def _plain(self, record: T) -> dict[str, Any]:
         """The record as the plain dict fastavro writes (bytes and datetimes kept as they are)."""
