@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 from rig.wire.codec import schema_json
@@ -66,10 +67,15 @@ class KeySpec:
         if reserved or len(set(names)) != len(names):
             raise ValueError(f"join keys {names} repeat or use a request field name ({sorted(reserved)})")
 
-    @property
+    @cached_property  # read for every request decoded (`to_record`)
     def names(self) -> tuple[str, ...]:
         """Join key names, in order."""
         return tuple(key.name for key in self.keys)
+
+    @cached_property
+    def is_plain_entity_id(self) -> bool:
+        """The keys are the one `entity_id` string of the rig's own request schema."""
+        return self.names == (ENTITY_ID,)
 
     def entity_id(self, values: Sequence[Any]) -> str:
         """The entity id of typed key values (see the module docstring)."""
@@ -126,7 +132,7 @@ class KeySpec:
 
     def to_record(self, plain: dict[str, Any]) -> dict[str, Any]:
         """A wire request as a `Request` record's fields: its join keys become the entity id."""
-        if self.names == (ENTITY_ID,):
+        if self.is_plain_entity_id:
             return plain
         record = {name: value for name, value in plain.items() if name not in self.names}
         record[ENTITY_ID] = self.entity_id([plain[name] for name in self.names])
@@ -134,7 +140,7 @@ class KeySpec:
 
     def to_wire(self, plain: dict[str, Any]) -> dict[str, Any]:
         """A `Request` record's fields as the wire request: the entity id becomes its join keys."""
-        if self.names == (ENTITY_ID,):
+        if self.is_plain_entity_id:
             return plain
         wire = {name: value for name, value in plain.items() if name != ENTITY_ID}
         wire.update(zip(self.names, self.values(plain[ENTITY_ID]), strict=True))
