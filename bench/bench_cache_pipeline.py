@@ -247,7 +247,7 @@ def run_once(
     for name in SHADOWS:
         publish_control(settings, start_experiment_event(name, versions[name], "shadow", actor="bench"))
     collector = Collector(settings).start()
-    env = {"RIG_CACHE_ENABLED": str(cache).lower()}
+    env = {"RIG_CACHE_ENABLED": str(cache).lower(), "RIG_PREDICTION_TIMINGS": "true"}  # stages read below
     if not explain:
         env["RIG_EXPLAIN_DISAGREEMENT"] = "1"  # scores are probabilities: no difference exceeds 1
     worker = start_worker(settings, logs / f"worker-{tag}.log", **env)

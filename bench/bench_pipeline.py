@@ -38,8 +38,10 @@ Phases (before each, every agent process is idle again; the machine's other load
    linger is not the rig's latency).
 
 Where the rig agents' time goes is read from the per-batch `timings_ms` of their predictions (decode,
-enrich, transform, dispatch, predict, total); wall time outside `total` (publish, delivery, commit,
-hand-over, and in `worker` its other agents) is `outside_stages`.
+enrich, transform, dispatch, predict, total), which the rig writes only with RIG_PREDICTION_TIMINGS
+(off as shipped: `--worker-env RIG_PREDICTION_TIMINGS=true` for that table, at ~8 µs per request);
+wall time outside `total` (publish, delivery, commit, hand-over, and in `worker` its other agents) is
+`outside_stages`.
 
 Prints the tables, the ratios worker_predict/bare_loop, worker/bare_loop and bare_loop/naive, and the
 targets of "No request lost, four times faster" (predict path >= 80 % of the bare loop; p99 <= 25 ms at
@@ -374,8 +376,9 @@ def latency(
 
 # -- where the time goes --------------------------------------------------------------------------
 def rig_stages(records: Sequence[Prediction], window_s: float) -> dict[str, Any]:
-    """Per-batch stage timings of a rig agent's predictions (every record of a batch carries the same)."""
-    if not records:
+    """Per-batch stage timings of a rig agent's predictions (every record of a batch carries the same);
+    none when the agent writes no timings (RIG_PREDICTION_TIMINGS off)."""
+    if not records or not records[0].timings_ms:
         return {}
     # the stages the agent reports, in its order, `total` last (STAGES when it reports no others)
     named = [k for k in records[0].timings_ms if k not in ("kafka_to_publish", "total")]
@@ -713,6 +716,8 @@ def print_report(result: dict[str, Any], output: Path) -> None:
 def print_where_time_goes(agents: dict[str, dict[str, Any]]) -> None:
     """Stage times per request (from the predictions' timings) and CPU per thread group, side by side."""
     rig = [name for name in RIG_AGENTS if name in agents and agents[name]["throughput"]["stages"]]
+    if not rig:
+        print("\n(no stage timings: run with --worker-env RIG_PREDICTION_TIMINGS=true for them)")
     if rig:
         stages = {name: agents[name]["throughput"]["stages"] for name in rig}
         print("\nwhere the backlog's wall time went, µs per request (share of wall)")

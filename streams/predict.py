@@ -101,8 +101,9 @@ async def answer(runtime: Runtime, sources: Sequence[Source]) -> Answer:
         log.warning("experiment skipped a batch version=%s reason=%s", version, reason)
     received_ms = [source.timestamp_ms for source in batch.sources]
     transform_version = layout.golden_transform
+    timings = clock.total() if runtime.settings.prediction_timings else None
     predictions = build_predictions(
-        batch.requests, plan, scores, transform_version, found, clock.total(), golden_hit, received_ms
+        batch.requests, plan, scores, transform_version, found, timings, golden_hit, received_ms
     )
     refill = None
     if lookup is not None:

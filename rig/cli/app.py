@@ -674,10 +674,11 @@ def tail(
 
     for p in tail_predictions(settings(), from_beginning, limit):
         experiments = " ".join(f"{e.experiment}={e.score:.3f}" for e in p.experiments)
+        total = p.timings_ms.get("total")  # written with RIG_PREDICTION_TIMINGS only
         typer.echo(
             f"{p.request_id[:8]} {p.entity_id} score={p.score:.4f} by {p.answered_by} "
-            f"golden={p.golden.score:.4f} {experiments} found={p.entity_found} "
-            f"{p.timings_ms.get('total', 0):.1f}ms"
+            f"golden={p.golden.score:.4f} {experiments} found={p.entity_found}"
+            + ("" if total is None else f" {total:.1f}ms")
         )
 
 

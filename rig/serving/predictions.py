@@ -18,7 +18,7 @@ def build_predictions(
     scores: BatchScores,
     transform_version: str,
     found: np.ndarray,
-    timings_ms: dict[str, float],
+    timings_ms: dict[str, float] | None,
     cache_hits: np.ndarray | None = None,
     received_ms: Sequence[float] | None = None,
 ) -> list[Prediction]:
@@ -26,9 +26,10 @@ def build_predictions(
 
     The golden score is always recorded. Every experiment that scored a row adds its score; an A/B
     experiment that failed for this batch hands its rows back to the golden answer. `cache_hits` says
-    per request whether the golden's score came from the prediction cache. With `received_ms` (when
-    each request reached Kafka, epoch ms), each record's timings add `kafka_to_publish`: the time
-    from then to now, when its prediction is ready to publish.
+    per request whether the golden's score came from the prediction cache. With `timings_ms` (the
+    batch's stage timings; None leaves every record's timings empty) and `received_ms` (when each
+    request reached Kafka, epoch ms), each record's timings add `kafka_to_publish`: the time from
+    then to now, when its prediction is ready to publish.
     """
     golden = plan.golden
     golden_scores = scores.scores[golden].tolist()
@@ -54,8 +55,8 @@ def build_predictions(
             answer = next((e.score for e in per_row[i] if e.model_version == answered_by), None)
             if answer is None:  # the A/B model failed this batch: the golden answers instead
                 answered_by, answer = golden, golden_score
-        timings = timings_ms
-        if received_ms is not None:
+        timings = {} if timings_ms is None else timings_ms
+        if timings_ms is not None and received_ms is not None:
             timings = {**timings_ms, "kafka_to_publish": round(now_ms - received_ms[i], 3)}
         records.append(
             Prediction(
