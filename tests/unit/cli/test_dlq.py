@@ -1,4 +1,5 @@
-"""rig.cli.dlq's pure parts: choosing dead letters, what to replay, and how they are reported."""
+"""rig.cli.dlq and rig.wire.dead_letters, their pure parts: choosing dead letters, what to replay, and
+how they are reported."""
 
 from __future__ import annotations
 
@@ -6,20 +7,18 @@ import msgspec
 import pytest
 import typer
 
-from rig.cli.dlq import (
+from rig.cli.dlq import ReplayPlan, selection, summary_lines
+from rig.wire.codec import ErrorType
+from rig.wire.dead_letters import (
     OffsetRange,
-    ReplayPlan,
     Selection,
     StoredLetter,
     Unreadable,
     parse_offset_range,
     preview,
-    selection,
     summarize,
     summary_json,
-    summary_lines,
 )
-from rig.wire.codec import ErrorType
 from rig.wire.intake import MAX_ORIGINAL_BYTES, Source, dead_letter
 from rig.wire.records import DeadLetter
 
