@@ -31,6 +31,7 @@ from typing import Any
 import faust
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from rig.config import RigSettings
 from rig.errors import ConfigError
@@ -49,6 +50,7 @@ from rig.wire.codec import Codec, ErrorType, Rejected
 from rig.wire.partitioner import partition_for
 from rig.wire.records import DeadLetter, JoinedOutcome, Outcome, Prediction
 from streams.app import source_settings
+from streams.metrics import WorkerMetrics
 from streams.plane.health import Health
 from streams.plane.ledger import TopicPartition as TP
 from streams.plane.service import Handler, Plane
@@ -78,8 +80,10 @@ class Partition:
 class Join:
     """The join of the partitions a worker holds (see the module docstring)."""
 
-    def __init__(self, settings: RigSettings) -> None:
+    def __init__(self, settings: RigSettings, metrics: WorkerMetrics | None = None) -> None:
+        """`metrics`: where dead letters are counted (the worker's; by default on a registry of its own)."""
         self.settings = settings
+        self.metrics = metrics if metrics is not None else WorkerMetrics(CollectorRegistry())
         self.retention_ms = int(settings.join_retention_s * 1000)
         self.counts: Counter[str] = Counter()
         self.topics = {
@@ -242,6 +246,7 @@ class Join:
         self, message: Message, reason: str, error_type: str, request_id: str | None = None
     ) -> Outgoing:
         self.counts["rejected"] += 1
+        self.metrics.dead_lettered([error_type])
         return dead_letter_output(
             self.settings, self.dead_letter_codec, message, reason, error_type, request_id
         )
@@ -303,9 +308,10 @@ class Join:
 SOURCES = ("prediction", "outcome")
 
 
-def install_join(app: faust.App, settings: RigSettings) -> Join:
-    """Run the join on a data plane of its own (group `<prefix>join`, range assignment)."""
-    join = Join(settings)
+def install_join(app: faust.App, settings: RigSettings, metrics: WorkerMetrics) -> Join:
+    """Run the join on a data plane of its own (group `<prefix>join`, range assignment), with its dead
+    letters and its partitions' lag in `metrics`."""
+    join = Join(settings, metrics)
     topics = (settings.topic("predictions"), settings.topic("outcomes"), settings.topic("join-reroute"))
     plane = Plane(
         app,
@@ -315,6 +321,7 @@ def install_join(app: faust.App, settings: RigSettings) -> Join:
         Health(needs_partitions=False),  # readiness is about answering requests
         on_assigned=join.assigned,
         on_revoked=join.revoked,
+        metrics=metrics,
     )
 
     async def start() -> Handler:

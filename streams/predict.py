@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from confluent_kafka import Message
@@ -47,6 +47,14 @@ class Answer:
     columns: dict[str, np.ndarray]
     """Enriched feature columns of the answered requests (serving statistics)."""
     fill_cache: Callable[[], None] | None = None
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    """Milliseconds the batch spent in each stage it reached (`StageClock`)."""
+    received_ms: np.ndarray = field(default_factory=lambda: np.empty(0))
+    """When each answered request reached Kafka (epoch ms), in the order of `predictions`."""
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    """Each model's scores of the batch (the golden's and every experiment's)."""
+    golden: str = ""
+    """The version that was golden for the batch."""
 
 
 async def answer(runtime: Runtime, sources: Sequence[Source]) -> Answer:
@@ -71,7 +79,7 @@ async def answer(runtime: Runtime, sources: Sequence[Source]) -> Answer:
     batch.keep(enriched.kept, enriched.rejected)
     clock.lap("enrich")
     if not batch:
-        return Answer([], batch.dead_letters, [], enriched.columns)
+        return Answer([], batch.dead_letters, [], enriched.columns, stages_ms=clock.timings)
 
     layout = serving.layout
     laid = layout.transform(enriched.columns, now=[r.event_time for r in batch.requests])  # transform
@@ -81,7 +89,7 @@ async def answer(runtime: Runtime, sources: Sequence[Source]) -> Answer:
     columns = {name: column[ok] for name, column in enriched.columns.items()}
     clock.lap("transform")
     if not batch:
-        return Answer([], batch.dead_letters, [], columns)
+        return Answer([], batch.dead_letters, [], columns, stages_ms=clock.timings)
 
     entity_ids = np.array(batch.entity_ids())
     inputs = layout.inputs()
@@ -113,7 +121,15 @@ async def answer(runtime: Runtime, sources: Sequence[Source]) -> Answer:
             fill_cache(cache, lookup, computed, values, entity_ids, inputs)
 
     return Answer(
-        predictions, batch.dead_letters, disagreements(runtime, batch.requests, predictions), columns, refill
+        predictions,
+        batch.dead_letters,
+        disagreements(runtime, batch.requests, predictions),
+        columns,
+        refill,
+        clock.timings,
+        np.array(received_ms),
+        scores.scores,
+        plan.golden,
     )
 
 
@@ -159,9 +175,12 @@ async def serve(runtime: Runtime, plane: Plane, batch: SourceBatch) -> None:
     """Answer a batch, waiting out every outage, and publish its outputs through the plane's sink.
 
     A batch whose partitions were revoked (or lost) while it waited is given up: their new owner
-    answers it from the committed offsets.
+    answers it from the committed offsets. The worker's metrics count the batch once, however often
+    it is tried.
     """
     sources = [source_of(message) for message in batch.messages]
+    metrics = runtime.metrics
+    metrics.consumed(len(sources))
     delay, waited_for = FIRST_RETRY_S, set[str]()
     while True:
         if not plane.source.owns(batch):
@@ -181,7 +200,12 @@ async def serve(runtime: Runtime, plane: Plane, batch: SourceBatch) -> None:
         plane.health.recovered(dependency)
     if runtime.feature_stats is not None and result.predictions:
         runtime.feature_stats.update(result.columns)
+    publishing = time.perf_counter()
     await plane.sink.publish(batch.batch_id, outputs(runtime, result))
+    metrics.staged({**result.stages_ms, "publish": (time.perf_counter() - publishing) * 1000})
+    metrics.published(result.received_ms, time.time() * 1000)
+    metrics.scored(result.scores, result.golden)
+    metrics.dead_lettered(letter.error_type for letter in result.dead_letters)
     if result.fill_cache is not None:  # off the latency path
         await asyncio.to_thread(result.fill_cache)
 

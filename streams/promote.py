@@ -30,7 +30,7 @@ from rig.errors import PromoterError, RigError, RoutingError
 from rig.feedback.delays import DelayModel, WindowConfig
 from rig.feedback.guardrails import GuardrailConfig
 from rig.feedback.join import invalid_joined_reason
-from rig.feedback.metadata import MetadataStore
+from rig.feedback.metadata import EvidencePoint, MetadataStore
 from rig.feedback.promotion import PromotionLoop, columns, control_events
 from rig.feedback.sequential import PromoterConfig
 from rig.models.metrics import window_metrics
@@ -39,6 +39,7 @@ from rig.routing.table import RoutingTable
 from rig.wire.codec import Codec, ErrorType, Rejected
 from rig.wire.records import DeadLetter, Decision, JoinedOutcome
 from streams.app import source_settings
+from streams.metrics import worker_metrics
 from streams.plane.health import Health
 from streams.plane.ledger import TopicPartition as TP
 from streams.plane.service import Handler, Plane
@@ -201,6 +202,7 @@ class Promotion:
         if decisions:
             await self._periodic(now_ms)
         for decision in decisions:
+            worker_metrics().decided(decision.action)
             await self._record(MetadataStore.record_decision, decision)
         await self._take_state(batch, now_ms, decided=bool(decisions))
         await self.save_state()
@@ -253,6 +255,7 @@ class Promotion:
     def _dead_letter(
         self, message: Message, reason: str, error_type: str, request_id: str | None = None
     ) -> Outgoing:
+        worker_metrics().dead_lettered([error_type])
         return dead_letter_output(
             self.settings, self.dead_letter_codec, message, reason, error_type, request_id
         )
@@ -274,7 +277,12 @@ class Promotion:
         if due["status"]:
             self.next_ms["status"] = now_ms + int(STATUS_S * 1000)
             status = self.loop.snapshot(self.runtime.routing)
+            worker_metrics().record_promoter(status)
             await self._record(MetadataStore.record_promoter_status, "promoter", now_ms, status)
+            points = evidence_points(self.loop, now_ms)
+            if points:
+                golden = points[0].golden_version
+                await self._record(MetadataStore.record_promoter_evidence, now_ms, golden, points)
 
     async def _read_serving(self, metadata: MetadataStore, golden: str) -> None:
         """Fold the serving windows of the golden's challengers not folded yet (a store that is away
@@ -318,6 +326,7 @@ def install_promoter(
         source_settings(settings, "promote", (settings.topic("joined"),), batch_max=1_000),
         Health(needs_partitions=False),
         start_offsets=start_offsets,
+        metrics=worker_metrics(),
     )
 
     async def start() -> Handler:
@@ -378,6 +387,19 @@ def record_window(metadata: MetadataStore, rows: list[JoinedOutcome], window_end
         metadata.record_label_delays(
             window_end_ms, delays.size, dict(zip(levels, np.quantile(delays, levels), strict=True))
         )
+
+
+def evidence_points(loop: PromotionLoop, at_ms: int) -> list[EvidencePoint]:
+    """Where each challenger of the current golden stands now: its primary test, at the level and with
+    the p-value the decision rule uses (the dashboard's history of the confidence sequences)."""
+    promoter = loop.promoter
+    if promoter is None:
+        return []
+    min_effect = loop.config.min_effect
+    return [
+        EvidencePoint.of_check(at_ms, promoter.golden_version, challenger, check, min_effect)
+        for challenger, check in promoter.primary_checks().items()
+    ]
 
 
 def open_metadata(settings: RigSettings) -> MetadataStore | None:

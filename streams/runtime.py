@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry
 
 from rig.cache.store import PredictionCache
 from rig.config import RigSettings
@@ -32,6 +33,7 @@ from rig.transform.layout import InputLayout
 from rig.transform.model_inputs import column_index
 from rig.wire.codec import Codec
 from rig.wire.records import ControlEvent, DeadLetter, Prediction, Request
+from streams.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class Runtime:
     producer: Producer
     prediction_codec: Codec[Prediction]
     dead_letter_codec: Codec[DeadLetter]
+    metrics: WorkerMetrics
     cache: PredictionCache | None = None
     explanations: ExplanationService | None = None
     feature_stats: FeatureStats | None = None
@@ -110,11 +113,14 @@ class Runtime:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def create(cls, settings: RigSettings, metadata: MetadataStore | None) -> Runtime:
+    def create(
+        cls, settings: RigSettings, metadata: MetadataStore | None, metrics: WorkerMetrics | None = None
+    ) -> Runtime:
         """Build the runtime, read the routing, and load every routed model (blocking).
 
         Models are verified against the checksums `metadata` recorded (`VerifiedRegistry`); with no
-        metadata store (it could not be opened), against their `meta.json` only (logged).
+        metadata store (it could not be opened), against their `meta.json` only (logged). The runtime
+        and its cache record into `metrics` (the worker's; by default on a registry of their own).
         """
         if metadata is None:
             log.warning("model checksums are checked against meta.json only: no metadata store")
@@ -133,6 +139,7 @@ class Runtime:
             producer=Producer({**settings.kafka_producer_config(), "linger.ms": 5}),
             prediction_codec=Codec(Prediction, registry_url=registry_url),
             dead_letter_codec=Codec(DeadLetter, registry_url=registry_url),
+            metrics=metrics if metrics is not None else WorkerMetrics(CollectorRegistry()),
         )
         if settings.cache_enabled:
             runtime.cache = PredictionCache(
@@ -141,6 +148,7 @@ class Runtime:
                 ttl_s=settings.cache_ttl_s,
                 max_entries=settings.cache_max_entries,
                 max_bytes=settings.cache_max_bytes,
+                metrics=runtime.metrics.cache,
             )
         runtime.explanations = ExplanationService(registry)
         runtime.follower.on_change = runtime.apply_routing
@@ -166,10 +174,14 @@ class Runtime:
             try:
                 serving = self._serving(table, versions)
                 fresh = self.backbone.ensure_loaded(versions)
+                for version in fresh:
+                    self.metrics.model_event(version, "loaded")
                 if self.settings.warmer_enabled:
                     self._warm(serving, fresh)
             except RigError:
                 log.exception("routing needs models that cannot be served versions=%s", versions)
+                for version in versions:
+                    self.metrics.model_event(version, "failed")
                 return
             if table.golden != self.routing.golden:
                 self.feature_stats = serving_stats(self.registry, table.golden)
@@ -264,6 +276,7 @@ class Runtime:
                 replay,
                 self.cache if replay else None,
             )
+            self.metrics.model_warmed(report.version, report.seconds)
             log.info(
                 "model warmed version=%s warm_up_rows=%d cached_rows=%d seconds=%.3f",
                 report.version,

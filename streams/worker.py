@@ -17,14 +17,17 @@ import time
 import faust
 from confluent_kafka import KafkaException
 from mode.utils.loops import get_event_loop
+from prometheus_client import REGISTRY
 
 from rig.config import RigSettings
 from rig.errors import RigError
 from rig.wire.topics import MisconfiguredTopic, ensure_topics
 from streams.app import make_app, source_settings
+from streams.dashboard import install_dashboard
 from streams.explain import ExplainConsumer, install_explain_endpoint
 from streams.health import install_health
 from streams.join import install_join
+from streams.metrics import install_metrics_page, worker_metrics
 from streams.plane.health import Health
 from streams.plane.service import Plane
 from streams.predict import install_predict
@@ -37,6 +40,8 @@ log = logging.getLogger("rig.worker")
 app = make_app(settings, app_id=f"{settings.topic_prefix}worker")
 roles = settings.worker_roles
 health = Health(needs_partitions="predict" in roles)
+metrics = worker_metrics()
+metrics.watch(health)
 plane = (
     Plane(
         app,
@@ -44,12 +49,13 @@ plane = (
         settings.kafka_producer_config(),
         source_settings(settings, "predict", (settings.topic("requests"),)),
         health,
+        metrics=metrics,
     )
     if "predict" in roles
     else None
 )
 if "feedback" in roles:
-    install_join(app, settings)
+    install_join(app, settings, metrics)
 metadata = open_metadata(settings)  # once, before consuming: agents must not wait before their loop
 built_runtime: Runtime | None = None  # set by main() before the worker consumes
 runtime_ready: asyncio.Future[Runtime] | None = None
@@ -70,7 +76,7 @@ def build_runtime() -> Runtime:
     """Topics, then the runtime (models loaded and warmed), then the explainer thread. A broker that
     is away at start-up is waited for."""
     wait_for_topics()
-    runtime = Runtime.create(settings, metadata)
+    runtime = Runtime.create(settings, metadata, metrics)
     if "explain" in roles:
         explainer = ExplainConsumer(settings, runtime).start()
 
@@ -127,6 +133,8 @@ if "feedback" in roles:
 if "explain" in roles:
     install_explain_endpoint(app, settings, get_runtime)
 install_health(app, settings, health, None if plane is None else plane.source)
+install_dashboard(app, settings, get_runtime, metadata)
+install_metrics_page(app, REGISTRY)
 
 
 def main() -> None:

@@ -18,6 +18,9 @@ Write semantics:
                           own scope (e.g. `serving:worker-1`).
     record_promoter_status
                           one entry per promoter scope, replaced: where every test stands now.
+    record_promoter_evidence
+                          EvidencePoint records, one per (instant, golden, challenger): the history of
+                          every primary test (the dashboard's charts); an instant recorded again is replaced.
     save_promoter_state   one entry per promoter scope, replaced: the loop's state (bytes) and the
                           `rig.joined` offset after the last row it folded (a restart goes on there).
 
@@ -27,7 +30,8 @@ before migrations existed is adopted with its rows. A change to a table here nee
 
 Retention: the windowed tables grow with time (a window per model per promoter batch, per worker
 process, per challenger...); `prune` deletes what is older than the retention
-(`RIG_METADATA_RETENTION_DAYS`, `rig metadata prune`). Models, routing history and decisions are kept.
+(`RIG_METADATA_RETENTION_DAYS`, `rig metadata prune`), the promoter's evidence history too. Models,
+routing history and decisions are kept.
 
 The feature statistics themselves (`FeatureStats`, what a window holds) live in `rig.features.stats`.
 """
@@ -54,7 +58,7 @@ from rig.features.stats import FeatureStats, FeatureStatsWindow, json_float
 from rig.feedback import migrations
 from rig.models.registry import ModelMeta
 from rig.wire.codec import load_schema
-from rig.wire.records import ControlEvent, Decision, Record, to_plain
+from rig.wire.records import ControlEvent, Decision, DecisionCheck, Record, to_plain
 
 R = TypeVar("R", bound=Record)
 
@@ -138,6 +142,18 @@ PROMOTER_STATE = sa.Table(
     sa.Column("state", sa.LargeBinary, nullable=False),
     sa.Column("saved_at_ms", sa.BigInteger, nullable=False),
 )  # fmt: skip
+PROMOTER_EVIDENCE = sa.Table(
+    "promoter_evidence", _schema,
+    sa.Column("golden_version", _version, primary_key=True),
+    sa.Column("challenger_version", _version, primary_key=True),
+    sa.Column("at_ms", sa.BigInteger, primary_key=True, index=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+    sa.Column("mean_gain", sa.Double, nullable=False),
+    sa.Column("ci_low", sa.Double),
+    sa.Column("ci_high", sa.Double),
+    sa.Column("p_value", sa.Double, nullable=False),
+    sa.Column("min_effect", sa.Double, nullable=False),
+)  # fmt: skip
 _AVRO_SQL: dict[str, type[sa.types.TypeEngine[Any]]] = {
     "long": sa.BigInteger,
     "int": sa.Integer,
@@ -180,6 +196,7 @@ _PRUNED: tuple[tuple[sa.Table, sa.Column[int]], ...] = (
     (DELAY_HISTOGRAMS, DELAY_HISTOGRAMS.c.window_end_ms),
     (MODEL_SERVING, MODEL_SERVING.c.window_end_ms),
     (PROMOTER_STATUS, PROMOTER_STATUS.c.updated_at_ms),
+    (PROMOTER_EVIDENCE, PROMOTER_EVIDENCE.c.at_ms),
 )
 """The tables that grow with time, and the instant their rows are pruned by."""
 
@@ -247,6 +264,43 @@ class ServingWindow:
     log_ratio_m2: float
 
 
+@dataclass(frozen=True)
+class EvidencePoint:
+    """Where one challenger's primary test stood at one instant, as the decision rule sees it: the mean
+    loss gain d̄ (golden minus challenger; > 0: the challenger did better) over `n` matured paired
+    outcomes, its always-valid confidence sequence at level 1 - α/m (None while unbounded), the
+    Holm-adjusted always-valid p-value (1 before `min_samples`), and the minimum effect the lower
+    bound must exceed for a promotion."""
+
+    at_ms: int
+    golden_version: str
+    challenger_version: str
+    n: int
+    mean_gain: float
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float
+    min_effect: float
+
+    @classmethod
+    def of_check(
+        cls, at_ms: int, golden: str, challenger: str, check: DecisionCheck, min_effect: float
+    ) -> EvidencePoint:
+        """The point of a primary check (`Promoter.primary_checks`), whose sign is the decisions'
+        (challenger minus golden): negated, its interval bounds swapped."""
+        return cls(
+            at_ms=int(at_ms),
+            golden_version=golden,
+            challenger_version=challenger,
+            n=check.n,
+            mean_gain=0.0 if check.estimate is None else -check.estimate + 0.0,  # + 0.0: no -0.0
+            ci_low=None if check.ci_high is None else -check.ci_high,
+            ci_high=None if check.ci_low is None else -check.ci_low,
+            p_value=1.0 if check.p_value is None else check.p_value,
+            min_effect=min_effect,
+        )
+
+
 class MetadataStore:
     """The rig's metadata tables behind one SQLAlchemy URL (SQLite or PostgreSQL)."""
 
@@ -304,8 +358,8 @@ class MetadataStore:
             return migrations.current_revision(connection)
 
     def prune(self, now_ms: int, retention_ms: int) -> dict[str, int]:
-        """Delete the windows that ended (and promoter statuses last updated) more than `retention_ms`
-        before `now_ms`, in one transaction; returns how many rows went, by table.
+        """Delete the windows that ended (promoter statuses last updated, evidence points taken) more
+        than `retention_ms` before `now_ms`, in one transaction; returns how many rows went, by table.
 
         Only the tables that grow with time are pruned. Models, the routing history (control events)
         and decisions are never deleted: they are the audit trail of what served and why.
@@ -556,6 +610,40 @@ class MetadataStore:
         """(updated_at_ms, status) of a promoter scope, or None when none was recorded."""
         rows = self._records(sa.select(PROMOTER_STATUS).where(PROMOTER_STATUS.c.scope == scope))
         return (rows[0]["updated_at_ms"], rows[0]["status"]) if rows else None
+
+    def record_promoter_evidence(self, at_ms: int, golden: str, points: Sequence[EvidencePoint]) -> None:
+        """Record (or replace) the evidence of every challenger of `golden` at one instant.
+
+        Raises:
+            MetadataError: a point of another instant or golden, or NaN/±inf where a number is required.
+        """
+        rows = []
+        for point in points:
+            if (point.at_ms, point.golden_version) != (at_ms, golden):
+                raise MetadataError(
+                    f"evidence of {point.golden_version} at {point.at_ms} recorded as {golden} at {at_ms}"
+                )
+            row = asdict(point) | {"ci_low": json_float(point.ci_low), "ci_high": json_float(point.ci_high)}
+            required = ("mean_gain", "p_value", "min_effect")
+            if any(json_float(row[name]) is None for name in required):
+                raise MetadataError(f"evidence of {point.challenger_version} is not finite: {point}")
+            rows.append(row)
+        table = PROMOTER_EVIDENCE
+        self._replace(table, (table.c.at_ms == int(at_ms), table.c.golden_version == golden), rows)
+
+    def promoter_evidence(
+        self, golden: str | None = None, challenger: str | None = None, limit: int | None = None
+    ) -> list[EvidencePoint]:
+        """The latest `limit` (default all) evidence points, oldest first; only those of golden
+        `golden` and challenger `challenger` if given."""
+        table = PROMOTER_EVIDENCE
+        query = sa.select(table)
+        if golden is not None:
+            query = query.where(table.c.golden_version == golden)
+        if challenger is not None:
+            query = query.where(table.c.challenger_version == challenger)
+        order = (table.c.at_ms.desc(), table.c.golden_version.desc(), table.c.challenger_version.desc())
+        return [EvidencePoint(**row) for row in reversed(self._records(query.order_by(*order).limit(limit)))]
 
     def save_promoter_state(
         self, joined_offset: int, state: bytes, saved_at_ms: int, scope: str = "promoter"

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import faust
 from mode import Service
 
+from streams.metrics import WorkerMetrics
 from streams.plane.health import Health
 from streams.plane.ledger import OffsetLedger
 from streams.plane.ledger import TopicPartition as TP
@@ -55,10 +56,11 @@ class Plane:
         on_assigned: Callable[[set[TP]], None] | None = None,
         on_revoked: Callable[[set[TP]], None] | None = None,
         start_offsets: Callable[[set[TP]], dict[TP, int]] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         """`client_config` is the source consumer's base, `producer_config` the sink producer's; see
-        `BatchSource` for `on_assigned`, `on_revoked` and `start_offsets` (they run in the source's
-        thread). A source that does not commit (`settings.commits` False) publishes through a
+        `BatchSource` for `on_assigned`, `on_revoked`, `start_offsets` (they run in the source's thread)
+        and `metrics`. A source that does not commit (`settings.commits` False) publishes through a
         `TransactionalSink`: exactly once."""
         self.health = health
         self.ledger = OffsetLedger()
@@ -71,6 +73,7 @@ class Plane:
             on_assigned,
             on_revoked,
             start_offsets,
+            metrics,
         )
         self.sink: DeliveringSink | TransactionalSink = (  # both are a `Sink`
             DeliveringSink(producer_config, self.ledger.finish, health)

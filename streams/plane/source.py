@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from streams.metrics import WorkerMetrics
 from streams.plane.health import Health
 from streams.plane.ledger import OffsetLedger
 from streams.plane.ledger import TopicPartition as TP
@@ -73,16 +74,19 @@ class BatchSource:
         on_assigned: Callable[[set[TP]], None] | None = None,
         on_revoked: Callable[[set[TP]], None] | None = None,
         start_offsets: Callable[[set[TP]], dict[TP, int]] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         """`on_assigned(partitions)` runs before fetching from newly assigned partitions starts (e.g.
         to restore their state); `on_revoked(partitions)` after revoked or lost ones are let go.
         `start_offsets(partitions)` (after `on_assigned`) says where to start reading newly assigned
         partitions instead of their committed offsets (e.g. right after a saved state); partitions it
-        leaves out start at their committed offset."""
+        leaves out start at their committed offset. `metrics` gets the lag of every held partition,
+        every second."""
         self._client_config = client_config
         self._on_assigned = on_assigned
         self._start_offsets = start_offsets
         self._on_revoked = on_revoked
+        self._metrics = metrics
         self.settings = settings
         self._ledger = ledger
         self._health = health
@@ -231,7 +235,8 @@ class BatchSource:
         self._ledger.committed(offsets)
 
     def _look_for_stalls(self, consumer: Consumer, now: float) -> None:
-        """Report partitions with messages waiting whose position and finished offset stood still."""
+        """Report partitions with messages waiting whose position and finished offset stood still, and
+        every partition's lag (from the watermark of the latest fetch: no request to the broker)."""
         stalled: dict[str, float] = {}
         open_for = self._ledger.stalled_for(now)
         for tp in self.assignment():
@@ -242,7 +247,10 @@ class BatchSource:
             except KafkaException:
                 continue
             finished = self._ledger.position(tp)
-            behind = high >= 0 and position.offset >= 0 and high > position.offset
+            known = high >= 0 and position.offset >= 0
+            behind = known and high > position.offset
+            if known and self._metrics is not None:
+                self._metrics.partition_lag(tp[0], tp[1], high - position.offset)
             marker = (finished, position.offset)
             seen = self._progress.get(tp)
             if seen is None or seen[0] != marker:
@@ -323,5 +331,7 @@ class BatchSource:
             self._assignment -= tps
             count = len(self._assignment)
         self._health.assigned(count)
+        if self._metrics is not None:
+            self._metrics.partitions_let_go(tps)
         if self._on_revoked is not None and tps:
             self._on_revoked(tps)

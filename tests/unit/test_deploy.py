@@ -354,3 +354,41 @@ def test_compose_runs_the_worker_image_on_healthy_services(monkeypatch: pytest.M
     mounts = {volume.split(":")[1]: volume for volume in worker["volumes"]}
     assert str(settings.model_dir) in mounts and str(settings.feast_repo) in mounts
     assert worker["profiles"] == ["worker"], "`docker compose up -d` starts the services alone"
+
+
+# -- Grafana ----------------------------------------------------------------------------------------------
+GRAFANA_DASHBOARD = REPO / "deploy" / "grafana" / "rig-worker.json"
+EXPOSED_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+"""The names Prometheus stores a metric family under, by its type."""
+
+
+def grafana_queries(node: Any) -> Iterator[tuple[str, Any]]:
+    """(PromQL, data source) of every panel target and query variable of a Grafana dashboard."""
+    if isinstance(node, list):
+        for item in node:
+            yield from grafana_queries(item)
+    elif isinstance(node, dict):
+        query = node.get("expr", node.get("query") if node.get("type") == "query" else None)
+        if query is not None:
+            yield (query["query"] if isinstance(query, dict) else query), node.get("datasource")
+        for value in node.values():
+            yield from grafana_queries(value)
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_worker_exports_on_its_data_source_variable() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from streams.metrics import WorkerMetrics
+
+    exported = {
+        family.name + suffix
+        for family in WorkerMetrics(CollectorRegistry()).registry.collect()
+        for suffix in EXPOSED_SUFFIXES[family.type]
+    }
+    dashboard = json.loads(GRAFANA_DASHBOARD.read_text())
+    queries = list(grafana_queries(dashboard))
+    queried = {name for expr, _ in queries for name in re.findall(r"\brig_[a-z0-9_]+", expr)}
+
+    assert len(queried) > 20 and queried <= exported, f"not exported: {sorted(queried - exported)}"
+    assert {"type": "datasource", "query": "prometheus"}.items() <= dashboard["templating"]["list"][0].items()
+    assert {json.dumps(source) for _, source in queries} == {'{"type": "prometheus", "uid": "${datasource}"}'}

@@ -46,6 +46,7 @@ def test_prune_deletes_old_windows_and_keeps_recent_ones_and_the_audit_trail(sto
         "label_delay_histograms": 2,  # a row per label
         "model_serving": 1,
         "promoter_status": 1,
+        "promoter_evidence": 0,  # none recorded here: test_metadata_evidence.py prunes it
     }
     after = read_everything(store, ("old", "recent"))
     for kept in ("models", "routing", "decisions"):  # the audit trail, old or not
