@@ -20,6 +20,10 @@ every request with all three models. Each agent is a process of its own on topic
                   also work on what the predict path produces.
 - naive:          bench/naive_agent.py: a Faust agent that, per message, decodes, reads ONE entity
                   with the Feast SDK, transforms one row, predicts one row per model, awaits one send.
+- mlserver (peer): MLServer 1.7.1 in its Kafka mode, in a venv of its own (bench/peers/mlserver/setup,
+                  run first), serving the golden model alone (no enrichment, no shadows) to a backlog of
+                  `--peer-requests` (20,000) one-row requests, with its defaults and with adaptive
+                  batching (bench/peers/mlserver_peer.py); every request id checked (`--no-peers` skips).
 
 Phases (before each, every agent process is idle again; the machine's other load is reported):
 1. warm-up: a probe request and its prediction (start-up excluded), then a small burst;
@@ -104,6 +108,11 @@ NAIVE_STAGES = ("decode", "enrich", "transform", "predict", "total")
 SLOW_RATE_PER_S = 100.0
 TARGETS = {"share_of_bare_loop": 0.80, "p99_ms_at_half_capacity": 25.0, "p50_ms_at_100_per_s": 10.0}
 BEFORE = {"faust_predict_agent_req_s": 3_599, "bare_loop_req_s": 14_646}  # the issue's measurement
+HOT_PATH = {
+    "cpu_us": 20.0,
+    "worker_req_s": 25_000,
+    "peer_ratio": 15.0,
+}  # "The hot path at the hardware's pace"
 
 
 # -- the bare loop (this script with --serve-bare-loop) -------------------------------------------
@@ -463,6 +472,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level", default="WARNING", help="log level of the rig agents (logs: printed on error)"
     )
+    parser.add_argument(
+        "--no-peers",
+        dest="peers",
+        action="store_false",
+        help="skip the MLServer peer (~4 min with its setup)",
+    )
+    parser.add_argument(
+        "--peer-requests", type=int, default=20_000, help="backlog of one-row requests of each peer run"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON results")
     args = parser.parse_args(argv)
     args.env = worker_env(parser, args)
@@ -544,6 +562,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
             clock.lap("latency_s")
             costs = codec_costs(sample, synthetic_messages(settings, world, 3_000, seed=4_000))
+            peers = (
+                {"mlserver": mlserver_runs(settings, versions["golden"], args, pids)} if args.peers else {}
+            )
+            clock.lap("peers_s")
 
     return {
         "settings": {
@@ -567,7 +589,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warm_up": warm,
         "agents": measured,
         "codec_costs_bench_process": costs,
+        "peers": peers,
     }
+
+
+def mlserver_runs(
+    settings: RigSettings, golden: str, args: argparse.Namespace, pids: Sequence[int]
+) -> dict[str, Any]:
+    """The peer: MLServer in its Kafka mode, in a venv of its own (bench/peers/mlserver/setup), on the
+    golden model alone, the same broker and a backlog of `--peer-requests` one-row requests, with its
+    defaults and with adaptive batching (bench/peers/mlserver_peer.py)."""
+    from bench.peers.mlserver_peer import run_mlserver
+    from bench.support.served_model import feature_rows, model_file
+
+    say("peer: MLServer's own venv (bench/peers/mlserver/setup)")
+    subprocess.run([str(REPO / "bench" / "peers" / "mlserver" / "setup")], check=True)
+    wait_idle(*pids)  # the rig agents idle first, as before their own phases
+    model, rows = model_file(settings, golden), feature_rows(settings, golden, args.peer_requests)
+    runs = {}
+    for config in ("adaptive", "defaults"):
+        say(f"peer: MLServer ({config}), backlog of {len(rows):,} one-row requests, golden model only")
+        result = run_mlserver(with_prefix(settings, f"mlserver-{config}"), model, rows, config).as_dict()
+        say(
+            f"  mlserver {config}: {result['requests_per_s']:,.0f} req/s, answered {result['answered']:,}, "
+            f"lost {result['lost']:,}, {result['server_cpu_us_per_answered']:,.0f} CPU µs/req"
+        )
+        runs[config] = result
+    return runs
 
 
 # -- ratios, targets, report ----------------------------------------------------------------------
@@ -609,6 +657,54 @@ def targets(agents: dict[str, dict[str, Any]], pairs: dict[str, dict[str, float]
             key: {"value": v, "limit": TARGETS[key], "pass": bool(ok)} for key, (v, ok) in checks.items()
         }
     return out
+
+
+def hot_path(agents: dict[str, dict[str, Any]], peers: dict[str, Any]) -> dict[str, Any]:
+    """The hot-path issue's targets: CPU per request of the bare loop, the shipped worker's rate, and
+    that rate against the peer's best configuration (golden + 2 shadows against one model)."""
+    out: dict[str, Any] = {}
+    if "bare_loop" in agents:
+        cpu = agents["bare_loop"]["throughput"]["agent_cpu_us_per_request"]
+        limit = HOT_PATH["cpu_us"]
+        out["bare_loop_cpu_us_per_request"] = {"value": cpu, "limit": limit, "pass": cpu <= limit}
+    if "worker" in agents:
+        rate = capacity(agents["worker"]["throughput"])
+        limit = HOT_PATH["worker_req_s"]
+        out["worker_req_s"] = {"value": rate, "limit": limit, "pass": rate >= limit}
+        runs = peers.get("mlserver", {})
+        if runs:
+            best = max(run["requests_per_s"] for run in runs.values())
+            ratio = rate / best
+            limit = HOT_PATH["peer_ratio"]
+            out["worker_over_mlserver_best"] = {"value": ratio, "limit": limit, "pass": ratio >= limit}
+            out["mlserver_lost"] = {config: run["lost"] for config, run in runs.items()}
+    return out
+
+
+def print_hot_path(result: dict[str, Any]) -> None:
+    """The peer's runs and the hot-path targets."""
+    runs = result["peers"].get("mlserver", {})
+    if runs:
+        print("\npeer: MLServer in its Kafka mode, golden model only, one-row requests in a backlog")
+        print(
+            f"{'config':<10} {'req/s':>8} {'answered':>9} {'lost':>6} {'dups':>5} "
+            f"{'CPU µs/req':>10} {'others':>6}"
+        )
+        for config, run in runs.items():
+            print(
+                f"{config:<10} {run['requests_per_s']:>8,.0f} {run['answered']:>9,} {run['lost']:>6,} "
+                f"{run['duplicates']:>5,} {run['server_cpu_us_per_answered']:>10,.0f} "
+                f"{run['contention']['others_cores']:>6.2f}"
+            )
+    labels = {
+        "bare_loop_cpu_us_per_request": ("bare loop CPU per request <= 20 µs", "{:.1f} µs"),
+        "worker_req_s": ("shipped worker >= 25,000 req/s", "{:,.0f} req/s"),
+        "worker_over_mlserver_best": ("worker / MLServer's best >= 15x", "{:.1f}x"),
+    }
+    for key, (label, fmt) in labels.items():
+        check = result["hot_path"].get(key)
+        if check:
+            print(f"{label:<42}{fmt.format(check['value']):>20} {'PASS' if check['pass'] else 'MISS'}")
 
 
 def fell_behind(lat: dict[str, Any]) -> bool:
@@ -687,6 +783,7 @@ def print_report(result: dict[str, Any], output: Path) -> None:
                 )
             print(f"{label:<42}" + "".join(f"{cell:>20}" for cell in cells))
     print_where_time_goes(agents)
+    print_hot_path(result)
     costs = result["codec_costs_bench_process"]
     print(
         f"  (measured in this process: Prediction encode {costs['prediction_encode_us']:.1f} µs, "
@@ -780,6 +877,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "ratios": pairs,
         "targets": targets(measured["agents"], pairs),
         "target_limits": TARGETS,
+        "hot_path": hot_path(measured["agents"], measured["peers"]),
         "before": BEFORE,
         **record.fields(),
     }

@@ -9,14 +9,16 @@
   folder's size on disk.
 - `bench.support.workers`: free ports, a worker's JSON endpoints, its log (tail, lines as they come).
 - `bench.support.cpu`: CPU seconds from /proc (`cpu_seconds`, `machine_busy_seconds`), what a phase
-  used (`CpuUsage`) or a window of a run (`CpuSampler`), per thread (`thread_cpu_seconds`), waiting for
-  processes to be idle (`wait_idle`).
+  used (`CpuUsage`, of one process or several, e.g. a `process_tree`) or a window of a run
+  (`CpuSampler`), per thread (`thread_cpu_seconds`), waiting for processes to be idle (`wait_idle`).
 - `bench.support.timing`: seconds per call of a function, interleaved trials of several cases.
 - `bench.support.cleanup`: removing what a run created (`Cleanup`, `cleaned_up`, `delete_topics`,
   `unlink_keys`).
 - `bench.support.deploy`: service checks, isolated settings, a whole deployment (`deployed`), its
   routing (`route`: a golden and shadow experiments).
 - `bench.support.report`: progress lines (`say`), machine and code facts, JSON in bench/results/.
+- `bench.support.served_model`: what a peer server (bench/peers/) is given instead of the rig's
+  enrichment: a registered model's file (`model_file`) and its transformed input rows (`feature_rows`).
 
 Importing it: every benchmark script starts, before its other imports, with
 

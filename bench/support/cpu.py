@@ -17,6 +17,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process descended from it that runs now (parents read from /proc/*/stat).
+
+    A server that spreads its work over child processes (MLServer's parallel inference workers) is
+    measured as a whole: its CPU is the sum of `cpu_seconds` over the tree.
+    """
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # the process ended meanwhile
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, waiting = [], [pid]
+    while waiting:
+        member = waiting.pop()
+        tree.append(member)
+        waiting += children.get(member, [])
+    return tree
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and iowait)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
@@ -72,19 +93,21 @@ class CpuUsage:
     """CPU used from construction to `report()`: the process, this one, the machine, the others.
 
     `others_cores` is what every other process took meanwhile (Kafka and Redis included), the first
-    thing to look at when a wall-clock number looks odd.
+    thing to look at when a wall-clock number looks odd. The agent is `pid`, and with `more` those
+    processes too (e.g. a server's inference workers, see `process_tree`), counted together.
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, *more: int) -> None:
         self.pid = pid
+        self.pids = (pid, *more)
         self.began = time.perf_counter()
-        self.agent = cpu_seconds(pid)
+        self.agent = self._agent_seconds()
         self.bench = sum(os.times()[:2])
         self.machine = machine_busy_seconds()
 
     def report(self) -> dict[str, float]:
         seconds = time.perf_counter() - self.began
-        agent = cpu_seconds(self.pid) - self.agent
+        agent = self._agent_seconds() - self.agent
         bench = sum(os.times()[:2]) - self.bench
         machine = machine_busy_seconds() - self.machine
         return {
@@ -96,6 +119,9 @@ class CpuUsage:
             "others_cores": max(0.0, machine - agent - bench) / seconds,
             "load_average_1m_after": os.getloadavg()[0],
         }
+
+    def _agent_seconds(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)
 
 
 class CpuSampler:

@@ -54,11 +54,13 @@ def connected_producer(settings: RigSettings, linger_ms: int = 5, keyed: bool = 
 
 class Sender:
     """Produces pre-encoded requests, paced (in a thread) or as fast as possible; records each
-    request's Kafka CreateTime from the delivery report."""
+    request's Kafka CreateTime from the delivery report. `headers`, when given, go with every request
+    (e.g. the model a peer server is to use)."""
 
-    def __init__(self, producer: Any, topic: str) -> None:
+    def __init__(self, producer: Any, topic: str, headers: Sequence[tuple[str, bytes]] | None = None) -> None:
         self.producer = producer
         self.topic = topic
+        self.headers = list(headers) if headers is not None else None
         self.create_ms: dict[str, int] = {}
         self.failed = 0
         self.sent = 0
@@ -88,7 +90,11 @@ class Sender:
             while True:
                 try:
                     self.producer.produce(
-                        self.topic, key=key, value=value, on_delivery=self._callback(request_id)
+                        self.topic,
+                        key=key,
+                        value=value,
+                        headers=self.headers,
+                        on_delivery=self._callback(request_id),
                     )
                     break
                 except BufferError:
