@@ -7,7 +7,11 @@ outcomes: a bounded block cache and write buffers, the rest on disk. Two key spa
     x<due ms, 8 bytes big-endian><request id> → b""   (due = the entry's `at_ms` + retention)
 
 The index orders entries by when the sweep must look at them next, so a sweep reads only what is due,
-in slices, instead of walking every entry.
+in slices, instead of walking every entry. A slice's deleted index keys stay behind as tombstones until
+RocksDB compacts them, and an iterator steps over every one: a scan that starts at the front of the
+index each time costs more with every slice (2.3 s a slice after 2 M entries swept, in
+bench/bench_join_memory.py). So the store remembers where the index's first live key was (`_floor`)
+and starts there; a key written below it moves it back.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class JoinStore:
         options.set_block_based_table_factory(table)
         path.mkdir(parents=True, exist_ok=True)
         self._db = rocksdict.Rdict(str(path), options=options)
+        self._floor = _DUE  # no due key below this one exists
 
     def get_many(self, request_ids: Sequence[str]) -> list[Entry | None]:
         """The entries of these request ids (None where there is none), in one multi-get."""
@@ -80,14 +85,18 @@ class JoinStore:
             else:
                 batch.put(_ENTRY + rid, _encode(after))
                 if before is None or after["at_ms"] != before["at_ms"]:
-                    batch.put(self._due_key(after, rid), b"")
+                    key = self._due_key(after, rid)
+                    batch.put(key, b"")
+                    self._floor = min(self._floor, key)
         self._db.write(batch)
 
     def due(self, now_ms: int, limit: int) -> list[tuple[str, Entry]]:
         """Up to `limit` entries whose retention passed by `now_ms`, earliest first."""
         found: list[tuple[str, Entry]] = []
         iterator = self._db.iter()
-        iterator.seek(_DUE)
+        iterator.seek(self._floor)
+        if iterator.valid() and iterator.key().startswith(_DUE):
+            self._floor = iterator.key()  # the keys the seek stepped over are all deleted
         ids: list[str] = []
         while iterator.valid() and len(ids) < limit:
             key = iterator.key()

@@ -61,3 +61,17 @@ def test_a_restore_applies_a_changelog_in_order_tombstones_included(tmp_path: Pa
     assert reopened.get_many(["r24999"]) == [entry("predicted", 24_999)], "the state is on disk"
     reopened.destroy()
     assert not (tmp_path / "p0").exists()
+
+
+def test_after_a_sweep_moved_past_the_front_an_entry_due_earlier_is_still_found_first(tmp_path: Path) -> None:
+    store = JoinStore(tmp_path / "p0", RETENTION)
+    first = [(f"r{i}", None, entry("predicted", 100 + i)) for i in range(5)]
+    store.write(first)
+    assert [rid for rid, _ in store.due(now_ms=5_000, limit=3)] == ["r0", "r1", "r2"]
+    store.write([(f"r{i}", entry("predicted", 100 + i), None) for i in range(3)])  # swept away
+    assert [rid for rid, _ in store.due(now_ms=5_000, limit=10)] == ["r3", "r4"]
+
+    store.write([("late-comer", None, entry("predicted", 50))])  # due before everything left
+
+    assert [rid for rid, _ in store.due(now_ms=5_000, limit=10)] == ["late-comer", "r3", "r4"]
+    store.destroy()
