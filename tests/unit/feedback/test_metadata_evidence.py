@@ -4,7 +4,6 @@ created by migration 0003 in a store at 0002."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,6 @@ from rig.feedback import migrations
 from rig.feedback.metadata import EvidencePoint, MetadataStore
 from rig.wire.records import DecisionCheck
 from tests.unit.feedback.migration_checks import differences, record_one_of_each
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[MetadataStore]:
-    opened = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
-    opened.create_schema()
-    yield opened
-    opened.close()
 
 
 def point(

@@ -3,7 +3,6 @@ status, decisions with their checks, and a decisions table from before `checks` 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,6 @@ from rig.errors import MetadataError
 from rig.feedback.metadata import DelayHistogram, MetadataStore, ServingWindow
 from rig.feedback.sequential import new_decision
 from rig.wire.records import DecisionCheck
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[MetadataStore]:
-    opened = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
-    opened.create_schema()
-    yield opened
-    opened.close()
 
 
 def test_delay_histograms_round_trip_per_label_and_the_latest_windows_come_oldest_first(

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,14 +23,6 @@ from streams.app import make_app
 from streams.dashboard import install_dashboard, metrics_data
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[MetadataStore]:
-    opened = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
-    opened.create_schema()
-    yield opened
-    opened.close()
 
 
 def dashboard_app(settings: RigSettings, metadata: MetadataStore | None) -> faust.App:
