@@ -87,10 +87,15 @@ def produce(
 
 @app.command()
 def demo() -> None:
-    """The rig end to end on the synthetic world, with a printed summary (`make demo`)."""
+    """The rig end to end on the synthetic world (`make demo`): predictions, then outcomes flow back and
+    the promoter promotes the better challenger, with its evidence as a PNG; exit code 1 if a step fails."""
     from sim.demo import run_demo
 
-    run_demo(RigSettings(), WorldSettings())
+    try:
+        run_demo(RigSettings(), WorldSettings())
+    except RuntimeError as error:  # the story did not happen: say what, without a traceback
+        typer.echo(f"demo failed: {error}", err=True)
+        raise typer.Exit(1) from error
 
 
 if __name__ == "__main__":

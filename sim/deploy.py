@@ -34,6 +34,14 @@ ENV_FIELDS = (
 
 FEAST_REPO = Path(__file__).resolve().parents[1] / "examples" / "synthetic_world"
 
+WORKER_GROUPS: dict[str, tuple[str, ...]] = {
+    "predict": ("requests",),
+    "join": ("predictions", "outcomes", "join-reroute"),
+    "promote": ("joined",),
+    "explainer": ("explain",),
+}
+"""The topics each consumer group of a worker reads (`RigSettings.consumer_group(role)`)."""
+
 
 def isolated_feast_repo(root: Path, project_prefix: str) -> Path:
     """A copy of examples/synthetic_world under `root` with its own Feast project name, so that runs
@@ -122,6 +130,71 @@ def prepare(
         record_checksum(settings, report.meta)
         versions[name] = report.meta.version
     return world, versions
+
+
+def clear_routing(settings: RigSettings, actor: str) -> None:
+    """Leave no golden and no experiment on the control topic: stop every experiment and delete
+    (tombstone) the key of every golden in the history, so routing is what is published next and
+    the promoter has no golden of an earlier run to roll back to.
+
+    Raises:
+        RuntimeError: the broker did not acknowledge a tombstone (RigError for a stop event).
+    """
+    from confluent_kafka import Producer
+
+    from rig.routing.control import publish_control, read_routing
+    from rig.routing.table import GOLDEN_PREFIX, stop_experiment_event
+
+    routing = read_routing(settings)
+    for route in routing.experiments:
+        publish_control(settings, stop_experiment_event(route.name, actor, reason="routing cleared"))
+    producer = Producer(settings.kafka_producer_config())
+    errors: list[str] = []
+    for version in routing.golden_history:
+        producer.produce(
+            settings.topic("control"),
+            key=GOLDEN_PREFIX + version.encode(),
+            value=None,
+            on_delivery=lambda error, _message: errors.append(str(error)) if error else None,
+        )
+    if producer.flush(30) or errors:
+        raise RuntimeError(f"golden tombstones not acknowledged: {errors or 'timeout'}")
+
+
+def skip_backlog(settings: RigSettings, timeout_s: float = 30) -> None:
+    """Move every worker consumer group to the end of its topics, so that a worker started next reads
+    only what is sent from then on: whatever an earlier run left unread would be answered (and timed)
+    first.
+
+    Raises:
+        RuntimeError: a group has members (a worker on these topics is running), or the cluster
+            refused the new offsets.
+    """
+    from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    # log_level 4 (warnings): its info-level notice on teardown (BGQUEUE "Purging 1 unserved events")
+    # would print into the demo's story
+    admin = AdminClient({**settings.kafka_client_config(), "log_level": 4})
+    topics = admin.list_topics(timeout=timeout_s).topics
+    for role, names in WORKER_GROUPS.items():
+        partitions = [
+            TopicPartition(settings.topic(name), partition)
+            for name in names
+            for partition in topics[settings.topic(name)].partitions
+        ]
+        ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=timeout_s)
+        group = settings.consumer_group(role)
+        request = ConsumerGroupTopicPartitions(
+            group, [TopicPartition(tp.topic, tp.partition, end.result().offset) for tp, end in ends.items()]
+        )
+        try:
+            altered = admin.alter_consumer_group_offsets([request], request_timeout=timeout_s)[group].result()
+        except KafkaException as error:
+            raise RuntimeError(f"consumer group {group} not moved (is a worker running?): {error}") from error
+        refused = [f"{tp.topic}[{tp.partition}]: {tp.error}" for tp in altered.topic_partitions if tp.error]
+        if refused:
+            raise RuntimeError(f"consumer group {group} not moved: {refused}")
 
 
 def settings_env(settings: RigSettings, **extra: str) -> dict[str, str]:

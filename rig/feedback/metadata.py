@@ -674,6 +674,16 @@ class MetadataStore:
         rows = self._records(query)
         return (rows[0]["joined_offset"], bytes(rows[0]["state"])) if rows else None
 
+    def forget_promoter_state(self, scope: str = "promoter") -> None:
+        """Delete a promoter scope's saved state and status: its next start begins afresh, from its
+        consumer group's committed offset (e.g. after the group was moved to the end of `rig.joined`).
+
+        Raises:
+            MetadataError: the store is unreachable.
+        """
+        self._replace(PROMOTER_STATE, (PROMOTER_STATE.c.scope == scope,), [])
+        self._replace(PROMOTER_STATUS, (PROMOTER_STATUS.c.scope == scope,), [])
+
     @contextmanager
     def _begin(self) -> Iterator[sa.Connection]:
         """A transaction; connection and query failures become MetadataError, IntegrityError passes."""

@@ -111,3 +111,15 @@ def test_the_promoter_state_is_replaced_and_read_back_with_its_offset(store: Met
     assert store.load_promoter_state("promoter:other") == (7, b"other")
     assert store.prune(10**13, 0)["model_metrics"] == 0
     assert store.load_promoter_state() is not None, "pruning never resets the tests"
+
+
+def test_forgetting_a_promoter_scope_deletes_its_state_and_status_only(store: MetadataStore) -> None:
+    for scope in ("promoter", "promoter:other"):
+        store.save_promoter_state(5, b"state", saved_at_ms=1_000, scope=scope)
+        store.record_promoter_status(scope, 1_000, {"golden": "g.1"})
+
+    store.forget_promoter_state()
+
+    assert store.load_promoter_state() is None and store.promoter_status() is None
+    assert store.load_promoter_state("promoter:other") == (5, b"state")
+    assert store.promoter_status("promoter:other") == (1_000, {"golden": "g.1"})
