@@ -12,7 +12,7 @@ from rig.feedback.join import StreamClock
 from rig.feedback.join_store import JoinStore
 from rig.wire.codec import Codec
 from rig.wire.records import DeadLetter, JoinedOutcome, ModelScore, Outcome, Prediction
-from streams.join import SOURCES, Join, Partition
+from streams.join import SOURCES, SWEEP_SLICE, Join, Partition
 from streams.plane.source import SourceBatch
 
 
@@ -81,3 +81,28 @@ def test_an_outcome_labelled_2_is_dead_lettered_with_its_reason_and_never_joined
     assert join.held[0].store.get_many(["r-bad"])[0]["state"] == "predicted", (
         "still waits for a valid outcome"
     )
+
+
+def test_a_sweep_turn_is_one_slice_of_one_partition_until_every_partition_is_swept(
+    settings: RigSettings,
+) -> None:
+    join = Join(settings.model_copy(update={"topic_partitions": 2}))
+    pending = {0: SWEEP_SLICE + 1, 1: 2}
+    for partition, count in pending.items():
+        store = JoinStore(settings.home / f"join-{partition}", join.retention_ms)
+        join.held[partition] = Partition(store, StreamClock(0, join.retention_ms, SOURCES))
+        entry = {"state": "predicted", "at_ms": 1_000, "prediction": None, "outcome": None}
+        store.write([(f"r{partition}-{i}", None, entry) for i in range(count)])
+
+    turns, more = [], True
+    while more:
+        _, changes, more = join.sweep_slices()
+        join.write(changes)
+        turns.append({partition: len(swept) for partition, swept in changes.items()})
+
+    assert turns == [{0: SWEEP_SLICE}, {0: 1}, {1: 2}]
+    assert join.counts["expired_unjoined"] == sum(pending.values())
+    # a new round finds nothing due (the expired entries wait another retention), one turn a partition
+    assert [join.sweep_slices()[1:] for _ in pending] == [({0: []}, True), ({1: []}, False)]
+    for state in join.held.values():
+        state.store.close()
