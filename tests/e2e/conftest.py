@@ -16,6 +16,7 @@ from confluent_kafka import Producer
 
 from rig.config import RigSettings
 from rig.routing.control import publish_control
+from rig.routing.table import set_golden_event, start_experiment_event
 from rig.wire.codec import Codec, Rejected
 from rig.wire.records import ControlEvent, JoinedOutcome, Outcome, Prediction, Record, Request
 from sim.deploy import prepare, start_worker, stop_processes
@@ -50,6 +51,19 @@ def route(deployment: Deployment, *events: ControlEvent) -> None:
     """Publish control events for this deployment."""
     for event in events:
         publish_control(deployment.settings, event)
+
+
+def deploy_with_shadow(root: Path, shadow: str, world: WorldSettings, rounds: int = 40) -> Deployment:
+    """A deployment of a golden model and a challenger trained on feature set `shadow`, routed: the
+    golden, and the challenger as the shadow experiment `shadow`."""
+    deployment = deploy(root, {"golden": "golden", shadow: shadow}, world, rounds=rounds)
+    versions = deployment.versions
+    route(
+        deployment,
+        set_golden_event(versions["golden"], actor="test"),
+        start_experiment_event(shadow, versions[shadow], "shadow", actor="test"),
+    )
+    return deployment
 
 
 @contextmanager

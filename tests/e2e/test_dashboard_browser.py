@@ -20,11 +20,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from rig.feedback.metadata import MetadataStore
 from rig.routing.control import read_routing
-from rig.routing.table import set_golden_event, start_experiment_event
 from rig.wire.records import DeadLetter
 from sim.settings import WorldSettings
 from sim.world import make_requests
-from tests.e2e.conftest import consume, deploy, route, send_requests, workers
+from tests.e2e.conftest import consume, deploy_with_shadow, send_requests, workers
 from tests.e2e.test_promotion import MIN_SAMPLES, one_round
 from tests.support.secured_kafka import free_port
 
@@ -63,18 +62,10 @@ def chromium(profile: Path) -> Iterator[webdriver.Chrome]:
 
 
 def test_the_dashboard_draws_the_promoted_challengers_evidence_and_the_dead_letters_reason(tmp_path) -> None:
-    deployment = deploy(
-        tmp_path,
-        {"golden": "golden", "better": "better"},
-        rounds=60,
-        world=WorldSettings(seed=41, entities=2_000, days=4),
+    deployment = deploy_with_shadow(
+        tmp_path, "better", WorldSettings(seed=41, entities=2_000, days=4), rounds=60
     )
     settings, v = deployment.settings, deployment.versions
-    route(
-        deployment,
-        set_golden_event(v["golden"], actor="test"),
-        start_experiment_event("better", v["better"], "shadow", actor="test"),
-    )
     port = free_port()
     env = {
         "RIG_PROMOTER_MODE": "auto",

@@ -7,30 +7,21 @@ import math
 import pytest
 
 from rig.cli.clients import produce_requests
-from rig.routing.table import set_golden_event, start_experiment_event
 from rig.wire.records import Explanation, Prediction
 from sim.deploy import start_worker
 from sim.settings import WorldSettings
 from sim.traffic import synthetic_requests
-from tests.e2e.conftest import consume, deploy, eventually, get_json, route
+from tests.e2e.conftest import consume, deploy_with_shadow, eventually, get_json
 
 pytestmark = pytest.mark.e2e
 WEB_PORT = 16067
 
 
 def test_explanations_over_http_and_for_disagreements_on_the_explanations_topic(tmp_path) -> None:
-    deployment = deploy(
-        tmp_path,
-        {"golden": "golden", "worse": "worse"},
-        rounds=30,
-        world=WorldSettings(seed=61, entities=400, days=3),
+    deployment = deploy_with_shadow(
+        tmp_path, "worse", WorldSettings(seed=61, entities=400, days=3), rounds=30
     )
     settings, versions = deployment.settings, deployment.versions
-    route(
-        deployment,
-        set_golden_event(versions["golden"], actor="test"),
-        start_experiment_event("worse", versions["worse"], "shadow", actor="test"),
-    )
     worker = start_worker(
         settings, settings.home / "explain.log", web_port=WEB_PORT, RIG_EXPLAIN_DISAGREEMENT="0.2"
     )

@@ -11,12 +11,11 @@ import pytest
 from confluent_kafka import Producer
 
 from rig.cli.clients import produce_requests
-from rig.routing.table import set_golden_event, start_experiment_event
 from rig.wire.codec import Codec
 from rig.wire.records import JoinedOutcome, Outcome, Prediction, Request
 from sim.deploy import start_worker
 from sim.settings import WorldSettings
-from tests.e2e.conftest import Deployment, consume, deploy, eventually, get_json, route
+from tests.e2e.conftest import Deployment, consume, deploy_with_shadow, eventually, get_json
 
 pytestmark = pytest.mark.e2e
 RETENTION_S = 45
@@ -56,18 +55,10 @@ def join_counts() -> Counter[str]:
 
 
 def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_state(tmp_path) -> None:
-    deployment = deploy(
-        tmp_path,
-        {"golden": "golden", "better": "better"},
-        rounds=20,
-        world=WorldSettings(seed=31, entities=500, days=3),
+    deployment = deploy_with_shadow(
+        tmp_path, "better", WorldSettings(seed=31, entities=500, days=3), rounds=20
     )
     settings = deployment.settings
-    route(
-        deployment,
-        set_golden_event(deployment.versions["golden"], actor="test"),
-        start_experiment_event("better", deployment.versions["better"], "shadow", actor="test"),
-    )
     # A stalled partition gets Faust's diagnosis in the worker log well within the waits below.
     env = {
         "RIG_JOIN_RETENTION_S": str(RETENTION_S),

@@ -10,12 +10,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rig.cli.clients import produce_requests
-from rig.routing.table import set_golden_event, start_experiment_event
 from rig.wire.records import Prediction
 from sim.deploy import start_worker, stop_processes
 from sim.settings import WorldSettings
 from sim.traffic import synthetic_requests
-from tests.e2e.conftest import consume, deploy, eventually, get_json, route
+from tests.e2e.conftest import consume, deploy_with_shadow, eventually, get_json
 
 pytestmark = pytest.mark.e2e
 REQUESTS = 300
@@ -44,18 +43,10 @@ def sample(samples: Samples, name: str, **labels: str) -> float:
 
 
 def test_n_requests_move_requests_predictions_and_end_to_end_by_exactly_n(tmp_path: Path) -> None:
-    deployment = deploy(
-        tmp_path,
-        {"golden": "golden", "better": "better"},
-        rounds=20,
-        world=WorldSettings(seed=37, entities=400, days=3),
+    deployment = deploy_with_shadow(
+        tmp_path, "better", WorldSettings(seed=37, entities=400, days=3), rounds=20
     )
     settings, versions = deployment.settings, deployment.versions
-    route(
-        deployment,
-        set_golden_event(versions["golden"], actor="test"),
-        start_experiment_event("better", versions["better"], "shadow", actor="test"),
-    )
     port = free_port()
     log = settings.home / "metrics-worker.log"
     worker = start_worker(settings, log, log_level="INFO", web_port=port)
