@@ -1,7 +1,8 @@
 """The worker's Prometheus metrics, and its `/metrics` page.
 
 `WorkerMetrics` holds every metric of a worker on one registry: the worker builds it on
-prometheus_client's default registry (`worker_metrics()`), tests build it on registries of their own.
+prometheus_client's default registry (`REGISTRY`, with the process and garbage collector metrics
+prometheus_client adds), tests build it on registries of their own.
 The hot path pays once per batch, never per request: counters take `inc(n)`, and the per-request
 distributions (end-to-end latency, model scores) are `BatchHistogram`s, which bucket a whole batch with
 numpy. prometheus_client's `Histogram.observe` costs about 1 µs a value (2 µs with labels), and a
@@ -11,7 +12,6 @@ request has an end-to-end time and a score per model: several times the budget o
 from __future__ import annotations
 
 import collections
-import functools
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +21,6 @@ import faust
 import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -267,13 +266,6 @@ class WorkerMetrics:
     def decided(self, action: str) -> None:
         """The promoter published a decision."""
         self.promoter_decisions.labels(action).inc()
-
-
-@functools.cache
-def worker_metrics() -> WorkerMetrics:
-    """This process's metrics, on prometheus_client's default registry (what `/metrics` serves, with
-    the process and garbage collector metrics prometheus_client adds); built once, on first use."""
-    return WorkerMetrics(REGISTRY)
 
 
 def install_metrics_page(app: faust.App, registry: CollectorRegistry) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import faust
 import numpy as np
 from confluent_kafka import Message
+from prometheus_client import CollectorRegistry
 
 from rig.config import RigSettings, masked_url
 from rig.errors import PromoterError, RigError, RoutingError
@@ -39,7 +40,7 @@ from rig.routing.table import RoutingTable
 from rig.wire.codec import Codec, ErrorType, Rejected
 from rig.wire.records import DeadLetter, Decision, JoinedOutcome
 from streams.app import source_settings
-from streams.metrics import worker_metrics
+from streams.metrics import WorkerMetrics
 from streams.plane.health import Health
 from streams.plane.ledger import TopicPartition as TP
 from streams.plane.service import Handler, Plane
@@ -81,11 +82,14 @@ class Promotion:
         runtime: Runtime,
         metadata: MetadataStore | None,
         delivered: Callable[[TP], int | None] = lambda _tp: None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         """`delivered(tp)` is the offset up to which a partition's batches have their outputs delivered
         (the plane's ledger; by default never, so nothing is saved): a state is saved only once the
-        decisions of its rows are on Kafka."""
+        decisions of its rows are on Kafka. `metrics`: where the tests' standing, the decisions and
+        the dead letters are counted (the worker's; by default on a registry of their own)."""
         self.settings = settings
+        self.metrics = metrics if metrics is not None else WorkerMetrics(CollectorRegistry())
         self.runtime = runtime
         self.metadata = metadata
         self.joined_codec = Codec(JoinedOutcome, registry_url=settings.schema_registry_url)
@@ -202,7 +206,7 @@ class Promotion:
         if decisions:
             await self._periodic(now_ms)
         for decision in decisions:
-            worker_metrics().decided(decision.action)
+            self.metrics.decided(decision.action)
             await self._record(MetadataStore.record_decision, decision)
         await self._take_state(batch, now_ms, decided=bool(decisions))
         await self.save_state()
@@ -255,7 +259,7 @@ class Promotion:
     def _dead_letter(
         self, message: Message, reason: str, error_type: str, request_id: str | None = None
     ) -> Outgoing:
-        worker_metrics().dead_lettered([error_type])
+        self.metrics.dead_lettered([error_type])
         return dead_letter_output(
             self.settings, self.dead_letter_codec, message, reason, error_type, request_id
         )
@@ -277,7 +281,7 @@ class Promotion:
         if due["status"]:
             self.next_ms["status"] = now_ms + int(STATUS_S * 1000)
             status = self.loop.snapshot(self.runtime.routing)
-            worker_metrics().record_promoter(status)
+            self.metrics.record_promoter(status)
             await self._record(MetadataStore.record_promoter_status, "promoter", now_ms, status)
             points = evidence_points(self.loop, now_ms)
             if points:
@@ -312,8 +316,10 @@ def install_promoter(
     settings: RigSettings,
     get_runtime: Callable[[], Awaitable[Runtime]],
     metadata: MetadataStore | None,
+    metrics: WorkerMetrics,
 ) -> None:
-    """Run the promoter on a data plane of its own (group `<prefix>promote`, topic `rig.joined`)."""
+    """Run the promoter on a data plane of its own (group `<prefix>promote`, topic `rig.joined`), with
+    its standing, decisions, dead letters and lag in `metrics`."""
     held: list[Promotion] = []
 
     def start_offsets(partitions: set[TP]) -> dict[TP, int]:
@@ -326,11 +332,11 @@ def install_promoter(
         source_settings(settings, "promote", (settings.topic("joined"),), batch_max=1_000),
         Health(needs_partitions=False),
         start_offsets=start_offsets,
-        metrics=worker_metrics(),
+        metrics=metrics,
     )
 
     async def start() -> Handler:
-        promotion = Promotion(settings, await get_runtime(), metadata, plane.ledger.position)
+        promotion = Promotion(settings, await get_runtime(), metadata, plane.ledger.position, metrics)
         await promotion.start()
         held.append(promotion)
         return lambda batch: promotion.handle(batch, plane.sink)

@@ -27,7 +27,7 @@ from streams.dashboard import install_dashboard
 from streams.explain import ExplainConsumer, install_explain_endpoint
 from streams.health import install_health
 from streams.join import install_join
-from streams.metrics import install_metrics_page, worker_metrics
+from streams.metrics import WorkerMetrics, install_metrics_page
 from streams.plane.health import Health
 from streams.plane.service import Plane
 from streams.predict import install_predict
@@ -40,7 +40,7 @@ log = logging.getLogger("rig.worker")
 app = make_app(settings, app_id=f"{settings.topic_prefix}worker")
 roles = settings.worker_roles
 health = Health(needs_partitions="predict" in roles)
-metrics = worker_metrics()
+metrics = WorkerMetrics(REGISTRY)  # what /metrics serves
 metrics.watch(health)
 plane = (
     Plane(
@@ -129,12 +129,12 @@ async def record_feature_stats() -> None:
 if plane is not None:
     install_predict(plane, get_runtime)
 if "feedback" in roles:
-    install_promoter(app, settings, get_runtime, metadata)
+    install_promoter(app, settings, get_runtime, metadata, metrics)
 if "explain" in roles:
     install_explain_endpoint(app, settings, get_runtime)
 install_health(app, settings, health, None if plane is None else plane.source)
 install_dashboard(app, settings, get_runtime, metadata)
-install_metrics_page(app, REGISTRY)
+install_metrics_page(app, metrics.registry)
 
 
 def main() -> None:
