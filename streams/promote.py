@@ -31,7 +31,7 @@ from rig.errors import PromoterError, RigError, RoutingError
 from rig.feedback.delays import DelayModel, WindowConfig
 from rig.feedback.guardrails import GuardrailConfig
 from rig.feedback.join import invalid_joined_reason
-from rig.feedback.metadata import EvidencePoint, MetadataStore
+from rig.feedback.metadata import MetadataStore
 from rig.feedback.promotion import PromotionLoop, columns, control_events
 from rig.feedback.sequential import PromoterConfig
 from rig.models.metrics import window_metrics
@@ -283,7 +283,7 @@ class Promotion:
             status = self.loop.snapshot(self.runtime.routing)
             self.metrics.record_promoter(status)
             await self._record(MetadataStore.record_promoter_status, "promoter", now_ms, status)
-            points = evidence_points(self.loop, now_ms)
+            points = self.loop.evidence(now_ms)
             if points:
                 golden = points[0].golden_version
                 await self._record(MetadataStore.record_promoter_evidence, now_ms, golden, points)
@@ -393,19 +393,6 @@ def record_window(metadata: MetadataStore, rows: list[JoinedOutcome], window_end
         metadata.record_label_delays(
             window_end_ms, delays.size, dict(zip(levels, np.quantile(delays, levels), strict=True))
         )
-
-
-def evidence_points(loop: PromotionLoop, at_ms: int) -> list[EvidencePoint]:
-    """Where each challenger of the current golden stands now: its primary test, at the level and with
-    the p-value the decision rule uses (the dashboard's history of the confidence sequences)."""
-    promoter = loop.promoter
-    if promoter is None:
-        return []
-    min_effect = loop.config.min_effect
-    return [
-        EvidencePoint.of_check(at_ms, promoter.golden_version, challenger, check, min_effect)
-        for challenger, check in promoter.primary_checks().items()
-    ]
 
 
 def open_metadata(settings: RigSettings) -> MetadataStore | None:

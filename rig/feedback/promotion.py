@@ -48,7 +48,7 @@ from rig.feedback.guardrails import (
     latency_check,
     unmeasured,
 )
-from rig.feedback.metadata import ServingWindow
+from rig.feedback.metadata import EvidencePoint, ServingWindow
 from rig.feedback.monitor import GoldenMonitor
 from rig.feedback.sequential import (
     NO_EVIDENCE,
@@ -380,6 +380,17 @@ class PromotionLoop:
             "srm": self.srm.snapshot(),
             "serving_measured": self.serving_measured,
         }
+
+    def evidence(self, at_ms: int) -> list[EvidencePoint]:
+        """Where each challenger of the current golden stands now: its primary test, at the level and
+        with the p-value the decision rule uses (the dashboard's history of the confidence sequences)."""
+        promoter = self.promoter
+        if promoter is None:
+            return []
+        return [
+            EvidencePoint.of_check(at_ms, promoter.golden_version, challenger, check, self.config.min_effect)
+            for challenger, check in promoter.primary_checks().items()
+        ]
 
     def _waiting(self, challenger: str) -> int:
         """Paired rows of a challenger seen but not folded yet: in cohorts whose label window is still
