@@ -138,27 +138,15 @@ def clear_routing(settings: RigSettings, actor: str) -> None:
     the promoter has no golden of an earlier run to roll back to.
 
     Raises:
-        RuntimeError: the broker did not acknowledge a tombstone (RigError for a stop event).
+        RigError: the broker did not acknowledge a stop event or the tombstones.
     """
-    from confluent_kafka import Producer
-
-    from rig.routing.control import publish_control, read_routing
-    from rig.routing.table import GOLDEN_PREFIX, stop_experiment_event
+    from rig.routing.control import forget_goldens, publish_control, read_routing
+    from rig.routing.table import stop_experiment_event
 
     routing = read_routing(settings)
     for route in routing.experiments:
         publish_control(settings, stop_experiment_event(route.name, actor, reason="routing cleared"))
-    producer = Producer(settings.kafka_producer_config())
-    errors: list[str] = []
-    for version in routing.golden_history:
-        producer.produce(
-            settings.topic("control"),
-            key=GOLDEN_PREFIX + version.encode(),
-            value=None,
-            on_delivery=lambda error, _message: errors.append(str(error)) if error else None,
-        )
-    if producer.flush(30) or errors:
-        raise RuntimeError(f"golden tombstones not acknowledged: {errors or 'timeout'}")
+    forget_goldens(settings, routing.golden_history)
 
 
 def skip_backlog(settings: RigSettings, timeout_s: float = 30) -> None:

@@ -11,11 +11,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from rig.config import RigSettings
-from rig.routing.table import EMPTY_ROUTING, RoutingTable, apply_control, control_key, fold_report
+from rig.routing.table import (
+    EMPTY_ROUTING,
+    GOLDEN_PREFIX,
+    RoutingTable,
+    apply_control,
+    control_key,
+    fold_report,
+)
 from rig.wire.codec import Codec, Rejected
 from rig.wire.records import ControlEvent
 
@@ -36,23 +43,41 @@ def publish_control(
         RoutingError: the event is invalid (or, with `check_against`, would be held or rejected).
         RigError: the broker did not acknowledge the write.
     """
+    key = control_key(event)
+    if check_against is not None:
+        apply_control(check_against, event, key)
+    encoded = Codec(ControlEvent, registry_url=settings.schema_registry_url).encode(event)
+    _write(settings, [(key, encoded)])
+
+
+def forget_goldens(settings: RigSettings, versions: Iterable[str]) -> None:
+    """Delete (tombstone) the golden records of these versions from the compacted control topic:
+    routing then knows no such golden, current or previous (nothing to roll back to).
+
+    Raises:
+        RigError: the broker did not acknowledge the writes.
+    """
+    _write(settings, [(GOLDEN_PREFIX + version.encode(), None) for version in versions])
+
+
+def _write(settings: RigSettings, records: Sequence[tuple[bytes, bytes | None]]) -> None:
+    """Write (key, value) records to the control topic (None: a tombstone) and wait for every ack."""
     from confluent_kafka import Producer
 
     from rig.errors import RigError
 
-    key = control_key(event)
-    if check_against is not None:
-        apply_control(check_against, event, key)
     producer = Producer(settings.kafka_producer_config())
     errors: list[str] = []
-    producer.produce(
-        settings.topic("control"),
-        key=key,
-        value=Codec(ControlEvent, registry_url=settings.schema_registry_url).encode(event),
-        on_delivery=lambda error, _message: errors.append(str(error)) if error else None,
-    )
+    for key, value in records:
+        producer.produce(
+            settings.topic("control"),
+            key=key,
+            value=value,
+            on_delivery=lambda error, _message: errors.append(str(error)) if error else None,
+        )
     if producer.flush(30) or errors:
-        raise RigError(f"control event not acknowledged by {settings.kafka_bootstrap}: {errors or 'timeout'}")
+        missing = errors or "timeout"
+        raise RigError(f"control records not acknowledged by {settings.kafka_bootstrap}: {missing}")
 
 
 class ControlFollower:

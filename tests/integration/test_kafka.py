@@ -10,6 +10,8 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from rig.config import TOPIC_NAMES, RigSettings
+from rig.routing.control import forget_goldens, publish_control, read_routing
+from rig.routing.table import set_golden_event
 from rig.wire.topics import MisconfiguredTopic, ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -106,3 +108,16 @@ def test_confluent_kafka_round_trip_keeps_every_message_and_per_key_order(kafka_
     for key in {key for key, _ in sent}:
         values = [int(value) for k, value in received if k == key]
         assert values == sorted(values), f"order lost for key {key!r}"
+
+
+def test_forgotten_goldens_leave_routing_with_no_golden_current_or_previous(settings: RigSettings) -> None:
+    ensure_topics(settings)
+    for version in ("risk.1", "risk.2"):
+        publish_control(settings, set_golden_event(version, actor="test"))
+    before = read_routing(settings)
+    assert (before.golden, before.previous_golden) == ("risk.2", "risk.1")
+
+    forget_goldens(settings, before.golden_history)
+
+    after = read_routing(settings)
+    assert (after.golden, after.previous_golden, after.golden_history) == (None, None, ())
