@@ -228,8 +228,7 @@ def send_and_read(
 
 def world_outcomes(world: World, requests: Sequence[Request], seed: int) -> list[Outcome]:
     """The true outcomes of `requests` (`sim.world.make_outcomes`), in the order they become known."""
-    from rig.wire.records import Outcome
-    from sim.world import make_outcomes
+    from sim.world import make_outcomes, outcome_records
 
     frame = pd.DataFrame(
         {
@@ -238,14 +237,7 @@ def world_outcomes(world: World, requests: Sequence[Request], seed: int) -> list
             "event_time": pd.to_datetime([r.event_time for r in requests], unit="ms", utc=True),
         }
     )
-    outcomes = make_outcomes(world, frame, seed=seed, delay_median_s=OUTCOME_DELAY_S)
-    known_ms = outcomes["event_time"].dt.as_unit("ms").astype("int64")
-    return [
-        Outcome(request_id=request_id, entity_id=entity_id, label=int(label), event_time=int(at))
-        for request_id, entity_id, label, at in zip(
-            outcomes["request_id"], outcomes["entity_id"], outcomes["label"], known_ms, strict=True
-        )
-    ]
+    return outcome_records(make_outcomes(world, frame, seed=seed, delay_median_s=OUTCOME_DELAY_S))
 
 
 def feed_outcomes(

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rig.wire.records import Outcome
+
 FEATURE_NAMES: tuple[str, ...] = (
     "txn_amount_mean_7d",  # USD, lognormal, heavy right tail
     "txn_count_7d",  # count
@@ -564,6 +566,17 @@ def make_outcomes(
         }
     )
     return outcomes.sort_values("event_time", kind="stable", ignore_index=True)
+
+
+def outcome_records(outcomes: pd.DataFrame) -> list[Outcome]:
+    """`make_outcomes`' frame as Outcome records (event time in epoch ms), in the frame's order."""
+    known_ms = outcomes["event_time"].dt.as_unit("ms").astype("int64")
+    return [
+        Outcome(request_id=request_id, entity_id=entity_id, label=int(label), event_time=int(at))
+        for request_id, entity_id, label, at in zip(
+            outcomes["request_id"], outcomes["entity_id"], outcomes["label"], known_ms, strict=True
+        )
+    ]
 
 
 OFFLINE_STORE_FILE = "entity_features.parquet"

@@ -21,7 +21,7 @@ from rig.wire.codec import Codec, Rejected
 from rig.wire.records import ControlEvent, JoinedOutcome, Outcome, Prediction, Record, Request
 from sim.deploy import prepare, start_worker, stop_processes
 from sim.settings import WorldSettings
-from sim.world import World
+from sim.world import World, outcome_records
 from tests.integration.conftest import isolated_feast_settings
 
 R = TypeVar("R", bound=Record)
@@ -135,14 +135,9 @@ def send_outcomes(settings: RigSettings, outcomes: pd.DataFrame) -> None:
     """Produce the synthetic world's outcomes (`make_outcomes`), keyed by entity."""
     codec = Codec(Outcome)
     producer = Producer(settings.kafka_producer_config())
-    for row in outcomes.itertuples():
-        outcome = Outcome(
-            request_id=row.request_id,
-            entity_id=row.entity_id,
-            label=int(row.label),
-            event_time=int(row.event_time.timestamp() * 1000),
-        )
-        producer.produce(settings.topic("outcomes"), key=row.entity_id.encode(), value=codec.encode(outcome))
+    for outcome in outcome_records(outcomes):
+        key = outcome.entity_id.encode()
+        producer.produce(settings.topic("outcomes"), key=key, value=codec.encode(outcome))
     assert producer.flush(30) == 0
 
 

@@ -325,3 +325,21 @@ def test_invalid_arguments_are_refused(small_world: data.World) -> None:
         data.make_requests(small_world, 10, seed=1, rate_per_s=0)
     with pytest.raises(ValueError):
         data.as_of_features(small_world, ["ent-000001"], [START, START])
+
+
+def test_outcome_records_keep_the_frames_order_labels_and_times_in_epoch_ms() -> None:
+    frame = pd.DataFrame(
+        {
+            "request_id": ["r2", "r1"],
+            "entity_id": ["e2", "e1"],
+            "label": np.array([1, 0], dtype=np.int64),
+            "event_time": pd.to_datetime(
+                ["2024-06-10T06:13:20.123456Z", "2024-06-10T06:13:21.000000Z"], utc=True
+            ),
+        }
+    )
+    records = data.outcome_records(frame)
+    assert [(o.request_id, o.entity_id, o.label, o.event_time) for o in records] == [
+        ("r2", "e2", 1, 1_718_000_000_123),
+        ("r1", "e1", 0, 1_718_000_001_000),
+    ]
