@@ -35,6 +35,10 @@ class OffsetLedger:
     committable offset then moves past the longest prefix of finished batches, never past an
     unfinished one, so a batch that finishes early never lets the offset skip a slower batch before
     it. Thread-safe: batches begin in the consumer thread and finish in the producer's poll thread.
+
+    A batch begun `in_hand` stays in hand until its handler is done with it (`handled`); `wait_room`
+    waits for that too, so the source cuts the next batch only once the handler is free, from
+    everything that arrived meanwhile.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -42,13 +46,15 @@ class OffsetLedger:
         self._lock = threading.Condition()
         self._partitions: dict[TopicPartition, _Partition] = {}
         self._batches: dict[int, dict[TopicPartition, int]] = {}
+        self._in_hand: set[int] = set()
         self._next_id = 0
 
-    def begin(self, lasts: Mapping[TopicPartition, int]) -> int:
+    def begin(self, lasts: Mapping[TopicPartition, int], in_hand: bool = False) -> int:
         """Record a batch holding, per partition, offsets up to `lasts[tp]`; returns its id.
 
         The batch must start right after the previous batch of each partition (a consumer reads in
-        order); its first offsets need not be recorded.
+        order); its first offsets need not be recorded. `in_hand`: a handler will say when it is done
+        with the batch (`handled`), and no room is made for the next batch before.
         """
         with self._lock:
             batch_id = self._next_id
@@ -60,7 +66,15 @@ class OffsetLedger:
                     partition.progressed_at = now  # an idle partition is not a stalled one
                 partition.spans.append(_Span(batch_id, last))
             self._batches[batch_id] = dict(lasts)
+            if in_hand:
+                self._in_hand.add(batch_id)
             return batch_id
+
+    def handled(self, batch_id: int) -> None:
+        """The handler is done with the batch (its outputs may still await delivery)."""
+        with self._lock:
+            self._in_hand.discard(batch_id)
+            self._lock.notify_all()
 
     def finish(self, batch_id: int) -> None:
         """Every output of the batch was delivered: its offsets may be committed (in order)."""
@@ -84,9 +98,12 @@ class OffsetLedger:
             return len(self._batches)
 
     def wait_room(self, limit: int, timeout_s: float) -> bool:
-        """Block until fewer than `limit` batches are open, or `timeout_s` passed; True if so."""
+        """Block until fewer than `limit` batches are open and none is in hand, or `timeout_s`
+        passed; True if so."""
         with self._lock:
-            return self._lock.wait_for(lambda: len(self._batches) < limit, timeout=timeout_s)
+            return self._lock.wait_for(
+                lambda: len(self._batches) < limit and not self._in_hand, timeout=timeout_s
+            )
 
     def offsets_after(self, batch_id: int) -> dict[TopicPartition, int]:
         """Per partition still tracked, the offset after the batch's last message (what a commit of

@@ -117,6 +117,7 @@ class Plane:
             try:
                 if isinstance(item, SourceBatch):
                     await self._handle(item)
+                    self.ledger.handled(item.batch_id)
                 elif await item():
                     self._queue.put_nowait(item)
             except Exception:

@@ -87,3 +87,27 @@ def test_stall_time_counts_from_the_oldest_open_batch_or_the_last_progress() -> 
     ledger.begin({A: 19})
     clock.now += 2
     assert ledger.stalled_for() == {A: 2}, "an idle partition starts a new batch with a fresh clock"
+
+
+def test_no_room_while_the_handler_holds_a_batch_even_below_the_open_limit() -> None:
+    ledger = OffsetLedger()
+    batch = ledger.begin({A: 9}, in_hand=True)
+    assert not ledger.wait_room(limit=4, timeout_s=0.01)
+    ledger.handled(batch)
+    assert ledger.wait_room(limit=4, timeout_s=0.01)
+    assert ledger.open_batches() == 1  # handled is not delivered: its offsets still wait
+
+
+def test_wait_room_wakes_when_the_handler_lets_go_in_another_thread() -> None:
+    ledger = OffsetLedger()
+    batch = ledger.begin({A: 9}, in_hand=True)
+    threading.Timer(0.05, ledger.handled, (batch,)).start()
+    assert ledger.wait_room(limit=4, timeout_s=5)
+
+
+def test_batches_not_in_hand_count_only_against_the_open_limit() -> None:
+    ledger = OffsetLedger()
+    ledger.begin({})  # outputs that no offset waits for (the join's sweep)
+    assert ledger.wait_room(limit=2, timeout_s=0.01)
+    ledger.begin({A: 9})
+    assert not ledger.wait_room(limit=2, timeout_s=0.01)
