@@ -135,9 +135,10 @@ async def bare_loop(settings: RigSettings, stop: threading.Event) -> None:
 
     from streams.predict import answer, outputs, source_of
     from streams.promote import open_metadata
-    from streams.runtime import Runtime
+    from streams.runtime import Runtime, freeze_heap
 
     runtime = Runtime.create(settings, open_metadata(settings))  # as the worker builds it
+    freeze_heap()
     consumer = Consumer(
         {
             **settings.kafka_client_config(),

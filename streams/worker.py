@@ -32,7 +32,7 @@ from streams.plane.health import Health
 from streams.plane.service import Plane
 from streams.predict import install_predict
 from streams.promote import install_promoter, open_metadata
-from streams.runtime import Runtime
+from streams.runtime import Runtime, freeze_heap
 from streams.timers import supervised
 
 settings = RigSettings()
@@ -73,8 +73,8 @@ async def get_runtime() -> Runtime:
 
 
 def build_runtime() -> Runtime:
-    """Topics, then the runtime (models loaded and warmed), then the explainer thread. A broker that
-    is away at start-up is waited for."""
+    """Topics, then the runtime (models loaded and warmed), then the explainer thread; then the heap
+    is frozen (`freeze_heap`). A broker that is away at start-up is waited for."""
     wait_for_topics()
     runtime = Runtime.create(settings, metadata, metrics)
     if "explain" in roles:
@@ -86,6 +86,7 @@ def build_runtime() -> Runtime:
             # the whole session timeout.
             await asyncio.to_thread(explainer.stop)
 
+    freeze_heap()
     return runtime
 
 
