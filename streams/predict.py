@@ -198,15 +198,16 @@ async def serve(runtime: Runtime, plane: Plane, batch: SourceBatch) -> None:
             delay = min(LAST_RETRY_S, delay * 2)
     for dependency in waited_for:
         plane.health.recovered(dependency)
-    if runtime.feature_stats is not None and result.predictions:
-        runtime.feature_stats.update(result.columns)
     publishing = time.perf_counter()
     await plane.sink.publish(batch.batch_id, outputs(runtime, result))
     metrics.staged({**result.stages_ms, "publish": (time.perf_counter() - publishing) * 1000})
     metrics.published(result.received_ms, time.time() * 1000)
     metrics.scored(result.scores, result.golden)
     metrics.dead_lettered(letter.error_type for letter in result.dead_letters)
-    if result.fill_cache is not None:  # off the latency path
+    # off the latency path: the predictions are on their way
+    if runtime.feature_stats is not None and result.predictions:
+        runtime.feature_stats.update(result.columns)
+    if result.fill_cache is not None:
         await asyncio.to_thread(result.fill_cache)
 
 
