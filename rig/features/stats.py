@@ -9,8 +9,9 @@ on those same bins. `rig.feedback.metadata.MetadataStore` stores them per window
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,8 @@ PSI_EPSILON = 1e-4
 """Floor of a bin's share in PSI, so that an empty bin gives a large but finite term."""
 QUANTILES: tuple[float, ...] = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 """Quantile levels written by `FeatureStats.to_dict`."""
+COMPARISONS_PER_CHUNK = 1 << 22
+"""Value-to-edge comparisons made at once when binning, which bounds the memory a large batch takes."""
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -55,16 +58,7 @@ class _Sketch:
         return int(self.counts[1:].sum())
 
     def add(self, values: FloatArray) -> None:
-        finite = values[np.isfinite(values)]
-        self.counts[0] += values.size - finite.size
-        if finite.size == 0:
-            return
-        n_before, batch_mean = self.n, float(finite.mean())
-        bins = np.searchsorted(self.edges, finite, side="right")
-        self.counts[1:] += np.bincount(bins, minlength=self.edges.size + 1)
-        batch_m2 = float(np.square(finite - batch_mean).sum())
-        self.mean, self.m2 = _moments(n_before, self.mean, self.m2, finite.size, batch_mean, batch_m2)
-        self.low, self.high = min(self.low, float(finite.min())), max(self.high, float(finite.max()))
+        _Layout.of([self]).add([self], self.counts, values.reshape(1, -1))
 
     def merged(self, other: _Sketch) -> _Sketch:
         if not (np.array_equal(self.edges, other.edges) and np.array_equal(self.reference, other.reference)):
@@ -119,6 +113,8 @@ class _Sketch:
         reference, counts = (np.asarray(data[key], dtype=np.int64) for key in ("reference", "counts"))
         if counts.size != edges.size + 2 or reference.size != counts.size:
             raise MetadataError("feature sketch has counts that do not fit its bin edges")
+        if np.any(np.diff(edges) < 0):  # binning counts values >= each edge: they must increase
+            raise MetadataError("feature sketch has bin edges that are not sorted")
         mean, low, high = (data[key] for key in ("mean", "min", "max"))
         return cls(
             edges,
@@ -131,6 +127,68 @@ class _Sketch:
         )
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Several sketches whose counts lie end to end in one flat array (per sketch, its missing count
+    then its bins), so that `add` takes a batch for all of them in a fixed number of numpy calls: with
+    small batches and many features, the calls and not the rows are what a batch costs.
+    """
+
+    edges: FloatArray
+    """A row per sketch: -inf, its edges, then +inf to one more than the most edges of any sketch."""
+    slots: IntArray
+    """Where each sketch's counts are in the flattened per-sketch rows of `add`'s batch counts."""
+    starts: IntArray
+    """Where each sketch's counts start in the flat counts."""
+
+    @classmethod
+    def of(cls, sketches: Iterable[_Sketch]) -> _Layout:
+        edges = [sketch.edges for sketch in sketches]
+        width = max((feature_edges.size for feature_edges in edges), default=0) + 2
+        padded = np.full((len(edges), width), math.inf)
+        padded[:, 0] = -math.inf
+        for row, feature_edges in zip(padded, edges, strict=True):
+            row[1 : feature_edges.size + 1] = feature_edges
+        sizes = [feature_edges.size + 2 for feature_edges in edges]
+        slots = [index * width + np.arange(size) for index, size in enumerate(sizes)]
+        return cls(
+            padded,
+            np.concatenate([np.empty(0, np.int64), *slots]),
+            np.cumsum([0, *sizes[:-1]], dtype=np.int64) if sizes else np.empty(0, np.int64),
+        )
+
+    def add(self, sketches: Sequence[_Sketch], counts: IntArray, values: FloatArray) -> None:
+        """Add `values` (a row per sketch, a column per data row) to `sketches`; NaN and ±inf are missing.
+
+        `counts` is the flat array whose consecutive slices are the sketches' counts.
+        """
+        finite = np.isfinite(values)
+        present = np.where(finite, values, math.nan)  # missing as NaN: not >= any edge, nor min/max
+        # Values >= each edge, per sketch: -inf gives the present count, +inf 0, and differences the
+        # bins, exactly as `searchsorted(edges, value, side="right")` bins them (edges increase).
+        at_least = np.zeros(self.edges.shape, np.int64)
+        step = max(1, COMPARISONS_PER_CHUNK // max(self.edges.size, 1))
+        for start in range(0, values.shape[1], step):
+            at_least += (self.edges[:, :, None] <= present[:, None, start : start + step]).sum(axis=2)
+        # From [rows, present, >= edge 1, ...] the differences are [missing, bin 1, bin 2, ...].
+        batch = -np.diff(at_least, axis=1, prepend=values.shape[1])
+        n_before = np.add.reduceat(counts, self.starts) - counts[self.starts]
+        counts += batch.ravel()[self.slots]
+        n = at_least[:, 0]
+        # Zeros for missing values leave the sums unchanged and the arithmetic finite.
+        zeroed = np.where(finite, values, 0.0)
+        mean = zeroed.sum(axis=1) / np.maximum(n, 1)
+        deviation = np.where(finite, zeroed - mean[:, None], 0.0)
+        m2 = np.einsum("ij,ij->i", deviation, deviation)
+        low = np.fmin.reduce(present, axis=1, initial=math.inf)
+        high = np.fmax.reduce(present, axis=1, initial=-math.inf)
+        summaries = (column.tolist() for column in (n_before, n, mean, m2, low, high))
+        for sketch, n_a, n_b, mean_b, m2_b, low_b, high_b in zip(sketches, *summaries, strict=True):
+            if n_b:  # Chan's merge of the moments, as `_Sketch.merged` does for two windows
+                sketch.mean, sketch.m2 = _moments(n_a, sketch.mean, sketch.m2, n_b, mean_b, m2_b)
+                sketch.low, sketch.high = min(sketch.low, low_b), max(sketch.high, high_b)
+
+
 class FeatureStats:
     """Mergeable statistics of numeric features, with PSI drift against a reference distribution.
 
@@ -139,7 +197,14 @@ class FeatureStats:
     """
 
     def __init__(self, sketches: Mapping[str, _Sketch]) -> None:
-        self._sketches = dict(sketches)
+        # Every sketch's counts is a view of one flat array, so `update` adds to all of them at once.
+        self._counts = np.concatenate([np.empty(0, np.int64), *(s.counts for s in sketches.values())])
+        self._layout = _Layout.of(sketches.values())
+        bounds = pairwise([*self._layout.starts.tolist(), self._counts.size])
+        self._sketches = {
+            name: replace(sketch, counts=self._counts[start:stop])
+            for (name, sketch), (start, stop) in zip(sketches.items(), bounds, strict=True)
+        }
 
     @classmethod
     def from_reference(cls, frame: pd.DataFrame, bins: int = DEFAULT_BINS) -> FeatureStats:
@@ -186,15 +251,25 @@ class FeatureStats:
         if len(lengths) > 1:
             raise MetadataError(f"feature columns have different lengths: {sorted(lengths)}")
         rows = lengths.pop() if lengths else 0
-        for name, sketch in self._sketches.items():
-            if name not in columns:
-                sketch.counts[0] += rows
-                continue
+        values = self._matrix(columns, rows)
+        self._layout.add(list(self._sketches.values()), self._counts, values)
+
+    def _matrix(self, columns: Mapping[str, npt.ArrayLike], rows: int) -> FloatArray:
+        """The tracked columns as float64, one row per feature (all NaN for an absent one)."""
+        absent = np.full(rows, math.nan)
+        listed = [columns.get(name, absent) for name in self._sketches]
+        try:  # one conversion for all columns, the usual case
+            return np.array(listed, dtype=np.float64).reshape(len(listed), rows)
+        except (TypeError, ValueError):
+            pass
+        # Column by column, to name one that is not numeric (or to flatten columns of differing shapes).
+        values = np.empty((len(listed), rows))
+        for index, (name, column) in enumerate(zip(self._sketches, listed, strict=True)):
             try:
-                values = np.asarray(columns[name], dtype=np.float64)
+                values[index] = np.asarray(column, dtype=np.float64).reshape(-1)
             except (TypeError, ValueError) as error:
                 raise MetadataError(f"feature {name!r} is not numeric: {error}") from error
-            sketch.add(values.reshape(-1))
+        return values
 
     def merge(self, other: FeatureStats) -> FeatureStats:
         """Statistics of both inputs' data together; both must come from the same reference."""
