@@ -381,6 +381,10 @@ def latency(
         "contention": trip.contention,
         "waited_for_idle_before_s": idle_wait_s,
         "latency_ms": latency_percentiles(in_order),
+        # how the agent batched a steady stream (with RIG_PREDICTION_TIMINGS on; not the naive agent)
+        "batch_size": rig_stages([record for _, record in answered.values()], sent.seconds).get("batch_size")
+        if agent.name != "naive"
+        else None,
     }
 
 
@@ -755,6 +759,9 @@ def print_report(result: dict[str, Any], output: Path) -> None:
                 f"{lat['agent_cpu_us_per_request']:>10,.0f} {lat['contention']['others_cores']:>6.2f} "
                 f"{lat['predictions']:>6}/{lat['requests']:<6}{flag}"
             )
+            if lat.get("batch_size"):
+                size = lat["batch_size"]
+                print(f"{'':<15} batches of {size['median']:.0f} requests (median), {size['mean']:.1f} mean")
     print()
     for pair, r in result["ratios"].items():
         print(
