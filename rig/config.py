@@ -197,7 +197,12 @@ class RigSettings(BaseSettings):
     """Bound on the in-process LRU's approximate bytes."""
 
     model_timeout_s: float = Field(default=2.0, gt=0)
-    """Longest a batch waits for the golden model; a slower golden sends the batch to the DLQ."""
+    """Longest a batch waits for the golden model; a slower golden makes the batch wait and try again."""
+
+    model_inline_rows: int = Field(default=32, ge=0)
+    """Batches of at most this many rows are scored on the event loop, model after model, instead of in
+    the model thread pools: for a few rows, handing the work to three threads and back costs more CPU
+    than the scoring (`rig.serving.backbone`). 0: always the pools."""
 
     experiment_grace_s: float = Field(default=0.25, ge=0)
     """After the golden answered, how much longer experiments may take before they are cut for this

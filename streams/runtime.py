@@ -134,7 +134,10 @@ class Runtime:
             registry=registry,
             client=FeatureStoreClient(settings),
             backbone=Backbone(
-                registry, timeout_s=settings.model_timeout_s, grace_s=settings.experiment_grace_s
+                registry,
+                timeout_s=settings.model_timeout_s,
+                grace_s=settings.experiment_grace_s,
+                inline_rows=settings.model_inline_rows,
             ),
             follower=ControlFollower(settings),
             producer=Producer({**settings.kafka_producer_config(), "linger.ms": 5}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +14,16 @@ import numpy as np
 import pytest
 import xgboost
 
-from rig.errors import BackboneError, ModelIntegrityError
+from rig.errors import BackboneError, GoldenUnavailable, ModelIntegrityError
 from rig.models.registry import MODEL_FILE, ModelRegistry
-from rig.serving.backbone import MODEL_NTHREAD, Backbone, BatchScores, Model, ModelWrapper
+from rig.serving.backbone import (
+    INLINE_CALL_BUDGET_S,
+    MODEL_NTHREAD,
+    Backbone,
+    BatchScores,
+    Model,
+    ModelWrapper,
+)
 
 FEATURES = ("a", "b", "c", "d")
 N_ROWS = 200
@@ -83,6 +91,20 @@ class RecordingModel:
 
     def inplace_predict(self, data: np.ndarray) -> np.ndarray:
         self.seen.append(data)
+        return self.inner.inplace_predict(data)
+
+
+class ThreadRecordingModel:
+    """Wraps a booster; keeps the name of the thread of every call, and sleeps `delay_s` in each."""
+
+    def __init__(self, inner: Model, delay_s: float = 0.0) -> None:
+        self.inner = inner
+        self.delay_s = delay_s
+        self.threads: list[str] = []
+
+    def inplace_predict(self, data: np.ndarray) -> np.ndarray:
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.delay_s)
         return self.inner.inplace_predict(data)
 
 
@@ -388,3 +410,85 @@ def test_golden_not_loaded_or_without_rows_or_bad_features_raise(world: World, b
     backbone.close()
     with pytest.raises(BackboneError, match="closed"):
         asyncio.run(backbone.predict_batch(world.features, rows, world.experiment_a))
+
+
+# --- small batches, scored inline -------------------------------------------------------------------
+
+
+def recording(delays: dict[str, float], made: dict[str, ThreadRecordingModel]) -> ModelWrapper:
+    def wrap(version: str, booster: xgboost.Booster) -> Model:
+        made[version] = ThreadRecordingModel(booster, delays.get(version, 0.0))
+        return made[version]
+
+    return wrap
+
+
+def test_a_small_batch_is_scored_on_the_calling_thread_with_the_same_scores(
+    world: World, backbones: list
+) -> None:
+    models: dict[str, ThreadRecordingModel] = {}
+    backbone = Backbone(world.registry, inline_rows=8, wrap_model=recording({}, models))
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.golden, world.experiment_a, world.experiment_b])
+    small, large = world.features[:8], world.features
+    rows = {world.golden: np.arange(8), world.experiment_a: np.arange(0, 8, 2), world.experiment_b: [7]}
+
+    inline = asyncio.run(backbone.predict_batch(small, rows, world.golden))
+    pooled = asyncio.run(backbone.predict_batch(large, rows, world.golden))
+
+    caller = threading.current_thread().name
+    for version, selected in rows.items():
+        assert models[version].threads[0] == caller
+        assert models[version].threads[1] != caller  # 200 rows: the pools
+        expected = reference(world, version, np.asarray(selected))
+        np.testing.assert_allclose(inline.scores[version], expected, rtol=0, atol=1e-7)
+        np.testing.assert_allclose(pooled.scores[version], expected, rtol=0, atol=1e-7)
+    assert inline.failed == {} and set(inline.elapsed_ms) == set(rows)
+
+
+def test_a_model_slower_than_the_inline_budget_is_scored_in_the_pools_from_then_on(
+    world: World, backbones: list
+) -> None:
+    models: dict[str, ThreadRecordingModel] = {}
+    slow = {world.experiment_a: INLINE_CALL_BUDGET_S * 4}
+    backbone = Backbone(world.registry, inline_rows=8, grace_s=1.0, wrap_model=recording(slow, models))
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.golden, world.experiment_a])
+    rows = {world.golden: np.arange(4), world.experiment_a: np.arange(4)}
+
+    first = asyncio.run(backbone.predict_batch(world.features[:4], rows, world.golden))
+    second = asyncio.run(backbone.predict_batch(world.features[:4], rows, world.golden))
+
+    caller = threading.current_thread().name
+    assert set(first.scores) == set(second.scores) == set(rows)
+    assert [name == caller for name in models[world.experiment_a].threads] == [True, False]
+    assert [name == caller for name in models[world.golden].threads] == [True, False]
+
+
+def test_inline_experiments_past_the_goldens_grace_are_cut_and_the_golden_answer_stands(
+    world: World, backbones: list
+) -> None:
+    models: dict[str, ThreadRecordingModel] = {}
+    slow = {world.experiment_a: 0.02}
+    backbone = Backbone(world.registry, inline_rows=8, grace_s=0.0, wrap_model=recording(slow, models))
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.golden, world.experiment_a, world.experiment_b])
+    rows = {world.golden: np.arange(4), world.experiment_a: np.arange(4), world.experiment_b: np.arange(4)}
+
+    result = asyncio.run(backbone.predict_batch(world.features[:4], rows, world.golden))
+
+    assert "cut before it ran" in result.failed[world.experiment_b]
+    assert models[world.experiment_b].threads == []
+    np.testing.assert_allclose(
+        result.scores[world.golden], reference(world, world.golden, np.arange(4)), rtol=0, atol=1e-7
+    )
+
+
+def test_a_failing_golden_scored_inline_raises_golden_unavailable(world: World, backbones: list) -> None:
+    backbone = Backbone(world.registry, inline_rows=8)
+    backbones.append(backbone)
+    backbone.ensure_loaded([world.golden])
+    wrong_width = np.zeros((2, len(FEATURES) + 3), dtype=np.float32)
+
+    with pytest.raises(GoldenUnavailable, match="failed"):
+        asyncio.run(backbone.predict_batch(wrong_width, {world.golden: np.arange(2)}, world.golden))
