@@ -36,9 +36,9 @@ class OffsetLedger:
     unfinished one, so a batch that finishes early never lets the offset skip a slower batch before
     it. Thread-safe: batches begin in the consumer thread and finish in the producer's poll thread.
 
-    A batch begun `in_hand` stays in hand until its handler is done with it (`handled`); `wait_room`
-    waits for that too, so the source cuts the next batch only once the handler is free, from
-    everything that arrived meanwhile.
+    A batch begun `in_hand` stays in hand until its handler is done with it (`handled`), or it is
+    finished or dropped; `wait_room` waits for that too, so the source cuts the next batch only once
+    the handler is free, from everything that arrived meanwhile.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -79,6 +79,7 @@ class OffsetLedger:
     def finish(self, batch_id: int) -> None:
         """Every output of the batch was delivered: its offsets may be committed (in order)."""
         with self._lock:
+            self._in_hand.discard(batch_id)  # delivered: no handler holds it any more
             for tp in self._batches.pop(batch_id, ()):
                 partition = self._partitions.get(tp)
                 if partition is None:
@@ -154,6 +155,7 @@ class OffsetLedger:
             for batch_id, held in list(self._batches.items()):
                 if not any(tp in self._partitions for tp in held):
                     del self._batches[batch_id]
+                    self._in_hand.discard(batch_id)
             self._lock.notify_all()
 
     def stalled_for(self, now: float | None = None) -> dict[TopicPartition, float]:

@@ -111,3 +111,12 @@ def test_batches_not_in_hand_count_only_against_the_open_limit() -> None:
     assert ledger.wait_room(limit=2, timeout_s=0.01)
     ledger.begin({A: 9})
     assert not ledger.wait_room(limit=2, timeout_s=0.01)
+
+
+def test_a_finished_or_dropped_batch_is_no_longer_in_hand() -> None:
+    ledger = OffsetLedger()
+    ledger.finish(ledger.begin({A: 9}, in_hand=True))
+    assert ledger.wait_room(limit=4, timeout_s=0.01)
+    ledger.begin({B: 9}, in_hand=True)
+    ledger.drop([B])
+    assert ledger.wait_room(limit=4, timeout_s=0.01)
