@@ -12,7 +12,7 @@ scores, as in a deployment with golden + 2 shadows).
    `--sample-every` (500,000) entries: this process's RSS (VmRSS of /proc/self/status), the stores'
    size on disk, the fill rate and the longest batch since the previous sample.
 2. sweep: source time jumps past the retention, so every entry is due; the partitions are swept one
-   after the other in slices of `streams.join.SWEEP_SLICE` (1,000), a slice a turn, as
+   after the other in slices of `streams.join.SWEEP_SLICE` (250), a slice a turn, as
    `Join.sweep_slices` does: `due` → `sweep` per entry (predicted → expired) → msgpack of the
    changelog value → `write`. Reports the longest slice (ms), the slice percentiles and the rate; a
    slice is what holds the join's serving task, so the issue's target is no slice over 50 ms. With

@@ -63,8 +63,9 @@ log = logging.getLogger(__name__)
 
 SWEEP_SLICE = 250
 """Entries one sweep turn expires or removes, on one partition. A turn holds the join's serving task
-(the work runs in a thread; the event loop goes on), so it is kept short: 5 ms of CPU at the median,
-14 ms at most, over 2 M entries (bench/bench_join_memory.py, heap frozen as in the worker)."""
+(the work runs in a thread; the event loop goes on), so it is kept short: 5-10 ms of CPU at the median,
+at most 14 ms over 2 M entries and 26 ms over 10 M (bench/bench_join_memory.py, heap frozen as in the
+worker)."""
 _encode_entry = msgspec.msgpack.Encoder().encode
 _decode_entry = msgspec.msgpack.Decoder(dict).decode
 
