@@ -38,8 +38,13 @@ Phases (before each, every agent process is idle again; the machine's other load
    rates;
 3. latency: requests at a steady rate, half of the agent's capacity then 100 req/s, `--latency-seconds`
    (20) each; end-to-end = the prediction's Kafka timestamp - the request's CreateTime (both
-   `message.timestamp()`, matched by request_id), requests produced with linger.ms 0 (a client's
-   linger is not the rig's latency).
+   `message.timestamp()`, matched by request_id). Requests are produced with `--client-linger-ms` (1):
+   the CreateTime is stamped before the linger, so it counts in the latency. With linger.ms 0 every
+   request is a produce request of its own, and at 8,000 req/s on this 2-core machine the broker
+   alone fell behind (a plain consumer, no rig: p50 709 ms, p99 1,320 ms; with 1 ms, p50 1.8 ms, p99
+   6.7 ms). Before each agent's phase at half its capacity, the same paced requests go to a topic no
+   agent serves, read by a plain consumer in a process of its own (`bench/support/path_probe.py`):
+   the Kafka path alone at that rate, the floor of the agent's latency.
 
 Where the rig agents' time goes is read from the per-batch `timings_ms` of their predictions (decode,
 enrich, transform, dispatch, predict, total), which the rig writes only with RIG_PREDICTION_TIMINGS
@@ -77,6 +82,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` 
 
 import numpy as np
 
+from bench.support import path_probe
 from bench.support.cpu import CpuUsage, cpu_seconds, thread_cpu_seconds, thread_cpu_since, wait_idle
 from bench.support.deploy import add_world_arguments, deployed_world, route, with_prefix
 from bench.support.kafka_io import Collector, Message, Sender, connected_producer, synthetic_messages
@@ -385,6 +391,71 @@ def latency(
         "batch_size": rig_stages([record for _, record in answered.values()], sent.seconds).get("batch_size")
         if agent.name != "naive"
         else None,
+        "split_ms": latency_split(
+            [(answered[r], sent.create_ms[r]) for r, _, _ in messages if r in answered]
+        ),
+    }
+
+
+def latency_split(trips: Sequence[tuple[tuple[int, Prediction], int]]) -> dict[str, dict[str, float]]:
+    """Where each request's end-to-end latency went, from the worker's own timings (none without
+    RIG_PREDICTION_TIMINGS): `before_batch`, from the request's CreateTime until its batch started
+    (delivery to the broker, fetch, hand-over, batches ahead of it); `in_batch`, the batch's stages;
+    `after_build`, from the predictions' building to their CreateTime (Avro encode, produce calls)."""
+    rows = [
+        (record.timings_ms["kafka_to_publish"], record.timings_ms.get("total", 0.0), timestamp - created)
+        for (timestamp, record), created in trips
+        if "kafka_to_publish" in record.timings_ms
+    ]
+    if not rows:
+        return {}
+    to_publish, total, end_to_end = (
+        np.asarray(column, dtype=np.float64) for column in zip(*rows, strict=True)
+    )
+    parts = {
+        "before_batch": to_publish - total,
+        "in_batch": total,
+        "after_build": end_to_end - to_publish,
+    }
+    return {
+        name: {q: float(np.percentile(v, int(q[1:]))) for q in ("p50", "p99")} for name, v in parts.items()
+    }
+
+
+def kafka_path(
+    settings: RigSettings,
+    producer: Any,
+    world: WorldSettings,
+    rate_per_s: float,
+    seconds: float,
+    pids: Sequence[int],
+) -> dict[str, Any]:
+    """The latency floor at `rate_per_s`: the same paced requests to a topic no agent serves, read by
+    a plain consumer in a process of its own (from CreateTime to arrival)."""
+    from rig.wire.topics import ensure_topics
+
+    own = with_prefix(settings, "kafka-path")
+    ensure_topics(own, ["requests"])
+    messages = synthetic_messages(own, world, max(10, int(rate_per_s * seconds)), seed=5_000)
+    wait_idle(*pids)
+    probe = path_probe.start(
+        str(settings.kafka_client_config()["bootstrap.servers"]),
+        own.topic("requests"),
+        len(messages),
+        seconds + 60,
+    )
+    sender = Sender(producer, own.topic("requests"))
+    began = time.perf_counter()
+    sender.send(messages, rate_per_s)
+    sent_s = time.perf_counter() - began
+    producer.flush(60)
+    latencies = path_probe.result(probe, seconds + 90)
+    return {
+        "target_rate_per_s": rate_per_s,
+        "achieved_rate_per_s": len(messages) / sent_s if sent_s > 0 else float("nan"),
+        "requests": len(messages),
+        "received": len(latencies),
+        "latency_ms": latency_percentiles(latencies),
     }
 
 
@@ -465,6 +536,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="backlog rounds per agent (the better counts)")
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="length of each latency phase")
     parser.add_argument(
+        "--client-linger-ms",
+        type=int,
+        default=1,
+        help="linger.ms of the steady-rate requests' producer (counted in the latency)",
+    )
+    parser.add_argument(
         "--latency-load", type=float, default=0.5, help="rate of the first latency phase, share of capacity"
     )
     parser.add_argument(
@@ -513,7 +590,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 processes.append(start_agent(name, own, logs[name], args.log_level, worker_env))
                 agents[name] = Agent(name, own, processes[-1])
             pids = [agent.process.pid for agent in agents.values()]
-            backlog_producer, paced_producer = connected_producer(settings), connected_producer(settings, 0)
+            backlog_producer, paced_producer = (
+                connected_producer(settings),
+                connected_producer(settings, args.client_linger_ms),
+            )
             clock.lap("deploy_s")
 
             say(f"warm-up of {', '.join(agents)}: a probe request each, then a small burst")
@@ -555,6 +635,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "latency_100_per_s": SLOW_RATE_PER_S,
                 }
                 for j, (key, rate) in enumerate(rates.items()):
+                    if key == "latency_half_capacity":
+                        say(f"latency: the Kafka path alone at {rate:,.0f} req/s")
+                        floor = kafka_path(settings, paced_producer, world, rate, args.latency_seconds, pids)
+                        measured[name]["kafka_path_half_capacity"] = floor
+                        ms = floor["latency_ms"]
+                        say(f"  Kafka path: p50 {ms['p50']:.1f} ms, p99 {ms['p99']:.1f} ms")
                     say(f"latency: {name} at {rate:,.0f} req/s for {args.latency_seconds:.0f} s")
                     lat = latency(
                         agent, paced_producer, world, rate, args.latency_seconds, 3_000 + 10 * i + j, pids
@@ -588,7 +674,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "worker_env": worker_env,
             "model_versions": versions,
             "routing": {"golden": versions["golden"], "shadows": {n: versions[n] for n in SHADOWS}},
-            "latency_producer_linger_ms": 0,
+            "latency_producer_linger_ms": args.client_linger_ms,
         },
         "phases_s": clock.phases,
         "warm_up": warm,
@@ -718,6 +804,16 @@ def fell_behind(lat: dict[str, Any]) -> bool:
     return bool(ms["p50_last_tenth"] > 2 * ms["p50_first_tenth"] + 100)
 
 
+def latency_row(label: str, lat: dict[str, Any], cpu: str, answered: int) -> str:
+    """One line of the latency table: rates, percentiles, `cpu` (preformatted), answered/sent."""
+    ms = lat["latency_ms"]
+    return (
+        f"{label:<15} {lat['target_rate_per_s']:>8,.0f} {lat['achieved_rate_per_s']:>8,.0f} "
+        f"{ms['p50']:>7.1f} {ms['p90']:>7.1f} {ms['p99']:>7.1f} {ms['max']:>7.1f} {cpu} "
+        f"{answered:>6}/{lat['requests']:<6}"
+    )
+
+
 def print_report(result: dict[str, Any], output: Path) -> None:
     agents, config = result["agents"], result["config"]
     print(
@@ -751,17 +847,21 @@ def print_report(result: dict[str, Any], output: Path) -> None:
     )
     for name, agent in agents.items():
         for key in ("latency_half_capacity", "latency_100_per_s"):
-            lat, ms = agent[key], agent[key]["latency_ms"]
+            lat = agent[key]
             flag = "  ! fell behind" if fell_behind(lat) else ""
-            print(
-                f"{name:<15} {lat['target_rate_per_s']:>8,.0f} {lat['achieved_rate_per_s']:>8,.0f} "
-                f"{ms['p50']:>7.1f} {ms['p90']:>7.1f} {ms['p99']:>7.1f} {ms['max']:>7.1f} "
-                f"{lat['agent_cpu_us_per_request']:>10,.0f} {lat['contention']['others_cores']:>6.2f} "
-                f"{lat['predictions']:>6}/{lat['requests']:<6}{flag}"
-            )
+            cpu = f"{lat['agent_cpu_us_per_request']:>10,.0f} {lat['contention']['others_cores']:>6.2f}"
+            print(latency_row(name, lat, cpu, lat["predictions"]) + flag)
             if lat.get("batch_size"):
                 size = lat["batch_size"]
                 print(f"{'':<15} batches of {size['median']:.0f} requests (median), {size['mean']:.1f} mean")
+            if key == "latency_half_capacity" and "kafka_path_half_capacity" in agent:
+                floor = agent["kafka_path_half_capacity"]
+                print(latency_row("  Kafka alone", floor, f"{'':>17}", floor["received"]))
+            if lat.get("split_ms"):
+                parts = ", ".join(
+                    f"{k} p50 {v['p50']:.1f} p99 {v['p99']:.1f}" for k, v in lat["split_ms"].items()
+                )
+                print(f"{'':<15} {parts}")
     print()
     for pair, r in result["ratios"].items():
         print(
