@@ -25,6 +25,10 @@ PSI_EPSILON = 1e-4
 """Floor of a bin's share in PSI, so that an empty bin gives a large but finite term."""
 QUANTILES: tuple[float, ...] = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 """Quantile levels written by `FeatureStats.to_dict`."""
+HELD_ROWS = 512
+"""Rows `FeatureStats.update` holds before adding them at once: adding costs ~105 µs however few rows
+(32 features: 5 rows 110 µs, 500 rows 362 µs), and a worker at a steady rate updates with batches of a
+few rows (at 1,100 req/s, ~5 rows: 180 µs of the event loop per batch)."""
 COMPARISONS_PER_CHUNK = 1 << 22
 """Value-to-edge comparisons made at once when binning, which bounds the memory a large batch takes."""
 
@@ -193,7 +197,8 @@ class FeatureStats:
     """Mergeable statistics of numeric features, with PSI drift against a reference distribution.
 
     Build one with `from_reference` (training data) or `from_dict` (stored); feed serving batches
-    with `update`. Missing means NaN, None or ±inf; it counts in its own PSI bin.
+    with `update`. Missing means NaN, None or ±inf; it counts in its own PSI bin. Updates are held
+    until `HELD_ROWS` rows are, and added before anything reads the statistics.
     """
 
     def __init__(self, sketches: Mapping[str, _Sketch]) -> None:
@@ -205,6 +210,8 @@ class FeatureStats:
             name: replace(sketch, counts=self._counts[start:stop])
             for (name, sketch), (start, stop) in zip(sketches.items(), bounds, strict=True)
         }
+        self._held: list[FloatArray] = []
+        self._held_rows = 0
 
     @classmethod
     def from_reference(cls, frame: pd.DataFrame, bins: int = DEFAULT_BINS) -> FeatureStats:
@@ -251,8 +258,17 @@ class FeatureStats:
         if len(lengths) > 1:
             raise MetadataError(f"feature columns have different lengths: {sorted(lengths)}")
         rows = lengths.pop() if lengths else 0
-        values = self._matrix(columns, rows)
-        self._layout.add(list(self._sketches.values()), self._counts, values)
+        self._held.append(self._matrix(columns, rows))
+        self._held_rows += rows
+        if self._held_rows >= HELD_ROWS:
+            self._add_held()
+
+    def _add_held(self) -> None:
+        """Add the rows `update` held (before any read of the statistics)."""
+        if self._held:
+            values = np.concatenate(self._held, axis=1)
+            self._held, self._held_rows = [], 0
+            self._layout.add(list(self._sketches.values()), self._counts, values)
 
     def _matrix(self, columns: Mapping[str, npt.ArrayLike], rows: int) -> FloatArray:
         """The tracked columns as float64, one row per feature (all NaN for an absent one)."""
@@ -275,6 +291,8 @@ class FeatureStats:
         """Statistics of both inputs' data together; both must come from the same reference."""
         if set(self._sketches) != set(other._sketches):
             raise MetadataError("feature statistics of different feature sets cannot be merged")
+        self._add_held()
+        other._add_held()
         return FeatureStats({name: s.merged(other._sketches[name]) for name, s in self._sketches.items()})
 
     def empty(self) -> FeatureStats:
@@ -288,14 +306,17 @@ class FeatureStats:
 
     def psi(self) -> dict[str, float]:
         """Population stability index per feature (NaN before any data); > 0.25 is a large shift."""
+        self._add_held()
         return {name: sketch.psi() for name, sketch in self._sketches.items()}
 
     def quantiles(self, levels: Sequence[float] = QUANTILES) -> dict[str, list[float]]:
         """Approximate quantiles per feature, exact to within one bin."""
+        self._add_held()
         return {name: sketch.quantiles(levels).tolist() for name, sketch in self._sketches.items()}
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """JSON-ready statistics per feature (NaN and ±inf written as None)."""
+        self._add_held()
         return {name: sketch.to_dict() for name, sketch in self._sketches.items()}
 
 

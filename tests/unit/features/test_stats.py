@@ -105,6 +105,33 @@ def test_update_matches_per_feature_binning_and_numpy_moments(
             assert (summary["mean"], summary["m2"], summary["min"], summary["max"]) == (None, 0.0, None, None)
 
 
+def test_rows_held_by_update_are_added_once_before_any_read() -> None:
+    rng = np.random.default_rng(5)
+    sizes = (3, 700, 5, 1, 2)
+    batches = [
+        {"amount": rng.lognormal(3, 1, n), "age": rng.integers(18, 25, n).astype(float)} for n in sizes
+    ]
+    at_once, held, merged_late = reference(10).empty(), reference(10).empty(), reference(10).empty()
+    with mock.patch.object(stats_module, "HELD_ROWS", 1):  # every update added at once
+        for batch in batches:
+            at_once.update(batch)
+    for i, batch in enumerate(batches):
+        held.update(batch)
+        merged_late.update(batch)
+        if i == 2:
+            held.psi()  # a read adds what is held, and only once
+    both = merged_late.merge(reference(10).empty())
+    for stats in (held, held, both):
+        for name, summary in stats.to_dict().items():
+            expected = at_once.to_dict()[name]
+            if name not in ("amount", "age"):  # no rows: nothing to round differently
+                assert summary == expected
+                continue
+            assert summary["counts"] == expected["counts"] and summary["n"] == expected["n"] == sum(sizes)
+            assert summary["mean"] == pytest.approx(expected["mean"], rel=1e-12)
+            assert summary["m2"] == pytest.approx(expected["m2"], rel=1e-9)
+
+
 def test_reference_histograms_match_per_feature_binning_even_in_small_chunks() -> None:
     rng = np.random.default_rng(3)
     frame = pd.DataFrame({"x": rng.normal(0, 1, 1_000), "k": rng.integers(0, 5, 1_000).astype(float)})
