@@ -3,7 +3,8 @@
 A table of `entity_id` + `event_timestamp` rows → Feast historical retrieval (each row's features as
 of its time, point-in-time correct) → the fitted transform stored with the models (once per
 transform version, whatever the number of models sharing it) → each model's columns → XGBoost
-`inplace_predict`. Transform and models are the very artifacts the online path serves.
+`inplace_predict` (through `DenseScorer`, as online). Transform and models are the very artifacts
+the online path serves.
 
 Choices (callers rely on them):
 - No row is dropped or reordered. A row that cannot be scored keeps its place with NaN scores and
@@ -40,12 +41,12 @@ from rig.config import RigSettings
 from rig.errors import BatchInputError, RegistryError
 from rig.features.selection import FeatureSelection
 from rig.features.store import FeatureStoreClient
+from rig.models.dense import DenseScorer
 from rig.models.registry import ModelRegistry
 from rig.transform.model_inputs import column_index
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    import xgboost
 
     from rig.transform.fitted import FittedTransform
 
@@ -80,7 +81,7 @@ def score_column(version: str) -> str:
 @dataclass(frozen=True)
 class _Model:
     version: str
-    booster: xgboost.Booster
+    scorer: DenseScorer  # the online path's call into XGBoost
     columns: np.ndarray  # positions of the model's features in its transform's output
 
 
@@ -153,7 +154,7 @@ class _Scorer:
                 scores[model.version] = np.full(n, np.nan)
                 if rows.size:
                     x = result.values[np.ix_(rows, model.columns)]
-                    scores[model.version][rows] = model.booster.inplace_predict(x)
+                    scores[model.version][rows] = model.scorer.inplace_predict(x)
             prefix = f"[{group.transform.version}] " if several else ""
             for row, why in result.reasons.items():
                 if usable[row]:
@@ -210,7 +211,7 @@ def _load_groups(registry: ModelRegistry, versions: Sequence[str]) -> list[_Tran
         except KeyError as error:
             raise RegistryError(f"model {version}: {error.args[0]}") from error
         members.setdefault(meta.transform_version, []).append(
-            _Model(version, registry.load(version), columns)
+            _Model(version, DenseScorer(registry.load(version)), columns)
         )
     return [_TransformGroup(transforms[key], tuple(models)) for key, models in members.items()]
 

@@ -1,0 +1,93 @@
+"""XGBoost's own prediction call on a dense float32 matrix, without the Python wrapper's work per call.
+
+`Booster.inplace_predict` spends ~110 µs per call in Python around the C call (a JSON configuration,
+the array interface, input checks, a class built for the output), however few the rows: on this
+2-core machine one row took 197 µs with it and 84 µs through `DenseScorer`, five rows 228 against
+107 µs, 500 rows 1,478 against 1,328 µs (one thread). A worker at a steady rate scores a few rows per
+batch with three models, so that overhead was most of the predict stage. `DenseScorer` makes the same
+call, `XGBoosterPredictFromDense` of XGBoost's public C API (through the library the xgboost package
+loaded), with its configuration encoded once: the same function on the same input, so the same
+scores, bit for bit (tests/unit/models/test_dense.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+from functools import cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import xgboost
+
+_CONFIG = json.dumps(  # what inplace_predict sends for a value prediction (no margin, all trees)
+    {
+        "type": 0,
+        "training": False,
+        "iteration_begin": 0,
+        "iteration_end": 0,
+        "missing": math.nan,
+        "strict_shape": False,
+        "cache_id": 0,
+    }
+).encode()
+
+
+@cache
+def _library() -> ctypes.CDLL:
+    """libxgboost as the xgboost package found it (loading it again shares the loaded one)."""
+    from xgboost.libpath import find_lib_path
+
+    library = ctypes.CDLL(find_lib_path()[0])
+    library.XGBGetLastError.restype = ctypes.c_char_p
+    return library
+
+
+class DenseScorer:
+    """`inplace_predict` for a 2-D float32 matrix (other float dtypes are cast to float32, as XGBoost
+    itself reads them), through XGBoost's C API; the `Model` the backbone calls. Thread-safe as
+    `inplace_predict` is: XGBoost keeps each thread's output buffer apart, copied before returning."""
+
+    def __init__(self, booster: xgboost.Booster) -> None:
+        self._lib = _library()
+        self.booster = booster  # holds the handle alive
+        self.features = booster.num_features()
+
+    def inplace_predict(self, data: np.ndarray) -> np.ndarray:
+        """One score per row of `data` (more per row for a multi-output model), float32.
+
+        Raises:
+            ValueError: `data` is not 2-D with the booster's number of features.
+            xgboost.core.XGBoostError: XGBoost refused the call (its message).
+        """
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        if data.ndim != 2 or data.shape[1] != self.features:
+            raise ValueError(f"Feature shape mismatch, expected: {self.features}, got {data.shape}")
+        interface = (
+            f'{{"data": [{data.ctypes.data}, true], "shape": [{data.shape[0]}, {data.shape[1]}], '
+            f'"strides": null, "typestr": "<f4", "version": 3}}'
+        ).encode()
+        shape = ctypes.POINTER(ctypes.c_uint64)()
+        dims = ctypes.c_uint64()
+        scores = ctypes.POINTER(ctypes.c_float)()
+        status = self._lib.XGBoosterPredictFromDense(
+            self.booster.handle,
+            interface,
+            _CONFIG,
+            ctypes.c_void_p(),
+            ctypes.byref(shape),
+            ctypes.byref(dims),
+            ctypes.byref(scores),
+        )
+        if status != 0:
+            from xgboost.core import XGBoostError
+
+            raise XGBoostError(self._lib.XGBGetLastError().decode())
+        out_shape = tuple(int(shape[i]) for i in range(dims.value))
+        if math.prod(out_shape) == 0:
+            return np.empty(out_shape, dtype=np.float32)
+        # XGBoost's buffer is reused by this thread's next call on the booster: copy it out now.
+        return np.ctypeslib.as_array(scores, shape=out_shape).copy()

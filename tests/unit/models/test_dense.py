@@ -1,0 +1,77 @@
+"""DenseScorer gives XGBoost's inplace_predict scores bit for bit, on every input the backbone passes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from functools import cache
+
+import numpy as np
+import pytest
+import xgboost as xgb
+
+from rig.models.dense import DenseScorer
+
+FEATURES = 6
+
+
+def training_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2_000, FEATURES)).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    y = (np.nan_to_num(x[:, 0]) + np.nan_to_num(x[:, 1]) * np.nan_to_num(x[:, 2]) > 0).astype(int)
+    return x, y
+
+
+@cache
+def booster(objective: str = "binary:logistic") -> xgb.Booster:
+    x, y = training_data()
+    params = {"max_depth": 4, "objective": objective, "nthread": 1}
+    if objective.startswith("multi"):
+        params["num_class"] = 3
+        y = y + (x[:, 3] > 0.5)
+    return xgb.train(params, xgb.DMatrix(x, y), num_boost_round=30)
+
+
+def rows(n: int, seed: int = 1) -> np.ndarray:
+    x, _ = training_data(seed)
+    return np.ascontiguousarray(x[:n])
+
+
+@pytest.mark.parametrize("n", [1, 7, 300])
+@pytest.mark.parametrize("objective", ["binary:logistic", "reg:squarederror", "multi:softprob"])
+def test_scores_equal_inplace_predict_bit_for_bit(n: int, objective: str) -> None:
+    model = booster(objective)
+    data = rows(n)
+    expected = model.inplace_predict(data)
+    scores = DenseScorer(model).inplace_predict(data)
+    assert scores.shape == expected.shape and scores.dtype == np.float32
+    assert np.array_equal(scores, expected)
+
+
+def test_views_and_float64_are_read_as_xgboost_reads_them() -> None:
+    model = booster()
+    wide = rows(50, seed=2).repeat(2, axis=1)  # every feature twice: a strided view of half of them
+    view = wide[::2, ::2]
+    scorer = DenseScorer(model)
+    assert not view.flags.c_contiguous
+    assert np.array_equal(scorer.inplace_predict(view), model.inplace_predict(np.ascontiguousarray(view)))
+    doubles = rows(50, seed=3).astype(np.float64) * 1.000000001
+    assert np.array_equal(scorer.inplace_predict(doubles), model.inplace_predict(doubles))
+
+
+def test_the_wrong_number_of_features_is_refused() -> None:
+    scorer = DenseScorer(booster())
+    with pytest.raises(ValueError, match=f"expected: {FEATURES}"):
+        scorer.inplace_predict(np.zeros((3, FEATURES + 1), dtype=np.float32))
+    with pytest.raises(ValueError, match="Feature shape mismatch"):
+        scorer.inplace_predict(np.zeros(FEATURES, dtype=np.float32))
+
+
+def test_threads_get_their_own_scores() -> None:
+    model = booster()
+    scorer = DenseScorer(model)
+    batches = [rows(n, seed=n) for n in (1, 2, 3, 5, 8, 13, 21, 34, 55, 89) * 20]
+    expected = [model.inplace_predict(batch) for batch in batches]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(scorer.inplace_predict, batches))
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
