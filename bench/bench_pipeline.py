@@ -448,7 +448,9 @@ def kafka_path(
     began = time.perf_counter()
     sender.send(messages, rate_per_s)
     sent_s = time.perf_counter() - began
-    producer.flush(60)
+    if producer.flush(60) or sender.failed:
+        probe.kill()
+        raise RuntimeError(f"requests to {sender.topic} not all acknowledged")
     latencies = path_probe.result(probe, seconds + 90)
     return {
         "target_rate_per_s": rate_per_s,

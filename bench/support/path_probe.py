@@ -20,6 +20,10 @@ import uuid
 
 from confluent_kafka import Consumer, TopicPartition
 
+BATCH_MAX = 500
+"""Messages taken behind the first one per round, as the rig's source does (`RIG_BATCH_MAX`'s default);
+`consume` also refuses more than 1,000,000 at once."""
+
 
 def probe(bootstrap: str, topic: str, count: int, timeout_s: float) -> list[float]:
     """Milliseconds from each message's CreateTime to its arrival here, in arrival order."""
@@ -42,7 +46,7 @@ def probe(bootstrap: str, topic: str, count: int, timeout_s: float) -> list[floa
             if first is None:
                 continue
             now_ms = time.time() * 1000
-            for message in [first, *consumer.consume(count - len(latencies), timeout=0)]:
+            for message in [first, *consumer.consume(min(BATCH_MAX, count - len(latencies)), timeout=0)]:
                 if message.error() is None:
                     latencies.append(now_ms - message.timestamp()[1])
         return latencies
