@@ -66,6 +66,7 @@ from rig.errors import ExplainerError
 from rig.explain.anchors import Anchor, AnchorSearch
 from rig.explain.counterfactual import Counterfactual, CounterfactualSearch
 from rig.explain.records import Record
+from rig.models.dense import DenseScorer
 
 if TYPE_CHECKING:
     import xgboost
@@ -249,6 +250,7 @@ class Explainer:
         if np.isinf(ref).any():
             raise ExplainerError("reference holds infinite values")
         self.booster = booster
+        self._scorer = DenseScorer(booster)  # the backbone's call: XGBoost's C call without its wrapper
         self.feature_names = names
         self.threshold = float(threshold)
         allowed = set(names if mutable is None else mutable)
@@ -312,10 +314,10 @@ class Explainer:
         return values
 
     def _margins(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.booster.inplace_predict(x, predict_type="margin"), dtype=np.float64)
+        return np.asarray(self._scorer.inplace_predict(x, predict_type="margin"), dtype=np.float64)
 
     def _scores(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.booster.inplace_predict(x), dtype=np.float64)
+        return np.asarray(self._scorer.inplace_predict(x), dtype=np.float64)
 
     # --------------------------------------------------------------------------------------- SHAP
     def shap(self, rows: Any) -> list[ShapExplanation]:

@@ -23,17 +23,20 @@ import numpy as np
 if TYPE_CHECKING:
     import xgboost
 
-_CONFIG = json.dumps(  # what inplace_predict sends for a value prediction (no margin, all trees)
-    {
-        "type": 0,
-        "training": False,
-        "iteration_begin": 0,
-        "iteration_end": 0,
-        "missing": math.nan,
-        "strict_shape": False,
-        "cache_id": 0,
-    }
-).encode()
+_CONFIG = {  # what inplace_predict sends, per predict_type ("value": the objective's output)
+    predict_type: json.dumps(
+        {
+            "type": 1 if predict_type == "margin" else 0,
+            "training": False,
+            "iteration_begin": 0,
+            "iteration_end": 0,
+            "missing": math.nan,
+            "strict_shape": False,
+            "cache_id": 0,
+        }
+    ).encode()
+    for predict_type in ("value", "margin")
+}
 
 
 @cache
@@ -56,13 +59,18 @@ class DenseScorer:
         self.booster = booster  # holds the handle alive
         self.features = booster.num_features()
 
-    def inplace_predict(self, data: np.ndarray) -> np.ndarray:
-        """One score per row of `data` (more per row for a multi-output model), float32.
+    def inplace_predict(self, data: np.ndarray, predict_type: str = "value") -> np.ndarray:
+        """One score per row of `data` (more per row for a multi-output model), float32; with
+        `predict_type="margin"` the untransformed margin, as XGBoost's own `inplace_predict` gives it.
 
         Raises:
-            ValueError: `data` is not 2-D with the booster's number of features.
+            ValueError: `data` is not 2-D with the booster's number of features, or `predict_type` is
+                neither "value" nor "margin".
             xgboost.core.XGBoostError: XGBoost refused the call (its message).
         """
+        config = _CONFIG.get(predict_type)
+        if config is None:
+            raise ValueError(f"predict_type must be 'value' or 'margin', got {predict_type!r}")
         data = np.ascontiguousarray(data, dtype=np.float32)
         if data.ndim != 2 or data.shape[1] != self.features:
             raise ValueError(f"Feature shape mismatch, expected: {self.features}, got {data.shape}")
@@ -76,7 +84,7 @@ class DenseScorer:
         status = self._lib.XGBoosterPredictFromDense(
             self.booster.handle,
             interface,
-            _CONFIG,
+            config,
             ctypes.c_void_p(),
             ctypes.byref(shape),
             ctypes.byref(dims),

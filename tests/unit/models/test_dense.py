@@ -75,3 +75,17 @@ def test_threads_get_their_own_scores() -> None:
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         got = list(pool.map(scorer.inplace_predict, batches))
     assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+@pytest.mark.parametrize("objective", ["binary:logistic", "multi:softprob"])
+def test_margins_equal_inplace_predict_bit_for_bit(objective: str) -> None:
+    model = booster(objective)
+    data = rows(40, seed=4)
+    margins = DenseScorer(model).inplace_predict(data, predict_type="margin")
+    assert np.array_equal(margins, model.inplace_predict(data, predict_type="margin"))
+    assert not np.array_equal(margins, model.inplace_predict(data))  # a margin, not the probability
+
+
+def test_unknown_predict_type_is_refused() -> None:
+    with pytest.raises(ValueError, match="predict_type"):
+        DenseScorer(booster()).inplace_predict(rows(3), predict_type="leaf")
