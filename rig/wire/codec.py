@@ -34,6 +34,7 @@ from fastavro.schema import expand_schema, fingerprint, to_parsing_canonical_for
 from fastavro.validation import ValidationError, validate
 
 from rig.errors import CodecError
+from rig.wire.avro_reader import compile_reader
 from rig.wire.avro_writer import compile_writer
 from rig.wire.records import Record, to_plain
 
@@ -244,6 +245,12 @@ class Codec(Generic[T]):
         self.record_type = record_type
         self.schema_name = schema_name = record_type.__name__
         self._schemas_dir = schemas_dir or SCHEMAS_DIR
+        if (
+            shape is not None
+            and schemas_dir is None
+            and shape.schema == _schema_json(schema_name, SCHEMAS_DIR)
+        ):
+            shape = None  # laid out as its schema file says (e.g. the synthetic world's entity_id): no shape
         self._shape = shape
         if shape is None:
             self.schema = load_schema(schema_name, schemas_dir)
@@ -262,6 +269,12 @@ class Codec(Generic[T]):
         self._json_schema = expand_schema(raw)
         # A record laid out by a shape is rewritten as a dict first: it keeps fastavro's writer.
         self._compiled = compile_writer(self._json_schema) if shape is None else None
+        # The compiled reader builds the record classes without msgspec's conversion, so only for the
+        # repository's schemas, which tests/unit/wire/test_records.py keeps equal to the classes.
+        self._read_compiled = None
+        if shape is None and schemas_dir is None:
+            classes = {cls.__name__: cls for cls in Record.__subclasses__()}
+            self._read_compiled = compile_reader(self._json_schema, {**classes, schema_name: record_type})
         self._canonical = to_parsing_canonical_form(self.schema)
         self.fingerprint, avro_package_fingerprint = _fingerprints(self.schema)
         self._accepted_fingerprints = frozenset({self.fingerprint, avro_package_fingerprint})
@@ -386,7 +399,7 @@ class Codec(Generic[T]):
                 return Rejected(data, "truncated single-object header", ErrorType.MALFORMED)
             if data[2:10] not in self._accepted_fingerprints:
                 return Rejected(data, self._foreign_fingerprint(data[2:10]), ErrorType.UNKNOWN_SCHEMA)
-            return self._read_body(data, 10, None)
+            return self._compiled_record(data) or self._read_body(data, 10, None)
         if data[0] == CONFLUENT_MAGIC:
             return self._decode_confluent(data)
         if data[:1] in b"{ \t\r\n" and data.lstrip()[:1] == b"{":
@@ -398,6 +411,17 @@ class Codec(Generic[T]):
             accepted += ", Confluent (0x00)"
         reason = f"unknown message format (first byte 0x{data[0]:02x}); expected {accepted}"
         return Rejected(data, reason, ErrorType.MALFORMED)
+
+    def _compiled_record(self, data: bytes) -> T | None:
+        """The single-object message's record read by the compiled reader, or None for fastavro to read
+        it (no compiled reader, or anything but a well-formed body: fastavro then says what is wrong)."""
+        if self._read_compiled is None:
+            return None
+        try:
+            record, end = self._read_compiled(data, 10)
+        except Exception:  # noqa: BLE001 - any refusal means: let fastavro read it (and say why)
+            return None
+        return record if end == len(data) else None
 
     def _read_body(self, data: bytes, start: int, writer: dict[str, Any] | None) -> T | Rejected:
         buffer = io.BytesIO(data)

@@ -3,11 +3,8 @@ it, exactly the bytes fastavro writes; values it cannot write make the codec fal
 
 from __future__ import annotations
 
-import io
-import json
 from typing import Any
 
-import fastavro
 import msgspec
 import numpy as np
 import pytest
@@ -17,69 +14,9 @@ from hypothesis import strategies as st
 
 from rig.errors import CodecError
 from rig.wire.avro_writer import compile_writer
-from rig.wire.codec import SCHEMAS_DIR, Codec
-from rig.wire.records import (
-    ControlEvent,
-    DeadLetter,
-    Decision,
-    Explanation,
-    JoinedOutcome,
-    ModelScore,
-    Outcome,
-    Prediction,
-    Record,
-    Request,
-)
-
-RECORDS: dict[str, type[Record]] = {
-    cls.__name__: cls
-    for cls in (ControlEvent, DeadLetter, Decision, Explanation, JoinedOutcome, Outcome, Prediction, Request)
-}
-LIMITS = {"int": 2**31, "long": 2**63}
-
-
-def raw_schema(name: str) -> dict[str, Any]:
-    return json.loads((SCHEMAS_DIR / f"{name}.avsc").read_text())
-
-
-def values_of(schema: Any) -> st.SearchStrategy[Any]:
-    """Plain values (what fastavro writes) of any Avro schema the rig uses; lists and maps go past 64
-    items so that their counts take more than one varint byte."""
-    if isinstance(schema, list):
-        return st.one_of(*(values_of(branch) for branch in schema))
-    kind = schema if isinstance(schema, str) else schema["type"]
-    if isinstance(kind, dict | list):
-        return values_of(kind)
-    if kind == "null":
-        return st.none()
-    if kind == "boolean":
-        return st.booleans()
-    if kind in LIMITS:
-        limit = LIMITS[kind]
-        return st.integers(-limit, limit - 1) | st.integers(-100, 100)
-    if kind == "double":
-        return st.floats()
-    if kind == "float":
-        return st.floats(width=32)
-    if kind == "string":
-        return st.text(max_size=80)
-    if kind == "bytes":
-        return st.binary(max_size=80)
-    if kind == "enum":
-        return st.sampled_from(schema["symbols"])
-    if kind == "array":
-        return st.lists(values_of(schema["items"]), max_size=70)
-    if kind == "map":
-        return st.dictionaries(st.text(max_size=10), values_of(schema["values"]), max_size=70)
-    if kind == "record":
-        return st.fixed_dictionaries({field["name"]: values_of(field["type"]) for field in schema["fields"]})
-    raise AssertionError(f"no strategy for {kind!r}")
-
-
-def fastavro_body(name: str, plain: dict[str, Any]) -> bytes:
-    out = io.BytesIO()
-    fastavro.schemaless_writer(out, fastavro.parse_schema(raw_schema(name)), plain)
-    return out.getvalue()
+from rig.wire.codec import Codec
+from rig.wire.records import ModelScore, Prediction
+from tests.unit.wire.avro_values import RECORDS, fastavro_body, raw_schema, values_of
 
 
 @pytest.mark.parametrize("name", sorted(RECORDS))
