@@ -33,19 +33,20 @@ class Unsupported(ValueError):
 
 def _varint(value: Any, kind: str = "long") -> bytes:
     """The zigzag varint of an int or long, refusing what fastavro refuses (floats, out of range)."""
-    if isinstance(value, bool | int | np.integer):
-        number = int(value)
-        low, high = _LIMITS[kind]
-        if low <= number <= high:
-            zigzag = (number << 1) ^ (number >> 63)
-            out = bytearray()
-            while zigzag > 0x7F:
-                out.append((zigzag & 0x7F) | 0x80)
-                zigzag >>= 7
-            out.append(zigzag)
-            return bytes(out)
-        raise OverflowError(f"{number} is out of the range of an Avro {kind}")
-    raise TypeError(f"{type(value).__name__} is not an Avro {kind}")
+    if type(value) is not int:  # a plain int (the common case) needs no check of its type
+        if not isinstance(value, bool | int | np.integer):
+            raise TypeError(f"{type(value).__name__} is not an Avro {kind}")
+        value = int(value)
+    low, high = _LIMITS[kind]
+    if not low <= value <= high:
+        raise OverflowError(f"{value} is out of the range of an Avro {kind}")
+    zigzag = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while zigzag > 0x7F:
+        out.append((zigzag & 0x7F) | 0x80)
+        zigzag >>= 7
+    out.append(zigzag)
+    return bytes(out)
 
 
 def _length(count: int) -> bytes:
@@ -99,8 +100,9 @@ class _Compiler:
             self.emit(depth, f"a(_float({expr}))")
         elif kind == "string":
             name = self.fresh("s")
-            self.emit(depth, f"{name} = {expr}.encode()")
-            self.emit(depth, f"a(_length(len({name}))); a({name})")
+            size = self.fresh("z")
+            self.emit(depth, f"{name} = {expr}.encode(); {size} = len({name})")
+            self.emit(depth, f"a(_SMALL[{size}] if {size} < 64 else _varint({size})); a({name})")
         elif kind == "bytes":
             name = self.fresh("b")
             self.emit(depth, f"{name} = {expr}")
