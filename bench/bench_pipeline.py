@@ -46,6 +46,11 @@ Phases (before each, every agent process is idle again; the machine's other load
    agent serves, read by a plain consumer in a process of its own (`bench/support/path_probe.py`):
    the Kafka path alone at that rate, the floor of the agent's latency.
 
+Before all that (`--before`, default 5dff287, the commit before the hot-path issue's first change; `none`
+skips it), the bare loop, worker_predict and worker of that commit are measured by its own
+bench_pipeline.py, in a git worktree of it, with the same backlog, rounds and worker settings: the
+report sets each agent's rate, CPU per request and stages beside today's, measured in the same run.
+
 Where the rig agents' time goes is read from the per-batch `timings_ms` of their predictions (decode,
 enrich, transform, dispatch, predict, total), which the rig writes only with RIG_PREDICTION_TIMINGS
 (off as shipped: `--worker-env RIG_PREDICTION_TIMINGS=true` for that table, at ~8 µs per request);
@@ -68,9 +73,11 @@ Run (from the repository root): .venv/bin/python bench/bench_pipeline.py
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -114,6 +121,9 @@ NAIVE_STAGES = ("decode", "enrich", "transform", "predict", "total")
 SLOW_RATE_PER_S = 100.0
 TARGETS = {"share_of_bare_loop": 0.80, "p99_ms_at_half_capacity": 25.0, "p50_ms_at_100_per_s": 10.0}
 BEFORE = {"faust_predict_agent_req_s": 3_599, "bare_loop_req_s": 14_646}  # the issue's measurement
+BEFORE_COMMIT = "5dff287"
+"""The commit before the hot-path issue's first change (151f520, the compiled Avro writer)."""
+BEFORE_AGENTS = ("bare_loop", "worker_predict", "worker")
 HOT_PATH = {
     "cpu_us": 20.0,
     "worker_req_s": 25_000,
@@ -565,6 +575,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--peer-requests", type=int, default=20_000, help="backlog of one-row requests of each peer run"
     )
+    parser.add_argument(
+        "--before",
+        default=BEFORE_COMMIT,
+        help="commit whose bench_pipeline.py measures the same agents first, in a git worktree of it "
+        f"(default {BEFORE_COMMIT}, the commit before the hot-path issue's first change; 'none' skips)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON results")
     args = parser.parse_args(argv)
     args.env = worker_env(parser, args)
@@ -684,6 +700,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "codec_costs_bench_process": costs,
         "peers": peers,
     }
+
+
+def run_before(args: argparse.Namespace) -> dict[str, Any]:
+    """The agents of `BEFORE_AGENTS` that this run measures, measured first by `args.before`'s own
+    bench_pipeline.py in a git worktree of that commit (its code and its bench, on the same broker,
+    Redis and machine): its JSON results, or {} with --before none."""
+    agents = [name for name in args.agents if name in BEFORE_AGENTS]
+    if args.before == "none" or not agents:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="rig-bench-before-") as folder:
+        tree, output = Path(folder) / "tree", Path(folder) / "before.json"
+        say(f"before: today's code at {args.before}, by its own bench_pipeline.py ({', '.join(agents)})")
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", "--force", str(tree), args.before],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            command = [
+                sys.executable,
+                str(tree / "bench" / "bench_pipeline.py"),
+                f"--agents={','.join(agents)}",
+                f"--requests={args.requests}",
+                f"--rounds={args.rounds}",
+                "--latency-seconds=1",  # its latency phases measured the broker (linger 0): not compared
+                f"--output={output}",
+                *(f"--worker-env={name}={value}" for name, value in args.env.items()),
+            ]
+            ran = subprocess.run(command, cwd=tree, capture_output=True, text=True)
+            if ran.returncode != 0:
+                raise RuntimeError(f"bench_pipeline.py of {args.before} failed:\n{ran.stderr[-4000:]}")
+            measured: dict[str, Any] = json.loads(output.read_text())
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
+    for name in agents:
+        tp = measured["agents"][name]["throughput"]
+        say(f"  before: {name}: {capacity(tp):,.0f} req/s, {tp['agent_cpu_us_per_request']:.0f} CPU µs/req")
+    return {"commit": args.before, "code": measured["code"], "agents": measured["agents"]}
 
 
 def mlserver_runs(
@@ -893,6 +947,7 @@ def print_report(result: dict[str, Any], output: Path) -> None:
                 )
             print(f"{label:<42}" + "".join(f"{cell:>20}" for cell in cells))
     print_where_time_goes(agents)
+    print_before(result)
     print_hot_path(result)
     costs = result["codec_costs_bench_process"]
     print(
@@ -918,6 +973,34 @@ def print_report(result: dict[str, Any], output: Path) -> None:
         f"{machine['load_average_end'][0]:.2f} at end, on {machine['cpus']} cpus; "
         f"{result['seconds']:.0f} s; wrote {output}"
     )
+
+
+def print_before(result: dict[str, Any]) -> None:
+    """Each agent's rate, CPU and stages beside those of the code at `--before`, measured in this run."""
+    before = result["before_code"]
+    if not before:
+        return
+    print(f"\ntoday's code beside {before['commit']} (the commit before the hot-path issue), this run")
+    print(f"{'agent':<16} {'req/s then':>10} {'now':>8} {'CPU µs/req then':>16} {'now':>6} {'CPU ratio':>9}")
+    for name, then in before["agents"].items():
+        now = result["agents"].get(name)
+        if now is None:
+            continue
+        tp_then, tp_now = then["throughput"], now["throughput"]
+        cpu_then, cpu_now = tp_then["agent_cpu_us_per_request"], tp_now["agent_cpu_us_per_request"]
+        print(
+            f"{name:<16} {capacity(tp_then):>10,.0f} {capacity(tp_now):>8,.0f} {cpu_then:>16.1f} "
+            f"{cpu_now:>6.1f} {cpu_now / cpu_then:>8.2f}x"
+        )
+        stages_then, stages_now = tp_then.get("stages"), tp_now.get("stages")
+        if stages_then and stages_now:  # today's stages need RIG_PREDICTION_TIMINGS
+            split = ", ".join(
+                f"{stage} {stages_then['per_stage'][stage]['us_per_request']:.1f} -> "
+                f"{stages_now['per_stage'][stage]['us_per_request']:.1f}"
+                for stage in ("decode", "enrich", "transform", "dispatch", "predict")
+                if stage in stages_then["per_stage"] and stage in stages_now["per_stage"]
+            )
+            print(f"{'':<16} µs per request: {split}")
 
 
 def print_where_time_goes(agents: dict[str, dict[str, Any]]) -> None:
@@ -978,6 +1061,7 @@ def print_where_time_goes(agents: dict[str, dict[str, Any]]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     record = RunRecord()
+    before = run_before(args)
     measured = run(args)
     pairs = ratios(measured["agents"])
     result: dict[str, Any] = {
@@ -989,6 +1073,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "target_limits": TARGETS,
         "hot_path": hot_path(measured["agents"], measured["peers"]),
         "before": BEFORE,
+        "before_code": before,
         **record.fields(),
     }
     write_results(args.output, result)
