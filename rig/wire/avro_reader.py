@@ -19,6 +19,8 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from rig.wire.avro_compiler import CodeBuilder, Unsupported
+
 Reader = Callable[[bytes, int], tuple[Any, int]]
 """(message, offset of the body) to the record and the offset after it."""
 
@@ -28,10 +30,6 @@ _MAX_VARINT_BYTES = 10
 
 class Malformed(ValueError):
     """The bytes are not a well-formed body of the schema (fastavro then says why)."""
-
-
-class Unsupported(ValueError):
-    """The schema uses a type the compiler does not read (the codec keeps fastavro for it)."""
 
 
 def _varint(data: bytes, p: int, kind: str = "long") -> tuple[int, int]:
@@ -89,30 +87,23 @@ def _boolean(data: bytes, p: int) -> tuple[bool, int]:
     return byte == 1, p + 1
 
 
-class _Compiler:
+class _Compiler(CodeBuilder):
     """Generates the body of `read(data, p)`: each value read into a local, `p` moved past it."""
 
     def __init__(self, classes: Mapping[str, type]) -> None:
+        super().__init__(
+            {
+                "_varint": _varint,
+                "_count": _count,
+                "_text": _text,
+                "_bytes": _bytes,
+                "_boolean": _boolean,
+                "_double": struct.Struct("<d").unpack_from,
+                "_float": struct.Struct("<f").unpack_from,
+                "Malformed": Malformed,
+            }
+        )
         self.classes = classes
-        self.lines: list[str] = []
-        self.constants: dict[str, Any] = {
-            "_varint": _varint,
-            "_count": _count,
-            "_text": _text,
-            "_bytes": _bytes,
-            "_boolean": _boolean,
-            "_double": struct.Struct("<d").unpack_from,
-            "_float": struct.Struct("<f").unpack_from,
-            "Malformed": Malformed,
-        }
-        self.names = 0
-
-    def fresh(self, stem: str) -> str:
-        self.names += 1
-        return f"_{stem}{self.names}"
-
-    def emit(self, depth: int, line: str) -> None:
-        self.lines.append("    " * depth + line)
 
     def value(self, schema: Any, depth: int, nesting: int = 0) -> str:
         """Code reading one value of this schema; returns the local name (or literal) holding it."""
@@ -239,7 +230,5 @@ def compile_reader(schema: dict[str, Any], classes: Mapping[str, type]) -> Reade
         result = compiler.value(schema, 1)
     except Unsupported:
         return None
-    source = "\n".join(["def read(data, p):", *compiler.lines, f"    return {result}, p"])
-    namespace = dict(compiler.constants)
-    exec(compile(source, f"<avro reader of {schema.get('name', 'record')}>", "exec"), namespace)
-    return namespace["read"]
+    label = f"avro reader of {schema.get('name', 'record')}"
+    return compiler.function("read(data, p)", [], [f"    return {result}, p"], label)

@@ -19,16 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from rig.wire.avro_compiler import CodeBuilder, Unsupported
+
 Writer = Callable[[Any], bytes]
 """A record (attributes named as the schema's fields) to its Avro binary body."""
 
 _LIMITS = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 # zigzag(n) is 2n for 0 <= n < 64: one byte below 128, the common case of lengths and small counts.
 _SMALL = [bytes([2 * n]) for n in range(64)]
-
-
-class Unsupported(ValueError):
-    """The schema uses a type the compiler does not write (the codec keeps fastavro for it)."""
 
 
 def _varint(value: Any, kind: str = "long") -> bytes:
@@ -53,26 +51,19 @@ def _length(count: int) -> bytes:
     return _SMALL[count] if count < 64 else _varint(count)
 
 
-class _Compiler:
+class _Compiler(CodeBuilder):
     """Generates the body of `write(record, a)`, `a` appending bytes to the output."""
 
     def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.constants: dict[str, Any] = {
-            "_SMALL": _SMALL,
-            "_varint": _varint,
-            "_length": _length,
-            "_double": struct.Struct("<d").pack,
-            "_float": struct.Struct("<f").pack,
-        }
-        self.names = 0
-
-    def fresh(self, stem: str) -> str:
-        self.names += 1
-        return f"_{stem}{self.names}"
-
-    def emit(self, depth: int, line: str) -> None:
-        self.lines.append("    " * depth + line)
+        super().__init__(
+            {
+                "_SMALL": _SMALL,
+                "_varint": _varint,
+                "_length": _length,
+                "_double": struct.Struct("<d").pack,
+                "_float": struct.Struct("<f").pack,
+            }
+        )
 
     def value(self, schema: Any, expr: str, depth: int, nesting: int = 0) -> None:
         """Code writing the value `expr` (a local name or attribute access) of this schema."""
@@ -163,8 +154,6 @@ def compile_writer(schema: dict[str, Any]) -> Writer | None:
         compiler.value(schema, "record", 1)
     except Unsupported:
         return None
-    head = ["def write(record):", "    out = []", "    a = out.append"]
-    source = "\n".join([*head, *compiler.lines, "    return b''.join(out)"])
-    namespace = dict(compiler.constants)
-    exec(compile(source, f"<avro writer of {schema.get('name', 'record')}>", "exec"), namespace)
-    return namespace["write"]
+    head = ["    out = []", "    a = out.append"]
+    label = f"avro writer of {schema.get('name', 'record')}"
+    return compiler.function("write(record)", head, ["    return b''.join(out)"], label)

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import fastavro
+import msgspec
 from hypothesis import strategies as st
 
 from rig.wire.codec import SCHEMAS_DIR
@@ -18,6 +19,7 @@ from rig.wire.records import (
     Decision,
     Explanation,
     JoinedOutcome,
+    ModelScore,
     Outcome,
     Prediction,
     Record,
@@ -73,3 +75,17 @@ def fastavro_body(name: str, plain: dict[str, Any]) -> bytes:
     out = io.BytesIO()
     fastavro.schemaless_writer(out, fastavro.parse_schema(raw_schema(name)), plain)
     return out.getvalue()
+
+
+def prediction(**changes: Any) -> Prediction:
+    """A small valid Prediction (golden only), with `changes`."""
+    base = Prediction(
+        request_id="req-1",
+        entity_id="customer-1",
+        event_time=1_718_000_000_123,
+        score=0.5,
+        answered_by="v1",
+        golden=ModelScore(model_version="v1", score=0.5),
+        transform_version="tf-1",
+    )
+    return msgspec.structs.replace(base, **changes)

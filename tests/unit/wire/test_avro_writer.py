@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from rig.errors import CodecError
 from rig.wire.avro_writer import compile_writer
 from rig.wire.codec import Codec
-from rig.wire.records import ModelScore, Prediction
-from tests.unit.wire.avro_values import RECORDS, fastavro_body, raw_schema, values_of
+from rig.wire.records import Prediction
+from tests.unit.wire.avro_values import RECORDS, fastavro_body, prediction, raw_schema, values_of
 
 
 @pytest.mark.parametrize("name", sorted(RECORDS))
@@ -43,19 +43,6 @@ def test_compiled_bytes_equal_fastavro_bytes_for_any_values(name: str, data: st.
 def test_an_unsupported_union_gives_no_compiled_writer() -> None:
     schema = {"type": "record", "name": "R", "fields": [{"name": "x", "type": ["null", "int", "string"]}]}
     assert compile_writer(schema) is None
-
-
-def prediction(**changes: Any) -> Prediction:
-    base = Prediction(
-        request_id="req-1",
-        entity_id="customer-1",
-        event_time=1_718_000_000_123,
-        score=0.5,
-        answered_by="v1",
-        golden=ModelScore(model_version="v1", score=0.5),
-        transform_version="tf-1",
-    )
-    return msgspec.structs.replace(base, **changes)
 
 
 def test_numpy_scalars_are_written_as_their_python_values() -> None:
