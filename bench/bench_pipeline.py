@@ -36,8 +36,8 @@ Phases (before each, every agent process is idle again; the machine's other load
    work on the predictions after the last one). `--rounds` (2) rounds in mirrored order (A B C D,
    D C B A), the better one counts; an agent's capacity is the lower of its backlog and until-idle
    rates;
-3. latency: requests at a steady rate, half of the agent's capacity then 100 req/s, `--latency-seconds`
-   (20) each; end-to-end = the prediction's Kafka timestamp - the request's CreateTime (both
+3. latency: requests at a steady rate, half of the agent's capacity (`--latency-load`; or a fixed
+   `--latency-rate`, to compare settings at the same rate) then 100 req/s, `--latency-seconds` (20) each; end-to-end = the prediction's Kafka timestamp - the request's CreateTime (both
    `message.timestamp()`, matched by request_id). Requests are produced with `--client-linger-ms` (1):
    the CreateTime is stamped before the linger, so it counts in the latency. With linger.ms 0 every
    request is a produce request of its own, and at 8,000 req/s on this 2-core machine the broker
@@ -557,6 +557,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--latency-load", type=float, default=0.5, help="rate of the first latency phase, share of capacity"
     )
     parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=None,
+        help="rate of the first latency phase in req/s, instead of --latency-load (to compare settings)",
+    )
+    parser.add_argument(
         "--idle-timeout-s", type=float, default=300.0, help="longest wait for an agent to be idle again"
     )
     parser.add_argument(
@@ -649,7 +655,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             for i, (name, agent) in enumerate(agents.items()):
                 rates = {
-                    "latency_half_capacity": args.latency_load * capacity(measured[name]["throughput"]),
+                    "latency_half_capacity": args.latency_rate
+                    or args.latency_load * capacity(measured[name]["throughput"]),
                     "latency_100_per_s": SLOW_RATE_PER_S,
                 }
                 for j, (key, rate) in enumerate(rates.items()):
