@@ -37,7 +37,8 @@ Phases (before each, every agent process is idle again; the machine's other load
    D C B A), the better one counts; an agent's capacity is the lower of its backlog and until-idle
    rates;
 3. latency: requests at a steady rate, half of the agent's capacity (`--latency-load`; or a fixed
-   `--latency-rate`, to compare settings at the same rate) then 100 req/s, `--latency-seconds` (20) each; end-to-end = the prediction's Kafka timestamp - the request's CreateTime (both
+   `--latency-rate`, to compare settings at the same rate) then 100 req/s, `--latency-seconds` (20) each;
+   end-to-end = the prediction's Kafka timestamp - the request's CreateTime (both
    `message.timestamp()`, matched by request_id). Requests are produced with `--client-linger-ms` (1):
    the CreateTime is stamped before the linger, so it counts in the latency. With linger.ms 0 every
    request is a produce request of its own, and at 8,000 req/s on this 2-core machine the broker

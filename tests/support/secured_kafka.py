@@ -162,8 +162,7 @@ class SecuredKafka:
         self.folder.mkdir(parents=True, exist_ok=True)
         properties = self.folder / "server.properties"
         properties.write_text(self._properties())
-        # A cluster id is 16 random bytes in URL-safe base64, as `StorageTool random-uuid` prints it.
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = random_cluster_id()
         java = ["java", "-cp", str(KAFKA_DIR / "libs" / "*"), "-Xms128m", "-Xmx512m"]
         subprocess.run(
             [*java, "kafka.tools.StorageTool", "format", "--cluster-id", cluster_id,
@@ -194,3 +193,13 @@ class SecuredKafka:
             self.process.kill()
             self.process.wait(timeout=10)
         self.process = None
+
+
+def random_cluster_id() -> str:
+    """16 random bytes in URL-safe base64, as `StorageTool random-uuid` prints them, and like Kafka's
+    `Uuid.randomUuid` never starting with "-": StorageTool reads such an id as an option and refuses
+    to format (1 run in 64 failed so)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
