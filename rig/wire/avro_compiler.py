@@ -1,10 +1,13 @@
 """What the compiled Avro writer and reader share: the lines of one generated function, its constants,
-fresh local names, and turning the lines into the function."""
+fresh local names, and turning the lines into the function; the ranges of Avro's integer types."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+INT_RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+"""The lowest and highest value of each Avro integer type."""
 
 
 class Unsupported(ValueError):

@@ -19,12 +19,11 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rig.wire.avro_compiler import CodeBuilder, Unsupported
+from rig.wire.avro_compiler import INT_RANGES, CodeBuilder, Unsupported
 
 Reader = Callable[[bytes, int], tuple[Any, int]]
 """(message, offset of the body) to the record and the offset after it."""
 
-_LIMITS = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _MAX_VARINT_BYTES = 10
 
 
@@ -46,7 +45,7 @@ def _varint(data: bytes, p: int, kind: str = "long") -> tuple[int, int]:
         shift += 7
         p += 1
     value = (result >> 1) ^ -(result & 1)
-    low, high = _LIMITS[kind]
+    low, high = INT_RANGES[kind]
     if not low <= value <= high:
         raise Malformed(f"{value} is out of the range of an Avro {kind}")
     return value, p
@@ -54,13 +53,11 @@ def _varint(data: bytes, p: int, kind: str = "long") -> tuple[int, int]:
 
 def _count(data: bytes, p: int) -> tuple[int, int]:
     """A block's item count (the absolute value; a negative count is followed by the block's size in
-    bytes, skipped), refusing more items than bytes left."""
+    bytes, skipped). The generated code refuses more items than bytes left, whichever way it read it."""
     count, p = _varint(data, p)
     if count < 0:
         count = -count
         _, p = _varint(data, p)
-    if count > len(data) - p:
-        raise Malformed(f"a block of {count} items in {len(data) - p} bytes")
     return count, p
 
 

@@ -19,12 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from rig.wire.avro_compiler import CodeBuilder, Unsupported
+from rig.wire.avro_compiler import INT_RANGES, CodeBuilder, Unsupported
 
 Writer = Callable[[Any], bytes]
 """A record (attributes named as the schema's fields) to its Avro binary body."""
 
-_LIMITS = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 # zigzag(n) is 2n for 0 <= n < 64: one byte below 128, the common case of lengths and small counts.
 _SMALL = [bytes([2 * n]) for n in range(64)]
 
@@ -35,7 +34,7 @@ def _varint(value: Any, kind: str = "long") -> bytes:
         if not isinstance(value, bool | int | np.integer):
             raise TypeError(f"{type(value).__name__} is not an Avro {kind}")
         value = int(value)
-    low, high = _LIMITS[kind]
+    low, high = INT_RANGES[kind]
     if not low <= value <= high:
         raise OverflowError(f"{value} is out of the range of an Avro {kind}")
     zigzag = (value << 1) ^ (value >> 63)

@@ -34,6 +34,7 @@ from fastavro.schema import expand_schema, fingerprint, to_parsing_canonical_for
 from fastavro.validation import ValidationError, validate
 
 from rig.errors import CodecError
+from rig.wire.avro_compiler import INT_RANGES
 from rig.wire.avro_reader import compile_reader
 from rig.wire.avro_writer import compile_writer
 from rig.wire.records import Record, to_plain
@@ -42,7 +43,6 @@ SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0x00
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 DEFAULT_MAX_BYTES = 1_000_000
 """A codec's `max_bytes` unless given: Kafka's default limit on a message (1 MiB) with room for headers."""
 _MAX_CACHED_SCHEMA_IDS = 1024
@@ -399,7 +399,8 @@ class Codec(Generic[T]):
                 return Rejected(data, "truncated single-object header", ErrorType.MALFORMED)
             if data[2:10] not in self._accepted_fingerprints:
                 return Rejected(data, self._foreign_fingerprint(data[2:10]), ErrorType.UNKNOWN_SCHEMA)
-            return self._compiled_record(data) or self._read_body(data, 10, None)
+            record = self._compiled_record(data)
+            return record if record is not None else self._read_body(data, 10, None)
         if data[0] == CONFLUENT_MAGIC:
             return self._decode_confluent(data)
         if data[:1] in b"{ \t\r\n" and data.lstrip()[:1] == b"{":
@@ -570,10 +571,10 @@ def _from_json(schema: Any, value: Any, path: str) -> Any:
         return None
     if kind == "boolean" and isinstance(value, bool):
         return value
-    if kind in _INT_RANGE and isinstance(value, float) and value.is_integer():
+    if kind in INT_RANGES and isinstance(value, float) and value.is_integer():
         value = int(value)  # 1.7e12 from a JSON writer that prints every number as a float
-    if kind in _INT_RANGE and isinstance(value, int) and not isinstance(value, bool):
-        low, high = _INT_RANGE[kind]
+    if kind in INT_RANGES and isinstance(value, int) and not isinstance(value, bool):
+        low, high = INT_RANGES[kind]
         if not low <= value <= high:
             raise _Invalid(f"{where}: {value} is out of the range of an Avro {kind}")
         return value
