@@ -146,6 +146,9 @@ class Join:
             self.let_go[partition] = state
 
     def _changelog_end(self, partition: int) -> int:
+        """Where the changelog partition's committed records end: its last stable offset, as a
+        read_committed reader sees it (a transaction still open, e.g. a killed worker's that the broker
+        will abort, lies past it)."""
         consumer = self._reader()
         try:
             return int(
@@ -155,20 +158,26 @@ class Join:
             consumer.close()
 
     def _changelog(self, partition: int, end: int) -> Iterator[tuple[str, Entry | None]]:
-        """The changelog partition's records, from its start up to `end`."""
+        """The changelog partition's committed records, from its start up to `end`.
+
+        Progress is the consumer's position, not the last record's offset: with exactly-once on, the
+        changelog is written in transactions, whose commit markers and aborted records are never
+        handed out, so the record before `end` is often a marker and no record reaches it (a restore
+        that waited for one hung until somebody wrote to the partition again)."""
         if end <= 0:
             return
         consumer = self._reader()
+        changelog = TopicPartition(self.changelog, partition)
         try:
             consumer.assign([TopicPartition(self.changelog, partition, OFFSET_BEGINNING)])
-            position = 0
-            while position < end:
-                for message in consumer.consume(10_000, timeout=1.0):
+            while True:
+                for message in consumer.consume(10_000, timeout=0.2):
                     if message.error():
                         continue
-                    position = message.offset() + 1
                     value = message.value()
                     yield message.key().decode(), None if value is None else _decode_entry(value)
+                if consumer.position([changelog])[0].offset >= end:
+                    return
         finally:
             consumer.close()
 
