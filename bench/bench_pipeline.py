@@ -398,6 +398,7 @@ def latency(
         "contention": trip.contention,
         "waited_for_idle_before_s": idle_wait_s,
         "latency_ms": latency_percentiles(in_order),
+        "slow_seconds": slow_seconds(in_order, rate_per_s),
         # how the agent batched a steady stream (with RIG_PREDICTION_TIMINGS on; not the naive agent)
         "batch_size": rig_stages([record for _, record in answered.values()], sent.seconds).get("batch_size")
         if agent.name != "naive"
@@ -405,6 +406,25 @@ def latency(
         "split_ms": latency_split(
             [(answered[r], sent.create_ms[r]) for r, _, _ in messages if r in answered]
         ),
+    }
+
+
+def slow_seconds(latencies_ms: Sequence[float], rate_per_s: float, limit_ms: float = 25.0) -> dict[str, Any]:
+    """Each second of sending (latencies in send order, at a steady rate): how many had a p99 above
+    `limit_ms`, and the worst five (second, p99). A few bad seconds mean stalls; most of them, a rate
+    the agent cannot keep up with."""
+    per_second = max(1, int(rate_per_s))
+    values = np.asarray(latencies_ms, dtype=np.float64)
+    p99s = [
+        float(np.percentile(values[start : start + per_second], 99))
+        for start in range(0, values.size - per_second + 1, per_second)
+    ]
+    worst = sorted(range(len(p99s)), key=lambda second: -p99s[second])[:5]
+    return {
+        "seconds": len(p99s),
+        "above_limit": sum(p99 > limit_ms for p99 in p99s),
+        "limit_ms": limit_ms,
+        "worst": [[second, p99s[second]] for second in sorted(worst)],
     }
 
 
@@ -921,6 +941,13 @@ def print_report(result: dict[str, Any], output: Path) -> None:
             if key == "latency_half_capacity" and "kafka_path_half_capacity" in agent:
                 floor = agent["kafka_path_half_capacity"]
                 print(latency_row("  Kafka alone", floor, f"{'':>17}", floor["received"]))
+            slow = lat.get("slow_seconds")
+            if slow and slow["seconds"]:
+                worst = ", ".join(f"{second}s {p99:.0f}" for second, p99 in slow["worst"])
+                print(
+                    f"{'':<15} seconds with p99 > {slow['limit_ms']:.0f} ms: {slow['above_limit']} of "
+                    f"{slow['seconds']}; worst (second: p99 ms) {worst}"
+                )
             if lat.get("split_ms"):
                 parts = ", ".join(
                     f"{k} p50 {v['p50']:.1f} p99 {v['p99']:.1f}" for k, v in lat["split_ms"].items()
