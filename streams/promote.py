@@ -57,6 +57,11 @@ DELAY_HISTORY_WINDOWS = 10_080
 """How many recorded delay windows seed the label window at start (a week of DELAY_WINDOW_S)."""
 SERVING_READ_S = 10.0
 """How often the serving windows of the golden's challengers are read from the metadata store."""
+QUALITY_WINDOW_S = 10.0
+"""How often each model's quality and the label delays of the rows folded since are recorded, as one
+window. Recorded per batch instead, their four metadata transactions cost ~6 ms of CPU whatever the
+batch's size (30 to 3,000 rows on PostgreSQL): most of the promoter's CPU at a few thousand requests
+per second."""
 STATUS_S = 5.0
 """How often where every test stands is recorded for `rig status`."""
 STATE_SAVE_S = 5.0
@@ -98,7 +103,9 @@ class Promotion:
         self.loop = promotion_loop(settings)
         self.delays_seen = DelayModel()
         """Label delays since the last recorded window (DELAY_WINDOW_S)."""
-        self.next_ms = {"delays": 0, "serving": 0, "status": 0}
+        self.quality = QualityWindow()
+        """Rows folded since the last quality window was recorded (QUALITY_WINDOW_S)."""
+        self.next_ms = {"delays": 0, "serving": 0, "status": 0, "quality": 0}
         self.joined: TP = (settings.topic("joined"), 0)
         self.delivered = delivered
         self.unsaved: tuple[int, bytes] | None = None
@@ -175,8 +182,8 @@ class Promotion:
         if len(fresh) < len(rows):
             log.info("redelivered joined outcomes ignored count=%d", len(rows) - len(fresh))
         now_ms = int(time.time() * 1000)
-        if fresh:
-            await self._record(record_window, fresh, now_ms)
+        if fresh and self.metadata is not None:
+            self.quality.add(fresh)
             golden = [row for row in fresh if row.role == "golden"]
             if golden:
                 labels, predicted, arrived = columns(golden, "label", "prediction_time", "outcome_time")
@@ -264,10 +271,21 @@ class Promotion:
             self.settings, self.dead_letter_codec, message, reason, error_type, request_id
         )
 
+    async def record_quality(self, now_ms: int) -> None:
+        """Record the quality window when it is due and holds rows (also a plane tick, so the rows of
+        a stream gone idle are recorded too)."""
+        if now_ms < self.next_ms["quality"] or not self.quality:
+            return
+        self.next_ms["quality"] = now_ms + int(QUALITY_WINDOW_S * 1000)
+        window, self.quality = self.quality, QualityWindow()
+        await self._record(record_window, window, now_ms)
+
     async def _periodic(self, now_ms: int) -> None:
-        """Record the label delays window, read new serving windows, record the status, when due."""
+        """Record the quality and label delays windows, read new serving windows, record the status,
+        when due."""
         if self.metadata is None:
             return
+        await self.record_quality(now_ms)
         due = {name: now_ms >= at for name, at in self.next_ms.items()}
         if due["delays"]:
             self.next_ms["delays"] = now_ms + int(DELAY_WINDOW_S * 1000)
@@ -342,6 +360,7 @@ def install_promoter(
         return lambda batch: promotion.handle(batch, plane.sink)
 
     async def save_state() -> bool:
+        await held[0].record_quality(int(time.time() * 1000))
         return await held[0].save_state()
 
     plane.serve(start)
@@ -379,15 +398,38 @@ def promotion_loop(settings: RigSettings) -> PromotionLoop:
     )
 
 
-def record_window(metadata: MetadataStore, rows: list[JoinedOutcome], window_end_ms: int) -> None:
-    """Per-model quality and the label delay distribution of one batch of joined outcomes."""
-    by_model: dict[str, list[JoinedOutcome]] = defaultdict(list)
-    for row in rows:
-        by_model[row.model_version].append(row)
-    for version, group in by_model.items():
-        labels, scores = columns(group, "label", "score")
-        metadata.record_model_metrics(version, window_end_ms, **window_metrics(labels, scores))
-    delays = np.array([row.outcome_time - row.prediction_time for row in rows if row.role == "golden"])
+class QualityWindow:
+    """The joined rows of a window, as the quality records need them: each model's labels and scores,
+    and the label delays of the golden's rows (arrays per batch: ~16 bytes a row, not a record)."""
+
+    def __init__(self) -> None:
+        self.labels: dict[str, list[np.ndarray]] = defaultdict(list)
+        self.scores: dict[str, list[np.ndarray]] = defaultdict(list)
+        self.delays: list[np.ndarray] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.labels)
+
+    def add(self, rows: list[JoinedOutcome]) -> None:
+        """Keep the labels, scores and golden label delays of a batch's fresh rows."""
+        by_model: dict[str, list[JoinedOutcome]] = defaultdict(list)
+        for row in rows:
+            by_model[row.model_version].append(row)
+        for version, group in by_model.items():
+            labels, scores = columns(group, "label", "score")
+            self.labels[version].append(labels)
+            self.scores[version].append(scores)
+        self.delays.append(
+            np.array([row.outcome_time - row.prediction_time for row in rows if row.role == "golden"])
+        )
+
+
+def record_window(metadata: MetadataStore, window: QualityWindow, window_end_ms: int) -> None:
+    """Per-model quality and the label delay distribution of a window of joined rows."""
+    for version, labels in window.labels.items():
+        metrics = window_metrics(np.concatenate(labels), np.concatenate(window.scores[version]))
+        metadata.record_model_metrics(version, window_end_ms, **metrics)
+    delays = np.concatenate(window.delays) if window.delays else np.empty(0)
     if delays.size:
         levels = (0.5, 0.9, 0.99)
         metadata.record_label_delays(

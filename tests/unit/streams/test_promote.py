@@ -22,7 +22,7 @@ from rig.wire.codec import Codec
 from rig.wire.records import ControlEvent, DeadLetter, JoinedOutcome
 from streams.plane.sink import Outgoing
 from streams.plane.source import SourceBatch
-from streams.promote import STATE_SAVE_S, Promotion, open_metadata
+from streams.promote import QUALITY_WINDOW_S, STATE_SAVE_S, Promotion, open_metadata
 
 PASSWORD = "Pa55-w0rd-xyz"
 
@@ -185,4 +185,37 @@ def test_the_state_is_saved_once_its_batch_is_delivered_and_a_new_promoter_goes_
         assert Promotion(settings, runtime, away).start_offsets({(joined, 0)}) == {}
     assert "saved promoter state not continued" in caplog.text
     assert "promoter state not read" in caplog.text
+    store.close()
+
+
+def test_model_quality_and_label_delays_are_recorded_once_per_window_not_once_per_batch(
+    settings: RigSettings, tmp_path: Path
+) -> None:
+    table = fold(
+        (control_key(e), e)
+        for e in (set_golden_event("risk.1", "t"), start_experiment_event("x", "risk.2", "shadow", "t"))
+    )
+    store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
+    store.create_schema()
+    promotion = Promotion(settings, SimpleNamespace(routing=table), store)
+    encode, joined = Codec(JoinedOutcome).encode, settings.topic("joined")
+    rows = [row for i in range(30) for row in pair(f"r{i}", i % 2, 10 * i)]
+    messages = [
+        Message(topic=joined, partition=0, offset=i, key=row.request_id.encode(), value=encode(row))
+        for i, row in enumerate(rows)
+    ]
+
+    for n in range(3):  # 10 requests each: the first opens the record's clock, the others fall within it
+        asyncio.run(promotion.handle(SourceBatch(n, messages[20 * n : 20 * (n + 1)]), KeptSink()))
+    assert [m.n for m in store.model_metrics("risk.1")] == [10], "the first batch, recorded at once"
+    assert [d.n for d in store.label_delays()] == [10]
+
+    asyncio.run(promotion.record_quality(promotion.next_ms["quality"] - 1))  # not due yet
+    assert len(store.model_metrics("risk.1")) == 1
+    asyncio.run(promotion.record_quality(promotion.next_ms["quality"]))  # the plane's tick, when due
+    for version in ("risk.1", "risk.2"):
+        assert [m.n for m in store.model_metrics(version)] == [10, 20], "two batches in one window"
+    assert [d.n for d in store.label_delays()] == [10, 20], "golden rows only"
+    asyncio.run(promotion.record_quality(promotion.next_ms["quality"] + QUALITY_WINDOW_S * 1000))
+    assert len(store.model_metrics("risk.1")) == 2, "an empty window is not recorded"
     store.close()
