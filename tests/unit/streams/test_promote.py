@@ -17,7 +17,7 @@ from rig.config import RigSettings
 from rig.errors import RigError
 from rig.feedback.metadata import MetadataStore
 from rig.feedback.promotion import manual_decision
-from rig.routing.table import control_key, fold, set_golden_event, start_experiment_event
+from rig.routing.table import RoutingTable, control_key, fold, set_golden_event, start_experiment_event
 from rig.wire.codec import Codec
 from rig.wire.records import ControlEvent, DeadLetter, JoinedOutcome
 from streams.plane.sink import Outgoing
@@ -70,24 +70,33 @@ def pair(request_id: str, label: int, at: int) -> list[JoinedOutcome]:
     return [golden, challenger]
 
 
-def test_joined_rows_with_a_label_other_than_0_or_1_are_dead_lettered_and_the_rest_are_folded(
-    settings: RigSettings,
-) -> None:
-    table = fold(
+def golden_and_shadow() -> RoutingTable:
+    """Routing with risk.1 golden and risk.2 in the shadow experiment "x"."""
+    return fold(
         (control_key(e), e)
         for e in (set_golden_event("risk.1", "t"), start_experiment_event("x", "risk.2", "shadow", "t"))
     )
+
+
+def joined_messages(settings: RigSettings, rows: list[JoinedOutcome]) -> list[Message]:
+    """The rows as the promoter reads them from `rig.joined`, at offsets 0, 1, ..."""
+    encode, joined = Codec(JoinedOutcome).encode, settings.topic("joined")
+    return [
+        Message(topic=joined, partition=0, offset=i, key=row.request_id.encode(), value=encode(row))
+        for i, row in enumerate(rows)
+    ]
+
+
+def test_joined_rows_with_a_label_other_than_0_or_1_are_dead_lettered_and_the_rest_are_folded(
+    settings: RigSettings,
+) -> None:
+    table = golden_and_shadow()
     promotion = Promotion(
         settings.model_copy(update={"promoter_label_window_s": 0.001}), SimpleNamespace(routing=table), None
     )
     good = [row for i in range(20) for row in pair(f"r{i}", i % 2, 10 * i)]
     bad = pair("r-bad", 2, 5)
-    encode = Codec(JoinedOutcome).encode
-    joined = settings.topic("joined")
-    messages = [
-        Message(topic=joined, partition=0, offset=i, key=row.request_id.encode(), value=encode(row))
-        for i, row in enumerate([*good[:10], *bad, *good[10:]])
-    ]
+    messages = joined_messages(settings, [*good[:10], *bad, *good[10:]])
     sink = KeptSink()
 
     asyncio.run(promotion.handle(SourceBatch(1, messages), sink))
@@ -105,10 +114,7 @@ def test_joined_rows_with_a_label_other_than_0_or_1_are_dead_lettered_and_the_re
 def test_an_auto_decision_changes_routing_before_it_is_published_and_a_failed_control_write_is_retried(
     settings: RigSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    table = fold(
-        (control_key(e), e)
-        for e in (set_golden_event("risk.1", "t"), start_experiment_event("x", "risk.2", "shadow", "t"))
-    )
+    table = golden_and_shadow()
     promotion = Promotion(
         settings.model_copy(update={"promoter_mode": "auto"}), SimpleNamespace(routing=table), None
     )
@@ -141,20 +147,14 @@ def test_an_auto_decision_changes_routing_before_it_is_published_and_a_failed_co
 def test_the_state_is_saved_once_its_batch_is_delivered_and_a_new_promoter_goes_on_from_its_offset(
     settings: RigSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    table = fold(
-        (control_key(e), e)
-        for e in (set_golden_event("risk.1", "t"), start_experiment_event("x", "risk.2", "shadow", "t"))
-    )
+    table = golden_and_shadow()
     runtime = SimpleNamespace(routing=table)
     settings = settings.model_copy(update={"promoter_label_window_s": 0.001})
     store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
     store.create_schema()
-    encode, joined = Codec(JoinedOutcome).encode, settings.topic("joined")
+    joined = settings.topic("joined")
     rows = [row for i in range(300) for row in pair(f"r{i}", i % 2, 10 * i)]
-    messages = [
-        Message(topic=joined, partition=0, offset=i, key=row.request_id.encode(), value=encode(row))
-        for i, row in enumerate(rows)
-    ]
+    messages = joined_messages(settings, rows)
     batches = [SourceBatch(n, messages[200 * n : 200 * (n + 1)]) for n in range(3)]
     delivered: dict[tuple[str, int], int] = {}
     first = Promotion(settings, runtime, store, delivered.get)
@@ -191,19 +191,12 @@ def test_the_state_is_saved_once_its_batch_is_delivered_and_a_new_promoter_goes_
 def test_model_quality_and_label_delays_are_recorded_once_per_window_not_once_per_batch(
     settings: RigSettings, tmp_path: Path
 ) -> None:
-    table = fold(
-        (control_key(e), e)
-        for e in (set_golden_event("risk.1", "t"), start_experiment_event("x", "risk.2", "shadow", "t"))
-    )
+    table = golden_and_shadow()
     store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
     store.create_schema()
     promotion = Promotion(settings, SimpleNamespace(routing=table), store)
-    encode, joined = Codec(JoinedOutcome).encode, settings.topic("joined")
     rows = [row for i in range(30) for row in pair(f"r{i}", i % 2, 10 * i)]
-    messages = [
-        Message(topic=joined, partition=0, offset=i, key=row.request_id.encode(), value=encode(row))
-        for i, row in enumerate(rows)
-    ]
+    messages = joined_messages(settings, rows)
 
     for n in range(3):  # 10 requests each: the first opens the record's clock, the others fall within it
         asyncio.run(promotion.handle(SourceBatch(n, messages[20 * n : 20 * (n + 1)]), KeptSink()))

@@ -8,36 +8,25 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from confluent_kafka import Message
 
 from rig.config import RigSettings
 from rig.feedback.metadata import MetadataStore
-from rig.routing.table import control_key, fold, set_golden_event, start_experiment_event
-from rig.wire.codec import Codec
-from rig.wire.records import JoinedOutcome
 from streams.plane.source import SourceBatch
 from streams.promote import Promotion
-from tests.unit.streams.test_promote import KeptSink, pair
+from tests.unit.streams.test_promote import KeptSink, golden_and_shadow, joined_messages, pair
 
 
 def test_each_status_record_adds_a_point_per_challenger_that_agrees_with_the_status(
     settings: RigSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("streams.promote.STATUS_S", 0.0)  # a status (and its evidence) after every batch
-    table = fold(
-        (control_key(e), e)
-        for e in (set_golden_event("risk.1", "t"), start_experiment_event("x", "risk.2", "shadow", "t"))
-    )
+    table = golden_and_shadow()
     settings = settings.model_copy(update={"promoter_label_window_s": 0.001, "promoter_min_effect": 0.003})
     store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
     store.create_schema()
     promotion = Promotion(settings, SimpleNamespace(routing=table), store)
-    encode, joined = Codec(JoinedOutcome).encode, settings.topic("joined")
     rows = [row for i in range(300) for row in pair(f"r{i}", i % 2, 10 * i)]
-    messages = [
-        Message(topic=joined, partition=0, offset=i, key=row.request_id.encode(), value=encode(row))
-        for i, row in enumerate(rows)
-    ]
+    messages = joined_messages(settings, rows)
 
     for n in range(3):
         asyncio.run(promotion.handle(SourceBatch(n, messages[200 * n : 200 * (n + 1)]), KeptSink()))
