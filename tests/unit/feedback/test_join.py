@@ -58,7 +58,7 @@ class Table:
         else:
             self.entries[key] = step.entry
         self.rows += step.joined
-        self.counts += step.counts
+        self.counts.update(step.counts)
 
     def predict(self, request_id: str, now: int = 0) -> None:
         self.apply(
