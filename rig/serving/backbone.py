@@ -10,8 +10,8 @@ takes ~0.25 ms for one row, while handing three calls to pool threads and back (
 event loop's self-pipe, the GIL) cost more than that in CPU; scoring inline took a single-request
 batch from 5.8 to 4.5 ms of worker CPU (bench/bench_pipeline.py at 100 req/s). Each call goes
 through `rig.models.dense.DenseScorer`: XGBoost's own C call without ~110 µs of Python around it. A
-version whose inline call ever takes longer than `INLINE_CALL_BUDGET_S` is scored in the pools from
-then on, where the timeouts apply.
+version whose inline calls take longer than `INLINE_CALL_BUDGET_S` `INLINE_SLOW_CALLS` times in a row
+is scored in the pools from then on, where the timeouts apply.
 """
 
 from __future__ import annotations
@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 MODEL_NTHREAD = 1
 INLINE_CALL_BUDGET_S = 0.005
 """Longest an inline call may take (it holds the event loop) before its version goes to the pools."""
+INLINE_SLOW_CALLS = 3
+"""Inline calls over the budget in a row that send a version to the pools for good. One slow call is
+more often the host's hiccup than the model's cost: on this shared 2-core machine a 32-row call that
+takes ~0.13 ms took 6.9 ms once, in a worker at 6,000 req/s, and every batch paid the pools' thread
+hand-overs from then on."""
 
 
 class Model(Protocol):
@@ -142,7 +147,8 @@ class Backbone:
         self._lock = threading.Lock()
         self._abandoned: dict[str, int] = {}  # timed-out calls still running, per version
         self._inline_rows = inline_rows
-        self._pooled: set[str] = set()  # versions whose inline call took too long: pools only
+        self._pooled: set[str] = set()  # versions whose inline calls took too long: pools only
+        self._slow_inline: dict[str, int] = {}  # inline calls over the budget in a row, per version
         self._closed = False
 
     def ensure_loaded(self, versions: Iterable[str]) -> tuple[str, ...]:
@@ -325,13 +331,16 @@ class Backbone:
         began = time.perf_counter()
         outcome = _score(model, features, rows, columns.get(version))
         took = outcome.finished_at - began
-        if took > INLINE_CALL_BUDGET_S:
+        slow = self._slow_inline.get(version, 0) + 1 if took > INLINE_CALL_BUDGET_S else 0
+        self._slow_inline[version] = slow
+        if slow >= INLINE_SLOW_CALLS:
             self._pooled.add(version)
             log.warning(
-                "model_scored_in_pools_from_now version=%s inline_call_ms=%.1f budget_ms=%.1f",
+                "model_scored_in_pools_from_now version=%s inline_call_ms=%.1f budget_ms=%.1f in_a_row=%d",
                 version,
                 took * 1e3,
                 INLINE_CALL_BUDGET_S * 1e3,
+                slow,
             )
         return outcome
 
