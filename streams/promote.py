@@ -183,10 +183,10 @@ class Promotion:
             log.info("redelivered joined outcomes ignored count=%d", len(rows) - len(fresh))
         now_ms = int(time.time() * 1000)
         if fresh and self.metadata is not None:
-            self.quality.add(fresh)
             golden = [row for row in fresh if row.role == "golden"]
+            labels, predicted, arrived = columns(golden, "label", "prediction_time", "outcome_time")
+            self.quality.add(fresh, arrived - predicted)
             if golden:
-                labels, predicted, arrived = columns(golden, "label", "prediction_time", "outcome_time")
                 self.delays_seen.add(labels, arrived - predicted)
         await self._periodic(now_ms)
         decisions = self.loop.decide(now_ms, routing)
@@ -410,8 +410,8 @@ class QualityWindow:
     def __bool__(self) -> bool:
         return bool(self.labels)
 
-    def add(self, rows: list[JoinedOutcome]) -> None:
-        """Keep the labels, scores and golden label delays of a batch's fresh rows."""
+    def add(self, rows: list[JoinedOutcome], golden_delays: np.ndarray) -> None:
+        """Keep the labels and scores of a batch's fresh rows, and the label delays of its golden rows."""
         by_model: dict[str, list[JoinedOutcome]] = defaultdict(list)
         for row in rows:
             by_model[row.model_version].append(row)
@@ -419,9 +419,7 @@ class QualityWindow:
             labels, scores = columns(group, "label", "score")
             self.labels[version].append(labels)
             self.scores[version].append(scores)
-        self.delays.append(
-            np.array([row.outcome_time - row.prediction_time for row in rows if row.role == "golden"])
-        )
+        self.delays.append(golden_delays)
 
 
 def record_window(metadata: MetadataStore, window: QualityWindow, window_end_ms: int) -> None:
@@ -429,7 +427,7 @@ def record_window(metadata: MetadataStore, window: QualityWindow, window_end_ms:
     for version, labels in window.labels.items():
         metrics = window_metrics(np.concatenate(labels), np.concatenate(window.scores[version]))
         metadata.record_model_metrics(version, window_end_ms, **metrics)
-    delays = np.concatenate(window.delays) if window.delays else np.empty(0)
+    delays = np.concatenate(window.delays)  # one array per batch added: never empty in a window with rows
     if delays.size:
         levels = (0.5, 0.9, 0.99)
         metadata.record_label_delays(
