@@ -32,7 +32,16 @@ from tests.e2e.conftest import (
 
 pytestmark = pytest.mark.e2e
 ROUND = 1_000
-MIN_SAMPLES = 300
+MIN_SAMPLES = 800
+"""Also sizes the new golden's reference window (5 × MIN_SAMPLES = 4,000 outcomes): the reference mean's
+error never shrinks, so it bounds the demotion's power. The drift here raises the golden's log loss by
+~0.09–0.11; with a 1,500-outcome window (MIN_SAMPLES 300) a monitor simulation (normal approximation of
+the window and the rounds) missed it within 10 drifted rounds in 4–20 % of runs, with 4,000 and 20 rounds
+in under 0.1 %. The promotion needs ~12,000 paired outcomes, far above either minimum."""
+UNDRIFTED_ROUNDS = 5
+"""Rounds after the promotion before the drift: the 4,000-outcome reference fills with undrifted cohorts
+(a fold may overshoot it by a round) before any drifted outcome comes."""
+DRIFT_ROUNDS = 20
 seeds = itertools.count(100)
 
 
@@ -73,7 +82,9 @@ def test_better_challenger_is_promoted_and_a_drifting_golden_is_demoted(tmp_path
     # test_predict_pipeline's kill switch; here a second worker only adds rebalances.
     with workers(deployment, count=1, **env) as processes:
         running = replace(deployment, processes=tuple(processes))
-        for _ in range(16):  # ~7,000 paired outcomes were needed in trial runs: this allows twice that
+        # ~12,000-12,600 paired outcomes were needed in trial runs: the calibration guardrail's interval is
+        # the last check to pass (primary p ~3e-9 by then). Rounds stop at the promotion; this allows ~2.5×.
+        for _ in range(30):
             one_round(running)
             if read_routing(running.settings).golden == v["better"]:
                 break
@@ -93,10 +104,10 @@ def test_better_challenger_is_promoted_and_a_drifting_golden_is_demoted(tmp_path
             assert shadows[PREVIOUS_GOLDEN_EXPERIMENT] == v["golden"] and "worse" in shadows
 
         # The new golden's reference window fills with undrifted outcomes, then the world drifts.
-        for _ in range(2):
+        for _ in range(UNDRIFTED_ROUNDS - 1):
             one_round(running)
         drift = pd.Timestamp("2000-01-01", tz="UTC").to_pydatetime()
-        for _ in range(10):
+        for _ in range(DRIFT_ROUNDS):
             one_round(running, drift_at=drift)
             if read_routing(running.settings).golden != v["better"]:
                 break
