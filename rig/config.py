@@ -110,6 +110,14 @@ class RigSettings(BaseSettings):
     Kafka transaction, so a read_committed consumer sees every output once (costs a round trip per
     batch and a batch at a time)."""
 
+    transaction_timeout_s: float = Field(default=10, ge=1, le=900)
+    """Exactly once: how long the broker lets a worker's transaction stay open before it aborts it
+    (`transaction.timeout.ms`). A worker killed mid-transaction leaves it open, and until the broker
+    aborts it, read_committed readers of every partition it wrote see nothing newer, whoever wrote
+    it; librdkafka's default is 60 s, Kafka Streams' 10 s. A batch's transaction takes milliseconds;
+    one the broker aborted (a longer outage) is tried again. At most the broker's
+    `transaction.max.timeout.ms` (15 min by default)."""
+
     max_open_batches: int = Field(default=4, ge=1)
     """Batches taken and not yet delivered; at this many a worker stops fetching until one is done."""
 

@@ -130,5 +130,6 @@ def source_settings(
         session_timeout_s=settings.kafka_session_timeout_s,
         group_instance_id=settings.kafka_group_instance_id,
         commits=settings.processing_guarantee == "at_least_once",
+        transaction_timeout_s=settings.transaction_timeout_s,
     )
     return replace(base, **changes)  # type: ignore[arg-type]

@@ -79,7 +79,12 @@ class Plane:
             DeliveringSink(producer_config, self.ledger.finish, health)
             if settings.commits
             else TransactionalSink(
-                producer_config, settings.group_id, self.ledger, health, self.source.group_metadata
+                producer_config,
+                settings.group_id,
+                self.ledger,
+                health,
+                self.source.group_metadata,
+                settings.transaction_timeout_s,
             )
         )
         self._start: Callable[[], Awaitable[Handler]] | None = None

@@ -49,6 +49,8 @@ class SourceSettings:
     """Static membership: a restart within the session timeout keeps the partitions."""
     commits: bool = True
     """Commit finished offsets (False: a transactional sink commits them with each batch's outputs)."""
+    transaction_timeout_s: float = 10.0
+    """With `commits` False: how long the broker keeps a transaction open (`TransactionalSink`)."""
     assignment_strategy: str = "cooperative-sticky"
     """`range` gives a member the same partition numbers of every topic (co-partitioned topics) at
     the price of eager rebalances; `cooperative-sticky` moves only what changes owner."""

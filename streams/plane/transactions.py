@@ -44,8 +44,13 @@ class TransactionalSink:
         ledger: OffsetLedger,
         health: Health,
         group_metadata: Callable[[], Any],
+        timeout_s: float = 10.0,
     ) -> None:
-        """`group_metadata()` returns the source consumer's current group metadata."""
+        """`group_metadata()` returns the source consumer's current group metadata; `timeout_s` is how
+        long the broker keeps one of its transactions open before aborting it: the longest a killed
+        worker's open transaction hides newer outputs from read_committed readers (plus the broker's
+        `transaction.abort.timed.out.transaction.cleanup.interval.ms`). librdkafka then also bounds
+        its message and socket timeouts by it; an aborted transaction is tried again."""
         # Unique per producer: with the group metadata fencing zombies (KIP-447), the id need not be
         # stable across restarts, and two planes or processes must never share one.
         self.transactional_id = f"{group_id}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -55,6 +60,7 @@ class TransactionalSink:
                 **producer_config,
                 "enable.idempotence": True,
                 "transactional.id": self.transactional_id,
+                "transaction.timeout.ms": int(timeout_s * 1000),
                 "allow.auto.create.topics": False,
             }
         )
