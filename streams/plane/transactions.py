@@ -44,7 +44,7 @@ class TransactionalSink:
         ledger: OffsetLedger,
         health: Health,
         group_metadata: Callable[[], Any],
-        timeout_s: float = 10.0,
+        timeout_s: float,
     ) -> None:
         """`group_metadata()` returns the source consumer's current group metadata; `timeout_s` is how
         long the broker keeps one of its transactions open before aborting it: the longest a killed

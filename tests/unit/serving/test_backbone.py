@@ -432,9 +432,11 @@ def test_golden_not_loaded_or_without_rows_or_bad_features_raise(world: World, b
 # --- small batches, scored inline -------------------------------------------------------------------
 
 
-def recording(delays: dict[str, float], made: dict[str, ThreadRecordingModel]) -> ModelWrapper:
+def recording(
+    delays: dict[str, float], made: dict[str, ThreadRecordingModel], clock: FakeClock | None = None
+) -> ModelWrapper:
     def wrap(version: str, booster: xgboost.Booster) -> Model:
-        made[version] = ThreadRecordingModel(booster, delays.get(version, 0.0))
+        made[version] = ThreadRecordingModel(booster, delays.get(version, 0.0), clock)
         return made[version]
 
     return wrap
@@ -494,12 +496,7 @@ def test_slow_inline_calls_that_are_not_in_a_row_leave_the_model_inline(
     clock = FakeClock()
     monkeypatch.setattr(backbone_module, "time", clock)
     models: dict[str, ThreadRecordingModel] = {}
-
-    def wrap(version: str, booster: xgboost.Booster) -> Model:
-        models[version] = ThreadRecordingModel(booster, clock=clock)
-        return models[version]
-
-    backbone = Backbone(world.registry, inline_rows=8, grace_s=1.0, wrap_model=wrap)
+    backbone = Backbone(world.registry, inline_rows=8, grace_s=1.0, wrap_model=recording({}, models, clock))
     backbones.append(backbone)
     backbone.ensure_loaded([world.golden])
     slow = INLINE_CALL_BUDGET_S * 2
