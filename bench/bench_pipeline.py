@@ -434,23 +434,26 @@ def latency_split(trips: Sequence[tuple[tuple[int, Prediction], int]]) -> dict[s
     (delivery to the broker, fetch, hand-over, batches ahead of it); `in_batch`, the batch's stages;
     `after_build`, from the predictions' building to their CreateTime (Avro encode, produce calls);
     and `in_batch` split by stage (`stage_<name>`)."""
-    timed = [(record.timings_ms, timestamp - created) for (timestamp, record), created in trips]
-    timed = [(timings, end_to_end) for timings, end_to_end in timed if "kafka_to_publish" in timings]
+    timed = [
+        (record.timings_ms, timestamp - created)
+        for (timestamp, record), created in trips
+        if "kafka_to_publish" in record.timings_ms
+    ]
     if not timed:
         return {}
-    to_publish, total, end_to_end = (
-        np.asarray(column, dtype=np.float64)
-        for column in zip(
-            *[(t["kafka_to_publish"], t.get("total", 0.0), e2e) for t, e2e in timed], strict=True
-        )
-    )
+
+    def column(stage: str) -> np.ndarray:
+        return np.asarray([timings.get(stage, 0.0) for timings, _ in timed], dtype=np.float64)
+
+    to_publish, total = column("kafka_to_publish"), column("total")
+    end_to_end = np.asarray([e2e for _, e2e in timed], dtype=np.float64)
     parts = {
         "before_batch": to_publish - total,
         "in_batch": total,
         "after_build": end_to_end - to_publish,
     }
     for stage in STAGES[:-1]:  # `total` is `in_batch`
-        parts[f"stage_{stage}"] = np.asarray([t.get(stage, 0.0) for t, _ in timed], dtype=np.float64)
+        parts[f"stage_{stage}"] = column(stage)
     return {
         name: {q: float(np.percentile(v, int(q[1:]))) for q in ("p50", "p99")} for name, v in parts.items()
     }
