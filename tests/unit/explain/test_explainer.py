@@ -13,7 +13,8 @@ import xgboost
 
 from rig.config import RigSettings
 from rig.errors import ExplainerError
-from rig.explain.anchors import Anchor, Condition
+from rig.explain import anchors
+from rig.explain.anchors import Anchor, Condition, distinct_rows
 from rig.explain.explainer import Explainer, ExplainerOptions, explanation_key
 from rig.models.train import fit_booster, load_transform_spec, model_matrix
 from rig.transform.fitted import fit
@@ -174,6 +175,43 @@ def test_anchor_reports_an_unmet_target_instead_of_overstating_precision(trained
     assert not anchor.met_target and len(anchor.conditions) <= 1
     assert anchor.precision < options.precision_target
     assert explainer.anchor_precision(row, anchor, n_samples=4000, seed=9) < options.precision_target
+
+
+def test_anchor_predicting_only_distinct_rows_equals_predicting_every_row(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = trained.held_out[rows_by_decision(trained, True, 2, min_distance=0.2)]
+    explainer = Explainer(trained.booster, trained.features, trained.reference, seed=3)
+    distinct = [explainer.anchor(row) for row in rows]
+    monkeypatch.setattr(anchors, "distinct_rows", lambda m: (m, np.arange(m.shape[0])))
+    assert [explainer.anchor(row) for row in rows] == distinct
+
+
+def bits(matrix: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(matrix, dtype=np.float32).view(np.uint32)
+
+
+def test_distinct_rows_groups_rows_with_equal_bits() -> None:
+    nan = np.nan
+    matrix = np.array(
+        [[1, 2, 0], [nan, 0, 2], [1, 2, 0], [nan, 2, 0], [nan, 0, 2], [-0.0, 2, 0], [0, 2, 0]],
+        dtype=np.float32,
+    )  # odd width, NaN, values swapped between columns, -0.0 beside 0.0
+    rows, inverse = distinct_rows(matrix)
+    assert np.array_equal(bits(rows)[inverse], bits(matrix))
+    assert len({r.tobytes() for r in bits(rows)}) == rows.shape[0] == 5
+    assert inverse.tolist() == [0, 1, 0, 2, 1, 3, 4]
+
+
+def test_distinct_rows_keeps_every_row_when_two_distinct_rows_share_a_hash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without mixing, unit weights hash a row to the sum of its words: swapping two words collides.
+    monkeypatch.setattr(anchors, "_mix", lambda words: words)
+    monkeypatch.setattr(anchors, "_ROW_HASH", np.ones(8, dtype=np.uint64))
+    matrix = np.array([[1, 2, 3, 4], [3, 4, 1, 2], [1, 2, 3, 4]], dtype=np.float32)
+    rows, inverse = distinct_rows(matrix)
+    assert np.array_equal(rows, matrix) and inverse.tolist() == [0, 1, 2]
 
 
 def test_missing_condition_holds_only_on_missing_values() -> None:
