@@ -26,8 +26,9 @@ import xgboost
 
 from bench.support.report import RESULTS_DIR, RunRecord, write_results
 from bench.support.timing import seconds_per_call
+from rig.models.dense import MODEL_NTHREAD
 from rig.models.registry import ModelRegistry
-from rig.serving.backbone import MODEL_NTHREAD, Backbone
+from rig.serving.backbone import Backbone
 
 N_FEATURES = 16
 N_TREES = 200

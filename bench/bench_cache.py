@@ -31,7 +31,7 @@ from bench.support.report import RESULTS_DIR, RunRecord, write_results
 from bench.support.timing import interleaved_us_per_row
 from rig.cache.store import HitTier, PredictionCache
 from rig.config import RigSettings
-from rig.serving.backbone import MODEL_NTHREAD
+from rig.models.dense import MODEL_NTHREAD
 
 N_FEATURES = 20
 N_TREES = 200

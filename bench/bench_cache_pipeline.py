@@ -158,8 +158,8 @@ def hit_path(settings: RigSettings, versions: dict[str, str], world: World) -> d
     from rig.cache.store import HitTier, PredictionCache
     from rig.features.online_reader import RedisLayoutReader
     from rig.features.store import FeatureStoreClient
+    from rig.models.dense import MODEL_NTHREAD
     from rig.models.registry import ModelRegistry
-    from rig.serving.backbone import MODEL_NTHREAD
     from rig.transform.model_inputs import column_index
 
     registry = ModelRegistry(settings.model_dir)

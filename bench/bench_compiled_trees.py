@@ -2,7 +2,7 @@
 
 The hot-path issue asks to evaluate compiled trees and keep them only if they are at least 2x faster
 than XGBoost at batch 500, with scores equal to XGBoost's to 1e-6. This measures exactly that, side by
-side in one run, one thread on each side (the backbone's `MODEL_NTHREAD`):
+side in one run, one thread on each side (the `rig.models.dense.MODEL_NTHREAD`):
 - xgboost: `rig.models.dense.DenseScorer`, the call the backbone and `rig batch` make;
 - tl2cgen: the same model compiled to C by tl2cgen (gcc) and called through its `Predictor`, a
   `tl2cgen.DMatrix` built per call as a batch would need it.

@@ -75,9 +75,9 @@ def load_state() -> NaiveState:
     """Read the routing once, load its models and the golden's transform (blocking)."""
     from rig.features.online_reader import FeastSdkReader
     from rig.features.store import FeatureStoreClient
+    from rig.models.dense import MODEL_NTHREAD
     from rig.models.registry import ModelRegistry
     from rig.routing.control import read_routing
-    from rig.serving.backbone import MODEL_NTHREAD
     from rig.transform.model_inputs import column_index
 
     table = read_routing(settings)

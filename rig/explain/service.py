@@ -13,6 +13,7 @@ from rig.errors import ExplainerError
 from rig.explain.explainer import Explainer, explanation_key
 from rig.features.enrich import enrich
 from rig.features.online_reader import OnlineReader
+from rig.models.dense import MODEL_NTHREAD
 from rig.models.registry import ModelRegistry
 from rig.transform.fitted import FittedTransform
 from rig.transform.layout import InputLayout
@@ -101,7 +102,9 @@ class ExplanationService:
             meta = self.registry.meta(version)
             columns = column_index(transform.output_columns, meta.features)
             reference = self._reference(version, transform)[:, columns]
-            explainer = Explainer(self.registry.load(version), list(meta.features), reference)
+            booster = self.registry.load(version)
+            booster.set_param({"nthread": MODEL_NTHREAD})
+            explainer = Explainer(booster, list(meta.features), reference)
             self._explainers[version] = (explainer, columns)
         return self._explainers[version]
 

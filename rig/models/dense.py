@@ -23,6 +23,20 @@ import numpy as np
 if TYPE_CHECKING:
     import xgboost
 
+# Threads per booster: 1. Measured by bench/bench_backbone.py on this 2-core machine (16 features, 200 trees
+# of depth 6, two models on the same batch, medians of 7 interleaved trials, machine shared with other
+# work): nthread=1 per model with the two models in parallel threads vs nthread=2 one after the other
+# took 4.9 vs 5.1 ms, 5.1 vs 5.6 ms and 6.3 vs 6.7 ms for 1,000 rows, and 0.92 vs 1.06 ms for 10 rows;
+# in one run while the neighbours were busy, 10.2 vs 48.0 ms (an OpenMP team of 2 stalls when another
+# process holds one of the two cores). One thread per model also avoids oversubscription: the golden
+# and each experiment already run in their own pool threads.
+# The explainer too: its searches predict 5-15k rows a step, and an OpenMP team of 2 beside the hot path
+# spins for the core the hot path holds. bench/bench_explainer.py (150-round model, medians of 5): with
+# one core busy an explanation took 168 ms of CPU and 146 ms wall with 2 threads, 86 and 83 ms with one;
+# with the machine idle 106 against 82 ms of CPU, at 56 against 74 ms wall.
+MODEL_NTHREAD = 1
+"""XGBoost threads per booster wherever a worker predicts (`booster.set_param({"nthread": ...})`)."""
+
 _CONFIG = {  # what inplace_predict sends, per predict_type ("value": the objective's output)
     predict_type: json.dumps(
         {

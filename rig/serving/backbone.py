@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from rig.errors import BackboneError, GoldenUnavailable
-from rig.models.dense import DenseScorer
+from rig.models.dense import MODEL_NTHREAD, DenseScorer
 
 if TYPE_CHECKING:
     import xgboost
@@ -37,14 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Threads per booster: 1. Measured by bench/bench_backbone.py on this 2-core machine (16 features, 200 trees
-# of depth 6, two models on the same batch, medians of 7 interleaved trials, machine shared with other
-# work): nthread=1 per model with the two models in parallel threads vs nthread=2 one after the other
-# took 4.9 vs 5.1 ms, 5.1 vs 5.6 ms and 6.3 vs 6.7 ms for 1,000 rows, and 0.92 vs 1.06 ms for 10 rows;
-# in one run while the neighbours were busy, 10.2 vs 48.0 ms (an OpenMP team of 2 stalls when another
-# process holds one of the two cores). One thread per model also avoids oversubscription: the golden
-# and each experiment already run in their own pool threads.
-MODEL_NTHREAD = 1
 INLINE_CALL_BUDGET_S = 0.005
 """Longest an inline call may take (it holds the event loop) before its version goes to the pools."""
 INLINE_SLOW_CALLS = 3

@@ -24,8 +24,7 @@ import treelite  # noqa: E402
 import xgboost  # noqa: E402
 
 from bench.support.timing import interleaved_us_per_row  # noqa: E402
-from rig.models.dense import DenseScorer  # noqa: E402
-from rig.serving.backbone import MODEL_NTHREAD  # noqa: E402
+from rig.models.dense import MODEL_NTHREAD, DenseScorer  # noqa: E402
 
 
 def measure(

@@ -15,12 +15,12 @@ import pytest
 import xgboost
 
 from rig.errors import BackboneError, GoldenUnavailable, ModelIntegrityError
+from rig.models.dense import MODEL_NTHREAD
 from rig.models.registry import MODEL_FILE, ModelRegistry
 from rig.serving import backbone as backbone_module
 from rig.serving.backbone import (
     INLINE_CALL_BUDGET_S,
     INLINE_SLOW_CALLS,
-    MODEL_NTHREAD,
     Backbone,
     BatchScores,
     Model,
