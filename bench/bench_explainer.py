@@ -2,8 +2,8 @@
 
 The explainer thread of a worker shares the machine with the hot path, so what an explanation costs
 there is CPU taken from predictions. Measured on a model of the pipeline benchmark's size (150 rounds
-on the synthetic world, the deployment's transform), on the same held-out rows each way (those nearest to the decision, as the requests a worker explains),
-interleaved:
+on the synthetic world, the deployment's transform), on the same held-out rows each way (those nearest
+to the decision, like the requests a worker explains), interleaved:
 
 - `before`: every perturbed row predicted, XGBoost's thread count as trained (2);
 - `distinct rows`: only the distinct perturbed rows predicted (`rig.explain.anchors.distinct_rows`),
@@ -11,7 +11,7 @@ interleaved:
 - `shipped`: distinct rows and `MODEL_NTHREAD` threads, as the worker's `ExplanationService` runs it;
 
 each with the machine as it is, and with one core kept busy by a spinning process (a worker's hot path
-holds one core under load). Prints a table and writes bench/results/explainer.json; takes ~40 s.
+holds one core under load). Prints a table and writes bench/results/explainer.json; takes ~2 min.
 
 Run: .venv/bin/python bench/bench_explainer.py
 """

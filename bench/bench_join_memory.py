@@ -179,8 +179,8 @@ def sweep_pass(stores: list[JoinStore], now_ms: int, label: str) -> dict[str, An
         changes: list[Change] = []
         for rid, entry in due:
             step = sweep(entry, now_ms, RETENTION_MS)
-            for key, value in step.counts.items():
-                counts[key] = counts.get(key, 0) + value
+            for name in step.counts:  # one name per occurrence
+                counts[name] = counts.get(name, 0) + 1
             if step.entry is not None:
                 _encode(step.entry)  # the changelog value the join publishes
             changes.append((rid, entry, step.entry))
