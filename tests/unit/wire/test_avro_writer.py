@@ -3,8 +3,11 @@ it, exactly the bytes fastavro writes; values it cannot write make the codec fal
 
 from __future__ import annotations
 
+import io
+from types import SimpleNamespace
 from typing import Any
 
+import fastavro
 import msgspec
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from rig.errors import CodecError
+from rig.wire import avro_writer
 from rig.wire.avro_writer import compile_writer
 from rig.wire.codec import Codec
 from rig.wire.records import Prediction
@@ -38,6 +42,47 @@ def test_compiled_bytes_equal_fastavro_bytes_for_any_values(name: str, data: st.
     assert write is not None
 
     assert write(record) == fastavro_body(name, plain)
+
+
+INT_AND_LONG = {
+    "type": "record",
+    "name": "R",
+    "fields": [{"name": "i", "type": "int"}, {"name": "l", "type": "long"}],
+}
+
+
+def fastavro_bytes(schema: dict[str, Any], plain: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(schema), plain)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("value", [0, 63, 64, -1, -65, 2**31 - 1, -(2**31), 1_796_280_000_123])
+def test_an_int_written_again_comes_from_the_memo_with_the_same_bytes(value: int) -> None:
+    write = compile_writer(INT_AND_LONG)
+    assert write is not None
+    i = value if -(2**31) <= value < 2**31 else 7
+    expected = fastavro_bytes(INT_AND_LONG, {"i": i, "l": value})
+
+    assert [write(SimpleNamespace(i=i, l=value)) for _ in range(3)] == [expected] * 3
+
+
+def test_a_long_remembered_is_still_refused_where_an_int_is_due() -> None:
+    write = compile_writer(INT_AND_LONG)
+    assert write is not None
+    write(SimpleNamespace(i=1, l=2**40))  # remembered as a long
+
+    with pytest.raises(OverflowError):
+        write(SimpleNamespace(i=2**40, l=1))
+
+
+def test_the_memo_stays_bounded() -> None:
+    write = compile_writer(INT_AND_LONG)
+    assert write is not None
+    for value in range(1_000, 1_000 + 3 * avro_writer._MEMO_ENTRIES):
+        write(SimpleNamespace(i=value, l=value))
+
+    assert all(0 < len(memo) <= avro_writer._MEMO_ENTRIES for memo in avro_writer._MEMO.values())
 
 
 def test_an_unsupported_union_gives_no_compiled_writer() -> None:
