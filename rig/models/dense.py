@@ -30,10 +30,11 @@ if TYPE_CHECKING:
 # in one run while the neighbours were busy, 10.2 vs 48.0 ms (an OpenMP team of 2 stalls when another
 # process holds one of the two cores). One thread per model also avoids oversubscription: the golden
 # and each experiment already run in their own pool threads.
-# The explainer too: its searches predict 5-15k rows a step, and an OpenMP team of 2 beside the hot path
-# spins for the core the hot path holds. bench/bench_explainer.py (150-round model, medians of 5): with
-# one core busy an explanation took 168 ms of CPU and 146 ms wall with 2 threads, 86 and 83 ms with one;
-# with the machine idle 106 against 82 ms of CPU, at 56 against 74 ms wall.
+# The explainer too: its searches predict 15-40k rows per explanation, and an OpenMP team of 2 beside
+# the hot path spins for the core the hot path holds. bench/bench_explainer.py (150-round model, rows near the
+# decision, medians of 5): with one core busy an explanation took 387 ms of CPU and 394 ms wall with 2
+# threads, 217 and 312 ms with one; with the machine as it was, 319 against 212 ms CPU, 272 against 214
+# ms wall.
 MODEL_NTHREAD = 1
 """XGBoost threads per booster wherever a worker predicts (`booster.set_param({"nthread": ...})`)."""
 
