@@ -22,8 +22,7 @@ sweep from running ahead of that backlog, on either source.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from rig.wire.records import JoinedOutcome, Outcome, Prediction
 
@@ -33,11 +32,11 @@ Entry = dict[str, Any]  # {"state": State, "at_ms": int, "prediction": {...} | N
 prediction (`compact_prediction`) and outcome (`compact_outcome`), not the topic records."""
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """The result of one event or sweep: the new entry (None: delete it), rows to emit, and the names
     of what it counts, one per occurrence (a tuple: a Counter per step cost a quarter of the join's
-    time; `Counter.update` takes the names as they are)."""
+    time; `Counter.update` takes the names as they are). A named tuple: a frozen dataclass took
+    1.35 µs to build against 0.68 µs (timeit), and an event builds three."""
 
     entry: Entry | None
     joined: list[JoinedOutcome]
