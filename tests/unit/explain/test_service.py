@@ -12,9 +12,7 @@ from rig.config import RigSettings
 from rig.explain.service import ExplanationCache, ExplanationService
 from rig.models.dense import MODEL_NTHREAD
 from rig.models.registry import ModelRegistry
-from rig.models.train import fit_booster, load_transform_spec, model_matrix
-from rig.transform.fitted import fit
-from rig.transform.model_inputs import model_columns
+from rig.models.train import train_and_register
 from rig.wire.records import AnchorRule, Explanation, ShapValues
 from sim.world import FEATURE_NAMES, as_of_features, labelled_events, make_world
 
@@ -25,24 +23,21 @@ def test_explainers_predict_with_the_backbones_thread_count(tmp_path: Path) -> N
     # The model is trained with 2 threads; an explainer's searches beside the hot path must not be.
     world = make_world(seed=3, n_entities=300, days=4)
     events = labelled_events(world, 600, seed=4)
-    frame = as_of_features(world, events["entity_id"], events["event_timestamp"])
-    settings = RigSettings()
-    transform = fit(
-        load_transform_spec(
-            settings.model_copy(update={"transform_spec": REPO_ROOT / settings.transform_spec})
-        ),
-        frame,
+    frame = as_of_features(world, events["entity_id"], events["event_timestamp"]).assign(
+        label=events["label"]
     )
-    features = model_columns(transform.output_columns, FEATURE_NAMES)
-    x, _ = model_matrix(transform, frame, features)
-    booster = fit_booster(x, events["label"].to_numpy(), features, rounds=5)
-    registry = ModelRegistry(tmp_path)
-    meta = registry.save(booster, "risk", features, registry.save_transform(transform), reference=frame)
+    defaults = RigSettings()
+    settings = RigSettings(home=tmp_path, transform_spec=REPO_ROOT / defaults.transform_spec)
+    meta = train_and_register(settings, frame, FEATURE_NAMES, rounds=5).meta
+    registry = ModelRegistry(settings.model_dir)
 
-    explainer, _ = ExplanationService(registry)._explainer(meta.version, transform)
+    explainer, _ = ExplanationService(registry)._explainer(
+        meta.version, registry.load_transform(meta.transform_version)
+    )
 
+    trained = json.loads(registry.load(meta.version).save_config())["learner"]["generic_param"]["nthread"]
+    assert trained != str(MODEL_NTHREAD)
     config = json.loads(explainer.booster.save_config())
-    assert json.loads(booster.save_config())["learner"]["generic_param"]["nthread"] != str(MODEL_NTHREAD)
     assert config["learner"]["generic_param"]["nthread"] == str(MODEL_NTHREAD)
 
 
