@@ -98,9 +98,10 @@ def main() -> None:
     features = model_columns(transform.output_columns, FEATURE_NAMES)
     x, ok = model_matrix(transform, frame, features)
     labels = events["label"].to_numpy()
+    trained = fit_booster(x[:train], labels[:train], features, rounds=args.rounds_boosting)
     explainers = {}
     for way, (_, threads) in WAYS.items():
-        booster = fit_booster(x[:train], labels[:train], features, rounds=args.rounds_boosting)
+        booster = trained.copy()  # the same trees each way; only the thread count differs
         booster.set_param({"nthread": threads})
         explainers[way] = Explainer(booster, features, x[:REFERENCE_ROWS])
     held_out = x[train:][ok[train:]]
