@@ -115,10 +115,7 @@ class _Compiler(CodeBuilder):
             return "None"
         name = self.fresh("v")
         if kind in ("int", "long"):
-            # One byte (0..63 and -64..-1) inline, the common case; longer ones through _varint.
-            self.emit(depth, f"{name} = data[p]")
-            self.emit(depth, f"if {name} < 0x80: {name} = ({name} >> 1) ^ -({name} & 1); p += 1")
-            self.emit(depth, f"else: {name}, p = _varint(data, p, {kind!r})")
+            self.varint(name, kind, depth)
         elif kind == "string":
             # A length of one byte (below 64) inline; longer ones through _text.
             end = self.fresh("e")
@@ -141,7 +138,7 @@ class _Compiler(CodeBuilder):
             symbols = self.fresh("S")
             self.constants[symbols] = tuple(schema["symbols"])
             index = self.fresh("i")
-            self.emit(depth, f"{index}, p = _varint(data, p)")
+            self.varint(index, "long", depth)
             self.emit(depth, f"if not 0 <= {index} < {len(schema['symbols'])}: raise Malformed('enum index')")
             self.emit(depth, f"{name} = {symbols}[{index}]")
         elif kind == "record":
@@ -151,6 +148,13 @@ class _Compiler(CodeBuilder):
         else:
             raise Unsupported(f"Avro type {kind!r}")
         return name
+
+    def varint(self, name: str, kind: str, depth: int) -> None:
+        """Code reading a zigzag varint into `name`: one byte (0..63 and -64..-1, every union branch and
+        enum index, most counts) inline, the common case; longer ones through _varint."""
+        self.emit(depth, f"{name} = data[p]")
+        self.emit(depth, f"if {name} < 0x80: {name} = ({name} >> 1) ^ -({name} & 1); p += 1")
+        self.emit(depth, f"else: {name}, p = _varint(data, p, {kind!r})")
 
     def record(self, schema: dict[str, Any], name: str, depth: int, nesting: int) -> None:
         record_class = self.classes.get(schema["name"].rsplit(".", 1)[-1])
@@ -194,7 +198,7 @@ class _Compiler(CodeBuilder):
             raise Unsupported(f"union {branches!r}")
         null = branches.index("null")
         name, index = self.fresh("u"), self.fresh("i")
-        self.emit(depth, f"{index}, p = _varint(data, p)")
+        self.varint(index, "long", depth)
         self.emit(depth, f"if {index} == {null}:")
         self.emit(depth + 1, f"{name} = None")
         self.emit(depth, f"elif {index} == {1 - null}:")
