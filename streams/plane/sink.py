@@ -50,7 +50,7 @@ class Sink(Protocol):
 
 @dataclass(slots=True)
 class Output:
-    """One message of a batch, kept until the broker acknowledged it."""
+    """A message of a batch whose delivery failed, kept until the broker acknowledges it."""
 
     batch_id: int
     message: Outgoing
@@ -60,9 +60,9 @@ class Output:
 class DeliveringSink:
     """An idempotent producer whose messages belong to batches.
 
-    A batch is delivered when it is sealed (no more outputs will come) and every one of its
-    messages has a successful delivery report; `on_delivered(batch_id)` is then called (from the
-    producer's poll thread). A failed delivery (broker away past `message.timeout.ms`, topic deleted
+    A batch is delivered when every one of its messages has a successful delivery report;
+    `on_delivered(batch_id)` is then called (from the producer's poll thread; from `publish` for a
+    batch without outputs). A failed delivery (broker away past `message.timeout.ms`, topic deleted
     or not authorized, ...) is produced again after a backoff, for as long as it takes: it never
     counts as delivered, so the batch's offsets are never committed past it.
     """
@@ -86,7 +86,6 @@ class DeliveringSink:
         self._health = health
         self._lock = threading.Lock()
         self._pending: dict[int, int] = {}
-        self._sealed: set[int] = set()
         self._retries: list[tuple[float, int, Output]] = []
         self._order = itertools.count()
         self._failing = 0
@@ -99,30 +98,45 @@ class DeliveringSink:
         return self
 
     async def publish(self, batch_id: int, messages: Iterable[Outgoing]) -> None:
-        """Produce messages as outputs of `batch_id`, then seal the batch.
+        """Produce messages as outputs of `batch_id`; the batch is delivered once every one is.
 
         Waits (without blocking the event loop) while the producer's queue is full.
         """
-        for message in messages:
-            output = Output(batch_id, message)
-            with self._lock:
-                self._pending[batch_id] = self._pending.get(batch_id, 0) + 1
-            while not self._send(output):
-                await asyncio.sleep(0.05)
-        self._seal(batch_id)
-
-    def _seal(self, batch_id: int) -> None:
-        with self._lock:
-            done = self._pending.get(batch_id, 0) == 0
-            if done:
-                self._pending.pop(batch_id, None)
-            else:
-                self._sealed.add(batch_id)
-        if done:
+        messages = list(messages)
+        if not messages:
             self._on_delivered(batch_id)
+            return
+        with self._lock:  # counted in full before the first report can come
+            self._pending[batch_id] = len(messages)
+        # One callback per batch, not an object and a partial per message: a failed message is
+        # rebuilt from its delivery report, which holds all of it but an explicit timestamp.
+        reports = (
+            functools.partial(self._report, batch_id, -1),
+            functools.partial(self._report, batch_id, None),
+        )
+        produce = self._producer.produce
+        for message in messages:
+            topic, key, value, partition, timestamp_ms = message
+            on_delivery = (
+                functools.partial(self._report_kept, Output(batch_id, message))
+                if timestamp_ms
+                else reports[partition >= 0]
+            )
+            while True:
+                try:
+                    produce(topic, value, key, partition, on_delivery=on_delivery, timestamp=timestamp_ms)
+                    break
+                except BufferError:
+                    await asyncio.sleep(0.05)
+                except KafkaException as error:  # refused before queueing (e.g. a fatal producer error)
+                    self._failed(
+                        Output(batch_id, message),
+                        error.args[0] if error.args else KafkaError(KafkaError._FAIL),
+                    )
+                    break
 
     def _send(self, output: Output) -> bool:
-        """Hand a message to librdkafka; False when its queue is full (try again later)."""
+        """Hand a message to librdkafka again; False when its queue is full (try again later)."""
         topic, key, value, partition, timestamp_ms = output.message
         try:
             self._producer.produce(
@@ -130,33 +144,47 @@ class DeliveringSink:
                 value,
                 key,
                 partition,
-                on_delivery=functools.partial(self._report, output),
+                on_delivery=functools.partial(self._report_kept, output),
                 timestamp=timestamp_ms,
             )
         except BufferError:
             return False
-        except KafkaException as error:  # refused before queueing (e.g. a fatal producer error)
+        except KafkaException as error:
             self._failed(output, error.args[0] if error.args else KafkaError(KafkaError._FAIL))
         return True
 
-    def _report(self, output: Output, error: KafkaError | None, _message: Message) -> None:
+    def _report(
+        self, batch_id: int, partition: int | None, error: KafkaError | None, message: Message
+    ) -> None:
+        """Delivery report of a message of `batch_id` produced to `partition` (-1: the partitioner's
+        choice, asked again when it is produced again; None: the partition it was produced to)."""
+        if error is not None:
+            if partition is None:
+                partition = message.partition()
+            outgoing = Outgoing(message.topic(), message.key(), message.value(), partition)
+            self._failed(Output(batch_id, outgoing), error)
+            return
+        with self._lock:
+            left = self._pending[batch_id] - 1
+            if left:
+                self._pending[batch_id] = left
+            else:
+                del self._pending[batch_id]
+        if not left:
+            self._on_delivered(batch_id)
+
+    def _report_kept(self, output: Output, error: KafkaError | None, message: Message) -> None:
+        """Delivery report of a message kept whole: produced again, or with an explicit timestamp."""
         if error is not None:
             self._failed(output, error)
             return
-        with self._lock:
-            left = self._pending[output.batch_id] - 1
-            self._pending[output.batch_id] = left
-            finished = left == 0 and output.batch_id in self._sealed
-            if finished:
-                del self._pending[output.batch_id]
-                self._sealed.discard(output.batch_id)
-            recovered = self._failing > 0 and output.attempt > 0
-            if recovered:
+        if output.attempt:
+            with self._lock:
                 self._failing -= 1
-        if recovered and self._failing == 0:
-            self._health.recovered(DEPENDENCY)
-        if finished:
-            self._on_delivered(output.batch_id)
+                recovered = self._failing == 0
+            if recovered:
+                self._health.recovered(DEPENDENCY)
+        self._report(output.batch_id, None, None, message)
 
     def _failed(self, output: Output, error: KafkaError) -> None:
         """Schedule the message again; the batch stays undelivered meanwhile."""

@@ -188,7 +188,12 @@ def test_a_delivery_to_a_missing_topic_is_retried_until_the_topic_exists(kafka_b
     try:
         import asyncio
 
-        asyncio.run(sink.publish(7, [Outgoing(topic, b"k", b"v1"), Outgoing(topic, b"k", b"v2")]))
+        outputs = [
+            Outgoing(topic, b"k", b"v1"),  # partition and timestamp left to the producer
+            Outgoing(topic, b"k", b"v2"),
+            Outgoing(topic, b"k", b"v3", 0, 1_700_000_000_000),  # both given: both kept on every attempt
+        ]
+        asyncio.run(sink.publish(7, outputs))
         time.sleep(4)
         assert delivered == [], "not delivered while the topic is missing"
         assert health.waits_for("Kafka (deliveries)")
@@ -204,14 +209,15 @@ def test_a_delivery_to_a_missing_topic_is_retried_until_the_topic_exists(kafka_b
         {"bootstrap.servers": kafka_bootstrap, "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"}
     )
     consumer.subscribe([topic])
-    values: list[bytes] = []
+    timestamps: dict[bytes, int] = {}
     deadline = time.monotonic() + 30
-    while len(values) < 2 and time.monotonic() < deadline:
+    while len(timestamps) < 3 and time.monotonic() < deadline:
         message = consumer.poll(0.5)
         if message is not None and not message.error():
-            values.append(message.value())
+            timestamps[message.value()] = message.timestamp()[1]
     consumer.close()
-    assert sorted(values) == [b"v1", b"v2"]
+    assert sorted(timestamps) == [b"v1", b"v2", b"v3"]
+    assert timestamps[b"v3"] == 1_700_000_000_000
 
 
 @pytest.mark.parametrize("strategy", ["cooperative-sticky", "range"])
