@@ -175,7 +175,7 @@ class _Compiler(CodeBuilder):
 
     def varint(self, name: str, kind: str, depth: int) -> None:
         """Code reading a zigzag varint into `name`: one byte (0..63 and -64..-1, every union branch and
-        enum index, most counts) inline, the common case; longer ones through _long or _varint."""
+        enum index) inline, the common case; longer ones through _long (longs) or _varint."""
         self.emit(depth, f"{name} = data[p]")
         self.emit(depth, f"if {name} < 0x80: {name} = ({name} >> 1) ^ -({name} & 1); p += 1")
         longer = "_long(data, p)" if kind == "long" else f"_varint(data, p, {kind!r})"
