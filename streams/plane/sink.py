@@ -110,18 +110,15 @@ class DeliveringSink:
             self._pending[batch_id] = len(messages)
         # One callback per batch, not an object and a partial per message: a failed message is
         # rebuilt from its delivery report, which holds all of it but an explicit timestamp.
-        reports = (
-            functools.partial(self._report, batch_id, -1),
-            functools.partial(self._report, batch_id, None),
-        )
+        report_partitioned = functools.partial(self._report, batch_id, -1)  # the partitioner chose
+        report_placed = functools.partial(self._report, batch_id, None)  # the rig chose the partition
         produce = self._producer.produce
         for message in messages:
             topic, key, value, partition, timestamp_ms = message
-            on_delivery = (
-                functools.partial(self._report_kept, Output(batch_id, message))
-                if timestamp_ms
-                else reports[partition >= 0]
-            )
+            if timestamp_ms:
+                on_delivery = functools.partial(self._report_kept, Output(batch_id, message))
+            else:
+                on_delivery = report_placed if partition >= 0 else report_partitioned
             while True:
                 try:
                     produce(topic, value, key, partition, on_delivery=on_delivery, timestamp=timestamp_ms)
@@ -129,10 +126,7 @@ class DeliveringSink:
                 except BufferError:
                     await asyncio.sleep(0.05)
                 except KafkaException as error:  # refused before queueing (e.g. a fatal producer error)
-                    self._failed(
-                        Output(batch_id, message),
-                        error.args[0] if error.args else KafkaError(KafkaError._FAIL),
-                    )
+                    self._failed(Output(batch_id, message), _kafka_error(error))
                     break
 
     def _send(self, output: Output) -> bool:
@@ -150,7 +144,7 @@ class DeliveringSink:
         except BufferError:
             return False
         except KafkaException as error:
-            self._failed(output, error.args[0] if error.args else KafkaError(KafkaError._FAIL))
+            self._failed(output, _kafka_error(error))
         return True
 
     def _report(
@@ -235,3 +229,8 @@ class DeliveringSink:
         self._thread.join(timeout=5)
         self._producer.flush(max(0.0, deadline - time.monotonic()))
         return self.undelivered()
+
+
+def _kafka_error(exception: KafkaException) -> KafkaError:
+    """The KafkaError a produce call raised (a generic failure when it carries none)."""
+    return exception.args[0] if exception.args else KafkaError(KafkaError._FAIL)

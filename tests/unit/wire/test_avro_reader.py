@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from rig.wire.avro_reader import _LONGS_READ, Malformed, _long, _varint, compile_reader
+from rig.wire.avro_writer import _varint as varint_bytes
 from rig.wire.codec import Codec, Rejected
 from rig.wire.records import Prediction, Request
 from tests.unit.wire.avro_values import RECORDS, fastavro_body, prediction, raw_schema, values_of
@@ -160,20 +161,10 @@ def test_a_varint_out_of_the_range_of_an_int_is_malformed() -> None:
     assert _varint(b"\xfe\xff\xff\xff\x0f", 0, "int") == (2**31 - 1, 5)
 
 
-def zigzag_varint(value: int) -> bytes:
-    zigzag, out = (value << 1) ^ (value >> 63), bytearray()
-    while zigzag > 0x7F:
-        out.append((zigzag & 0x7F) | 0x80)
-        zigzag >>= 7
-    return bytes([*out, zigzag])
-
-
 @settings(max_examples=300, deadline=None)
 @given(values=st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(2**34, 2**35), min_size=1, max_size=20))
 def test_remembered_longs_read_as_varint_reads_them_however_often_they_repeat(values: list[int]) -> None:
-    data = (
-        b"".join(zigzag_varint(v) for v in values * 2) + b"\x01tail"
-    )  # each twice: the second is remembered
+    data = b"".join(varint_bytes(v) for v in values * 2) + b"\x01tail"  # each twice: the second is remembered
     p, read = 0, []
     for _ in range(len(values) * 2):
         value, end = _long(data, p)
@@ -184,7 +175,7 @@ def test_remembered_longs_read_as_varint_reads_them_however_often_they_repeat(va
 
 
 def test_a_shorter_varint_followed_by_the_bytes_of_a_remembered_one_is_not_taken_for_it() -> None:
-    timestamp = zigzag_varint(1_796_289_070_406)
+    timestamp = varint_bytes(1_796_289_070_406)
     assert len(timestamp) == 6
     _long(timestamp, 0)
     assert _LONGS_READ[timestamp] == 1_796_289_070_406
