@@ -201,17 +201,33 @@ class AnchorSearch:
     def _perturb(
         self, x: np.ndarray, rules: Sequence[Sequence[Condition]], n: int, rng: np.random.Generator
     ) -> np.ndarray:
-        """n perturbations per rule, stacked; rules share the base rows and draws (common random numbers)."""
+        """n perturbations per rule, stacked; rules share the base rows and draws (common random numbers).
+
+        A rule's conditions are on distinct features and each touches only its own column, so what a
+        condition does to the base rows is the same in every rule that holds it: computed once per
+        distinct condition (a screening step's rules share all conditions but one), then copied in.
+        """
         base = self._reference[rng.integers(0, self._reference.shape[0], n)]
         u = rng.random(base.shape)
         out = np.repeat(base[None], len(rules), axis=0)
+        redrawn: dict[Condition, tuple[int, np.ndarray, np.ndarray]] = {}
         for block, rule in zip(out, rules, strict=True):
             for condition in rule:
-                j = self._index[condition.feature]
-                bad = ~condition.holds(block[:, j])
-                if bad.any():
-                    block[bad, j] = self._draw_within(j, condition, u[bad, j], x[j])
+                found = redrawn.get(condition)
+                if found is None:
+                    found = redrawn[condition] = self._redraw(condition, base, u, x)
+                j, bad, values = found
+                if bad.size:
+                    block[bad, j] = values
         return out.reshape(-1, x.size)
+
+    def _redraw(
+        self, condition: Condition, base: np.ndarray, u: np.ndarray, x: np.ndarray
+    ) -> tuple[int, np.ndarray, np.ndarray]:
+        """The column of `condition`, the base rows that break it, and their values drawn within it."""
+        j = self._index[condition.feature]
+        bad = np.flatnonzero(~condition.holds(base[:, j]))
+        return j, bad, self._draw_within(j, condition, u[bad, j], x[j])
 
     def _draw_within(self, j: int, condition: Condition, u: np.ndarray, fallback: float) -> np.ndarray:
         if condition.missing:
