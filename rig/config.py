@@ -101,14 +101,8 @@ class RigSettings(BaseSettings):
     history and decisions are never pruned (the audit trail)."""
 
     batch_max: int = Field(default=500, ge=1)
-    """Largest micro-batch a worker takes from a topic. The predict path's batch is what has arrived
-    (never a wait to fill it), so its batches grow only under load; the join and the promoter let
-    theirs fill for `feedback_linger_s`."""
-
-    feedback_linger_s: float = Field(default=0.25, ge=0, le=5)
-    """How long the join and the promoter let a batch fill after its first record (predictions wait
-    for outcomes anyway): fewer, larger batches, whose fixed work per batch would otherwise take turns
-    with the predict path's in the same process. The predict path never waits (`batch_max`)."""
+    """Largest micro-batch a worker takes from a topic. A batch is what has arrived (never a wait to
+    fill it), so batches grow only under load."""
 
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     """`at_least_once`: a batch's offsets are committed after all its outputs are delivered (a crash

@@ -37,9 +37,6 @@ class SourceSettings:
     group_id: str
     topics: tuple[str, ...]
     batch_max: int = 500
-    linger_s: float = 0.0
-    """After a batch's first message, how long to wait for it to fill up to `batch_max` (0: take only
-    what has already arrived). For sources whose outputs nobody waits for: fewer, larger batches."""
     max_open_batches: int = 4
     """Batches handed over and not yet delivered; at this many, fetching pauses (backpressure)."""
     commit_interval_s: float = 1.0
@@ -187,7 +184,7 @@ class BatchSource:
         """Build a batch from `first` and what has already arrived behind it, and hand it over."""
         messages = [first]
         if self.settings.batch_max > 1:
-            messages += consumer.consume(self.settings.batch_max - 1, timeout=self.settings.linger_s)
+            messages += consumer.consume(self.settings.batch_max - 1, timeout=0)
         good: list[Message] = []
         for message in messages:
             error = message.error()

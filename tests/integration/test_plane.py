@@ -134,26 +134,6 @@ def test_an_idle_source_hands_over_a_single_message_at_once(kafka_bootstrap: str
     print(f"one message handed over {waited * 1000:.1f} ms after it was acknowledged")
 
 
-def test_a_lingering_source_lets_a_batch_fill_with_what_arrives_meanwhile(kafka_bootstrap: str) -> None:
-    topic, group = create_topic(kafka_bootstrap, partitions=1), f"test-{uuid.uuid4().hex}"
-    plane = Plane(kafka_bootstrap, group, topic, batch_max=10, linger_s=10.0)
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0})
-    with running(plane):
-        deadline = time.monotonic() + 30
-        while not plane.source.assignment() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        started = time.monotonic()
-        for i in range(10):  # one at a time: without the linger the first batch would hold m0 alone
-            producer.produce(topic, f"m{i}".encode())
-            assert producer.flush(30) == 0
-            time.sleep(0.05)
-        batch = plane.take()
-        waited = time.monotonic() - started
-        plane.ledger.finish(batch.batch_id)
-    assert plane.values(batch) == [f"m{i}".encode() for i in range(10)]
-    assert waited < 10, "a full batch is handed over at once, not at the end of the linger"
-
-
 def test_a_second_member_takes_partitions_where_the_first_committed_them_without_loss_or_repeat(
     kafka_bootstrap: str,
 ) -> None:
