@@ -101,8 +101,15 @@ class RigSettings(BaseSettings):
     history and decisions are never pruned (the audit trail)."""
 
     batch_max: int = Field(default=500, ge=1)
-    """Largest micro-batch a worker takes from a topic. A batch is what has arrived (never a wait to
-    fill it), so batches grow only under load."""
+    """Largest micro-batch a worker takes from a topic. The predict path's batch is what has arrived
+    (never a wait to fill it), so its batches grow only under load; the join and the promoter wait
+    `feedback_linger_s` after a small batch."""
+
+    feedback_linger_s: float = Field(default=0.25, ge=0, le=5)
+    """After a batch smaller than `batch_max`, how long the join and the promoter wait before taking
+    the next one, which gathers what arrives meanwhile (predictions wait for outcomes anyway): fewer,
+    larger batches, whose fixed work would otherwise take turns with the predict path's in the same
+    process. The predict path never waits."""
 
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     """`at_least_once`: a batch's offsets are committed after all its outputs are delivered (a crash

@@ -333,7 +333,9 @@ def install_join(app: faust.App, settings: RigSettings, metrics: WorkerMetrics) 
         app,
         settings.kafka_client_config(),
         settings.kafka_producer_config(),
-        source_settings(settings, "join", topics, assignment_strategy="range"),
+        source_settings(
+            settings, "join", topics, assignment_strategy="range", linger_s=settings.feedback_linger_s
+        ),
         Health(needs_partitions=False),  # readiness is about answering requests
         on_assigned=join.assigned,
         on_revoked=join.revoked,

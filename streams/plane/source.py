@@ -37,6 +37,10 @@ class SourceSettings:
     group_id: str
     topics: tuple[str, ...]
     batch_max: int = 500
+    linger_s: float = 0.0
+    """After a batch smaller than `batch_max`, how long to wait before taking the next one, so that it
+    gathers what arrives meanwhile (0: never wait). For sources whose outputs nobody waits for:
+    fewer, larger batches. The wait is outside `poll`, so no rebalance is served during it."""
     max_open_batches: int = 4
     """Batches handed over and not yet delivered; at this many, fetching pauses (backpressure)."""
     commit_interval_s: float = 1.0
@@ -165,7 +169,11 @@ class BatchSource:
                 self._make_room(consumer)
                 message = consumer.poll(0.1)
                 if message is not None:
-                    self._take(consumer, message)
+                    taken = self._take(consumer, message)
+                    if taken < self.settings.batch_max and self.settings.linger_s > 0:
+                        # Here, not as consume()'s timeout: a rebalance served inside consume() would
+                        # revoke partitions whose messages the batch being built already holds.
+                        self._stop.wait(self.settings.linger_s)
                 now = time.monotonic()
                 if now >= next_commit:
                     self._commit(consumer, self._ledger.to_commit())
@@ -180,8 +188,9 @@ class BatchSource:
         finally:
             consumer.close()
 
-    def _take(self, consumer: Consumer, first: Message) -> None:
-        """Build a batch from `first` and what has already arrived behind it, and hand it over."""
+    def _take(self, consumer: Consumer, first: Message) -> int:
+        """Build a batch from `first` and what has already arrived behind it, and hand it over;
+        returns how many messages it holds."""
         messages = [first]
         if self.settings.batch_max > 1:
             messages += consumer.consume(self.settings.batch_max - 1, timeout=0)
@@ -193,13 +202,14 @@ class BatchSource:
             elif error.code() != KafkaError._PARTITION_EOF:
                 self._consumer_error(error)
         if not good:
-            return
+            return 0
         if self._health.waits_for(DEPENDENCY):
             self._health.recovered(DEPENDENCY)
         lasts: dict[TP, int] = {}
         for message in good:
             lasts[(message.topic(), message.partition())] = message.offset()
         self._hand_over(SourceBatch(self._ledger.begin(lasts, in_hand=True), good))
+        return len(good)
 
     def _consumer_error(self, error: KafkaError) -> None:
         if error.fatal():

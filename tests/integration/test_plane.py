@@ -134,6 +134,30 @@ def test_an_idle_source_hands_over_a_single_message_at_once(kafka_bootstrap: str
     print(f"one message handed over {waited * 1000:.1f} ms after it was acknowledged")
 
 
+def test_a_lingering_source_waits_after_a_small_batch_so_the_next_gathers_what_arrives(
+    kafka_bootstrap: str,
+) -> None:
+    topic, group = create_topic(kafka_bootstrap, partitions=1), f"test-{uuid.uuid4().hex}"
+    plane = Plane(kafka_bootstrap, group, topic, batch_max=100, linger_s=3.0)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0})
+    with running(plane):
+        deadline = time.monotonic() + 30
+        while not plane.source.assignment() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        producer.produce(topic, b"m0")
+        assert producer.flush(30) == 0
+        first = plane.take()
+        plane.ledger.finish(first.batch_id)
+        for i in range(1, 10):  # one at a time: without the linger each would make a batch of its own
+            producer.produce(topic, f"m{i}".encode())
+            assert producer.flush(30) == 0
+            time.sleep(0.02)
+        second = plane.take()
+        plane.ledger.finish(second.batch_id)
+    assert plane.values(first) == [b"m0"], "an idle source hands over the first message at once"
+    assert plane.values(second) == [f"m{i}".encode() for i in range(1, 10)]
+
+
 def test_a_second_member_takes_partitions_where_the_first_committed_them_without_loss_or_repeat(
     kafka_bootstrap: str,
 ) -> None:
