@@ -85,6 +85,13 @@ def running(plane: Plane) -> Iterator[Plane]:
         plane.source.stop()
 
 
+def wait_assigned(plane: Plane, timeout_s: float = 30) -> None:
+    """Until the source holds partitions (or `timeout_s` passed)."""
+    deadline = time.monotonic() + timeout_s
+    while not plane.source.assignment() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def drain(plane: Plane, expected: int, finish: bool = True, timeout_s: float = 30) -> list[bytes]:
     seen: list[bytes] = []
     deadline = time.monotonic() + timeout_s
@@ -122,9 +129,7 @@ def test_an_idle_source_hands_over_a_single_message_at_once(kafka_bootstrap: str
     topic, group = create_topic(kafka_bootstrap, partitions=1), f"test-{uuid.uuid4().hex}"
     plane = Plane(kafka_bootstrap, group, topic, batch_max=500)
     with running(plane):
-        deadline = time.monotonic() + 30
-        while not plane.source.assignment() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_assigned(plane)
         produce(kafka_bootstrap, topic, 1)
         started = time.monotonic()
         batch = plane.take()
@@ -141,9 +146,7 @@ def test_a_lingering_source_waits_after_a_small_batch_so_the_next_gathers_what_a
     plane = Plane(kafka_bootstrap, group, topic, batch_max=100, linger_s=3.0)
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0})
     with running(plane):
-        deadline = time.monotonic() + 30
-        while not plane.source.assignment() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_assigned(plane)
         producer.produce(topic, b"m0")
         assert producer.flush(30) == 0
         first = plane.take()
