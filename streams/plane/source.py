@@ -8,7 +8,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from streams.metrics import WorkerMetrics
 from streams.plane.health import Health
@@ -107,6 +115,8 @@ class BatchSource:
         self._progress: dict[TP, tuple[tuple[int | None, int], float]] = {}
         self._paused = False
         self._reassigned = False
+        self._let_go: set[TP] = set()  # since the current batch began to be taken
+        self._starts: dict[TP, int] = {}  # where the latest assignment of a partition began to read
         self._group_metadata: object | None = None
         self.crashed: BaseException | None = None
 
@@ -142,6 +152,9 @@ class BatchSource:
 
     # -- the consuming thread -----------------------------------------------------------------------
     def _consumer(self) -> Consumer:
+        return Consumer(self._consumer_config())
+
+    def _consumer_config(self) -> dict[str, object]:
         config: dict[str, object] = {
             **self._client_config,
             "group.id": self.settings.group_id,
@@ -153,7 +166,7 @@ class BatchSource:
         }
         if self.settings.group_instance_id:
             config["group.instance.id"] = self.settings.group_instance_id
-        return Consumer(config)
+        return config
 
     def _run(self) -> None:
         consumer = self._consumer()
@@ -192,10 +205,11 @@ class BatchSource:
         """Build a batch from `first` and what has already arrived behind it, and hand it over;
         returns how many messages it holds."""
         messages = [first]
+        self._let_go = set()  # poll served its callbacks before it returned `first`
         if self.settings.batch_max > 1:
             messages += consumer.consume(self.settings.batch_max - 1, timeout=0)
         good: list[Message] = []
-        for message in messages:
+        for message in self._still_held(consumer, messages):
             error = message.error()
             if error is None:
                 good.append(message)
@@ -210,6 +224,32 @@ class BatchSource:
             lasts[(message.topic(), message.partition())] = message.offset()
         self._hand_over(SourceBatch(self._ledger.begin(lasts, in_hand=True), good))
         return len(good)
+
+    def _still_held(self, consumer: Consumer, messages: list[Message]) -> list[Message]:
+        """The messages of partitions held all along since `poll` returned. A rebalance served
+        inside `consume` may let go of partitions whose messages were already taken (`first`, or
+        messages librdkafka did not purge): their new owner reads them from the commit, and a batch
+        holding them would record the partitions in the ledger again, its offsets then committed over
+        the new owner's. A partition let go and given back meanwhile (eager protocols) is read again
+        from where its new assignment starts."""
+        let_go = self._let_go
+        if not let_go:
+            return messages
+        back = let_go & self.assignment()
+        for tp in back:
+            start = self._starts.get(tp, OFFSET_INVALID)
+            if start == OFFSET_INVALID:
+                [stored] = consumer.committed([TopicPartition(*tp)], timeout=10)
+                start = stored.offset if stored.offset >= 0 else OFFSET_BEGINNING
+            consumer.seek(TopicPartition(tp[0], tp[1], start))
+        kept = [m for m in messages if (m.topic(), m.partition()) not in let_go]
+        log.info(
+            "a rebalance came while a batch was taken: %d messages of partitions let go meanwhile are "
+            "left to their owner, read again from %s",
+            len(messages) - len(kept),
+            sorted(f"{t}-{p}" for t, p in back),
+        )
+        return kept
 
     def _consumer_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -299,6 +339,8 @@ class BatchSource:
         if self._on_assigned is not None and tps:
             self._on_assigned(tps)
         starts = self._start_offsets(tps) if self._start_offsets is not None and tps else {}
+        for tp in tps:
+            self._starts[tp] = starts.get(tp, OFFSET_INVALID)
         if starts:
             # Assigning in the callback replaces the assignment confluent-kafka would make after it;
             # a partition's offset left unset (OFFSET_INVALID) means its committed offset.
@@ -340,6 +382,7 @@ class BatchSource:
         log.warning("partitions lost (not committed) %s", sorted(f"{t}-{p}" for t, p in tps))
 
     def _forget(self, tps: set[TP]) -> None:
+        self._let_go |= tps
         self._ledger.drop(tps)
         for tp in tps:
             self._progress.pop(tp, None)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.plane.health import Health
@@ -55,12 +55,13 @@ class Plane:
         group: str,
         topic: str,
         start_offsets: Callable[[set[TP]], dict[TP, int]] | None = None,
+        source: type[BatchSource] = BatchSource,
         **settings: object,
     ) -> None:
         self.batches: queue.Queue[SourceBatch] = queue.Queue()
         self.ledger = OffsetLedger()
         self.health = Health()
-        self.source = BatchSource(
+        self.source = source(
             {"bootstrap.servers": bootstrap},
             SourceSettings(group_id=group, topics=(topic,), commit_interval_s=0.2, **settings),  # type: ignore[arg-type]
             self.ledger,
@@ -103,6 +104,24 @@ def drain(plane: Plane, expected: int, finish: bool = True, timeout_s: float = 3
         seen += plane.values(batch)
         if finish:
             plane.ledger.finish(batch.batch_id)
+    return seen
+
+
+def drain_both(one: Plane, other: Plane, expected: int, timeout_s: float = 30) -> list[bytes]:
+    """What two members hand over, every batch finished, until `expected` messages and a second
+    more (so that repeats show)."""
+    seen: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for plane in (one, other):
+            try:
+                batch = plane.take(timeout_s=0.1)
+            except queue.Empty:
+                continue
+            seen += plane.values(batch)
+            plane.ledger.finish(batch.batch_id)
+        if len(seen) >= expected:
+            deadline = min(deadline, time.monotonic() + 1)
     return seen
 
 
@@ -201,6 +220,63 @@ def test_a_second_member_takes_partitions_where_the_first_committed_them_without
     print(f"messages seen {len(seen)}, distinct {len(set(seen))}, repeats {repeats}")
     assert set(seen) == {f"m{i}".encode() for i in range(4_000)}
     assert repeats == 0, "a cooperative join commits on revoke: nothing is redone"
+
+
+class ConsumeUntilARebalance(Consumer):
+    """A real consumer whose first `consume` goes on taking messages until a rebalance served inside
+    it changed the assignment: the race of a rebalance that comes while a batch is taken, made
+    certain (librdkafka purges some, not all, of the messages it already took)."""
+
+    entered = threading.Event()
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:  # type: ignore[override]
+        if self.entered.is_set():
+            return super().consume(num_messages, timeout)
+        held = len(self.assignment())
+        self.entered.set()
+        taken: list[Message] = []
+        deadline = time.monotonic() + 60
+        while len(self.assignment()) in (0, held) and time.monotonic() < deadline:
+            taken += super().consume(num_messages - len(taken), 0.1)
+        taken += super().consume(num_messages - len(taken), 0.5)  # what the new assignment reads
+        return taken
+
+
+class SourceTakingThroughARebalance(BatchSource):
+    def _consumer(self) -> Consumer:
+        return ConsumeUntilARebalance(self._consumer_config())
+
+
+@pytest.mark.parametrize("strategy", ["cooperative-sticky", "range"])
+def test_a_rebalance_served_while_a_batch_is_taken_leaves_its_messages_to_their_owner(
+    kafka_bootstrap: str, strategy: str
+) -> None:
+    topic, group = create_topic(kafka_bootstrap), f"test-{uuid.uuid4().hex}"
+    produce(kafka_bootstrap, topic, 400)
+    ConsumeUntilARebalance.entered.clear()
+    first = Plane(
+        kafka_bootstrap,
+        group,
+        topic,
+        source=SourceTakingThroughARebalance,
+        batch_max=1_000,
+        assignment_strategy=strategy,
+    )
+    second = Plane(kafka_bootstrap, group, topic, batch_max=1_000, assignment_strategy=strategy)
+    with running(first):
+        assert ConsumeUntilARebalance.entered.wait(30), "the first batch is being taken"
+        with running(second):
+            batch = first.take(timeout_s=60)
+            held = first.source.assignment()
+            plane_of_batch = {(m.topic(), m.partition()) for m in batch.messages}
+            first.ledger.finish(batch.batch_id)
+            seen = first.values(batch) + drain_both(first, second, 400 - len(batch.messages))
+    print(
+        f"held after the rebalance {sorted(held)}, batch of {len(batch.messages)} on {sorted(plane_of_batch)}"
+    )
+    assert 0 < len(held) < 4, "the rebalance split the partitions"
+    assert plane_of_batch <= held, "the batch holds only partitions held when it was handed over"
+    assert sorted(seen) == sorted({f"m{i}".encode() for i in range(400)}), "nothing lost or repeated"
 
 
 def test_a_delivery_to_a_missing_topic_is_retried_until_the_topic_exists(kafka_bootstrap: str) -> None:
