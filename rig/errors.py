@@ -81,3 +81,7 @@ class MetadataError(RigError):
 
 class ExplainerError(RigError):
     """An explanation cannot be computed (bad row shape, unknown mutable feature, unusable reference)."""
+
+
+class JoinRestoreError(RigError):
+    """A join partition's state could not be restored from its changelog."""

@@ -30,13 +30,12 @@ from typing import Any
 
 import faust
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from rig.config import RigSettings
 from rig.errors import ConfigError
 from rig.feedback.join import (
-    Entry,
     StreamClock,
     compact_outcome,
     compact_prediction,
@@ -50,6 +49,7 @@ from rig.wire.codec import Codec, ErrorType, Rejected
 from rig.wire.partitioner import partition_for
 from rig.wire.records import DeadLetter, JoinedOutcome, Outcome, Prediction
 from streams.app import source_settings
+from streams.join_restore import PartitionJob, RestoreJob, restore_in_child
 from streams.metrics import WorkerMetrics
 from streams.plane.health import Health
 from streams.plane.ledger import TopicPartition as TP
@@ -67,7 +67,6 @@ SWEEP_SLICE = 250
 at most 14 ms over 2 M entries and 26 ms over 10 M (bench/bench_join_memory.py, heap frozen as in the
 worker)."""
 _encode_entry = msgspec.msgpack.Encoder().encode
-_decode_entry = msgspec.msgpack.Decoder(dict).decode
 
 
 @dataclass
@@ -112,9 +111,10 @@ class Join:
 
     # -- assignment (the source's thread) -----------------------------------------------------------
     def assigned(self, tps: set[TP]) -> None:
-        """Restore the state of newly held partitions before their records are read."""
+        """Restore the state of newly held partitions before their records are read (in a child
+        process: `streams.join_restore`)."""
+        to_restore: list[PartitionJob] = []
         for partition in sorted({p for _, p in tps} - set(self.held)):
-            started = time.monotonic()
             kept = self.let_go.pop(partition, None)
             end = self._changelog_end(partition)
             if kept is not None and kept.changelog_end == end:
@@ -124,14 +124,19 @@ class Join:
             if kept is not None:
                 kept.store.destroy()
             shutil.rmtree(self.folder(partition), ignore_errors=True)
-            store = JoinStore(self.folder(partition), self.retention_ms)
-            restored = store.restore(self._changelog(partition, end))
-            self.held[partition] = Partition(store, StreamClock(wall_ms(), self.retention_ms, SOURCES))
+            to_restore.append(PartitionJob(partition, end, str(self.folder(partition))))
+        if not to_restore:
+            return
+        job = RestoreJob(self._reader_config(), self.changelog, self.retention_ms, to_restore)
+        for restored in restore_in_child(job):
+            store = JoinStore(self.folder(restored.partition), self.retention_ms)
+            clock = StreamClock(wall_ms(), self.retention_ms, SOURCES)
+            self.held[restored.partition] = Partition(store, clock)
             log.info(
                 "join partition %d restored %d changelog records in %.1f s",
-                partition,
-                restored,
-                time.monotonic() - started,
+                restored.partition,
+                restored.records,
+                restored.seconds,
             )
 
     def revoked(self, tps: set[TP]) -> None:
@@ -157,38 +162,15 @@ class Join:
         finally:
             consumer.close()
 
-    def _changelog(self, partition: int, end: int) -> Iterator[tuple[str, Entry | None]]:
-        """The changelog partition's committed records, from its start up to `end`.
-
-        Progress is the consumer's position, not the last record's offset: with exactly-once on, the
-        changelog is written in transactions, whose commit markers and aborted records are never
-        handed out, so the record before `end` is often a marker and no record reaches it (a restore
-        that waited for one hung until somebody wrote to the partition again)."""
-        if end <= 0:
-            return
-        consumer = self._reader()
-        changelog = TopicPartition(self.changelog, partition)
-        try:
-            consumer.assign([TopicPartition(self.changelog, partition, OFFSET_BEGINNING)])
-            while True:
-                for message in consumer.consume(10_000, timeout=0.2):
-                    if message.error():
-                        continue
-                    value = message.value()
-                    yield message.key().decode(), None if value is None else _decode_entry(value)
-                if consumer.position([changelog])[0].offset >= end:
-                    return
-        finally:
-            consumer.close()
-
     def _reader(self) -> Consumer:
-        return Consumer(
-            {
-                **self.settings.kafka_client_config(),
-                "group.id": f"{self.settings.consumer_group('join')}-restore",  # never joined or committed
-                "enable.auto.commit": False,
-            }
-        )
+        return Consumer(self._reader_config())
+
+    def _reader_config(self) -> dict[str, str | bool]:
+        return {
+            **self.settings.kafka_client_config(),
+            "group.id": f"{self.settings.consumer_group('join')}-restore",  # never joined or committed
+            "enable.auto.commit": False,
+        }
 
     # -- batches (in a thread of the plane's serving task) --------------------------------------------
     def join_batch(self, batch: SourceBatch) -> tuple[list[Outgoing], dict[int, list[Change]]]:

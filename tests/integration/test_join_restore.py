@@ -4,8 +4,12 @@ close the partition (or a killed worker's transaction is still open)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -13,8 +17,10 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from rig.config import RigSettings
+from rig.errors import JoinRestoreError
 from rig.feedback.join import Entry
 from streams.join import Join
+from streams.join_restore import PartitionJob, RestoreJob, restore_in_child
 
 pytestmark = pytest.mark.integration
 
@@ -68,3 +74,54 @@ def test_a_transactional_changelog_is_restored_to_its_committed_records(
 
     store = join.held[0].store
     assert store.get_many(["r-1", "r-2", "r-3", "r-4"]) == [None, entry(2), entry(3), None]
+
+
+def test_a_restore_that_fails_in_its_child_process_raises(join: Join, tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    job = RestoreJob(join._reader_config(), join.changelog, 1_000, [PartitionJob(0, 1, str(blocked / "p0"))])
+
+    with pytest.raises(JoinRestoreError, match=r"partitions \[0\].*exited with 1"):
+        restore_in_child(job)
+
+
+def test_a_restore_whose_worker_is_gone_leaves_off(join: Join, tmp_path: Path) -> None:
+    # A "worker" that restores a partition whose changelog never reaches its end, then is killed:
+    # its child must not go on writing a store that a new worker would open.
+    job = RestoreJob(
+        join._reader_config(), join.changelog, 1_000, [PartitionJob(0, 10**9, str(tmp_path / "p0"))]
+    )
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, msgspec; from streams.join_restore import RestoreJob, restore_in_child;"
+            " restore_in_child(msgspec.json.decode(sys.stdin.buffer.read(), type=RestoreJob))",
+        ],
+        stdin=subprocess.PIPE,
+    )
+    assert worker.stdin is not None
+    worker.stdin.write(msgspec.json.encode(job))
+    worker.stdin.close()
+    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children")
+    deadline = time.monotonic() + RESTORE_BOUND_S
+    while not children.read_text().split() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [child] = [int(pid) for pid in children.read_text().split()]
+
+    worker.kill()
+    worker.wait()
+
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and _state(child) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists() or _state(child) == "Z", (
+        "the restore went on without its worker"
+    )
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
