@@ -1,15 +1,15 @@
 """Restoring join partitions from their changelog, in a child process.
 
-A restore is a Python loop over every changelog record (decode it, write it to RocksDB): in the demo,
-1.2-1.6 s per partition of 26-42 k records. Run in the worker's process, it held the GIL in the join
+A restore is a Python loop over every changelog record (decode it, write it to RocksDB): 1.4-2.7 s
+per partition of 63-94 k records in the demo. Run in the worker's process, it held the GIL in the join
 source's thread, and the event loop, which gives the GIL up at every socket call, waited up to the
-switch interval (5 ms) to get it back each time: the predict path's p99 went from ~40 ms to ~500 ms
-while a worker started. A child process restores on an interpreter of its own; the worker waits for
-it in the join source's thread, without the GIL.
+switch interval (5 ms) to get it back each time: while a worker started, the demo's steady p99 was
+140-186 ms, against 24-30 ms with the restore in a child process (which restores on an interpreter
+of its own; the worker waits for it in the join source's thread, without the GIL).
 
 Run as `python -m streams.join_restore` with a `RestoreJob` as JSON on stdin, then a line with the
-worker's pid; it writes one
-`Restored` line per partition on stdout, and leaves off when the worker that started it is gone.
+worker's pid; it writes one `Restored` line per partition on stdout, and leaves off when the worker
+that started it is gone.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def restore_in_child(job: RestoreJob) -> list[Restored]:
         # would take whoever adopted it for its worker, were the worker killed meanwhile.
         output, _ = child.communicate(msgspec.json.encode(job) + b"\n" + str(os.getpid()).encode())
     finally:
-        if child.poll() is None:  # this thread was interrupted: the child must not write on alone
+        if child.poll() is None:  # communicate() raised: the child must not write on alone
             child.kill()
             child.wait()
     if child.returncode != 0:
