@@ -152,7 +152,7 @@ def _producer_with_id(settings: RigSettings, timeout_s: float = 30) -> Any:
     first records until the broker gave it an id. librdkafka asks as it starts, before a connection
     is up, and asks again 500 ms later (`rd_kafka_idemp_pid_timer_restart`): the first half second
     of paced requests counted ~500 ms that was the client's, not the rig's (the demo's steady p99 of
-    3,000 requests read 438-545 ms). The id shows in librdkafka's statistics (`eos.idemp_state`).
+    3,000 requests read 422-504 ms). The id shows in librdkafka's statistics (`eos.idemp_state`).
     """
     from confluent_kafka import Producer
 
