@@ -133,10 +133,11 @@ class Join:
             clock = StreamClock(wall_ms(), self.retention_ms, SOURCES)
             self.held[restored.partition] = Partition(store, clock)
             log.info(
-                "join partition %d restored %d changelog records in %.1f s",
+                "join partition %d restored %d changelog records in %.1f s (restore process peak %.0f MiB)",
                 restored.partition,
                 restored.records,
                 restored.seconds,
+                restored.peak_rss_bytes / 2**20,
             )
 
     def revoked(self, tps: set[TP]) -> None:

@@ -15,6 +15,7 @@ that started it is gone.
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -50,11 +51,13 @@ class RestoreJob(msgspec.Struct, frozen=True):
 
 
 class Restored(msgspec.Struct, frozen=True):
-    """A partition restored: how many changelog records were applied, in how long."""
+    """A partition restored: how many changelog records were applied, in how long, and the child's
+    peak memory so far (its own: a worker's pod holds both processes while a restore runs)."""
 
     partition: int
     records: int
     seconds: float
+    peak_rss_bytes: int
 
 
 def restore_in_child(job: RestoreJob) -> list[Restored]:
@@ -90,7 +93,8 @@ def restore(job: RestoreJob, parent: int) -> Iterator[Restored]:
             records = store.restore(changelog(job, partition, parent))
         finally:
             store.close()
-        yield Restored(partition.partition, records, round(time.monotonic() - started, 3))
+        seconds = round(time.monotonic() - started, 3)
+        yield Restored(partition.partition, records, seconds, peak_rss_bytes())
 
 
 def changelog(job: RestoreJob, partition: PartitionJob, parent: int) -> Iterator[tuple[str, Entry | None]]:
@@ -122,6 +126,11 @@ def changelog(job: RestoreJob, partition: PartitionJob, parent: int) -> Iterator
                 raise JoinRestoreError("the worker that started this restore is gone")
     finally:
         consumer.close()
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (Linux reports `ru_maxrss` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def main() -> None:

@@ -78,6 +78,22 @@ def test_a_transactional_changelog_is_restored_to_its_committed_records(
     assert store.get_many(["r-1", "r-2", "r-3", "r-4"]) == [None, entry(2), entry(3), None]
 
 
+def test_a_restore_reports_its_records_and_the_child_process_peak_memory(
+    join: Join, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(3):
+        producer.produce(join.changelog, msgspec.msgpack.encode(entry(i)), f"r-{i}".encode(), 0)
+    assert producer.flush(30) == 0
+    job = RestoreJob(join._reader_config(), join.changelog, 1_000, [PartitionJob(0, 3, str(tmp_path / "p0"))])
+
+    [restored] = restore_in_child(job)
+
+    assert (restored.partition, restored.records) == (0, 3)
+    # an interpreter with librdkafka and RocksDB loaded: tens of MiB (KiB read as bytes would be ~50 KiB)
+    assert 10 * 2**20 < restored.peak_rss_bytes < 2 * 2**30
+
+
 def test_a_restore_that_fails_in_its_child_process_raises(join: Join, tmp_path: Path) -> None:
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
