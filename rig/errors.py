@@ -85,3 +85,8 @@ class ExplainerError(RigError):
 
 class JoinRestoreError(RigError):
     """A join partition's state could not be restored from its changelog."""
+
+
+class NotAcknowledged(RigError):
+    """Records were produced but the broker did not acknowledge every one in time (broker away,
+    topic missing or not authorized): those may not be on the topic."""

@@ -77,11 +77,18 @@ def produce(
 ) -> None:
     """Produce requests of the world's entities to the requests topic."""
     from rig.cli.clients import produce_requests
+    from rig.errors import NotAcknowledged
     from sim.traffic import synthetic_requests
 
     config = RigSettings()
     requests = synthetic_requests(WorldSettings(), count, seed)
-    sent = produce_requests(config, requests, rate or None, on_progress=lambda n: typer.echo(f"  {n} sent"))
+    try:
+        sent = produce_requests(
+            config, requests, rate or None, on_progress=lambda n: typer.echo(f"  {n} sent")
+        )
+    except NotAcknowledged as error:
+        typer.secho(f"failed: {error}", fg="red", err=True)
+        raise typer.Exit(1) from error
     typer.echo(f"{sent} request(s) acknowledged on {config.topic('requests')}")
 
 

@@ -538,16 +538,21 @@ def produce(
     from pathlib import Path
 
     from rig.cli.clients import file_requests, produce_requests
+    from rig.errors import RigError
 
     config = settings()
     keys = deployment_keys(config)
-    sent = produce_requests(
-        config,
-        file_requests(Path(file), keys),
-        rate or None,
-        on_progress=lambda n: typer.echo(f"  {n} sent"),
-        keys=keys,
-    )
+    try:
+        sent = produce_requests(
+            config,
+            file_requests(Path(file), keys),
+            rate or None,
+            on_progress=lambda n: typer.echo(f"  {n} sent"),
+            keys=keys,
+        )
+    except RigError as error:  # a request that is not one, or requests the broker did not acknowledge
+        typer.secho(f"failed: {error}", fg="red", err=True)
+        raise typer.Exit(1) from error
     typer.echo(f"{sent} request(s) acknowledged on {config.topic('requests')}")
 
 

@@ -13,7 +13,7 @@ import msgspec
 import pandas as pd
 
 from rig.config import RigSettings
-from rig.errors import CodecError
+from rig.errors import CodecError, NotAcknowledged
 from rig.wire.codec import Codec, Rejected, to_millis
 from rig.wire.records import Outcome, Prediction, Request
 from rig.wire.requests import DEFAULT_KEYS, KeySpec
@@ -97,10 +97,11 @@ def produce_requests(
     optionally paced to a rate.
 
     Returns:
-        How many requests the broker acknowledged.
+        How many requests the broker acknowledged: all of them.
 
     Raises:
         CodecError: a request does not fit the request schema.
+        NotAcknowledged: some requests were not acknowledged (the message says how many and why).
     """
     codec = Codec(Request, registry_url=settings.schema_registry_url, shape=keys)
     return _produce(settings, settings.topic("requests"), codec, requests, rate_per_s, on_progress)
@@ -110,9 +111,13 @@ def produce_outcomes(
     settings: RigSettings, outcomes: Iterable[Outcome], rate_per_s: float | None = None
 ) -> int:
     """Send outcomes to the outcomes topic (Avro, keyed by entity id), optionally paced; returns how
-    many the broker acknowledged."""
+    many the broker acknowledged (all of them: `NotAcknowledged` otherwise)."""
     codec = Codec(Outcome, registry_url=settings.schema_registry_url)
     return _produce(settings, settings.topic("outcomes"), codec, outcomes, rate_per_s)
+
+
+FLUSH_TIMEOUT_S = 60
+"""How long a send waits, after its last record, for the broker to acknowledge them all."""
 
 
 def _produce(
@@ -124,11 +129,15 @@ def _produce(
     on_progress: Callable[[int], None] | None = None,
 ) -> int:
     producer = _producer_with_id(settings)
-    delivered = 0
+    delivered, sent = 0, 0
+    errors: list[str] = []
 
-    def count(error: object, _message: object) -> None:
+    def count(error: Any, _message: object) -> None:
         nonlocal delivered
-        delivered += error is None
+        if error is None:
+            delivered += 1
+        elif len(errors) < 3:
+            errors.append(error.str())
 
     started = time.perf_counter()
     for sent, record in enumerate(records, start=1):
@@ -140,7 +149,13 @@ def _produce(
                 time.sleep(ahead)
         if on_progress is not None and sent % 1000 == 0:
             on_progress(sent)
-    producer.flush(60)
+    waiting = producer.flush(FLUSH_TIMEOUT_S)
+    if delivered < sent:
+        why = "; ".join(errors) or f"{waiting} still waiting for the broker after {FLUSH_TIMEOUT_S} s"
+        raise NotAcknowledged(
+            f"{sent - delivered} of {sent} record(s) for {topic} were not acknowledged by the broker at "
+            f"{settings.kafka_bootstrap} ({why}); they may be missing from the topic"
+        )
     return delivered
 
 
