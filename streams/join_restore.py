@@ -15,7 +15,6 @@ that started it is gone.
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -129,8 +128,13 @@ def changelog(job: RestoreJob, partition: PartitionJob, parent: int) -> Iterator
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory (Linux reports `ru_maxrss` in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident memory since it started this program (`VmHWM`). Not
+    `getrusage`'s `ru_maxrss`: Linux keeps that across `execve`, so a child's would start at its
+    worker's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # in kB
+    raise RuntimeError("/proc/self/status has no VmHWM line")
 
 
 def main() -> None:
