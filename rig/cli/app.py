@@ -541,8 +541,8 @@ def produce(
     from rig.errors import RigError
 
     config = settings()
-    keys = deployment_keys(config)
     try:
+        keys = deployment_keys(config)
         sent = produce_requests(
             config,
             file_requests(Path(file), keys),
@@ -550,7 +550,7 @@ def produce(
             on_progress=lambda n: typer.echo(f"  {n} sent"),
             keys=keys,
         )
-    except RigError as error:  # a request that is not one, or requests the broker did not acknowledge
+    except (RigError, OSError) as error:  # routing or file unreadable, a bad request, not acknowledged
         typer.secho(f"failed: {error}", fg="red", err=True)
         raise typer.Exit(1) from error
     typer.echo(f"{sent} request(s) acknowledged on {config.topic('requests')}")
