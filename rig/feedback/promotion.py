@@ -75,6 +75,10 @@ STATE_FORMAT = 1
 then start over), never misread. Raise it whenever the loop's or its parts' attributes change."""
 
 
+_encode_keys = msgspec.msgpack.Encoder().encode
+_decode_keys = msgspec.msgpack.Decoder(list[tuple[str, str]]).decode
+
+
 class RecentKeys:
     """The last `capacity` keys seen: tells a first sighting from a repeat, in bounded memory."""
 
@@ -82,6 +86,20 @@ class RecentKeys:
         self.capacity = capacity
         self._order: deque[tuple[str, str]] = deque()
         self._keys: set[tuple[str, str]] = set()
+
+    def __getstate__(self) -> tuple[int, bytes]:
+        """Pickled as the keys in order in one msgpack body (the set is rebuilt from them). Pickled as
+        tuples, 200,000 keys took 135 ms, against 16-21 ms, holding the GIL: a promoter saves its state
+        every few seconds, and the worker's event loop stood still that long each time."""
+        return self.capacity, _encode_keys(list(self._order))
+
+    def __setstate__(self, state: tuple[int, bytes] | dict[str, Any]) -> None:
+        if isinstance(state, dict):  # pickled before __getstate__ existed: its attributes as they were
+            vars(self).update(state)
+            return
+        self.capacity, encoded = state
+        self._order = deque(_decode_keys(encoded))
+        self._keys = set(self._order)
 
     def first_time(self, key: tuple[str, str]) -> bool:
         """True the first time `key` is seen (among the last `capacity` keys), then False."""

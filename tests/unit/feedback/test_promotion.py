@@ -4,6 +4,8 @@ and the sample ratio test hold winners; decisions map to routing changes."""
 from __future__ import annotations
 
 import dataclasses
+import pickle
+from collections import deque
 
 import msgspec
 import numpy as np
@@ -193,6 +195,29 @@ def test_recent_keys_forget_the_oldest_beyond_capacity() -> None:
     assert not keys.first_time(("r1", "m"))
     assert keys.first_time(("r3", "m"))  # r1 is forgotten now
     assert keys.first_time(("r1", "m"))
+
+
+def test_recent_keys_come_back_from_a_pickle_in_order_and_still_tell_repeats() -> None:
+    keys = RecentKeys(capacity=3)
+    for request in ("r1", "r2", "r3"):
+        keys.first_time((request, "m"))
+
+    restored = pickle.loads(pickle.dumps(keys))
+
+    assert not restored.first_time(("r2", "m"))
+    assert restored.first_time(("r4", "m"))  # r1, the oldest, is forgotten
+    assert restored.first_time(("r1", "m"))
+    assert not restored.first_time(("r3", "m"))
+
+
+def test_recent_keys_pickled_as_attributes_before_still_load() -> None:
+    keys = RecentKeys.__new__(RecentKeys)
+    keys.__setstate__(
+        {"capacity": 2, "_order": deque([("r1", "m"), ("r2", "m")]), "_keys": {("r1", "m"), ("r2", "m")}}
+    )
+
+    assert not keys.first_time(("r1", "m"))
+    assert keys.first_time(("r3", "m")) and keys.first_time(("r1", "m"))
 
 
 def test_the_snapshot_shows_every_test_of_each_challenger_and_the_label_window() -> None:
