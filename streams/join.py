@@ -132,12 +132,13 @@ class Join:
             store = JoinStore(self.folder(restored.partition), self.retention_ms)
             clock = StreamClock(wall_ms(), self.retention_ms, SOURCES)
             self.held[restored.partition] = Partition(store, clock)
+            peak = restored.peak_rss_bytes
             log.info(
-                "join partition %d restored %d changelog records in %.1f s (restore process peak %.0f MiB)",
+                "join partition %d restored %d changelog records in %.1f s (restore process peak %s)",
                 restored.partition,
                 restored.records,
                 restored.seconds,
-                restored.peak_rss_bytes / 2**20,
+                "unknown" if peak is None else f"{peak / 2**20:.0f} MiB",
             )
 
     def revoked(self, tps: set[TP]) -> None:

@@ -56,7 +56,7 @@ class Restored(msgspec.Struct, frozen=True):
     partition: int
     records: int
     seconds: float
-    peak_rss_bytes: int
+    peak_rss_bytes: int | None
 
 
 def restore_in_child(job: RestoreJob) -> list[Restored]:
@@ -127,14 +127,18 @@ def changelog(job: RestoreJob, partition: PartitionJob, parent: int) -> Iterator
         consumer.close()
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory since it started this program (`VmHWM`). Not
-    `getrusage`'s `ru_maxrss`: Linux keeps that across `execve`, so a child's would start at its
-    worker's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory since it started this program (Linux's `VmHWM`; None
+    where /proc does not give it). Not `getrusage`'s `ru_maxrss`: Linux keeps that across `execve`,
+    so a child's would start at its worker's peak."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024  # in kB
-    raise RuntimeError("/proc/self/status has no VmHWM line")
+    return None
 
 
 def main() -> None:

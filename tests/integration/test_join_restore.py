@@ -93,7 +93,7 @@ def test_a_restore_reports_its_records_and_the_child_process_peak_memory(
     assert (restored.partition, restored.records) == (0, 3)
     # An interpreter with librdkafka and RocksDB loaded: tens of MiB, its own only (a peak read from
     # getrusage would start at this process's 400 MiB and more; kB read as bytes, at ~60 kB).
-    assert 10 * 2**20 < restored.peak_rss_bytes < 300 * 2**20
+    assert restored.peak_rss_bytes is not None and 10 * 2**20 < restored.peak_rss_bytes < 300 * 2**20
     del worker_memory
 
 
