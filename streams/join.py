@@ -10,10 +10,13 @@ original timestamp; the join reads that topic too.
 
 Every change of a partition's state is also written to its partition of the compacted
 `<prefix>join-changelog`, as an output of the batch: the batch's offsets are committed only once its
-joined rows and its changelog records are delivered. A worker that takes a partition over restores
-its store from the changelog first (or keeps the store it had, when nobody wrote since). Retention is
-judged on the source timestamps of the records (`rig.feedback.join`); the sweep reads only what is
-due, from an index, in slices between batches.
+joined rows and its changelog records are delivered. The changelog records are produced only once the
+batch's joined rows are delivered (`DeliveringSink.publish(after=...)`): a record that says "joined"
+on Kafka without its rows would, after a crash, make the redo of the batch count the outcome as a
+duplicate and never emit them. The other way round, a crash repeats rows, which the promoter drops.
+A worker that takes a partition over restores its store from the changelog first (or keeps the store
+it had, when nobody wrote since). Retention is judged on the source timestamps of the records
+(`rig.feedback.join`); the sweep reads only what is due, from an index, in slices between batches.
 """
 
 from __future__ import annotations
@@ -175,10 +178,15 @@ class Join:
         }
 
     # -- batches (in a thread of the plane's serving task) --------------------------------------------
-    def join_batch(self, batch: SourceBatch) -> tuple[list[Outgoing], dict[int, list[Change]]]:
-        """Every output of a batch (joined rows, changelog records, dead letters, re-routed records)
-        and, per partition, the store changes to write once the outputs are published."""
+    def join_batch(
+        self, batch: SourceBatch
+    ) -> tuple[list[Outgoing], list[Outgoing], dict[int, list[Change]]]:
+        """The outputs of a batch (joined rows, dead letters, re-routed records), its changelog records
+        (published once those are delivered: a changelog record of a joined entry must never be on Kafka
+        without the rows it says were emitted) and, per partition, the store changes to write once both
+        are published."""
         outputs: list[Outgoing] = []
+        changelog: list[Outgoing] = []
         changes: dict[int, list[Change]] = {}
         by_partition: dict[int, list[Message]] = {}
         for message in batch.messages:
@@ -189,8 +197,8 @@ class Join:
                 continue  # let go meanwhile: its new owner reads it from the last commit
             events = list(self._events(partition, messages, outputs))
             changes[partition] = self._apply(state, events, outputs)
-            outputs += self._changelog_records(partition, changes[partition])
-        return outputs, changes
+            changelog += self._changelog_records(partition, changes[partition])
+        return outputs, changelog, changes
 
     def write(self, changes: dict[int, list[Change]]) -> None:
         """Write published changes to the stores of the partitions still held."""
@@ -330,16 +338,16 @@ def install_join(app: faust.App, settings: RigSettings, metrics: WorkerMetrics) 
         await asyncio.to_thread(check_copartitioned, settings, topics)
 
         async def handle(batch: SourceBatch) -> None:
-            outputs, changes = await asyncio.to_thread(join.join_batch, batch)
-            await plane.sink.publish(batch.batch_id, outputs)
+            outputs, changelog, changes = await asyncio.to_thread(join.join_batch, batch)
+            await plane.sink.publish(batch.batch_id, outputs, after=changelog)
             await asyncio.to_thread(join.write, changes)  # after: an aborted transaction left no trace
 
         return handle
 
     async def sweep() -> bool:
-        outputs, changes, more = await asyncio.to_thread(join.sweep_slices)
-        if outputs:
-            await plane.sink.publish(plane.ledger.begin({}), outputs)  # no offsets wait for these
+        changelog, changes, more = await asyncio.to_thread(join.sweep_slices)
+        if changelog:  # behind the changelog records of the batches before (no offsets wait for these)
+            await plane.sink.publish(plane.ledger.begin({}), (), after=changelog)
             await asyncio.to_thread(join.write, changes)
         return more
 

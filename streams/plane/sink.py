@@ -9,6 +9,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -39,13 +40,28 @@ class Sink(Protocol):
     """Where a plane publishes the outputs of its batches: delivered (at least once) or in
     transactions (exactly once)."""
 
-    async def publish(self, batch_id: int, messages: Iterable[Outgoing]) -> None:
-        """Publish the batch's outputs; the batch finishes in the ledger once they are safe."""
+    async def publish(
+        self, batch_id: int, messages: Iterable[Outgoing], after: Iterable[Outgoing] = ()
+    ) -> None:
+        """Publish the batch's outputs; the batch finishes in the ledger once they are safe. `after`:
+        outputs that must never be on Kafka without `messages` (e.g. the join's changelog records, which
+        say its rows were emitted)."""
         ...
 
     def close(self, timeout_s: float = 30) -> int:
         """Stop; returns the outputs that stayed undelivered."""
         ...
+
+
+@dataclass(slots=True, eq=False)
+class Held:
+    """Outputs of a batch produced only once its other outputs are delivered (`publish(after=...)`)."""
+
+    batch_id: int
+    waiting: int
+    """The batch's other outputs not delivered yet."""
+    messages: list[Outgoing]
+    produced: int = 0
 
 
 @dataclass(slots=True)
@@ -55,6 +71,8 @@ class Output:
     batch_id: int
     message: Outgoing
     attempt: int = 0
+    held: Held | None = None
+    """The batch's held outputs, waiting for this message among others."""
 
 
 class DeliveringSink:
@@ -65,6 +83,11 @@ class DeliveringSink:
     batch without outputs). A failed delivery (broker away past `message.timeout.ms`, topic deleted
     or not authorized, ...) is produced again after a backoff, for as long as it takes: it never
     counts as delivered, so the batch's offsets are never committed past it.
+
+    A batch's `after` outputs are produced once all its other outputs are delivered and every earlier
+    batch's `after` outputs were produced (so they keep the order of the batches). A producer sends
+    each partition's messages on its own: without this, a crash could leave a batch's changelog
+    record on Kafka and not the joined rows it says were emitted, and its redo would not emit them.
     """
 
     def __init__(
@@ -86,6 +109,8 @@ class DeliveringSink:
         self._health = health
         self._lock = threading.Lock()
         self._pending: dict[int, int] = {}
+        self._held: deque[Held] = deque()
+        self._releasing = threading.Lock()  # one thread at a time produces held outputs, in order
         self._retries: list[tuple[float, int, Output]] = []
         self._order = itertools.count()
         self._failing = 0
@@ -97,37 +122,70 @@ class DeliveringSink:
         self._thread.start()
         return self
 
-    async def publish(self, batch_id: int, messages: Iterable[Outgoing]) -> None:
-        """Produce messages as outputs of `batch_id`; the batch is delivered once every one is.
+    async def publish(
+        self, batch_id: int, messages: Iterable[Outgoing], after: Iterable[Outgoing] = ()
+    ) -> None:
+        """Produce messages as outputs of `batch_id`, and `after` once those are delivered (see the
+        class); the batch is delivered once every one of both is.
 
         Waits (without blocking the event loop) while the producer's queue is full.
         """
-        messages = list(messages)
-        if not messages:
+        messages, after = list(messages), list(after)
+        if not messages and not after:
             self._on_delivered(batch_id)
             return
+        held = Held(batch_id, len(messages), after) if after else None
         with self._lock:  # counted in full before the first report can come
-            self._pending[batch_id] = len(messages)
+            self._pending[batch_id] = len(messages) + len(after)
+            if held is not None:
+                self._held.append(held)
+        produced = 0
+        while True:
+            produced = self._produce(batch_id, messages, produced, held)
+            if produced == len(messages):
+                break
+            await asyncio.sleep(0.05)  # the producer's queue is full
+        if held is not None:
+            self._release()
+
+    def _produce(self, batch_id: int, messages: list[Outgoing], start: int, held: Held | None) -> int:
+        """Produce `messages[start:]` of a batch (`held`: its held outputs, which wait for these);
+        returns how far it got: short of the end when the producer's queue is full."""
         # One callback per batch, not an object and a partial per message: a failed message is
         # rebuilt from its delivery report, which holds all of it but an explicit timestamp.
-        report_partitioned = functools.partial(self._report, batch_id, -1)  # the partitioner chose
-        report_placed = functools.partial(self._report, batch_id, None)  # the rig chose the partition
+        report_partitioned = functools.partial(self._report, batch_id, -1, held)  # the partitioner chose
+        report_placed = functools.partial(self._report, batch_id, None, held)  # the rig chose the partition
         produce = self._producer.produce
-        for message in messages:
+        for index in range(start, len(messages)):
+            message = messages[index]
             topic, key, value, partition, timestamp_ms = message
             if timestamp_ms:
-                on_delivery = functools.partial(self._report_kept, Output(batch_id, message))
+                on_delivery = functools.partial(self._report_kept, Output(batch_id, message, held=held))
             else:
                 on_delivery = report_placed if partition >= 0 else report_partitioned
+            try:
+                produce(topic, value, key, partition, on_delivery=on_delivery, timestamp=timestamp_ms)
+            except BufferError:
+                return index
+            except KafkaException as error:  # refused before queueing (e.g. a fatal producer error)
+                self._failed(Output(batch_id, message, held=held), _kafka_error(error))
+        return len(messages)
+
+    def _release(self) -> None:
+        """Produce the held outputs of the batches whose other outputs are delivered, oldest batch first;
+        stops at a batch still waiting (or when the producer's queue is full: called again by the poll
+        loop)."""
+        with self._releasing:
             while True:
-                try:
-                    produce(topic, value, key, partition, on_delivery=on_delivery, timestamp=timestamp_ms)
-                    break
-                except BufferError:
-                    await asyncio.sleep(0.05)
-                except KafkaException as error:  # refused before queueing (e.g. a fatal producer error)
-                    self._failed(Output(batch_id, message), _kafka_error(error))
-                    break
+                with self._lock:
+                    if not self._held or self._held[0].waiting:
+                        return
+                    held = self._held[0]
+                held.produced = self._produce(held.batch_id, held.messages, held.produced, None)
+                if held.produced < len(held.messages):
+                    return
+                with self._lock:
+                    self._held.popleft()
 
     def _send(self, output: Output) -> bool:
         """Hand a message to librdkafka again; False when its queue is full (try again later)."""
@@ -148,17 +206,25 @@ class DeliveringSink:
         return True
 
     def _report(
-        self, batch_id: int, partition: int | None, error: KafkaError | None, message: Message
+        self,
+        batch_id: int,
+        partition: int | None,
+        held: Held | None,
+        error: KafkaError | None,
+        message: Message,
     ) -> None:
         """Delivery report of a message of `batch_id` produced to `partition` (-1: the partitioner's
-        choice, asked again when it is produced again; None: the partition it was produced to)."""
+        choice, asked again when it is produced again; None: the partition it was produced to), which
+        the batch's `held` outputs wait for (None: nothing waits for it)."""
         if error is not None:
             if partition is None:
                 partition = message.partition()
             outgoing = Outgoing(message.topic(), message.key(), message.value(), partition)
-            self._failed(Output(batch_id, outgoing), error)
+            self._failed(Output(batch_id, outgoing, held=held), error)
             return
         with self._lock:
+            if held is not None:
+                held.waiting -= 1  # the poll loop produces the held outputs once none waits
             left = self._pending[batch_id] - 1
             if left:
                 self._pending[batch_id] = left
@@ -178,7 +244,7 @@ class DeliveringSink:
                 recovered = self._failing == 0
             if recovered:
                 self._health.recovered(DEPENDENCY)
-        self._report(output.batch_id, None, None, message)
+        self._report(output.batch_id, None, output.held, None, message)
 
     def _failed(self, output: Output, error: KafkaError) -> None:
         """Schedule the message again; the batch stays undelivered meanwhile."""
@@ -204,6 +270,7 @@ class DeliveringSink:
     def _poll_forever(self) -> None:
         while not self._stop.is_set():
             self._producer.poll(0.05)
+            self._release()
             now = time.monotonic()
             while True:
                 with self._lock:

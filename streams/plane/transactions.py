@@ -81,10 +81,13 @@ class TransactionalSink:
                 time.sleep(delay)
                 delay = min(LAST_RETRY_S, delay * 2)
 
-    async def publish(self, batch_id: int, messages: Iterable[Outgoing]) -> None:
-        """Commit the batch's outputs with its offsets in one transaction, retrying until it commits;
-        a batch whose partitions moved meanwhile is given up (its new owner answers it)."""
-        outgoing = list(messages)
+    async def publish(
+        self, batch_id: int, messages: Iterable[Outgoing], after: Iterable[Outgoing] = ()
+    ) -> None:
+        """Commit the batch's outputs (`messages` and `after`: in one transaction, neither is visible
+        without the other) with its offsets in one transaction, retrying until it commits; a batch whose
+        partitions moved meanwhile is given up (its new owner answers it)."""
+        outgoing = [*messages, *after]
         consumed = bool(self._ledger.offsets_after(batch_id))
         delay = FIRST_RETRY_S
         while True:

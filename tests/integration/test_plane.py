@@ -3,6 +3,7 @@ and a start-offset hook makes a source read from where it says."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -321,8 +322,6 @@ def test_a_delivery_to_a_missing_topic_is_retried_until_the_topic_exists(kafka_b
         health,
     ).start()
     try:
-        import asyncio
-
         outputs = [
             Outgoing(topic, b"k", b"v1"),  # partition and timestamp left to the producer
             Outgoing(topic, b"k", b"v2"),
@@ -340,19 +339,61 @@ def test_a_delivery_to_a_missing_topic_is_retried_until_the_topic_exists(kafka_b
         left = sink.close(timeout_s=10)
     assert delivered == [7] and left == 0
     assert not health.waits_for("Kafka (deliveries)")
-    consumer = Consumer(
-        {"bootstrap.servers": kafka_bootstrap, "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"}
-    )
-    consumer.subscribe([topic])
-    timestamps: dict[bytes, int] = {}
-    deadline = time.monotonic() + 30
-    while len(timestamps) < 3 and time.monotonic() < deadline:
-        message = consumer.poll(0.5)
-        if message is not None and not message.error():
-            timestamps[message.value()] = message.timestamp()[1]
-    consumer.close()
+    timestamps = {
+        message.value(): message.timestamp()[1] for message in read_topic(kafka_bootstrap, topic, 3)
+    }
     assert sorted(timestamps) == [b"v1", b"v2", b"v3"]
     assert timestamps[b"v3"] == 1_700_000_000_000
+
+
+def test_outputs_published_after_are_produced_once_the_batch_s_others_are_delivered_in_batch_order(
+    kafka_bootstrap: str,
+) -> None:
+    """The join's changelog records (`after`) must never be on Kafka without the joined rows of their
+    batch: a crash would leave entries that say "joined" for rows nobody received."""
+    rows = f"test.plane.{uuid.uuid4().hex[:10]}"  # not created yet: the rows cannot be delivered
+    changelog = create_topic(kafka_bootstrap, partitions=1)
+    delivered: list[int] = []
+    sink = DeliveringSink(
+        {"bootstrap.servers": kafka_bootstrap, "message.timeout.ms": 2_000}, delivered.append, Health()
+    ).start()
+    try:
+
+        async def publish() -> None:
+            await sink.publish(
+                1, [Outgoing(rows, b"r1", b"row")], after=[Outgoing(changelog, b"r1", b"c1", 0)]
+            )
+            await sink.publish(2, [], after=[Outgoing(changelog, b"r2", b"c2", 0)])  # behind batch 1's
+
+        asyncio.run(publish())
+        time.sleep(4)
+        assert delivered == [] and sink.undelivered() == 3
+        assert read_topic(kafka_bootstrap, changelog, 1, timeout_s=3) == [], "nothing before the rows"
+        create_topic(kafka_bootstrap, partitions=1, name=rows)
+        deadline = time.monotonic() + 60
+        while len(delivered) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        left = sink.close(timeout_s=10)
+    assert delivered == [1, 2] and left == 0
+    assert [m.value() for m in read_topic(kafka_bootstrap, changelog, 2)] == [b"c1", b"c2"]
+    assert [m.value() for m in read_topic(kafka_bootstrap, rows, 1)] == [b"row"]
+
+
+def read_topic(bootstrap: str, topic: str, count: int, timeout_s: float = 30) -> list[Message]:
+    """The first `count` messages of a topic (fewer when `timeout_s` passes first)."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([topic])
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    while len(messages) < count and time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and not message.error():
+            messages.append(message)
+    consumer.close()
+    return messages
 
 
 @pytest.mark.parametrize("strategy", ["cooperative-sticky", "range"])

@@ -66,7 +66,7 @@ def test_an_outcome_labelled_2_is_dead_lettered_with_its_reason_and_never_joined
         ],
     )
 
-    outputs, changes = join.join_batch(batch)
+    outputs, changelog, changes = join.join_batch(batch)
     join.write(changes)
 
     letters = [
@@ -78,6 +78,10 @@ def test_an_outcome_labelled_2_is_dead_lettered_with_its_reason_and_never_joined
     joined = [Codec(JoinedOutcome).decode(out.value) for out in outputs if out.topic == join.joined]
     assert [(row.request_id, row.label) for row in joined] == [("r-good", 1)]
     assert join.counts["rejected"] == 1
+    # The changelog records come apart, for the sink to produce once the joined rows are delivered.
+    assert {out.topic for out in outputs} == {join.settings.topic("dlq"), join.joined}
+    assert sorted(out.key for out in changelog if out.topic == join.changelog) == [b"r-bad", b"r-good"]
+    assert len(changelog) == 2
     assert join.held[0].store.get_many(["r-bad"])[0]["state"] == "predicted", (
         "still waits for a valid outcome"
     )

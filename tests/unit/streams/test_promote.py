@@ -46,8 +46,10 @@ class KeptSink:
     def __init__(self) -> None:
         self.published: list[Outgoing] = []
 
-    async def publish(self, batch_id: int, messages: Iterable[Outgoing]) -> None:
-        self.published += messages
+    async def publish(
+        self, batch_id: int, messages: Iterable[Outgoing], after: Iterable[Outgoing] = ()
+    ) -> None:
+        self.published += [*messages, *after]
 
     def close(self, timeout_s: float = 30) -> int:
         return 0
@@ -129,8 +131,10 @@ def test_an_auto_decision_changes_routing_before_it_is_published_and_a_failed_co
             raise RigError("the broker did not acknowledge the control write")
 
     class OrderedSink(KeptSink):
-        async def publish(self, batch_id: int, messages: Iterable[Outgoing]) -> None:
-            happened.extend(f"published {out.topic}" for out in messages)
+        async def publish(
+            self, batch_id: int, messages: Iterable[Outgoing], after: Iterable[Outgoing] = ()
+        ) -> None:
+            happened.extend(f"published {out.topic}" for out in [*messages, *after])
 
     monkeypatch.setattr("streams.promote.publish_control", control_write)
 
