@@ -32,7 +32,7 @@ from rig.feedback.delays import DelayModel, WindowConfig
 from rig.feedback.guardrails import GuardrailConfig
 from rig.feedback.join import invalid_joined_reason
 from rig.feedback.metadata import MetadataStore
-from rig.feedback.promotion import PromotionLoop, columns, control_events
+from rig.feedback.promotion import PromotionLoop, columns, control_events, redo_rows
 from rig.feedback.sequential import PromoterConfig
 from rig.models.metrics import window_metrics
 from rig.routing.control import publish_control
@@ -401,6 +401,8 @@ def promotion_loop(settings: RigSettings) -> PromotionLoop:
             coverage=settings.promoter_label_coverage,
             max_ms=settings.join_retention_s * 1000,
         ),
+        recent_rows=redo_rows(settings.max_open_batches, settings.batch_max),
+        partitions=settings.topic_partitions,
     )
 
 

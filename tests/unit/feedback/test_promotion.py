@@ -18,14 +18,19 @@ from rig.feedback.guardrails import GuardrailConfig
 from rig.feedback.metadata import ServingWindow
 from rig.feedback.promotion import (
     PREVIOUS_GOLDEN_EXPERIMENT,
+    REDO_MODELS,
     PromotionLoop,
     RecentKeys,
+    SeenRows,
     control_events,
     manual_decision,
+    redo_rows,
+    row_key,
 )
 from rig.feedback.sequential import PromoterConfig
 from rig.routing.table import control_key, fold, set_golden_event, start_experiment_event
 from rig.wire.codec import Codec, load_schema
+from rig.wire.partitioner import partition_for
 from rig.wire.records import Decision, JoinedOutcome, to_plain
 
 CONFIG = PromoterConfig(min_samples=200, min_effect=0.002, mode="auto")
@@ -191,33 +196,105 @@ def test_redelivered_rows_are_folded_in_once() -> None:
 
 def test_recent_keys_forget_the_oldest_beyond_capacity() -> None:
     keys = RecentKeys(capacity=2)
-    assert keys.first_time(("r1", "m")) and keys.first_time(("r2", "m"))
-    assert not keys.first_time(("r1", "m"))
-    assert keys.first_time(("r3", "m"))  # r1 is forgotten now
-    assert keys.first_time(("r1", "m"))
+    assert keys.first_time(1) and keys.first_time(2)
+    assert not keys.first_time(1)
+    assert keys.first_time(3)  # 1 is forgotten now
+    assert keys.first_time(1)
 
 
 def test_recent_keys_come_back_from_a_pickle_in_order_and_still_tell_repeats() -> None:
     keys = RecentKeys(capacity=3)
     for request in ("r1", "r2", "r3"):
-        keys.first_time((request, "m"))
+        keys.first_time(row_key(request, "m"))
 
     restored = pickle.loads(pickle.dumps(keys))
 
-    assert not restored.first_time(("r2", "m"))
-    assert restored.first_time(("r4", "m"))  # r1, the oldest, is forgotten
-    assert restored.first_time(("r1", "m"))
-    assert not restored.first_time(("r3", "m"))
+    assert list(restored) == list(keys)
+    assert not restored.first_time(row_key("r2", "m"))
+    assert restored.first_time(row_key("r4", "m"))  # r1, the oldest, is forgotten
+    assert restored.first_time(row_key("r1", "m"))
+    assert not restored.first_time(row_key("r3", "m"))
 
 
-def test_recent_keys_pickled_as_attributes_before_still_load() -> None:
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"capacity": 2, "_order": deque([("r1", "m"), ("r2", "m")]), "_keys": {("r1", "m"), ("r2", "m")}},
+        (2, msgspec.msgpack.encode([("r1", "m"), ("r2", "m")])),
+    ],
+    ids=["attributes", "msgpack pairs"],
+)
+def test_recent_keys_saved_in_earlier_forms_still_load(state: object) -> None:
     keys = RecentKeys.__new__(RecentKeys)
-    keys.__setstate__(
-        {"capacity": 2, "_order": deque([("r1", "m"), ("r2", "m")]), "_keys": {("r1", "m"), ("r2", "m")}}
-    )
+    keys.__setstate__(state)  # type: ignore[arg-type]
 
+    assert list(keys) == [("r1", "m"), ("r2", "m")]
     assert not keys.first_time(("r1", "m"))
     assert keys.first_time(("r3", "m")) and keys.first_time(("r1", "m"))
+
+
+def test_the_row_key_is_the_same_in_every_process_and_tells_requests_and_models_apart() -> None:
+    assert row_key("r1", "m.1") == 0xAA7E8D5F869D7E0  # saved states hold these: never changes
+    keys = {row_key(f"r{i}", f"m.{j}") for i in range(1000) for j in range(3)}
+    assert len(keys) == 3000 and all(0 <= key < 2**64 for key in keys)
+    assert row_key("r1", "m.12") != row_key("r1m", ".12")
+
+
+def test_a_repeat_is_told_after_any_number_of_other_partitions_rows_but_not_beyond_its_own_window() -> None:
+    """A killed worker's partitions wait out the session timeout while the others go on: the repeat of
+    a row comes after many rows of the other partitions, but few of its own."""
+    seen = SeenRows(partitions=4, capacity=100)
+    first = rows("m.1", "m.2", 1, challenger_better=True)[0]
+    home = partition_for(first.entity_id.encode(), 4)
+    others = [
+        row
+        for row in rows("m.1", "m.2", 20_000, challenger_better=True, start=10)
+        if row_key_partition(row) != home
+    ]
+    assert seen.first_time(first)
+    assert all(seen.first_time(row) for row in others) and len(others) > 20_000
+    assert not seen.first_time(first), "told after 20,000+ rows of the other partitions"
+    own = [
+        row
+        for row in rows("m.1", "m.2", 2_000, challenger_better=True, start=10**6)
+        if row_key_partition(row) == home
+    ]
+    assert all(seen.first_time(row) for row in own[:100])
+    assert seen.first_time(first), "forgotten after `capacity` rows of its own partition (redo_rows)"
+
+
+def row_key_partition(row: JoinedOutcome) -> int:
+    return partition_for(row.entity_id.encode(), 4)
+
+
+def test_the_window_per_partition_holds_the_rows_of_a_crashed_worker_s_batches_in_flight_and_redone() -> None:
+    assert redo_rows(max_open_batches=4, batch_max=500) == 2 * 4 * 500 * REDO_MODELS == 40_000
+
+
+def test_a_state_saved_with_one_window_for_every_partition_goes_on_telling_its_pairs_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batch = rows("m.1", "m.2", 300, challenger_better=True)
+    before = loop_of()
+    before.observe(batch, SHADOW)
+    old = RecentKeys(capacity=1_000)  # what the loop held then: (request, model) pairs, all partitions
+    for row in batch:
+        old.first_time((row.request_id, row.model_version))
+    before._seen = old  # type: ignore[assignment]
+    monkeypatch.setattr(
+        RecentKeys, "__getstate__", lambda keys: (keys.capacity, msgspec.msgpack.encode(list(keys)))
+    )
+    state = before.state()  # as the rig saved it then
+    monkeypatch.undo()
+
+    after = loop_of()
+    after.restore(state)
+
+    assert after.observe(batch[:200], SHADOW) == [], "the saved pairs are still repeats"
+    assert after.duplicate_rows == 200
+    later = rows("m.1", "m.2", 600, challenger_better=True, start=10**6)
+    assert after.observe(later, SHADOW) == later
+    assert after.observe(batch[:2], SHADOW) == batch[:2], "forgotten after as many rows as they were"
 
 
 def test_the_snapshot_shows_every_test_of_each_challenger_and_the_label_window() -> None:
