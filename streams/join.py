@@ -144,11 +144,20 @@ class Join:
                 "unknown" if peak is None else f"{peak / 2**20:.0f} MiB",
             )
 
-    def revoked(self, tps: set[TP]) -> None:
-        """Let go of partitions no longer held (their batches finished): keep their store with the
-        changelog's end, in case they come back before anybody else writes to them."""
+    def revoked(self, tps: set[TP], finished: bool) -> None:
+        """Let go of partitions no longer held: keep their store with the changelog's end, in case they
+        come back before anybody else writes to them. Not when batches were given up or lost unfinished
+        (`finished` False): the store is written as a batch is published, so it may hold changes whose
+        changelog records and joined rows never reach Kafka; kept, a redo of those batches would find
+        their requests joined and not emit their rows."""
         for partition in {p for _, p in tps} & set(self.held):
             state = self.held.pop(partition)
+            if not finished:
+                state.store.destroy()
+                log.info(
+                    "join partition %d let go with batches unfinished: restored if it comes back", partition
+                )
+                continue
             try:
                 state.changelog_end = self._changelog_end(partition)
             except KafkaException:

@@ -54,7 +54,7 @@ class Plane:
         health: Health,
         *,
         on_assigned: Callable[[set[TP]], None] | None = None,
-        on_revoked: Callable[[set[TP]], None] | None = None,
+        on_revoked: Callable[[set[TP], bool], None] | None = None,
         start_offsets: Callable[[set[TP]], dict[TP, int]] | None = None,
         metrics: WorkerMetrics | None = None,
     ) -> None:

@@ -89,12 +89,14 @@ class BatchSource:
         health: Health,
         hand_over: Callable[[SourceBatch], None],
         on_assigned: Callable[[set[TP]], None] | None = None,
-        on_revoked: Callable[[set[TP]], None] | None = None,
+        on_revoked: Callable[[set[TP], bool], None] | None = None,
         start_offsets: Callable[[set[TP]], dict[TP, int]] | None = None,
         metrics: WorkerMetrics | None = None,
     ) -> None:
         """`on_assigned(partitions)` runs before fetching from newly assigned partitions starts (e.g.
-        to restore their state); `on_revoked(partitions)` after revoked or lost ones are let go.
+        to restore their state); `on_revoked(partitions, finished)` after revoked or lost ones are let
+        go, `finished` False when batches that held them were given up or lost unfinished (their
+        outputs may still be on their way, or never come).
         `start_offsets(partitions)` (after `on_assigned`) says where to start reading newly assigned
         partitions instead of their committed offsets (e.g. right after a saved state); partitions it
         leaves out start at their committed offset. `metrics` gets the lag of every held partition,
@@ -328,9 +330,9 @@ class BatchSource:
         """Stopping: let open batches finish (bounded), commit what they finished, let go of the rest
         (the revoke that closing the consumer brings then has nothing left to wait for)."""
         held = self.assignment()
-        self._ledger.wait_finished(held, self.settings.revoke_timeout_s)
+        finished = self._ledger.wait_finished(held, self.settings.revoke_timeout_s)
         self._commit(consumer, self._ledger.to_commit())
-        self._forget(held)
+        self._forget(held, finished)
 
     # -- rebalance callbacks (called inside poll, in the consuming thread) ---------------------------
     def _on_assign(self, consumer: Consumer, partitions: Sequence[TopicPartition]) -> None:
@@ -366,7 +368,7 @@ class BatchSource:
         finished = self._ledger.wait_finished(tps, self.settings.revoke_timeout_s)
         offsets = {tp: offset for tp, offset in self._ledger.to_commit().items() if tp in tps}
         self._commit(consumer, offsets)
-        self._forget(tps)
+        self._forget(tps, finished)
         log.info(
             "partitions revoked %s committed=%s%s",
             sorted(f"{t}-{p}" for t, p in tps),
@@ -378,10 +380,10 @@ class BatchSource:
 
     def _on_lost(self, _consumer: Consumer, partitions: Sequence[TopicPartition]) -> None:
         tps = {(p.topic, p.partition) for p in partitions}
-        self._forget(tps)
+        self._forget(tps, self._ledger.wait_finished(tps, 0))
         log.warning("partitions lost (not committed) %s", sorted(f"{t}-{p}" for t, p in tps))
 
-    def _forget(self, tps: set[TP]) -> None:
+    def _forget(self, tps: set[TP], finished: bool) -> None:
         self._let_go |= tps
         self._ledger.drop(tps)
         for tp in tps:
@@ -393,4 +395,4 @@ class BatchSource:
         if self._metrics is not None:
             self._metrics.partitions_let_go(tps)
         if self._on_revoked is not None and tps:
-            self._on_revoked(tps)
+            self._on_revoked(tps, finished)

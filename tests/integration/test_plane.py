@@ -57,6 +57,7 @@ class Plane:
         topic: str,
         start_offsets: Callable[[set[TP]], dict[TP, int]] | None = None,
         source: type[BatchSource] = BatchSource,
+        on_revoked: Callable[[set[TP], bool], None] | None = None,
         **settings: object,
     ) -> None:
         self.batches: queue.Queue[SourceBatch] = queue.Queue()
@@ -68,6 +69,7 @@ class Plane:
             self.ledger,
             self.health,
             self.batches.put,
+            on_revoked=on_revoked,
             start_offsets=start_offsets,
         )
 
@@ -221,6 +223,45 @@ def test_a_second_member_takes_partitions_where_the_first_committed_them_without
     print(f"messages seen {len(seen)}, distinct {len(set(seen))}, repeats {repeats}")
     assert set(seen) == {f"m{i}".encode() for i in range(4_000)}
     assert repeats == 0, "a cooperative join commits on revoke: nothing is redone"
+
+
+def test_partitions_let_go_say_whether_their_batches_finished_or_were_given_up(kafka_bootstrap: str) -> None:
+    """The join keeps a let-go partition's store for its return only when every batch that held it
+    finished: a given-up batch's changes may never reach Kafka."""
+    topic, group = create_topic(kafka_bootstrap, partitions=2), f"test-{uuid.uuid4().hex}"
+    produce(kafka_bootstrap, topic, 40)
+    first_let_go: list[tuple[set[TP], bool]] = []
+    second_let_go: list[tuple[set[TP], bool]] = []
+    first = Plane(
+        kafka_bootstrap,
+        group,
+        topic,
+        on_revoked=lambda tps, finished: first_let_go.append((tps, finished)),
+        revoke_timeout_s=0.5,
+    )
+    second = Plane(
+        kafka_bootstrap, group, topic, on_revoked=lambda tps, finished: second_let_go.append((tps, finished))
+    )
+    with running(first):
+        open_on: set[int] = set()
+        while open_on != {0, 1}:  # batches handled, never finished (outputs not delivered), on both
+            batch = first.take()
+            first.ledger.handled(batch.batch_id)
+            open_on |= {m.partition() for m in batch.messages}
+        with running(second):
+            deadline = time.monotonic() + 60
+            while not first_let_go and time.monotonic() < deadline:
+                time.sleep(0.1)
+            while not second.source.assignment() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            produce(kafka_bootstrap, topic, 10, start=40)
+            while time.monotonic() < deadline:
+                try:
+                    second.ledger.finish(second.take(timeout_s=1).batch_id)
+                except queue.Empty:
+                    break
+    assert first_let_go and first_let_go[0][1] is False, "a revoke gave up the open batches"
+    assert second_let_go and all(finished for _, finished in second_let_go), "every batch finished"
 
 
 class ConsumeUntilARebalance(Consumer):

@@ -23,7 +23,8 @@ def join(settings: RigSettings) -> Iterator[Join]:
     store = JoinStore(settings.home / "join-0", join.retention_ms)
     join.held[0] = Partition(store, StreamClock(0, join.retention_ms, SOURCES))
     yield join
-    store.close()
+    for state in join.held.values():  # a test may have let it go (and destroyed it)
+        state.store.close()
 
 
 BAD_OUTCOME = b'{"request_id": "r-bad", "entity_id": "ent-1", "label": 2, "event_time": 5}'
@@ -110,3 +111,15 @@ def test_a_sweep_turn_is_one_slice_of_one_partition_until_every_partition_is_swe
     assert [join.sweep_slices()[1:] for _ in pending] == [({0: []}, True), ({1: []}, False)]
     for state in join.held.values():
         state.store.close()
+
+
+def test_a_partition_let_go_with_batches_unfinished_is_not_kept_for_its_return(join: Join) -> None:
+    """Its store may hold changes of batches whose outputs never reach Kafka: kept, a redo of them
+    would find their requests joined and emit nothing."""
+    folder = join.held[0].store.path
+    assert folder.exists()
+
+    join.revoked({(join.settings.topic("predictions"), 0)}, finished=False)
+
+    assert 0 not in join.held and 0 not in join.let_go
+    assert not folder.exists(), "restored from the changelog if it comes back"
