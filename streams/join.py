@@ -148,20 +148,21 @@ class Join:
         """Let go of partitions no longer held: keep their store with the changelog's end, in case they
         come back before anybody else writes to them. Not when batches were given up or lost unfinished
         (`finished` False): the store is written as a batch is published, so it may hold changes whose
-        changelog records and joined rows never reach Kafka; kept, a redo of those batches would find
-        their requests joined and not emit their rows."""
+        changelog records and joined rows never reach Kafka; reused, a redo of those batches would find
+        their requests joined and not emit their rows. Such a store is only closed when the partition
+        comes back (a given-up batch may still be reading it), and restored then."""
         for partition in {p for _, p in tps} & set(self.held):
             state = self.held.pop(partition)
-            if not finished:
-                state.store.destroy()
+            state.changelog_end = None  # never the end a return finds: restored then
+            if finished:
+                try:
+                    state.changelog_end = self._changelog_end(partition)
+                except KafkaException:
+                    pass
+            else:
                 log.info(
                     "join partition %d let go with batches unfinished: restored if it comes back", partition
                 )
-                continue
-            try:
-                state.changelog_end = self._changelog_end(partition)
-            except KafkaException:
-                state.changelog_end = None
             self.let_go[partition] = state
 
     def _changelog_end(self, partition: int) -> int:

@@ -94,8 +94,8 @@ def redo_rows(max_open_batches: int, batch_max: int) -> int:
 
 def row_key(request_id: str, model_version: str) -> int:
     """A 64-bit fingerprint of a (request, model) pair, the same in every process (a str's `hash` is
-    not): ~0.25 µs, and a quarter of the memory of the pair's strings in a set. Two pairs share one with
-    probability 2^-64."""
+    not): ~0.3 µs, one int held instead of a tuple and two strings, and 8 bytes in a saved state. Two
+    pairs share one with probability 2^-64."""
     return mmh3.hash128(f"{request_id}\0{model_version}") >> 64
 
 
