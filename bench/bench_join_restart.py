@@ -65,7 +65,8 @@ SHADOWS = ("better", "worse")
 TARGET_FIRST_ANSWER_S = 10.0
 BEFORE = {"first_answer_s": 57.0, "changelog_records": 340_000}
 RESTORED = re.compile(
-    r"join partition (\d+) restored (\d+) changelog records in ([\d.]+) s \(restore process peak (\d+) MiB\)"
+    r"join partition (\d+) restored (\d+) changelog records in ([\d.]+) s "
+    r"\(restore process peak (?:(\d+) MiB|unknown)\)"  # unknown: no /proc (streams/join_restore.py)
 )
 CHUNK = 50_000
 
@@ -200,7 +201,7 @@ def restart(
                         "seen_after_s": seen_at - began,
                         "records": int(match[2]),
                         "logged_s": float(match[3]),
-                        "restore_process_peak_rss_mib": int(match[4]),
+                        "restore_process_peak_rss_mib": float(match[4] or "nan"),
                     }
                     if len(restored) == settings.topic_partitions:
                         rss_at_restore = rss_mib(worker.pid)
@@ -220,7 +221,12 @@ def restart(
         "peak_rss_mib": peak_rss_mib(worker.pid),
         # the restore runs in a child process (streams/join_restore.py): the worker's pod holds both
         "restore_process_peak_rss_mib": max(
-            (r["restore_process_peak_rss_mib"] for r in restored.values()), default=float("nan")
+            (
+                r["restore_process_peak_rss_mib"]
+                for r in restored.values()
+                if r["restore_process_peak_rss_mib"] >= 0
+            ),
+            default=float("nan"),
         ),
         "rss_mib_samples": [(round(at - began, 2), round(mib, 1)) for at, _, _, mib in memory.samples],
         "log_lines": [(round(at - began, 2), line[-200:]) for at, line in watch.seen],
