@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ from rig.errors import CodecError, NotAcknowledged
 from rig.wire.codec import Codec, Rejected, to_millis
 from rig.wire.records import Outcome, Prediction, Request
 from rig.wire.requests import DEFAULT_KEYS, KeySpec
+
+log = logging.getLogger(__name__)
 
 
 def file_requests(path: Path, keys: KeySpec = DEFAULT_KEYS) -> Iterator[Request]:
@@ -118,6 +121,8 @@ def produce_outcomes(
 
 FLUSH_TIMEOUT_S = 60
 """How long a send waits, after its last record, for the broker to acknowledge them all."""
+ID_NOTICE_S = 2.0
+"""How long a send waits for its producer id before it says so (the broker answers in ~0.5 s)."""
 
 
 def _produce(
@@ -161,7 +166,8 @@ def _produce(
 
 def _producer_with_id(settings: RigSettings, timeout_s: float = 30) -> Any:
     """The rig's (idempotent) producer, once it holds its producer id, or after `timeout_s` (the broker
-    away: records then wait in the producer, as they would anyway).
+    away: records then wait in the producer, as they would anyway); a wait longer than `ID_NOTICE_S`
+    is logged, once.
 
     A record's CreateTime is stamped when it is produced, and a new idempotent producer holds its
     first records until the broker gave it an id. librdkafka asks as it starts, before a connection
@@ -185,9 +191,20 @@ def _producer_with_id(settings: RigSettings, timeout_s: float = 30) -> Any:
             "stats_cb": statistics,
         }
     )
-    deadline = time.monotonic() + timeout_s
-    while state["idemp_state"] != "Assigned" and time.monotonic() < deadline:
+    began = time.monotonic()
+    noticed = False
+    while state["idemp_state"] != "Assigned" and time.monotonic() - began < timeout_s:
         producer.poll(0.05)
+        if not noticed and time.monotonic() - began >= ID_NOTICE_S:
+            noticed = True  # once: the user sees why nothing happens yet
+            log.warning(
+                "no answer from the broker at %s after %.0f s (producer id %s); waiting up to %.0f s, "
+                "then the records wait in the producer",
+                settings.kafka_bootstrap,
+                ID_NOTICE_S,
+                state["idemp_state"] or "not requested yet",
+                timeout_s,
+            )
     return producer
 
 
