@@ -2,8 +2,11 @@
 
 The baseline is measured in the same run on the same boosters: for every row, one `inplace_predict`
 per model, one after the other. Also measured: the booster thread setting behind `MODEL_NTHREAD`
-(nthread=1 per model with two models in parallel vs nthread=2 one model after the other). Prints a
-table and writes bench/results/backbone.json; takes < 60 s.
+(nthread=1 per model with two models in parallel vs nthread=2 one model after the other), and one
+model's cost per call at 1, 21 and 500 rows (interleaved trials, medians): XGBoost's
+`Booster.inplace_predict`, `DenseScorer` handing XGBoost no proxy DMatrix (a new one per call, as
+before 2026-12-04) and `DenseScorer` as shipped (the thread's own proxy). Prints a table and writes
+bench/results/backbone.json; takes < 90 s.
 
 Run: .venv/bin/python bench/bench_backbone.py
 """
@@ -11,6 +14,7 @@ Run: .venv/bin/python bench/bench_backbone.py
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import statistics
 import sys
@@ -21,12 +25,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` as a script too
 
+from types import SimpleNamespace
+
 import numpy as np
 import xgboost
 
 from bench.support.report import RESULTS_DIR, RunRecord, write_results
-from bench.support.timing import seconds_per_call
-from rig.models.dense import MODEL_NTHREAD
+from bench.support.timing import interleaved_us_per_row, seconds_per_call
+from rig.models import dense
+from rig.models.dense import MODEL_NTHREAD, DenseScorer
 from rig.models.registry import ModelRegistry
 from rig.serving.backbone import Backbone
 
@@ -37,6 +44,9 @@ BATCH_SIZES = (1, 10, 100, 1000)
 SECONDS_PER_SIZE = 1.5
 NAIVE_ROWS = 200
 NTHREAD_TRIAL_S = 0.15
+CALL_ROWS = (1, 21, 500)
+CALL_TRIALS = 7
+CALL_TRIAL_S = 0.3
 RESULTS = RESULTS_DIR / "backbone.json"
 FEATURE_NAMES = tuple(f"f{i:02d}" for i in range(N_FEATURES))
 
@@ -102,6 +112,33 @@ def nthread_choice(boosters: list[xgboost.Booster], features: np.ndarray) -> dic
     return out
 
 
+def call_costs(booster: xgboost.Booster, features: np.ndarray) -> dict[str, dict[str, float]]:
+    """µs per call of one model, by rows per call: XGBoost's wrapper, `DenseScorer` without and with
+    the thread's own proxy DMatrix (medians of interleaved trials)."""
+    scorer = DenseScorer(booster)
+    shipped = dense._PROXIES
+    no_proxy = SimpleNamespace(proxy=SimpleNamespace(handle=ctypes.c_void_p()))  # XGBoost makes one per call
+
+    def without_proxy(batch: np.ndarray) -> None:
+        dense._PROXIES = no_proxy  # type: ignore[assignment]
+        try:
+            scorer.inplace_predict(batch)
+        finally:
+            dense._PROXIES = shipped
+
+    out: dict[str, dict[str, float]] = {}
+    for rows in CALL_ROWS:
+        batch = np.ascontiguousarray(features[:rows])
+        cases = {
+            "xgboost_inplace_predict": (functools.partial(booster.inplace_predict, batch), 1),
+            "dense_scorer_new_proxy_per_call": (functools.partial(without_proxy, batch), 1),
+            "dense_scorer": (functools.partial(scorer.inplace_predict, batch), 1),
+        }
+        samples = interleaved_us_per_row(cases, CALL_TRIALS, CALL_TRIAL_S)
+        out[f"rows_{rows}"] = {f"{name}_us_per_call": statistics.median(v) for name, v in samples.items()}
+    return out
+
+
 async def backbone_rates(backbone: Backbone, versions: list[str], features: np.ndarray) -> list[dict]:
     """rows/s of predict_batch with golden + 2 shadows scoring every row, per batch size."""
     golden = versions[0]
@@ -148,6 +185,8 @@ async def main() -> None:
         nthread = nthread_choice(boosters, features)
         print(f"measuring the naive baseline ({NAIVE_ROWS} rows x 3 models, one call each) ...", flush=True)
         naive = naive_us_per_row(boosters, features)
+        print(f"measuring one model's cost per call at {CALL_ROWS} rows ...", flush=True)
+        calls = call_costs(boosters[0], features)
 
         backbone = Backbone(registry, max_workers=2, timeout_s=10.0)
         try:
@@ -172,6 +211,15 @@ async def main() -> None:
             f"nthread, 2 models, {rows}: nthread=1 parallel {numbers['nthread1_parallel_ms_median']:.2f} ms, "
             f"nthread=2 sequential {numbers['nthread2_sequential_ms_median']:.2f} ms (medians of 7)"
         )
+    print(f"\none model, µs per call (medians of {CALL_TRIALS} interleaved trials)")
+    print(f"{'rows':>6} {'xgboost':>9} {'new proxy':>10} {'own proxy':>10}")
+    for rows in CALL_ROWS:
+        cost = calls[f"rows_{rows}"]
+        wrapper, new, own = (
+            cost[f"{name}_us_per_call"]
+            for name in ("xgboost_inplace_predict", "dense_scorer_new_proxy_per_call", "dense_scorer")
+        )
+        print(f"{rows:>6} {wrapper:>9.1f} {new:>10.1f} {own:>10.1f}")
 
     write_results(
         RESULTS,
@@ -182,6 +230,7 @@ async def main() -> None:
             "naive_us_per_row_3_models": naive,
             "predict_batch_golden_plus_2_shadows": rates,
             "nthread_measurement": nthread,
+            "one_model_us_per_call": calls,
             **record.fields(),
         },
     )

@@ -89,3 +89,23 @@ def test_margins_equal_inplace_predict_bit_for_bit(objective: str) -> None:
 def test_unknown_predict_type_is_refused() -> None:
     with pytest.raises(ValueError, match="predict_type"):
         DenseScorer(booster()).inplace_predict(rows(3), predict_type="leaf")
+
+
+def test_boosters_sharing_a_thread_s_proxy_each_score_their_own_input() -> None:
+    # Every scorer of a thread hands XGBoost the same proxy DMatrix: nothing of one call (its rows,
+    # their count, the other model's features) may show in the next.
+    wide = xgb.train(
+        {"max_depth": 3, "objective": "binary:logistic", "nthread": 1},
+        xgb.DMatrix(rows(200, seed=5).repeat(2, axis=1), np.arange(200) % 2),
+        num_boost_round=10,
+    )
+    scorers = {
+        "narrow": DenseScorer(booster()),
+        "wide": DenseScorer(wide),
+        "multi": DenseScorer(booster("multi:softprob")),
+    }
+    models = {"narrow": booster(), "wide": wide, "multi": booster("multi:softprob")}
+    for n in (1, 300, 2, 7, 1):
+        for name, scorer in scorers.items():
+            data = rows(n, seed=n) if name != "wide" else rows(n, seed=n).repeat(2, axis=1)
+            assert np.array_equal(scorer.inplace_predict(data), models[name].inplace_predict(data)), (name, n)
