@@ -366,7 +366,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "not_answered": len(missing),
                 "not_answered_sample": missing[:10],
                 "predictions_repeated": answers.repeats(ids),
-                "predictions_repeated_by_phase": by_phase(
+                "predictions_repeated_by_event": by_event(
                     [i for i, rid in enumerate(ids) if answers.count[rid] > 1], args.rate, events
                 ),
                 "requests_answered_more_than_once": sum(1 for rid in ids if answers.count[rid] > 1),
@@ -468,18 +468,24 @@ def drive(workers: Workers, mix: Mix, args: argparse.Namespace) -> list[dict[str
     return events
 
 
-def by_phase(indexes: Sequence[int], rate_per_s: float, events: Sequence[dict[str, Any]]) -> dict[str, int]:
-    """How many of these requests (by their index in the traffic, so their send time) were sent in
-    each phase of the run: before the first event, then from each event to the next."""
-    bounds = [(float(event["at_s"]), str(event["what"])) for event in events]
-    counts = {"before any event": 0, **{f"after: {what}": 0 for _, what in bounds}}
+def by_event(
+    indexes: Sequence[int], rate_per_s: float, events: Sequence[dict[str, Any]]
+) -> dict[str, dict[str, float]]:
+    """These requests (by their index in the traffic) grouped by the event sent nearest to them: how
+    many, and from when to when they were sent, in seconds from the event (negative: before it). A
+    kill repeats what was answered and not committed yet, sent just BEFORE it: counted by the phase
+    they were sent in, they fell in the phase before the kill."""
+    groups: dict[str, list[float]] = {}
     for index in indexes:
-        sent_s, phase = index / rate_per_s, "before any event"
-        for at_s, what in bounds:
-            if sent_s >= at_s:
-                phase = f"after: {what}"
-        counts[phase] += 1
-    return counts
+        if not events:
+            groups.setdefault("no event", []).append(index / rate_per_s)
+            continue
+        nearest = min(events, key=lambda event: abs(index - int(event["sent"])))
+        groups.setdefault(str(nearest["what"]), []).append((index - int(nearest["sent"])) / rate_per_s)
+    return {
+        what: {"requests": len(offsets), "sent_from_s": min(offsets), "sent_to_s": max(offsets)}
+        for what, offsets in groups.items()
+    }
 
 
 def drain(
@@ -564,7 +570,12 @@ def print_report(result: dict[str, Any], output: Path) -> None:
     ]
     for label, value in rows:
         print(f"  {label:<38} {value}")
-    print(f"  repeated predictions by when their request was sent: {result['predictions_repeated_by_phase']}")
+    print("  repeated predictions, by the event their requests were sent nearest to:")
+    for what, group in result["predictions_repeated_by_event"].items():
+        print(
+            f"    {what}: {group['requests']:,} (sent {group['sent_from_s']:+.2f} s to "
+            f"{group['sent_to_s']:+.2f} s from it)"
+        )
     print("\nevents (seconds after the traffic started)")
     for event in result["events"]:
         print(f"  {event['at_s']:>7.1f} s  {event['what']} (at {event['sent']:,} requests sent)")
