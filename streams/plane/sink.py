@@ -58,8 +58,6 @@ class Held:
     """Outputs of a batch produced only once its other outputs are delivered (`publish(after=...)`)."""
 
     batch_id: int
-    waiting: int
-    """The batch's other outputs not delivered yet."""
     messages: list[Outgoing]
     produced: int = 0
 
@@ -71,8 +69,6 @@ class Output:
     batch_id: int
     message: Outgoing
     attempt: int = 0
-    held: Held | None = None
-    """The batch's held outputs, waiting for this message among others."""
 
 
 class DeliveringSink:
@@ -134,33 +130,32 @@ class DeliveringSink:
         if not messages and not after:
             self._on_delivered(batch_id)
             return
-        held = Held(batch_id, len(messages), after) if after else None
         with self._lock:  # counted in full before the first report can come
             self._pending[batch_id] = len(messages) + len(after)
-            if held is not None:
-                self._held.append(held)
+            if after:
+                self._held.append(Held(batch_id, after))
         produced = 0
         while True:
-            produced = self._produce(batch_id, messages, produced, held)
+            produced = self._produce(batch_id, messages, produced)
             if produced == len(messages):
                 break
             await asyncio.sleep(0.05)  # the producer's queue is full
-        if held is not None:
+        if after:
             self._release()
 
-    def _produce(self, batch_id: int, messages: list[Outgoing], start: int, held: Held | None) -> int:
-        """Produce `messages[start:]` of a batch (`held`: its held outputs, which wait for these);
-        returns how far it got: short of the end when the producer's queue is full."""
+    def _produce(self, batch_id: int, messages: list[Outgoing], start: int) -> int:
+        """Produce `messages[start:]` of a batch; returns how far it got: short of the end when the
+        producer's queue is full."""
         # One callback per batch, not an object and a partial per message: a failed message is
         # rebuilt from its delivery report, which holds all of it but an explicit timestamp.
-        report_partitioned = functools.partial(self._report, batch_id, -1, held)  # the partitioner chose
-        report_placed = functools.partial(self._report, batch_id, None, held)  # the rig chose the partition
+        report_partitioned = functools.partial(self._report, batch_id, -1)  # the partitioner chose
+        report_placed = functools.partial(self._report, batch_id, None)  # the rig chose the partition
         produce = self._producer.produce
         for index in range(start, len(messages)):
             message = messages[index]
             topic, key, value, partition, timestamp_ms = message
             if timestamp_ms:
-                on_delivery = functools.partial(self._report_kept, Output(batch_id, message, held=held))
+                on_delivery = functools.partial(self._report_kept, Output(batch_id, message))
             else:
                 on_delivery = report_placed if partition >= 0 else report_partitioned
             try:
@@ -168,7 +163,7 @@ class DeliveringSink:
             except BufferError:
                 return index
             except KafkaException as error:  # refused before queueing (e.g. a fatal producer error)
-                self._failed(Output(batch_id, message, held=held), _kafka_error(error))
+                self._failed(Output(batch_id, message), _kafka_error(error))
         return len(messages)
 
     def _release(self) -> None:
@@ -178,10 +173,14 @@ class DeliveringSink:
         with self._releasing:
             while True:
                 with self._lock:
-                    if not self._held or self._held[0].waiting:
+                    if not self._held:
                         return
                     held = self._held[0]
-                held.produced = self._produce(held.batch_id, held.messages, held.produced, None)
+                    # Until its held outputs are produced, all of them count in the batch's pending
+                    # outputs: any more pending are its other outputs, not delivered yet.
+                    if not held.produced and self._pending[held.batch_id] > len(held.messages):
+                        return
+                held.produced = self._produce(held.batch_id, held.messages, held.produced)
                 if held.produced < len(held.messages):
                     return
                 with self._lock:
@@ -206,25 +205,17 @@ class DeliveringSink:
         return True
 
     def _report(
-        self,
-        batch_id: int,
-        partition: int | None,
-        held: Held | None,
-        error: KafkaError | None,
-        message: Message,
+        self, batch_id: int, partition: int | None, error: KafkaError | None, message: Message
     ) -> None:
         """Delivery report of a message of `batch_id` produced to `partition` (-1: the partitioner's
-        choice, asked again when it is produced again; None: the partition it was produced to), which
-        the batch's `held` outputs wait for (None: nothing waits for it)."""
+        choice, asked again when it is produced again; None: the partition it was produced to)."""
         if error is not None:
             if partition is None:
                 partition = message.partition()
             outgoing = Outgoing(message.topic(), message.key(), message.value(), partition)
-            self._failed(Output(batch_id, outgoing, held=held), error)
+            self._failed(Output(batch_id, outgoing), error)
             return
         with self._lock:
-            if held is not None:
-                held.waiting -= 1  # the poll loop produces the held outputs once none waits
             left = self._pending[batch_id] - 1
             if left:
                 self._pending[batch_id] = left
@@ -244,7 +235,7 @@ class DeliveringSink:
                 recovered = self._failing == 0
             if recovered:
                 self._health.recovered(DEPENDENCY)
-        self._report(output.batch_id, None, output.held, None, message)
+        self._report(output.batch_id, None, None, message)
 
     def _failed(self, output: Output, error: KafkaError) -> None:
         """Schedule the message again; the batch stays undelivered meanwhile."""
