@@ -82,6 +82,12 @@ class RigSettings(BaseSettings):
     """Connect and read timeout of the rig's Redis clients: a Redis that hangs is waited for and
     retried, never waited on forever."""
 
+    feature_inline_rows: int = Field(default=64, ge=0)
+    """Batches of at most this many requests read their online features on the event loop, every
+    wait on Redis bounded by 20 ms (`RedisLayoutReader.read_quick`), instead of in a worker thread:
+    for a small batch the hand-over to the thread and back costs more CPU than the read. A read that
+    does not finish in time goes to a thread, and so do all for the next 30 s. 0: always a thread."""
+
     home: Path = Path(".rig")
     """Working folder for generated data, model artifacts and the SQLite files."""
 

@@ -73,7 +73,11 @@ async def answer(runtime: Runtime, sources: Sequence[Source]) -> Answer:
 
     fields = serving.selection.request_fields  # request-time inputs of on-demand feature views
     request_data = {name: [r.features.get(name) for r in batch.requests] for name in fields}
-    online = await asyncio.to_thread(serving.reader.read, batch.entity_ids(), request_data)  # enrich
+    ids = batch.entity_ids()  # enrich: a small batch on this thread, if Redis answers at once
+    small = len(ids) <= runtime.settings.feature_inline_rows
+    online = serving.reader.read_quick(ids, request_data) if small else None
+    if online is None:
+        online = await asyncio.to_thread(serving.reader.read, ids, request_data)
     policy = runtime.settings.missing_entity_policy
     enriched = enrich(batch.requests, online.columns, online.found, policy, request_fields=fields)
     batch.keep(enriched.kept, enriched.rejected)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +50,13 @@ _KEY_PROBES = ("", "ent-000042", "ünïcödé-键", "x" * 300)
 """Entity ids the key template is checked against Feast's own `serialize_entity_key` with."""
 
 _TS_CACHE_LIMIT = 4096
+
+QUICK_TIMEOUT_S = 0.02
+"""Longest a quick read (`read_quick`) waits for Redis in any one step (connect, send, each reply):
+it runs on the caller's thread, the event loop's, which nothing else may hold for long."""
+QUICK_PAUSE_S = 30.0
+"""How long quick reads stay off after one did not get its answer in time: meanwhile every read goes
+through `read` in a worker thread, where a Redis that hangs or is away is waited for."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,6 +94,15 @@ class OnlineReader(Protocol):
         """
         ...
 
+    def read_quick(
+        self, entity_ids: Sequence[str], request_data: Mapping[str, Sequence[Any]] | None = None
+    ) -> OnlineFeatures | None:
+        """`read` for a thread that must not wait long (an event loop): the same features, or None
+        when this reader cannot answer within `QUICK_TIMEOUT_S` per step now; the caller then reads
+        with `read` in a worker thread.
+        """
+        ...
+
 
 class FeastSdkReader:
     """The reference reader: Feast's `get_online_features` through `FeatureStoreClient.online`; it
@@ -105,6 +122,12 @@ class FeastSdkReader:
         columns = {name: np.ascontiguousarray(frame[name].to_numpy()) for name in self.feature_names}
         found = frame[ENTITY_FOUND].to_numpy(dtype=bool)
         return OnlineFeatures(columns=columns, found=found, feature_names=self.feature_names)
+
+    def read_quick(
+        self, entity_ids: Sequence[str], request_data: Mapping[str, Sequence[Any]] | None = None
+    ) -> OnlineFeatures | None:
+        """None: Feast's SDK cannot bound how long a read waits."""
+        return None
 
 
 def layout_unreadable(client: FeatureStoreClient, selection: FeatureSelection) -> str | None:
@@ -143,7 +166,10 @@ class RedisLayoutReader:
       so does this reader. Keys expire only through the online store's `key_ttl_seconds`.
 
     Construction imports Feast (seconds) and checks the layout helpers once; `read` imports nothing.
-    Thread-safe: each read takes its own connection from redis-py's pool.
+    Thread-safe: each read takes its own connection from redis-py's pool. `read_quick` reads the same
+    way on connections of a second pool whose every wait is bounded by `QUICK_TIMEOUT_S`: a small
+    batch is read on the event loop's thread at about half the CPU of handing it to a worker thread
+    and back (bench/bench_pipeline.py); one that times out turns quick reads off for `QUICK_PAUSE_S`.
 
     Args:
         settings: `redis_url` names the Redis database Feast writes to.
@@ -166,6 +192,8 @@ class RedisLayoutReader:
         from feast.protos.feast.types.Value_pb2 import Value as ValueProto
         from google.protobuf.message import DecodeError
         from google.protobuf.timestamp_pb2 import Timestamp
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self.settings = settings
         self.client = client
@@ -220,6 +248,13 @@ class RedisLayoutReader:
             socket_connect_timeout=settings.redis_timeout_s,
             socket_timeout=settings.redis_timeout_s,
         )
+        self._quick_redis = redis.Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=QUICK_TIMEOUT_S,
+            socket_timeout=QUICK_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),  # one try: a quick read that fails steps aside
+        )
+        self._quick_off_until = 0.0  # time.monotonic() before which quick reads answer None
         self._redis_errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._command_tail = b"".join(b"$%d\r\n%s\r\n" % (len(field), field) for field in self.hash_fields)
         self._command_head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(self.hash_fields) + 2)
@@ -264,11 +299,27 @@ class RedisLayoutReader:
     def read(
         self, entity_ids: Sequence[str], request_data: Mapping[str, Sequence[Any]] | None = None
     ) -> OnlineFeatures:
+        return self._read(entity_ids, self._redis)
+
+    def read_quick(
+        self, entity_ids: Sequence[str], request_data: Mapping[str, Sequence[Any]] | None = None
+    ) -> OnlineFeatures | None:
+        if time.monotonic() < self._quick_off_until:
+            return None
+        try:
+            return self._read(entity_ids, self._quick_redis)
+        except FeatureStoreUnavailable as error:
+            # `read` in a thread waits for Redis and says why it is away; this only steps aside.
+            self._quick_off_until = time.monotonic() + QUICK_PAUSE_S
+            log.info("quick feature reads off for %.0f s: %s", QUICK_PAUSE_S, error)
+            return None
+
+    def _read(self, entity_ids: Sequence[str], client: Any) -> OnlineFeatures:
         ids = entity_ids if isinstance(entity_ids, list) else list(entity_ids)
         unique = list(dict.fromkeys(ids))
         n_features = len(self.feature_names)
         if unique:
-            replies = self._hmget(self._keys(unique))
+            replies = self._hmget(self._keys(unique), client)
             values, found = self._decode(replies, n_features)
         else:
             values, found = np.empty((n_features, 0)), np.zeros(0, dtype=bool)
@@ -279,7 +330,7 @@ class RedisLayoutReader:
         columns = dict(zip(self.feature_names, values, strict=True))
         return OnlineFeatures(columns=columns, found=found, feature_names=self.feature_names)
 
-    def _hmget(self, keys: list[bytes]) -> list[list[bytes | None]]:
+    def _hmget(self, keys: list[bytes], client: Any) -> list[list[bytes | None]]:
         """One HMGET of `hash_fields` per key, sent as one packed pipeline, read in one round trip.
 
         The commands are packed here (the field list is constant, so only the key varies) and sent
@@ -288,7 +339,7 @@ class RedisLayoutReader:
         """
         head, tail = self._command_head, self._command_tail
         packed = b"".join([b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail) for key in keys])
-        pool = self._redis.connection_pool
+        pool = client.connection_pool
         try:
             connection = pool.get_connection()
         except self._redis_errors as error:
@@ -388,3 +439,4 @@ class RedisLayoutReader:
     def close(self) -> None:
         """Close the reader's Redis connections."""
         self._redis.close()
+        self._quick_redis.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -285,9 +286,57 @@ def test_redis_error_reply_is_a_feature_store_error_and_the_reader_recovers(read
     key = fast.redis_key("odd-not-a-hash")
     client.set(key, b"not a hash")
     try:
-        with pytest.raises(FeatureStoreError, match="refused HMGET"):
-            fast.read(["ent-000001", "odd-not-a-hash", "ent-000002"])
+        for read in (fast.read, fast.read_quick):
+            with pytest.raises(FeatureStoreError, match="refused HMGET"):
+                read(["ent-000001", "odd-not-a-hash", "ent-000002"])
     finally:
         client.delete(key)
     ids = ["ent-000001", "ent-000002"]
     assert_same(fast.read(ids), readers.sdk.read(ids), len(ids))
+
+
+@pytest.mark.integration
+def test_quick_read_equals_feast_sdk_and_the_sdk_reader_has_none(readers: Readers) -> None:
+    world_ids = sorted(readers.world.features["entity_id"].unique())
+    ids = [*world_ids[:40], *UNKNOWN_IDS, world_ids[0], world_ids[3]]  # unknown ids and repeats
+    quick = readers.fast.read_quick(ids)
+    assert quick is not None
+    assert_same(quick, readers.sdk.read(ids), len(ids))
+    assert readers.sdk.read_quick(ids) is None
+
+
+@pytest.mark.integration
+def test_quick_read_steps_aside_when_redis_does_not_answer_in_time(
+    readers: Readers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from rig.features import online_reader
+
+    monkeypatch.setattr(online_reader, "QUICK_PAUSE_S", 0.5)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never answers
+        port = silent.getsockname()[1]
+        silent.setblocking(False)
+        settings = readers.settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+        reader = RedisLayoutReader(settings, FeatureStoreClient(settings))
+        began = time.monotonic()
+        assert reader.read_quick(["ent-000001"]) is None
+        # Bounded by QUICK_TIMEOUT_S, not by RIG_REDIS_TIMEOUT_S (2 s): it never holds a loop long.
+        assert time.monotonic() - began < settings.redis_timeout_s / 2
+        silent.accept()[0].close()
+        assert reader.read_quick(["ent-000001"]) is None  # paused: no second connection
+        with pytest.raises(BlockingIOError):
+            silent.accept()
+        time.sleep(0.6)
+        assert reader.read_quick(["ent-000001"]) is None  # after the pause: tried again
+        silent.accept()[0].close()
+        reader.close()
+
+
+@pytest.mark.integration
+def test_quick_read_steps_aside_when_redis_refuses_connections(readers: Readers) -> None:
+    settings = readers.settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    reader = RedisLayoutReader(settings, FeatureStoreClient(settings))
+    assert reader.read_quick(["ent-000001"]) is None
+    with pytest.raises(FeatureStoreError, match="Redis not reachable"):
+        reader.read(["ent-000001"])  # what the caller's thread then says
