@@ -167,9 +167,10 @@ class RedisLayoutReader:
 
     Construction imports Feast (seconds) and checks the layout helpers once; `read` imports nothing.
     Thread-safe: each read takes its own connection from redis-py's pool. `read_quick` reads the same
-    way on connections of a second pool whose every wait is bounded by `QUICK_TIMEOUT_S`: a small
-    batch is read on the event loop's thread at about half the CPU of handing it to a worker thread
-    and back (bench/bench_pipeline.py); one that times out turns quick reads off for `QUICK_PAUSE_S`.
+    way on connections of a second pool whose every wait is bounded by `QUICK_TIMEOUT_S`, for the
+    event loop's thread: handing a read to a worker thread and back costs ~150 µs of CPU whatever its
+    size (one entity 248 against 89 µs read on the caller's thread, 40 entities 390 against 244 µs,
+    real Redis). A quick read that times out turns quick reads off for `QUICK_PAUSE_S`.
 
     Args:
         settings: `redis_url` names the Redis database Feast writes to.
