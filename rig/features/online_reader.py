@@ -31,6 +31,8 @@ from rig.config import RigSettings, masked_url
 from rig.errors import FeatureStoreError, FeatureStoreUnavailable
 
 if TYPE_CHECKING:
+    import redis
+
     from rig.features.selection import FeatureSelection
     from rig.features.store import FeatureStoreClient
 
@@ -315,7 +317,7 @@ class RedisLayoutReader:
             log.info("quick feature reads off for %.0f s: %s", QUICK_PAUSE_S, error)
             return None
 
-    def _read(self, entity_ids: Sequence[str], client: Any) -> OnlineFeatures:
+    def _read(self, entity_ids: Sequence[str], client: redis.Redis) -> OnlineFeatures:
         ids = entity_ids if isinstance(entity_ids, list) else list(entity_ids)
         unique = list(dict.fromkeys(ids))
         n_features = len(self.feature_names)
@@ -331,7 +333,7 @@ class RedisLayoutReader:
         columns = dict(zip(self.feature_names, values, strict=True))
         return OnlineFeatures(columns=columns, found=found, feature_names=self.feature_names)
 
-    def _hmget(self, keys: list[bytes], client: Any) -> list[list[bytes | None]]:
+    def _hmget(self, keys: list[bytes], client: redis.Redis) -> list[list[bytes | None]]:
         """One HMGET of `hash_fields` per key, sent as one packed pipeline, read in one round trip.
 
         The commands are packed here (the field list is constant, so only the key varies) and sent
