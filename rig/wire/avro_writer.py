@@ -65,6 +65,25 @@ def _varint_remembered(value: Any, kind: str) -> bytes:
     return encoded
 
 
+# Strings written lately, with their length prefix: model versions, experiment names, transform
+# versions and map keys repeat in every record, and a lookup costs ~45 ns against ~200 ns to encode
+# one and append its length. Bounded like _MEMO; unique strings (request ids) only cycle through it.
+_STRINGS: dict[str, bytes] = {}
+
+
+def _string_remembered(value: Any) -> bytes:
+    """The Avro string `value` (its length, then its UTF-8), remembered; raises for what is not a str."""
+    if not isinstance(value, str):
+        raise TypeError(f"{type(value).__name__} is not an Avro string")
+    raw = value.encode()
+    size = len(raw)
+    encoded = (_SMALL[size] if size < 64 else _varint(size)) + raw
+    if len(_STRINGS) >= _MEMO_ENTRIES:
+        _STRINGS.clear()
+    _STRINGS[value] = encoded
+    return encoded
+
+
 def _length(count: int) -> bytes:
     return _SMALL[count] if count < 64 else _varint(count)
 
@@ -81,6 +100,8 @@ class _Compiler(CodeBuilder):
                 "_MEMO_int": _MEMO["int"],
                 "_MEMO_long": _MEMO["long"],
                 "_length": _length,
+                "_STRINGS": _STRINGS,
+                "_string_remembered": _string_remembered,
                 "_double": struct.Struct("<d").pack,
                 "_float": struct.Struct("<f").pack,
             }
@@ -115,9 +136,8 @@ class _Compiler(CodeBuilder):
             self.emit(depth, f"a(_float({expr}))")
         elif kind == "string":
             name = self.fresh("s")
-            size = self.fresh("z")
-            self.emit(depth, f"{name} = {expr}.encode(); {size} = len({name})")
-            self.emit(depth, f"a(_SMALL[{size}] if {size} < 64 else _varint({size})); a({name})")
+            self.emit(depth, f"{name} = {expr}")
+            self.emit(depth, f"a(_STRINGS.get({name}) or _string_remembered({name}))")
         elif kind == "bytes":
             name = self.fresh("b")
             self.emit(depth, f"{name} = {expr}")

@@ -85,6 +85,37 @@ def test_the_memo_stays_bounded() -> None:
     assert all(0 < len(memo) <= avro_writer._MEMO_ENTRIES for memo in avro_writer._MEMO.values())
 
 
+STRING = {"type": "record", "name": "S", "fields": [{"name": "s", "type": "string"}]}
+
+
+@pytest.mark.parametrize("value", ["", "risk.1", "é" * 40, "x" * 200])
+def test_a_string_written_again_comes_from_the_memo_with_the_same_bytes(value: str) -> None:
+    write = compile_writer(STRING)
+    assert write is not None
+
+    assert [write(SimpleNamespace(s=value)) for _ in range(3)] == [fastavro_bytes(STRING, {"s": value})] * 3
+
+
+@pytest.mark.parametrize("wrong", [b"risk.1", 7, None, ["risk.1"], "\ud800"])
+def test_a_string_remembered_is_still_refused_for_a_value_that_is_not_a_valid_string(wrong: Any) -> None:
+    write = compile_writer(STRING)
+    assert write is not None
+    write(SimpleNamespace(s="risk.1"))  # remembered
+
+    with pytest.raises((TypeError, ValueError)):
+        write(SimpleNamespace(s=wrong))
+    assert "\ud800" not in avro_writer._STRINGS and b"risk.1" not in avro_writer._STRINGS
+
+
+def test_the_string_memo_stays_bounded() -> None:
+    write = compile_writer(STRING)
+    assert write is not None
+    for value in range(3 * avro_writer._MEMO_ENTRIES):
+        write(SimpleNamespace(s=f"request-{value}"))
+
+    assert 0 < len(avro_writer._STRINGS) <= avro_writer._MEMO_ENTRIES
+
+
 def test_an_unsupported_union_gives_no_compiled_writer() -> None:
     schema = {"type": "record", "name": "R", "fields": [{"name": "x", "type": ["null", "int", "string"]}]}
     assert compile_writer(schema) is None
