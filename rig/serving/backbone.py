@@ -13,7 +13,7 @@ hundred rows. Measured in-process on this 2-core machine (golden + 2 shadows, 20
 against 6.3 µs per row; 500 rows 6.9 against 5.5 µs per row. Each call goes through
 `rig.models.dense.DenseScorer`: XGBoost's own C call without ~110 µs of Python around it. A version
 whose inline calls take longer than `INLINE_CALL_BUDGET_S` `INLINE_SLOW_CALLS` times in a row is
-scored in the pools from then on, where the timeouts apply.
+scored in the pools, where the timeouts apply, for `INLINE_RETRY_S`; then inline again.
 """
 
 from __future__ import annotations
@@ -42,10 +42,16 @@ log = logging.getLogger(__name__)
 INLINE_CALL_BUDGET_S = 0.005
 """Longest an inline call may take (it holds the event loop) before its version goes to the pools."""
 INLINE_SLOW_CALLS = 3
-"""Inline calls over the budget in a row that send a version to the pools for good. One slow call is
+"""Inline calls over the budget in a row that send a version to the pools. One slow call is
 more often the host's hiccup than the model's cost: on this shared 2-core machine a 32-row call that
 takes ~0.13 ms took 6.9 ms once, in a worker at 6,000 req/s, and every batch paid the pools' thread
 hand-overs from then on."""
+INLINE_RETRY_S = 60.0
+"""How long a version sent to the pools stays there before it is tried inline again. Its slow calls may
+have been the host's, not its own: in a worker with every role an inline call also waits for the GIL
+that the explainer and the join hold, and in one run at 6,000 req/s (bench/bench_pipeline.py, py-spy)
+such waits sent every model to the pools. For good, the worker would have paid the pools' hand-overs
+for the rest of its life."""
 
 
 class Model(Protocol):
@@ -141,7 +147,7 @@ class Backbone:
         self._lock = threading.Lock()
         self._abandoned: dict[str, int] = {}  # timed-out calls still running, per version
         self._inline_rows = inline_rows
-        self._pooled: set[str] = set()  # versions whose inline calls took too long: pools only
+        self._pooled: dict[str, float] = {}  # version -> until when (perf_counter) it is scored in the pools
         self._slow_inline: dict[str, int] = {}  # inline calls over the budget in a row, per version
         self._closed = False
 
@@ -233,7 +239,7 @@ class Backbone:
             )
 
         own = columns or {}
-        if features.shape[0] <= self._inline_rows and self._pooled.isdisjoint(score_rows):
+        if features.shape[0] <= self._inline_rows and not self._in_pools(score_rows):
             return self._predict_inline(golden_model, features, score_rows, golden, own)
         tally = _Tally(time.perf_counter())
         golden_call = self._submit(
@@ -294,6 +300,13 @@ class Backbone:
                 tally.add(version, self._score_inline(version, model, features, rows, columns))
         return tally.scores_of_batch()
 
+    def _in_pools(self, versions: Iterable[str]) -> bool:
+        """Whether any of these versions is still scored in the pools after slow inline calls."""
+        if not self._pooled:
+            return False
+        now = time.perf_counter()
+        return any(self._pooled.get(version, 0.0) > now for version in versions)
+
     def _experiments(
         self, score_rows: Mapping[str, np.ndarray], golden: str, failed: dict[str, str]
     ) -> Iterator[tuple[str, np.ndarray, Model]]:
@@ -328,10 +341,12 @@ class Backbone:
         slow = self._slow_inline.get(version, 0) + 1 if took > INLINE_CALL_BUDGET_S else 0
         self._slow_inline[version] = slow
         if slow >= INLINE_SLOW_CALLS:
-            self._pooled.add(version)
+            self._pooled[version] = outcome.finished_at + INLINE_RETRY_S
+            self._slow_inline[version] = 0  # back inline, it needs as many slow calls in a row again
             log.warning(
-                "model_scored_in_pools_from_now version=%s inline_call_ms=%.1f budget_ms=%.1f in_a_row=%d",
+                "model_scored_in_pools version=%s for_s=%.0f inline_call_ms=%.1f budget_ms=%.1f in_a_row=%d",
                 version,
+                INLINE_RETRY_S,
                 took * 1e3,
                 INLINE_CALL_BUDGET_S * 1e3,
                 slow,

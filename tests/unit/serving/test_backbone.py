@@ -6,7 +6,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from rig.models.registry import MODEL_FILE, ModelRegistry
 from rig.serving import backbone as backbone_module
 from rig.serving.backbone import (
     INLINE_CALL_BUDGET_S,
+    INLINE_RETRY_S,
     INLINE_SLOW_CALLS,
     Backbone,
     BatchScores,
@@ -465,9 +466,7 @@ def test_a_small_batch_is_scored_on_the_calling_thread_with_the_same_scores(
     assert inline.failed == {} and set(inline.elapsed_ms) == set(rows)
 
 
-def test_a_model_slower_than_the_inline_budget_is_scored_in_the_pools_from_then_on(
-    world: World, backbones: list
-) -> None:
+def test_a_model_slower_than_the_inline_budget_is_scored_in_the_pools(world: World, backbones: list) -> None:
     models: dict[str, ThreadRecordingModel] = {}
     slow = {world.experiment_a: INLINE_CALL_BUDGET_S * 4}
     backbone = Backbone(world.registry, inline_rows=8, grace_s=1.0, wrap_model=recording(slow, models))
@@ -487,28 +486,61 @@ def test_a_model_slower_than_the_inline_budget_is_scored_in_the_pools_from_then_
     assert [name == caller for name in models[world.golden].threads] == inline_then_pools
 
 
-def test_slow_inline_calls_that_are_not_in_a_row_leave_the_model_inline(
+def golden_on_a_fake_clock(
     world: World, backbones: list, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A call over the budget now and then is the host's hiccup (a preempted thread), not the model's
-    cost: the model stays on the calling thread. The backbone's clock is a fake one, so that a real
-    hiccup of this host during a fast call cannot make three slow calls in a row (it did once in CI)."""
+) -> tuple[Callable[[float], None], ThreadRecordingModel, FakeClock]:
+    """A backbone scoring the golden alone on a fake clock, so that a real hiccup of this host during a
+    fast call cannot count as a slow call (it did once in CI); returns a call scoring one 4-row batch
+    whose golden call takes `delay_s` by that clock, the golden's recording model, and the clock."""
     clock = FakeClock()
     monkeypatch.setattr(backbone_module, "time", clock)
     models: dict[str, ThreadRecordingModel] = {}
     backbone = Backbone(world.registry, inline_rows=8, grace_s=1.0, wrap_model=recording({}, models, clock))
     backbones.append(backbone)
     backbone.ensure_loaded([world.golden])
+
+    def score(delay_s: float) -> None:
+        models[world.golden].delay_s = delay_s
+        asyncio.run(backbone.predict_batch(world.features[:4], {world.golden: np.arange(4)}, world.golden))
+
+    return score, models[world.golden], clock
+
+
+def test_slow_inline_calls_that_are_not_in_a_row_leave_the_model_inline(
+    world: World, backbones: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call over the budget now and then is the host's hiccup (a preempted thread), not the model's
+    cost: the model stays on the calling thread."""
+    score, golden, _ = golden_on_a_fake_clock(world, backbones, monkeypatch)
     slow = INLINE_CALL_BUDGET_S * 2
     delays = [slow, 0.0, slow, slow, 0.0, slow, 0.0]  # at most two over the budget in a row
     assert INLINE_SLOW_CALLS > 2
 
     for delay_s in delays:
-        models[world.golden].delay_s = delay_s
-        asyncio.run(backbone.predict_batch(world.features[:4], {world.golden: np.arange(4)}, world.golden))
+        score(delay_s)
 
-    caller = threading.current_thread().name
-    assert models[world.golden].threads == [caller] * len(delays)
+    assert golden.threads == [threading.current_thread().name] * len(delays)
+
+
+def test_a_model_sent_to_the_pools_is_tried_inline_again_after_the_retry_time(
+    world: World, backbones: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slow calls in a row may have been the host's (the GIL held by other threads): the pools are not
+    for good. Back inline, the model needs as many slow calls in a row again to leave."""
+    score, golden, clock = golden_on_a_fake_clock(world, backbones, monkeypatch)
+    slow = INLINE_CALL_BUDGET_S * 2
+
+    for _ in range(INLINE_SLOW_CALLS):
+        score(slow)  # inline, over the budget: the last one sends it to the pools
+    clock.now += INLINE_RETRY_S / 2
+    score(0.0)  # still in the pools
+    clock.now += INLINE_RETRY_S / 2 + 0.001
+    score(0.0)  # inline again
+    score(slow)  # one slow call is not enough to leave again
+    score(0.0)
+
+    on_caller = [name == threading.current_thread().name for name in golden.threads]
+    assert on_caller == [True] * INLINE_SLOW_CALLS + [False, True, True, True]
 
 
 def test_inline_experiments_past_the_goldens_grace_are_cut_and_the_golden_answer_stands(
