@@ -54,15 +54,18 @@ _MEMO_ENTRIES = 4096
 _MEMO: dict[str, dict[int, bytes]] = {"int": {}, "long": {}}
 
 
+def _remember(memo: dict[Any, bytes], key: Any, encoded: bytes) -> bytes:
+    """Keep `encoded` under `key` in a memo of at most `_MEMO_ENTRIES` (cleared when full); returns it."""
+    if len(memo) >= _MEMO_ENTRIES:
+        memo.clear()
+    memo[key] = encoded
+    return encoded
+
+
 def _varint_remembered(value: Any, kind: str) -> bytes:
     """`_varint(value, kind)`, remembered for plain ints."""
     encoded = _varint(value, kind)  # raises for what the kind cannot hold: nothing is remembered then
-    if type(value) is int:
-        memo = _MEMO[kind]
-        if len(memo) >= _MEMO_ENTRIES:
-            memo.clear()
-        memo[value] = encoded
-    return encoded
+    return _remember(_MEMO[kind], value, encoded) if type(value) is int else encoded
 
 
 # Strings written lately, with their length prefix: model versions, experiment names, transform
@@ -75,13 +78,8 @@ def _string_remembered(value: Any) -> bytes:
     """The Avro string `value` (its length, then its UTF-8), remembered; raises for what is not a str."""
     if not isinstance(value, str):
         raise TypeError(f"{type(value).__name__} is not an Avro string")
-    raw = value.encode()
-    size = len(raw)
-    encoded = (_SMALL[size] if size < 64 else _varint(size)) + raw
-    if len(_STRINGS) >= _MEMO_ENTRIES:
-        _STRINGS.clear()
-    _STRINGS[value] = encoded
-    return encoded
+    raw = value.encode()  # raises for what does not encode: nothing is remembered then
+    return _remember(_STRINGS, value, _length(len(raw)) + raw)
 
 
 def _length(count: int) -> bytes:
