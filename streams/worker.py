@@ -78,7 +78,8 @@ def build_runtime() -> Runtime:
     wait_for_topics()
     runtime = Runtime.create(settings, metadata, metrics)
     if "explain" in roles:
-        explainer = ExplainConsumer(settings, runtime).start()
+        backlogged = plane.source.backlogged if plane is not None else lambda: False
+        explainer = ExplainConsumer(settings, runtime, backlogged).start()
 
         @app.on_before_shutdown.connect
         async def stop_explainer(sender: faust.App, **kwargs: object) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -120,6 +121,7 @@ class BatchSource:
         self._let_go: set[TP] = set()  # since the current batch began to be taken
         self._starts: dict[TP, int] = {}  # where the latest assignment of a partition began to read
         self._group_metadata: object | None = None
+        self._full_at = -math.inf  # when the latest full batch was taken (monotonic)
         self.crashed: BaseException | None = None
 
     def start(self) -> BatchSource:
@@ -151,6 +153,11 @@ class BatchSource:
         """The partitions held now."""
         with self._lock:
             return set(self._assignment)
+
+    def backlogged(self, within_s: float = 1.0) -> bool:
+        """Whether a batch taken in the last `within_s` was full: messages were waiting behind it.
+        (Never with `batch_max` 1, where a full batch says nothing.)"""
+        return time.monotonic() - self._full_at < within_s
 
     # -- the consuming thread -----------------------------------------------------------------------
     def _consumer(self) -> Consumer:
@@ -210,6 +217,8 @@ class BatchSource:
         self._let_go = set()  # poll served its callbacks before it returned `first`
         if self.settings.batch_max > 1:
             messages += consumer.consume(self.settings.batch_max - 1, timeout=0)
+            if len(messages) == self.settings.batch_max:
+                self._full_at = time.monotonic()
         good: list[Message] = []
         for message in self._still_held(consumer, messages):
             error = message.error()

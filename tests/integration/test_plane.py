@@ -147,6 +147,21 @@ def test_finished_batches_are_committed_and_unfinished_ones_are_not(kafka_bootst
     assert values == [f"m{i}".encode() for i in range(done, 100)], "the next owner starts at the commit"
 
 
+def test_a_source_is_backlogged_for_a_while_after_it_takes_a_full_batch(kafka_bootstrap: str) -> None:
+    topic, group = create_topic(kafka_bootstrap, partitions=1), f"test-{uuid.uuid4().hex}"
+    plane = Plane(kafka_bootstrap, group, topic, batch_max=10)
+    assert not plane.source.backlogged(), "nothing taken yet"
+    produce(kafka_bootstrap, topic, 50)
+    with running(plane):
+        first = plane.take()
+        backlogged_then = plane.source.backlogged()
+        plane.ledger.finish(first.batch_id)
+        drain(plane, 40)
+    assert len(first.messages) == 10
+    assert backlogged_then, "a full batch: messages were waiting behind it"
+    assert not plane.source.backlogged(within_s=0.0), "only for a while"
+
+
 def test_an_idle_source_hands_over_a_single_message_at_once(kafka_bootstrap: str) -> None:
     topic, group = create_topic(kafka_bootstrap, partitions=1), f"test-{uuid.uuid4().hex}"
     plane = Plane(kafka_bootstrap, group, topic, batch_max=500)

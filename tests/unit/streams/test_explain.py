@@ -18,7 +18,7 @@ from rig.config import RigSettings
 from rig.errors import RegistryError
 from rig.models.registry import ModelRegistry
 from streams.app import make_app
-from streams.explain import BoundedPool, explain_answer, install_explain_endpoint
+from streams.explain import BoundedPool, ExplainConsumer, explain_answer, install_explain_endpoint
 
 
 def save_model(root: Path) -> Path:
@@ -120,3 +120,40 @@ def test_a_flood_of_explain_calls_gets_429_beyond_the_bound(tmp_path: Path) -> N
     answered, beyond = asyncio.run(flood())
     assert beyond == 429
     assert answered == [404, 404], "the calls within the bound were answered"
+
+
+def explainer(max_s: float, backlogged: Any) -> ExplainConsumer:
+    """An explainer that is never started: only its waiting is tested."""
+    return ExplainConsumer(RigSettings(explain_yield_max_s=max_s), runtime_with(None), backlogged)
+
+
+def test_an_explanation_waits_while_the_predict_path_has_a_backlog_then_goes_on() -> None:
+    answers = iter([True, True, True, False])
+    asked: list[bool] = []
+
+    def backlogged() -> bool:
+        asked.append(next(answers))
+        return asked[-1]
+
+    waited = explainer(60, backlogged).yield_to_requests()
+
+    assert asked == [True, True, True, False], "asked again until the backlog was gone"
+    assert 0 < waited < 60
+
+
+def test_an_explanation_waits_no_longer_than_explain_yield_max_s() -> None:
+    waited = explainer(0.2, lambda: True).yield_to_requests()
+    assert waited >= 0.2
+
+
+def test_an_explanation_without_a_backlog_or_with_no_waiting_allowed_starts_at_once() -> None:
+    asked: list[int] = []
+    assert explainer(60, lambda: asked.append(1) or False).yield_to_requests() < 1
+    assert asked == [1]
+    assert explainer(0, lambda: True).yield_to_requests() < 1
+
+
+def test_a_stopping_explainer_stops_waiting() -> None:
+    waiting = explainer(60, lambda: True)
+    threading.Timer(0.1, waiting._stop.set).start()
+    assert waiting.yield_to_requests() < 30
