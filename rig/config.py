@@ -238,11 +238,12 @@ class RigSettings(BaseSettings):
     explain_rate_per_s: float = Field(default=1.0, gt=0)
     """Most automatic explanations asked per second per worker (each costs far more than a prediction)."""
 
-    explain_yield_max_s: float = Field(default=10.0, ge=0)
+    explain_yield_max_s: float = Field(default=10.0, ge=0, le=240)
     """While the worker's predict path has a backlog (it took a full batch in the last second), its
     explainer waits up to this long before each explanation: ~100-200 ms of CPU that the requests
     need more. At most one explanation per this many seconds then; the rest wait in Kafka and are
-    explained once the backlog is gone. 0: never wait."""
+    explained once the backlog is gone. 0: never wait. At most 240: the explainer's consumer waits
+    between two polls, and one that does not poll for `max.poll.interval.ms` (300 s) leaves its group."""
 
     warmer_enabled: bool = True
     """Warm models (warm-up batch, and cache pre-fill for a new golden) before routing switches to them."""

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import xgboost
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import ValidationError
 
 from rig.config import RigSettings
 from rig.errors import RegistryError
@@ -157,3 +158,8 @@ def test_a_stopping_explainer_stops_waiting() -> None:
     waiting = explainer(60, lambda: True)
     threading.Timer(0.1, waiting._stop.set).start()
     assert waiting.yield_to_requests() < 30
+
+
+def test_a_wait_past_the_consumer_s_poll_interval_is_refused() -> None:
+    with pytest.raises(ValidationError, match="less than or equal to 240"):
+        RigSettings(explain_yield_max_s=300)
