@@ -114,6 +114,10 @@ class Promotion:
         self.next_state_ms = 0
         self.restored: PromotionLoop | None = None
         """The saved loop `start_offsets` read (in the source's thread), taken over by the next batch."""
+        self.folding = asyncio.Lock()
+        """Held while a batch is folded in a thread (off the event loop, which the worker's other roles
+        share): what reads the tests on the loop meanwhile (the `/promoter/` page) waits for it instead
+        of seeing them half changed."""
 
     async def start(self) -> None:
         """Seed the label window with the delays the metadata store recorded."""
@@ -160,11 +164,11 @@ class Promotion:
         log.info("promoter state restored golden=%s from offset=%d", loop.golden, offset)
         return {self.joined: offset}
 
-    async def handle(self, batch: SourceBatch, sink: Sink) -> None:
-        """Fold a batch of joined rows into the sequential tests, publish what they decide and, in
-        `auto` mode, apply it; save the tests' state when due."""
-        if self.restored is not None:
-            self.loop, self.restored, self.unsaved = self.restored, None, None
+    def _fold(
+        self, batch: SourceBatch, routing: RoutingTable
+    ) -> tuple[list[Outgoing], list[JoinedOutcome], list[JoinedOutcome]]:
+        """Decode a batch's joined rows and fold them into the tests: its dead letters, the rows
+        folded and those seen for the first time."""
         outputs: list[Outgoing] = []
         rows: list[JoinedOutcome] = []
         for message in batch.messages:
@@ -177,8 +181,16 @@ class Promotion:
                 outputs.append(self._dead_letter(message, reason, ErrorType.INVALID_VALUE, row.request_id))
                 continue
             rows.append(row)
+        return outputs, rows, self.loop.observe(rows, routing)
+
+    async def handle(self, batch: SourceBatch, sink: Sink) -> None:
+        """Fold a batch of joined rows into the sequential tests, publish what they decide and, in
+        `auto` mode, apply it; save the tests' state when due."""
+        if self.restored is not None:
+            self.loop, self.restored, self.unsaved = self.restored, None, None
         routing = self.runtime.routing
-        fresh = self.loop.observe(rows, routing)
+        async with self.folding:
+            outputs, rows, fresh = await asyncio.to_thread(self._fold, batch, routing)
         if len(fresh) < len(rows):
             log.info("redelivered joined outcomes ignored count=%d", len(rows) - len(fresh))
         now_ms = int(time.time() * 1000)
@@ -377,7 +389,8 @@ def install_promoter(
         """Where this worker's promoter tests stand (empty unless it holds `rig.joined`)."""
         if not held or not plane.source.assignment():
             return web.json({})
-        return web.json(held[0].loop.snapshot(held[0].runtime.routing))
+        async with held[0].folding:
+            return web.json(held[0].loop.snapshot(held[0].runtime.routing))
 
 
 def promotion_loop(settings: RigSettings) -> PromotionLoop:
