@@ -67,7 +67,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` 
 import numpy as np
 
 from bench.bench_pipeline import Agent, backlog_round, capacity, start_bare_loop
-from bench.support.cpu import CpuUsage, cpu_seconds, thread_cpu_seconds, thread_cpu_since, wait_idle
+from bench.support.cpu import (
+    CpuUsage,
+    cpu_seconds,
+    idle_start_ms,
+    thread_cpu_seconds,
+    thread_cpu_since,
+    wait_idle,
+)
 from bench.support.deploy import add_world_arguments, deployed_world, route, with_prefix
 from bench.support.feedback import Answers, JoinedRows, Traffic, traffic_with_outcomes
 from bench.support.kafka_io import Message, Sender, connected_producer
@@ -183,8 +190,9 @@ def joined_round(
         expected, short = wait_joined(worker, inputs, answers, joined, ids, timeout_s)
         threads = thread_cpu_since(pid, threads_before)
         contention = usage.report()
+        waited_at = time.time()
         busy_after_s = wait_idle(pid, timeout_s=idle_timeout_s)
-        idle_at_ms = time.time() * 1000 - 1000  # the start of the idle window
+        idle_at_ms = idle_start_ms(waited_at, busy_after_s)
         cpu_until_idle_s = cpu_seconds(pid) - cpu_start
     finally:
         joined.close()
