@@ -279,8 +279,10 @@ class Join:
             event = on_prediction if kind == "prediction" else on_outcome
             step = event(current[request_id], request_id, record, at_ms, self.retention_ms)  # type: ignore[arg-type]
             current[request_id] = step.entry
-            self.counts.update(step.counts)
-            outputs += self._joined(step.joined)
+            if step.counts:
+                self.counts.update(step.counts)
+            if step.joined:
+                outputs += self._joined(step.joined)
             state.clock.observe(kind, at_ms, now)
         return [(rid, before[rid], current[rid]) for rid in ids if current[rid] != before[rid]]
 

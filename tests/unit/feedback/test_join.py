@@ -241,3 +241,5 @@ def test_joined_rows_the_promoter_could_not_score_are_invalid_and_say_why() -> N
         "golden_score must be probabilities in [0, 1], got [None]"
     )
     assert invalid_joined_reason(replace(golden, golden_score=None)) is None, "a golden row has no pair"
+    assert invalid_joined_reason(replace(challenger, golden_score=float("nan"))).startswith("golden_score")
+    assert invalid_joined_reason(replace(challenger, label=-1)) == "label must be 0 or 1, got -1"
