@@ -274,7 +274,7 @@ class Join:
         ids = list(dict.fromkeys(request_id for _, request_id, _, _ in events))
         before = dict(zip(ids, state.store.get_many(ids), strict=True))
         current = dict(before)
-        now = wall_ms()
+        newest: dict[str, int] = {}
         for kind, request_id, record, at_ms in events:
             event = on_prediction if kind == "prediction" else on_outcome
             step = event(current[request_id], request_id, record, at_ms, self.retention_ms)  # type: ignore[arg-type]
@@ -283,6 +283,10 @@ class Join:
                 self.counts.update(step.counts)
             if step.joined:
                 outputs += self._joined(step.joined)
+            if kind not in newest or at_ms > newest[kind]:
+                newest[kind] = at_ms
+        now = wall_ms()
+        for kind, at_ms in newest.items():  # the clock keeps each source's newest: once a batch will do
             state.clock.observe(kind, at_ms, now)
         return [(rid, before[rid], current[rid]) for rid in ids if current[rid] != before[rid]]
 
