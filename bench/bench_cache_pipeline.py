@@ -67,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` 
 import numpy as np
 
 from bench.support.cleanup import Cleanup
-from bench.support.cpu import CpuSampler, cpu_seconds, idle_start_ms, wait_idle
+from bench.support.cpu import CpuSampler, cpu_seconds, wait_idle, wait_idle_again
 from bench.support.deploy import deployed, with_prefix
 from bench.support.kafka_io import Collector, Message, Sender, connected_producer, encode_requests, wait_ready
 from bench.support.report import RESULTS_DIR, RunRecord, say, write_results
@@ -286,11 +286,10 @@ def run_once(
         cpu_s = cpu_seconds(worker.pid) - cpu_before
         explain_asks = topic_messages(settings, "explain") - explain_before
         # the worker's other agents (join, promoter, explain) may still work on what the backlog caused
-        busy_after_s = float("nan")
-        waited_at = time.time()
+        busy_after_s, idle_at_s = float("nan"), time.time() - 1.0
         if idle_timeout_s > 0:
-            busy_after_s = wait_idle(worker.pid, timeout_s=idle_timeout_s, window_s=1.0, cores=0.2)
-        idle_at_s = idle_start_ms(waited_at, busy_after_s) / 1000 if idle_timeout_s > 0 else time.time() - 1.0
+            busy_after_s, idle_at_ms = wait_idle_again(worker.pid, idle_timeout_s, window_s=1.0, cores=0.2)
+            idle_at_s = idle_at_ms / 1000
         cpu_until_idle_s = cpu_seconds(worker.pid) - cpu_before
     finally:
         sender.stop()

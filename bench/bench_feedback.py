@@ -70,10 +70,10 @@ from bench.bench_pipeline import Agent, backlog_round, capacity, start_bare_loop
 from bench.support.cpu import (
     CpuUsage,
     cpu_seconds,
-    idle_start_ms,
     thread_cpu_seconds,
     thread_cpu_since,
     wait_idle,
+    wait_idle_again,
 )
 from bench.support.deploy import add_world_arguments, deployed_world, route, with_prefix
 from bench.support.feedback import Answers, JoinedRows, Traffic, traffic_with_outcomes
@@ -190,9 +190,7 @@ def joined_round(
         expected, short = wait_joined(worker, inputs, answers, joined, ids, timeout_s)
         threads = thread_cpu_since(pid, threads_before)
         contention = usage.report()
-        waited_at = time.time()
-        busy_after_s = wait_idle(pid, timeout_s=idle_timeout_s)
-        idle_at_ms = idle_start_ms(waited_at, busy_after_s)
+        busy_after_s, idle_at_ms = wait_idle_again(pid, idle_timeout_s)
         cpu_until_idle_s = cpu_seconds(pid) - cpu_start
     finally:
         joined.close()

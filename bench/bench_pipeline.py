@@ -94,10 +94,10 @@ from bench.support import path_probe
 from bench.support.cpu import (
     CpuUsage,
     cpu_seconds,
-    idle_start_ms,
     thread_cpu_seconds,
     thread_cpu_since,
     wait_idle,
+    wait_idle_again,
 )
 from bench.support.deploy import add_world_arguments, deployed_world, route, with_prefix
 from bench.support.kafka_io import Collector, Message, Sender, connected_producer, synthetic_messages
@@ -339,9 +339,7 @@ def backlog_round(
     cpu_start, threads_before = cpu_seconds(pid), thread_cpu_seconds(pid)
     trip = agent.round_trip(producer, messages, None, timeout_s=max(300.0, n / 100))
     threads = thread_cpu_since(pid, threads_before)
-    waited_at = time.time()
-    busy_after_s = wait_idle(pid, timeout_s=idle_timeout_s)
-    idle_at_ms = idle_start_ms(waited_at, busy_after_s)
+    busy_after_s, idle_at_ms = wait_idle_again(pid, idle_timeout_s)
     cpu_until_idle_s = cpu_seconds(pid) - cpu_start
     stamps = np.sort(np.array([timestamp for timestamp, _ in trip.answered.values()], dtype=np.int64))
     window_s = (stamps[-1] - stamps[0]) / 1000 if len(stamps) > 1 else float("nan")

@@ -71,12 +71,15 @@ def wait_idle(
         time.sleep(step_s)
 
 
-def idle_start_ms(waited_at: float, busy_after_s: float) -> float:
-    """Epoch ms where the idle window `wait_idle` found began, for a wait that started at epoch
-    seconds `waited_at`; on a timeout (still busy) the last second before now, a bound."""
+def wait_idle_again(pid: int, timeout_s: float, **window: float) -> tuple[float, float]:
+    """`wait_idle(pid, timeout_s=timeout_s, **window)` after a phase: the seconds the process stayed
+    busy, and the epoch ms where its idle window began (on a timeout, still busy: the last second
+    before now, a bound)."""
+    waited_at = time.time()
+    busy_after_s = wait_idle(pid, timeout_s=timeout_s, **window)
     if busy_after_s == float("inf"):
-        return time.time() * 1000 - 1000
-    return (waited_at + busy_after_s) * 1000
+        return busy_after_s, time.time() * 1000 - 1000
+    return busy_after_s, (waited_at + busy_after_s) * 1000
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
