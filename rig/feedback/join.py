@@ -133,7 +133,7 @@ def on_prediction(
     entry: Entry | None, request_id: str, compact: dict[str, Any], now_ms: int, retention_ms: int
 ) -> Step:
     """A prediction (in `compact_prediction` form) arrived for `request_id` at source time `now_ms`."""
-    if entry is None or now_ms - entry["at_ms"] < retention_ms:  # nothing to age (most events)
+    if entry is None or not _retention_passed(entry, now_ms, retention_ms):  # nothing to age (most events)
         return _on_prediction(entry, request_id, compact, now_ms)
     aged = age(entry, now_ms, retention_ms)
     return aged.then(_on_prediction(aged.entry, request_id, compact, now_ms))
@@ -143,7 +143,7 @@ def on_outcome(
     entry: Entry | None, request_id: str, outcome: dict[str, Any], now_ms: int, retention_ms: int
 ) -> Step:
     """An outcome (in `compact_outcome` form) arrived for `request_id` at source time `now_ms`."""
-    if entry is None or now_ms - entry["at_ms"] < retention_ms:  # nothing to age (most events)
+    if entry is None or not _retention_passed(entry, now_ms, retention_ms):  # nothing to age (most events)
         return _on_outcome(entry, request_id, outcome, now_ms)
     aged = age(entry, now_ms, retention_ms)
     return aged.then(_on_outcome(aged.entry, request_id, outcome, now_ms))
@@ -183,7 +183,7 @@ def _on_outcome(entry: Entry | None, request_id: str, outcome: dict[str, Any], n
 
 def sweep(entry: Entry, now_ms: int, retention_ms: int) -> Step:
     """Age an entry: predictions past retention expire, everything else past retention is removed."""
-    if now_ms - entry["at_ms"] < retention_ms:
+    if not _retention_passed(entry, now_ms, retention_ms):
         return Step(entry, [], ())
     state = entry["state"]
     if state == "predicted":
@@ -192,6 +192,11 @@ def sweep(entry: Entry, now_ms: int, retention_ms: int) -> Step:
     if state == "outcome_waiting":
         return Step(None, [], ("orphans",))
     return Step(None, [], ())
+
+
+def _retention_passed(entry: Entry, now_ms: int, retention_ms: int) -> bool:
+    """Whether the sweep at `now_ms` changes this entry (events skip aging an entry when it does not)."""
+    return now_ms - entry["at_ms"] >= retention_ms
 
 
 class StreamClock:
