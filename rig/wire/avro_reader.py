@@ -51,26 +51,32 @@ def _varint(data: bytes, p: int, kind: str = "long") -> tuple[int, int]:
     return value, p
 
 
-# Longs of six bytes (epoch milliseconds, until 2039) read lately, by their bytes: a joined row's two
-# timestamps repeat in its request's other rows, and requests of a batch share milliseconds. A lookup
-# costs a fraction of reading one with _varint's loop. Bounded: cleared when full. A key is a whole
-# six-byte varint (five bytes with the continuation bit, then one without), so bytes that match one
-# are that varint: a shorter varint at `p` never matches.
-_LONGS_READ: dict[bytes, int] = {}
-_LONGS_READ_ENTRIES = 4096
+# Longs of six bytes (epoch milliseconds, until 2039) are read in two parts: the low 21 bits from the
+# varint's first three bytes, by arithmetic, and the rest from its last three bytes, remembered by
+# those bytes. The high part changes every 2**21 ms (35 minutes), so a few entries serve a whole stream,
+# unique timestamps included: 0.7 µs a long against 1.4 µs for _varint's loop (and 0.35 µs to remember
+# whole timestamps, which only helped when a timestamp repeated). Bounded: cleared when full. A key
+# holds a six-byte varint's last three bytes, continuation bits included, and a value is read through
+# it only when the first three bytes carry theirs: bytes that match are that varint.
+_HIGH_PARTS: dict[bytes, int] = {}
+_HIGH_PARTS_ENTRIES = 4096
 
 
 def _long(data: bytes, p: int) -> tuple[int, int]:
-    """`_varint(data, p, "long")`, remembered for varints of six bytes."""
-    key = data[p : p + 6]
-    value = _LONGS_READ.get(key)
-    if value is not None:
-        return value, p + 6
+    """`_varint(data, p, "long")`, with the high part of varints of six bytes remembered."""
+    key = data[p + 3 : p + 6]
+    high = _HIGH_PARTS.get(key)
+    if high is not None:
+        b0, b1, b2 = data[p], data[p + 1], data[p + 2]
+        if b0 & b1 & b2 & 0x80:
+            raw = high | (b0 & 0x7F) | (b1 & 0x7F) << 7 | (b2 & 0x7F) << 14
+            return (raw >> 1) ^ -(raw & 1), p + 6
     value, end = _varint(data, p, "long")  # raises for what a long cannot hold: nothing is remembered
     if end - p == 6:
-        if len(_LONGS_READ) >= _LONGS_READ_ENTRIES:
-            _LONGS_READ.clear()
-        _LONGS_READ[key] = value
+        if len(_HIGH_PARTS) >= _HIGH_PARTS_ENTRIES:
+            _HIGH_PARTS.clear()
+        b3, b4, b5 = key
+        _HIGH_PARTS[key] = (b3 & 0x7F) << 21 | (b4 & 0x7F) << 28 | b5 << 35
     return value, end
 
 

@@ -11,7 +11,7 @@ from fastavro.schema import expand_schema
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from rig.wire.avro_reader import _LONGS_READ, Malformed, _long, _varint, compile_reader
+from rig.wire.avro_reader import _HIGH_PARTS, Malformed, _long, _varint, compile_reader
 from rig.wire.avro_writer import _varint as varint_bytes
 from rig.wire.codec import Codec, Rejected
 from rig.wire.records import Prediction, Request
@@ -174,14 +174,26 @@ def test_remembered_longs_read_as_varint_reads_them_however_often_they_repeat(va
     assert read == values * 2
 
 
-def test_a_shorter_varint_followed_by_the_bytes_of_a_remembered_one_is_not_taken_for_it() -> None:
+def test_a_varint_not_of_six_bytes_around_a_remembered_high_part_is_not_taken_for_one() -> None:
     timestamp = varint_bytes(1_796_289_070_406)
     assert len(timestamp) == 6
     _long(timestamp, 0)
-    assert _LONGS_READ[timestamp] == 1_796_289_070_406
+    assert timestamp[3:] in _HIGH_PARTS
     shorter = bytes([timestamp[0] & 0x7F]) + timestamp[1:]  # a one-byte varint, then five other bytes
-    assert (
-        _long(shorter, 0)
-        == _varint(shorter, 0, "long")
-        == (((timestamp[0] & 0x7F) >> 1) ^ -(timestamp[0] & 1), 1)
-    )
+    two_bytes = bytes([timestamp[0], timestamp[1] & 0x7F]) + timestamp[2:]  # a two-byte varint
+    for data in (shorter, two_bytes):
+        assert _long(data, 0) == _varint(data, 0, "long")
+    assert _long(shorter, 0) == (((timestamp[0] & 0x7F) >> 1) ^ -(timestamp[0] & 1), 1)
+    assert _long(two_bytes, 0)[1] == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(low=st.integers(0, 2**21 - 1), high=st.integers(2**14, 2**21 - 1))
+def test_six_byte_longs_sharing_a_high_part_read_as_varint_reads_them(low: int, high: int) -> None:
+    zigzag = high << 21 | low  # six bytes: the high part takes the last three
+    value = (zigzag >> 1) ^ -(zigzag & 1)
+    neighbour = ((zigzag ^ 0x155555) >> 1) ^ -((zigzag ^ 0x155555) & 1)  # the same high part
+    data = varint_bytes(neighbour) + varint_bytes(value)
+    assert len(data) == 12
+    assert _long(data, 0) == _varint(data, 0, "long")  # remembers the high part
+    assert _long(data, 6) == _varint(data, 6, "long") == (value, 12)
