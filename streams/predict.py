@@ -21,7 +21,7 @@ from rig.config import RigSettings
 from rig.errors import GoldenUnavailable, Unavailable
 from rig.features.enrich import enrich
 from rig.serving.cached_scores import fill_cache, look_up, merge
-from rig.serving.dispatch import plan_batch
+from rig.serving.dispatch import TrafficLimiter, plan_batch
 from rig.serving.predictions import build_predictions
 from rig.wire.codec import Codec, ErrorType
 from rig.wire.intake import Source, dead_letter, take_in
@@ -127,7 +127,13 @@ async def answer(runtime: Runtime, sources: Sequence[Source]) -> Answer:
     return Answer(
         predictions,
         batch.dead_letters,
-        disagreements(runtime, batch.requests, predictions),
+        disagreements(
+            batch.requests,
+            predictions,
+            runtime.settings.explain_disagreement,
+            runtime.explain_limiter,
+            runtime.settings.explain_rate_per_s,
+        ),
         columns,
         refill,
         clock.timings,
@@ -137,17 +143,31 @@ async def answer(runtime: Runtime, sources: Sequence[Source]) -> Answer:
     )
 
 
-def disagreements(runtime: Runtime, requests: list[Request], predictions: list[Prediction]) -> list[Request]:
-    """The requests on which golden and a challenger disagree, at most `explain_rate_per_s` per
-    second: they are explained asynchronously, off the critical path."""
-    threshold = runtime.settings.explain_disagreement
-    disagreeing = [
-        request
-        for request, prediction in zip(requests, predictions, strict=True)
-        if any(abs(e.score - prediction.golden.score) > threshold for e in prediction.experiments)
-    ]
-    allowed = runtime.explain_limiter.take("explain", runtime.settings.explain_rate_per_s, len(disagreeing))
-    return disagreeing[:allowed]
+def disagreements(
+    requests: list[Request],
+    predictions: list[Prediction],
+    threshold: float,
+    limiter: TrafficLimiter,
+    rate_per_s: float,
+) -> list[Request]:
+    """The first requests on which golden and a challenger disagree by more than `threshold`, as many
+    as `limiter` allows at `rate_per_s`: they are explained asynchronously, off the critical path.
+
+    The limiter is asked first: under load its bucket is empty for most batches (one explanation a
+    second by default), and the scan of every prediction would be thrown away.
+    """
+    allowed = limiter.available("explain", rate_per_s)
+    disagreeing: list[Request] = []
+    if not allowed:
+        return disagreeing
+    for request, prediction in zip(requests, predictions, strict=True):
+        golden = prediction.golden.score
+        if any(abs(e.score - golden) > threshold for e in prediction.experiments):
+            disagreeing.append(request)
+            if len(disagreeing) == allowed:
+                break
+    limiter.take("explain", rate_per_s, len(disagreeing))
+    return disagreeing
 
 
 def outputs(runtime: Runtime, result: Answer) -> Iterator[Outgoing]:

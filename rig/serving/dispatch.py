@@ -110,12 +110,20 @@ class TrafficLimiter:
             How many rows the experiment may score now (0..wanted).
         """
         now = self._clock()
-        capacity = max(rate_rps * self._burst_seconds, 1.0)
-        tokens, last = self._buckets.get(name, (capacity, now))
-        tokens = min(capacity, tokens + max(0.0, now - last) * rate_rps)
+        tokens = self._tokens(name, rate_rps, now)
         granted = max(0, min(wanted, int(tokens + 1e-9)))
         self._buckets[name] = (tokens - granted, now)
         return granted
+
+    def available(self, name: str, rate_rps: float) -> int:
+        """How many tokens `take` would grant now, taking none: lets a caller skip work whose result
+        would be refused."""
+        return int(self._tokens(name, rate_rps, self._clock()) + 1e-9)
+
+    def _tokens(self, name: str, rate_rps: float, now: float) -> float:
+        capacity = max(rate_rps * self._burst_seconds, 1.0)
+        tokens, last = self._buckets.get(name, (capacity, now))
+        return min(capacity, tokens + max(0.0, now - last) * rate_rps)
 
 
 def entity_hashes(entity_ids: Sequence[str], salt: str = "") -> np.ndarray:

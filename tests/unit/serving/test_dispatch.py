@@ -220,3 +220,16 @@ def test_limiter_refills_at_its_rate_and_gives_at_least_one_row_for_slow_caps() 
     assert limiter.take("slow", 0.1, 5) == 0
     clock.now += 5.0
     assert limiter.take("slow", 0.1, 5) == 1
+
+
+def test_available_tells_what_take_would_grant_without_taking_it() -> None:
+    clock = FakeClock()
+    limiter = TrafficLimiter(clock, burst_seconds=1.0)
+    assert limiter.available("x", 10.0) == 10
+    assert limiter.available("x", 10.0) == 10
+    assert limiter.take("x", 10.0, 4) == 4
+    assert limiter.available("x", 10.0) == 6
+    clock.now += 0.2
+    assert limiter.available("x", 10.0) == 8
+    assert limiter.take("x", 10.0, 100) == 8
+    assert limiter.available("x", 10.0) == 0
