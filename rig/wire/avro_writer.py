@@ -38,6 +38,17 @@ def _varint(value: Any, kind: str = "long") -> bytes:
     if not low <= value <= high:
         raise OverflowError(f"{value} is out of the range of an Avro {kind}")
     zigzag = (value << 1) ^ (value >> 63)
+    if 1 << 35 <= zigzag < 1 << 42:  # six bytes, an epoch-ms timestamp (until 2039): no loop
+        return bytes(
+            (
+                zigzag & 0x7F | 0x80,
+                zigzag >> 7 & 0x7F | 0x80,
+                zigzag >> 14 & 0x7F | 0x80,
+                zigzag >> 21 & 0x7F | 0x80,
+                zigzag >> 28 & 0x7F | 0x80,
+                zigzag >> 35,
+            )
+        )
     out = bytearray()
     while zigzag > 0x7F:
         out.append((zigzag & 0x7F) | 0x80)

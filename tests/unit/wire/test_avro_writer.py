@@ -67,6 +67,21 @@ def test_an_int_written_again_comes_from_the_memo_with_the_same_bytes(value: int
     assert [write(SimpleNamespace(i=i, l=value)) for _ in range(3)] == [expected] * 3
 
 
+@given(value=st.integers(-(2**41), -(2**34) - 1) | st.integers(2**34, 2**41 - 1))
+@settings(max_examples=300, deadline=None)
+def test_a_long_of_six_bytes_is_written_as_fastavro_writes_it(value: int) -> None:
+    expected = fastavro_bytes(INT_AND_LONG, {"i": 0, "l": value})[1:]  # after the int's one byte
+    assert len(expected) == 6
+    assert avro_writer._varint(value, "long") == expected
+
+
+@pytest.mark.parametrize("value", [2**34 - 1, -(2**34), 2**41, -(2**41) - 1, 2**62])
+def test_a_long_just_outside_six_bytes_is_written_as_fastavro_writes_it(value: int) -> None:
+    expected = fastavro_bytes(INT_AND_LONG, {"i": 0, "l": value})[1:]
+    assert len(expected) != 6
+    assert avro_writer._varint(value, "long") == expected
+
+
 def test_a_long_remembered_is_still_refused_where_an_int_is_due() -> None:
     write = compile_writer(INT_AND_LONG)
     assert write is not None
