@@ -67,14 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` 
 import numpy as np
 
 from bench.bench_pipeline import Agent, backlog_round, capacity, start_bare_loop
-from bench.support.cpu import (
-    CpuUsage,
-    cpu_seconds,
-    thread_cpu_seconds,
-    thread_cpu_since,
-    wait_idle,
-    wait_idle_again,
-)
+from bench.support.cpu import CpuUsage, PhaseCpu, wait_idle
 from bench.support.deploy import add_world_arguments, deployed_world, route, with_prefix
 from bench.support.feedback import Answers, JoinedRows, Traffic, traffic_with_outcomes
 from bench.support.kafka_io import Message, Sender, connected_producer
@@ -185,13 +178,12 @@ def joined_round(
     joined = JoinedRows(agent.settings, from_end=True).start()
     try:
         usage = CpuUsage(pid)
-        cpu_start, threads_before = cpu_seconds(pid), thread_cpu_seconds(pid)
+        phase = PhaseCpu(pid)
         first_ms, produced_ms = produce(worker, inputs, *producers)
         expected, short = wait_joined(worker, inputs, answers, joined, ids, timeout_s)
-        threads = thread_cpu_since(pid, threads_before)
+        threads = phase.threads()
         contention = usage.report()
-        busy_after_s, idle_at_ms = wait_idle_again(pid, idle_timeout_s)
-        cpu_until_idle_s = cpu_seconds(pid) - cpu_start
+        busy_after_s, idle_at_ms, cpu_until_idle_s = phase.until_idle(idle_timeout_s)
     finally:
         joined.close()
         if answers is not None:

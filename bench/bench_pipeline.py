@@ -91,14 +91,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` 
 import numpy as np
 
 from bench.support import path_probe
-from bench.support.cpu import (
-    CpuUsage,
-    cpu_seconds,
-    thread_cpu_seconds,
-    thread_cpu_since,
-    wait_idle,
-    wait_idle_again,
-)
+from bench.support.cpu import CpuUsage, PhaseCpu, wait_idle
 from bench.support.deploy import add_world_arguments, deployed_world, route, with_prefix
 from bench.support.kafka_io import Collector, Message, Sender, connected_producer, synthetic_messages
 from bench.support.report import (
@@ -336,11 +329,10 @@ def backlog_round(
     """
     n, pid = len(messages), agent.process.pid
     idle_wait_s = wait_idle(*pids, timeout_s=idle_timeout_s)
-    cpu_start, threads_before = cpu_seconds(pid), thread_cpu_seconds(pid)
+    phase = PhaseCpu(pid)
     trip = agent.round_trip(producer, messages, None, timeout_s=max(300.0, n / 100))
-    threads = thread_cpu_since(pid, threads_before)
-    busy_after_s, idle_at_ms = wait_idle_again(pid, idle_timeout_s)
-    cpu_until_idle_s = cpu_seconds(pid) - cpu_start
+    threads = phase.threads()
+    busy_after_s, idle_at_ms, cpu_until_idle_s = phase.until_idle(idle_timeout_s)
     stamps = np.sort(np.array([timestamp for timestamp, _ in trip.answered.values()], dtype=np.int64))
     window_s = (stamps[-1] - stamps[0]) / 1000 if len(stamps) > 1 else float("nan")
     first_request_ms = min(trip.sent.create_ms.values())

@@ -111,6 +111,26 @@ def thread_cpu_since(pid: int, before: dict[int, tuple[str, float]]) -> dict[str
     return dict(sorted(used.items(), key=lambda item: -item[1]))
 
 
+class PhaseCpu:
+    """A process's CPU over a phase, from construction on: per thread group once the phase's work is
+    done (`threads`), then in all until the process is idle again (`until_idle`)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._cpu_start = cpu_seconds(pid)
+        self._threads_before = thread_cpu_seconds(pid)
+
+    def threads(self) -> dict[str, float]:
+        """CPU seconds of each group of same-named threads since the phase began (`thread_cpu_since`)."""
+        return thread_cpu_since(self.pid, self._threads_before)
+
+    def until_idle(self, timeout_s: float) -> tuple[float, float, float]:
+        """Wait until the process is idle again (`wait_idle_again`): the seconds it stayed busy, the epoch
+        ms its idle window began, and its CPU seconds since the phase began."""
+        busy_after_s, idle_at_ms = wait_idle_again(self.pid, timeout_s)
+        return busy_after_s, idle_at_ms, cpu_seconds(self.pid) - self._cpu_start
+
+
 class CpuUsage:
     """CPU used from construction to `report()`: the process, this one, the machine, the others.
 
