@@ -3,19 +3,13 @@
 # One image for every role (`rig-worker`) and for the `rig` / `rig-sim` commands. It holds the code and
 # the repo's Feast definitions (examples/synthetic_world); the models and your own Feast repo are mounted or baked on
 # top (deploy/docker/bundle.Dockerfile). Runs as uid 10001; only RIG_HOME (/var/lib/rig) is written.
-FROM python:3.11-slim-bookworm
+# The build stage has the C compiler that the Avro extension (rig/wire/_avro.c) is built with; the
+# image that runs has none. Both stages are Debian bookworm with Python in /usr/local: the venv and the
+# built extension run unchanged in the second.
+FROM python:3.11-bookworm AS build
 
-ENV PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    VIRTUAL_ENV=/opt/rig/venv \
-    PATH=/opt/rig/venv/bin:$PATH
-
-RUN groupadd --system --gid 10001 rig \
-    && useradd --system --uid 10001 --gid rig --home-dir /var/lib/rig --no-create-home \
-       --shell /usr/sbin/nologin rig \
-    && python -m venv /opt/rig/venv
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
 # The project, installed with pip from the source tree. Editable on purpose: rig.wire.codec reads the
@@ -27,9 +21,24 @@ COPY examples/synthetic_world/feature_store.yaml examples/synthetic_world/featur
 COPY rig ./rig
 COPY streams ./streams
 COPY sim ./sim
-RUN pip install --no-cache-dir -e . \
-    && python -m compileall -q rig streams sim \
+RUN python -m venv /opt/rig/venv \
+    && /opt/rig/venv/bin/pip install --no-cache-dir -e . \
+    && /opt/rig/venv/bin/python -m compileall -q rig streams sim
+
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    VIRTUAL_ENV=/opt/rig/venv \
+    PATH=/opt/rig/venv/bin:$PATH
+
+RUN groupadd --system --gid 10001 rig \
+    && useradd --system --uid 10001 --gid rig --home-dir /var/lib/rig --no-create-home \
+       --shell /usr/sbin/nologin rig \
     && install -d -o rig -g rig -m 0750 /var/lib/rig /var/lib/rig/models /var/lib/rig/join /var/lib/rig/faust
+
+COPY --from=build /opt/rig/venv /opt/rig/venv
+COPY --from=build /app /app
 
 # Every setting is a RIG_* variable (rig/config.py). RIG_HOME holds the models (RIG_HOME/models), the
 # join's RocksDB state (RIG_HOME/join), Faust's data and, without RIG_METADATA_URL, the SQLite metadata.

@@ -9,7 +9,8 @@ PYTEST_ARGS ?=
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Reinstalled when the C extension changes too: an editable install builds it in place, once.
+$(VENV)/.installed: pyproject.toml rig/wire/_avro.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

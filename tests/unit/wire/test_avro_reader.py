@@ -3,16 +3,17 @@ it, the record fastavro and msgspec give; for any other bytes it gives nothing, 
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
+import fastavro
 import msgspec
 import pytest
 from fastavro.schema import expand_schema
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from rig.wire.avro_reader import _HIGH_PARTS, Malformed, _long, _varint, compile_reader
-from rig.wire.avro_writer import _varint as varint_bytes
+from rig.wire.avro_reader import Malformed, compile_reader
 from rig.wire.codec import Codec, Rejected
 from rig.wire.records import Prediction, Request
 from tests.unit.wire.avro_values import RECORDS, fastavro_body, prediction, raw_schema, values_of
@@ -26,6 +27,12 @@ def message(name: str, plain: dict[str, Any]) -> bytes:
 def fastavro_record(codec: Codec[Any], data: bytes) -> Any:
     """What the codec gives without its compiled reader."""
     return codec._read_body(data, 10, None)
+
+
+def fastavro_bytes(schema: dict[str, Any], plain: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(schema), plain)
+    return buffer.getvalue()
 
 
 def same(a: Any, b: Any) -> bool:
@@ -155,45 +162,54 @@ def test_what_the_compiler_does_not_cover_gets_no_compiled_reader(schema: dict[s
     assert compile_reader(schema, {"Request": Request}) is None
 
 
-def test_a_varint_out_of_the_range_of_an_int_is_malformed() -> None:
+class Numbers(msgspec.Struct):
+    i: int
+    n: int
+
+
+INT_AND_LONG = {
+    "type": "record",
+    "name": "Numbers",
+    "fields": [{"name": "i", "type": "int"}, {"name": "n", "type": "long"}],
+}
+
+
+def numbers_reader() -> Any:
+    read = compile_reader(INT_AND_LONG, {"Numbers": Numbers})
+    assert read is not None
+    return read
+
+
+@settings(max_examples=300, deadline=None)
+@given(i=st.integers(-(2**31), 2**31 - 1), value=st.integers(-(2**63), 2**63 - 1))
+def test_any_int_and_long_read_as_fastavro_wrote_them(i: int, value: int) -> None:
+    data = b"tail" + fastavro_bytes(INT_AND_LONG, {"i": i, "n": value}) + b"tail"
+
+    assert numbers_reader()(data, 4) == (Numbers(i=i, n=value), len(data) - 4)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xfe\xff\xff\xff\x1f\x00",  # an int of 2**32 - 1
+        b"\x00" + b"\xff" * 9 + b"\x02",  # a long of 2**64 and more
+        b"\x00" + b"\x80" * 10 + b"\x00",  # a varint of 11 bytes
+        b"\x00\x80",  # a varint cut short
+        b"",
+    ],
+)
+def test_a_varint_out_of_its_types_range_or_cut_short_is_malformed(body: bytes) -> None:
     with pytest.raises(Malformed):
-        _varint(b"\xfe\xff\xff\xff\x1f", 0, "int")  # 2**32 - 1
-    assert _varint(b"\xfe\xff\xff\xff\x0f", 0, "int") == (2**31 - 1, 5)
+        numbers_reader()(body, 0)
 
 
-@settings(max_examples=300, deadline=None)
-@given(values=st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(2**34, 2**35), min_size=1, max_size=20))
-def test_remembered_longs_read_as_varint_reads_them_however_often_they_repeat(values: list[int]) -> None:
-    data = b"".join(varint_bytes(v) for v in values * 2) + b"\x01tail"  # each twice: the second is remembered
-    p, read = 0, []
-    for _ in range(len(values) * 2):
-        value, end = _long(data, p)
-        assert (value, end) == _varint(data, p, "long")
-        read.append(value)
-        p = end
-    assert read == values * 2
+def test_varints_at_the_edges_of_their_types_are_read() -> None:
+    read = numbers_reader()
+
+    assert read(b"\xfe\xff\xff\xff\x0f" + b"\xff" * 9 + b"\x01", 0) == (Numbers(i=2**31 - 1, n=-(2**63)), 15)
+    assert read(b"\x00" + b"\x80" * 9 + b"\x01", 0) == (Numbers(i=0, n=2**62), 11)  # not the shortest form
 
 
-def test_a_varint_not_of_six_bytes_around_a_remembered_high_part_is_not_taken_for_one() -> None:
-    timestamp = varint_bytes(1_796_289_070_406)
-    assert len(timestamp) == 6
-    _long(timestamp, 0)
-    assert timestamp[3:] in _HIGH_PARTS
-    shorter = bytes([timestamp[0] & 0x7F]) + timestamp[1:]  # a one-byte varint, then five other bytes
-    two_bytes = bytes([timestamp[0], timestamp[1] & 0x7F]) + timestamp[2:]  # a two-byte varint
-    for data in (shorter, two_bytes):
-        assert _long(data, 0) == _varint(data, 0, "long")
-    assert _long(shorter, 0) == (((timestamp[0] & 0x7F) >> 1) ^ -(timestamp[0] & 1), 1)
-    assert _long(two_bytes, 0)[1] == 2
-
-
-@settings(max_examples=300, deadline=None)
-@given(low=st.integers(0, 2**21 - 1), high=st.integers(2**14, 2**21 - 1))
-def test_six_byte_longs_sharing_a_high_part_read_as_varint_reads_them(low: int, high: int) -> None:
-    zigzag = high << 21 | low  # six bytes: the high part takes the last three
-    value = (zigzag >> 1) ^ -(zigzag & 1)
-    neighbour = ((zigzag ^ 0x155555) >> 1) ^ -((zigzag ^ 0x155555) & 1)  # the same high part
-    data = varint_bytes(neighbour) + varint_bytes(value)
-    assert len(data) == 12
-    assert _long(data, 0) == _varint(data, 0, "long")  # remembers the high part
-    assert _long(data, 6) == _varint(data, 6, "long") == (value, 12)
+def test_an_offset_outside_the_data_is_malformed() -> None:
+    with pytest.raises(Malformed):
+        numbers_reader()(b"\x00\x00", 3)
