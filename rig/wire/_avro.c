@@ -230,7 +230,7 @@ static PyObject *read_record(Node *node, In *in) {
         values[i] = read_value(node->children[i], in);
         if (values[i] == NULL) goto fail;
     }
-    PyObject *record = PyObject_Vectorcall(node->cls, values, 0, node->names);
+    PyObject *record = PyObject_Vectorcall(node->cls, values, 0, node->size ? node->names : NULL);
     for (Py_ssize_t j = 0; j < node->size; j++) Py_DECREF(values[j]);
     return record;
 fail:

@@ -86,6 +86,19 @@ def test_bytes_taken_apart_give_nothing_or_fastavros_record(name: str, data: st.
         assert same(compiled, fastavro_record(codec, bytes(body)))
 
 
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=200))
+@pytest.mark.parametrize("name", sorted(RECORDS))
+def test_any_bytes_give_nothing_or_fastavros_record(name: str, body: bytes) -> None:
+    codec = Codec(RECORDS[name])
+    data = codec._header + body
+
+    compiled = codec._compiled_record(data)
+
+    if compiled is not None:
+        assert same(compiled, fastavro_record(codec, data))
+
+
 def request_body(features: bytes) -> bytes:
     """A Request message whose features map is written as `features` (ids "r" and "e", time 1)."""
     codec = Codec(Request)
@@ -213,3 +226,14 @@ def test_varints_at_the_edges_of_their_types_are_read() -> None:
 def test_an_offset_outside_the_data_is_malformed() -> None:
     with pytest.raises(Malformed):
         numbers_reader()(b"\x00\x00", 3)
+
+
+class Empty(msgspec.Struct):
+    pass
+
+
+def test_a_record_without_fields_is_read_from_no_bytes() -> None:
+    read = compile_reader({"type": "record", "name": "Empty", "fields": []}, {"Empty": Empty})
+    assert read is not None
+
+    assert read(b"\x00", 1) == (Empty(), 1)
