@@ -540,8 +540,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "rig.wire._avro", "Avro binary bodies read and written by compiled programs.", -1,
-    methods,
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "rig.wire._avro",
+    .m_doc = "Avro binary bodies read and written by compiled programs.",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC PyInit__avro(void) {

@@ -1,0 +1,26 @@
+"""rig/wire/_avro.c compiles without a warning (pip builds it with -Wall and without -Werror, so that
+another compiler's new warning never stops a user's install; this test is where warnings fail)."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sysconfig
+from pathlib import Path
+
+SOURCE = Path(__file__).resolve().parents[3] / "rig" / "wire" / "_avro.c"
+
+
+def test_the_extension_compiles_without_warnings(tmp_path: Path) -> None:
+    compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    include = sysconfig.get_paths()["include"]
+    flags = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror", "-fPIC"]
+
+    result = subprocess.run(
+        [*compiler, *flags, f"-I{include}", "-c", str(SOURCE), "-o", str(tmp_path / "_avro.o")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
