@@ -72,8 +72,13 @@ def values_of(schema: Any) -> st.SearchStrategy[Any]:
 
 
 def fastavro_body(name: str, plain: dict[str, Any]) -> bytes:
+    return fastavro_bytes(raw_schema(name), plain)
+
+
+def fastavro_bytes(schema: dict[str, Any], plain: dict[str, Any]) -> bytes:
+    """The Avro body fastavro writes for `plain` in `schema`."""
     out = io.BytesIO()
-    fastavro.schemaless_writer(out, fastavro.parse_schema(raw_schema(name)), plain)
+    fastavro.schemaless_writer(out, fastavro.parse_schema(schema), plain)
     return out.getvalue()
 
 

@@ -3,10 +3,8 @@ it, the record fastavro and msgspec give; for any other bytes it gives nothing, 
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
-import fastavro
 import msgspec
 import pytest
 from fastavro.schema import expand_schema
@@ -16,7 +14,14 @@ from hypothesis import strategies as st
 from rig.wire.avro_reader import Malformed, compile_reader
 from rig.wire.codec import Codec, Rejected
 from rig.wire.records import Prediction, Request
-from tests.unit.wire.avro_values import RECORDS, fastavro_body, prediction, raw_schema, values_of
+from tests.unit.wire.avro_values import (
+    RECORDS,
+    fastavro_body,
+    fastavro_bytes,
+    prediction,
+    raw_schema,
+    values_of,
+)
 
 
 def message(name: str, plain: dict[str, Any]) -> bytes:
@@ -27,12 +32,6 @@ def message(name: str, plain: dict[str, Any]) -> bytes:
 def fastavro_record(codec: Codec[Any], data: bytes) -> Any:
     """What the codec gives without its compiled reader."""
     return codec._read_body(data, 10, None)
-
-
-def fastavro_bytes(schema: dict[str, Any], plain: dict[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    fastavro.schemaless_writer(buffer, fastavro.parse_schema(schema), plain)
-    return buffer.getvalue()
 
 
 def same(a: Any, b: Any) -> bool:

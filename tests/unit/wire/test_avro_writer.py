@@ -3,11 +3,9 @@ it, exactly the bytes fastavro writes; values it cannot write make the codec fal
 
 from __future__ import annotations
 
-import io
 from types import SimpleNamespace
 from typing import Any
 
-import fastavro
 import msgspec
 import numpy as np
 import pytest
@@ -19,7 +17,14 @@ from rig.errors import CodecError
 from rig.wire.avro_writer import compile_writer
 from rig.wire.codec import Codec
 from rig.wire.records import Prediction
-from tests.unit.wire.avro_values import RECORDS, fastavro_body, prediction, raw_schema, values_of
+from tests.unit.wire.avro_values import (
+    RECORDS,
+    fastavro_body,
+    fastavro_bytes,
+    prediction,
+    raw_schema,
+    values_of,
+)
 
 
 @pytest.mark.parametrize("name", sorted(RECORDS))
@@ -48,12 +53,6 @@ INT_AND_LONG = {
     "name": "R",
     "fields": [{"name": "i", "type": "int"}, {"name": "l", "type": "long"}],
 }
-
-
-def fastavro_bytes(schema: dict[str, Any], plain: dict[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    fastavro.schemaless_writer(buffer, fastavro.parse_schema(schema), plain)
-    return buffer.getvalue()
 
 
 @given(i=st.integers(-(2**31), 2**31 - 1), value=st.integers(-(2**63), 2**63 - 1))
