@@ -18,9 +18,8 @@ Feast's Redis layout (feast 0.67, `feast.infra.online_stores.redis`):
 from __future__ import annotations
 
 import logging
-import struct
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -44,9 +43,8 @@ NUMERIC_KINDS = frozenset({"double_val", "float_val", "int64_val", "int32_val"})
 _DOUBLE_TAG = 0x29
 """Wire tag of `Value.double_val`: field 5, wire type 1 (fixed 64 bit)."""
 
-_NAN_DOUBLE = bytes([_DOUBLE_TAG]) + struct.pack("<d", float("nan"))
-_TAGGED_DOUBLE = np.dtype([("tag", "u1"), ("value", "<f8")])
-"""A serialized `Value` that holds only a `double_val`: the tag byte then 8 little-endian bytes."""
+_RECEIVE_BYTES = 1 << 16
+"""Most bytes one read of a Redis socket takes."""
 
 _KEY_PROBES = ("", "ent-000042", "ünïcödé-键", "x" * 300)
 """Entity ids the key template is checked against Feast's own `serialize_entity_key` with."""
@@ -154,6 +152,45 @@ def layout_unreadable(client: FeatureStoreClient, selection: FeatureSelection) -
 
 NUMERIC_TYPES = frozenset({"Float32", "Float64", "Int32", "Int64"})
 """Feast types the Redis-layout reader decodes (a Bool is read by the SDK reader)."""
+
+
+@dataclass(slots=True)
+class Replies:
+    """The replies to a batch's HMGETs as `_replies.parse` leaves them."""
+
+    count: int
+    values: bytearray
+    """The feature values, float64, entity-major (NaN where `slow` holds the value)."""
+    slow: list[tuple[int, int, bytes]]
+    """(entity, feature, bytes) of values that are not a Feast `Value` holding only a double."""
+    stamps: list[bytes | None]
+    """The timestamp fields, entity-major (one per view)."""
+
+
+def parse_replies(chunks: Iterable[bytes], count: int, fields: int, doubles: int, tag: int) -> Replies:
+    """`count` replies to HMGETs of `fields` fields each, from the bytes `chunks` yields, parsed in C
+    (`rig/features/_replies.c`) as they arrive: of each, the first `doubles` fields as float64 (a Feast
+    `Value` holding only a double, wire tag `tag`, is copied as it is; -1: none is), the others as
+    timestamps.
+
+    Raises:
+        ReplyError: Redis answered with an error (`rig.features._replies`).
+        ValueError: the bytes are not such replies.
+    """
+    from rig.features import _replies
+
+    replies = Replies(count, bytearray(8 * doubles * count), [], [])
+    received, done, offset = bytearray(), 0, 0
+    pieces = iter(chunks)
+    while done < count:
+        chunk = next(pieces, None)
+        if chunk is None:
+            raise ValueError(f"the bytes end after {done} of {count} replies")
+        received += chunk
+        done, offset = _replies.parse(
+            received, offset, done, count, fields, doubles, tag, replies.values, replies.slow, replies.stamps
+        )
+    return replies
 
 
 class RedisLayoutReader:
@@ -334,12 +371,13 @@ class RedisLayoutReader:
         columns = dict(zip(self.feature_names, values, strict=True))
         return OnlineFeatures(columns=columns, found=found, feature_names=self.feature_names)
 
-    def _hmget(self, keys: list[bytes], client: redis.Redis) -> list[list[bytes | None]]:
+    def _hmget(self, keys: list[bytes], client: redis.Redis) -> Replies:
         """One HMGET of `hash_fields` per key, sent as one packed pipeline, read in one round trip.
 
         The commands are packed here (the field list is constant, so only the key varies) and sent
         on a connection of redis-py's pool, with that connection's retry policy, exactly like a
-        non-transactional redis-py pipeline does, at half its cost per command.
+        non-transactional redis-py pipeline does. The replies are read off the connection's socket and
+        parsed as they arrive (`_receive`), not one by one through redis-py's parser.
         """
         head, tail = self._command_head, self._command_tail
         packed = b"".join([b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail) for key in keys])
@@ -349,10 +387,10 @@ class RedisLayoutReader:
         except self._redis_errors as error:
             raise self._error(error) from error
 
-        def round_trip() -> list[Any]:
+        def round_trip() -> Replies:
             try:
                 connection.send_packed_command([packed])
-                return [connection.read_response() for _ in keys]
+                return self._receive(connection, len(keys))
             except BaseException:
                 # Replies may be left unread: never hand this connection back as it is.
                 connection.disconnect()
@@ -364,6 +402,35 @@ class RedisLayoutReader:
             raise self._error(error) from error
         finally:
             pool.release(connection)
+
+    def _receive(self, connection: Any, count: int) -> Replies:
+        """The `count` replies of the HMGETs just sent on `connection`, read off its socket (its
+        timeout applies to each read) and parsed as they arrive (`parse_replies`). Socket errors and
+        error replies become redis-py's, as its parser raises them, so the connection's retry policy
+        and `_error` treat them alike."""
+        import redis
+
+        from rig.features._replies import ReplyError
+
+        socket = connection._sock
+
+        def chunks() -> Iterator[bytes]:
+            while True:
+                try:
+                    chunk = socket.recv(_RECEIVE_BYTES)
+                except TimeoutError as error:
+                    raise redis.TimeoutError("Timeout reading from socket") from error
+                except OSError as error:
+                    raise redis.ConnectionError(f"Error while reading from socket: {error.args}") from error
+                if not chunk:
+                    raise redis.ConnectionError("Connection closed by server.")
+                yield chunk
+
+        tag = _DOUBLE_TAG if self._fast_doubles else -1
+        try:
+            return parse_replies(chunks(), count, len(self.hash_fields), len(self.feature_names), tag)
+        except ReplyError as error:
+            raise redis.ResponseError(str(error)) from error
 
     def _error(self, error: BaseException) -> FeatureStoreError:
         import redis
@@ -378,38 +445,29 @@ class RedisLayoutReader:
             f"run ops/redis/up ({type(error).__name__}: {error})"
         )
 
-    def _decode(self, replies: list[list[bytes | None]], n_features: int) -> tuple[np.ndarray, np.ndarray]:
-        """(features x entities) float64 matrix and found flags from the HMGET replies."""
-        if self._fast_doubles:
-            # A 9-byte value starting with the double_val tag is a Value holding only that double:
-            # its 8 bytes are copied as they are; every other value goes through `_slow_double`.
-            slow = self._slow_double
-            parts = [
-                value if value is not None and len(value) == 9 and value[0] == _DOUBLE_TAG else slow(value)
-                for reply in replies
-                for value in reply[:n_features]
-            ]
-        else:
-            parts = [self._slow_double(value) for reply in replies for value in reply[:n_features]]
-        packed = np.frombuffer(b"".join(parts), dtype=_TAGGED_DOUBLE)["value"]
-        values = np.ascontiguousarray(packed.reshape(len(replies), n_features).T)
+    def _decode(self, replies: Replies, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+        """(features x entities) float64 matrix and found flags from the parsed HMGET replies."""
+        count = replies.count
+        values = np.frombuffer(replies.values, np.float64).reshape(count, n_features)
+        for row, column, raw in replies.slow:  # values that are not a Value holding only a double
+            values[row, column] = self._slow_value(raw)
+        values = np.ascontiguousarray(values.T)
         cache = self._found_by_ts
-        found = np.zeros(len(replies), dtype=bool)
-        for view in range(len(self.timestamp_fields)):  # found in any view of the entity
+        views = len(self.timestamp_fields)
+        found = np.zeros(count, dtype=bool)
+        for view in range(views):  # found in any view of the entity
             found |= np.fromiter(
                 (
                     hit if (hit := cache.get(ts)) is not None else self._found(ts)
-                    for ts in (reply[n_features + view] for reply in replies)
+                    for ts in replies.stamps[view::views]
                 ),
                 bool,
-                len(replies),
+                count,
             )
         return values, found
 
-    def _slow_double(self, value: bytes | None) -> bytes:
-        """Any stored value as the 9 bytes of a Value holding only a double (NaN when not numeric)."""
-        if not value:
-            return _NAN_DOUBLE
+    def _slow_value(self, value: bytes) -> float:
+        """Any stored value as a float (NaN when not numeric)."""
         try:
             proto = self._value_proto.FromString(value)
         except self._decode_error as error:
@@ -418,8 +476,8 @@ class RedisLayoutReader:
             ) from error
         kind = proto.WhichOneof("val")
         if kind not in NUMERIC_KINDS:
-            return _NAN_DOUBLE
-        return bytes([_DOUBLE_TAG]) + struct.pack("<d", float(getattr(proto, kind)))
+            return float("nan")
+        return float(getattr(proto, kind))
 
     def _found(self, ts: bytes) -> bool:
         """Whether a stored `_ts` field marks the entity found, decided exactly as Feast reports it.

@@ -21,17 +21,20 @@ import pytest
 from rig.config import RigSettings
 from rig.errors import FeatureStoreError
 from rig.features.online_reader import (
+    _DOUBLE_TAG,
     NUMERIC_KINDS,
     FeastSdkReader,
     OnlineFeatures,
     OnlineReader,
     RedisLayoutReader,
+    parse_replies,
 )
 from rig.features.store import FeatureStoreClient
 from sim import world as data
 from sim.deploy import write_world
 from sim.settings import WorldSettings
 from tests.integration.conftest import isolated_feast_settings
+from tests.unit.features.test_replies import resp
 
 UNKNOWN_IDS = ["ent-999999", "", "ünïcödé-键", "ENT-000001"]
 
@@ -250,7 +253,10 @@ def test_hand_rolled_double_decoder_equals_protobuf_parse(readers: Readers) -> N
         return float(getattr(proto, kind)) if kind in NUMERIC_KINDS else math.nan
 
     expected = np.array([reference(value) for value in stored]).reshape(len(replies), n_features).T
-    values, found = fast._decode(replies, n_features)
+    data = resp(replies)
+    chunks = [data[at : at + 1000] for at in range(0, len(data), 1000)]  # as a socket gives them
+    parsed = parse_replies(chunks, len(replies), n_features + 1, n_features, _DOUBLE_TAG)
+    values, found = fast._decode(parsed, n_features)
     np.testing.assert_array_equal(
         values.view(np.int64)[~np.isnan(values)], expected.view(np.int64)[~np.isnan(expected)]
     )
