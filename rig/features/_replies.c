@@ -176,7 +176,7 @@ static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     }
     const char *start = data.buf, *end = start + data.len, *p = start + offset;
     while (done < replies) {
-        const char *next;
+        const char *next = p;
         int status = scan_reply(p, end, fields, &next);
         if (status == FAILED) goto out;
         if (status == INCOMPLETE) break;

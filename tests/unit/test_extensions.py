@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+SOURCES = [REPO / "rig" / "wire" / "_avro.c", REPO / "rig" / "features" / "_replies.c"]
 
 
-@pytest.mark.parametrize(
-    "source", [REPO / "rig" / "wire" / "_avro.c", REPO / "rig" / "features" / "_replies.c"]
-)
+@pytest.mark.parametrize("source", SOURCES, ids=lambda path: path.name)
 def test_the_extension_compiles_without_warnings(source: Path, tmp_path: Path) -> None:
     compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")
     include = sysconfig.get_paths()["include"]
