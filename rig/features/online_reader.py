@@ -431,6 +431,8 @@ class RedisLayoutReader:
             return parse_replies(chunks(), count, len(self.hash_fields), len(self.feature_names), tag)
         except ReplyError as error:
             raise redis.ResponseError(str(error)) from error
+        except ValueError as error:  # not what Redis answers to HMGET: as redis-py's parser says it
+            raise redis.InvalidResponse(f"Protocol error: {error}") from error
 
     def _error(self, error: BaseException) -> FeatureStoreError:
         import redis

@@ -302,6 +302,32 @@ def test_redis_error_reply_is_a_feature_store_error_and_the_reader_recovers(read
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b":1\r\n", "InvalidResponse"),  # not an array: a protocol error, as redis-py's parser says
+        (b"-ERR no\r\n", "ResponseError"),
+        (b"", "ConnectionError"),  # closed before the reply
+    ],
+)
+def test_replies_read_off_the_socket_fail_as_redis_py_fails(
+    readers: Readers, answer: bytes, error: str
+) -> None:
+    import socket
+    from types import SimpleNamespace
+
+    import redis
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(answer)
+        theirs.shutdown(socket.SHUT_WR)
+
+        with pytest.raises(getattr(redis, error)):
+            readers.fast._receive(SimpleNamespace(_sock=ours), 1)
+
+
+@pytest.mark.integration
 def test_quick_read_equals_feast_sdk_and_the_sdk_reader_has_none(readers: Readers) -> None:
     world_ids = sorted(readers.world.features["entity_id"].unique())
     ids = [*world_ids[:40], *UNKNOWN_IDS, world_ids[0], world_ids[3]]  # unknown ids and repeats
