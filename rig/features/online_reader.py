@@ -28,6 +28,7 @@ import numpy as np
 
 from rig.config import RigSettings, masked_url
 from rig.errors import FeatureStoreError, FeatureStoreUnavailable
+from rig.features import _replies
 
 if TYPE_CHECKING:
     import redis
@@ -177,8 +178,6 @@ def parse_replies(chunks: Iterable[bytes], count: int, fields: int, doubles: int
         ReplyError: Redis answered with an error (`rig.features._replies`).
         ValueError: the bytes are not such replies.
     """
-    from rig.features import _replies
-
     replies = Replies(count, bytearray(8 * doubles * count), [], [])
     received, done, offset = bytearray(), 0, 0
     pieces = iter(chunks)
@@ -410,8 +409,6 @@ class RedisLayoutReader:
         and `_error` treat them alike."""
         import redis
 
-        from rig.features._replies import ReplyError
-
         socket = connection._sock
 
         def chunks() -> Iterator[bytes]:
@@ -429,7 +426,7 @@ class RedisLayoutReader:
         tag = _DOUBLE_TAG if self._fast_doubles else -1
         try:
             return parse_replies(chunks(), count, len(self.hash_fields), len(self.feature_names), tag)
-        except ReplyError as error:
+        except _replies.ReplyError as error:
             raise redis.ResponseError(str(error)) from error
         except ValueError as error:  # not what Redis answers to HMGET: as redis-py's parser says it
             raise redis.InvalidResponse(f"Protocol error: {error}") from error
