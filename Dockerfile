@@ -3,8 +3,8 @@
 # One image for every role (`rig-worker`) and for the `rig` / `rig-sim` commands. It holds the code and
 # the repo's Feast definitions (examples/synthetic_world); the models and your own Feast repo are mounted or baked on
 # top (deploy/docker/bundle.Dockerfile). Runs as uid 10001; only RIG_HOME (/var/lib/rig) is written.
-# The build stage has the C compiler that the Avro extension (rig/wire/_avro.c) is built with; the
-# image that runs has none. Both stages are Debian bookworm with Python in /usr/local: the venv and the
+# The build stage has the C compiler that the extensions (rig/wire/_avro.c, rig/features/_replies.c)
+# are built with; the image that runs has none. Both stages are Debian bookworm with Python in /usr/local: the venv and the
 # built extension run unchanged in the second.
 FROM python:3.11-bookworm AS build
 

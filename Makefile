@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 install: $(VENV)/.installed
 
 # Reinstalled when a C extension changes too: an editable install builds them in place, once.
-$(VENV)/.installed: pyproject.toml rig/wire/_avro.c rig/features/_replies.c
+$(VENV)/.installed: pyproject.toml $(wildcard rig/*/*.c)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

@@ -134,7 +134,7 @@ def test_dockerfile_passes_hadolint_without_findings(dockerfile: Path) -> None:
 def test_the_image_runs_the_worker_as_non_root_with_a_healthcheck_on_healthz() -> None:
     steps = instructions(REPO / "Dockerfile")
     base = [rest for keyword, rest in steps if keyword == "FROM"]
-    # The C extension is built in a stage with a compiler, on the same Debian and Python.
+    # The C extensions are built in a stage with a compiler, on the same Debian and Python.
     assert base == ["python:3.11-bookworm AS build", "python:3.11-slim-bookworm"]
     user = [rest for keyword, rest in steps if keyword == "USER"][-1]
     assert int(user.split(":")[0]) != 0 and int(user.split(":")[1]) != 0

@@ -1,18 +1,25 @@
-"""The rig's C extensions (rig/wire/_avro.c, rig/features/_replies.c) compile without a warning (pip
-builds them with -Wall and without -Werror, so that another compiler's new warning never stops a
-user's install; this test is where warnings fail)."""
+"""The rig's C extensions (as pyproject.toml lists them for pip) compile without a warning (pip builds
+them with -Wall and without -Werror, so that another compiler's new warning never stops a user's
+install; this test is where warnings fail)."""
 
 from __future__ import annotations
 
 import shlex
 import subprocess
 import sysconfig
+import tomllib
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = [REPO / "rig" / "wire" / "_avro.c", REPO / "rig" / "features" / "_replies.c"]
+EXTENSIONS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["ext-modules"]
+SOURCES = [REPO / source for extension in EXTENSIONS for source in extension["sources"]]
+"""The C files pip builds, as pyproject.toml lists them."""
+
+
+def test_pip_builds_every_c_file_of_the_packages() -> None:
+    assert sorted(SOURCES) == sorted(REPO.glob("rig/**/*.c"))
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda path: path.name)
