@@ -553,7 +553,8 @@ PyMODINIT_FUNC PyInit__avro(void) {
     Malformed = PyErr_NewExceptionWithDoc(
         "rig.wire._avro.Malformed", "The bytes are not a well-formed body of the schema (fastavro then says why).",
         PyExc_ValueError, NULL);
-    if (Malformed == NULL || PyModule_AddObjectRef(module, "Malformed", Malformed) < 0) {
+    if (Malformed == NULL || PyModule_AddObjectRef(module, "Malformed", Malformed) < 0
+        || PyModule_AddIntConstant(module, "MAX_FIELDS", MAX_FIELDS) < 0) {
         Py_DECREF(module);
         return NULL;
     }

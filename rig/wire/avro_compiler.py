@@ -50,7 +50,7 @@ def _program(schema: Any, classes: Mapping[str, type] | None, nesting: int) -> t
             raise Unsupported(f"union {schema!r}")
         null = schema.index("null")
         return ("union", null, _program(schema[1 - null], classes, nesting + 1))
-    kind = schema if isinstance(schema, str) else schema.get("type") if isinstance(schema, dict) else None
+    kind = _kind(schema)
     if isinstance(kind, dict | list):
         return _program(kind, classes, nesting + 1)  # {"type": {...}} wraps a type
     if kind in _PRIMITIVES:
@@ -80,14 +80,19 @@ def _record(schema: dict[str, Any], classes: Mapping[str, type] | None, nesting:
             raise Unsupported(f"field name {field['name']!r}")
         names.append(sys.intern(field["name"]))
         programs.append(_program(field["type"], classes, nesting + 1))
-    if len(names) > 64:  # _avro.c's MAX_FIELDS
-        raise Unsupported("a record of more than 64 fields")
+    if len(names) > _avro.MAX_FIELDS:
+        raise Unsupported(f"a record of more than {_avro.MAX_FIELDS} fields")
     return ("record", record_class, tuple(names), tuple(programs))
+
+
+def _kind(schema: Any) -> Any:
+    """A schema's type: its name, or (wrapped in {"type": ...}) the type it wraps; None for a union."""
+    return schema if isinstance(schema, str) else schema.get("type") if isinstance(schema, dict) else None
 
 
 def _may_be_empty(schema: Any) -> bool:
     """Whether a value of this schema can be written in zero bytes (null, or a record of such)."""
-    kind = schema if isinstance(schema, str) else schema.get("type") if isinstance(schema, dict) else None
+    kind = _kind(schema)
     if isinstance(kind, dict | list):
         return _may_be_empty(kind)
     if kind == "null":

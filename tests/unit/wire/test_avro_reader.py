@@ -168,6 +168,11 @@ def test_a_trailing_byte_gets_no_compiled_record() -> None:
             "fields": [{"name": "f", "type": {"type": "array", "items": "null"}}],
         },
         {"type": "record", "name": "Unknown", "fields": [{"name": "f", "type": "int"}]},
+        {
+            "type": "record",
+            "name": "Request",
+            "fields": [{"name": f"f{i}", "type": "int"} for i in range(65)],
+        },
     ],
 )
 def test_what_the_compiler_does_not_cover_gets_no_compiled_reader(schema: dict[str, Any]) -> None:
