@@ -110,7 +110,13 @@ def breakdown(reader: RedisLayoutReader, ids: list[str], size: int, seed: int) -
                 pipe.hmget(key, reader.hash_fields)
             return pipe.execute()
 
-    assert len(pipeline(0)) == replies[0].count == size
+    # The parsed replies hold what redis-py's pipeline reads: each value (decoded one by one through
+    # protobuf, empty ones NaN) and each timestamp.
+    piped = pipeline(0)
+    values, _ = reader._decode(replies[0], n_features)
+    slow = [[reader._slow_value(v) if v else float("nan") for v in reply[:n_features]] for reply in piped]
+    np.testing.assert_array_equal(values, np.array(slow).T)
+    assert replies[0].stamps == [stamp for reply in piped for stamp in reply[n_features:]]
     return {
         "keys_us_per_row": per_row(lambda i: reader._keys(batches[i])),
         "redis_py_pipeline_round_trip_us_per_row": per_row(pipeline),
