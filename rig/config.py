@@ -112,6 +112,11 @@ class RigSettings(BaseSettings):
     (never a wait to fill it), so its batches grow only under load; the join and the promoter wait
     `feedback_linger_s` after a small batch."""
 
+    batch_interval_ms: float = Field(default=0, ge=0, le=1000)
+    """Under load, the predict path takes its next batch no sooner than this after the previous one, so
+    batches grow and their fixed work is paid less often (0: as soon as the previous one is handled).
+    A lone request, as an idle worker gets, is never held back."""
+
     feedback_linger_s: float = Field(default=0.25, ge=0, le=5)
     """After a batch smaller than `batch_max`, how long the join and the promoter wait before taking
     the next one, which gathers what arrives meanwhile (predictions wait for outcomes anyway): fewer,

@@ -47,7 +47,12 @@ plane = (
         app,
         settings.kafka_client_config(),
         settings.kafka_producer_config(),
-        source_settings(settings, "predict", (settings.topic("requests"),)),
+        source_settings(
+            settings,
+            "predict",
+            (settings.topic("requests"),),
+            batch_interval_s=settings.batch_interval_ms / 1000,
+        ),
         health,
         metrics=metrics,
     )

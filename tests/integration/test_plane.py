@@ -198,6 +198,43 @@ def test_a_lingering_source_waits_after_a_small_batch_so_the_next_gathers_what_a
     assert plane.values(second) == [f"m{i}".encode() for i in range(1, 10)]
 
 
+def test_under_load_a_source_takes_its_next_batch_no_sooner_than_its_interval_but_never_holds_a_lone_one(
+    kafka_bootstrap: str,
+) -> None:
+    topic, group = create_topic(kafka_bootstrap, partitions=1), f"test-{uuid.uuid4().hex}"
+    produce(kafka_bootstrap, topic, 5)  # one record batch: the source's first batch holds all five
+    plane = Plane(kafka_bootstrap, group, topic, batch_max=100, batch_interval_s=3.0)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0})
+
+    def send(value: bytes) -> None:
+        producer.produce(topic, value)
+        assert producer.flush(30) == 0
+
+    with running(plane):
+        first = plane.take()
+        first_at = time.monotonic()
+        plane.ledger.finish(first.batch_id)
+        for i in range(5, 10):  # one at a time: without the interval each would make a batch of its own
+            send(f"m{i}".encode())
+            time.sleep(0.02)
+        second = plane.take()
+        second_after_s = time.monotonic() - first_at
+        plane.ledger.finish(second.batch_id)
+        send(b"m10")  # waits out the interval that the second batch started: a batch of one
+        third = plane.take()
+        plane.ledger.finish(third.batch_id)
+        send(b"m11")
+        sent_at = time.monotonic()
+        fourth = plane.take()
+        fourth_after_s = time.monotonic() - sent_at
+        plane.ledger.finish(fourth.batch_id)
+    assert plane.values(first) == [f"m{i}".encode() for i in range(5)]
+    assert plane.values(second) == [f"m{i}".encode() for i in range(5, 10)]
+    assert second_after_s >= 3.0 - 0.05, "the batch after a batch of five waits out the interval"
+    assert plane.values(third) == [b"m10"] and plane.values(fourth) == [b"m11"]
+    assert fourth_after_s < 1.5, "a batch of one message does not hold the next one back"
+
+
 def test_a_second_member_takes_partitions_where_the_first_committed_them_without_loss_or_repeat(
     kafka_bootstrap: str,
 ) -> None:
