@@ -112,7 +112,7 @@ class RigSettings(BaseSettings):
     (never a wait to fill it), so its batches grow only under load; the join and the promoter wait
     `feedback_linger_s` after a small batch."""
 
-    batch_interval_ms: float = Field(default=0, ge=0, le=1000)
+    batch_interval_s: float = Field(default=0, ge=0, le=1)
     """Under load, the predict path takes its next batch no sooner than this after the previous one, so
     batches grow and their fixed work is paid less often (0: as soon as the previous one is handled).
     A lone request, as an idle worker gets, is never held back."""

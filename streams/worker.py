@@ -48,10 +48,7 @@ plane = (
         settings.kafka_client_config(),
         settings.kafka_producer_config(),
         source_settings(
-            settings,
-            "predict",
-            (settings.topic("requests"),),
-            batch_interval_s=settings.batch_interval_ms / 1000,
+            settings, "predict", (settings.topic("requests"),), batch_interval_s=settings.batch_interval_s
         ),
         health,
         metrics=metrics,
