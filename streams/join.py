@@ -332,9 +332,9 @@ class Join:
 SOURCES = ("prediction", "outcome")
 
 
-def install_join(app: faust.App, settings: RigSettings, metrics: WorkerMetrics) -> Join:
+def install_join(app: faust.App, settings: RigSettings, metrics: WorkerMetrics) -> Plane:
     """Run the join on a data plane of its own (group `<prefix>join`, range assignment), with its dead
-    letters and its partitions' lag in `metrics`."""
+    letters and its partitions' lag in `metrics`; returns the plane (for the worker's health watch)."""
     join = Join(settings, metrics)
     topics = (settings.topic("predictions"), settings.topic("outcomes"), settings.topic("join-reroute"))
     plane = Plane(
@@ -380,7 +380,7 @@ def install_join(app: faust.App, settings: RigSettings, metrics: WorkerMetrics) 
         """This process's join counters (joined, late, orphans, duplicates, ...) as JSON."""
         return web.json(dict(join.counts))
 
-    return join
+    return plane
 
 
 def check_copartitioned(settings: RigSettings, topics: tuple[str, ...]) -> None:

@@ -347,9 +347,10 @@ def install_promoter(
     get_runtime: Callable[[], Awaitable[Runtime]],
     metadata: MetadataStore | None,
     metrics: WorkerMetrics,
-) -> None:
+) -> Plane:
     """Run the promoter on a data plane of its own (group `<prefix>promote`, topic `rig.joined`), with
-    its standing, decisions, dead letters and lag in `metrics`."""
+    its standing, decisions, dead letters and lag in `metrics`; returns the plane (for the worker's
+    health watch)."""
     held: list[Promotion] = []
 
     def start_offsets(partitions: set[TP]) -> dict[TP, int]:
@@ -391,6 +392,8 @@ def install_promoter(
             return web.json({})
         async with held[0].folding:
             return web.json(held[0].loop.snapshot(held[0].runtime.routing))
+
+    return plane
 
 
 def promotion_loop(settings: RigSettings) -> PromotionLoop:

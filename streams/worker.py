@@ -56,8 +56,9 @@ plane = (
     if "predict" in roles
     else None
 )
+planes = [plane] if plane is not None else []  # every plane is watched (`install_health`)
 if "feedback" in roles:
-    install_join(app, settings, metrics)
+    planes.append(install_join(app, settings, metrics))
 metadata = open_metadata(settings)  # once, before consuming: agents must not wait before their loop
 built_runtime: Runtime | None = None  # set by main() before the worker consumes
 runtime_ready: asyncio.Future[Runtime] | None = None
@@ -133,10 +134,10 @@ async def record_feature_stats() -> None:
 if plane is not None:
     install_predict(plane, get_runtime)
 if "feedback" in roles:
-    install_promoter(app, settings, get_runtime, metadata, metrics)
+    planes.append(install_promoter(app, settings, get_runtime, metadata, metrics))
 if "explain" in roles:
     install_explain_endpoint(app, settings, get_runtime)
-install_health(app, settings, health, None if plane is None else plane.source)
+install_health(app, settings, health, planes)
 install_dashboard(app, settings, get_runtime, metadata)
 install_metrics_page(app, metrics.registry)
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from rig.routing.control import read_routing
+from streams.health import STALL_EXIT_CODE
 from tests.e2e.conftest import get_json
 from tests.faults.conftest import (
     Answers,
@@ -116,3 +119,23 @@ def test_exactly_once_a_read_committed_reader_sees_every_prediction_and_joined_r
     joined_repeats = sum(c - 1 for (request_id, _), c in joined.rows.items() if request_id in traffic.ids)
     print(f"exactly once: repeated predictions {repeats}, repeated joined rows {joined_repeats}")
     assert repeats == 0 and joined_repeats == 0
+
+
+def test_a_worker_whose_join_cannot_restore_its_state_exits_for_a_restart(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The join's state folder cannot be created (here a file stands in its place), so its source stops
+    at its first assignment. The worker would go on answering requests, ready, with no join and no
+    promoter: outcomes left unjoined behind it. It exits instead, for its supervisor to restart it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to((stack.settings.home / "models").resolve())
+    (home / "join").write_text("not a folder")
+    with stack.worker("no-join-state", RIG_HOME=str(home)) as worker:
+        try:
+            code = worker.wait(180)
+        except subprocess.TimeoutExpired:
+            code = None
+    log = (stack.root / "no-join-state.log").read_text(errors="replace")
+    assert code == STALL_EXIT_CODE, f"the worker is still running (exit code {code}) without its join"
+    assert "the source of rig.join stopped" in log.replace(stack.settings.topic_prefix, "rig."), log[-3000:]

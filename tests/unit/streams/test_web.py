@@ -24,7 +24,7 @@ def test_the_web_server_listens_on_loopback_unless_told_otherwise(tmp_path: Path
 def worker_app(settings: RigSettings) -> faust.App:
     """An app with the health probes and one page of its own (`/ping/`)."""
     app = make_app(settings)
-    install_health(app, settings, Health(), None)
+    install_health(app, settings, Health(), [])
 
     @app.page("/ping/")
     async def ping(web: Any, request: Any) -> Any:
