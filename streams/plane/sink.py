@@ -7,6 +7,7 @@ import functools
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -23,6 +24,19 @@ log = logging.getLogger(__name__)
 DEPENDENCY = "Kafka (deliveries)"
 FIRST_RETRY_S = 0.2
 LAST_RETRY_S = 5.0
+FATAL_EXIT_CODE = 70
+"""Exit code of a worker whose producer met a fatal error; its supervisor restarts it."""
+
+
+def exit_if_fatal(error: KafkaError, producer: str) -> None:
+    """Exit the process when `error` is fatal to the producer: an idempotent or transactional producer
+    cannot go on after one (e.g. fenced by a newer one with the same transactional id), only a new
+    process can; what was not committed is redone by the partitions' next owner. `os._exit`, not
+    `SystemExit`: raised in the producer's poll thread, that would only end the thread, and the
+    worker would stall with nobody reading its delivery reports."""
+    if error.fatal():
+        log.critical("fatal %s producer error, exiting for a restart: %s", producer, error)
+        os._exit(FATAL_EXIT_CODE)
 
 
 class Outgoing(NamedTuple):
@@ -242,9 +256,7 @@ class DeliveringSink:
 
     def _failed(self, output: Output, error: KafkaError) -> None:
         """Schedule the message again; the batch stays undelivered meanwhile."""
-        if error.fatal():  # the idempotent producer cannot go on; only a new process can
-            log.critical("fatal producer error, exiting for a restart: %s", error)
-            raise SystemExit(70)
+        exit_if_fatal(error, "idempotent")
         delay = min(LAST_RETRY_S, FIRST_RETRY_S * 2**output.attempt)
         with self._lock:
             if output.attempt == 0:

@@ -24,12 +24,11 @@ from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from streams.plane.health import Health
 from streams.plane.ledger import OffsetLedger
-from streams.plane.sink import Outgoing
+from streams.plane.sink import Outgoing, exit_if_fatal
 
 log = logging.getLogger(__name__)
 
 DEPENDENCY = "Kafka (transactions)"
-FATAL_EXIT_CODE = 70
 FIRST_RETRY_S = 0.2
 LAST_RETRY_S = 5.0
 
@@ -76,7 +75,7 @@ class TransactionalSink:
                 self._producer.init_transactions(30)
                 return self
             except KafkaException as error:
-                self._give_up_if_fatal(error.args[0])
+                exit_if_fatal(error.args[0], "transactional")
                 log.warning("waiting to start transactions: %s", error)
                 time.sleep(delay)
                 delay = min(LAST_RETRY_S, delay * 2)
@@ -101,7 +100,7 @@ class TransactionalSink:
                 break
             except KafkaException as exception:
                 error: KafkaError = exception.args[0]
-                self._give_up_if_fatal(error)
+                exit_if_fatal(error, "transactional")
                 log.warning("transaction failed, trying again batch=%d error=%s", batch_id, error)
                 self._health.waiting(DEPENDENCY, error.str())
                 await asyncio.sleep(delay)
@@ -141,11 +140,6 @@ class TransactionalSink:
                 if not exception.args[0].retriable():
                     raise
                 time.sleep(FIRST_RETRY_S)
-
-    def _give_up_if_fatal(self, error: KafkaError) -> None:
-        if error.fatal():  # e.g. fenced by a newer producer with the same transactional id
-            log.critical("fatal transactional producer error, exiting for a restart: %s", error)
-            os._exit(FATAL_EXIT_CODE)
 
     def undelivered(self) -> int:
         """Nothing stays undelivered between transactions."""
