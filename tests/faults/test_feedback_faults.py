@@ -121,6 +121,57 @@ def test_exactly_once_a_read_committed_reader_sees_every_prediction_and_joined_r
     assert repeats == 0 and joined_repeats == 0
 
 
+def test_roles_apart_a_predict_worker_answers_and_a_feedback_worker_joins_every_request(
+    stack: Stack, joined: JoinedRows
+) -> None:
+    """RIG_WORKER_ROLES splits a worker (deploy/README.md, "Roles apart"): one process answers the
+    requests (and explains), another joins their outcomes and runs the promoter."""
+    predict_port, feedback_port = free_port(), free_port()
+    traffic = Traffic(stack, count=2_000, rate_per_s=300, seed=13, outcomes=True)
+    answers = Answers(stack.settings).start()
+    roles = {"predict": '["predict","explain"]', "feedback": '["feedback"]'}
+    try:
+        with (
+            stack.worker("predict-only", web_port=predict_port, RIG_WORKER_ROLES=roles["predict"]) as predict,
+            stack.worker("feedback-only", web_port=feedback_port, RIG_WORKER_ROLES=roles["feedback"]),
+        ):
+            wait_ready(predict_port, predict)
+            traffic.start()
+            traffic.join()
+            answers.assert_complete(traffic, "a predict worker and a feedback worker apart")
+            short = joined.wait_for({i: answers.models[i] for i in traffic.ids}, timeout_s=240)
+            feedback_counts = get_json(f"http://127.0.0.1:{feedback_port}/join/counts/")
+            promoter = get_json(f"http://127.0.0.1:{feedback_port}/promoter/")
+            predict_pages = (
+                get_json(f"http://127.0.0.1:{predict_port}/readyz"),
+                not_found(f"http://127.0.0.1:{predict_port}/join/counts/"),
+            )
+            feedback_ready = get_json(f"http://127.0.0.1:{feedback_port}/readyz")
+    finally:
+        answers.stop()
+    assert not short, f"{len(short)} requests not joined for every model, e.g. {sorted(short)[:3]}"
+    assert feedback_counts["joined"] >= len(traffic.ids), feedback_counts
+    assert promoter["golden"] == read_routing(stack.settings).golden, (
+        "the promoter runs in the feedback worker"
+    )
+    assert predict_pages == ({"ready": True, "reasons": []}, True), "the predict worker has no join"
+    assert feedback_ready == {"ready": True, "reasons": []}, (
+        "no requests partition asked of a feedback worker"
+    )
+
+
+def not_found(url: str) -> bool:
+    """Whether a GET of `url` answers 404."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=30).close()
+    except urllib.error.HTTPError as error:
+        return error.code == 404
+    return False
+
+
 def test_a_worker_whose_join_cannot_restore_its_state_exits_for_a_restart(
     stack: Stack, tmp_path: Path
 ) -> None:
