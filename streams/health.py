@@ -17,7 +17,7 @@ from streams.timers import supervised
 log = logging.getLogger(__name__)
 
 STALL_EXIT_CODE = 75
-"""Exit code of a worker that stalled with nothing to wait for (or lost its consuming thread)."""
+"""Exit code of a worker that stalled with nothing to wait for, or lost a thread it needs."""
 
 
 def install_health(app: faust.App, settings: RigSettings, health: Health, planes: Sequence[Plane]) -> None:
@@ -40,8 +40,9 @@ def install_health(app: faust.App, settings: RigSettings, health: Health, planes
     @app.timer(interval=5.0)
     @supervised
     async def watch_stalls() -> None:
-        """Exit (for a supervisor to restart the worker) when a plane's consuming thread died, or when
-        a plane's partitions stalled for `stall_exit_s` while it waited for no dependency."""
+        """Exit (for a supervisor to restart the worker) when a plane's consuming thread died,
+        something only a restart mends happened (`Health.add_fatal`), or a plane's partitions stalled
+        for `stall_exit_s` while it waited for no dependency."""
         for plane in planes:
             if plane.source.crashed is not None:
                 group = plane.source.settings.group_id
@@ -50,6 +51,10 @@ def install_health(app: faust.App, settings: RigSettings, health: Health, planes
                 )
                 os._exit(STALL_EXIT_CODE)
         for watched in [health, *(plane.health for plane in planes if plane.health is not health)]:
+            fatal = watched.fatal()
+            if fatal:
+                log.critical("%s; exiting for a restart", "; ".join(fatal))
+                os._exit(STALL_EXIT_CODE)
             stalled_s = watched.unexplained_stall_s()
             if stalled_s >= settings.stall_exit_s:
                 log.critical(

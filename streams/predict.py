@@ -241,6 +241,7 @@ def install_predict(plane: Plane, get_runtime: Callable[[], Awaitable[Runtime]])
     async def start() -> Handler:
         runtime = await get_runtime()
         plane.health.add_check(lambda: None if runtime.routing.golden else "no golden model routed")
+        plane.health.add_check(runtime.follower.unapplied)  # this worker's routing is behind the others'
         return lambda batch: serve(runtime, plane, batch)
 
     plane.serve(start)

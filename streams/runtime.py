@@ -157,8 +157,9 @@ class Runtime:
         runtime.explanations = ExplanationService(registry)
         runtime.follower.on_change = runtime.apply_routing
         runtime.follower.on_purge = runtime.purge_cache
+        # The follower applies the routing it read before this returns; one it cannot apply yet (a
+        # model file still syncing, Redis away while warming) it retries, and requests wait in Kafka.
         table = runtime.follower.start().wait_caught_up(timeout_s=None)  # a broker away is waited for
-        runtime.apply_routing(table)
         if table.golden is None:
             log.warning("no golden model on %s yet; requests wait in Kafka", settings.topic("control"))
         return runtime
@@ -170,7 +171,12 @@ class Runtime:
 
     def apply_routing(self, table: RoutingTable) -> None:
         """Load and warm what a routing table needs (models, their transforms and features, the
-        reader and request codec of its entity), then switch to it in one assignment."""
+        reader and request codec of its entity), then switch to it in one assignment. Until then the
+        routing in force stays (the control follower retries a table this refuses).
+
+        Raises:
+            RigError: a model, transform or feature cannot be served (yet), or warming failed.
+        """
         with self._lock:
             versions = [v for v in (table.golden, *(e.model_version for e in table.live_experiments)) if v]
             if table.golden is None:
@@ -183,10 +189,9 @@ class Runtime:
                 if self.settings.warmer_enabled:
                     self._warm(serving, fresh)
             except RigError:
-                log.exception("routing needs models that cannot be served versions=%s", versions)
                 for version in versions:
                     self.metrics.model_event(version, "failed")
-                return
+                raise
             if table.golden != self.routing.golden:
                 self.feature_stats = serving_stats(self.registry, table.golden)
             self.serving = serving  # the switch: one reference assignment

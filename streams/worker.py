@@ -80,6 +80,7 @@ def build_runtime() -> Runtime:
     is frozen (`freeze_heap`). A broker that is away at start-up is waited for."""
     wait_for_topics()
     runtime = Runtime.create(settings, metadata, metrics)
+    health.add_fatal(runtime.follower.failure)  # routing changes would no longer reach this worker
     if "explain" in roles:
         backlogged = plane.source.backlogged if plane is not None else lambda: False
         explainer = ExplainConsumer(settings, runtime, backlogged).start()

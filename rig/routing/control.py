@@ -80,11 +80,24 @@ def _write(settings: RigSettings, records: Sequence[tuple[bytes, bytes | None]])
         raise RigError(f"control records not acknowledged by {settings.kafka_bootstrap}: {missing}")
 
 
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 10.0
+"""Backoff of a routing change or cache purge whose callback failed: the first retry, and the longest
+wait between two (a model file still syncing, Redis or the metadata store away)."""
+
+
 class ControlFollower:
     """Follows the control topic in a background thread and keeps the current routing table.
 
     `table` is replaced atomically (one reference assignment) after each batch of records, so a
     reader sees either the old or the new routing, never half of a change.
+
+    `on_change` is called with the table once the records present at start are folded, then with
+    every change; `on_purge` with every `purge_cache` event read after that (the cache is cold
+    before). A callback that raises has not taken its change: the change is retried with backoff (up
+    to `RETRY_MAX_S` apart) until it is taken, or, for a table, until a newer table replaces it. A
+    worker that missed a promotion because a model file was still syncing would otherwise serve the
+    old golden until the next control record, and nothing but a log line would say so.
     """
 
     def __init__(
@@ -104,6 +117,11 @@ class ControlFollower:
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         self._codec = Codec(ControlEvent, registry_url=settings.schema_registry_url)
+        self._unapplied: RoutingTable | None = None  # the newest table, while `on_change` refused it
+        self._purges: list[ControlEvent] = []  # purge events `on_purge` has not taken yet, in order
+        self._retry_at = 0.0
+        self._retry_delay_s = RETRY_FIRST_S
+        self._refused: tuple[str, float] | None = None  # the latest refusal, and since when (monotonic)
 
     def start(self) -> ControlFollower:
         """Start following in a daemon thread."""
@@ -125,6 +143,19 @@ class ControlFollower:
         if self._failure is not None:
             raise RigError(f"control follower failed: {self._failure}") from self._failure
         return self.table
+
+    def unapplied(self) -> str | None:
+        """Why a routing change or cache purge read from the topic is not taken yet (it is being
+        retried), or None when every one is."""
+        refused = self._refused
+        if refused is None:
+            return None
+        reason, since = refused
+        return f"control change not applied for {time.monotonic() - since:.0f} s (retrying): {reason}"
+
+    def failure(self) -> str | None:
+        """Why the follower stopped following (routing changes no longer reach this process), or None."""
+        return None if self._failure is None else f"control follower stopped: {self._failure!r}"
 
     def stop(self) -> None:
         """Stop the thread and close the consumer."""
@@ -153,6 +184,7 @@ class ControlFollower:
             if all(ends[1] == 0 for ends in partitions.values()):
                 self.caught_up.set()
             while not self._stop.is_set():
+                self._apply_pending()
                 messages = consumer.consume(500, timeout=self.poll_timeout_s)
                 records = []
                 for message in messages:
@@ -168,7 +200,10 @@ class ControlFollower:
                     records.append((message.key() or b"", decoded))
                 if records:
                     self._fold(records, topic)
-                if not pending_eof:
+                if not pending_eof and not self.caught_up.is_set():
+                    if self.table is not EMPTY_ROUTING:
+                        self._unapplied = self.table  # the first routing: applied before start-up goes on
+                    self._apply_pending()
                     self.caught_up.set()
         except BaseException as exc:  # the worker must learn it runs without routing updates
             self._failure = exc
@@ -203,10 +238,12 @@ class ControlFollower:
         return None
 
     def _fold(self, records: list[tuple[bytes, ControlEvent | Rejected | None]], topic: str) -> None:
-        if self.on_purge is not None and self.caught_up.is_set():
-            for _key, event in records:
-                if isinstance(event, ControlEvent) and event.kind == "purge_cache":
-                    self.on_purge(event)
+        if self.caught_up.is_set():
+            self._purges += [
+                event
+                for _, event in records
+                if isinstance(event, ControlEvent) and event.kind == "purge_cache"
+            ]
         result = fold_report(records, self.table)
         for rejected in result.rejected:
             log.warning(
@@ -214,8 +251,38 @@ class ControlFollower:
             )
         if result.table is not self.table:
             self.table = result.table
-            if self.on_change is not None:
-                self.on_change(self.table)
+            if self.caught_up.is_set():
+                self._unapplied = self.table
+        if self._purges or self._unapplied is not None:
+            self._retry_at, self._retry_delay_s = 0.0, RETRY_FIRST_S  # news: tried at once
+            self._apply_pending()
+
+    def _apply_pending(self) -> None:
+        """Hand the callbacks what they have not taken yet, purges first (in order), when due."""
+        if (not self._purges and self._unapplied is None) or time.monotonic() < self._retry_at:
+            return
+        try:
+            while self._purges:
+                if self.on_purge is not None:
+                    self.on_purge(self._purges[0])
+                del self._purges[0]
+            if self._unapplied is not None:
+                if self.on_change is not None:
+                    self.on_change(self._unapplied)
+                self._unapplied = None
+        except Exception as error:  # noqa: BLE001 - any refusal is retried, never the end of the follower
+            reason = f"{type(error).__name__}: {error}"
+            since = self._refused[1] if self._refused is not None else time.monotonic()
+            self._refused = (reason, since)
+            log.warning("control change not applied (retried in %.1f s): %s", self._retry_delay_s, reason)
+            self._retry_at = time.monotonic() + self._retry_delay_s
+            self._retry_delay_s = min(RETRY_MAX_S, self._retry_delay_s * 2)
+            return
+        if self._refused is not None:
+            log.warning(
+                "control changes applied after %.1f s of retries", time.monotonic() - self._refused[1]
+            )
+        self._refused, self._retry_delay_s = None, RETRY_FIRST_S
 
 
 def read_routing(settings: RigSettings, timeout_s: float = 30) -> RoutingTable:

@@ -39,6 +39,7 @@ class Health:
         self._stalled: dict[str, float] = {}
         self._unexplained_since: float | None = None
         self._checks: list[Callable[[], str | None]] = []
+        self._fatal: list[Callable[[], str | None]] = []
 
     def waiting(self, dependency: str, reason: str) -> None:
         """`dependency` is unavailable for `reason`; logged once when the wait starts."""
@@ -65,6 +66,15 @@ class Health:
         """A readiness condition: returns why the worker is not ready, or None."""
         self._checks.append(check)
 
+    def add_fatal(self, check: Callable[[], str | None]) -> None:
+        """A condition only a restart mends (e.g. a thread the worker needs has died): returns what
+        happened, or None. The worker's health watch exits on it (`streams.health`)."""
+        self._fatal.append(check)
+
+    def fatal(self) -> list[str]:
+        """What only a restart mends (see `add_fatal`), if anything."""
+        return [reason for check in self._fatal if (reason := check()) is not None]
+
     def assigned(self, count: int) -> None:
         """The number of partitions the worker holds now."""
         with self._lock:
@@ -87,7 +97,8 @@ class Health:
         return 0.0 if since is None else self._clock() - since
 
     def readiness(self) -> Readiness:
-        """Ready when no dependency is waited for, partitions are held, none stalls, every check passes."""
+        """Ready when no dependency is waited for, partitions are held, none stalls, every check passes
+        and nothing fatal happened."""
         reasons: list[str] = []
         with self._lock:
             now = self._clock()
@@ -98,4 +109,5 @@ class Health:
                 reasons.append("no partitions assigned")
             reasons += [f"partition {tp} stalled for {s:.0f} s" for tp, s in sorted(self._stalled.items())]
         reasons += [reason for check in self._checks if (reason := check()) is not None]
+        reasons += self.fatal()
         return Readiness(ready=not reasons, reasons=tuple(reasons))

@@ -129,3 +129,46 @@ def test_a_deleted_predictions_topic_holds_answers_until_it_exists_again(stack: 
         finally:
             after.stop()
         assert worker.poll() is None
+
+
+def test_a_routing_whose_model_file_is_still_syncing_is_applied_once_it_arrives(
+    stack: Stack, answers: Answers
+) -> None:
+    from rig.cli.app import record_checksum
+    from rig.models.registry import MODEL_FILE, ModelRegistry
+    from rig.routing.control import publish_control, read_routing
+    from rig.routing.table import start_experiment_event
+
+    settings = stack.settings
+    registry = ModelRegistry(settings.model_dir)
+    golden = registry.meta(str(read_routing(settings).golden))
+    late = registry.save(
+        registry.load(golden.version),
+        "late",
+        golden.features,
+        golden.transform_version,
+        selection=golden.selection,
+    )
+    record_checksum(settings, late)
+    model_file = registry.folder(late.version) / MODEL_FILE
+    syncing = model_file.with_name("model.syncing")
+    model_file.rename(syncing)  # registered, its file not on this worker's volume yet
+    port = free_port()
+    with stack.worker("routing-syncing", web_port=port) as worker:
+        wait_ready(port, worker)
+        traffic = Traffic(stack, count=4_000, rate_per_s=200, seed=8).start()
+        with ReadinessWatch(port) as watch:
+            traffic.wait_sent(500)
+            publish_control(settings, start_experiment_event("late", late.version, "shadow", actor="test"))
+            time.sleep(4)
+            syncing.rename(model_file)
+            traffic.join()
+            answers.assert_complete(traffic, "a routing applied once its model file arrived")
+            wait_ready(port, worker)
+        assert worker.poll() is None
+    scored_late = {i for i in traffic.ids if late.version in answers.models[i]}
+    print(f"scored by {late.version}: {len(scored_late)} of {len(traffic.ids)}")
+    assert scored_late, "the routing was applied once the file arrived (the old worker dropped it for good)"
+    assert len(scored_late) < len(traffic.ids), "requests before it were answered with the routing in force"
+    assert watch.codes[0] == 200 and 503 in watch.codes and watch.codes[-1] == 200, watch.codes
+    assert any("model file missing" in reason for reason in watch.reasons), watch.reasons

@@ -50,3 +50,14 @@ def test_a_stall_while_a_dependency_is_down_is_explained_one_without_is_not() ->
     assert "partition rig.requests-0 stalled for 140 s" in health.readiness().reasons
     health.stalled({})
     assert health.unexplained_stall_s() == 0
+
+
+def test_something_only_a_restart_mends_makes_the_worker_unready_and_is_reported_as_fatal() -> None:
+    health = Health()
+    health.assigned(1)
+    stopped: list[str] = []
+    health.add_fatal(lambda: stopped[0] if stopped else None)
+    assert health.readiness().ready and health.fatal() == []
+    stopped.append("control follower stopped: KafkaException(...)")
+    assert health.fatal() == ["control follower stopped: KafkaException(...)"]
+    assert health.readiness().reasons == ("control follower stopped: KafkaException(...)",)
