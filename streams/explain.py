@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import faust
 
 from rig.config import RigSettings
-from rig.errors import RegistryError, RigError
+from rig.errors import GoldenUnavailable, NotAcknowledged, RegistryError, RigError, Unavailable
 from rig.wire.codec import Codec, Rejected
 from rig.wire.records import Explanation, Request, to_plain
 from streams.runtime import Runtime
@@ -34,17 +34,24 @@ def explain_with_golden(runtime: Runtime, request: Request, version: str | None 
     """An Explanation record of `version` (default: the golden) for `request` (blocking).
 
     Raises:
-        RigError: no golden is routed, the model is not routed, or the request cannot be transformed.
+        Unavailable: no golden is routed yet, or Redis does not answer.
+        RigError: the model is not routed, or the request cannot be transformed.
     """
     serving = runtime.serving
     model = version or runtime.routing.golden
     if model is None or serving is None or runtime.explanations is None:
-        raise RigError("no golden model is routed")
+        raise GoldenUnavailable("no golden model is routed")
     return runtime.explanations.explain(request, model, serving.reader, serving.layout)
 
 
 class ExplainConsumer:
     """Explains the requests on the explain topic in a background thread (at-least-once).
+
+    A request's offset is stored only once its explanation is delivered, or once it proves one that
+    cannot be explained (logged). A dependency that is away (Redis, no golden routed yet, the broker
+    not acknowledging) makes the thread wait and try the same request again, with backoff: an
+    explanation is never dropped for it. If the thread dies, `failure` says why and the worker exits
+    for a restart.
 
     The thread shares the worker's cores with the predict path: while that path has a backlog
     (`backlogged()`), each explanation first waits up to `explain_yield_max_s`. An explanation costs
@@ -63,6 +70,13 @@ class ExplainConsumer:
         self.backlogged = backlogged
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="explainer", daemon=True)
+        self._failure: Exception | None = None
+        self._default_codec = Codec(Request, registry_url=settings.schema_registry_url, allow_json=True)
+        self._explanation_codec = Codec(Explanation, registry_url=settings.schema_registry_url)
+
+    def failure(self) -> str | None:
+        """Why the explainer thread stopped (explain requests then wait in Kafka), or None."""
+        return None if self._failure is None else f"explainer stopped: {self._failure!r}"
 
     def start(self) -> ExplainConsumer:
         self._thread.start()
@@ -82,11 +96,9 @@ class ExplainConsumer:
         return time.monotonic() - began
 
     def _run(self) -> None:
-        from confluent_kafka import Consumer
+        from confluent_kafka import Consumer, KafkaException
 
         settings = self.settings
-        default_codec = Codec(Request, registry_url=settings.schema_registry_url, allow_json=True)
-        explanation_codec = Codec(Explanation, registry_url=settings.schema_registry_url)
         consumer = Consumer(
             {
                 **settings.kafka_client_config(),
@@ -102,28 +114,71 @@ class ExplainConsumer:
                 if message is None or message.error():
                     continue
                 self.yield_to_requests()
-                serving = self.runtime.serving  # explain requests name the entity as requests do
-                codec = default_codec if serving is None else serving.request_codec
-                request = codec.decode(message.value() or b"")
-                if isinstance(request, Rejected):
-                    log.warning(
-                        "explain request rejected offset=%s reason=%s", message.offset(), request.reason
-                    )
-                else:
-                    try:
-                        record = explain_with_golden(self.runtime, request)
-                        self.runtime.producer.produce(
-                            settings.topic("explanations"),
-                            key=request.entity_id.encode(),
-                            value=explanation_codec.encode(record),
-                        )
-                    except RigError as error:
-                        log.warning("not explained request_id=%s reason=%s", request.request_id, error)
-                consumer.store_offsets(message)
-        except Exception:  # the worker keeps predicting; the failure is logged loudly
+                if not self._explain_until_done(message.value() or b"", message.offset()):
+                    return  # stopped while waiting: the request is explained again after a restart
+                try:
+                    consumer.store_offsets(message)
+                except KafkaException as error:  # its partition moved on meanwhile: its owner redoes it
+                    log.warning("explain offset not stored offset=%s error=%s", message.offset(), error)
+        except Exception as error:  # the worker exits for a restart (`failure`)
+            self._failure = error
             log.exception("explainer stopped topic=%s", settings.topic("explain"))
         finally:
             consumer.close()
+
+    def _explain_until_done(self, value: bytes, offset: int) -> bool:
+        """Explain one request and wait for its explanation's delivery, trying again with backoff
+        (0.1 s doubling to 5 s) while a dependency is away; False when stopped meanwhile."""
+        delay, waiting = 0.1, False
+        while not self._stop.is_set():
+            try:
+                self._explain(value, offset)
+                if waiting:
+                    log.warning("explainer goes on: what it waited for is back")
+                return True
+            except Unavailable as error:
+                if not waiting:
+                    log.warning("explainer waits for %s: %s", error.dependency, error)
+            except NotAcknowledged as error:
+                if not waiting:
+                    log.warning("explainer waits for the broker: %s", error)
+            waiting = True
+            self._stop.wait(delay)
+            delay = min(5.0, delay * 2)
+        return False
+
+    def _explain(self, value: bytes, offset: int) -> None:
+        """Explain the request in `value` and deliver its explanation; a request that cannot be
+        explained is logged and done with.
+
+        Raises:
+            Unavailable: a dependency is away; nothing was produced.
+            NotAcknowledged: the explanation was not delivered (it may be produced again).
+        """
+        serving = self.runtime.serving  # explain requests name the entity as requests do
+        codec = self._default_codec if serving is None else serving.request_codec
+        request = codec.decode(value)
+        if isinstance(request, Rejected):
+            log.warning("explain request rejected offset=%s reason=%s", offset, request.reason)
+            return
+        try:
+            record = explain_with_golden(self.runtime, request)
+        except Unavailable:
+            raise
+        except RigError as error:
+            log.warning("not explained request_id=%s reason=%s", request.request_id, error)
+            return
+        errors: list[object] = []
+        producer = self.runtime.producer
+        producer.produce(
+            self.settings.topic("explanations"),
+            key=request.entity_id.encode(),
+            value=self._explanation_codec.encode(record),
+            on_delivery=lambda error, _message: errors.append(error),
+        )
+        # One flush per explanation: it costs ~106 ms of CPU (see above), the flush a round trip.
+        if producer.flush(30) or errors != [None]:
+            raise NotAcknowledged(f"explanation of {request.request_id} not delivered: {errors or 'timeout'}")
 
 
 class BoundedPool:

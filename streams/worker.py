@@ -84,6 +84,7 @@ def build_runtime() -> Runtime:
     if "explain" in roles:
         backlogged = plane.source.backlogged if plane is not None else lambda: False
         explainer = ExplainConsumer(settings, runtime, backlogged).start()
+        health.add_fatal(explainer.failure)  # explain requests would wait in Kafka for good
 
         @app.on_before_shutdown.connect
         async def stop_explainer(sender: faust.App, **kwargs: object) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -172,3 +173,54 @@ def test_a_routing_whose_model_file_is_still_syncing_is_applied_once_it_arrives(
     assert len(scored_late) < len(traffic.ids), "requests before it were answered with the routing in force"
     assert watch.codes[0] == 200 and 503 in watch.codes and watch.codes[-1] == 200, watch.codes
     assert any("model file missing" in reason for reason in watch.reasons), watch.reasons
+
+
+def test_explain_requests_wait_for_redis_and_every_one_is_explained(
+    stack: Stack, own_redis: OwnRedis
+) -> None:
+    from confluent_kafka import Consumer, Producer
+
+    from rig.wire.codec import Codec
+    from rig.wire.records import Explanation, Request
+    from sim.traffic import synthetic_requests
+
+    settings = stack.settings
+    requests = list(synthetic_requests(stack.world, 20, seed=9))
+    ids = {r.request_id for r in requests}
+    port = free_port()
+    with stack.worker("explain-redis-down", web_port=port) as worker:
+        wait_ready(port, worker)
+        own_redis.shutdown(save=True)
+        try:
+            producer = Producer(settings.kafka_producer_config())
+            for request in requests:
+                producer.produce(
+                    settings.topic("explain"), Codec(Request).encode(request), request.entity_id.encode()
+                )
+            assert producer.flush(30) == 0
+            time.sleep(6)  # the explainer meets Redis refusing connections
+        finally:
+            own_redis.start()
+        consumer = Consumer(
+            {
+                **settings.kafka_client_config(),
+                "group.id": f"faults-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        consumer.subscribe([settings.topic("explanations")])
+        explained: set[str] = set()
+        deadline = time.monotonic() + 120
+        try:
+            while not ids <= explained and time.monotonic() < deadline:
+                for message in consumer.consume(100, timeout=0.5):
+                    if not message.error():
+                        record = Codec(Explanation).decode(message.value())
+                        assert isinstance(record, Explanation)
+                        explained.add(record.request_id)
+        finally:
+            consumer.close()
+        assert worker.poll() is None
+    print(f"explained {len(ids & explained)} of {len(ids)} explain requests sent while Redis was away")
+    assert ids <= explained, f"{len(ids - explained)} explain requests never explained"

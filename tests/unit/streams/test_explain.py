@@ -163,3 +163,16 @@ def test_a_stopping_explainer_stops_waiting() -> None:
 def test_a_wait_past_the_consumer_s_poll_interval_is_refused() -> None:
     with pytest.raises(ValidationError, match="less than or equal to 240"):
         RigSettings(explain_yield_max_s=300)
+
+
+def test_an_explain_request_waits_while_no_golden_is_routed_and_is_never_dropped() -> None:
+    from rig.wire.codec import Codec
+    from rig.wire.records import Request
+
+    waiting = explainer(0, lambda: False)  # its runtime routes nothing and has no producer
+    value = Codec(Request).encode(Request(request_id="r1", entity_id="e1", event_time=1))
+    threading.Timer(0.5, waiting._stop.set).start()
+
+    done = waiting._explain_until_done(value, offset=7)
+
+    assert done is False, "stopped while waiting: its offset is not stored, a restart explains it"
