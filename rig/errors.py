@@ -75,8 +75,21 @@ class CacheError(RigError):
     """
 
 
+class CacheUnavailable(Unavailable, CacheError):
+    """A purge could not reach the cache's Redis tier: the entries it should remove are still there
+    (lookups bypass Redis instead; a purge cannot)."""
+
+    dependency = "Redis (prediction cache)"
+
+
 class MetadataError(RigError):
     """The metadata store is unreachable, its schema is missing, or a record cannot be stored."""
+
+
+class MetadataUnavailable(Unavailable, MetadataError):
+    """The metadata store does not answer: refused, timed out, or the connection was lost."""
+
+    dependency = "the metadata store"
 
 
 class ExplainerError(RigError):

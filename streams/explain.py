@@ -48,10 +48,10 @@ class ExplainConsumer:
     """Explains the requests on the explain topic in a background thread (at-least-once).
 
     A request's offset is stored only once its explanation is delivered, or once it proves one that
-    cannot be explained (logged). A dependency that is away (Redis, no golden routed yet, the broker
-    not acknowledging) makes the thread wait and try the same request again, with backoff: an
-    explanation is never dropped for it. If the thread dies, `failure` says why and the worker exits
-    for a restart.
+    cannot be explained (logged). A dependency that is away (Redis, the metadata store the model's
+    checksum is read from, no golden routed yet, the broker not acknowledging) makes the thread wait
+    and try the same request again, with backoff: an explanation is never dropped for it. If the
+    thread dies, `failure` says why and the worker exits for a restart.
 
     The thread shares the worker's cores with the predict path: while that path has a backlog
     (`backlogged()`), each explanation first waits up to `explain_yield_max_s`. An explanation costs

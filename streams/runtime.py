@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from rig.cache.store import PredictionCache
 from rig.config import RigSettings
-from rig.errors import ModelIntegrityError, RigError
+from rig.errors import CacheUnavailable, ModelIntegrityError, RigError
 from rig.explain.service import ExplanationService
 from rig.features.online_reader import FeastSdkReader, OnlineReader, RedisLayoutReader, layout_unreadable
 from rig.features.selection import FeatureSelection
@@ -295,7 +295,12 @@ class Runtime:
             )
 
     def purge_cache(self, event: ControlEvent) -> None:
-        """Apply a `purge_cache` control event: one entity's entries, one version's, or all."""
+        """Apply a `purge_cache` control event: one entity's entries, one version's, or all.
+
+        Raises:
+            CacheUnavailable: the cache's Redis tier did not answer, so its entries are still there
+                (the control follower tries the purge again).
+        """
         if self.cache is None:
             return
         if event.entity_id:
@@ -304,6 +309,11 @@ class Runtime:
             result = self.cache.purge_model(event.model_version)
         else:
             result = self.cache.purge_all()
+        if self.settings.cache_redis and result.redis_removed is None:
+            raise CacheUnavailable(
+                f"cache purge entity={event.entity_id} version={event.model_version} not applied to Redis: "
+                "unreachable"
+            )
         log.info("cache purged entity=%s version=%s result=%s", event.entity_id, event.model_version, result)
 
     def close(self) -> None:

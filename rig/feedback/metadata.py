@@ -53,7 +53,7 @@ from fastavro.validation import ValidationError, validate
 from sqlalchemy import exc as sa_exc
 
 from rig.config import masked_url
-from rig.errors import MetadataError
+from rig.errors import MetadataError, MetadataUnavailable
 from rig.features.stats import FeatureStats, FeatureStatsWindow, json_float
 from rig.feedback import migrations
 from rig.models.registry import ModelMeta
@@ -686,11 +686,12 @@ class MetadataStore:
 
     @contextmanager
     def _begin(self) -> Iterator[sa.Connection]:
-        """A transaction; connection and query failures become MetadataError, IntegrityError passes."""
+        """A transaction; connection and query failures become MetadataError (MetadataUnavailable when
+        the store does not answer, so that work waits for it), IntegrityError passes."""
         try:
             connection = self._engine.connect()
         except sa_exc.DBAPIError as error:
-            raise MetadataError(self._unreachable(error)) from error
+            raise MetadataUnavailable(self._unreachable(error)) from error
         try:
             with connection, connection.begin():
                 yield connection
@@ -698,6 +699,10 @@ class MetadataStore:
             raise
         except sa_exc.SQLAlchemyError as error:
             reason = str(getattr(error, "orig", None) or error)
+            if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+                raise MetadataUnavailable(
+                    f"metadata store {self.url} lost the connection: {reason}"
+                ) from error
             missing = "no such table" in reason or "does not exist" in reason
             hint = " (tables missing? call create_schema())" if missing else ""
             raise MetadataError(f"metadata store {self.url} failed: {reason}{hint}") from error

@@ -148,6 +148,19 @@ def test_wrong_password_is_a_metadata_error_naming_ops_postgres_up(postgres_engi
     assert "wrong" not in str(raised.value)
 
 
+def test_a_store_nobody_answers_for_is_unavailable_so_work_waits_for_it(postgres_engine: sa.Engine) -> None:
+    import socket
+
+    from rig.errors import MetadataUnavailable
+
+    with socket.socket() as probe:  # a port nobody listens on: PostgreSQL stopped
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = MetadataStore(postgres_engine.url.set(port=port).render_as_string(hide_password=False))
+    with pytest.raises(MetadataUnavailable, match="unreachable"):
+        store.model_checksum("risk.1")  # what a worker asks before it loads a model
+
+
 def _minimal_decision() -> dict[str, Any]:
     return {
         "decided_at": 1,

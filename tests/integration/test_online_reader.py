@@ -307,6 +307,7 @@ def test_redis_error_reply_is_a_feature_store_error_and_the_reader_recovers(read
     [
         (b":1\r\n", "InvalidResponse"),  # not an array: a protocol error, as redis-py's parser says
         (b"-ERR no\r\n", "ResponseError"),
+        (b"-LOADING Redis is loading the dataset in memory\r\n", "BusyLoadingError"),  # waited for
         (b"", "ConnectionError"),  # closed before the reply
     ],
 )
@@ -372,3 +373,13 @@ def test_quick_read_steps_aside_when_redis_refuses_connections(readers: Readers)
     assert reader.read_quick(["ent-000001"]) is None
     with pytest.raises(FeatureStoreError, match="Redis not reachable"):
         reader.read(["ent-000001"])  # what the caller's thread then says
+
+
+@pytest.mark.integration
+def test_a_redis_loading_its_dump_is_waited_for_not_refused(readers: Readers) -> None:
+    import redis
+
+    from rig.errors import FeatureStoreUnavailable
+
+    error = readers.fast._error(redis.BusyLoadingError("LOADING Redis is loading the dataset in memory"))
+    assert isinstance(error, FeatureStoreUnavailable), "a batch waits for it (before: exit 70, a crash loop)"
