@@ -211,6 +211,8 @@ async def serve(runtime: Runtime, plane: Plane, batch: SourceBatch) -> None:
             log.info(
                 "batch given up, its partitions moved batch=%d requests=%d", batch.batch_id, len(sources)
             )
+            for dependency in waited_for:  # a wait nobody carries on would keep readiness off, and
+                plane.health.forget(dependency)  # explain every later stall: no exit for a restart
             return
         try:
             result = await answer(runtime, sources)

@@ -57,6 +57,13 @@ class Health:
         if entry is not None:
             log.warning("%s is back after %.1f s", dependency, self._clock() - entry[1])
 
+    def forget(self, dependency: str) -> None:
+        """Nothing waits for `dependency` any more (the work that did was given up); unlike
+        `recovered`, this says nothing about whether it is back. Work that still meets it says so
+        again with `waiting`."""
+        with self._lock:
+            self._waiting.pop(dependency, None)
+
     def waits_for(self, dependency: str) -> bool:
         """Whether `dependency` is being waited for."""
         with self._lock:
