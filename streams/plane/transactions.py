@@ -12,6 +12,7 @@ that lost its partitions in a rebalance (KIP-447): its late commit fails and is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -50,25 +51,47 @@ class TransactionalSink:
         worker's open transaction hides newer outputs from read_committed readers (plus the broker's
         `transaction.abort.timed.out.transaction.cleanup.interval.ms`). librdkafka then also bounds
         its message and socket timeouts by it; an aborted transaction is tried again."""
-        # Unique per producer: with the group metadata fencing zombies (KIP-447), the id need not be
-        # stable across restarts, and two planes or processes must never share one.
-        self.transactional_id = f"{group_id}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._producer = Producer(
-            {
-                "linger.ms": 5,
-                **producer_config,
-                "enable.idempotence": True,
-                "transactional.id": self.transactional_id,
-                "transaction.timeout.ms": int(timeout_s * 1000),
-                "allow.auto.create.topics": False,
-            }
-        )
+        self._config = {
+            "linger.ms": 5,
+            **producer_config,
+            "enable.idempotence": True,
+            "transaction.timeout.ms": int(timeout_s * 1000),
+            "allow.auto.create.topics": False,
+        }
+        self._group_id = group_id
+        self.transactional_id = ""
+        self._producer = self._new_producer()
         self._ledger = ledger
         self._health = health
         self._group_metadata = group_metadata
+        self._open = False  # a transaction was begun and neither committed nor aborted yet
+
+    def _new_producer(self) -> Producer:
+        # Unique per producer: with the group metadata fencing zombies (KIP-447), the id need not be
+        # stable across restarts, and two planes, processes or producers must never share one.
+        self.transactional_id = (
+            f"{self._group_id}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
+        return Producer({**self._config, "transactional.id": self.transactional_id})
+
+    def _renew(self, error: KafkaError) -> None:
+        """Replace a producer that met a fatal error with a new one. A broker away for longer than the
+        transaction timeout is enough for one: the broker aborts the open transaction on its own and
+        the producer's own abort then fails for good (INVALID_TXN_STATE). Nothing of the batch was
+        committed, so a new producer takes it over; exiting the worker would only add a restart."""
+        log.warning(
+            "transactional producer %s failed for good (%s); a new one takes over",
+            self.transactional_id,
+            error,
+        )
+        old, self._producer, self._open = self._producer, self._new_producer(), False
+        with contextlib.suppress(KafkaException):  # in a fatal state it may refuse even this
+            old.purge()  # its messages belong to transactions that are aborted
+        self.start()
 
     def start(self) -> TransactionalSink:
-        """Register the transactional id with the cluster (waits for the broker)."""
+        """Register the transactional id with the cluster (waits for the broker); a fatal error here
+        (e.g. the id not authorized) exits the worker."""
         delay = FIRST_RETRY_S
         while True:
             try:
@@ -94,15 +117,17 @@ class TransactionalSink:
             offsets = self._ledger.offsets_after(batch_id)
             if consumed and not offsets:
                 log.info("transaction given up, its partitions moved batch=%d", batch_id)
+                self._health.forget(DEPENDENCY)  # a wait left behind would explain every later stall
                 return
             try:
                 await asyncio.to_thread(self._transact, outgoing, offsets)
                 break
             except KafkaException as exception:
                 error: KafkaError = exception.args[0]
-                exit_if_fatal(error, "transactional")
                 log.warning("transaction failed, trying again batch=%d error=%s", batch_id, error)
                 self._health.waiting(DEPENDENCY, error.str())
+                if error.fatal():
+                    await asyncio.to_thread(self._renew, error)
                 await asyncio.sleep(delay)
                 delay = min(LAST_RETRY_S, delay * 2)
         if self._health.waits_for(DEPENDENCY):
@@ -111,8 +136,15 @@ class TransactionalSink:
         self._ledger.finish(batch_id)
 
     def _transact(self, messages: list[Outgoing], offsets: dict[tuple[str, int], int]) -> None:
+        """One attempt: end what an earlier attempt left open, then begin, produce, send the offsets
+        and commit. Any failure aborts the transaction; an abort that fails too (the broker away) is
+        tried again before the next attempt, so a transaction is never left open: with one open,
+        every later `begin_transaction` fails ("not valid in state InTransaction") for good."""
         producer = self._producer
+        if self._open:
+            self._abort()
         producer.begin_transaction()
+        self._open = True
         try:
             for topic, key, value, partition, timestamp_ms in messages:
                 while True:
@@ -125,10 +157,25 @@ class TransactionalSink:
                 positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
                 producer.send_offsets_to_transaction(positions, self._group_metadata(), 30)
             self._commit()
-        except KafkaException as exception:
-            if exception.args[0].txn_requires_abort():
-                producer.abort_transaction(30)
+            self._open = False
+        except KafkaException:
+            try:
+                self._abort()
+            except KafkaException as abort_error:
+                if abort_error.args[0].fatal():
+                    raise  # the producer cannot go on: `publish` replaces it
+                log.warning("transaction not aborted yet, tried again before the next: %s", abort_error)
             raise
+
+    def _abort(self) -> None:
+        """Abort the open transaction (librdkafka lets a timed-out abort be called again)."""
+        try:
+            self._producer.abort_transaction(30)
+        except KafkaException as exception:
+            if exception.args[0].code() != KafkaError._STATE:
+                raise
+            # no transaction to abort (it ended meanwhile): nothing is open
+        self._open = False
 
     def _commit(self) -> None:
         """Commit, trying again while the error says the commit itself may be retried."""

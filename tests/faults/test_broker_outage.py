@@ -7,9 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from streams.health import STALL_EXIT_CODE
 from tests.faults.conftest import Answers, OwnKafka, Traffic, deploy_stack, free_port, wait_ready
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
@@ -40,5 +41,44 @@ def test_the_broker_stopped_for_15_s_loses_nothing(
             answers.assert_complete(traffic, "the broker stopped for 15 s", timeout_s=240)
             wait_ready(port, worker)
             assert worker.poll() is None, "the worker went on by itself"
+    finally:
+        answers.stop()
+
+
+def test_exactly_once_the_broker_stopped_for_15_s_loses_and_repeats_nothing(
+    tmp_path_factory: pytest.TempPathFactory, own_kafka: OwnKafka
+) -> None:
+    """Either the worker goes on by itself, or it exits for its supervisor to restart it (as this
+    test then does): librdkafka's send_offsets_to_transaction can hang for good after a broker restart
+    (confluentinc/librdkafka#5456, #5511, open), and the stalled worker exits. Before, it went on
+    forever with nothing answered: a transaction left open made every later one fail ("not valid in
+    state InTransaction"), and a wait left behind by a given-up batch explained the stall."""
+    stack = deploy_stack(tmp_path_factory.mktemp("broker-eos"), kafka_bootstrap=own_kafka.bootstrap)
+    answers = Answers(stack.settings).start()  # read_committed: an aborted transaction shows nothing
+    eos = {"RIG_PROCESSING_GUARANTEE": "exactly_once", "RIG_STALL_EXIT_S": "30"}
+    port = free_port()
+    try:
+        with stack.worker("broker-down-eos", web_port=port, **eos) as worker:
+            wait_ready(port, worker)
+            traffic = Traffic(stack, count=4_000, rate_per_s=200, seed=7).start()
+            traffic.wait_sent(1_000)
+            own_kafka.down()
+            time.sleep(15)
+            own_kafka.up()
+            traffic.join()
+            deadline = time.monotonic() + 180
+            while answers.wait_for(traffic.ids, timeout_s=1) and worker.poll() is None:
+                assert time.monotonic() < deadline, "neither answered every request nor exited"
+            exit_code = worker.poll()
+        if exit_code is not None:
+            assert exit_code == STALL_EXIT_CODE, f"exited with {exit_code}"
+            print("the worker exited for a restart; a replacement takes over")
+            with stack.worker("broker-down-eos-restarted", **eos):
+                repeats = answers.assert_complete(
+                    traffic, "the broker stopped for 15 s (exactly once, restarted)"
+                )
+        else:
+            repeats = answers.assert_complete(traffic, "the broker stopped for 15 s (exactly once)")
+        assert repeats == 0, "a read_committed reader sees each prediction once"
     finally:
         answers.stop()
