@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from streams.health import STALL_EXIT_CODE
-from tests.faults.conftest import Answers, OwnKafka, Traffic, deploy_stack, free_port, wait_ready
+from tests.faults.conftest import Answers, OwnKafka, Stack, Traffic, deploy_stack, free_port, wait_ready
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
@@ -23,6 +23,18 @@ def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnKafka]:
         broker.down(purge=True)
 
 
+def broker_stopped_for_15_s_under_traffic(stack: Stack, own_kafka: OwnKafka) -> Traffic:
+    """4,000 requests at 200/s, the broker stopped for 15 s after the first 1,000; returns once all
+    are sent."""
+    traffic = Traffic(stack, count=4_000, rate_per_s=200, seed=7).start()
+    traffic.wait_sent(1_000)
+    own_kafka.down()
+    time.sleep(15)
+    own_kafka.up()
+    traffic.join()
+    return traffic
+
+
 def test_the_broker_stopped_for_15_s_loses_nothing(
     tmp_path_factory: pytest.TempPathFactory, own_kafka: OwnKafka
 ) -> None:
@@ -32,12 +44,7 @@ def test_the_broker_stopped_for_15_s_loses_nothing(
     try:
         with stack.worker("broker-down", web_port=port) as worker:
             wait_ready(port, worker)
-            traffic = Traffic(stack, count=4_000, rate_per_s=200, seed=7).start()
-            traffic.wait_sent(1_000)
-            own_kafka.down()
-            time.sleep(15)
-            own_kafka.up()
-            traffic.join()
+            traffic = broker_stopped_for_15_s_under_traffic(stack, own_kafka)
             answers.assert_complete(traffic, "the broker stopped for 15 s", timeout_s=240)
             wait_ready(port, worker)
             assert worker.poll() is None, "the worker went on by itself"
@@ -60,12 +67,7 @@ def test_exactly_once_the_broker_stopped_for_15_s_loses_and_repeats_nothing(
     try:
         with stack.worker("broker-down-eos", web_port=port, **eos) as worker:
             wait_ready(port, worker)
-            traffic = Traffic(stack, count=4_000, rate_per_s=200, seed=7).start()
-            traffic.wait_sent(1_000)
-            own_kafka.down()
-            time.sleep(15)
-            own_kafka.up()
-            traffic.join()
+            traffic = broker_stopped_for_15_s_under_traffic(stack, own_kafka)
             deadline = time.monotonic() + 180
             while answers.wait_for(traffic.ids, timeout_s=1) and worker.poll() is None:
                 assert time.monotonic() < deadline, "neither answered every request nor exited"
