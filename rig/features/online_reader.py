@@ -428,10 +428,8 @@ class RedisLayoutReader:
             return parse_replies(chunks(), count, len(self.hash_fields), len(self.feature_names), tag)
         except _replies.ReplyError as error:
             message = str(error)
-            if message.startswith(
-                "LOADING"
-            ):  # a restarting Redis reading its dump: waited for, as redis-py does
-                raise redis.BusyLoadingError(message) from error
+            if message.startswith("LOADING"):  # a restarting Redis reading its dump: waited for
+                raise redis.BusyLoadingError(message) from error  # as redis-py's own parser raises it
             raise redis.ResponseError(message) from error
         except ValueError as error:  # not what Redis answers to HMGET: as redis-py's parser says it
             raise redis.InvalidResponse(f"Protocol error: {error}") from error

@@ -254,8 +254,8 @@ class ControlFollower:
             if self.caught_up.is_set():
                 self._unapplied = self.table
         if self._purges or self._unapplied is not None:
-            self._retry_at, self._retry_delay_s = 0.0, RETRY_FIRST_S  # news: tried at once
-            self._apply_pending()
+            # News: tried at once, by the loop's next turn (`_run`), not after the backoff.
+            self._retry_at, self._retry_delay_s = 0.0, RETRY_FIRST_S
 
     def _apply_pending(self) -> None:
         """Hand the callbacks what they have not taken yet, purges first (in order), when due."""

@@ -29,11 +29,12 @@ FATAL_EXIT_CODE = 70
 
 
 def exit_if_fatal(error: KafkaError, producer: str) -> None:
-    """Exit the process when `error` is fatal to the producer: an idempotent or transactional producer
-    cannot go on after one (e.g. fenced by a newer one with the same transactional id), only a new
-    process can; what was not committed is redone by the partitions' next owner. `os._exit`, not
-    `SystemExit`: raised in the producer's poll thread, that would only end the thread, and the
-    worker would stall with nobody reading its delivery reports."""
+    """Exit the process when `error` is fatal to the producer: the idempotent producer cannot go on
+    after one, nor can a transactional one whose id the cluster refuses at start; what was not
+    committed is redone by the partitions' next owner. (A transactional producer that fails later is
+    replaced in the worker: `TransactionalSink`.) `os._exit`, not `SystemExit`: raised in the
+    producer's poll thread, that would only end the thread, and the worker would stall with nobody
+    reading its delivery reports."""
     if error.fatal():
         log.critical("fatal %s producer error, exiting for a restart: %s", producer, error)
         os._exit(FATAL_EXIT_CODE)

@@ -3,7 +3,6 @@ until taken, and the follower goes on following."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -14,15 +13,9 @@ from rig.routing.control import ControlFollower, publish_control
 from rig.routing.table import RoutingTable, purge_cache_event, set_golden_event
 from rig.wire.records import ControlEvent
 from rig.wire.topics import ensure_topics
+from tests.e2e.conftest import eventually
 
 pytestmark = pytest.mark.integration
-
-
-def eventually(probe: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not probe():
-        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
-        time.sleep(0.05)
 
 
 class Refusing:
@@ -63,17 +56,17 @@ def test_a_refused_routing_is_retried_until_taken_and_the_follower_follows_on(se
         reason = follower.unapplied()
         assert reason is not None and "golden risk.1 refused" in reason, reason
 
-        eventually(lambda: callbacks.refusals >= 3, "retried while refused")
+        eventually(lambda: callbacks.refusals >= 3, 30, "retried while refused")
         syncing.clear()  # the model file arrived
-        eventually(lambda: [t.golden for t in callbacks.tables] == ["risk.1"], "the routing taken")
+        eventually(lambda: [t.golden for t in callbacks.tables] == ["risk.1"], 30, "the routing taken")
         assert follower.unapplied() is None and follower.failure() is None
 
         # A newer table replaces one still refused: only the newest is taken.
         syncing.add("golden risk.2")
         publish_control(settings, set_golden_event("risk.2", actor="test"))
-        eventually(lambda: follower.unapplied() is not None, "risk.2 refused")
+        eventually(lambda: follower.unapplied() is not None, 30, "risk.2 refused")
         publish_control(settings, set_golden_event("risk.3", actor="test"))
-        eventually(lambda: [t.golden for t in callbacks.tables] == ["risk.1", "risk.3"], "risk.3 taken")
+        eventually(lambda: [t.golden for t in callbacks.tables] == ["risk.1", "risk.3"], 30, "risk.3 taken")
         assert follower.unapplied() is None
     finally:
         follower.stop()
@@ -89,10 +82,10 @@ def test_a_refused_purge_is_retried_in_order_before_later_ones(settings: RigSett
         follower.start().wait_caught_up()
         publish_control(settings, purge_cache_event("test", entity_id="e1"))
         publish_control(settings, purge_cache_event("test", entity_id="e2"))
-        eventually(lambda: callbacks.refusals >= 2, "the purge retried")
+        eventually(lambda: callbacks.refusals >= 2, 30, "the purge retried")
         assert callbacks.purges == [], "a later purge does not overtake a refused one"
         redis_away.clear()
-        eventually(lambda: callbacks.purges == ["e1", "e2"], "both purges taken, in order")
+        eventually(lambda: callbacks.purges == ["e1", "e2"], 30, "both purges taken, in order")
         assert follower.unapplied() is None and follower.failure() is None
     finally:
         follower.stop()
