@@ -20,6 +20,13 @@ class Unavailable(RigError):
     dependency = "a dependency"
 
 
+class SchemaRegistryUnavailable(Unavailable, CodecError):
+    """The schema registry does not answer (refused, timed out, or any error but "not found" and a
+    refused schema): a message whose schema it must look up waits, it is never dead-lettered."""
+
+    dependency = "the schema registry"
+
+
 class TopicError(RigError):
     """A Kafka topic could not be created or described, or exists with the wrong configuration."""
 

@@ -195,17 +195,21 @@ class Join:
         (published once those are delivered: a changelog record of a joined entry must never be on Kafka
         without the rows it says were emitted) and, per partition, the store changes to write once both
         are published."""
+        # What may wait for the schema registry comes first, before anything is counted or changed:
+        # the batch is tried again then (`Plane.until_available`).
+        self.joined_codec.register()
+        self.dead_letter_codec.register()
+        by_partition: dict[int, list[tuple[Message, Prediction | Outcome | Rejected]]] = {}
+        for message in batch.messages:
+            by_partition.setdefault(message.partition(), []).append((message, self._decode(message)))
         outputs: list[Outgoing] = []
         changelog: list[Outgoing] = []
         changes: dict[int, list[Change]] = {}
-        by_partition: dict[int, list[Message]] = {}
-        for message in batch.messages:
-            by_partition.setdefault(message.partition(), []).append(message)
-        for partition, messages in by_partition.items():
+        for partition, decoded in by_partition.items():
             state = self.held.get(partition)
             if state is None:
                 continue  # let go meanwhile: its new owner reads it from the last commit
-            events = list(self._events(partition, messages, outputs))
+            events = list(self._events(partition, decoded, outputs))
             changes[partition] = self._apply(state, events, outputs)
             changelog += self._changelog_records(partition, changes[partition])
         return outputs, changelog, changes
@@ -218,13 +222,15 @@ class Join:
                 state.store.write(partition_changes)
 
     def _events(
-        self, partition: int, messages: list[Message], outputs: list[Outgoing]
+        self,
+        partition: int,
+        messages: list[tuple[Message, Prediction | Outcome | Rejected]],
+        outputs: list[Outgoing],
     ) -> Iterator[tuple[str, str, dict[str, object], int]]:
-        """(kind, request id, compact record, source ms) of each usable message; bad ones become
-        dead letters (outcomes with a label the promoter cannot score among them), ones on the wrong
-        partition are re-routed."""
-        for message in messages:
-            decoded = self._decode(message)
+        """(kind, request id, compact record, source ms) of each usable (message, decoded record); bad
+        ones become dead letters (outcomes with a label the promoter cannot score among them), ones on
+        the wrong partition are re-routed."""
+        for message, decoded in messages:
             if isinstance(decoded, Rejected):
                 outputs.append(self._dead_letter(message, decoded.reason, decoded.error_type))
                 continue
@@ -354,7 +360,10 @@ def install_join(app: faust.App, settings: RigSettings, metrics: WorkerMetrics) 
         await asyncio.to_thread(check_copartitioned, settings, topics)
 
         async def handle(batch: SourceBatch) -> None:
-            outputs, changelog, changes = await asyncio.to_thread(join.join_batch, batch)
+            joined = await plane.until_available(batch, lambda: asyncio.to_thread(join.join_batch, batch))
+            if joined is None:
+                return
+            outputs, changelog, changes = joined
             await plane.sink.publish(batch.batch_id, outputs, after=changelog)
             await asyncio.to_thread(join.write, changes)  # after: an aborted transaction left no trace
 

@@ -18,7 +18,7 @@ import numpy as np
 from confluent_kafka import Message
 
 from rig.config import RigSettings
-from rig.errors import GoldenUnavailable, Unavailable
+from rig.errors import GoldenUnavailable
 from rig.features.enrich import enrich
 from rig.serving.cached_scores import fill_cache, look_up, merge
 from rig.serving.dispatch import TrafficLimiter, plan_batch
@@ -32,9 +32,6 @@ from streams.plane.source import SourceBatch
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-FIRST_RETRY_S = 0.1
-LAST_RETRY_S = 5.0
 
 
 @dataclass
@@ -205,27 +202,17 @@ async def serve(runtime: Runtime, plane: Plane, batch: SourceBatch) -> None:
     sources = [source_of(message) for message in batch.messages]
     metrics = runtime.metrics
     metrics.consumed(len(sources))
-    delay, waited_for = FIRST_RETRY_S, set[str]()
-    while True:
-        if not plane.source.owns(batch):
-            log.info(
-                "batch given up, its partitions moved batch=%d requests=%d", batch.batch_id, len(sources)
-            )
-            for dependency in waited_for:  # a wait nobody carries on would keep readiness off, and
-                plane.health.forget(dependency)  # explain every later stall: no exit for a restart
-            return
-        try:
-            result = await answer(runtime, sources)
-            break
-        except Unavailable as error:
-            plane.health.waiting(error.dependency, str(error))
-            waited_for.add(error.dependency)
-            await asyncio.sleep(delay)
-            delay = min(LAST_RETRY_S, delay * 2)
-    for dependency in waited_for:
-        plane.health.recovered(dependency)
+
+    async def attempt() -> tuple[Answer, list[Outgoing]]:
+        result = await answer(runtime, sources)
+        return result, list(outputs(runtime, result))  # encoded here: a schema registry may be away
+
+    answered = await plane.until_available(batch, attempt)
+    if answered is None:
+        return
+    result, published = answered
     publishing = time.perf_counter()
-    await plane.sink.publish(batch.batch_id, outputs(runtime, result))
+    await plane.sink.publish(batch.batch_id, published)
     metrics.staged({**result.stages_ms, "publish": (time.perf_counter() - publishing) * 1000})
     metrics.published(result.received_ms, time.time() * 1000)
     metrics.scored(result.scores, result.golden)

@@ -169,10 +169,12 @@ class Promotion:
     ) -> tuple[list[Outgoing], list[JoinedOutcome], list[JoinedOutcome]]:
         """Decode a batch's joined rows and fold them into the tests: its dead letters, the rows
         folded and those seen for the first time."""
+        self.decision_codec.register()  # what may wait for the schema registry comes first
+        self.dead_letter_codec.register()
         outputs: list[Outgoing] = []
         rows: list[JoinedOutcome] = []
-        for message in batch.messages:
-            row = self.joined_codec.decode(message.value() or b"")
+        decoded = [(message, self.joined_codec.decode(message.value() or b"")) for message in batch.messages]
+        for message, row in decoded:
             if isinstance(row, Rejected):
                 outputs.append(self._dead_letter(message, row.reason, row.error_type))
                 continue
@@ -185,7 +187,12 @@ class Promotion:
 
     async def handle(self, batch: SourceBatch, sink: Sink) -> None:
         """Fold a batch of joined rows into the sequential tests, publish what they decide and, in
-        `auto` mode, apply it; save the tests' state when due."""
+        `auto` mode, apply it; save the tests' state when due.
+
+        Raises:
+            SchemaRegistryUnavailable: before anything of the batch is folded or published (the batch
+                is tried again).
+        """
         if self.restored is not None:
             self.loop, self.restored, self.unsaved = self.restored, None, None
         routing = self.runtime.routing
@@ -376,7 +383,11 @@ def install_promoter(
         promotion = Promotion(settings, await get_runtime(), metadata, plane.ledger.position, metrics)
         await promotion.start()
         held.append(promotion)
-        return lambda batch: promotion.handle(batch, plane.sink)
+
+        async def handle(batch: SourceBatch) -> None:
+            await plane.until_available(batch, lambda: promotion.handle(batch, plane.sink))
+
+        return handle
 
     async def save_state() -> bool:
         await held[0].record_quality(int(time.time() * 1000))

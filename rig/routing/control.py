@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from rig.config import RigSettings
+from rig.errors import SchemaRegistryUnavailable
 from rig.routing.table import (
     EMPTY_ROUTING,
     GOLDEN_PREFIX,
@@ -196,7 +197,9 @@ class ControlFollower:
                         log.warning("control read error topic=%s error=%s", topic, error)
                         continue
                     value = message.value()
-                    decoded = None if value is None else self._codec.decode(value)
+                    decoded = None if value is None else self._decoded(value)
+                    if self._stop.is_set():
+                        return  # stopped while waiting for the schema registry
                     records.append((message.key() or b"", decoded))
                 if records:
                     self._fold(records, topic)
@@ -236,6 +239,20 @@ class ControlFollower:
                 self._stop.wait(delay)
                 delay = min(5.0, delay * 2)
         return None
+
+    def _decoded(self, value: bytes) -> ControlEvent | Rejected | None:
+        """A control record decoded, waiting while the schema registry does not answer (from
+        `RETRY_FIRST_S` doubling to `RETRY_MAX_S`): a routing change is never skipped for that. None
+        when stopped meanwhile."""
+        delay_s = RETRY_FIRST_S
+        while True:
+            try:
+                return self._codec.decode(value)
+            except SchemaRegistryUnavailable as error:
+                log.warning("control record waits for %s: %s", error.dependency, error)
+                if self._stop.wait(delay_s):
+                    return None
+                delay_s = min(RETRY_MAX_S, delay_s * 2)
 
     def _fold(self, records: list[tuple[bytes, ControlEvent | Rejected | None]], topic: str) -> None:
         if self.caught_up.is_set():

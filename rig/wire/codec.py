@@ -33,7 +33,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import expand_schema, fingerprint, to_parsing_canonical_form
 from fastavro.validation import ValidationError, validate
 
-from rig.errors import CodecError
+from rig.errors import CodecError, SchemaRegistryUnavailable
 from rig.wire.avro_compiler import INT_RANGES
 from rig.wire.avro_reader import compile_reader
 from rig.wire.avro_writer import compile_writer
@@ -46,9 +46,15 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 DEFAULT_MAX_BYTES = 1_000_000
 """A codec's `max_bytes` unless given: Kafka's default limit on a message (1 MiB) with room for headers."""
 _MAX_CACHED_SCHEMA_IDS = 1024
-# After a registry failure, ids not cached yet are refused without asking it for this long: every
-# lookup is a synchronous HTTP call on the event loop, and an outage must not make each message one.
-_REGISTRY_RETRY_S = 10.0
+# After a registry failure, ids not cached yet wait this long before it is asked again: a lookup is a
+# synchronous HTTP call (on the event loop in the predict path), and an outage must not make each
+# message one. The same reason bounds each call (no retries inside the client: the caller's batch is
+# retried, with the worker's backoff and readiness).
+_REGISTRY_RETRY_S = 5.0
+_REGISTRY_TIMEOUT_S = 5.0
+_REGISTRY_REFUSALS = frozenset({404, 409, 422})
+"""HTTP statuses that are the registry's answer (no such id or subject, an incompatible or invalid
+schema); any other failure means it is away."""
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 
 T = TypeVar("T", bound=Record)
@@ -186,12 +192,20 @@ def _schemas_by_fingerprint(schemas_dir: Path) -> dict[bytes, str]:
     return names
 
 
+def _registry_refused(error: Exception) -> bool:
+    """Whether a registry call's error is the registry's answer (see `_REGISTRY_REFUSALS`), not an
+    outage."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    return isinstance(error, SchemaRegistryError) and error.http_status_code in _REGISTRY_REFUSALS
+
+
 @functools.cache
 def _registry_client(url: str) -> Any:
     """One client per URL, so that codecs on one `mock://` URL share one in-memory registry."""
     from confluent_kafka.schema_registry import SchemaRegistryClient  # heavy: imported on use
 
-    return SchemaRegistryClient.new_client({"url": url})
+    return SchemaRegistryClient.new_client({"url": url, "timeout": _REGISTRY_TIMEOUT_S, "max.retries": 0})
 
 
 class Shape(Protocol):
@@ -363,20 +377,33 @@ class Codec(Generic[T]):
                 detail = str(validation)
             raise CodecError(f"invalid {self.full_name} record: {detail}") from exc
 
-    def _confluent_header(self) -> bytes:
-        if self._schema_id is None:
+    def register(self) -> None:
+        """Look up (registering it if need be) this codec's schema id in the schema registry, once: an
+        `encode` after it never calls the registry. Nothing to do without a registry.
+
+        Raises:
+            SchemaRegistryUnavailable: the registry does not answer (wait and call again).
+            CodecError: the registry refused the schema (e.g. incompatible with the subject's).
+        """
+        if self._registry_url is not None and self._schema_id is None:
             from confluent_kafka.schema_registry import Schema
 
             try:
                 client = _registry_client(str(self._registry_url))
                 self._schema_id = client.register_schema(self._subject, Schema(self._raw_json, "AVRO"))
             except Exception as exc:
-                raise CodecError(f"cannot register {self.full_name} under {self._subject!r}: {exc}") from exc
-        return bytes([CONFLUENT_MAGIC]) + int(self._schema_id).to_bytes(4, "big")
+                what = f"cannot register {self.full_name} under {self._subject!r}: {exc}"
+                if _registry_refused(exc):
+                    raise CodecError(what) from exc
+                raise SchemaRegistryUnavailable(what) from exc
+
+    def _confluent_header(self) -> bytes:
+        self.register()
+        return bytes([CONFLUENT_MAGIC]) + int(self._schema_id or 0).to_bytes(4, "big")
 
     # -- decode -------------------------------------------------------------------------------
     def decode(self, data: bytes) -> T | Rejected:
-        """Decode one message in any configured format; never raises.
+        """Decode one message in any configured format. Bad bytes never raise: they are Rejected.
 
         Args:
             data: The message value as read from Kafka.
@@ -384,6 +411,10 @@ class Codec(Generic[T]):
         Returns:
             The record, or a Rejected with the reason and an ErrorType (INVALID_RECORD, naming the
             field, for a message that decodes but does not fit the record class).
+
+        Raises:
+            SchemaRegistryUnavailable: a Confluent-framed message whose schema id is not cached, while
+                the registry does not answer: the message is fine, it must wait (never dead-lettered).
         """
         if not isinstance(data, bytes):
             if data is None:
@@ -470,44 +501,50 @@ class Codec(Generic[T]):
 
     def _cached_writer_schema(self, schema_id: int) -> dict[str, Any] | str | None:
         """`_writer_schema` behind a cache of the most recently used ids, refusals included, so that a
-        flood of unknown ids costs one registry call each; while the registry is failing, uncached
-        ids are refused without calling it."""
+        flood of unknown ids costs one registry call each; for `_REGISTRY_RETRY_S` after the registry
+        failed, an uncached id raises SchemaRegistryUnavailable again without calling it."""
         if schema_id in self._writers:
             self._writers.move_to_end(schema_id)
             return self._writers[schema_id]
         now = time.monotonic()
         if now < self._registry_retry_at:
             wait = self._registry_retry_at - now
-            return f"schema registry failing; schema id {schema_id} not looked up (retry in {wait:.1f} s)"
-        writer, final = self._writer_schema(schema_id)
-        if not final:
+            raise SchemaRegistryUnavailable(
+                f"schema registry failing; schema id {schema_id} not looked up (asked again in {wait:.1f} s)"
+            )
+        try:
+            writer = self._writer_schema(schema_id)
+        except SchemaRegistryUnavailable:
             self._registry_retry_at = now + _REGISTRY_RETRY_S
-            return writer
+            raise
         self._writers[schema_id] = writer
         if len(self._writers) > _MAX_CACHED_SCHEMA_IDS:
             self._writers.popitem(last=False)
         return writer
 
-    def _writer_schema(self, schema_id: int) -> tuple[dict[str, Any] | str | None, bool]:
+    def _writer_schema(self, schema_id: int) -> dict[str, Any] | str | None:
         """The writer schema of an id: None when it is ours, a parsed schema to resolve to ours, or
-        the reason it is unusable; and whether the answer is final (a registry outage is not)."""
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
+        the reason it is unusable (the registry's answer, cached).
 
+        Raises:
+            SchemaRegistryUnavailable: the registry did not answer (an outage is never an answer).
+        """
         try:
             registered = _registry_client(str(self._registry_url)).get_schema(schema_id)
-        except SchemaRegistryError as exc:
-            final = exc.http_status_code == 404
-            return f"schema id {schema_id} unknown to the registry: {exc}", final
-        except Exception as exc:  # noqa: BLE001 - network errors of any kind
-            return f"schema registry unreachable for schema id {schema_id}: {exc}", False
+        except Exception as exc:  # network errors of any kind (re-raised): the registry is away
+            if _registry_refused(exc):
+                return f"schema id {schema_id} unknown to the registry: {exc}"
+            raise SchemaRegistryUnavailable(
+                f"schema registry failing for schema id {schema_id}: {exc}"
+            ) from exc
         try:
             writer = parse_schema(_strip_logical_types(json.loads(registered.schema_str)))
         except Exception as exc:  # noqa: BLE001 - fastavro raises many types for a bad schema
-            return f"schema id {schema_id} is not a valid Avro schema: {exc}", True
+            return f"schema id {schema_id} is not a valid Avro schema: {exc}"
         if not isinstance(writer, dict) or writer.get("name") != self.full_name:
             name = writer.get("name") if isinstance(writer, dict) else writer
-            return f"schema id {schema_id} is {name}, not {self.full_name}", True
-        return (None if to_parsing_canonical_form(writer) == self._canonical else writer), True
+            return f"schema id {schema_id} is {name}, not {self.full_name}"
+        return None if to_parsing_canonical_form(writer) == self._canonical else writer
 
     def _decode_json(self, data: bytes) -> T | Rejected:
         try:

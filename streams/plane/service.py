@@ -15,10 +15,12 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import faust
 from mode import Service
 
+from rig.errors import Unavailable
 from streams.metrics import WorkerMetrics
 from streams.plane.health import Health
 from streams.plane.ledger import OffsetLedger
@@ -28,6 +30,12 @@ from streams.plane.source import BatchSource, SourceBatch, SourceSettings
 from streams.plane.transactions import TransactionalSink
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+FIRST_RETRY_S = 0.1
+LAST_RETRY_S = 5.0
+"""The backoff of a batch waiting for a dependency (`Plane.until_available`): 0.1 s doubling to 5 s."""
 
 CRASH_EXIT_CODE = 70
 """Exit code of a worker whose batch handler met an error it cannot handle; its supervisor restarts
@@ -99,6 +107,31 @@ class Plane:
         joins its group (models loaded and warmed first). An error the handler raises exits the
         worker for a restart."""
         self._start = start
+
+    async def until_available(self, batch: SourceBatch, attempt: Callable[[], Awaitable[T]]) -> T | None:
+        """`attempt()` the work of a batch until no dependency it needs is away: each `Unavailable` is
+        waited out with backoff, readiness naming it, and nothing of the batch is published meanwhile
+        (`attempt` must have no effect it would repeat). None when the batch's partitions were revoked
+        or lost meanwhile: given up, their new owner does it from the committed offsets."""
+        delay, waited_for = FIRST_RETRY_S, set[str]()
+        while self.source.owns(batch):
+            try:
+                result = await attempt()
+            except Unavailable as error:
+                self.health.waiting(error.dependency, str(error))
+                waited_for.add(error.dependency)
+                await asyncio.sleep(delay)
+                delay = min(LAST_RETRY_S, delay * 2)
+                continue
+            for dependency in waited_for:
+                self.health.recovered(dependency)
+            return result
+        log.info(
+            "batch given up, its partitions moved batch=%d messages=%d", batch.batch_id, len(batch.messages)
+        )
+        for dependency in waited_for:  # a wait nobody carries on would keep readiness off, and
+            self.health.forget(dependency)  # explain every later stall: no exit for a restart
+        return None
 
     def every(self, interval_s: float, tick: Tick) -> None:
         """Run `tick` about every `interval_s`, in turn with the batches (never at the same time)."""

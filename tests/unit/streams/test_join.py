@@ -8,6 +8,7 @@ import pytest
 from confluent_kafka import Message
 
 from rig.config import RigSettings
+from rig.errors import SchemaRegistryUnavailable
 from rig.feedback.join import StreamClock
 from rig.feedback.join_store import JoinStore
 from rig.wire.codec import Codec
@@ -119,3 +120,26 @@ def test_a_partition_let_go_with_batches_unfinished_is_restored_when_it_comes_ba
 
     assert 0 not in join.held
     assert join.let_go[0].changelog_end is None, "matches no changelog end: restored if it comes back"
+
+
+def test_a_batch_that_meets_the_schema_registry_away_changes_and_counts_nothing(
+    settings: RigSettings, registry_away: None
+) -> None:
+    join = Join(settings.model_copy(update={"topic_partitions": 1, "schema_registry_url": "mock://join"}))
+    store = JoinStore(settings.home / "join-0", join.retention_ms)
+    join.held[0] = Partition(store, StreamClock(0, join.retention_ms, SOURCES))
+    framed = b"\x00" + (7).to_bytes(4, "big") + Codec(Prediction).encode(prediction("r-2"))[10:]
+    batch = SourceBatch(
+        1,
+        [
+            message(join.settings.topic("outcomes"), 0, BAD_OUTCOME),  # a dead letter, before the wait
+            message(join.settings.topic("predictions"), 0, framed),  # its writer schema cannot be looked up
+        ],
+    )
+    try:
+        with pytest.raises(SchemaRegistryUnavailable, match="schema id 7"):
+            join.join_batch(batch)  # the batch is tried again later, as a whole
+
+        assert not join.counts and store.get_many(["r-bad", "r-2"]) == [None, None]
+    finally:
+        store.close()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from rig.serving.dispatch import TrafficLimiter
 from rig.wire.records import ExperimentScore, ModelScore, Prediction, Request
 from streams.predict import disagreements
@@ -47,32 +45,3 @@ def test_the_first_disagreements_go_to_the_explainer_as_many_as_its_rate_allows(
     now[0] += 10.0
     assert disagreements(requests, predictions, 0.95, limiter, 2.0) == []  # none over that threshold
     assert limiter.available("explain", 2.0) == 2  # and no token taken for them
-
-
-def test_a_batch_given_up_while_waiting_leaves_no_wait_behind(monkeypatch: pytest.MonkeyPatch) -> None:
-    import asyncio
-    from types import SimpleNamespace
-
-    from rig.errors import FeatureStoreUnavailable
-    from streams import predict
-    from streams.plane.health import Health
-
-    async def redis_away(runtime: object, sources: object) -> None:
-        raise FeatureStoreUnavailable("Redis refused the connection")
-
-    monkeypatch.setattr(predict, "answer", redis_away)
-    owned = iter([True, False])  # the batch's partitions move while it waits
-    now = [0.0]
-    health = Health(lambda: now[0])
-    health.assigned(1)
-    plane = SimpleNamespace(source=SimpleNamespace(owns=lambda batch: next(owned)), health=health)
-    runtime = SimpleNamespace(metrics=SimpleNamespace(consumed=lambda n: None))
-    batch = SimpleNamespace(batch_id=1, messages=[])
-
-    asyncio.run(predict.serve(runtime, plane, batch))  # type: ignore[arg-type]
-
-    assert health.readiness().ready, health.readiness().reasons
-    assert not health.waits_for(FeatureStoreUnavailable.dependency)
-    health.stalled({"rig.requests[0]": 30.0})
-    now[0] = 10.0
-    assert health.unexplained_stall_s() == 10.0, "a wait nobody carries on explains no later stall"

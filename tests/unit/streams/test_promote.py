@@ -14,7 +14,7 @@ from confluent_kafka import Message
 from msgspec.structs import replace
 
 from rig.config import RigSettings
-from rig.errors import RigError
+from rig.errors import RigError, SchemaRegistryUnavailable
 from rig.feedback.metadata import MetadataStore
 from rig.feedback.promotion import manual_decision
 from rig.routing.table import RoutingTable, control_key, fold, set_golden_event, start_experiment_event
@@ -216,3 +216,24 @@ def test_model_quality_and_label_delays_are_recorded_once_per_window_not_once_pe
     asyncio.run(promotion.record_quality(promotion.next_ms["quality"] + QUALITY_WINDOW_S * 1000))
     assert len(store.model_metrics("risk.1")) == 2, "an empty window is not recorded"
     store.close()
+
+
+def test_a_batch_that_meets_the_schema_registry_away_folds_and_publishes_nothing(
+    settings: RigSettings, registry_away: None
+) -> None:
+    table = golden_and_shadow()
+    promotion = Promotion(
+        settings.model_copy(update={"schema_registry_url": "mock://promote"}),
+        SimpleNamespace(routing=table),
+        None,
+    )
+    rows = pair("r1", 1, 10)
+    framed = b"\x00" + (7).to_bytes(4, "big") + Codec(JoinedOutcome).encode(rows[1])[10:]
+    messages = [*joined_messages(settings, rows[:1]), Message(topic=settings.topic("joined"), value=framed)]
+    sink = KeptSink()
+
+    with pytest.raises(SchemaRegistryUnavailable, match="schema id 7"):
+        asyncio.run(promotion.handle(SourceBatch(1, messages), sink))  # tried again later, as a whole
+
+    assert sink.published == []
+    assert promotion.loop.observe(rows[:1], table) == rows[:1], "the row before the wait was not folded"

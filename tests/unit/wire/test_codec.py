@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import json
 import random
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,7 +22,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from fastavro.schema import to_parsing_canonical_form
 from msgspec.structs import replace
 
-from rig.errors import CodecError
+from rig.errors import CodecError, SchemaRegistryUnavailable
 from rig.wire.codec import SCHEMAS_DIR, Codec, ErrorType, Rejected, load_schema
 from rig.wire.records import (
     AnchorRule,
@@ -502,7 +503,9 @@ def test_registry_is_asked_once_for_an_unknown_id_however_many_came_before(
     assert asked[1] == 2  # the oldest answers leave the cache: it is bounded
 
 
-def test_a_failing_registry_is_asked_again_only_after_its_retry_time(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_registry_makes_messages_wait_and_is_asked_again_only_after_its_retry_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     mock_client = type(SchemaRegistryClient.new_client({"url": "mock://probe"}))
     asked: list[int] = []
 
@@ -513,14 +516,31 @@ def test_a_failing_registry_is_asked_again_only_after_its_retry_time(monkeypatch
     monkeypatch.setattr(mock_client, "get_schema", failing_get_schema)
     codec = Codec(Request, registry_url="mock://failing")
     now = time.monotonic()
+    reasons = []
     with monkeypatch.context() as clock:
         clock.setattr(time, "monotonic", lambda: now)
-        reasons = [_rejected(codec.decode(_confluent(schema_id))).reason for schema_id in range(1, 101)]
+        for schema_id in range(1, 101):
+            with pytest.raises(SchemaRegistryUnavailable) as away:
+                codec.decode(_confluent(schema_id))
+            reasons.append(str(away.value))
         now += 60.0
-        _rejected(codec.decode(_confluent(7)))
+        with pytest.raises(SchemaRegistryUnavailable):
+            codec.decode(_confluent(7))
 
     assert asked == [1, 7]
     assert "registry down" in reasons[0] and all("registry failing" in reason for reason in reasons[1:])
+
+
+def test_a_registry_nobody_answers_for_is_an_outage_to_wait_for_not_a_bad_message() -> None:
+    with socket.socket() as probe:  # a port that refuses connections: the registry is down
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    codec = Codec(Request, registry_url=url)
+
+    with pytest.raises(SchemaRegistryUnavailable, match="schema id 3"):
+        codec.decode(_confluent(3))
+    with pytest.raises(SchemaRegistryUnavailable, match=r"cannot register rig\.Request"):
+        codec.encode(SAMPLES["Request"])
 
 
 def test_confluent_message_of_another_schema_is_rejected_as_unknown_schema() -> None:
