@@ -18,6 +18,7 @@ import numpy as np
 
 from rig.cache.store import PredictionCache
 from rig.config import RigSettings
+from rig.errors import SchemaRegistryUnavailable
 from rig.features.online_reader import OnlineReader
 from rig.transform.fitted import FittedTransform
 from rig.wire.codec import Codec, Rejected
@@ -71,7 +72,10 @@ def recent_requests(
                 if message.error():
                     continue
                 read += 1
-                decoded = codec.decode(message.value() or b"")
+                try:
+                    decoded = codec.decode(message.value() or b"")
+                except SchemaRegistryUnavailable:
+                    continue  # the replay only pre-fills the cache: a routing change never waits for it
                 if not isinstance(decoded, Rejected):
                     requests.append(decoded)
         return requests
