@@ -30,3 +30,20 @@ def kafka_bootstrap() -> str:
         pytest.fail(f"no Kafka broker at {bootstrap} ({exc}); start one with ops/kafka/up")
     assert metadata.brokers, f"Kafka at {bootstrap} has no brokers"
     return bootstrap
+
+
+def take_registry_away(patch: pytest.MonkeyPatch) -> None:
+    """Make `mock://` schema registries register schemas but never answer a schema id lookup (as a
+    registry that went away after start-up), until `patch` is undone."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    def get_schema(self: object, schema_id: int, *args: object, **kwargs: object) -> None:
+        raise ConnectionError("registry down")
+
+    patch.setattr(type(SchemaRegistryClient.new_client({"url": "mock://probe"})), "get_schema", get_schema)
+
+
+@pytest.fixture
+def registry_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mock://` schema registries that never answer a schema id lookup (`take_registry_away`)."""
+    take_registry_away(monkeypatch)

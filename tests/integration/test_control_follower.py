@@ -13,6 +13,7 @@ from rig.routing.control import ControlFollower, publish_control
 from rig.routing.table import RoutingTable, purge_cache_event, set_golden_event
 from rig.wire.records import ControlEvent
 from rig.wire.topics import ensure_topics
+from tests.conftest import take_registry_away
 from tests.e2e.conftest import eventually
 
 pytestmark = pytest.mark.integration
@@ -87,5 +88,30 @@ def test_a_refused_purge_is_retried_in_order_before_later_ones(settings: RigSett
         redis_away.clear()
         eventually(lambda: callbacks.purges == ["e1", "e2"], 30, "both purges taken, in order")
         assert follower.unapplied() is None and follower.failure() is None
+    finally:
+        follower.stop()
+
+
+def test_a_control_record_waits_for_the_schema_registry_and_is_applied_when_it_answers(
+    settings: RigSettings,
+) -> None:
+    settings = settings.model_copy(update={"schema_registry_url": f"mock://{settings.topic_prefix}"})
+    ensure_topics(settings)
+    publish_control(settings, set_golden_event("risk.1", actor="test"))  # registered, framed with its id
+    with pytest.MonkeyPatch.context() as away:
+        take_registry_away(away)  # the registry goes away before the follower reads
+        follower = ControlFollower(settings)
+        follower.start()
+        try:
+            assert not follower.caught_up.wait(3), (
+                "a record it cannot decode yet is neither skipped nor applied"
+            )
+            assert follower.failure() is None
+        except BaseException:
+            follower.stop()
+            raise
+    try:
+        table = follower.wait_caught_up(30)  # the registry answers again: the record is read
+        assert table.golden == "risk.1" and follower.failure() is None
     finally:
         follower.stop()

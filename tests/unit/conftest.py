@@ -17,17 +17,3 @@ def store(tmp_path: Path) -> Iterator[MetadataStore]:
     opened.create_schema()
     yield opened
     opened.close()
-
-
-@pytest.fixture
-def registry_away(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`mock://` schema registries register schemas but never answer a schema id lookup (as a
-    registry that went away after start-up)."""
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
-    def get_schema(self: object, schema_id: int, *args: object, **kwargs: object) -> None:
-        raise ConnectionError("registry down")
-
-    monkeypatch.setattr(
-        type(SchemaRegistryClient.new_client({"url": "mock://probe"})), "get_schema", get_schema
-    )
