@@ -204,8 +204,12 @@ async def serve(runtime: Runtime, plane: Plane, batch: SourceBatch) -> None:
     metrics.consumed(len(sources))
 
     async def attempt() -> tuple[Answer, list[Outgoing]]:
+        # What may wait for the schema registry comes first (a batch answered twice takes its explain
+        # and A/B traffic tokens twice); explain requests are encoded, and so registered, in `outputs`.
+        runtime.prediction_codec.register()
+        runtime.dead_letter_codec.register()
         result = await answer(runtime, sources)
-        return result, list(outputs(runtime, result))  # encoded here: a schema registry may be away
+        return result, list(outputs(runtime, result))
 
     answered = await plane.until_available(batch, attempt)
     if answered is None:
