@@ -399,7 +399,8 @@ class Codec(Generic[T]):
 
     def _confluent_header(self) -> bytes:
         self.register()
-        return bytes([CONFLUENT_MAGIC]) + int(self._schema_id or 0).to_bytes(4, "big")
+        assert self._schema_id is not None, "register() sets it or raises"  # never schema id 0
+        return bytes([CONFLUENT_MAGIC]) + int(self._schema_id).to_bytes(4, "big")
 
     # -- decode -------------------------------------------------------------------------------
     def decode(self, data: bytes) -> T | Rejected:
