@@ -734,6 +734,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+BUILD_EXTENSIONS = """
+import tomllib
+from setuptools import Distribution, Extension
+specs = tomllib.load(open("pyproject.toml", "rb"))["tool"]["setuptools"].get("ext-modules", [])
+extensions = [Extension(s["name"], s["sources"], extra_compile_args=s.get("extra-compile-args", []))
+              for s in specs]
+distribution = Distribution({"ext_modules": extensions})
+distribution.get_command_obj("build_ext").inplace = True
+distribution.run_command("build_ext")
+"""
+"""Builds a source tree's C extensions in place (its cwd): the venv's setuptools predates `ext-modules` in
+pyproject.toml, which `pip install` reads with a newer one of its own."""
+
+
 def run_before(args: argparse.Namespace) -> dict[str, Any]:
     """The agents of `BEFORE_AGENTS` that this run measures, measured first by `args.before`'s own
     bench_pipeline.py in a git worktree of that commit (its code and its bench, on the same broker,
@@ -750,6 +764,10 @@ def run_before(args: argparse.Namespace) -> dict[str, Any]:
             capture_output=True,
         )
         try:
+            # Its C extensions (build outputs, not in git), built in place from its pyproject.toml.
+            subprocess.run(
+                [sys.executable, "-c", BUILD_EXTENSIONS], cwd=tree, check=True, capture_output=True
+            )
             command = [
                 sys.executable,
                 str(tree / "bench" / "bench_pipeline.py"),
