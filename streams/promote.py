@@ -27,7 +27,7 @@ from confluent_kafka import Message
 from prometheus_client import CollectorRegistry
 
 from rig.config import RigSettings, masked_url
-from rig.errors import PromoterError, RigError, RoutingError
+from rig.errors import MetadataUnavailable, PromoterError, RigError, RoutingError
 from rig.feedback.delays import DelayModel, WindowConfig
 from rig.feedback.guardrails import GuardrailConfig
 from rig.feedback.join import invalid_joined_reason
@@ -143,11 +143,18 @@ class Promotion:
     def start_offsets(self, partitions: set[TP]) -> dict[TP, int]:
         """Called by the source (in its thread) with newly assigned partitions: when `rig.joined` is
         one, restore the saved state and start right after the rows it folded. Nothing saved, a store
-        that is away or a state this rig cannot continue: the committed offset, tests as they are."""
+        that failed or a state this rig cannot continue: the committed offset, tests as they are.
+
+        Raises:
+            MetadataUnavailable: the store does not answer: the source waits for it (starting over would
+                drop the evidence the saved tests hold).
+        """
         if self.joined not in partitions or self.metadata is None:
             return {}
         try:
             saved = self.metadata.load_promoter_state()
+        except MetadataUnavailable:
+            raise
         except RigError as error:
             log.warning("promoter state not read (its tests start over): %s", error)
             return {}
@@ -471,15 +478,16 @@ def record_window(metadata: MetadataStore, window: QualityWindow, window_end_ms:
 
 
 def open_metadata(settings: RigSettings) -> MetadataStore | None:
-    """The metadata store, or None (logged) when it cannot be opened: decisions still flow on Kafka."""
+    """The metadata store, its schema migrated; or None (logged) when its URL is bad or a migration
+    failed: decisions still flow on Kafka. A store that does not answer is the worker's all the same
+    (warned): it is migrated once it answers, and meanwhile what needs it waits or is logged."""
+    url = masked_url(settings.resolved_metadata_url)
     try:
         settings.home.mkdir(parents=True, exist_ok=True)
         store = MetadataStore(settings.resolved_metadata_url)
-        store.create_schema()
+        if not store.create_schema_when_reachable():
+            log.warning("metadata store not answering url=%s; its schema is migrated once it does", url)
         return store
     except RigError:
-        log.exception(
-            "metadata store unavailable url=%s; decisions are only published",
-            masked_url(settings.resolved_metadata_url),
-        )
+        log.exception("metadata store unusable url=%s; decisions are only published", url)
         return None

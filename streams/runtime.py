@@ -119,8 +119,9 @@ class Runtime:
     ) -> Runtime:
         """Build the runtime, read the routing, and load every routed model (blocking).
 
-        Models are verified against the checksums `metadata` recorded (`VerifiedRegistry`); with no
-        metadata store (it could not be opened), against their `meta.json` only (logged). The runtime
+        Models are verified against the checksums `metadata` recorded (`VerifiedRegistry`: a store that
+        does not answer makes their loading wait); with no metadata store (its URL is bad or its schema
+        could not be migrated), against their `meta.json` only (logged). The runtime
         and its cache record into `metrics` (the worker's; by default on a registry of their own).
         """
         if metadata is None:

@@ -24,9 +24,10 @@ Write semantics:
     save_promoter_state   one entry per promoter scope, replaced: the loop's state (bytes) and the
                           `rig.joined` offset after the last row it folded (a restart goes on there).
 
-Schema: `create_schema` applies the Alembic migrations of `rig.feedback.migrations` (on start and by
-`rig metadata upgrade`), so a store written by an older version is upgraded in place, and one written
-before migrations existed is adopted with its rows. A change to a table here needs a migration there.
+Schema: `create_schema` applies the Alembic migrations of `rig.feedback.migrations` (on start, or once
+the store answers: `create_schema_when_reachable`; and by `rig metadata upgrade`), so a store written by
+an older version is upgraded in place, and one written before migrations existed is adopted with its
+rows. A change to a table here needs a migration there.
 
 Retention: the windowed tables grow with time (a window per model per promoter batch, per worker
 process, per challenger...); `prune` deletes what is older than the retention
@@ -41,6 +42,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -318,6 +320,8 @@ class MetadataStore:
             )
         except (sa_exc.ArgumentError, ImportError, ValueError) as error:  # ValueError: a port not a number
             raise MetadataError(f"bad metadata store URL {masked_url(url)!r}: {error}") from error
+        self._schema_due = False  # see create_schema_when_reachable
+        self._schema_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -341,15 +345,33 @@ class MetadataStore:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         for attempt in (1, 2, 3):  # a concurrent creator on PostgreSQL makes ours fail; a retry sees it
             try:
-                with self._begin() as connection:
+                with self._begin(migrating=True) as connection:
                     if sqlite:  # its driver runs DDL outside any transaction unless one is open: open
                         # one holding the write lock, so concurrent creators wait for it and see its work
                         connection.exec_driver_sql("BEGIN IMMEDIATE")
                     migrations.upgrade(connection)
+                self._schema_due = False
                 return
+            except MetadataUnavailable:
+                raise
             except (MetadataError, sa_exc.IntegrityError, sa_exc.OperationalError) as error:
                 if attempt == 3:
                     raise MetadataError(f"cannot migrate the metadata schema: {error}") from error
+
+    def create_schema_when_reachable(self) -> bool:
+        """`create_schema` now, or, when the store does not answer, before the first transaction that
+        reaches it (a worker started while the store was away works with it once it is back). True
+        when the schema was migrated now.
+
+        Raises:
+            MetadataError: a migration failed (nothing of it applied).
+        """
+        try:
+            self.create_schema()
+            return True
+        except MetadataUnavailable:
+            self._schema_due = True
+            return False
 
     def schema_revision(self) -> str | None:
         """The migration the schema is at; None for a store that none was applied to (new, or written
@@ -685,9 +707,14 @@ class MetadataStore:
         self._replace(PROMOTER_STATUS, (PROMOTER_STATUS.c.scope == scope,), [])
 
     @contextmanager
-    def _begin(self) -> Iterator[sa.Connection]:
+    def _begin(self, migrating: bool = False) -> Iterator[sa.Connection]:
         """A transaction; connection and query failures become MetadataError (MetadataUnavailable when
-        the store does not answer, so that work waits for it), IntegrityError passes."""
+        the store does not answer, so that work waits for it), IntegrityError passes. A schema migration
+        still due (`create_schema_when_reachable`) runs first."""
+        if self._schema_due and not migrating:
+            with self._schema_lock:
+                if self._schema_due:
+                    self.create_schema()
         try:
             connection = self._engine.connect()
         except sa_exc.DBAPIError as error:

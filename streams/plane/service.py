@@ -26,16 +26,12 @@ from streams.plane.health import Health
 from streams.plane.ledger import OffsetLedger
 from streams.plane.ledger import TopicPartition as TP
 from streams.plane.sink import DeliveringSink
-from streams.plane.source import BatchSource, SourceBatch, SourceSettings
+from streams.plane.source import FIRST_RETRY_S, LAST_RETRY_S, BatchSource, SourceBatch, SourceSettings
 from streams.plane.transactions import TransactionalSink
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-FIRST_RETRY_S = 0.1
-LAST_RETRY_S = 5.0
-"""The backoff of a batch waiting for a dependency (`Plane.until_available`): 0.1 s doubling to 5 s."""
 
 CRASH_EXIT_CODE = 70
 """Exit code of a worker whose batch handler met an error it cannot handle; its supervisor restarts

@@ -19,6 +19,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from rig.errors import Unavailable
 from streams.metrics import WorkerMetrics
 from streams.plane.health import Health
 from streams.plane.ledger import OffsetLedger
@@ -27,8 +28,16 @@ from streams.plane.ledger import TopicPartition as TP
 log = logging.getLogger(__name__)
 
 DEPENDENCY = "Kafka (consumer)"
+FIRST_RETRY_S = 0.1
+LAST_RETRY_S = 5.0
+"""The backoff of work waiting for a dependency (a batch: `Plane.until_available`; where newly assigned
+partitions start: `start_offsets`): 0.1 s doubling to 5 s."""
 PAUSE_AFTER_S = 1.0
 """How long the source waits for a free batch slot before it pauses fetching (see `_make_room`)."""
+
+
+class SourceStopped(Exception):
+    """The source stopped in the middle of an assignment it was waiting to start."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +224,8 @@ class BatchSource:
                     self._look_for_stalls(consumer, now)
                     next_look = now + 1.0
             self._finish(consumer)
+        except SourceStopped as stopped:  # confluent-kafka raises it out of the poll that assigned
+            log.info("source stopped group=%s: %s", self.settings.group_id, stopped)
         except BaseException as error:  # reported: the worker exits for a restart
             log.exception("source stopped group=%s", self.settings.group_id)
             self.crashed = error
@@ -360,7 +371,7 @@ class BatchSource:
         tps = {(p.topic, p.partition) for p in partitions}
         if self._on_assigned is not None and tps:
             self._on_assigned(tps)
-        starts = self._start_offsets(tps) if self._start_offsets is not None and tps else {}
+        starts = self._starting_offsets(tps) if self._start_offsets is not None and tps else {}
         for tp in tps:
             self._starts[tp] = starts.get(tp, OFFSET_INVALID)
         if starts:
@@ -381,6 +392,34 @@ class BatchSource:
         self._reassigned = True
         self._health.assigned(count)
         log.info("partitions assigned %s", sorted(f"{p.topic}-{p.partition}" for p in partitions))
+
+    def _starting_offsets(self, tps: set[TP]) -> dict[TP, int]:
+        """`start_offsets(tps)`, waited for while a dependency it reads is away (it raises `Unavailable`),
+        readiness naming it: starting at the committed offsets instead would drop what it restores. The
+        group goes on meanwhile (librdkafka heartbeats in a thread of its own); a wait longer than
+        `max.poll.interval.ms` makes the member leave, and the next poll joins again.
+
+        Raises:
+            SourceStopped: the source stopped while waiting (nothing of these partitions is read).
+        """
+        assert self._start_offsets is not None
+        delay_s, waited_for = FIRST_RETRY_S, set[str]()
+        while True:
+            try:
+                starts = self._start_offsets(tps)
+            except Unavailable as error:
+                if self._stop.is_set():
+                    for dependency in waited_for:
+                        self._health.forget(dependency)
+                    raise SourceStopped(f"stopped while waiting for {error.dependency}") from error
+                self._health.waiting(error.dependency, f"newly assigned partitions wait: {error}")
+                waited_for.add(error.dependency)
+                self._stop.wait(delay_s)
+                delay_s = min(LAST_RETRY_S, delay_s * 2)
+                continue
+            for dependency in waited_for:
+                self._health.recovered(dependency)
+            return starts
 
     def _on_revoke(self, consumer: Consumer, partitions: Sequence[TopicPartition]) -> None:
         self._group_metadata = consumer.consumer_group_metadata()

@@ -22,6 +22,7 @@ from rig.feedback import migrations
 from rig.feedback.metadata import MetadataStore
 from rig.wire.records import Decision
 from tests.support.metadata_checks import CHECKS, Check, check_id, opened_store
+from tests.support.tcp_relay import TcpRelay
 from tests.unit.feedback.migration_checks import (
     create_pre_migration_schema,
     differences,
@@ -159,6 +160,24 @@ def test_a_store_nobody_answers_for_is_unavailable_so_work_waits_for_it(postgres
     store = MetadataStore(postgres_engine.url.set(port=port).render_as_string(hide_password=False))
     with pytest.raises(MetadataUnavailable, match="unreachable"):
         store.model_checksum("risk.1")  # what a worker asks before it loads a model
+
+
+def test_a_store_away_at_start_is_migrated_by_the_first_transaction_that_reaches_it(
+    postgres_url: str,
+) -> None:
+    from rig.errors import MetadataUnavailable
+
+    url = sa.make_url(postgres_url)
+    with TcpRelay((url.host or "127.0.0.1", url.port or 5432)) as postgres:  # off: PostgreSQL stopped
+        store = MetadataStore(url.set(port=postgres.port).render_as_string(hide_password=False))
+        assert store.create_schema_when_reachable() is False
+        with pytest.raises(MetadataUnavailable):
+            store.load_promoter_state()  # what the promoter waits for before it reads rig.joined
+
+        postgres.on()
+        assert store.load_promoter_state() is None, "the tables exist: migrated first"
+        assert store.schema_revision() == migrations.head_revision()
+        store.close()
 
 
 def _minimal_decision() -> dict[str, Any]:

@@ -14,7 +14,7 @@ from confluent_kafka import Message
 from msgspec.structs import replace
 
 from rig.config import RigSettings
-from rig.errors import RigError, SchemaRegistryUnavailable
+from rig.errors import MetadataUnavailable, RigError, SchemaRegistryUnavailable
 from rig.feedback.metadata import MetadataStore
 from rig.feedback.promotion import manual_decision
 from rig.routing.table import RoutingTable, control_key, fold, set_golden_event, start_experiment_event
@@ -27,16 +27,33 @@ from streams.promote import QUALITY_WINDOW_S, STATE_SAVE_S, Promotion, open_meta
 PASSWORD = "Pa55-w0rd-xyz"
 
 
-def test_an_unreachable_metadata_store_is_logged_without_its_password(
+def test_a_metadata_store_away_at_start_is_kept_and_the_saved_promoter_state_is_waited_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("RIG_METADATA_URL", f"postgresql+psycopg://rig:{PASSWORD}@127.0.0.1:1/rig")
     settings = RigSettings(home=tmp_path)
 
     with caplog.at_level(logging.INFO):
+        store = open_metadata(settings)
+
+    assert store is not None, "the worker's for its whole life: it is migrated once it answers"
+    assert "metadata store not answering url=postgresql+psycopg://rig:***@127.0.0.1:1/rig" in caplog.text
+    assert PASSWORD not in caplog.text
+    promotion = Promotion(settings, SimpleNamespace(routing=golden_and_shadow()), store)
+    with pytest.raises(MetadataUnavailable):  # the source waits: starting over would drop the tests
+        promotion.start_offsets({(settings.topic("joined"), 0)})
+
+
+def test_a_metadata_store_that_cannot_be_used_is_logged_without_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("RIG_METADATA_URL", f"postgresql+nodriver://rig:{PASSWORD}@127.0.0.1:1/rig")
+    settings = RigSettings(home=tmp_path)
+
+    with caplog.at_level(logging.INFO):
         assert open_metadata(settings) is None
 
-    assert "metadata store unavailable url=postgresql+psycopg://rig:***@127.0.0.1:1/rig" in caplog.text
+    assert "metadata store unusable url=postgresql+nodriver://rig:***@127.0.0.1:1/rig" in caplog.text
     assert PASSWORD not in caplog.text, "neither the log line nor the errors in its traceback"
 
 

@@ -1,0 +1,54 @@
+"""BatchSource: where newly assigned partitions start is waited for while a dependency it reads is away."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from rig.errors import MetadataUnavailable
+from streams.plane import source
+from streams.plane.health import Health
+from streams.plane.ledger import OffsetLedger
+from streams.plane.ledger import TopicPartition as TP
+from streams.plane.source import BatchSource, SourceSettings, SourceStopped
+
+JOINED: TP = ("rig.joined", 0)
+
+
+def source_with(start_offsets: Callable[[set[TP]], dict[TP, int]], health: Health) -> BatchSource:
+    """A source that is not started: `_starting_offsets` is called as its assignment callback would."""
+    settings = SourceSettings(group_id="g", topics=(JOINED[0],))
+    return BatchSource({}, settings, OffsetLedger(), health, lambda batch: None, start_offsets=start_offsets)
+
+
+def test_partitions_start_where_a_saved_state_says_once_the_store_holding_it_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(source, "FIRST_RETRY_S", 0.0)
+    health = Health(needs_partitions=False)
+    calls: list[bool] = []
+
+    def start_offsets(partitions: set[TP]) -> dict[TP, int]:
+        calls.append(health.readiness().ready)
+        if len(calls) < 3:
+            raise MetadataUnavailable("metadata store refused")
+        return {JOINED: 200}
+
+    assert source_with(start_offsets, health)._starting_offsets({JOINED}) == {JOINED: 200}
+    assert calls == [True, False, False], "readiness says what is waited for meanwhile"
+    assert health.readiness().ready and not health.waits_for(MetadataUnavailable.dependency)
+
+
+def test_a_source_stopped_while_waiting_reads_nothing_and_leaves_no_wait_behind() -> None:
+    health = Health(needs_partitions=False)
+
+    def start_offsets(partitions: set[TP]) -> dict[TP, int]:
+        raise MetadataUnavailable("metadata store refused")
+
+    waiting = source_with(start_offsets, health)
+    waiting._stop.set()
+
+    with pytest.raises(SourceStopped, match="the metadata store"):
+        waiting._starting_offsets({JOINED})
+    assert not health.waits_for(MetadataUnavailable.dependency)
