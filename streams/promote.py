@@ -202,7 +202,7 @@ class Promotion:
         """
         if self.restored is not None:
             self.loop, self.restored, self.unsaved = self.restored, None, None
-        routing = self.runtime.routing
+        routing = self.runtime.control_routing  # not the served one: it lags while models load
         async with self.folding:
             outputs, rows, fresh = await asyncio.to_thread(self._fold, batch, routing)
         if len(fresh) < len(rows):
@@ -324,7 +324,7 @@ class Promotion:
             await self._read_serving(self.metadata, self.loop.golden)
         if due["status"]:
             self.next_ms["status"] = now_ms + int(STATUS_S * 1000)
-            status = self.loop.snapshot(self.runtime.routing)
+            status = self.loop.snapshot(self.runtime.control_routing)
             self.metrics.record_promoter(status)
             await self._record(MetadataStore.record_promoter_status, "promoter", now_ms, status)
             points = self.loop.evidence(now_ms)
@@ -409,7 +409,7 @@ def install_promoter(
         if not held or not plane.source.assignment():
             return web.json({})
         async with held[0].folding:
-            return web.json(held[0].loop.snapshot(held[0].runtime.routing))
+            return web.json(held[0].loop.snapshot(held[0].runtime.control_routing))
 
     return plane
 

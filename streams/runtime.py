@@ -170,6 +170,13 @@ class Runtime:
         """The routing in force: switched only after the models it needs are loaded and warmed."""
         return EMPTY_ROUTING if self.serving is None else self.serving.routing
 
+    @property
+    def control_routing(self) -> RoutingTable:
+        """The routing the control topic holds, whether this worker serves it yet or not (`routing` lags
+        behind while a model loads, or Redis or the metadata store is away): what joined rows are
+        judged by. Read before the worker consumes (`create` waits for the follower to catch up)."""
+        return self.follower.table
+
     def apply_routing(self, table: RoutingTable) -> None:
         """Load and warm what a routing table needs (models, their transforms and features, the
         reader and request codec of its entity), then switch to it in one assignment. Until then the

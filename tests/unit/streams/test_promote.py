@@ -17,7 +17,14 @@ from rig.config import RigSettings
 from rig.errors import MetadataUnavailable, RigError, SchemaRegistryUnavailable
 from rig.feedback.metadata import MetadataStore
 from rig.feedback.promotion import manual_decision
-from rig.routing.table import RoutingTable, control_key, fold, set_golden_event, start_experiment_event
+from rig.routing.table import (
+    EMPTY_ROUTING,
+    RoutingTable,
+    control_key,
+    fold,
+    set_golden_event,
+    start_experiment_event,
+)
 from rig.wire.codec import Codec
 from rig.wire.records import ControlEvent, DeadLetter, JoinedOutcome
 from streams.plane.sink import Outgoing
@@ -39,7 +46,7 @@ def test_a_metadata_store_away_at_start_is_kept_and_the_saved_promoter_state_is_
     assert store is not None, "the worker's for its whole life: it is migrated once it answers"
     assert "metadata store not answering url=postgresql+psycopg://rig:***@127.0.0.1:1/rig" in caplog.text
     assert PASSWORD not in caplog.text
-    promotion = Promotion(settings, SimpleNamespace(routing=golden_and_shadow()), store)
+    promotion = Promotion(settings, SimpleNamespace(control_routing=golden_and_shadow()), store)
     with pytest.raises(MetadataUnavailable):  # the source waits: starting over would drop the tests
         promotion.start_offsets({(settings.topic("joined"), 0)})
 
@@ -106,12 +113,31 @@ def joined_messages(settings: RigSettings, rows: list[JoinedOutcome]) -> list[Me
     ]
 
 
+def test_rows_are_judged_by_the_control_topics_routing_while_this_worker_cannot_serve_it_yet(
+    settings: RigSettings,
+) -> None:
+    """A worker whose models are still loading (or verifying against a metadata store that is away)
+    serves no routing yet; the promoter it runs must not take that for "no golden": its tests, restored
+    or not, would be dropped and the rows folded meanwhile lost to them."""
+    table = golden_and_shadow()
+    runtime = SimpleNamespace(control_routing=table, routing=EMPTY_ROUTING)
+    promotion = Promotion(settings.model_copy(update={"promoter_label_window_s": 0.001}), runtime, None)
+    rows = [row for i in range(50) for row in pair(f"r{i}", i % 2, 10 * i)]
+
+    asyncio.run(promotion.handle(SourceBatch(1, joined_messages(settings, rows)), KeptSink()))
+
+    challenger = promotion.loop.snapshot(table)["challengers"]["risk.2"]
+    assert challenger["n"] + challenger["waiting"] + challenger["beyond_window"] == 50
+
+
 def test_joined_rows_with_a_label_other_than_0_or_1_are_dead_lettered_and_the_rest_are_folded(
     settings: RigSettings,
 ) -> None:
     table = golden_and_shadow()
     promotion = Promotion(
-        settings.model_copy(update={"promoter_label_window_s": 0.001}), SimpleNamespace(routing=table), None
+        settings.model_copy(update={"promoter_label_window_s": 0.001}),
+        SimpleNamespace(control_routing=table),
+        None,
     )
     good = [row for i in range(20) for row in pair(f"r{i}", i % 2, 10 * i)]
     bad = pair("r-bad", 2, 5)
@@ -135,7 +161,7 @@ def test_an_auto_decision_changes_routing_before_it_is_published_and_a_failed_co
 ) -> None:
     table = golden_and_shadow()
     promotion = Promotion(
-        settings.model_copy(update={"promoter_mode": "auto"}), SimpleNamespace(routing=table), None
+        settings.model_copy(update={"promoter_mode": "auto"}), SimpleNamespace(control_routing=table), None
     )
     decision = replace(manual_decision("promote", "risk.1", "risk.2", "better", 0), mode="auto")
     monkeypatch.setattr(promotion.loop, "decide", lambda now_ms, routing: [decision])
@@ -169,7 +195,7 @@ def test_the_state_is_saved_once_its_batch_is_delivered_and_a_new_promoter_goes_
     settings: RigSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     table = golden_and_shadow()
-    runtime = SimpleNamespace(routing=table)
+    runtime = SimpleNamespace(control_routing=table)
     settings = settings.model_copy(update={"promoter_label_window_s": 0.001})
     store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
     store.create_schema()
@@ -215,7 +241,7 @@ def test_model_quality_and_label_delays_are_recorded_once_per_window_not_once_pe
     table = golden_and_shadow()
     store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
     store.create_schema()
-    promotion = Promotion(settings, SimpleNamespace(routing=table), store)
+    promotion = Promotion(settings, SimpleNamespace(control_routing=table), store)
     rows = [row for i in range(30) for row in pair(f"r{i}", i % 2, 10 * i)]
     messages = joined_messages(settings, rows)
 
@@ -241,7 +267,7 @@ def test_a_batch_that_meets_the_schema_registry_away_folds_and_publishes_nothing
     table = golden_and_shadow()
     promotion = Promotion(
         settings.model_copy(update={"schema_registry_url": "mock://promote"}),
-        SimpleNamespace(routing=table),
+        SimpleNamespace(control_routing=table),
         None,
     )
     rows = pair("r1", 1, 10)

@@ -24,7 +24,7 @@ def test_each_status_record_adds_a_point_per_challenger_that_agrees_with_the_sta
     settings = settings.model_copy(update={"promoter_label_window_s": 0.001, "promoter_min_effect": 0.003})
     store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
     store.create_schema()
-    promotion = Promotion(settings, SimpleNamespace(routing=table), store)
+    promotion = Promotion(settings, SimpleNamespace(control_routing=table), store)
     rows = [row for i in range(300) for row in pair(f"r{i}", i % 2, 10 * i)]
     messages = joined_messages(settings, rows)
 
