@@ -7,12 +7,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from rig.feedback.metadata import MetadataStore
 from rig.routing.control import read_routing
 from streams.health import STALL_EXIT_CODE
 from tests.e2e.conftest import get_json
@@ -24,8 +27,10 @@ from tests.faults.conftest import (
     Traffic,
     deploy_stack,
     free_port,
+    readiness,
     wait_ready,
 )
+from tests.support.tcp_relay import TcpRelay
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
@@ -170,6 +175,70 @@ def not_found(url: str) -> bool:
     except urllib.error.HTTPError as error:
         return error.code == 404
     return False
+
+
+def test_a_metadata_store_away_when_a_worker_starts_is_waited_for_and_the_promoter_goes_on_from_its_state(
+    stack: Stack, joined: JoinedRows, postgres_url: str
+) -> None:
+    """A worker holding the promoter is killed once its state is saved in PostgreSQL; the next one starts
+    while PostgreSQL refuses connections (a relay in front of it, switched off). It loads no model
+    unverified and reads no joined row meanwhile; once PostgreSQL answers it serves, restores the saved
+    tests and goes on from their offset: every (request, challenger) pair is in the tests, once.
+    Before, it served with models checked against meta.json only and started every test over from
+    the committed offset, for its whole life without a metadata store."""
+    url = sa.make_url(postgres_url)
+    with TcpRelay((url.host or "127.0.0.1", url.port or 5432)) as postgres:
+        postgres.on()
+        env = {"RIG_METADATA_URL": url.set(port=postgres.port).render_as_string(hide_password=False)}
+        store = MetadataStore(postgres_url)  # the test's own view, never through the relay
+        traffic = Traffic(stack, count=3_000, rate_per_s=300, seed=13, outcomes=True)
+        answers = Answers(stack.settings).start()
+        first_port, second_port = free_port(), free_port()
+        with stack.worker("first-with-postgres", web_port=first_port, **env) as first:
+            wait_ready(first_port, first)
+            traffic.start()
+            traffic.wait_sent(1_500)
+            deadline = time.monotonic() + 60
+            while (saved := store.load_promoter_state()) is None or saved[0] == 0:
+                assert time.monotonic() < deadline, "the promoter saved no state with rows folded"
+                time.sleep(0.5)
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait(10)
+        postgres.off()
+        with stack.worker("second-postgres-away", web_port=second_port, **env) as second:
+            deadline = time.monotonic() + 60
+            while "metadata store" not in str(reasons := readiness(second_port)[1].get("reasons")):
+                assert time.monotonic() < deadline, f"no wait for the metadata store: {reasons}"
+                time.sleep(0.5)
+            time.sleep(5)
+            assert readiness(second_port)[0] == 503, "no model is loaded unverified meanwhile"
+            postgres.on()
+            wait_ready(second_port, second)
+            traffic.join()
+            answers.assert_complete(traffic, "a worker started while the metadata store was away")
+            short = joined.wait_for({i: answers.models[i] for i in traffic.ids}, timeout_s=240)
+            assert not short, f"{len(short)} requests not joined for every model, e.g. {sorted(short)[:3]}"
+            golden = read_routing(stack.settings).golden
+            assert golden is not None
+            pairs = challenger_pairs(joined, traffic.ids, golden)
+            deadline = time.monotonic() + 60
+            while True:
+                state = get_json(f"http://127.0.0.1:{second_port}/promoter/")
+                seen = {
+                    version: entry["n"] + entry["waiting"] + entry["beyond_window"]
+                    for version, entry in state.get("challengers", {}).items()
+                }
+                if all(seen.get(version, 0) >= count for version, count in pairs.items()):
+                    break
+                assert time.monotonic() < deadline, (
+                    f"promoter saw {seen}, distinct joined pairs {dict(pairs)}: {state}"
+                )
+                time.sleep(1)
+        answers.stop()
+        store.close()
+    log = (stack.root / "second-postgres-away.log").read_text(errors="replace")
+    assert "promoter state restored" in log, "the saved tests were continued, not started over"
+    assert state["duplicate_rows"] == 0
 
 
 def test_a_worker_whose_join_cannot_restore_its_state_exits_for_a_restart(

@@ -6,9 +6,7 @@ PostgreSQL schema (through the connection's search_path), dropped afterwards.
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,37 +29,6 @@ from tests.unit.feedback.migration_checks import (
 )
 
 pytestmark = pytest.mark.integration
-
-DEFAULT_POSTGRES_URL = "postgresql+psycopg://rig:rig@127.0.0.1:55432/rig"
-
-
-@pytest.fixture(scope="session")
-def postgres_engine() -> Iterator[sa.Engine]:
-    """An engine on a PostgreSQL that answers; fails clearly when none does."""
-    url = os.environ.get("RIG_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    engine = sa.create_engine(url, connect_args={"connect_timeout": 5})
-    try:
-        with engine.connect():
-            pass
-    except sa.exc.OperationalError as error:
-        engine.dispose()
-        pytest.fail(f"no PostgreSQL at {url} ({error.orig}); run ops/postgres/up")
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def postgres_url(postgres_engine: sa.Engine) -> Iterator[str]:
-    """The PostgreSQL URL, with a fresh schema of this test first on the search_path."""
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    with postgres_engine.begin() as connection:
-        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = postgres_engine.url.update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with postgres_engine.begin() as connection:
-            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -34,7 +34,7 @@ class TcpRelay:
         """Stop listening (new connections are refused) and cut the open ones."""
         listener, self._listener = self._listener, None
         if listener is not None:
-            listener.close()
+            _close(listener)  # a shutdown first: close() alone leaves a blocked accept() accepting
         with self._lock:
             open_sockets, self._open = self._open, []
         for sock in open_sockets:
