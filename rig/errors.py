@@ -27,6 +27,12 @@ class SchemaRegistryUnavailable(Unavailable, CodecError):
     dependency = "the schema registry"
 
 
+class KafkaUnavailable(Unavailable):
+    """The Kafka cluster did not answer a request the rig had to make (e.g. a partition's end offset)."""
+
+    dependency = "Kafka"
+
+
 class TopicError(RigError):
     """A Kafka topic could not be created or described, or exists with the wrong configuration."""
 

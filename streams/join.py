@@ -37,7 +37,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from rig.config import RigSettings
-from rig.errors import ConfigError
+from rig.errors import ConfigError, KafkaUnavailable
 from rig.feedback.join import (
     StreamClock,
     compact_outcome,
@@ -69,6 +69,8 @@ SWEEP_SLICE = 250
 (the work runs in a thread; the event loop goes on), so it is kept short: 5-10 ms of CPU at the median,
 at most 14 ms over 2 M entries and 26 ms over 10 M (bench/bench_join_memory.py, heap frozen as in the
 worker)."""
+CHANGELOG_END_TIMEOUT_S = 30.0
+"""How long reading a changelog partition's end may take before Kafka counts as away."""
 _encode_entry = msgspec.msgpack.Encoder().encode
 
 
@@ -115,11 +117,16 @@ class Join:
     # -- assignment (the source's thread) -----------------------------------------------------------
     def assigned(self, tps: set[TP]) -> None:
         """Restore the state of newly held partitions before their records are read (in a child
-        process: `streams.join_restore`)."""
+        process: `streams.join_restore`).
+
+        Raises:
+            KafkaUnavailable: a changelog's end could not be read; the source calls again once Kafka
+                answers, and finds the partitions as they were.
+        """
         to_restore: list[PartitionJob] = []
         for partition in sorted({p for _, p in tps} - set(self.held)):
+            end = self._changelog_end(partition)  # first: a broker that is away changes nothing here
             kept = self.let_go.pop(partition, None)
-            end = self._changelog_end(partition)
             if kept is not None and kept.changelog_end == end:
                 self.held[partition] = kept
                 log.info("join partition %d kept (nobody wrote its changelog meanwhile)", partition)
@@ -157,7 +164,7 @@ class Join:
             if finished:
                 try:
                     state.changelog_end = self._changelog_end(partition)
-                except KafkaException:
+                except KafkaUnavailable:
                     pass
             else:
                 log.info(
@@ -170,10 +177,11 @@ class Join:
         read_committed reader sees it (a transaction still open, e.g. a killed worker's that the broker
         will abort, lies past it)."""
         consumer = self._reader()
+        changelog = TopicPartition(self.changelog, partition)
         try:
-            return int(
-                consumer.get_watermark_offsets(TopicPartition(self.changelog, partition), timeout=30)[1]
-            )
+            return int(consumer.get_watermark_offsets(changelog, timeout=CHANGELOG_END_TIMEOUT_S)[1])
+        except KafkaException as error:
+            raise KafkaUnavailable(f"the end of {self.changelog}-{partition} not read: {error}") from error
         finally:
             consumer.close()
 

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -27,11 +28,13 @@ from streams.plane.ledger import TopicPartition as TP
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 DEPENDENCY = "Kafka (consumer)"
 FIRST_RETRY_S = 0.1
 LAST_RETRY_S = 5.0
-"""The backoff of work waiting for a dependency (a batch: `Plane.until_available`; where newly assigned
-partitions start: `start_offsets`): 0.1 s doubling to 5 s."""
+"""The backoff of work waiting for a dependency (a batch: `Plane.until_available`; newly assigned
+partitions: `on_assigned`, `start_offsets`): 0.1 s doubling to 5 s."""
 PAUSE_AFTER_S = 1.0
 """How long the source waits for a free batch slot before it pauses fetching (see `_make_room`)."""
 
@@ -114,7 +117,8 @@ class BatchSource:
         outputs may still be on their way, or never come).
         `start_offsets(partitions)` (after `on_assigned`) says where to start reading newly assigned
         partitions instead of their committed offsets (e.g. right after a saved state); partitions it
-        leaves out start at their committed offset. `metrics` gets the lag of every held partition,
+        leaves out start at their committed offset. Both may raise `Unavailable`: they are called
+        again once the dependency answers (`_when_available`). `metrics` gets the lag of every held partition,
         every second."""
         self._client_config = client_config
         self._on_assigned = on_assigned
@@ -370,8 +374,10 @@ class BatchSource:
         self._group_metadata = consumer.consumer_group_metadata()
         tps = {(p.topic, p.partition) for p in partitions}
         if self._on_assigned is not None and tps:
-            self._on_assigned(tps)
-        starts = self._starting_offsets(tps) if self._start_offsets is not None and tps else {}
+            self._when_available(self._on_assigned, tps)
+        starts = (
+            self._when_available(self._start_offsets, tps) if self._start_offsets is not None and tps else {}
+        )
         for tp in tps:
             self._starts[tp] = starts.get(tp, OFFSET_INVALID)
         if starts:
@@ -393,20 +399,20 @@ class BatchSource:
         self._health.assigned(count)
         log.info("partitions assigned %s", sorted(f"{p.topic}-{p.partition}" for p in partitions))
 
-    def _starting_offsets(self, tps: set[TP]) -> dict[TP, int]:
-        """`start_offsets(tps)`, waited for while a dependency it reads is away (it raises `Unavailable`),
-        readiness naming it: starting at the committed offsets instead would drop what it restores. The
+    def _when_available(self, prepare: Callable[[set[TP]], T], tps: set[TP]) -> T:
+        """`prepare(tps)` (`on_assigned`, `start_offsets`), called again while a dependency it needs is
+        away (it raises `Unavailable`), the plane's health naming it: reading the partitions without
+        it would drop what it restores. `prepare` must leave things as they were when it raises. The
         group goes on meanwhile (librdkafka heartbeats in a thread of its own); a wait longer than
         `max.poll.interval.ms` makes the member leave, and the next poll joins again.
 
         Raises:
             SourceStopped: the source stopped while waiting (nothing of these partitions is read).
         """
-        assert self._start_offsets is not None
         delay_s, waited_for = FIRST_RETRY_S, set[str]()
         while True:
             try:
-                starts = self._start_offsets(tps)
+                prepared = prepare(tps)
             except Unavailable as error:
                 if self._stop.is_set():
                     for dependency in waited_for:
@@ -419,7 +425,7 @@ class BatchSource:
                 continue
             for dependency in waited_for:
                 self._health.recovered(dependency)
-            return starts
+            return prepared
 
     def _on_revoke(self, consumer: Consumer, partitions: Sequence[TopicPartition]) -> None:
         self._group_metadata = consumer.consumer_group_metadata()

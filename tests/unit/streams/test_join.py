@@ -7,8 +7,9 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import Message
 
+import streams.join
 from rig.config import RigSettings
-from rig.errors import SchemaRegistryUnavailable
+from rig.errors import KafkaUnavailable, SchemaRegistryUnavailable
 from rig.feedback.join import StreamClock
 from rig.feedback.join_store import JoinStore
 from rig.wire.codec import Codec
@@ -120,6 +121,23 @@ def test_a_partition_let_go_with_batches_unfinished_is_restored_when_it_comes_ba
 
     assert 0 not in join.held
     assert join.let_go[0].changelog_end is None, "matches no changelog end: restored if it comes back"
+
+
+def test_a_broker_away_when_a_partition_comes_back_leaves_it_as_it_was_for_the_next_call(
+    join: Join, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source calls `assigned` again once Kafka answers: the store let go must still be there to
+    be kept or restored then (popped first, it would be left open and its folder deleted under it)."""
+    monkeypatch.setattr(streams.join, "CHANGELOG_END_TIMEOUT_S", 1.0)
+    join.settings = join.settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"})  # refused
+    predictions = join.settings.topic("predictions")
+    join.revoked({(predictions, 0)}, finished=True)  # its changelog's end unknown: restored on return
+    kept = join.let_go[0]
+
+    with pytest.raises(KafkaUnavailable, match="not read"):
+        join.assigned({(predictions, 0)})
+
+    assert join.let_go[0] is kept and 0 not in join.held
 
 
 def test_a_batch_that_meets_the_schema_registry_away_changes_and_counts_nothing(

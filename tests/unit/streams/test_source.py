@@ -1,8 +1,6 @@
-"""BatchSource: where newly assigned partitions start is waited for while a dependency it reads is away."""
+"""BatchSource: what prepares newly assigned partitions is waited for while a dependency it needs is away."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import pytest
 
@@ -16,10 +14,10 @@ from streams.plane.source import BatchSource, SourceSettings, SourceStopped
 JOINED: TP = ("rig.joined", 0)
 
 
-def source_with(start_offsets: Callable[[set[TP]], dict[TP, int]], health: Health) -> BatchSource:
-    """A source that is not started: `_starting_offsets` is called as its assignment callback would."""
+def source_with(health: Health) -> BatchSource:
+    """A source that is not started: `_when_available` is called as its assignment callback would."""
     settings = SourceSettings(group_id="g", topics=(JOINED[0],))
-    return BatchSource({}, settings, OffsetLedger(), health, lambda batch: None, start_offsets=start_offsets)
+    return BatchSource({}, settings, OffsetLedger(), health, lambda batch: None)
 
 
 def test_partitions_start_where_a_saved_state_says_once_the_store_holding_it_answers(
@@ -35,7 +33,7 @@ def test_partitions_start_where_a_saved_state_says_once_the_store_holding_it_ans
             raise MetadataUnavailable("metadata store refused")
         return {JOINED: 200}
 
-    assert source_with(start_offsets, health)._starting_offsets({JOINED}) == {JOINED: 200}
+    assert source_with(health)._when_available(start_offsets, {JOINED}) == {JOINED: 200}
     assert calls == [True, False, False], "readiness says what is waited for meanwhile"
     assert health.readiness().ready and not health.waits_for(MetadataUnavailable.dependency)
 
@@ -46,9 +44,9 @@ def test_a_source_stopped_while_waiting_reads_nothing_and_leaves_no_wait_behind(
     def start_offsets(partitions: set[TP]) -> dict[TP, int]:
         raise MetadataUnavailable("metadata store refused")
 
-    waiting = source_with(start_offsets, health)
+    waiting = source_with(health)
     waiting._stop.set()
 
     with pytest.raises(SourceStopped, match="the metadata store"):
-        waiting._starting_offsets({JOINED})
+        waiting._when_available(start_offsets, {JOINED})
     assert not health.waits_for(MetadataUnavailable.dependency)
