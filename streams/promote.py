@@ -262,12 +262,23 @@ class Promotion:
 
     async def save_state(self) -> bool:
         """Save the state taken last once every output of the rows it covers is delivered (a plane
-        tick, so an idle stream saves it too); False: nothing more to do now."""
+        tick, so an idle stream saves it too); False: nothing more to do now. A store that does not
+        answer keeps the state for the next try: dropped, a restart would go on from an older state
+        and publish the decisions taken since a second time."""
         delivered = self.delivered(self.joined)
-        if self.unsaved is None or delivered is None or delivered < self.unsaved[0]:
+        unsaved = self.unsaved
+        if unsaved is None or delivered is None or delivered < unsaved[0] or self.metadata is None:
             return False
-        (offset, state), self.unsaved = self.unsaved, None
-        await self._record(MetadataStore.save_promoter_state, offset, state, int(time.time() * 1000))
+        offset, state = unsaved
+        try:
+            await asyncio.to_thread(self.metadata.save_promoter_state, offset, state, int(time.time() * 1000))
+        except MetadataUnavailable as error:
+            log.warning("promoter state not saved yet (tried again with the next batch or tick): %s", error)
+            return False
+        except RigError as error:
+            log.warning("promoter state not saved: %s", error)
+        if self.unsaved is unsaved:  # not replaced by a newer one meanwhile
+            self.unsaved = None
         return False
 
     async def _apply(self, decision: Decision, routing: RoutingTable) -> None:

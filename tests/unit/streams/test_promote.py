@@ -235,6 +235,34 @@ def test_the_state_is_saved_once_its_batch_is_delivered_and_a_new_promoter_goes_
     store.close()
 
 
+def test_a_state_the_store_could_not_take_is_kept_and_saved_once_it_answers(
+    settings: RigSettings, tmp_path: Path
+) -> None:
+    """Dropped, a restart would go on from an older state and publish the decisions since again."""
+    folder = tmp_path / "metadata"
+    store = MetadataStore(f"sqlite:///{folder / 'metadata.db'}")
+    store.create_schema()
+    joined = settings.topic("joined")
+    messages = joined_messages(settings, [row for i in range(100) for row in pair(f"r{i}", i % 2, 10 * i)])
+    promotion = Promotion(
+        settings.model_copy(update={"promoter_label_window_s": 0.001}),
+        SimpleNamespace(control_routing=golden_and_shadow()),
+        store,
+        {(joined, 0): 200}.get,  # every output of the batch delivered
+    )
+    folder.rename(tmp_path / "away")  # the store stops answering: its file cannot be opened
+    store.close()  # and no pooled connection holds it open
+
+    asyncio.run(promotion.handle(SourceBatch(0, messages), KeptSink()))
+    assert promotion.unsaved is not None and promotion.unsaved[0] == 200, "kept for the next try"
+
+    (tmp_path / "away").rename(folder)
+    asyncio.run(promotion.save_state())  # the plane's next tick
+    saved = store.load_promoter_state()
+    assert saved is not None and saved[0] == 200 and promotion.unsaved is None
+    store.close()
+
+
 def test_model_quality_and_label_delays_are_recorded_once_per_window_not_once_per_batch(
     settings: RigSettings, tmp_path: Path
 ) -> None:
