@@ -8,7 +8,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rig.errors import Unavailable
+
 log = logging.getLogger(__name__)
+
+FIRST_RETRY_S = 0.1
+LAST_RETRY_S = 5.0
+"""The backoff of work waiting for a dependency (`Waiting`): 0.1 s doubling to 5 s."""
 
 
 @dataclass(frozen=True)
@@ -118,3 +124,32 @@ class Health:
         reasons += [reason for check in self._checks if (reason := check()) is not None]
         reasons += self.fatal()
         return Readiness(ready=not reasons, reasons=tuple(reasons))
+
+
+class Waiting:
+    """The waits of one piece of work (a batch, a partition's preparation) for dependencies that are
+    away: each is named in `health` while it lasts, and tried again after a backoff."""
+
+    def __init__(self, health: Health) -> None:
+        self._health = health
+        self._delay_s = FIRST_RETRY_S
+        self._dependencies: set[str] = set()
+
+    def away(self, error: Unavailable, reason: str | None = None) -> float:
+        """`error`'s dependency is away (named in health with `reason`, by default the error's
+        message); returns how long to wait before the next try."""
+        self._health.waiting(error.dependency, str(error) if reason is None else reason)
+        self._dependencies.add(error.dependency)
+        delay_s, self._delay_s = self._delay_s, min(LAST_RETRY_S, self._delay_s * 2)
+        return delay_s
+
+    def done(self) -> None:
+        """The work went through: what it waited for is back."""
+        for dependency in self._dependencies:
+            self._health.recovered(dependency)
+
+    def given_up(self) -> None:
+        """The work was given up: nobody carries on its waits (a wait left would keep readiness off and
+        explain every later stall, so that a stalled worker never exits for a restart)."""
+        for dependency in self._dependencies:
+            self._health.forget(dependency)

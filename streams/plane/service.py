@@ -22,11 +22,11 @@ from mode import Service
 
 from rig.errors import Unavailable
 from streams.metrics import WorkerMetrics
-from streams.plane.health import Health
+from streams.plane.health import Health, Waiting
 from streams.plane.ledger import OffsetLedger
 from streams.plane.ledger import TopicPartition as TP
 from streams.plane.sink import DeliveringSink
-from streams.plane.source import FIRST_RETRY_S, LAST_RETRY_S, BatchSource, SourceBatch, SourceSettings
+from streams.plane.source import BatchSource, SourceBatch, SourceSettings
 from streams.plane.transactions import TransactionalSink
 
 log = logging.getLogger(__name__)
@@ -109,24 +109,19 @@ class Plane:
         waited out with backoff, readiness naming it, and nothing of the batch is published meanwhile
         (`attempt` must have no effect it would repeat). None when the batch's partitions were revoked
         or lost meanwhile: given up, their new owner does it from the committed offsets."""
-        delay, waited_for = FIRST_RETRY_S, set[str]()
+        waiting = Waiting(self.health)
         while self.source.owns(batch):
             try:
                 result = await attempt()
             except Unavailable as error:
-                self.health.waiting(error.dependency, str(error))
-                waited_for.add(error.dependency)
-                await asyncio.sleep(delay)
-                delay = min(LAST_RETRY_S, delay * 2)
+                await asyncio.sleep(waiting.away(error))
                 continue
-            for dependency in waited_for:
-                self.health.recovered(dependency)
+            waiting.done()
             return result
         log.info(
             "batch given up, its partitions moved batch=%d messages=%d", batch.batch_id, len(batch.messages)
         )
-        for dependency in waited_for:  # a wait nobody carries on would keep readiness off, and
-            self.health.forget(dependency)  # explain every later stall: no exit for a restart
+        waiting.given_up()
         return None
 
     def every(self, interval_s: float, tick: Tick) -> None:

@@ -22,7 +22,7 @@ from confluent_kafka import (
 
 from rig.errors import Unavailable
 from streams.metrics import WorkerMetrics
-from streams.plane.health import Health
+from streams.plane.health import Health, Waiting
 from streams.plane.ledger import OffsetLedger
 from streams.plane.ledger import TopicPartition as TP
 
@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEPENDENCY = "Kafka (consumer)"
-FIRST_RETRY_S = 0.1
-LAST_RETRY_S = 5.0
-"""The backoff of work waiting for a dependency (a batch: `Plane.until_available`; newly assigned
-partitions: `on_assigned`, `start_offsets`): 0.1 s doubling to 5 s."""
 PAUSE_AFTER_S = 1.0
 """How long the source waits for a free batch slot before it pauses fetching (see `_make_room`)."""
 
@@ -409,22 +405,17 @@ class BatchSource:
         Raises:
             SourceStopped: the source stopped while waiting (nothing of these partitions is read).
         """
-        delay_s, waited_for = FIRST_RETRY_S, set[str]()
+        waiting = Waiting(self._health)
         while True:
             try:
                 prepared = prepare(tps)
             except Unavailable as error:
                 if self._stop.is_set():
-                    for dependency in waited_for:
-                        self._health.forget(dependency)
+                    waiting.given_up()
                     raise SourceStopped(f"stopped while waiting for {error.dependency}") from error
-                self._health.waiting(error.dependency, f"newly assigned partitions wait: {error}")
-                waited_for.add(error.dependency)
-                self._stop.wait(delay_s)
-                delay_s = min(LAST_RETRY_S, delay_s * 2)
+                self._stop.wait(waiting.away(error, f"newly assigned partitions wait: {error}"))
                 continue
-            for dependency in waited_for:
-                self._health.recovered(dependency)
+            waiting.done()
             return prepared
 
     def _on_revoke(self, consumer: Consumer, partitions: Sequence[TopicPartition]) -> None:

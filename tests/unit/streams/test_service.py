@@ -8,14 +8,14 @@ from types import SimpleNamespace
 import pytest
 
 from rig.errors import FeatureStoreUnavailable, SchemaRegistryUnavailable
-from streams.plane import service
+from streams.plane import health as plane_health
 from streams.plane.health import Health
 from streams.plane.service import Plane
 
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service, "FIRST_RETRY_S", 0.0)
+    monkeypatch.setattr(plane_health, "FIRST_RETRY_S", 0.0)
 
 
 def plane_of(owns: list[bool], health: Health) -> SimpleNamespace:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rig.errors import MetadataUnavailable
-from streams.plane import source
+from streams.plane import health as plane_health
 from streams.plane.health import Health
 from streams.plane.ledger import OffsetLedger
 from streams.plane.ledger import TopicPartition as TP
@@ -23,7 +23,7 @@ def source_with(health: Health) -> BatchSource:
 def test_partitions_start_where_a_saved_state_says_once_the_store_holding_it_answers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(source, "FIRST_RETRY_S", 0.0)
+    monkeypatch.setattr(plane_health, "FIRST_RETRY_S", 0.0)
     health = Health(needs_partitions=False)
     calls: list[bool] = []
 
