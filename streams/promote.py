@@ -266,10 +266,9 @@ class Promotion:
         answer keeps the state for the next try: dropped, a restart would go on from an older state
         and publish the decisions taken since a second time."""
         delivered = self.delivered(self.joined)
-        unsaved = self.unsaved
-        if unsaved is None or delivered is None or delivered < unsaved[0] or self.metadata is None:
+        if self.unsaved is None or delivered is None or delivered < self.unsaved[0] or self.metadata is None:
             return False
-        offset, state = unsaved
+        offset, state = self.unsaved
         try:
             await asyncio.to_thread(self.metadata.save_promoter_state, offset, state, int(time.time() * 1000))
         except MetadataUnavailable as error:
@@ -277,8 +276,7 @@ class Promotion:
             return False
         except RigError as error:
             log.warning("promoter state not saved: %s", error)
-        if self.unsaved is unsaved:  # not replaced by a newer one meanwhile
-            self.unsaved = None
+        self.unsaved = None  # batches and ticks run in turn: no newer state was taken meanwhile
         return False
 
     async def _apply(self, decision: Decision, routing: RoutingTable) -> None:
