@@ -27,7 +27,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -111,6 +111,41 @@ class BatchHistogram(Collector):
         return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
 
 
+class WaitsCollector(Collector):
+    """`rig_waiting_seconds`: how long each consumer group of the worker has waited for each dependency
+    that is away, read from the groups' health at every scrape. The predict path's waits also turn
+    `rig_ready` to 0; the join's and the promoter's do not (readiness is about answering requests),
+    and this is where they show."""
+
+    NAME = "rig_waiting_seconds"
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._watched: list[tuple[str, Health]] = []
+        registry.register(self)
+
+    def watch(self, group: str, health: Health) -> None:
+        """Export the waits of consumer group `group`, as `health` holds them."""
+        self._watched.append((group, health))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """One sample per (group, dependency) waited for now; none while nothing is."""
+        family = self.describe()[0]
+        for group, health in self._watched:
+            for dependency, seconds in sorted(health.waits().items()):
+                family.add_metric([group, dependency], seconds)
+        yield family
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        """The family without samples (what the registry checks names against)."""
+        return [
+            GaugeMetricFamily(
+                self.NAME,
+                "Seconds a consumer group of the worker has waited for a dependency that is away.",
+                labels=["group", "dependency"],
+            )
+        ]
+
+
 class WorkerMetrics:
     """Every metric of a worker, in `registry` (see the README's "Metrics" for what each means)."""
 
@@ -160,6 +195,7 @@ class WorkerMetrics:
         self.ready = Gauge(
             "rig_ready", "1 while the worker is ready (/readyz answers 200), else 0.", registry=r
         )
+        self.waits = WaitsCollector(r)
         self.cache = CacheMetrics(r)
         self.model_events = Counter(
             "rig_model_events",
@@ -241,6 +277,10 @@ class WorkerMetrics:
     def watch(self, health: Health) -> None:
         """`rig_ready` tells `health`'s readiness, asked at every scrape."""
         self.ready.set_function(lambda: float(health.readiness().ready))
+
+    def watch_waits(self, group: str, health: Health) -> None:
+        """`rig_waiting_seconds` tells what consumer group `group` waits for (`health`'s waits)."""
+        self.waits.watch(group, health)
 
     # -- models ----------------------------------------------------------------------------------------
     def model_event(self, version: str, event: ModelEvent) -> None:

@@ -70,6 +70,12 @@ class Health:
         with self._lock:
             self._waiting.pop(dependency, None)
 
+    def waits(self) -> dict[str, float]:
+        """Every dependency waited for now, with the seconds it has been waited for."""
+        with self._lock:
+            now = self._clock()
+            return {dependency: now - since for dependency, (_, since) in self._waiting.items()}
+
     def waits_for(self, dependency: str) -> bool:
         """Whether `dependency` is being waited for."""
         with self._lock:

@@ -64,9 +64,12 @@ class Plane:
     ) -> None:
         """`client_config` is the source consumer's base, `producer_config` the sink producer's; see
         `BatchSource` for `on_assigned`, `on_revoked`, `start_offsets` (they run in the source's thread)
-        and `metrics`. A source that does not commit (`settings.commits` False) publishes through a
-        `TransactionalSink`: exactly once."""
+        and `metrics` (which also exports what `health` waits for, as `rig_waiting_seconds` of the
+        plane's consumer group). A source that does not commit (`settings.commits` False) publishes
+        through a `TransactionalSink`: exactly once."""
         self.health = health
+        if metrics is not None:
+            metrics.watch_waits(settings.group_id, health)
         self.ledger = OffsetLedger()
         self.source = BatchSource(
             client_config,

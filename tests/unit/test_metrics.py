@@ -26,6 +26,7 @@ EXPORTED = {
     "rig_batch_size": "histogram",
     "rig_consumer_lag": "gauge",
     "rig_ready": "gauge",
+    "rig_waiting_seconds": "gauge",
     "rig_cache_lookups": "counter",
     "rig_cache_redis_up": "gauge",
     "rig_model_events": "counter",
@@ -143,6 +144,27 @@ def test_ready_follows_the_workers_readiness_at_each_scrape(metrics: WorkerMetri
     assert value(metrics, "rig_ready") == 1
     health.waiting("Redis", "connection refused")
     assert value(metrics, "rig_ready") == 0
+
+
+def test_the_waits_of_every_watched_group_are_exported_while_they_last(metrics: WorkerMetrics) -> None:
+    now = [100.0]
+    join, promote = Health(lambda: now[0]), Health(lambda: now[0])
+    metrics.watch_waits("rig.join", join)
+    metrics.watch_waits("rig.promote", promote)
+    join.waiting("Kafka", "the end of rig.join-changelog-3 not read")
+    now[0] = 103.5
+    promote.waiting("the metadata store", "connection refused")
+    now[0] = 105.0
+
+    assert value(metrics, "rig_waiting_seconds", group="rig.join", dependency="Kafka") == 5.0
+    assert value(metrics, "rig_waiting_seconds", group="rig.promote", dependency="the metadata store") == 1.5
+    assert value(metrics, "rig_waiting_seconds", group="rig.promote", dependency="Kafka") is None
+    join.recovered("Kafka")
+    assert value(metrics, "rig_waiting_seconds", group="rig.join", dependency="Kafka") is None
+    samples = [s for family in metrics.registry.collect() for s in family.samples]
+    assert [s.labels for s in samples if s.name == "rig_waiting_seconds"] == [
+        {"group": "rig.promote", "dependency": "the metadata store"}
+    ]
 
 
 def test_model_events_and_warm_up_time(metrics: WorkerMetrics) -> None:
