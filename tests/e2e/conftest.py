@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -13,6 +15,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
 
 from rig.config import RigSettings
 from rig.routing.control import publish_control
@@ -172,11 +175,27 @@ def wait_joined(deployment: Deployment, ids: set[str], scored: int) -> None:
 
 def get_json(url: str) -> Any:
     """GET a JSON document."""
-    import json
-    import urllib.request
-
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+"""A worker's metric samples by (name, labels)."""
+
+
+def scrape(port: int) -> tuple[Samples, dict[str, str]]:
+    """Every sample of the worker's `/metrics` by (name, labels), and each family's type."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=")
+        text = response.read().decode()
+    families = list(text_string_to_metric_families(text))
+    samples = {(s.name, frozenset(s.labels.items())): s.value for f in families for s in f.samples}
+    return samples, {f.name: f.type for f in families}
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """The value of one sample (0 when the worker exports none with these labels)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def worker_group_members(settings: RigSettings) -> list[list[int]]:

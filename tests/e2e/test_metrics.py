@@ -3,43 +3,25 @@
 from __future__ import annotations
 
 import socket
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from rig.cli.clients import produce_requests
 from rig.wire.records import Prediction
 from sim.deploy import start_worker, stop_processes
 from sim.settings import WorldSettings
 from sim.traffic import synthetic_requests
-from tests.e2e.conftest import consume, deploy_with_shadow, eventually, get_json
+from tests.e2e.conftest import Samples, consume, deploy_with_shadow, eventually, get_json, sample, scrape
 
 pytestmark = pytest.mark.e2e
 REQUESTS = 300
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def scrape(port: int) -> tuple[Samples, dict[str, str]]:
-    """Every sample of the worker's `/metrics` by (name, labels), and each family's type."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
-        assert response.headers["Content-Type"].startswith("text/plain; version=")
-        text = response.read().decode()
-    families = list(text_string_to_metric_families(text))
-    samples = {(s.name, frozenset(s.labels.items())): s.value for f in families for s in f.samples}
-    return samples, {f.name: f.type for f in families}
-
-
-def sample(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def test_n_requests_move_requests_predictions_and_end_to_end_by_exactly_n(tmp_path: Path) -> None:

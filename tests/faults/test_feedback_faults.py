@@ -8,19 +8,17 @@ import os
 import signal
 import subprocess
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from prometheus_client.parser import text_string_to_metric_families
 
 from rig.feedback.metadata import MetadataStore
 from rig.routing.control import read_routing
 from streams.health import STALL_EXIT_CODE
-from tests.e2e.conftest import get_json
+from tests.e2e.conftest import get_json, sample, scrape
 from tests.faults.conftest import (
     Answers,
     JoinedRows,
@@ -215,9 +213,9 @@ def test_a_metadata_store_away_when_a_worker_starts_is_waited_for_and_the_promot
             time.sleep(5)
             assert readiness(second_port)[0] == 503, "no model is loaded unverified meanwhile"
             promoter = stack.settings.consumer_group("promote")
-            waits = metric_samples(second_port, "rig_waiting_seconds")
-            waited = {(labels["group"], labels["dependency"]): seconds for labels, seconds in waits}
-            assert waited.get((promoter, "the metadata store"), 0) > 0, f"the promoter's wait: {waits}"
+            samples, _ = scrape(second_port)
+            waited = sample(samples, "rig_waiting_seconds", group=promoter, dependency="the metadata store")
+            assert waited > 0, f"the promoter's wait: {[k for k in samples if k[0] == 'rig_waiting_seconds']}"
             postgres.on()
             wait_ready(second_port, second)
             traffic.join()
@@ -244,19 +242,6 @@ def test_a_metadata_store_away_when_a_worker_starts_is_waited_for_and_the_promot
         store.close()
     log = (stack.root / "second-postgres-away.log").read_text(errors="replace")
     assert "promoter state restored" in log, "the saved tests were continued, not started over"
-
-
-def metric_samples(port: int, name: str) -> list[tuple[dict[str, str], float]]:
-    """A worker's samples of metric `name` on /metrics: their labels and values."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    families = text_string_to_metric_families(text)
-    return [
-        (sample.labels, sample.value)
-        for family in families
-        for sample in family.samples
-        if sample.name == name
-    ]
 
 
 def test_a_worker_whose_join_cannot_restore_its_state_exits_for_a_restart(

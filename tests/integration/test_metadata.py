@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from rig.errors import MetadataError
+from rig.errors import MetadataError, MetadataUnavailable
 from rig.feedback import migrations
 from rig.feedback.metadata import MetadataStore
 from rig.wire.records import Decision
@@ -119,8 +119,6 @@ def test_wrong_password_is_a_metadata_error_naming_ops_postgres_up(postgres_engi
 def test_a_store_nobody_answers_for_is_unavailable_so_work_waits_for_it(postgres_engine: sa.Engine) -> None:
     import socket
 
-    from rig.errors import MetadataUnavailable
-
     with socket.socket() as probe:  # a port nobody listens on: PostgreSQL stopped
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -132,8 +130,6 @@ def test_a_store_nobody_answers_for_is_unavailable_so_work_waits_for_it(postgres
 def test_a_store_away_at_start_is_migrated_by_the_first_transaction_that_reaches_it(
     postgres_url: str,
 ) -> None:
-    from rig.errors import MetadataUnavailable
-
     url = sa.make_url(postgres_url)
     with TcpRelay((url.host or "127.0.0.1", url.port or 5432)) as postgres:  # off: PostgreSQL stopped
         store = MetadataStore(url.set(port=postgres.port).render_as_string(hide_password=False))
