@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,19 @@ from rig.wire.records import Prediction
 from sim.deploy import start_worker, stop_processes
 from sim.settings import WorldSettings
 from sim.traffic import synthetic_requests
-from tests.e2e.conftest import Samples, consume, deploy_with_shadow, eventually, get_json, sample, scrape
+from tests.e2e.conftest import (
+    Samples,
+    consume,
+    deploy_with_shadow,
+    eventually,
+    free_port,
+    get_json,
+    sample,
+    scrape,
+)
 
 pytestmark = pytest.mark.e2e
 REQUESTS = 300
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_n_requests_move_requests_predictions_and_end_to_end_by_exactly_n(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -33,6 +32,7 @@ from sim.deploy import prepare, start_worker, stop_processes
 from sim.settings import WorldSettings
 from sim.traffic import synthetic_requests
 from tests.conftest import REPO
+from tests.e2e.conftest import free_port
 from tests.integration.conftest import isolated_feast_settings
 
 FAULT_ENV = {
@@ -40,12 +40,6 @@ FAULT_ENV = {
     "RIG_KAFKA_SESSION_TIMEOUT_S": "6",
     "RIG_REDIS_TIMEOUT_S": "1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

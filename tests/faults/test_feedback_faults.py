@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from rig.feedback.metadata import MetadataStore
 from rig.routing.control import read_routing
 from streams.health import STALL_EXIT_CODE
-from tests.e2e.conftest import get_json, sample, scrape
+from tests.e2e.conftest import free_port, get_json, sample, scrape
 from tests.faults.conftest import (
     Answers,
     JoinedRows,
@@ -26,7 +26,6 @@ from tests.faults.conftest import (
     Stack,
     Traffic,
     deploy_stack,
-    free_port,
     readiness,
     wait_ready,
 )

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from rig.wire.topics import ensure_topics
+from tests.e2e.conftest import free_port
 from tests.faults.conftest import (
     Answers,
     OwnRedis,
@@ -18,7 +19,6 @@ from tests.faults.conftest import (
     Stack,
     Traffic,
     deploy_stack,
-    free_port,
     pause,
     resume,
     wait_ready,
