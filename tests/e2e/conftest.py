@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -40,13 +39,6 @@ class Deployment:
     world: World
     versions: dict[str, str]
     processes: tuple[subprocess.Popen[bytes], ...] = ()
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (for a worker's web server)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def deploy(

@@ -25,7 +25,7 @@ from sim.settings import WorldSettings
 from sim.world import make_requests
 from tests.e2e.conftest import consume, deploy_with_shadow, send_requests, workers
 from tests.e2e.test_promotion import MIN_SAMPLES, one_round
-from tests.support.secured_kafka import free_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = Path("/usr/bin/chromium")

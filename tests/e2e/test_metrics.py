@@ -16,11 +16,11 @@ from tests.e2e.conftest import (
     consume,
     deploy_with_shadow,
     eventually,
-    free_port,
     get_json,
     sample,
     scrape,
 )
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
 REQUESTS = 300

@@ -32,8 +32,8 @@ from sim.deploy import prepare, start_worker, stop_processes
 from sim.settings import WorldSettings
 from sim.traffic import synthetic_requests
 from tests.conftest import REPO
-from tests.e2e.conftest import free_port
 from tests.integration.conftest import isolated_feast_settings
+from tests.support.ports import free_port
 
 FAULT_ENV = {
     # Short enough that a test sees a dead member replaced within seconds, not 45 s.

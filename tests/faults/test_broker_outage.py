@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from streams.health import STALL_EXIT_CODE
-from tests.e2e.conftest import free_port
 from tests.faults.conftest import Answers, OwnKafka, Stack, Traffic, deploy_stack, wait_ready
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 

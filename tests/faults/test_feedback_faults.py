@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from rig.feedback.metadata import MetadataStore
 from rig.routing.control import read_routing
 from streams.health import STALL_EXIT_CODE
-from tests.e2e.conftest import free_port, get_json, sample, scrape
+from tests.e2e.conftest import get_json, sample, scrape
 from tests.faults.conftest import (
     Answers,
     JoinedRows,
@@ -29,6 +29,7 @@ from tests.faults.conftest import (
     readiness,
     wait_ready,
 )
+from tests.support.ports import free_port
 from tests.support.tcp_relay import TcpRelay
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 import pytest
 
 from rig.wire.topics import ensure_topics
-from tests.e2e.conftest import free_port
 from tests.faults.conftest import (
     Answers,
     OwnRedis,
@@ -23,6 +22,7 @@ from tests.faults.conftest import (
     resume,
     wait_ready,
 )
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
 

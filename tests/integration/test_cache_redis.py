@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -23,6 +22,7 @@ import redis
 from rig.cache.store import HitTier, PredictionCache
 from rig.config import RigSettings
 from tests.integration.conftest import require_redis
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -283,12 +283,6 @@ def test_back_off_skips_redis_without_trying_it(namespace: str) -> None:
     assert stats.errors == 1, "only the first call reached for Redis; the rest fell in the back-off"
     assert stats.bypasses == 4
     cache.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrivateRedis:

@@ -20,6 +20,7 @@ from rig.feedback import migrations
 from rig.feedback.metadata import MetadataStore
 from rig.wire.records import Decision
 from tests.support.metadata_checks import CHECKS, Check, check_id, opened_store
+from tests.support.ports import free_port
 from tests.support.tcp_relay import TcpRelay
 from tests.unit.feedback.migration_checks import (
     create_pre_migration_schema,
@@ -117,11 +118,7 @@ def test_wrong_password_is_a_metadata_error_naming_ops_postgres_up(postgres_engi
 
 
 def test_a_store_nobody_answers_for_is_unavailable_so_work_waits_for_it(postgres_engine: sa.Engine) -> None:
-    import socket
-
-    with socket.socket() as probe:  # a port nobody listens on: PostgreSQL stopped
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens on it: PostgreSQL stopped
     store = MetadataStore(postgres_engine.url.set(port=port).render_as_string(hide_password=False))
     with pytest.raises(MetadataUnavailable, match="unreachable"):
         store.model_checksum("risk.1")  # what a worker asks before it loads a model

@@ -12,12 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.support.ports import free_port
 
 
 def private_checkout(root: Path, *services: str) -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
-import socket
 import subprocess
 import sys
 import uuid
@@ -23,17 +22,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from tests.support.ports import free_port
+
 KAFKA_DIR = Path(__file__).resolve().parents[2] / "ops" / "kafka"
 
 USERS = {"admin": "admin-secret", "rig": "rig-secret-0451"}
 """SASL/PLAIN users the broker accepts, with their passwords."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)

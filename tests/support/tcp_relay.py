@@ -8,15 +8,15 @@ import socket
 import threading
 from types import TracebackType
 
+from tests.support.ports import free_port
+
 
 class TcpRelay:
     """Relays 127.0.0.1:`port` to `target`; starts off (nothing listens on `port`)."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        with socket.socket() as probe:  # a free port, kept for `on()`
-            probe.bind(("127.0.0.1", 0))
-            self.port: int = probe.getsockname()[1]
+        self.port = free_port()  # kept for `on()`
         self._listener: socket.socket | None = None
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 import pytest
 
 from rig.cli import clients
 from rig.config import RigSettings
-
-
-def closed_port() -> int:
-    """A local port nobody listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.support.ports import free_port
 
 
 def test_a_producer_without_an_id_says_so_once_and_gives_up_waiting(
     settings: RigSettings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    away = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{closed_port()}"})
+    away = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
     monkeypatch.setattr(clients, "ID_NOTICE_S", 0.2)
 
     with caplog.at_level(logging.WARNING, logger=clients.__name__):

@@ -7,7 +7,6 @@ import datetime as dt
 import io
 import json
 import random
-import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -44,6 +43,7 @@ from rig.wire.records import (
     ShapValues,
     to_plain,
 )
+from tests.support.ports import free_port
 
 T0 = 1_718_000_000_123  # 2024-06-10T06:13:20.123Z, in ms
 
@@ -532,9 +532,7 @@ def test_a_failing_registry_makes_messages_wait_and_is_asked_again_only_after_it
 
 
 def test_a_registry_nobody_answers_for_is_an_outage_to_wait_for_not_a_bad_message() -> None:
-    with socket.socket() as probe:  # a port that refuses connections: the registry is down
-        probe.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    url = f"http://127.0.0.1:{free_port()}"  # a port that refuses connections: the registry is down
     codec = Codec(Request, registry_url=url)
 
     with pytest.raises(SchemaRegistryUnavailable, match="schema id 3"):
