@@ -75,3 +75,17 @@ def test_after_a_sweep_moved_past_the_front_an_entry_due_earlier_is_still_found_
 
     assert [rid for rid, _ in store.due(now_ms=5_000, limit=10)] == ["late-comer", "r3", "r4"]
     store.destroy()
+
+
+def test_filters_and_indexes_are_partitioned_so_a_lookup_reads_small_blocks(tmp_path: Path) -> None:
+    # Whole, a file's filter outgrew a shard of the block cache and was read again for every multi-get
+    # (the comment in JoinStore.__init__); RocksDB writes the options in effect to the store's folder.
+    store = JoinStore(tmp_path / "p0", RETENTION)
+    written = (sorted(store.path.glob("OPTIONS-*"))[-1]).read_text().splitlines()
+    store.destroy()
+    options = dict(line.strip().split("=", 1) for line in written if "=" in line)
+    assert options["index_type"] == "kTwoLevelIndexSearch"
+    assert options["partition_filters"] == "true"
+    assert options["metadata_block_size"] == "4096"
+    assert options["pin_top_level_index_and_filter"] == "true"
+    assert options["filter_policy"] == "bloomfilter"
