@@ -2,7 +2,8 @@
 
 Not a test; no Kafka, no worker. This process drives `rig.feedback.join_store.JoinStore` directly, as
 the join does (`streams/join.py`): one store per partition (`--partitions`, 4 like the rig's topics),
-each request on its entity's partition (murmur2, `rig.wire.partitioner.partition_for`), entries made by
+all within one memory budget (`--memory-mib`, RIG_JOIN_MEMORY_MIB's default 192), each request on its
+entity's partition (murmur2, `rig.wire.partitioner.partition_for`), entries made by
 `rig.feedback.join.on_prediction` from `compact_prediction`-shaped predictions (a golden and two shadow
 scores, as in a deployment with golden + 2 shadows).
 
@@ -51,8 +52,9 @@ import numpy as np
 
 from bench.support.memory import disk_mib, peak_rss_mib, rss_mib
 from bench.support.report import RESULTS_DIR, RunRecord, publish, say
+from rig.config import RigSettings
 from rig.feedback.join import compact_prediction, on_prediction, sweep
-from rig.feedback.join_store import Change, JoinStore
+from rig.feedback.join_store import Change, JoinStore, StoreMemory
 from rig.wire.partitioner import partition_for
 from rig.wire.records import ExperimentScore, ModelScore, Prediction
 from streams.join import SWEEP_SLICE
@@ -255,6 +257,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--entries", type=int, default=TARGET_ENTRIES, help="pending predictions to write")
     parser.add_argument("--batch", type=int, default=1_000, help="predictions per join-like batch")
     parser.add_argument("--partitions", type=int, default=4, help="join partitions (one store each)")
+    parser.add_argument(
+        "--memory-mib",
+        type=int,
+        default=RigSettings.model_fields["join_memory_mib"].default,
+        help="RocksDB memory shared by the stores, as a worker's join shares RIG_JOIN_MEMORY_MIB",
+    )
     parser.add_argument("--entities", type=int, default=5_000, help="distinct entity ids")
     parser.add_argument("--rate", type=int, default=5_000, help="predictions per second of source time")
     parser.add_argument("--sample-every", type=int, default=500_000, help="entries between two samples")
@@ -272,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     stores: list[JoinStore] = []
     try:
         rss_start = rss_mib()
-        stores = [JoinStore(folder / str(p), RETENTION_MS) for p in range(args.partitions)]
+        memory = StoreMemory(args.memory_mib * 2**20)
+        stores = [JoinStore(folder / str(p), RETENTION_MS, memory) for p in range(args.partitions)]
         freeze_heap()  # as the worker does once it is built: no full collection walks the imports
         say(f"fill: {args.entries:,} pending predictions over {args.partitions} stores in {folder}")
         filled = fill(stores, folder, args)

@@ -171,6 +171,10 @@ class RigSettings(BaseSettings):
     join_sweep_interval_s: float = Field(default=30, gt=0)
     """How often the join state is swept for expired entries."""
 
+    join_memory_mib: int = Field(default=192, ge=16)
+    """RocksDB memory of a worker's join, shared by every partition it holds: the block cache, which
+    the memtables (up to a third of it) are charged to. Data beyond it stays on disk."""
+
     promoter_mode: Literal["suggest", "auto"] = "suggest"
     """`suggest` publishes decisions only; `auto` also applies them on the control topic."""
 

@@ -47,7 +47,7 @@ from rig.feedback.join import (
     on_prediction,
     sweep,
 )
-from rig.feedback.join_store import Change, JoinStore
+from rig.feedback.join_store import Change, JoinStore, StoreMemory
 from rig.wire.codec import Codec, ErrorType, Rejected
 from rig.wire.partitioner import partition_for
 from rig.wire.records import DeadLetter, JoinedOutcome, Outcome, Prediction
@@ -102,6 +102,7 @@ class Join:
         self.joined = settings.topic("joined")
         self.partitions = settings.topic_partitions
         self.held: dict[int, Partition] = {}
+        self.memory = StoreMemory(settings.join_memory_mib * 2**20)  # one budget, however many are held
         self._sweeping: set[int] = set()  # partitions that may have entries due in this sweep round
         self.let_go: dict[int, Partition] = {}
         registry = settings.schema_registry_url
@@ -139,7 +140,7 @@ class Join:
             return
         job = RestoreJob(self._reader_config(), self.changelog, self.retention_ms, to_restore)
         for restored in restore_in_child(job):
-            store = JoinStore(self.folder(restored.partition), self.retention_ms)
+            store = JoinStore(self.folder(restored.partition), self.retention_ms, self.memory)
             clock = StreamClock(wall_ms(), self.retention_ms, SOURCES)
             self.held[restored.partition] = Partition(store, clock)
             peak = restored.peak_rss_bytes

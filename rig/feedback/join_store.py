@@ -1,7 +1,8 @@
 """One join partition's state on disk: request id → join entry, and an index of when each is due.
 
 RocksDB (rocksdict) keeps the entries, so memory stays flat however many predictions wait for their
-outcomes: a bounded block cache and write buffers, the rest on disk. Two key spaces in one database:
+outcomes: a block cache and write buffers within one budget per process (`StoreMemory`), the rest on
+disk. Two key spaces in one database:
 
     e<request id>                          → the entry (msgpack)
     x<due ms, 8 bytes big-endian><request id> → b""   (due = the entry's `at_ms` + retention)
@@ -33,42 +34,55 @@ _decode = msgspec.msgpack.Decoder(dict).decode
 Change = tuple[str, Entry | None, Entry | None]
 """(request id, the entry before, the entry after; None: absent)."""
 
+MEMTABLE_BYTES = 8 * 2**20
+"""Size of one of a store's (at most two) memtables."""
+
+
+class StoreMemory:
+    """One memory budget for the join stores of a process: a block cache that their memtables are
+    charged to as well (RocksDB's write buffer manager), so the stores' memory stays under
+    `total_bytes` however many partitions the process holds. A third of it may be memtables: 64 MiB
+    of the default 192, as much as four partitions' two memtables each."""
+
+    def __init__(self, total_bytes: int) -> None:
+        self.cache = rocksdict.Cache(total_bytes)
+        self.write_buffers = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
+            total_bytes // 3, False, self.cache
+        )
+
 
 class JoinStore:
     """The entries of one join partition, in a RocksDB database of their own."""
 
-    def __init__(
-        self,
-        path: Path,
-        retention_ms: int,
-        cache_bytes: int = 32 * 2**20,
-        write_buffer_bytes: int = 8 * 2**20,
-    ) -> None:
+    def __init__(self, path: Path, retention_ms: int, memory: StoreMemory | None = None) -> None:
         """Open (or create) the database at `path`.
 
         Args:
             path: a folder of this partition's own.
             retention_ms: how long an entry waits before the sweep looks at it (`due`).
-            cache_bytes: RocksDB block cache: what the store keeps of its data in memory.
-            write_buffer_bytes: size of one of the (at most two) memtables.
+            memory: the budget the store shares with the process's other stores (by default one of its
+                own, of 48 MiB).
         """
         self.path = path
         self.retention_ms = retention_ms
+        memory = memory if memory is not None else StoreMemory(48 * 2**20)
         options = rocksdict.Options(raw_mode=True)
         options.create_if_missing(True)
-        options.set_write_buffer_size(write_buffer_bytes)
+        options.set_write_buffer_size(MEMTABLE_BYTES)
         options.set_max_write_buffer_number(2)
+        options.set_write_buffer_manager(memory.write_buffers)
         table = rocksdict.BlockBasedOptions()
-        table.set_block_cache(rocksdict.Cache(cache_bytes))
+        table.set_block_cache(memory.cache)
         table.set_cache_index_and_filter_blocks(True)
         # Almost every multi-get is of request ids not in the store yet (a prediction's first sight):
         # without a filter each looks into every level's files, and a fill slowed down as the store
         # grew (bench/bench_join_memory.py).
         table.set_bloom_filter(10, False)
         # Filters and indexes in partitions of 4 KiB, only their top level pinned in the cache. Whole,
-        # a file's filter grew to ~1 MiB, more than a shard of the block cache holds, so every multi-get
-        # read it from the file again: a missing key cost 8.9 µs at 600 k entries (2.0 partitioned), and
-        # a fill slowed from 145 k to 62 k entries/s by 3 M (bench/bench_join_memory.py).
+        # a file's filter grows with the file, past what a shard of the block cache (1/64 of it) holds:
+        # with a cache of 32 MiB per store, every multi-get read a ~1 MiB filter from the file again, a
+        # missing key cost 8.9 µs at 600 k entries (2.0 partitioned), and a fill slowed from 145 k to
+        # 62 k entries/s by 3 M (bench/bench_join_memory.py).
         table.set_index_type(rocksdict.BlockBasedIndexType.two_level_index_search())
         table.set_partition_filters(True)
         table.set_metadata_block_size(4096)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rig.feedback.join_store import JoinStore
+from rig.feedback.join_store import JoinStore, StoreMemory
 
 RETENTION = 1_000
 
@@ -89,3 +89,19 @@ def test_filters_and_indexes_are_partitioned_so_a_lookup_reads_small_blocks(tmp_
     assert options["metadata_block_size"] == "4096"
     assert options["pin_top_level_index_and_filter"] == "true"
     assert options["filter_policy"] == "bloomfilter"
+
+
+def test_stores_of_one_process_share_one_memory_budget_their_memtables_included(tmp_path: Path) -> None:
+    memory = StoreMemory(48 * 2**20)
+    stores = [JoinStore(tmp_path / f"p{p}", RETENTION, memory) for p in range(2)]
+    assert memory.write_buffers.get_buffer_size() == 16 * 2**20  # a third of the budget
+    large = {"state": "predicted", "at_ms": 1, "prediction": {"scores": "s" * 200}, "outcome": None}
+    usage = [memory.cache.get_usage()]
+    for store in stores:
+        store.write([(f"r{i}", None, large) for i in range(2_000)])
+        usage.append(memory.cache.get_usage())
+    # Each store's memtable (~0.5 MiB here) is charged to the one cache: it grows with either store.
+    assert usage[0] < usage[1] - 2**19 < usage[2] - 2**20
+    assert memory.write_buffers.get_usage() > 2**20
+    for store in stores:
+        store.destroy()
