@@ -37,6 +37,10 @@ Change = tuple[str, Entry | None, Entry | None]
 MEMTABLE_BYTES = 8 * 2**20
 """Size of one of a store's (at most two) memtables."""
 
+ALONE_BYTES = 48 * 2**20
+"""The budget of a store opened without one to share (the restore child's, one partition at a time):
+a 32 MiB cache and two memtables' worth."""
+
 
 class StoreMemory:
     """One memory budget for the join stores of a process: a block cache that their memtables are
@@ -61,11 +65,11 @@ class JoinStore:
             path: a folder of this partition's own.
             retention_ms: how long an entry waits before the sweep looks at it (`due`).
             memory: the budget the store shares with the process's other stores (by default one of its
-                own, of 48 MiB).
+                own, `ALONE_BYTES`).
         """
         self.path = path
         self.retention_ms = retention_ms
-        memory = memory if memory is not None else StoreMemory(48 * 2**20)
+        memory = memory if memory is not None else StoreMemory(ALONE_BYTES)
         options = rocksdict.Options(raw_mode=True)
         options.create_if_missing(True)
         options.set_write_buffer_size(MEMTABLE_BYTES)
