@@ -40,7 +40,7 @@ def consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) ->
     return received
 
 
-def test_ensure_topics_creates_every_topic_once_with_a_compacted_control_topic(
+def test_ensure_topics_creates_every_topic_once_with_compacted_control_and_changelog_topics(
     kafka_bootstrap: str, settings: RigSettings
 ) -> None:
     created = ensure_topics(settings)
@@ -51,6 +51,9 @@ def test_ensure_topics_creates_every_topic_once_with_a_compacted_control_topic(
     resource = ConfigResource(ConfigResource.Type.TOPIC, settings.topic("control"))
     config = admin.describe_configs([resource])[resource].result()
     assert config["cleanup.policy"].value == "compact"
+    changelog = ConfigResource(ConfigResource.Type.TOPIC, settings.topic("join-changelog"))
+    config = admin.describe_configs([changelog])[changelog].result()
+    assert (config["cleanup.policy"].value, config["segment.ms"].value) == ("compact", str(3600 * 1000))
     partitions = admin.list_topics(settings.topic("requests"), timeout=10).topics[settings.topic("requests")]
     assert len(partitions.partitions) == settings.topic_partitions
 
