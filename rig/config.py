@@ -123,6 +123,11 @@ class RigSettings(BaseSettings):
     larger batches, whose fixed work would otherwise take turns with the predict path's in the same
     process. The predict path never waits."""
 
+    feedback_gives_way: bool = True
+    """In a worker that predicts too, the join and the promoter wait (briefly, `streams.plane.priority`)
+    while the predict path has a batch queued or in hand: predictions first, outcomes can wait. False:
+    they take turns with it as equals."""
+
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     """`at_least_once`: a batch's offsets are committed after all its outputs are delivered (a crash
     can repeat the last second of outputs). `exactly_once`: each batch's outputs and offsets are one

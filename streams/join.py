@@ -56,6 +56,7 @@ from streams.join_restore import PartitionJob, RestoreJob, restore_in_child
 from streams.metrics import WorkerMetrics
 from streams.plane.health import Health
 from streams.plane.ledger import TopicPartition as TP
+from streams.plane.priority import GiveWay
 from streams.plane.service import Handler, Plane
 from streams.plane.sink import Outgoing
 from streams.plane.source import SourceBatch
@@ -87,9 +88,13 @@ class Partition:
 class Join:
     """The join of the partitions a worker holds (see the module docstring)."""
 
-    def __init__(self, settings: RigSettings, metrics: WorkerMetrics | None = None) -> None:
-        """`metrics`: where dead letters are counted (the worker's; by default on a registry of its own)."""
+    def __init__(
+        self, settings: RigSettings, metrics: WorkerMetrics | None = None, gives_way_to: GiveWay | None = None
+    ) -> None:
+        """`metrics`: where dead letters are counted (the worker's; by default on a registry of its own);
+        `gives_way_to`: the predict path's, in a worker that predicts too (see `streams.plane.priority`)."""
         self.settings = settings
+        self.gives_way_to = gives_way_to
         self.metrics = metrics if metrics is not None else WorkerMetrics(CollectorRegistry())
         self.retention_ms = int(settings.join_retention_s * 1000)
         self.counts: Counter[str] = Counter()
@@ -209,7 +214,10 @@ class Join:
         self.joined_codec.register()
         self.dead_letter_codec.register()
         by_partition: dict[int, list[tuple[Message, Prediction | Outcome | Rejected]]] = {}
-        for message in batch.messages:
+        give_way = self.gives_way_to
+        for index, message in enumerate(batch.messages):
+            if give_way is not None:
+                give_way.at(index)
             by_partition.setdefault(message.partition(), []).append((message, self._decode(message)))
         outputs: list[Outgoing] = []
         changelog: list[Outgoing] = []
@@ -290,7 +298,10 @@ class Join:
         before = dict(zip(ids, state.store.get_many(ids), strict=True))
         current = dict(before)
         newest: dict[str, int] = {}
-        for kind, request_id, record, at_ms in events:
+        give_way = self.gives_way_to
+        for index, (kind, request_id, record, at_ms) in enumerate(events):
+            if give_way is not None:
+                give_way.at(index)
             event = on_prediction if kind == "prediction" else on_outcome
             step = event(current[request_id], request_id, record, at_ms, self.retention_ms)  # type: ignore[arg-type]
             current[request_id] = step.entry
@@ -347,10 +358,13 @@ class Join:
 SOURCES = ("prediction", "outcome")
 
 
-def install_join(app: faust.App, settings: RigSettings, metrics: WorkerMetrics) -> Plane:
+def install_join(
+    app: faust.App, settings: RigSettings, metrics: WorkerMetrics, gives_way_to: GiveWay | None = None
+) -> Plane:
     """Run the join on a data plane of its own (group `<prefix>join`, range assignment), with its dead
-    letters and its partitions' lag in `metrics`; returns the plane (for the worker's health watch)."""
-    join = Join(settings, metrics)
+    letters and its partitions' lag in `metrics`, giving way to `gives_way_to` (the worker's predict
+    plane's, if it has one); returns the plane (for the worker's health watch)."""
+    join = Join(settings, metrics, gives_way_to)
     topics = (settings.topic("predictions"), settings.topic("outcomes"), settings.topic("join-reroute"))
     plane = Plane(
         app,
@@ -363,6 +377,7 @@ def install_join(app: faust.App, settings: RigSettings, metrics: WorkerMetrics) 
         on_assigned=join.assigned,
         on_revoked=join.revoked,
         metrics=metrics,
+        gives_way_to=gives_way_to,
     )
 
     async def start() -> Handler:

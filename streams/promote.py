@@ -43,6 +43,7 @@ from streams.app import source_settings
 from streams.metrics import WorkerMetrics
 from streams.plane.health import Health
 from streams.plane.ledger import TopicPartition as TP
+from streams.plane.priority import GiveWay
 from streams.plane.service import Handler, Plane
 from streams.plane.sink import Outgoing, Sink
 from streams.plane.source import SourceBatch
@@ -88,12 +89,15 @@ class Promotion:
         metadata: MetadataStore | None,
         delivered: Callable[[TP], int | None] = lambda _tp: None,
         metrics: WorkerMetrics | None = None,
+        gives_way_to: GiveWay | None = None,
     ) -> None:
         """`delivered(tp)` is the offset up to which a partition's batches have their outputs delivered
         (the plane's ledger; by default never, so nothing is saved): a state is saved only once the
         decisions of its rows are on Kafka. `metrics`: where the tests' standing, the decisions and
-        the dead letters are counted (the worker's; by default on a registry of their own)."""
+        the dead letters are counted (the worker's; by default on a registry of their own).
+        `gives_way_to`: the predict path's, in a worker that predicts too (`streams.plane.priority`)."""
         self.settings = settings
+        self.gives_way_to = gives_way_to
         self.metrics = metrics if metrics is not None else WorkerMetrics(CollectorRegistry())
         self.runtime = runtime
         self.metadata = metadata
@@ -180,8 +184,11 @@ class Promotion:
         self.dead_letter_codec.register()
         outputs: list[Outgoing] = []
         rows: list[JoinedOutcome] = []
-        decoded = [(message, self.joined_codec.decode(message.value() or b"")) for message in batch.messages]
-        for message, row in decoded:
+        give_way = self.gives_way_to
+        for index, message in enumerate(batch.messages):
+            if give_way is not None:
+                give_way.at(index)
+            row = self.joined_codec.decode(message.value() or b"")
             if isinstance(row, Rejected):
                 outputs.append(self._dead_letter(message, row.reason, row.error_type))
                 continue
@@ -370,10 +377,11 @@ def install_promoter(
     get_runtime: Callable[[], Awaitable[Runtime]],
     metadata: MetadataStore | None,
     metrics: WorkerMetrics,
+    gives_way_to: GiveWay | None = None,
 ) -> Plane:
     """Run the promoter on a data plane of its own (group `<prefix>promote`, topic `rig.joined`), with
-    its standing, decisions, dead letters and lag in `metrics`; returns the plane (for the worker's
-    health watch)."""
+    its standing, decisions, dead letters and lag in `metrics`, giving way to `gives_way_to` (the
+    worker's predict plane's, if it has one); returns the plane (for the worker's health watch)."""
     held: list[Promotion] = []
 
     def start_offsets(partitions: set[TP]) -> dict[TP, int]:
@@ -393,10 +401,12 @@ def install_promoter(
         Health(needs_partitions=False),
         start_offsets=start_offsets,
         metrics=metrics,
+        gives_way_to=gives_way_to,
     )
 
     async def start() -> Handler:
-        promotion = Promotion(settings, await get_runtime(), metadata, plane.ledger.position, metrics)
+        runtime = await get_runtime()
+        promotion = Promotion(settings, runtime, metadata, plane.ledger.position, metrics, gives_way_to)
         await promotion.start()
         held.append(promotion)
 

@@ -57,8 +57,9 @@ plane = (
     else None
 )
 planes = [plane] if plane is not None else []  # every plane is watched (`install_health`)
+feedback_gives_way_to = plane.give_way if plane is not None and settings.feedback_gives_way else None
 if "feedback" in roles:
-    planes.append(install_join(app, settings, metrics))
+    planes.append(install_join(app, settings, metrics, feedback_gives_way_to))
 metadata = open_metadata(settings)  # once, before consuming: agents must not wait before their loop
 built_runtime: Runtime | None = None  # set by main() before the worker consumes
 runtime_ready: asyncio.Future[Runtime] | None = None
@@ -136,7 +137,7 @@ async def record_feature_stats() -> None:
 if plane is not None:
     install_predict(plane, get_runtime)
 if "feedback" in roles:
-    planes.append(install_promoter(app, settings, get_runtime, metadata, metrics))
+    planes.append(install_promoter(app, settings, get_runtime, metadata, metrics, feedback_gives_way_to))
 if "explain" in roles:
     install_explain_endpoint(app, settings, get_runtime)
 install_health(app, settings, health, planes)

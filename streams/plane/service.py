@@ -25,6 +25,7 @@ from streams.metrics import WorkerMetrics
 from streams.plane.health import Health, Waiting
 from streams.plane.ledger import OffsetLedger
 from streams.plane.ledger import TopicPartition as TP
+from streams.plane.priority import GiveWay
 from streams.plane.sink import DeliveringSink
 from streams.plane.source import BatchSource, SourceBatch, SourceSettings
 from streams.plane.transactions import TransactionalSink
@@ -61,12 +62,14 @@ class Plane:
         on_revoked: Callable[[set[TP], bool], None] | None = None,
         start_offsets: Callable[[set[TP]], dict[TP, int]] | None = None,
         metrics: WorkerMetrics | None = None,
+        gives_way_to: GiveWay | None = None,
     ) -> None:
         """`client_config` is the source consumer's base, `producer_config` the sink producer's; see
         `BatchSource` for `on_assigned`, `on_revoked`, `start_offsets` (they run in the source's thread)
         and `metrics` (which also exports what `health` waits for, as `rig_waiting_seconds` of the
         plane's consumer group). A source that does not commit (`settings.commits` False) publishes
-        through a `TransactionalSink`: exactly once."""
+        through a `TransactionalSink`: exactly once. Each batch waits for `gives_way_to` first (another
+        plane's `give_way`, see `streams.plane.priority`)."""
         self.health = health
         if metrics is not None:
             metrics.watch_waits(settings.group_id, health)
@@ -97,6 +100,9 @@ class Plane:
         self._start: Callable[[], Awaitable[Handler]] | None = None
         self._handle: Handler | None = None
         self._ticks: list[tuple[float, Tick]] = []
+        self.give_way = GiveWay()
+        """Idle while this plane has no batch queued or in hand (for planes that give way to it)."""
+        self._gives_way_to = gives_way_to
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[SourceBatch | Tick] | None = None
         app.service(self._service())
@@ -117,7 +123,9 @@ class Plane:
             try:
                 result = await attempt()
             except Unavailable as error:
+                self.give_way.idle()  # nothing to do until the dependency is back: others may go on
                 await asyncio.sleep(waiting.away(error))
+                self.give_way.busy()
                 continue
             waiting.done()
             return result
@@ -145,7 +153,12 @@ class Plane:
     async def _serve_forever(self) -> None:
         assert self._queue is not None and self._handle is not None
         while True:
+            if self._queue.empty():
+                self.give_way.idle()
             item = await self._queue.get()
+            self.give_way.busy()
+            if self._gives_way_to is not None:
+                await self._gives_way_to.wait_async()
             try:
                 if isinstance(item, SourceBatch):
                     await self._handle(item)

@@ -10,6 +10,7 @@ import pytest
 from rig.errors import FeatureStoreUnavailable, SchemaRegistryUnavailable
 from streams.plane import health as plane_health
 from streams.plane.health import Health
+from streams.plane.priority import GiveWay
 from streams.plane.service import Plane
 
 
@@ -18,10 +19,28 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(plane_health, "FIRST_RETRY_S", 0.0)
 
 
+class MarkedGiveWay(GiveWay):
+    """A GiveWay that lists how it was marked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.marks: list[str] = []
+
+    def busy(self) -> None:
+        self.marks.append("busy")
+        super().busy()
+
+    def idle(self) -> None:
+        self.marks.append("idle")
+        super().idle()
+
+
 def plane_of(owns: list[bool], health: Health) -> SimpleNamespace:
     """What `until_available` uses of a plane: its source's ownership of a batch, its health."""
     owned = iter(owns)
-    return SimpleNamespace(source=SimpleNamespace(owns=lambda batch: next(owned)), health=health)
+    return SimpleNamespace(
+        source=SimpleNamespace(owns=lambda batch: next(owned)), health=health, give_way=GiveWay()
+    )
 
 
 def test_a_batch_waits_for_each_dependency_away_and_goes_on_when_it_is_back() -> None:
@@ -29,6 +48,9 @@ def test_a_batch_waits_for_each_dependency_away_and_goes_on_when_it_is_back() ->
     health.assigned(1)
     away = [FeatureStoreUnavailable("Redis refused"), SchemaRegistryUnavailable("registry refused")]
     seen: list[bool] = []
+    plane = plane_of([True] * 3, health)
+    plane.give_way = marks = MarkedGiveWay()
+    marks.busy()  # as the plane's serving loop marks it while a batch is in hand
 
     async def attempt() -> str:
         seen.append(health.readiness().ready)
@@ -36,11 +58,12 @@ def test_a_batch_waits_for_each_dependency_away_and_goes_on_when_it_is_back() ->
             raise away.pop(0)
         return "answered"
 
-    plane = plane_of([True] * 3, health)
     result = asyncio.run(Plane.until_available(plane, SimpleNamespace(batch_id=1, messages=[]), attempt))  # type: ignore[arg-type]
 
     assert result == "answered"
     assert seen == [True, False, False]  # readiness says what is waited for meanwhile
+    # idle while it waits for a dependency: the planes that give way to it go on meanwhile
+    assert marks.marks == ["busy", "idle", "busy", "idle", "busy"]
     assert health.readiness().ready and not health.waits_for(FeatureStoreUnavailable.dependency)
 
 
