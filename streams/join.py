@@ -56,7 +56,7 @@ from streams.join_restore import PartitionJob, RestoreJob, restore_in_child
 from streams.metrics import WorkerMetrics
 from streams.plane.health import Health
 from streams.plane.ledger import TopicPartition as TP
-from streams.plane.priority import GiveWay
+from streams.plane.priority import GiveWay, paced
 from streams.plane.service import Handler, Plane
 from streams.plane.sink import Outgoing
 from streams.plane.source import SourceBatch
@@ -214,10 +214,7 @@ class Join:
         self.joined_codec.register()
         self.dead_letter_codec.register()
         by_partition: dict[int, list[tuple[Message, Prediction | Outcome | Rejected]]] = {}
-        give_way = self.gives_way_to
-        for index, message in enumerate(batch.messages):
-            if give_way is not None:
-                give_way.at(index)
+        for message in paced(batch.messages, self.gives_way_to):
             by_partition.setdefault(message.partition(), []).append((message, self._decode(message)))
         outputs: list[Outgoing] = []
         changelog: list[Outgoing] = []
@@ -298,10 +295,7 @@ class Join:
         before = dict(zip(ids, state.store.get_many(ids), strict=True))
         current = dict(before)
         newest: dict[str, int] = {}
-        give_way = self.gives_way_to
-        for index, (kind, request_id, record, at_ms) in enumerate(events):
-            if give_way is not None:
-                give_way.at(index)
+        for kind, request_id, record, at_ms in paced(events, self.gives_way_to):
             event = on_prediction if kind == "prediction" else on_outcome
             step = event(current[request_id], request_id, record, at_ms, self.retention_ms)  # type: ignore[arg-type]
             current[request_id] = step.entry

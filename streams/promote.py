@@ -43,7 +43,7 @@ from streams.app import source_settings
 from streams.metrics import WorkerMetrics
 from streams.plane.health import Health
 from streams.plane.ledger import TopicPartition as TP
-from streams.plane.priority import GiveWay
+from streams.plane.priority import GiveWay, paced
 from streams.plane.service import Handler, Plane
 from streams.plane.sink import Outgoing, Sink
 from streams.plane.source import SourceBatch
@@ -184,10 +184,7 @@ class Promotion:
         self.dead_letter_codec.register()
         outputs: list[Outgoing] = []
         rows: list[JoinedOutcome] = []
-        give_way = self.gives_way_to
-        for index, message in enumerate(batch.messages):
-            if give_way is not None:
-                give_way.at(index)
+        for message in paced(batch.messages, self.gives_way_to):
             row = self.joined_codec.decode(message.value() or b"")
             if isinstance(row, Rejected):
                 outputs.append(self._dead_letter(message, row.reason, row.error_type))

@@ -8,7 +8,7 @@ a prediction's caller waits for every millisecond.
 
 So the predict plane says when it has batches queued or in hand (`busy` / `idle`; idle too while it
 waits for a dependency that is away), and the feedback code waits for it to be idle before each batch
-(`wait_async`) and at steps within one (`at`, every `STEP` records). Each wait is bounded, so under a
+(`wait_async`) and at steps within one (`paced`, every `STEP` records). Each wait is bounded, so under a
 predict path that is never idle the feedback path slows down but goes on; it catches up once the
 predict path's backlog is answered.
 
@@ -23,6 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 BATCH_WAIT_S = 0.05
 """Longest a feedback batch waits for the predict path to be idle before it starts."""
@@ -34,8 +38,9 @@ STEP = 64
 
 
 class GiveWay:
-    """Whether the predict path is idle, for the feedback path to wait on: from its threads (`wait`)
-    and from the event loop (`wait_async`). `busy` and `idle` are called on the event loop."""
+    """Whether the predict path is idle, for the feedback path to wait on: from its threads (`wait`,
+    through `paced`) and from the event loop (`wait_async`). `busy` and `idle` are called on the event
+    loop."""
 
     def __init__(self) -> None:
         self._idle = threading.Event()
@@ -58,11 +63,6 @@ class GiveWay:
         meanwhile)."""
         self._idle.wait(STEP_WAIT_S)
 
-    def at(self, index: int) -> None:
-        """In a thread, at the `index`-th record of a loop: `wait` at every `STEP`-th one."""
-        if index % STEP == STEP - 1:
-            self._idle.wait(STEP_WAIT_S)
-
     async def wait_async(self) -> None:
         """On the event loop: return once the predict path is idle, or after `BATCH_WAIT_S`."""
         if self._idle_on_loop.is_set():
@@ -71,3 +71,16 @@ class GiveWay:
             await asyncio.wait_for(self._idle_on_loop.wait(), BATCH_WAIT_S)
         except TimeoutError:
             pass
+
+
+def paced(records: Iterable[T], gives_way_to: GiveWay | None) -> Iterable[T]:
+    """`records` for a loop in a thread that gives way to `gives_way_to` (`wait`) before every `STEP`-th
+    of them; as they are without one."""
+    return records if gives_way_to is None else _paced(records, gives_way_to)
+
+
+def _paced(records: Iterable[T], give_way: GiveWay) -> Iterator[T]:
+    for index, record in enumerate(records):
+        if index % STEP == STEP - 1:
+            give_way.wait()
+        yield record

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from streams.plane.priority import BATCH_WAIT_S, STEP, STEP_WAIT_S, GiveWay
+from streams.plane.priority import BATCH_WAIT_S, STEP, STEP_WAIT_S, GiveWay, paced
 from streams.plane.service import Plane
 from streams.plane.source import SourceBatch
 
@@ -44,14 +44,13 @@ def test_steps_wait_at_every_STEP_th_record_and_for_at_most_STEP_WAIT_S(
     give_way = GiveWay()
     give_way.busy()
     started = time.monotonic()
-    for index in range(2 * STEP):
-        give_way.at(index)
+    for _ in paced(range(2 * STEP), give_way):
+        pass
     assert time.monotonic() - started >= 2 * STEP_WAIT_S * 0.9  # two waits, each bounded
 
     waits: list[float | None] = []
     monkeypatch.setattr(give_way, "_idle", SimpleNamespace(wait=waits.append))
-    for index in range(3 * STEP):
-        give_way.at(index)
+    assert list(paced(range(3 * STEP), give_way)) == list(range(3 * STEP))
     assert waits == [STEP_WAIT_S] * 3
 
 
