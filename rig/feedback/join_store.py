@@ -95,6 +95,11 @@ class JoinStore:
         options.set_block_based_table_factory(table)
         path.mkdir(parents=True, exist_ok=True)
         self._db = rocksdict.Rdict(str(path), options=options)
+        # No write-ahead log: a store is never opened again after a crash (the worker restores the
+        # partition from the changelog instead, `streams.join`), so the log was only ever written;
+        # RocksDB flushes the memtables when a store is closed.
+        self._write_options = rocksdict.WriteOptions()
+        self._write_options.disable_wal = True
         self._floor = _DUE  # no due key below this one exists
 
     def get_many(self, request_ids: Sequence[str]) -> list[Entry | None]:
@@ -119,7 +124,7 @@ class JoinStore:
                     key = self._due_key(after, rid)
                     batch.put(key, b"")
                     self._floor = min(self._floor, key)
-        self._db.write(batch)
+        self._db.write(batch, self._write_options)
 
     def due(self, now_ms: int, limit: int) -> list[tuple[str, Entry]]:
         """Up to `limit` entries whose retention passed by `now_ms`, earliest first."""
