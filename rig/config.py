@@ -265,12 +265,23 @@ class RigSettings(BaseSettings):
     warmer_replay: int = Field(default=2_000, ge=0)
     """How many recent requests the warmer replays through a new golden to pre-fill the cache."""
 
-    worker_roles: frozenset[Literal["predict", "feedback", "explain"]] = frozenset(
+    worker_roles: frozenset[Literal["predict", "feedback", "join", "explain"]] = frozenset(
         {"predict", "feedback", "explain"}
     )
     """What a worker runs (JSON list, e.g. ["predict"]): `predict` answers requests, `feedback` joins
-    outcomes and runs the promoter, `explain` answers the explain topic. Every role by default; split
-    them over processes to scale or isolate them."""
+    outcomes and runs the promoter, `join` only joins (the role of `join_processes`), `explain`
+    answers the explain topic. predict, feedback and explain by default; split them over processes to
+    scale or isolate them."""
+
+    join_processes: int = Field(default=0, ge=0, le=64)
+    """Child processes a worker that joins (roles `feedback` or `join`) runs its join in, instead of
+    in its own process: they share the join's partitions (its consumer group), each with a GIL of
+    its own. The worker keeps the rest of its roles (the promoter among them), exits when a child
+    does (for its supervisor to restart it), and stops them when it stops. 0: the join runs in the
+    worker's process. See the README's architecture section for when it pays."""
+
+    join_dir: Path | None = None
+    """Folder of the join's RocksDB stores (default `<home>/join`); each join process has its own."""
 
     web_port: int = 6066
     """Port of the worker's web server (metrics, health); 0 turns it off."""

@@ -118,7 +118,8 @@ class Join:
 
     def folder(self, partition: int) -> Path:
         """Where a partition's store lives."""
-        return self.settings.home / "join" / f"{self.settings.topic_prefix}{partition}"
+        stores = self.settings.join_dir or self.settings.home / "join"
+        return stores / f"{self.settings.topic_prefix}{partition}"
 
     # -- assignment (the source's thread) -----------------------------------------------------------
     def assigned(self, tps: set[TP]) -> None:

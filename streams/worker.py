@@ -27,6 +27,7 @@ from streams.dashboard import install_dashboard
 from streams.explain import ExplainConsumer, install_explain_endpoint
 from streams.health import install_health
 from streams.join import install_join
+from streams.join_processes import JoinProcesses, die_with_parent
 from streams.metrics import WorkerMetrics, install_metrics_page
 from streams.plane.health import Health
 from streams.plane.service import Plane
@@ -58,7 +59,8 @@ plane = (
 )
 planes = [plane] if plane is not None else []  # every plane is watched (`install_health`)
 feedback_gives_way_to = plane.give_way if plane is not None and settings.feedback_gives_way else None
-if "feedback" in roles:
+joins = "feedback" in roles or "join" in roles
+if joins and not settings.join_processes:
     planes.append(install_join(app, settings, metrics, feedback_gives_way_to))
 metadata = open_metadata(settings)  # once, before consuming: agents must not wait before their loop
 built_runtime: Runtime | None = None  # set by main() before the worker consumes
@@ -122,6 +124,8 @@ async def record_feature_stats() -> None:
 
     A metadata store that is away loses this window's statistics (logged), never the worker.
     """
+    if "predict" not in roles:
+        return  # only the predict path gathers them (and a join process builds no runtime)
     runtime = await get_runtime()
     stats = runtime.feature_stats
     if stats is None or metadata is None:
@@ -140,6 +144,21 @@ if "feedback" in roles:
     planes.append(install_promoter(app, settings, get_runtime, metadata, metrics, feedback_gives_way_to))
 if "explain" in roles:
     install_explain_endpoint(app, settings, get_runtime)
+if joins and settings.join_processes:
+    join_processes = JoinProcesses(settings)
+    health.add_fatal(join_processes.failure)
+
+    @app.task
+    async def start_join_processes() -> None:
+        # On the event loop's (main) thread: a child's PR_SET_PDEATHSIG fires when the thread that
+        # forked it ends, not the process.
+        join_processes.start()
+
+    @app.on_before_shutdown.connect
+    async def stop_join_processes(sender: faust.App, **kwargs: object) -> None:
+        await asyncio.to_thread(join_processes.stop)
+
+
 install_health(app, settings, health, planes)
 install_dashboard(app, settings, get_runtime, metadata)
 install_metrics_page(app, metrics.registry)
@@ -152,8 +171,13 @@ def main() -> None:
     and then waited for its models would hold messages of partitions a rebalance moves elsewhere.
     """
     global built_runtime
+    die_with_parent()  # a join process (`streams.join_processes`)
     try:
-        built_runtime = build_runtime()
+        if roles == {"join"}:  # the join needs no models, routing or feature reader
+            wait_for_topics()
+            freeze_heap()
+        else:
+            built_runtime = build_runtime()
     except MisconfiguredTopic as error:
         raise SystemExit(f"refusing to start: {error}") from error
     # Faust leaves the root logger at DEBUG: aiokafka would build several records per message.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -262,3 +263,101 @@ def test_a_worker_whose_join_cannot_restore_its_state_exits_for_a_restart(
     log = (stack.root / "no-join-state.log").read_text(errors="replace")
     assert code == STALL_EXIT_CODE, f"the worker is still running (exit code {code}) without its join"
     assert "the source of rig.join stopped" in log.replace(stack.settings.topic_prefix, "rig."), log[-3000:]
+
+
+def test_join_processes_join_every_request_and_the_worker_exits_when_one_dies(
+    stack: Stack, joined: JoinedRows
+) -> None:
+    """RIG_JOIN_PROCESSES=2: the worker predicts and runs the promoter, two child processes share the
+    join's partitions. Every request is joined for every model, by both children; when one is killed,
+    the worker exits for its supervisor to restart it, and the other child ends with it."""
+    port = ports_in_a_row(3)
+    traffic = Traffic(stack, count=2_000, rate_per_s=300, seed=14, outcomes=True)
+    answers = Answers(stack.settings).start()
+    try:
+        with stack.worker("join-processes", web_port=port, RIG_JOIN_PROCESSES="2") as worker:
+            wait_ready(port, worker)
+            children = child_pids(worker.pid, 2)
+            wait_assigned(stack.root / "join-processes.log", children, stack.settings.topic("predictions"))
+            traffic.start()
+            traffic.join()
+            answers.assert_complete(traffic, "the join in two child processes")
+            short = joined.wait_for({i: answers.models[i] for i in traffic.ids}, timeout_s=240)
+            counts = [get_json(f"http://127.0.0.1:{port + 1 + index}/join/counts/") for index in (0, 1)]
+            promoter = get_json(f"http://127.0.0.1:{port}/promoter/")
+            own_join = not_found(f"http://127.0.0.1:{port}/join/counts/")
+            os.kill(children[0], signal.SIGKILL)
+            try:
+                code = worker.wait(60)
+            except subprocess.TimeoutExpired:
+                code = None
+            survivor_gone = eventually_gone(children[1], timeout_s=60)
+    finally:
+        answers.stop()
+    assert not short, f"{len(short)} requests not joined for every model, e.g. {sorted(short)[:3]}"
+    assert all(count.get("joined", 0) > 0 for count in counts), f"both children join: {counts}"
+    assert sum(count["joined"] for count in counts) >= len(traffic.ids), counts
+    assert own_join, "the worker itself does not join"
+    assert promoter["golden"] == read_routing(stack.settings).golden, "the promoter runs in the worker"
+    assert code == STALL_EXIT_CODE, f"the worker did not exit for a restart (exit code {code})"
+    assert survivor_gone, "the other join process ended with its worker"
+
+
+def ports_in_a_row(count: int) -> int:
+    """The first of `count` consecutive free ports (a worker's and its join processes')."""
+    for _ in range(100):
+        first = free_port()
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise AssertionError(f"no {count} free ports in a row")
+
+
+def child_pids(pid: int, count: int, timeout_s: float = 60) -> list[int]:
+    """The pids of the `count` child processes `pid` started, once it has (its restore children are
+    theirs, not its)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        if len(children) >= count or time.monotonic() >= deadline:
+            assert len(children) == count, f"{pid} has children {children}, not {count}"
+            return children
+        time.sleep(0.2)
+
+
+def eventually_gone(pid: int, timeout_s: float) -> bool:
+    """Whether process `pid` ends (or is a zombie nobody reaped) within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def wait_assigned(log: Path, pids: list[int], topic: str, timeout_s: float = 120) -> None:
+    """Wait until each of these processes logged an assignment of partitions of `topic` (the join's
+    group has settled on them all)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = log.read_text(errors="replace").splitlines()
+        assigned = {
+            pid
+            for pid in pids
+            for line in lines
+            if f"[{pid}]" in line and "partitions assigned" in line and f"'{topic}-" in line
+        }
+        if assigned == set(pids):
+            return
+        assert time.monotonic() < deadline, (
+            f"join processes {sorted(set(pids) - assigned)} hold no {topic} partition"
+        )
+        time.sleep(0.5)

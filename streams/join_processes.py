@@ -1,0 +1,119 @@
+"""The join in child processes of the worker (`RIG_JOIN_PROCESSES`): partition-parallel, a GIL each.
+
+The join is most of a worker's CPU per request (decoding predictions and outcomes, its RocksDB
+stores, joined rows and changelog records), and one process runs its Python one thread at a time, its
+predict path and promoter included. Children that run only the join (role `join`) share its
+partitions through its consumer group, like workers of their own, and leave the worker's GIL to
+predictions and the promoter.
+
+A child is a `python -m streams` with the worker's settings but for: role `join`, its web server
+(`/metrics`, `/join/counts/`, `/healthz`) on the worker's port + 1 + its index (none when the worker
+has none), its stores in a folder of its own (`<home>/join/processes-<worker pid>/<index>`: two workers on one
+host never share one; the folders of workers that are gone are removed at start, since a new process
+never reuses a store). It dies with the worker
+(`PR_SET_PDEATHSIG`, Linux); the worker exits when a child does (its health watch: `failure`), so that
+its supervisor restarts the whole, as it would a worker whose join died.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from rig.config import RigSettings
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+STOP_TIMEOUT_S = 30.0
+"""How long stopping children may take (each leaves its consumer group) before they are killed."""
+JOIN_NICENESS = 10
+"""How much lower a join process's CPU priority is than its worker's."""
+PARENT_ENV = "RIG_JOIN_PROCESS_PARENT"
+"""Set in a child's environment to the worker's pid: the child dies with it."""
+
+
+class JoinProcesses:
+    """The worker's join processes: started, watched, stopped."""
+
+    def __init__(self, settings: RigSettings) -> None:
+        self.settings = settings
+        self.stores = settings.join_dir or settings.home / "join"
+        self.folder = self.stores / f"processes-{os.getpid()}"
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        """Start `settings.join_processes` children (their output goes to the worker's), after removing
+        the stores of join processes whose worker is gone."""
+        self.remove_stale_stores()
+        for index in range(self.settings.join_processes):
+            child = subprocess.Popen([sys.executable, "-m", "streams"], env=self.environment(index))
+            self.children.append(child)
+            log.info("join process %d started pid=%d", index, child.pid)
+
+    def remove_stale_stores(self) -> None:
+        """Remove the store folders of join processes whose worker no longer runs."""
+        for folder in self.stores.glob("processes-*"):
+            pid = folder.name.removeprefix("processes-")
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def environment(self, index: int) -> dict[str, str]:
+        """The environment of child `index`: the worker's, with the settings that make it a join process."""
+        return {
+            **os.environ,
+            "RIG_WORKER_ROLES": '["join"]',
+            "RIG_JOIN_PROCESSES": "0",
+            "RIG_JOIN_DIR": str(self.folder / str(index)),
+            "RIG_WEB_PORT": str(self.settings.web_port + 1 + index if self.settings.web_port else 0),
+            PARENT_ENV: str(os.getpid()),
+        }
+
+    def failure(self) -> str | None:
+        """What happened to the first child that exited, or None while every one runs."""
+        for index, child in enumerate(self.children):
+            code = child.poll()
+            if code is not None:
+                return f"join process {index} (pid {child.pid}) exited with {code}"
+        return None
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stop the children (SIGTERM: each leaves its group and closes its stores), killing those that
+        do not stop within `timeout_s`."""
+        for child in self.children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for index, child in enumerate(self.children):
+            try:
+                child.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "join process %d (pid %d) did not stop in %.0f s: killed", index, child.pid, timeout_s
+                )
+                child.kill()
+                child.wait()
+
+
+def die_with_parent() -> None:
+    """In a join process: ask the kernel for a SIGTERM when the worker that started it ends (exit now if
+    it ended already, before the request), and take a lower CPU priority than the worker's."""
+    parent = os.environ.get(PARENT_ENV)
+    if parent is None:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning(
+            "PR_SET_PDEATHSIG refused (errno %d): this join process may outlive its worker",
+            ctypes.get_errno(),
+        )
+    if os.getppid() != int(parent):
+        raise SystemExit(f"the worker that started this join process (pid {parent}) is gone")
+    # Predictions first, as within one process (`streams.plane.priority`): across processes it is the
+    # kernel's scheduler that gives way, to the worker's predict path when both want a core.
+    os.nice(JOIN_NICENESS)

@@ -1,0 +1,97 @@
+"""The worker's join processes: what makes a child one, its death noticed, its stop, its stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rig.config import RigSettings
+from streams.join_processes import PARENT_ENV, JoinProcesses
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def test_a_child_joins_only_with_its_own_stores_and_port_and_knows_its_worker(settings: RigSettings) -> None:
+    processes = JoinProcesses(settings.model_copy(update={"web_port": 7000, "join_processes": 2}))
+    first, second = processes.environment(0), processes.environment(1)
+
+    assert json.loads(first["RIG_WORKER_ROLES"]) == ["join"]
+    assert first["RIG_JOIN_PROCESSES"] == "0", "a child starts no children"
+    assert (first["RIG_WEB_PORT"], second["RIG_WEB_PORT"]) == ("7001", "7002")
+    assert first["RIG_JOIN_DIR"] != second["RIG_JOIN_DIR"]
+    assert Path(first["RIG_JOIN_DIR"]).parent == settings.home / "join" / f"processes-{os.getpid()}"
+    assert first[PARENT_ENV] == str(os.getpid())
+    assert first["PATH"] == os.environ["PATH"], "the rest of the worker's environment goes along"
+    quiet = JoinProcesses(settings.model_copy(update={"web_port": 0, "join_processes": 1}))
+    assert quiet.environment(0)["RIG_WEB_PORT"] == "0", "no web server when the worker has none"
+
+
+def test_the_first_child_that_exits_is_the_workers_failure(settings: RigSettings) -> None:
+    processes = JoinProcesses(settings)
+    processes.children = [subprocess.Popen(SLEEPER), subprocess.Popen(SLEEPER)]
+    try:
+        assert processes.failure() is None
+        processes.children[1].kill()
+        processes.children[1].wait()
+        assert processes.failure() == f"join process 1 (pid {processes.children[1].pid}) exited with -9"
+    finally:
+        processes.stop()
+
+
+def test_stop_ends_children_with_sigterm_and_kills_one_that_ignores_it(settings: RigSettings) -> None:
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); "
+        "time.sleep(60)"
+    )
+    processes = JoinProcesses(settings)
+    processes.children = [
+        subprocess.Popen(SLEEPER),
+        subprocess.Popen([sys.executable, "-c", stubborn], stdout=subprocess.PIPE),
+    ]
+    assert processes.children[1].stdout is not None
+    processes.children[1].stdout.readline()  # its handler is in place
+
+    processes.stop(timeout_s=1)
+
+    assert [child.returncode for child in processes.children] == [-15, -9]
+
+
+def test_only_the_stores_of_workers_that_are_gone_are_removed(settings: RigSettings) -> None:
+    processes = JoinProcesses(settings)
+    ours = settings.home / "join" / f"processes-{os.getpid()}" / "0"
+    gone = settings.home / "join" / "processes-4194305" / "0"  # above Linux's largest pid
+    other = settings.home / "join" / "rig.3"  # a store of the worker's own join
+    for folder in (ours, gone, other):
+        folder.mkdir(parents=True)
+
+    processes.remove_stale_stores()
+
+    assert ours.exists() and other.exists()
+    assert not gone.parent.exists()
+
+
+def run_as_join_process(parent: str) -> subprocess.CompletedProcess[str]:
+    script = (
+        "import ctypes, os; from streams.join_processes import die_with_parent; die_with_parent(); "
+        "signal = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(signal), 0, 0, 0); "
+        "print(signal.value, os.nice(0))"
+    )
+    env = {**os.environ, PARENT_ENV: parent}
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_join_process_dies_with_its_worker_at_a_lower_priority() -> None:
+    child = run_as_join_process(str(os.getpid()))
+    assert child.returncode == 0, child.stderr
+    signal, niceness = map(int, child.stdout.split())
+    assert signal == 15, "SIGTERM when the worker ends"
+    assert niceness == os.nice(0) + 10
+
+
+def test_a_join_process_whose_worker_is_gone_already_exits() -> None:
+    child = run_as_join_process("1")  # not the child's parent: its worker ended and it was adopted
+    assert child.returncode == 1
+    assert "the worker that started this join process (pid 1) is gone" in child.stderr
