@@ -28,7 +28,8 @@ every agent process is idle; the machine's other load is reported):
 - worker, worker_eos: sustained requests/s until idle = N / (the later of: the process idle again,
   the last joined row) - the first request's CreateTime, where "joined" means every backlog request has
   a joined row on `<prefix>joined` for every model of its prediction (read_committed); CPU µs per
-  request and per joined row of the whole process until idle; predictions and joined rows repeated;
+  request and per joined row of the whole process (its join processes included, with
+  `--worker-env RIG_JOIN_PROCESSES=N`) until idle; predictions and joined rows repeated;
   the worker's own join counters (/join/counts/) and promoter (/promoter/);
 - feedback, feedback_eos: joined rows/s and CPU µs per joined row of the feedback role alone (measured
   directly: its process's CPU until idle / the joined rows it produced).
@@ -67,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` 
 import numpy as np
 
 from bench.bench_pipeline import Agent, backlog_round, capacity, start_bare_loop
-from bench.support.cpu import CpuUsage, PhaseCpu, wait_idle
+from bench.support.cpu import CpuUsage, PhaseCpu, process_tree, wait_idle
 from bench.support.deploy import add_world_arguments, deployed_world, route, with_prefix
 from bench.support.feedback import Answers, JoinedRows, Traffic, traffic_with_outcomes
 from bench.support.kafka_io import Message, Sender, connected_producer
@@ -174,11 +175,12 @@ def joined_round(
     predicts = inputs.expected_models is None
     idle_wait_s = wait_idle(*pids, timeout_s=idle_timeout_s)
     counts_before = get_json(worker.port, "/join/counts/") or {}
+    children = process_tree(pid)[1:]  # join processes (RIG_JOIN_PROCESSES): the worker's CPU too
     answers = Answers(agent.settings, from_end=True, keep=True).start() if predicts else None
     joined = JoinedRows(agent.settings, from_end=True).start()
     try:
-        usage = CpuUsage(pid)
-        phase = PhaseCpu(pid)
+        usage = CpuUsage(pid, *children)
+        phase = PhaseCpu(pid, *children)
         first_ms, produced_ms = produce(worker, inputs, *producers)
         expected, short = wait_joined(worker, inputs, answers, joined, ids, timeout_s)
         threads = phase.threads()

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -71,12 +72,12 @@ def wait_idle(
         time.sleep(step_s)
 
 
-def wait_idle_again(pid: int, timeout_s: float, **window: float) -> tuple[float, float]:
-    """`wait_idle(pid, timeout_s=timeout_s, **window)` after a phase: the seconds the process stayed
-    busy, and the epoch ms where its idle window began (on a timeout, still busy: the last second
-    before now, a bound)."""
+def wait_idle_again(pid: int | Sequence[int], timeout_s: float, **window: float) -> tuple[float, float]:
+    """`wait_idle(pid, timeout_s=timeout_s, **window)` after a phase (`pid`: a process, or several
+    counted together): the seconds the process stayed busy, and the epoch ms where its idle window
+    began (on a timeout, still busy: the last second before now, a bound)."""
     waited_at = time.time()
-    busy_after_s = wait_idle(pid, timeout_s=timeout_s, **window)
+    busy_after_s = wait_idle(*((pid,) if isinstance(pid, int) else pid), timeout_s=timeout_s, **window)
     if busy_after_s == float("inf"):
         return busy_after_s, time.time() * 1000 - 1000
     return busy_after_s, (waited_at + busy_after_s) * 1000
@@ -113,11 +114,13 @@ def thread_cpu_since(pid: int, before: dict[int, tuple[str, float]]) -> dict[str
 
 class PhaseCpu:
     """A process's CPU over a phase, from construction on: per thread group once the phase's work is
-    done (`threads`), then in all until the process is idle again (`until_idle`)."""
+    done (`threads`, of `pid` alone), then in all until the process is idle again (`until_idle`); with
+    `more`, those processes too (e.g. a worker's join processes, see `process_tree`), counted together."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, *more: int) -> None:
         self.pid = pid
-        self._cpu_start = cpu_seconds(pid)
+        self.pids = (pid, *more)
+        self._cpu_start = sum(cpu_seconds(member) for member in self.pids)
         self._threads_before = thread_cpu_seconds(pid)
 
     def threads(self) -> dict[str, float]:
@@ -127,8 +130,8 @@ class PhaseCpu:
     def until_idle(self, timeout_s: float) -> tuple[float, float, float]:
         """Wait until the process is idle again (`wait_idle_again`): the seconds it stayed busy, the epoch
         ms its idle window began, and its CPU seconds since the phase began."""
-        busy_after_s, idle_at_ms = wait_idle_again(self.pid, timeout_s)
-        return busy_after_s, idle_at_ms, cpu_seconds(self.pid) - self._cpu_start
+        busy_after_s, idle_at_ms = wait_idle_again(self.pids, timeout_s)
+        return busy_after_s, idle_at_ms, sum(cpu_seconds(member) for member in self.pids) - self._cpu_start
 
 
 class CpuUsage:

@@ -75,20 +75,23 @@ def test_only_the_stores_of_workers_that_are_gone_are_removed(settings: RigSetti
 
 def run_as_join_process(parent: str) -> subprocess.CompletedProcess[str]:
     script = (
-        "import ctypes, os; from streams.join_processes import die_with_parent; die_with_parent(); "
+        "import ctypes, os, threading; from streams.join_processes import die_with_parent; "
+        "before = threading.Thread(target=threading.Event().wait, daemon=True); before.start(); "
+        "die_with_parent(); "
+        "after = threading.Thread(target=threading.Event().wait, daemon=True); after.start(); "
         "signal = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(signal), 0, 0, 0); "
-        "print(signal.value, os.nice(0))"
+        "print(signal.value, *sorted({os.sched_getscheduler(int(t)) for t in os.listdir('/proc/self/task')}))"
     )
     env = {**os.environ, PARENT_ENV: parent}
     return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
 
 
-def test_a_join_process_dies_with_its_worker_at_a_lower_priority() -> None:
+def test_a_join_process_dies_with_its_worker_and_runs_only_on_idle_cores() -> None:
     child = run_as_join_process(str(os.getpid()))
     assert child.returncode == 0, child.stderr
-    signal, niceness = map(int, child.stdout.split())
+    signal, *policies = map(int, child.stdout.split())
     assert signal == 15, "SIGTERM when the worker ends"
-    assert niceness == os.nice(0) + 10
+    assert policies == [os.SCHED_IDLE], "every thread: started before the call and after it"
 
 
 def test_a_join_process_whose_worker_is_gone_already_exits() -> None:
