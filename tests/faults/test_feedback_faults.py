@@ -361,3 +361,21 @@ def wait_assigned(log: Path, pids: list[int], topic: str, timeout_s: float = 120
             f"join processes {sorted(set(pids) - assigned)} hold no {topic} partition"
         )
         time.sleep(0.5)
+
+
+def test_a_worker_stopped_with_sigterm_stops_its_join_processes_first(stack: Stack) -> None:
+    port = ports_in_a_row(2)
+    with stack.worker("join-processes-stopped", web_port=port, RIG_JOIN_PROCESSES="1") as worker:
+        wait_ready(port, worker)
+        (child,) = child_pids(worker.pid, 1)
+        wait_assigned(stack.root / "join-processes-stopped.log", [child], stack.settings.topic("predictions"))
+        worker.terminate()
+        try:
+            code = worker.wait(90)
+        except subprocess.TimeoutExpired:
+            code = None
+        child_gone = eventually_gone(child, timeout_s=5)
+    log = (stack.root / "join-processes-stopped.log").read_text(errors="replace")
+    assert code == 0, f"the worker did not stop cleanly (exit code {code})"
+    assert child_gone, "its join process ended before it"
+    assert f"[{child}] [INFO] partitions revoked" in log, "the join process left its group"
