@@ -46,6 +46,7 @@ class JoinProcesses:
         self.stores = settings.join_dir or settings.home / "join"
         self.folder = self.stores / f"processes-{os.getpid()}"
         self.children: list[subprocess.Popen[bytes]] = []
+        self.stopping = False
 
     def start(self) -> None:
         """Start `settings.join_processes` children (their output goes to the worker's), after removing
@@ -75,7 +76,10 @@ class JoinProcesses:
         }
 
     def failure(self) -> str | None:
-        """What happened to the first child that exited, or None while every one runs."""
+        """What happened to the first child that exited, or None while every one runs (or `stop` ends
+        them: the worker is stopping, not failing)."""
+        if self.stopping:
+            return None
         for index, child in enumerate(self.children):
             code = child.poll()
             if code is not None:
@@ -85,6 +89,7 @@ class JoinProcesses:
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Stop the children (SIGTERM: each leaves its group and closes its stores), killing those that
         do not stop within `timeout_s`."""
+        self.stopping = True
         for child in self.children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)

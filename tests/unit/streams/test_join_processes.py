@@ -57,6 +57,7 @@ def test_stop_ends_children_with_sigterm_and_kills_one_that_ignores_it(settings:
     processes.stop(timeout_s=1)
 
     assert [child.returncode for child in processes.children] == [-15, -9]
+    assert processes.failure() is None, "children that were stopped are no failure of the worker"
 
 
 def test_only_the_stores_of_workers_that_are_gone_are_removed(settings: RigSettings) -> None:
