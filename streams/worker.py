@@ -62,7 +62,8 @@ feedback_gives_way_to = plane.give_way if plane is not None and settings.feedbac
 joins = "feedback" in roles or "join" in roles
 if joins and not settings.join_processes:
     planes.append(install_join(app, settings, metrics, feedback_gives_way_to))
-metadata = open_metadata(settings)  # once, before consuming: agents must not wait before their loop
+# Once, before consuming: agents must not wait before their loop. A join process records nothing there.
+metadata = open_metadata(settings) if roles != {"join"} else None
 built_runtime: Runtime | None = None  # set by main() before the worker consumes
 runtime_ready: asyncio.Future[Runtime] | None = None
 
