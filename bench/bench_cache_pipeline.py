@@ -288,7 +288,9 @@ def run_once(
         # the worker's other agents (join, promoter, explain) may still work on what the backlog caused
         busy_after_s, idle_at_s = float("nan"), time.time() - 1.0
         if idle_timeout_s > 0:
-            busy_after_s, idle_at_ms = wait_idle_again(worker.pid, idle_timeout_s, window_s=1.0, cores=0.2)
+            busy_after_s, idle_at_ms = wait_idle_again(
+                worker.pid, timeout_s=idle_timeout_s, window_s=1.0, cores=0.2
+            )
             idle_at_s = idle_at_ms / 1000
         cpu_until_idle_s = cpu_seconds(worker.pid) - cpu_before
     finally:

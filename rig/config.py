@@ -387,6 +387,11 @@ class RigSettings(BaseSettings):
         return self.feast_repo / "data"
 
     @property
+    def join_stores(self) -> Path:
+        """Folder of the join's RocksDB stores: `join_dir`, by default `<home>/join`."""
+        return self.join_dir or self.home / "join"
+
+    @property
     def model_dir(self) -> Path:
         """Folder of stored model artifacts (XGBoost UBJ + metadata)."""
         return self.home / "models"

@@ -118,8 +118,7 @@ class Join:
 
     def folder(self, partition: int) -> Path:
         """Where a partition's store lives."""
-        stores = self.settings.join_dir or self.settings.home / "join"
-        return stores / f"{self.settings.topic_prefix}{partition}"
+        return self.settings.join_stores / f"{self.settings.topic_prefix}{partition}"
 
     # -- assignment (the source's thread) -----------------------------------------------------------
     def assigned(self, tps: set[TP]) -> None:

@@ -8,11 +8,11 @@ predictions and the promoter.
 
 A child is a `python -m streams` with the worker's settings but for: role `join`, its web server
 (`/metrics`, `/join/counts/`, `/healthz`) on the worker's port + 1 + its index (none when the worker
-has none), its stores in a folder of its own (`<home>/join/processes-<worker pid>/<index>`: two workers on one
-host never share one; the folders of workers that are gone are removed at start, since a new process
-never reuses a store). It dies with the worker
-(`PR_SET_PDEATHSIG`, Linux); the worker exits when a child does (its health watch: `failure`), so that
-its supervisor restarts the whole, as it would a worker whose join died.
+has none), its stores in a folder of its own (`<home>/join/processes-<worker pid>/<index>`: two
+workers on one host never share one; the folders of workers that are gone are removed at start, since
+a new process never reuses a store). It dies with the worker (`PR_SET_PDEATHSIG`, Linux) and runs
+only on idle cores (`become_join_process`); the worker exits when a child does (its health watch:
+`failure`), so that its supervisor restarts the whole, as it would a worker whose join died.
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ class JoinProcesses:
 
     def __init__(self, settings: RigSettings) -> None:
         self.settings = settings
-        self.stores = settings.join_dir or settings.home / "join"
-        self.folder = self.stores / f"processes-{os.getpid()}"
+        self.folder = settings.join_stores / f"processes-{os.getpid()}"
         self.children: list[subprocess.Popen[bytes]] = []
         self.stopping = False
 
@@ -59,7 +58,7 @@ class JoinProcesses:
 
     def remove_stale_stores(self) -> None:
         """Remove the store folders of join processes whose worker no longer runs."""
-        for folder in self.stores.glob("processes-*"):
+        for folder in self.settings.join_stores.glob("processes-*"):
             pid = folder.name.removeprefix("processes-")
             if pid.isdigit() and not Path(f"/proc/{pid}").exists():
                 shutil.rmtree(folder, ignore_errors=True)
@@ -104,7 +103,7 @@ class JoinProcesses:
                 child.wait()
 
 
-def die_with_parent() -> None:
+def become_join_process() -> None:
     """In a join process: ask the kernel for a SIGTERM when the worker that started it ends (exit now if
     it ended already, before the request), and run only on cores nothing else wants."""
     parent = os.environ.get(PARENT_ENV)

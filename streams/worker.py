@@ -27,7 +27,7 @@ from streams.dashboard import install_dashboard
 from streams.explain import ExplainConsumer, install_explain_endpoint
 from streams.health import install_health
 from streams.join import install_join
-from streams.join_processes import JoinProcesses, die_with_parent
+from streams.join_processes import JoinProcesses, become_join_process
 from streams.metrics import WorkerMetrics, install_metrics_page
 from streams.plane.health import Health
 from streams.plane.service import Plane
@@ -60,10 +60,11 @@ plane = (
 planes = [plane] if plane is not None else []  # every plane is watched (`install_health`)
 feedback_gives_way_to = plane.give_way if plane is not None and settings.feedback_gives_way else None
 joins = "feedback" in roles or "join" in roles
+join_process = roles == {"join"}  # what a worker's join processes run (`streams.join_processes`)
 if joins and not settings.join_processes:
     planes.append(install_join(app, settings, metrics, feedback_gives_way_to))
 # Once, before consuming: agents must not wait before their loop. A join process records nothing there.
-metadata = open_metadata(settings) if roles != {"join"} else None
+metadata = None if join_process else open_metadata(settings)
 built_runtime: Runtime | None = None  # set by main() before the worker consumes
 runtime_ready: asyncio.Future[Runtime] | None = None
 
@@ -172,9 +173,9 @@ def main() -> None:
     and then waited for its models would hold messages of partitions a rebalance moves elsewhere.
     """
     global built_runtime
-    die_with_parent()  # a join process (`streams.join_processes`)
+    become_join_process()  # when started as one by a worker
     try:
-        if roles == {"join"}:  # the join needs no models, routing or feature reader
+        if join_process:  # the join needs no models, routing or feature reader
             wait_for_topics()
             freeze_heap()
         else:

@@ -9,7 +9,6 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -72,12 +71,12 @@ def wait_idle(
         time.sleep(step_s)
 
 
-def wait_idle_again(pid: int | Sequence[int], timeout_s: float, **window: float) -> tuple[float, float]:
-    """`wait_idle(pid, timeout_s=timeout_s, **window)` after a phase (`pid`: a process, or several
-    counted together): the seconds the process stayed busy, and the epoch ms where its idle window
-    began (on a timeout, still busy: the last second before now, a bound)."""
+def wait_idle_again(*pids: int, timeout_s: float, **window: float) -> tuple[float, float]:
+    """`wait_idle(*pids, timeout_s=timeout_s, **window)` after a phase: the seconds the processes stayed
+    busy, and the epoch ms where their idle window began (on a timeout, still busy: the last second
+    before now, a bound)."""
     waited_at = time.time()
-    busy_after_s = wait_idle(*((pid,) if isinstance(pid, int) else pid), timeout_s=timeout_s, **window)
+    busy_after_s = wait_idle(*pids, timeout_s=timeout_s, **window)
     if busy_after_s == float("inf"):
         return busy_after_s, time.time() * 1000 - 1000
     return busy_after_s, (waited_at + busy_after_s) * 1000
@@ -130,7 +129,7 @@ class PhaseCpu:
     def until_idle(self, timeout_s: float) -> tuple[float, float, float]:
         """Wait until the process is idle again (`wait_idle_again`): the seconds it stayed busy, the epoch
         ms its idle window began, and its CPU seconds since the phase began."""
-        busy_after_s, idle_at_ms = wait_idle_again(self.pids, timeout_s)
+        busy_after_s, idle_at_ms = wait_idle_again(*self.pids, timeout_s=timeout_s)
         return busy_after_s, idle_at_ms, sum(cpu_seconds(member) for member in self.pids) - self._cpu_start
 
 

@@ -76,9 +76,9 @@ def test_only_the_stores_of_workers_that_are_gone_are_removed(settings: RigSetti
 
 def run_as_join_process(parent: str) -> subprocess.CompletedProcess[str]:
     script = (
-        "import ctypes, os, threading; from streams.join_processes import die_with_parent; "
+        "import ctypes, os, threading; from streams.join_processes import become_join_process; "
         "before = threading.Thread(target=threading.Event().wait, daemon=True); before.start(); "
-        "die_with_parent(); "
+        "become_join_process(); "
         "after = threading.Thread(target=threading.Event().wait, daemon=True); after.start(); "
         "signal = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(signal), 0, 0, 0); "
         "print(signal.value, *sorted({os.sched_getscheduler(int(t)) for t in os.listdir('/proc/self/task')}))"
