@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY
 
 from rig.config import RigSettings
 from rig.errors import RigError
+from rig.features.feast_checks import skip_feast_type_checks
 from rig.wire.topics import MisconfiguredTopic, ensure_topics
 from streams.app import make_app, source_settings
 from streams.dashboard import install_dashboard
@@ -173,6 +174,7 @@ def main() -> None:
     and then waited for its models would hold messages of partitions a rebalance moves elsewhere.
     """
     global built_runtime
+    skip_feast_type_checks()  # ~4.5 s less to start: the worker reads the registry `feast apply` checked
     become_join_process()  # when started as one by a worker
     try:
         if join_process:  # the join needs no models, routing or feature reader
