@@ -12,10 +12,14 @@ from collections import deque
 from pathlib import Path
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # from the 3rd on (state, ...)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(*pids: int) -> float:
+    """User + system CPU seconds of processes so far, all their threads, summed."""
+    ticks = 0
+    for pid in pids:
+        # the fields after the command's closing parenthesis, from the 3rd on (state, ...)
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def process_tree(pid: int) -> list[int]:
@@ -60,7 +64,7 @@ def wait_idle(
     samples: deque[tuple[float, float]] = deque()  # (seconds since began, CPU seconds), one per step
     while True:
         now = time.perf_counter() - began
-        samples.append((now, sum(cpu_seconds(pid) for pid in pids)))
+        samples.append((now, cpu_seconds(*pids)))
         while len(samples) > 1 and now - samples[1][0] >= window_s:
             samples.popleft()  # the newest sample at least a window back stays first
         start, cpu = samples[0]
@@ -119,7 +123,7 @@ class PhaseCpu:
     def __init__(self, pid: int, *more: int) -> None:
         self.pid = pid
         self.pids = (pid, *more)
-        self._cpu_start = sum(cpu_seconds(member) for member in self.pids)
+        self._cpu_start = cpu_seconds(*self.pids)
         self._threads_before = thread_cpu_seconds(pid)
 
     def threads(self) -> dict[str, float]:
@@ -130,7 +134,7 @@ class PhaseCpu:
         """Wait until the process is idle again (`wait_idle_again`): the seconds it stayed busy, the epoch
         ms its idle window began, and its CPU seconds since the phase began."""
         busy_after_s, idle_at_ms = wait_idle_again(*self.pids, timeout_s=timeout_s)
-        return busy_after_s, idle_at_ms, sum(cpu_seconds(member) for member in self.pids) - self._cpu_start
+        return busy_after_s, idle_at_ms, cpu_seconds(*self.pids) - self._cpu_start
 
 
 class CpuUsage:
@@ -165,7 +169,7 @@ class CpuUsage:
         }
 
     def _agent_seconds(self) -> float:
-        return sum(cpu_seconds(pid) for pid in self.pids)
+        return cpu_seconds(*self.pids)
 
 
 class CpuSampler:
