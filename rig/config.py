@@ -281,7 +281,8 @@ class RigSettings(BaseSettings):
     worker's process. See the README's architecture section for when it pays."""
 
     join_dir: Path | None = None
-    """Folder of the join's RocksDB stores (default `<home>/join`); each join process has its own."""
+    """Folder of the join's RocksDB stores (default `<home>/join`); each process that joins keeps its
+    stores in a folder of its own under it (`rig.feedback.store_folder`)."""
 
     web_port: int = 6066
     """Port of the worker's web server (metrics, health); 0 turns it off."""

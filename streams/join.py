@@ -48,6 +48,7 @@ from rig.feedback.join import (
     sweep,
 )
 from rig.feedback.join_store import Change, JoinStore, StoreMemory
+from rig.feedback.store_folder import claim_store_folder
 from rig.wire.codec import Codec, ErrorType, Rejected
 from rig.wire.partitioner import partition_for
 from rig.wire.records import DeadLetter, JoinedOutcome, Outcome, Prediction
@@ -110,6 +111,7 @@ class Join:
         self.memory = StoreMemory(settings.join_memory_mib * 2**20)  # one budget, however many are held
         self._sweeping: set[int] = set()  # partitions that may have entries due in this sweep round
         self.let_go: dict[int, Partition] = {}
+        self._stores: Path | None = None
         registry = settings.schema_registry_url
         self.prediction_codec = Codec(Prediction, registry_url=registry)
         self.outcome_codec = Codec(Outcome, registry_url=registry, allow_json=True)
@@ -117,8 +119,11 @@ class Join:
         self.dead_letter_codec = Codec(DeadLetter, registry_url=registry)
 
     def folder(self, partition: int) -> Path:
-        """Where a partition's store lives."""
-        return self.settings.join_stores / f"{self.settings.topic_prefix}{partition}"
+        """Where a partition's store lives: in this process's own folder (`rig.feedback.store_folder`),
+        claimed at the first assignment."""
+        if self._stores is None:
+            self._stores = claim_store_folder(self.settings.join_stores)
+        return self._stores / f"{self.settings.topic_prefix}{partition}"
 
     # -- assignment (the source's thread) -----------------------------------------------------------
     def assigned(self, tps: set[TP]) -> None:

@@ -8,9 +8,8 @@ predictions and the promoter.
 
 A child is a `python -m streams` with the worker's settings but for: role `join`, its web server
 (`/metrics`, `/join/counts/`, `/healthz`) on the worker's port + 1 + its index (none when the worker
-has none), its stores in a folder of its own (`<home>/join/processes-<worker pid>/<index>`: two
-workers on one host never share one; the folders of workers that are gone are removed at start, since
-a new process never reuses a store). It dies with the worker (`PR_SET_PDEATHSIG`, Linux) and runs
+has none); like every process that joins, it keeps its stores in a folder of its own
+(`rig.feedback.store_folder`). It dies with the worker (`PR_SET_PDEATHSIG`, Linux) and runs
 only on idle cores (`become_join_process`); the worker exits when a child does (its health watch:
 `failure`), so that its supervisor restarts the whole, as it would a worker whose join died.
 """
@@ -21,11 +20,9 @@ import contextlib
 import ctypes
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from rig.config import RigSettings
 
@@ -43,25 +40,15 @@ class JoinProcesses:
 
     def __init__(self, settings: RigSettings) -> None:
         self.settings = settings
-        self.folder = settings.join_stores / f"processes-{os.getpid()}"
         self.children: list[subprocess.Popen[bytes]] = []
         self.stopping = False
 
     def start(self) -> None:
-        """Start `settings.join_processes` children (their output goes to the worker's), after removing
-        the stores of join processes whose worker is gone."""
-        self.remove_stale_stores()
+        """Start `settings.join_processes` children (their output goes to the worker's)."""
         for index in range(self.settings.join_processes):
             child = subprocess.Popen([sys.executable, "-m", "streams"], env=self.environment(index))
             self.children.append(child)
             log.info("join process %d started pid=%d", index, child.pid)
-
-    def remove_stale_stores(self) -> None:
-        """Remove the store folders of join processes whose worker no longer runs."""
-        for folder in self.settings.join_stores.glob("processes-*"):
-            pid = folder.name.removeprefix("processes-")
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                shutil.rmtree(folder, ignore_errors=True)
 
     def environment(self, index: int) -> dict[str, str]:
         """The environment of child `index`: the worker's, with the settings that make it a join process."""
@@ -69,7 +56,6 @@ class JoinProcesses:
             **os.environ,
             "RIG_WORKER_ROLES": '["join"]',
             "RIG_JOIN_PROCESSES": "0",
-            "RIG_JOIN_DIR": str(self.folder / str(index)),
             "RIG_WEB_PORT": str(self.settings.web_port + 1 + index if self.settings.web_port else 0),
             PARENT_ENV: str(os.getpid()),
         }

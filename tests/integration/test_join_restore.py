@@ -147,3 +147,25 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         return "gone"
+
+
+def test_a_partition_taken_over_on_the_same_home_leaves_the_store_its_holder_kept_untouched(
+    join: Join,
+) -> None:
+    """Two workers on one host and one RIG_HOME: the one taking a partition over restores it into a
+    new folder, while the one that let it go keeps its store open in case it comes back."""
+    restore(join)
+    join.held[0].store.write([("r-1", None, entry(1))])
+    kept_path = join.held[0].store.path
+    kept_inode = kept_path.stat().st_ino
+    join.revoked({(join.topics["prediction"], 0)}, finished=True)
+    other = Join(join.settings)
+
+    restore(other)
+
+    assert 0 in other.held, "the other join restored the partition (see the restore thread's error)"
+    other.held[0].store.close()
+    assert other.held[0].store.path != kept_path
+    assert kept_path.stat().st_ino == kept_inode, "the kept store's folder was neither removed nor made anew"
+    restore(join)  # back: nobody wrote its changelog meanwhile, so the kept store is held again
+    assert join.held[0].store.path == kept_path and join.held[0].store.get_many(["r-1"]) == [entry(1)]

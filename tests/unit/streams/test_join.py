@@ -161,3 +161,13 @@ def test_a_batch_that_meets_the_schema_registry_away_changes_and_counts_nothing(
         assert not join.counts and store.get_many(["r-bad", "r-2"]) == [None, None]
     finally:
         store.close()
+
+
+def test_two_joins_on_one_home_keep_a_partitions_store_in_folders_of_their_own(settings: RigSettings) -> None:
+    """Workers on one host with one RIG_HOME: the one taking a partition over deletes its folder to
+    restore it, which must not be where the other keeps its store of that partition."""
+    first, second = Join(settings), Join(settings)
+
+    assert first.folder(0) != second.folder(0)
+    assert first.folder(0).parent.parent == second.folder(0).parent.parent == settings.join_stores
+    assert first.folder(0) == first.folder(0), "one folder per process, claimed once"

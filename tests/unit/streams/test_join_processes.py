@@ -1,4 +1,4 @@
-"""The worker's join processes: what makes a child one, its death noticed, its stop, its stores."""
+"""The worker's join processes: what makes a child one, its death noticed, its stop."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from rig.config import RigSettings
 from streams.join_processes import PARENT_ENV, JoinProcesses
@@ -14,16 +13,16 @@ from streams.join_processes import PARENT_ENV, JoinProcesses
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
 
-def test_a_child_joins_only_with_its_own_stores_and_port_and_knows_its_worker(settings: RigSettings) -> None:
+def test_a_child_joins_only_with_its_own_port_and_knows_its_worker(settings: RigSettings) -> None:
     processes = JoinProcesses(settings.model_copy(update={"web_port": 7000, "join_processes": 2}))
     first, second = processes.environment(0), processes.environment(1)
 
     assert json.loads(first["RIG_WORKER_ROLES"]) == ["join"]
     assert first["RIG_JOIN_PROCESSES"] == "0", "a child starts no children"
     assert (first["RIG_WEB_PORT"], second["RIG_WEB_PORT"]) == ("7001", "7002")
-    assert first["RIG_JOIN_DIR"] != second["RIG_JOIN_DIR"]
-    assert Path(first["RIG_JOIN_DIR"]).parent == settings.home / "join" / f"processes-{os.getpid()}"
     assert first[PARENT_ENV] == str(os.getpid())
+    # the worker's join folder: each child claims a folder of its own in it (rig.feedback.store_folder)
+    assert first.get("RIG_JOIN_DIR") == os.environ.get("RIG_JOIN_DIR")
     assert first["PATH"] == os.environ["PATH"], "the rest of the worker's environment goes along"
     quiet = JoinProcesses(settings.model_copy(update={"web_port": 0, "join_processes": 1}))
     assert quiet.environment(0)["RIG_WEB_PORT"] == "0", "no web server when the worker has none"
@@ -58,20 +57,6 @@ def test_stop_ends_children_with_sigterm_and_kills_one_that_ignores_it(settings:
 
     assert [child.returncode for child in processes.children] == [-15, -9]
     assert processes.failure() is None, "children that were stopped are no failure of the worker"
-
-
-def test_only_the_stores_of_workers_that_are_gone_are_removed(settings: RigSettings) -> None:
-    processes = JoinProcesses(settings)
-    ours = settings.home / "join" / f"processes-{os.getpid()}" / "0"
-    gone = settings.home / "join" / "processes-4194305" / "0"  # above Linux's largest pid
-    other = settings.home / "join" / "rig.3"  # a store of the worker's own join
-    for folder in (ours, gone, other):
-        folder.mkdir(parents=True)
-
-    processes.remove_stale_stores()
-
-    assert ours.exists() and other.exists()
-    assert not gone.parent.exists()
 
 
 def run_as_join_process(parent: str) -> subprocess.CompletedProcess[str]:
