@@ -69,5 +69,8 @@ def remove_abandoned(root: Path) -> list[Path]:
         finally:
             os.close(descriptor)
     if removed:
-        log.info("removed the join stores of %d processes that are gone: %s", len(removed), removed)
+        names = ", ".join(folder.name for folder in removed)
+        log.info(
+            "removed the join stores of %d processes that are gone under %s: %s", len(removed), root, names
+        )
     return removed
