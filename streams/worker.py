@@ -37,6 +37,10 @@ from streams.promote import install_promoter, open_metadata
 from streams.runtime import Runtime, freeze_heap
 from streams.timers import supervised
 
+# import feast ~4.5 s sooner: the worker reads what `feast apply` checked. Here, not in main(), so that
+# `faust -A streams.worker worker`, which never calls main(), skips them too (this module imports no
+# Feast: its runtime does, later).
+skip_feast_type_checks()
 settings = RigSettings()
 log = logging.getLogger("rig.worker")
 app = make_app(settings, app_id=f"{settings.topic_prefix}worker")
@@ -174,7 +178,6 @@ def main() -> None:
     and then waited for its models would hold messages of partitions a rebalance moves elsewhere.
     """
     global built_runtime
-    skip_feast_type_checks()  # import feast ~4.5 s sooner: the worker reads what `feast apply` checked
     become_join_process()  # when started as one by a worker
     try:
         if join_process:  # the join needs no models, routing or feature reader

@@ -102,3 +102,8 @@ def command_skips_checks(*args: str) -> str:
 def test_rig_features_apply_keeps_feasts_checks_and_materialize_skips_them() -> None:
     assert command_skips_checks("features", "apply") == "False"
     assert command_skips_checks("features", "materialize") == "True"
+
+
+def test_every_way_of_starting_a_worker_skips_them_faust_a_included() -> None:
+    # `faust -A streams.worker worker` imports the module and never calls `main()`.
+    assert python(f"import streams.worker, feast; print({INSTRUMENTED})") == "False"
