@@ -42,8 +42,7 @@ def claim_store_folder(root: Path) -> Path:
     # its owner runs, so a process removing abandoned folders never takes one that is being made.
     claiming = root / f"{_CLAIMING}{name}"
     claiming.mkdir()
-    descriptor = os.open(claiming / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(_open_lock_file(claiming), fcntl.LOCK_EX | fcntl.LOCK_NB)
     folder = root / f"{PREFIX}{name}"
     claiming.rename(folder)
     return folder
@@ -56,21 +55,26 @@ def remove_abandoned(root: Path) -> list[Path]:
         if not folder.is_dir():
             continue
         try:
-            descriptor = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            descriptor = _open_lock_file(folder)
         except FileNotFoundError:  # removed meanwhile by another process starting
             continue
         try:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its owner runs
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-        finally:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             os.close(descriptor)
+            continue  # its owner runs
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(descriptor)
+        removed.append(folder)
     if removed:
         names = ", ".join(folder.name for folder in removed)
         log.info(
             "removed the join stores of %d processes that are gone under %s: %s", len(removed), root, names
         )
     return removed
+
+
+def _open_lock_file(folder: Path) -> int:
+    """A descriptor of `folder`'s lock file (made if missing: a folder without one is never in use),
+    not inherited by the processes this one starts."""
+    return os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
