@@ -9,7 +9,9 @@ from their changelog), so nothing is lost by a folder per process.
 
 A process owns its folder by a lock on a file in it (`flock`): the kernel releases it however the
 process ends, and it holds across PID namespaces (containers sharing a volume), where a pid would
-say nothing. A folder whose lock is free belongs to a process that is gone, and is removed.
+say nothing. A folder whose lock is free belongs to a process that is gone, and is removed; so is a
+folder that a process died claiming (`.claiming-*`, named so for the microseconds before its lock),
+once it is older than any claim takes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import fcntl
 import logging
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -26,6 +29,9 @@ log = logging.getLogger(__name__)
 PREFIX = "process-"
 LOCK_FILE = "owner.lock"
 _CLAIMING = ".claiming-"
+CLAIM_GRACE_S = 60.0
+"""Age after which a `.claiming-*` folder is abandoned: a claim makes, locks and renames it at once, and
+one younger may be in the moment between making and locking, where its lock is still free."""
 
 
 def claim_store_folder(root: Path) -> Path:
@@ -51,7 +57,7 @@ def claim_store_folder(root: Path) -> Path:
 def remove_abandoned(root: Path) -> list[Path]:
     """Remove the folders under `root` whose owner is gone (their lock is free); returns them."""
     removed = []
-    for folder in sorted(root.glob(f"{PREFIX}*")):
+    for folder in sorted(root.glob(f"{PREFIX}*")) + _abandoned_claims(root):
         if not folder.is_dir():
             continue
         try:
@@ -72,6 +78,19 @@ def remove_abandoned(root: Path) -> list[Path]:
             "removed the join stores of %d processes that are gone under %s: %s", len(removed), root, names
         )
     return removed
+
+
+def _abandoned_claims(root: Path) -> list[Path]:
+    """The `.claiming-*` folders under `root` older than `CLAIM_GRACE_S` (their lock decides)."""
+    claims = []
+    for folder in sorted(root.glob(f"{_CLAIMING}*")):
+        try:
+            age_s = time.time() - folder.stat().st_mtime
+        except FileNotFoundError:  # renamed by its claim, or removed by another process starting
+            continue
+        if age_s > CLAIM_GRACE_S:
+            claims.append(folder)
+    return claims
 
 
 def _open_lock_file(folder: Path) -> int:

@@ -7,9 +7,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from rig.feedback.store_folder import LOCK_FILE, PREFIX, claim_store_folder, remove_abandoned
+from rig.feedback.store_folder import (
+    CLAIM_GRACE_S,
+    LOCK_FILE,
+    PREFIX,
+    claim_store_folder,
+    remove_abandoned,
+)
 
 CLAIM_AND_WAIT = (
     "import sys; from pathlib import Path; from rig.feedback.store_folder import claim_store_folder; "
@@ -66,3 +73,17 @@ def test_a_folder_left_without_its_lock_file_is_removed_and_other_folders_are_le
 
     assert not half_removed.exists()
     assert not_ours.is_dir() and (folder / LOCK_FILE).is_file()
+
+
+def test_a_claim_cut_short_is_removed_once_older_than_a_claim_takes_and_not_before(tmp_path: Path) -> None:
+    root = tmp_path / "join"
+    died_claiming = root / ".claiming-123-abc"  # made, then its process died before renaming it
+    died_claiming.mkdir(parents=True)
+    (died_claiming / LOCK_FILE).touch()
+    long_ago = time.time() - CLAIM_GRACE_S - 1
+    os.utime(died_claiming, (long_ago, long_ago))
+    being_made = root / ".claiming-456-def"  # another process may be between making and locking it
+    being_made.mkdir()
+
+    assert remove_abandoned(root) == [died_claiming]
+    assert not died_claiming.exists() and being_made.is_dir()
