@@ -73,10 +73,11 @@ from bench.support.kafka_io import Collector, Message, Sender, connected_produce
 from bench.support.report import RESULTS_DIR, RunRecord, say, write_results
 from bench.support.timing import interleaved_us_per_row
 from rig.config import RigSettings
+from rig.processes import stop_processes
 from rig.routing.control import publish_control
 from rig.routing.table import set_golden_event, start_experiment_event
 from rig.wire.records import Prediction, Request
-from sim.deploy import start_worker, stop_processes
+from sim.deploy import start_worker
 from sim.settings import WorldSettings
 from sim.world import World
 

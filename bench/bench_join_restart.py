@@ -54,9 +54,10 @@ from bench.support.kafka_io import Collector, Message, Sender, connected_produce
 from bench.support.memory import RssSampler, peak_rss_mib, rss_mib
 from bench.support.report import RESULTS_DIR, RunRecord, publish, say
 from bench.support.workers import LogWatch, free_port, get_json, tails_on_error
+from rig.processes import stop_processes
 from rig.wire.codec import Codec
 from rig.wire.records import ExperimentScore, ModelScore, Outcome, Prediction
-from sim.deploy import start_worker, stop_processes
+from sim.deploy import start_worker
 from sim.world import make_requests
 
 RESULTS = RESULTS_DIR / "join_restart.json"

@@ -76,10 +76,11 @@ from bench.support.kafka_io import (
 )
 from bench.support.report import RESULTS_DIR, RunRecord, latency_percentiles, say, write_results
 from rig.config import RigSettings
+from rig.processes import stop_processes
 from rig.routing.control import publish_control
 from rig.routing.table import set_golden_event
 from rig.wire.records import Prediction
-from sim.deploy import start_worker, stop_processes
+from sim.deploy import start_worker
 from sim.settings import WorldSettings
 
 RESULTS = RESULTS_DIR / "warmup.json"

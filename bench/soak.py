@@ -69,7 +69,8 @@ from bench.support.workers import (
     worker_env,
 )
 from rig.config import RigSettings
-from sim.deploy import start_worker, stop_processes
+from rig.processes import stop_processes
+from sim.deploy import start_worker
 
 RESULTS = RESULTS_DIR / "soak.json"
 MODELS = {"golden": "golden", "better": "better", "worse": "worse"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -193,19 +193,6 @@ def settings_env(settings: RigSettings, **extra: str) -> dict[str, str]:
         if value is not None:
             env[f"RIG_{name.upper()}"] = str(value)
     return {**env, **extra}
-
-
-def stop_processes(processes: Sequence[subprocess.Popen[bytes]], grace_s: float = 30) -> None:
-    """SIGTERM every process, then SIGKILL whichever has not exited after `grace_s`."""
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def start_worker(

@@ -25,6 +25,7 @@ import subprocess
 import sys
 
 from rig.config import RigSettings
+from rig.processes import stop_processes
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +76,11 @@ class JoinProcesses:
         """Stop the children (SIGTERM: each leaves its group and closes its stores), killing those that
         do not stop within `timeout_s`."""
         self.stopping = True
-        for child in self.children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for index, child in enumerate(self.children):
-            try:
-                child.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning(
-                    "join process %d (pid %d) did not stop in %.0f s: killed", index, child.pid, timeout_s
-                )
-                child.kill()
-                child.wait()
+        for child in stop_processes(self.children, timeout_s):
+            index = self.children.index(child)
+            log.warning(
+                "join process %d (pid %d) did not stop in %.0f s: killed", index, child.pid, timeout_s
+            )
 
 
 def become_join_process() -> None:

@@ -66,7 +66,7 @@ from bench.support.report import RESULTS_DIR, RunRecord, publish, say
 from bench.support.served_model import feature_rows, model_file
 from bench.support.workers import free_port, tails_on_error
 from rig.config import RigSettings
-from sim.deploy import stop_processes
+from rig.processes import stop_processes
 
 PEER_DIR = Path(__file__).resolve().parent / "mlserver"
 MLSERVER = PEER_DIR / ".venv" / "bin" / "mlserver"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from bench.support.report import say
 from rig.config import RigSettings
-from sim.deploy import stop_processes
+from rig.processes import stop_processes
 
 
 def unlink_keys(redis_url: str, pattern: str) -> int:

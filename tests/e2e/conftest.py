@@ -18,11 +18,12 @@ from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from rig.config import RigSettings
+from rig.processes import stop_processes
 from rig.routing.control import publish_control
 from rig.routing.table import set_golden_event, start_experiment_event
 from rig.wire.codec import Codec, Rejected
 from rig.wire.records import ControlEvent, JoinedOutcome, Outcome, Prediction, Record, Request
-from sim.deploy import prepare, start_worker, stop_processes
+from sim.deploy import prepare, start_worker
 from sim.settings import WorldSettings
 from sim.world import World, outcome_records
 from tests.integration.conftest import isolated_feast_settings

@@ -19,9 +19,10 @@ import pytest
 import xgboost
 
 from rig.config import RigSettings
+from rig.processes import stop_processes
 from rig.routing.control import read_routing
 from rig.wire.records import JoinedOutcome, Prediction
-from sim.deploy import settings_env, start_worker, stop_processes
+from sim.deploy import settings_env, start_worker
 from tests.conftest import REPO
 from tests.e2e.conftest import consume, eventually, get_json
 

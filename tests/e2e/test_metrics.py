@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from rig.cli.clients import produce_requests
+from rig.processes import stop_processes
 from rig.wire.records import Prediction
-from sim.deploy import start_worker, stop_processes
+from sim.deploy import start_worker
 from sim.settings import WorldSettings
 from sim.traffic import synthetic_requests
 from tests.e2e.conftest import (

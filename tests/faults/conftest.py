@@ -25,10 +25,11 @@ from pathlib import Path
 import pytest
 
 from rig.config import RigSettings
+from rig.processes import stop_processes
 from rig.routing.table import set_golden_event, start_experiment_event
 from rig.wire.codec import Codec, Rejected
 from rig.wire.records import DeadLetter, JoinedOutcome, Outcome, Prediction, Request
-from sim.deploy import prepare, start_worker, stop_processes
+from sim.deploy import prepare, start_worker
 from sim.settings import WorldSettings
 from sim.traffic import synthetic_requests
 from tests.conftest import REPO
