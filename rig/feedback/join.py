@@ -12,7 +12,11 @@ between states and say what to emit and what to count:
     joined / expired ──retention passes──► removed
 
 A request is joined at most once, so a loss is never counted twice, however often an outcome or a
-prediction is redelivered (at-least-once).
+prediction is redelivered (at-least-once). Whether it joins depends on the two records' source times,
+not on which is read first (over a backlog the join reads both topics at once): it joins when they are
+less than a retention apart; an outcome a retention or more after its prediction is late, one a
+retention or more before it an orphan. The joined marker is kept a retention past the later of the
+two, for their redeliveries.
 
 Time here is *source* time: the Kafka timestamp of the prediction or outcome message, not the time
 a worker happens to process it. An outcome that arrived within retention joins even if the worker
@@ -139,6 +143,11 @@ def on_prediction(
     entry: Entry | None, request_id: str, compact: dict[str, Any], now_ms: int, retention_ms: int
 ) -> Step:
     """A prediction (in `compact_prediction` form) arrived for `request_id` at source time `now_ms`."""
+    if entry is not None and entry["state"] == "outcome_waiting" and entry["at_ms"] - now_ms >= retention_ms:
+        # Its outcome came a retention or more after it and was read first (a backlog of both topics):
+        # late, as when the prediction is read first.
+        expired = {"state": "expired", "at_ms": entry["at_ms"], "prediction": None, "outcome": None}
+        return Step(expired, [], ("expired_unjoined", "late"))
     if entry is None or not _retention_passed(entry, now_ms, retention_ms):  # nothing to age (most events)
         return _on_prediction(entry, request_id, compact, now_ms)
     aged = age(entry, now_ms, retention_ms)
@@ -149,6 +158,10 @@ def on_outcome(
     entry: Entry | None, request_id: str, outcome: dict[str, Any], now_ms: int, retention_ms: int
 ) -> Step:
     """An outcome (in `compact_outcome` form) arrived for `request_id` at source time `now_ms`."""
+    if entry is not None and entry["state"] == "predicted" and entry["at_ms"] - now_ms >= retention_ms:
+        # From a retention or more before the prediction, read after it: an orphan (nobody had predicted
+        # that request), as when the outcome is read first; the prediction waits for its own.
+        return Step(entry, [], ("orphans",))
     if entry is None or not _retention_passed(entry, now_ms, retention_ms):  # nothing to age (most events)
         return _on_outcome(entry, request_id, outcome, now_ms)
     aged = age(entry, now_ms, retention_ms)
@@ -166,7 +179,12 @@ def _on_prediction(entry: Entry | None, request_id: str, compact: dict[str, Any]
         return Step({"state": "predicted", "at_ms": now_ms, "prediction": compact, "outcome": None}, [], ())
     if entry["state"] == "outcome_waiting":
         rows = joined_rows(request_id, compact, entry["outcome"])
-        joined = {"state": "joined", "at_ms": now_ms, "prediction": None, "outcome": None}
+        joined = {
+            "state": "joined",
+            "at_ms": max(now_ms, entry["at_ms"]),
+            "prediction": None,
+            "outcome": None,
+        }
         return Step(joined, rows, ("joined", "out_of_order"))
     return Step(entry, [], ("duplicate_predictions",))  # a redelivery: the first one counts
 
@@ -180,7 +198,12 @@ def _on_outcome(entry: Entry | None, request_id: str, outcome: dict[str, Any], n
     state = entry["state"]
     if state == "predicted":
         rows = joined_rows(request_id, entry["prediction"], label)
-        joined = {"state": "joined", "at_ms": now_ms, "prediction": None, "outcome": None}
+        joined = {
+            "state": "joined",
+            "at_ms": max(now_ms, entry["at_ms"]),
+            "prediction": None,
+            "outcome": None,
+        }
         return Step(joined, rows, ("joined",))
     if state == "expired":
         return Step(entry, [], ("late",))

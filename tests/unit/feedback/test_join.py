@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from rig.feedback.join import (
@@ -185,6 +187,31 @@ def test_a_prediction_long_after_its_outcome_leaves_an_orphan_and_waits_for_its_
     table.predict("r1", now=RETENTION + 1)
     assert table.rows == [] and table.counts == Counter(orphans=1)
     assert table.entries["r1"]["state"] == "predicted"
+
+
+@settings(max_examples=400, deadline=None)
+@given(prediction_ms=st.integers(0, 3 * RETENTION), outcome_ms=st.integers(0, 3 * RETENTION))
+def test_a_request_joins_or_not_by_its_timestamps_whichever_of_its_records_is_read_first(
+    prediction_ms: int, outcome_ms: int
+) -> None:
+    # Over a backlog the join reads both topics at once, and either record of a request may come first.
+    prediction_first, outcome_first = Table(), Table()
+    prediction_first.predict("r1", now=prediction_ms)
+    prediction_first.observe("r1", now=outcome_ms)
+    outcome_first.observe("r1", now=outcome_ms)
+    outcome_first.predict("r1", now=prediction_ms)
+
+    delay = outcome_ms - prediction_ms
+    if abs(delay) < RETENTION:
+        expected = Counter(joined=1)
+    elif delay > 0:  # the outcome came a retention or more after its prediction
+        expected = Counter(expired_unjoined=1, late=1)
+    else:  # a retention or more before it: nobody had predicted that request
+        expected = Counter(orphans=1)
+    assert prediction_first.counts == expected
+    assert outcome_first.counts - Counter(out_of_order=1) == expected
+    assert len(prediction_first.rows) == len(outcome_first.rows) == (3 if expected["joined"] else 0)
+    assert prediction_first.entries == outcome_first.entries
 
 
 def test_the_stream_clock_holds_at_the_backlog_and_runs_with_the_wall_clock_once_caught_up() -> None:
