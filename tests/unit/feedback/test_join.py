@@ -214,6 +214,74 @@ def test_a_request_joins_or_not_by_its_timestamps_whichever_of_its_records_is_re
     assert prediction_first.entries == outcome_first.entries
 
 
+Times = tuple[int | None, int | None]
+"""A request's prediction and outcome source times (None: that record never comes)."""
+Backlog = tuple[dict[str, Times], list[tuple[str, int]], dict[str, list[tuple[int, str]]]]
+"""Requests, the steps of reading them, and each topic's records (time, request id) in offset order."""
+
+
+@st.composite
+def a_backlog_read(draw: st.DrawFn) -> Backlog:
+    """Requests with a prediction and an outcome (either may be missing) at source times, and an order
+    the join may read them in: each topic in timestamp order, the two interleaved anyhow, a topic
+    sometimes read again from a few records back (a redelivery after a rebalance), sweeps in between."""
+    requests: dict[str, Times] = {}
+    for index in range(draw(st.integers(1, 6))):
+        prediction_ms = draw(st.none() | st.integers(0, 4 * RETENTION))
+        outcome_ms = draw(st.none() | st.integers(0, 4 * RETENTION))
+        requests[f"r{index}"] = (prediction_ms, outcome_ms)
+    topics = {
+        kind: sorted((times[side], rid) for rid, times in requests.items() if times[side] is not None)
+        for side, kind in enumerate(("prediction", "outcome"))
+    }
+    steps = draw(st.lists(st.sampled_from(["prediction", "outcome", "again", "sweep"]), max_size=60))
+    return requests, [(step, draw(st.integers(1, 3))) for step in steps] + [("rest", 0)], topics
+
+
+@settings(max_examples=400, deadline=None)
+@given(a_backlog_read())
+def test_however_the_join_reads_a_backlog_a_request_joins_once_if_its_records_are_within_retention(
+    drawn: Backlog,
+) -> None:
+    requests, steps, topics = drawn
+    table = Table()
+    read = {"prediction": 0, "outcome": 0}
+    newest: dict[str, int] = {}
+    joins: Counter[str] = Counter()
+
+    def read_next(kind: str) -> None:
+        at_ms, rid = topics[kind][read[kind]]
+        read[kind] += 1
+        newest[kind] = max(newest.get(kind, at_ms), at_ms)
+        rows_before = len(table.rows)
+        (table.predict if kind == "prediction" else table.observe)(rid, now=at_ms)
+        joins[rid] += len(table.rows) > rows_before
+
+    for step, count in steps:
+        if step == "rest":
+            for kind in read:
+                while read[kind] < len(topics[kind]):
+                    read_next(kind)
+        elif step == "sweep" and len(newest) == 2:  # StreamClock: the slower source's newest time
+            table.sweep(now=min(newest.values()))
+        elif step == "again":  # a redelivery: only of records a retention younger than the clock
+            clock = min(newest.values()) if len(newest) == 2 else None
+            for kind in read:
+                back = read[kind] - count
+                if back >= 0 and (clock is None or topics[kind][back][0] > clock - RETENTION):
+                    read[kind] = back
+        elif step in read and read[step] < len(topics[step]):
+            read_next(step)
+
+    for rid, (prediction_ms, outcome_ms) in requests.items():
+        within = (
+            prediction_ms is not None
+            and outcome_ms is not None
+            and abs(outcome_ms - prediction_ms) < RETENTION
+        )
+        assert joins[rid] == (1 if within else 0), (rid, requests[rid])
+
+
 def test_the_stream_clock_holds_at_the_backlog_and_runs_with_the_wall_clock_once_caught_up() -> None:
     clock = StreamClock(started_wall_ms=1_000_000, retention_ms=RETENTION, sources=("only",))
     assert clock.now(1_000_000 + RETENTION - 1) is None, "no event yet: a backlog may be on its way"
