@@ -146,8 +146,7 @@ def on_prediction(
     if entry is not None and entry["state"] == "outcome_waiting" and entry["at_ms"] - now_ms >= retention_ms:
         # Its outcome came a retention or more after it and was read first (a backlog of both topics):
         # late, as when the prediction is read first.
-        expired = {"state": "expired", "at_ms": entry["at_ms"], "prediction": None, "outcome": None}
-        return Step(expired, [], ("expired_unjoined", "late"))
+        return Step(_marker("expired", entry["at_ms"]), [], ("expired_unjoined", "late"))
     if entry is None or not _retention_passed(entry, now_ms, retention_ms):  # nothing to age (most events)
         return _on_prediction(entry, request_id, compact, now_ms)
     aged = age(entry, now_ms, retention_ms)
@@ -179,12 +178,7 @@ def _on_prediction(entry: Entry | None, request_id: str, compact: dict[str, Any]
         return Step({"state": "predicted", "at_ms": now_ms, "prediction": compact, "outcome": None}, [], ())
     if entry["state"] == "outcome_waiting":
         rows = joined_rows(request_id, compact, entry["outcome"])
-        joined = {
-            "state": "joined",
-            "at_ms": max(now_ms, entry["at_ms"]),
-            "prediction": None,
-            "outcome": None,
-        }
+        joined = _marker("joined", max(now_ms, entry["at_ms"]))
         return Step(joined, rows, ("joined", "out_of_order"))
     return Step(entry, [], ("duplicate_predictions",))  # a redelivery: the first one counts
 
@@ -198,12 +192,7 @@ def _on_outcome(entry: Entry | None, request_id: str, outcome: dict[str, Any], n
     state = entry["state"]
     if state == "predicted":
         rows = joined_rows(request_id, entry["prediction"], label)
-        joined = {
-            "state": "joined",
-            "at_ms": max(now_ms, entry["at_ms"]),
-            "prediction": None,
-            "outcome": None,
-        }
+        joined = _marker("joined", max(now_ms, entry["at_ms"]))
         return Step(joined, rows, ("joined",))
     if state == "expired":
         return Step(entry, [], ("late",))
@@ -216,11 +205,15 @@ def sweep(entry: Entry, now_ms: int, retention_ms: int) -> Step:
         return Step(entry, [], ())
     state = entry["state"]
     if state == "predicted":
-        expired = {"state": "expired", "at_ms": now_ms, "prediction": None, "outcome": None}
-        return Step(expired, [], ("expired_unjoined",))
+        return Step(_marker("expired", now_ms), [], ("expired_unjoined",))
     if state == "outcome_waiting":
         return Step(None, [], ("orphans",))
     return Step(None, [], ())
+
+
+def _marker(state: State, at_ms: int) -> Entry:
+    """An entry that keeps no records, only what became of its request (joined, expired) and since when."""
+    return {"state": state, "at_ms": at_ms, "prediction": None, "outcome": None}
 
 
 def _retention_passed(entry: Entry, now_ms: int, retention_ms: int) -> bool:
