@@ -577,13 +577,14 @@ class PromotionLoop:
 
 
 def control_events(decision: Decision, routing: RoutingTable) -> list[ControlEvent]:
-    """The routing changes that apply a decision (none for `keep`).
+    """The routing changes that apply a decision (none for `keep`, or for a promotion that names no
+    challenger).
 
     A promotion makes the challenger golden and keeps the old golden scoring as the
     `previous-golden` shadow; a demotion rolls back to the previous golden.
     """
     reason = f"decision {decision.decision_id}: {decision.reason}"
-    if decision.action == "promote":
+    if decision.action == "promote" and decision.challenger_version is not None:
         old = decision.golden_version
         return [
             set_golden_event(decision.challenger_version, actor=ACTOR, reason=reason),

@@ -141,6 +141,8 @@ def test_a_clearly_better_shadow_is_promoted_and_the_old_golden_kept_as_shadow()
         ("set_golden", "m.2", None),
         ("start_experiment", "m.1", PREVIOUS_GOLDEN_EXPERIMENT),
     ]
+    # rig.decisions is a topic anybody may write to: a promotion that names no challenger changes nothing
+    assert control_events(replace(decisions[0], challenger_version=None), SHADOW) == []
 
 
 def test_the_previous_golden_beating_the_current_one_is_a_rollback() -> None:
