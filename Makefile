@@ -44,6 +44,7 @@ lint: install
 	$(BIN)/ruff check rig streams sim tests bench ops
 	$(BIN)/ruff format --check rig streams sim tests bench ops
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean: services-down
 	rm -rf .rig ops/kafka/state ops/redis/state examples/synthetic_world/data

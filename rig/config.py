@@ -9,6 +9,9 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+KafkaConfig = dict[str, str | int | float | bool]
+"""confluent-kafka client settings (`RigSettings.kafka_client_config`): the value types its clients take."""
+
 TOPIC_NAMES = (
     "requests",
     "predictions",
@@ -356,10 +359,10 @@ class RigSettings(BaseSettings):
             )
         return self
 
-    def kafka_client_config(self) -> dict[str, str]:
+    def kafka_client_config(self) -> KafkaConfig:
         """confluent-kafka client settings: the cluster, and the TLS and SASL ones its protocol uses.
         Every Kafka client of the rig starts from these (or `kafka_producer_config`)."""
-        config = {
+        config: KafkaConfig = {
             "bootstrap.servers": self.kafka_bootstrap,
             "security.protocol": self.kafka_security_protocol,
         }
@@ -375,7 +378,7 @@ class RigSettings(BaseSettings):
             config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
         return config
 
-    def kafka_producer_config(self) -> dict[str, str | bool]:
+    def kafka_producer_config(self) -> KafkaConfig:
         """confluent-kafka producer settings: the client's, idempotent (no duplicates from retries),
         and Kafka's default partitioner (`murmur2_random`, the Java client's): records keyed by
         entity id land on the same partition whoever produces them, which co-partitions predictions

@@ -6,6 +6,7 @@ import hmac
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 import faust
 from aiohttp import web
@@ -97,7 +98,7 @@ def make_app(
     """
     settings.home.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level of datadir
     bootstrap = ";".join(f"kafka://{host}" for host in settings.kafka_bootstrap.split(","))
-    options: dict[str, object] = {
+    options: dict[str, Any] = {
         "broker": bootstrap,
         "store": "memory://",
         "topic_partitions": settings.topic_partitions,

@@ -36,7 +36,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from rig.config import RigSettings
+from rig.config import KafkaConfig, RigSettings
 from rig.errors import ConfigError, KafkaUnavailable
 from rig.feedback.join import (
     StreamClock,
@@ -199,7 +199,7 @@ class Join:
     def _reader(self) -> Consumer:
         return Consumer(self._reader_config())
 
-    def _reader_config(self) -> dict[str, str | bool]:
+    def _reader_config(self) -> KafkaConfig:
         return {
             **self.settings.kafka_client_config(),
             "group.id": f"{self.settings.consumer_group('join')}-restore",  # never joined or committed
@@ -220,7 +220,8 @@ class Join:
         self.dead_letter_codec.register()
         by_partition: dict[int, list[tuple[Message, Prediction | Outcome | Rejected]]] = {}
         for message in paced(batch.messages, self.gives_way_to):
-            by_partition.setdefault(message.partition(), []).append((message, self._decode(message)))
+            # A consumed message has its partition; confluent-kafka types it Optional.
+            by_partition.setdefault(message.partition(), []).append((message, self._decode(message)))  # type: ignore[arg-type]
         outputs: list[Outgoing] = []
         changelog: list[Outgoing] = []
         changes: dict[int, list[Change]] = {}
@@ -302,7 +303,7 @@ class Join:
         newest: dict[str, int] = {}
         for kind, request_id, record, at_ms in paced(events, self.gives_way_to):
             event = on_prediction if kind == "prediction" else on_outcome
-            step = event(current[request_id], request_id, record, at_ms, self.retention_ms)  # type: ignore[arg-type]
+            step = event(current[request_id], request_id, record, at_ms, self.retention_ms)
             current[request_id] = step.entry
             if step.counts:
                 self.counts.update(step.counts)

@@ -20,10 +20,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from rig.config import KafkaConfig
 from rig.errors import JoinRestoreError
 from rig.feedback.join import Entry
 from rig.feedback.join_store import JoinStore
@@ -42,7 +44,7 @@ class PartitionJob(msgspec.Struct, frozen=True):
 class RestoreJob(msgspec.Struct, frozen=True):
     """What the child restores, and how it reads the changelog."""
 
-    reader_config: dict[str, str | bool]
+    reader_config: KafkaConfig
     """confluent-kafka consumer settings of a reader that never joins its group or commits."""
     changelog: str
     retention_ms: int
@@ -118,7 +120,8 @@ def changelog(job: RestoreJob, partition: PartitionJob, parent: int) -> Iterator
                 if message.error():
                     continue
                 value = message.value()
-                yield message.key().decode(), None if value is None else _decode_entry(value)
+                # Every changelog record has a request id for key; confluent-kafka types it Optional.
+                yield cast(bytes, message.key()).decode(), None if value is None else _decode_entry(value)
             if consumer.position([topic_partition])[0].offset >= partition.end:
                 return
             if os.getppid() != parent:

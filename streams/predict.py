@@ -117,6 +117,7 @@ async def answer(runtime: Runtime, sources: Sequence[Source]) -> Answer:
     refill = None
     if lookup is not None:
         cache = runtime.cache
+        assert cache is not None  # a lookup is made only with a cache
 
         def refill() -> None:
             fill_cache(cache, lookup, computed, values, entity_ids, inputs)
@@ -188,8 +189,9 @@ def outputs(runtime: Runtime, result: Answer) -> Iterator[Outgoing]:
         yield Outgoing(dlq, letter.key, runtime.dead_letter_codec.encode(letter))
     explain = settings.topic("explain")
     codec = runtime.serving.request_codec if runtime.serving is not None else None
-    for request in result.explain if codec is not None else ():
-        yield Outgoing(explain, request.entity_id.encode(), codec.encode(request))
+    if codec is not None:
+        for request in result.explain:
+            yield Outgoing(explain, request.entity_id.encode(), codec.encode(request))
 
 
 async def serve(runtime: Runtime, plane: Plane, batch: SourceBatch) -> None:
@@ -282,10 +284,11 @@ def dead_letter_output(
 
 def source_of(message: Message) -> Source:
     """Where a librdkafka message came from (a tombstone's value is read as empty bytes)."""
+    # A consumed message has its topic, partition and offset; confluent-kafka types them Optional.
     return Source(
-        message.topic(),
-        message.partition(),
-        message.offset(),
+        message.topic(),  # type: ignore[arg-type]
+        message.partition(),  # type: ignore[arg-type]
+        message.offset(),  # type: ignore[arg-type]
         message.key(),
         message.value() or b"",
         float(message.timestamp()[1]),

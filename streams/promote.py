@@ -358,7 +358,7 @@ class Promotion:
             self.loop.serving_measured = True
         self.loop.observe_serving(windows)  # it skips the windows it folded (they are in its state)
 
-    async def _record(self, write: Callable[..., None], *args: object) -> None:
+    async def _record(self, write: Callable[..., object], *args: object) -> None:
         """A metadata write; a store that is away is logged, never fatal."""
         if self.metadata is None:
             return

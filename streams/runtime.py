@@ -6,12 +6,14 @@ table is read from the control topic first, so the first batch meets a warm work
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
@@ -287,7 +289,7 @@ class Runtime:
             replay = recent if version == table.golden else []
             report = warm(
                 str(version),
-                lambda x, v=str(version), c=columns: self.backbone.predict_now(v, x[:, c]),
+                functools.partial(self._predict_columns, str(version), columns),
                 transform,
                 serving.reader,
                 replay,
@@ -301,6 +303,10 @@ class Runtime:
                 report.cached_rows,
                 report.seconds,
             )
+
+    def _predict_columns(self, version: str, columns: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """`version`'s scores of `rows`, a transform's whole output, of which the model takes `columns`."""
+        return self.backbone.predict_now(version, rows[:, columns])
 
     def purge_cache(self, event: ControlEvent) -> None:
         """Apply a `purge_cache` control event: one entity's entries, one version's, or all.

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 if TYPE_CHECKING:
     from rig.models.registry import ModelMeta
-    from rig.wire.records import ControlEvent, Decision
+    from rig.wire.records import ControlEvent, Decision, ExperimentMode
 
 app = typer.Typer(
     help="Prediction rig: streaming predictions with Kafka, Faust, Feast and XGBoost.", no_args_is_help=True
@@ -366,13 +366,14 @@ def experiment_start(
     ModelRegistry(config.model_dir).meta(model)  # unknown versions are refused before publishing
     if mode not in ("shadow", "ab"):
         raise typer.BadParameter("mode must be shadow or ab", param_hint="--mode")
+    experiment_mode: ExperimentMode = "ab" if mode == "ab" else "shadow"  # typer's option is a str
     event = start_experiment_event(
         name,
         model,
-        mode,
+        experiment_mode,
         actor="cli",
-        reason="rig experiment start",  # type: ignore[arg-type]
-        traffic_share=share if mode == "ab" else None,
+        reason="rig experiment start",
+        traffic_share=share if experiment_mode == "ab" else None,
         traffic_cap_rps=cap_rps,
     )
     publish(config, event)

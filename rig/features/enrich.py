@@ -70,9 +70,9 @@ def enrich(
             if name in columns:
                 columns[name][i] = value
     if policy == "dlq":
-        for i in np.flatnonzero(keep & ~found):
+        for i in np.flatnonzero(keep & ~found).tolist():
             keep[i] = False
-            rejected.append((int(i), f"unknown entity {requests[i].entity_id!r}", ErrorType.UNKNOWN_ENTITY))
+            rejected.append((i, f"unknown entity {requests[i].entity_id!r}", ErrorType.UNKNOWN_ENTITY))
     kept = np.flatnonzero(keep)
     if kept.size != len(requests):
         columns = {name: values[kept] for name, values in columns.items()}

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -262,7 +262,8 @@ class RedisLayoutReader:
         value_field = "string_val" if join_key.kind == "string" else f"{join_key.kind}_val"
 
         def feast_key(entity_id: str) -> bytes:
-            value = ValueProto(**{value_field: join_key.parse(entity_id)})
+            # protobuf's stub types each field's keyword: this one (the join key's kind) is known at run time
+            value = ValueProto(**{value_field: join_key.parse(entity_id)})  # type: ignore[arg-type]
             proto = EntityKeyProto(join_keys=[join_key.name], entity_values=[value])
             return serialize_entity_key(proto, entity_key_serialization_version=version) + project
 
@@ -460,10 +461,11 @@ class RedisLayoutReader:
         for view in range(views):  # found in any view of the entity
             found |= np.fromiter(
                 (
-                    hit if (hit := cache.get(ts)) is not None else self._found(ts)
+                    # None (no timestamp) is always cached, so a miss is bytes
+                    hit if (hit := cache.get(ts)) is not None else self._found(cast(bytes, ts))
                     for ts in replies.stamps[view::views]
                 ),
-                bool,
+                np.bool_,
                 count,
             )
         return values, found

@@ -201,12 +201,12 @@ def resolve(
             for column in view.entity_columns:
                 keys.setdefault(column.name, _join_key(column.name, str(column.dtype), view_name))
         elif view_name in on_demand:
-            view = on_demand[view_name]
-            fields = {f.name: str(f.dtype) for f in view.features}
+            demand_view = on_demand[view_name]
+            fields = {f.name: str(f.dtype) for f in demand_view.features}
             demand.append(view_name)
-            for source in view.source_request_sources.values():
+            for source in demand_view.source_request_sources.values():
                 request_fields.update((f.name, str(f.dtype)) for f in source.schema)
-            for projection in view.source_feature_view_projections.values():
+            for projection in demand_view.source_feature_view_projections.values():
                 for column in plain[projection.name].entity_columns:
                     keys.setdefault(column.name, _join_key(column.name, str(column.dtype), view_name))
         else:

@@ -184,7 +184,7 @@ class FeatureStoreClient:
             raise FeatureStoreError(f"cannot read Feast repo config {yaml_path}: {error}") from error
         # The registry is a SQLite database (Feast's `sql` registry) in the repo's data folder, under a
         # name of its own: a repo's own `feast apply` keeps its file registry (data/registry.db) apart.
-        registry = raw.get("registry") if isinstance(raw.get("registry"), dict) else {}
+        registry = given if isinstance(given := raw.get("registry"), dict) else {}
         raw["registry"] = {
             **registry,
             "registry_type": "sql",
@@ -192,7 +192,7 @@ class FeatureStoreClient:
         }
         # The online store is the rig's Redis whatever the repo names (e.g. `feast init`'s SQLite);
         # a repo's own Redis options (key_ttl_seconds, ...) are kept.
-        online = raw.get("online_store") if isinstance(raw.get("online_store"), dict) else {}
+        online = given if isinstance(given := raw.get("online_store"), dict) else {}
         kept = online if online.get("type") == "redis" else {}
         raw["online_store"] = {
             **kept,

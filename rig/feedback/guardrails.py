@@ -38,7 +38,7 @@ from rig.errors import PromoterError
 from rig.feedback.metadata import ServingWindow
 from rig.feedback.rates import rate_interval
 from rig.feedback.sequential import Moments, mixture_radius
-from rig.wire.records import DecisionCheck
+from rig.wire.records import CheckState, DecisionCheck
 
 CALIBRATION_BINS = 10
 """Equal-width score bins of the expected calibration error (Guo et al., ICML 2017, use 10 or 15)."""
@@ -155,7 +155,9 @@ def calibration_check(
     high = c.ece + rc - max(0.0, g.ece - rg)
     low = max(0.0, c.ece - rc) - (g.ece + rg)
     ready = c.n >= min_samples
-    state = "pass" if ready and high <= margin else "fail" if ready and low > margin else "pending"
+    state: CheckState = (
+        "pass" if ready and high <= margin else "fail" if ready and low > margin else "pending"
+    )
     return DecisionCheck(
         name="calibration",
         state=state,
@@ -202,7 +204,7 @@ def latency_check(stats: ServingStats, margin: float, alpha: float) -> DecisionC
         radius = float(mixture_radius(moments.n, moments.variance, bound * bound, alpha))
     ready = moments.n >= MIN_TIMED_BATCHES
     low, high = moments.mean - radius, moments.mean + radius
-    state = "pass" if ready and high < bound else "fail" if ready and low > bound else "pending"
+    state: CheckState = "pass" if ready and high < bound else "fail" if ready and low > bound else "pending"
     return DecisionCheck(
         name="latency",
         state=state,
@@ -221,7 +223,7 @@ def latency_check(stats: ServingStats, margin: float, alpha: float) -> DecisionC
 def failure_check(stats: ServingStats, margin: float, alpha: float) -> DecisionCheck:
     """The failed-batch guardrail: the share of failed batches, at most `margin`."""
     low, high = rate_interval(stats.failed, stats.batches, alpha, 1.0, 1.0 / margin - 1.0)
-    state = "pass" if high < margin else "fail" if low > margin else "pending"
+    state: CheckState = "pass" if high < margin else "fail" if low > margin else "pending"
     return DecisionCheck(
         name="failed_batches",
         state=state,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import cast
 
 import msgspec
 import rocksdict
@@ -99,14 +100,15 @@ class JoinStore:
         # partition from the changelog instead, `streams.join`), so the log was only ever written;
         # RocksDB flushes the memtables when a store is closed.
         self._write_options = rocksdict.WriteOptions()
-        self._write_options.disable_wal = True
+        # A property: rocksdict's stub declares it a method.
+        self._write_options.disable_wal = True  # type: ignore[method-assign,assignment]
         self._floor = _DUE  # no due key below this one exists
 
     def get_many(self, request_ids: Sequence[str]) -> list[Entry | None]:
         """The entries of these request ids (None where there is none), in one multi-get."""
         if not request_ids:
             return []
-        raw = self._db.get([_ENTRY + rid.encode() for rid in request_ids])
+        raw = cast(list[bytes | None], self._db.get([_ENTRY + rid.encode() for rid in request_ids]))
         return [None if value is None else _decode(value) for value in raw]
 
     def write(self, changes: Iterable[Change]) -> None:

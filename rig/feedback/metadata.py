@@ -509,7 +509,7 @@ class MetadataStore:
             "mean_score": mean_score,
             "positive_rate": positive_rate,
         }
-        row = {key: json_float(value) for key, value in values.items()}
+        row: dict[str, object] = {key: json_float(value) for key, value in values.items()}
         row |= {"model_version": model_version, "window_end_ms": int(window_end_ms), "n": int(n)}
         where = (
             MODEL_METRICS.c.model_version == model_version,

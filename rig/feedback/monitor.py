@@ -26,7 +26,7 @@ from rig.feedback.sequential import (
     new_decision,
     welford_update,
 )
-from rig.wire.records import Decision
+from rig.wire.records import Decision, DecisionAction
 
 REFERENCE_PER_MIN_SAMPLES = 5
 """Default `GoldenMonitor` reference window, in min_samples: raw losses vary far more than paired
@@ -139,7 +139,7 @@ class GoldenMonitor:
         """A `demote` (returned once) when the golden got worse by more than min_effect on a track;
         with `include_keep`, otherwise a `keep` per track saying where it stands."""
         cfg, alpha = self.config, self._track_alpha()
-        records = []
+        records: list[tuple[bool, str | None, Evidence, float | None, str]] = []
         ref = self.reference_evidence()
         if ref is not None:
             worse = self.current.n >= cfg.min_samples and ref.low > cfg.min_effect
@@ -159,7 +159,7 @@ class GoldenMonitor:
             records.append((worse, pair.challenger_version, ev.flipped(), p_value, text))
         out = []
         for worse, challenger, ev, p_value, reason in records:
-            action = "demote" if worse and not self.reported else "keep"
+            action: DecisionAction = "demote" if worse and not self.reported else "keep"
             reason = f"already recorded (demote); {reason}" if worse and self.reported else reason
             versions = (self.golden_version, challenger)
             out.append(new_decision(now_ms, action, cfg.mode, versions, reason, cfg.metric, ev, p_value))

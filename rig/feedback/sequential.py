@@ -43,7 +43,7 @@ import numpy as np
 
 from rig.errors import PromoterError
 from rig.models.metrics import log_loss_per_row
-from rig.wire.records import Decision, DecisionAction, DecisionCheck, PromoterMode
+from rig.wire.records import CheckState, Decision, DecisionAction, DecisionCheck, PromoterMode
 
 PROMOTER_MODES: tuple[str, ...] = ("suggest", "auto")
 """Promoter modes: `suggest` records decisions only, `auto` has them applied by the caller."""
@@ -175,7 +175,7 @@ class PromoterConfig:
     min_effect: float = 0.002
     tau2: float | None = None
     metric: str = "log_loss"
-    mode: str = "suggest"
+    mode: PromoterMode = "suggest"
 
     def __post_init__(self) -> None:
         problems = {
@@ -420,7 +420,7 @@ class Promoter:
             ev = evidence[i].flipped()
             passed = significant[i] and evidence[i].low > cfg.min_effect
             failed = significant[i] and evidence[i].mean < 0.0
-            state = "pass" if passed else "fail" if failed else "pending"
+            state: CheckState = "pass" if passed else "fail" if failed else "pending"
             checks[name] = DecisionCheck(
                 name="primary",
                 state=state,
@@ -490,7 +490,7 @@ class Promoter:
                 reason = f"better, not yet surely by the minimum effect {cfg.min_effect:g}: {reason}"
             else:
                 reason = f"no significant difference yet: {reason}"
-            action = "promote" if finding == "promote" else "keep"
+            action: DecisionAction = "promote" if finding == "promote" else "keep"
             if finding is not None and finding != pair.reported:
                 pair.reported = finding
             elif not include_keep:

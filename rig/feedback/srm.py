@@ -41,7 +41,7 @@ from scipy.special import gammaln
 from rig.errors import PromoterError
 from rig.feedback.rates import rate_interval
 from rig.routing.table import RoutingTable
-from rig.wire.records import DecisionCheck, JoinedOutcome
+from rig.wire.records import CheckState, DecisionCheck, JoinedOutcome
 
 SRM_CONCENTRATION = 500.0
 """C of the Dirichlet(C θ) mixture: its prior spread of a 50 % share is ±2.2 points (sd), the size of
@@ -187,7 +187,7 @@ class SrmMonitor:
             prior = self.concentration * share
             low, high = rate_interval(int(self.counts[i]), n, self.alpha, prior, self.concentration - prior)
             inside = share * (1 - self.tolerance) <= low and high <= share * (1 + self.tolerance)
-            state = "fail" if self.mismatch else "pass" if inside else "pending"
+            state: CheckState = "fail" if self.mismatch else "pass" if inside else "pending"
             out[version] = DecisionCheck(
                 name="srm",
                 state=state,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -30,7 +32,18 @@ def log_loss_per_row(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarra
     return -(y * np.log(p) + (1 - y) * np.log1p(-p))
 
 
-def window_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float | int | None]:
+class WindowMetrics(TypedDict):
+    """One model's quality over a window (`window_metrics`), as `MetadataStore.record_model_metrics`
+    takes it."""
+
+    n: int
+    mean_loss: float
+    auc: float | None
+    mean_score: float
+    positive_rate: float
+
+
+def window_metrics(labels: np.ndarray, scores: np.ndarray) -> WindowMetrics:
     """Quality of one model over a window of joined outcomes: n, mean log loss, AUC (None when the
     labels hold one class), mean score and positive rate."""
     labels = np.asarray(labels, dtype=float)

@@ -227,7 +227,7 @@ def _route_from(event: ControlEvent) -> ExperimentRoute:
     return ExperimentRoute(
         name=name,
         model_version=version,
-        mode=cast(ExperimentMode, mode),
+        mode=mode,
         traffic_share=1.0 if share is None else share,
         traffic_cap_rps=cap,
         killed=kind == "kill_experiment",

@@ -32,11 +32,15 @@ import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rig.errors import RoutingError
 from rig.routing.table import SHARE_TOLERANCE, ExperimentRoute, RoutingTable
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 _SPLITMIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _SPLITMIX_2 = np.uint64(0x94D049BB133111EB)
@@ -126,13 +130,13 @@ class TrafficLimiter:
         return min(capacity, tokens + max(0.0, now - last) * rate_rps)
 
 
-def entity_hashes(entity_ids: Sequence[str], salt: str = "") -> np.ndarray:
+def entity_hashes(entity_ids: Sequence[str] | np.ndarray, salt: str = "") -> npt.NDArray[np.uint64]:
     """A stable hash per entity id (CRC-32 of salt and id), as a uint64 array."""
     seed = zlib.crc32(salt.encode() + b"\0")
     return np.array([zlib.crc32(str(entity).encode(), seed) for entity in entity_ids], dtype=np.uint64)
 
 
-def assignment_draws(hashes: np.ndarray, experiment: str) -> np.ndarray:
+def assignment_draws(hashes: npt.NDArray[np.uint64], experiment: str) -> np.ndarray:
     """Uniform draws in [0, 1), one per entity hash, independent between experiment names."""
     key = np.frombuffer(hashlib.blake2b(b"rig.ab\0" + experiment.encode(), digest_size=8).digest(), "<u8")
     x = hashes ^ key.astype(np.uint64)
@@ -144,7 +148,7 @@ def assignment_draws(hashes: np.ndarray, experiment: str) -> np.ndarray:
 
 def plan_batch(
     table: RoutingTable,
-    entity_ids: Sequence[str],
+    entity_ids: Sequence[str] | np.ndarray,
     salt: str = "",
     *,
     limiter: TrafficLimiter | None = None,

@@ -52,9 +52,11 @@ def build_predictions(
         answered_by = answered[i]
         answer = golden_score
         if answered_by != golden:
-            answer = next((e.score for e in per_row[i] if e.model_version == answered_by), None)
-            if answer is None:  # the A/B model failed this batch: the golden answers instead
-                answered_by, answer = golden, golden_score
+            challenger = next((e.score for e in per_row[i] if e.model_version == answered_by), None)
+            if challenger is None:  # the A/B model failed this batch: the golden answers instead
+                answered_by = golden
+            else:
+                answer = challenger
         timings = {} if timings_ms is None else timings_ms
         if timings_ms is not None and received_ms is not None:
             timings = {**timings_ms, "kafka_to_publish": round(now_ms - received_ms[i], 3)}

@@ -113,7 +113,7 @@ def warm(
     scores = predict(values)
     cached = 0
     if cache is not None and ok.size:
-        ids = np.array(entity_ids)[ok]
+        ids = np.array(entity_ids)[ok].tolist()
         cache.put_many(version, transform.version, values, ids, np.asarray(scores, dtype=np.float64))
         cached = int(ok.size)
     return WarmReport(version, min(warm_up_rows, int(ok.size)), cached, time.perf_counter() - started)

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rig.wire import _avro
+
+if TYPE_CHECKING:
+    from typing_extensions import CapsuleType
 
 INT_RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 """The lowest and highest value of each Avro integer type."""
@@ -27,7 +30,7 @@ class Unsupported(ValueError):
     """The schema uses a type the compiled programs do not cover (the codec keeps fastavro for it)."""
 
 
-def compile_program(schema: dict[str, Any], classes: Mapping[str, type] | None) -> object:
+def compile_program(schema: dict[str, Any], classes: Mapping[str, type] | None) -> CapsuleType:
     """The compiled program of a record schema (its JSON form with named types expanded, as
     `fastavro.schema.expand_schema` gives it), for `_avro.read` and `_avro.write`.
 

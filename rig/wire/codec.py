@@ -26,7 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import msgspec
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
@@ -272,7 +272,8 @@ class Codec(Generic[T]):
         else:
             raw = shape.schema
             try:
-                self.schema = parse_schema(copy.deepcopy(raw))
+                # fastavro types any schema's result as any schema; a record schema's is its dict
+                self.schema = cast(dict[str, Any], parse_schema(copy.deepcopy(raw)))
             except Exception as exc:
                 raise CodecError(f"the {schema_name} wire schema is not a valid Avro schema: {exc}") from exc
         self.full_name: str = self.schema["name"]
@@ -280,7 +281,7 @@ class Codec(Generic[T]):
         self.max_bytes = max_bytes
         self._raw_json = json.dumps(raw)
         self._reader = parse_schema(_strip_logical_types(raw))
-        self._json_schema = expand_schema(raw)
+        self._json_schema = cast(dict[str, Any], expand_schema(raw))  # a record schema expands to a dict
         # A record laid out by a shape is rewritten as a dict first: it keeps fastavro's writer.
         self._compiled = compile_writer(self._json_schema) if shape is None else None
         # The compiled reader builds the record classes without msgspec's conversion, so only for the
@@ -403,11 +404,11 @@ class Codec(Generic[T]):
         return bytes([CONFLUENT_MAGIC]) + int(self._schema_id).to_bytes(4, "big")
 
     # -- decode -------------------------------------------------------------------------------
-    def decode(self, data: bytes) -> T | Rejected:
+    def decode(self, data: bytes | None) -> T | Rejected:
         """Decode one message in any configured format. Bad bytes never raise: they are Rejected.
 
         Args:
-            data: The message value as read from Kafka.
+            data: The message value as read from Kafka (None, a tombstone's, is Rejected).
 
         Returns:
             The record, or a Rejected with the reason and an ErrorType (INVALID_RECORD, naming the

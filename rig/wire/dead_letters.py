@@ -145,11 +145,13 @@ def read_dead_letters(config: RigSettings, idle_timeout_s: float = 30) -> Iterat
             elif error is not None:
                 raise TopicError(f"reading {topic}: {error}")
             else:
+                partition, offset = message.partition(), message.offset()
+                assert partition is not None and offset is not None  # a consumed message has both
                 decoded = codec.decode(message.value())
                 if isinstance(decoded, Rejected):
-                    yield Unreadable(message.partition(), message.offset(), decoded.reason)
+                    yield Unreadable(partition, offset, decoded.reason)
                 else:
-                    yield StoredLetter(message.partition(), message.offset(), decoded)
+                    yield StoredLetter(partition, offset, decoded)
     finally:
         consumer.close()
 

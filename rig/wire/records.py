@@ -45,7 +45,7 @@ class Record(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
 
 
 # -- requests and predictions -------------------------------------------------------------------
-class Request(Record, kw_only=True):
+class Request(Record, kw_only=True, frozen=True):
     """A prediction request for one entity, produced to the requests topic keyed by entity_id."""
 
     request_id: str
@@ -55,14 +55,14 @@ class Request(Record, kw_only=True):
     context: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-class ModelScore(Record, kw_only=True):
+class ModelScore(Record, kw_only=True, frozen=True):
     """The score one model version gave."""
 
     model_version: str
     score: float
 
 
-class ExperimentScore(Record, kw_only=True):
+class ExperimentScore(Record, kw_only=True, frozen=True):
     """The score a challenger model gave within one experiment."""
 
     experiment: str
@@ -71,7 +71,7 @@ class ExperimentScore(Record, kw_only=True):
     score: float
 
 
-class Prediction(Record, kw_only=True):
+class Prediction(Record, kw_only=True, frozen=True):
     """The answer to one request: the golden model's score and that of every experiment that scored it."""
 
     request_id: str
@@ -87,7 +87,7 @@ class Prediction(Record, kw_only=True):
     timings_ms: dict[str, float] = msgspec.field(default_factory=dict)
 
 
-class DeadLetter(Record, kw_only=True):
+class DeadLetter(Record, kw_only=True, frozen=True):
     """A message the rig could not process, with its original bytes and why; produced to the dlq topic."""
 
     received_at: int
@@ -102,7 +102,7 @@ class DeadLetter(Record, kw_only=True):
 
 
 # -- feedback -----------------------------------------------------------------------------------
-class Outcome(Record, kw_only=True):
+class Outcome(Record, kw_only=True, frozen=True):
     """The observed label of an earlier request, produced to the outcomes topic."""
 
     request_id: str
@@ -111,7 +111,7 @@ class Outcome(Record, kw_only=True):
     event_time: int
 
 
-class JoinedOutcome(Record, kw_only=True):
+class JoinedOutcome(Record, kw_only=True, frozen=True):
     """One model's score for one request joined with the request's outcome; one row per model per request."""
 
     request_id: str
@@ -127,7 +127,7 @@ class JoinedOutcome(Record, kw_only=True):
     golden_score: float | None = None
 
 
-class DecisionCheck(Record, kw_only=True):
+class DecisionCheck(Record, kw_only=True, frozen=True):
     """Where one test of the challenger stood when the decision was taken."""
 
     name: str
@@ -141,7 +141,7 @@ class DecisionCheck(Record, kw_only=True):
     detail: str = ""
 
 
-class Decision(Record, kw_only=True):
+class Decision(Record, kw_only=True, frozen=True):
     """One decision of the promoter about a golden and a challenger, with the evidence it rests on."""
 
     decision_id: str
@@ -162,7 +162,7 @@ class Decision(Record, kw_only=True):
 
 
 # -- routing ------------------------------------------------------------------------------------
-class ControlEvent(Record, kw_only=True):
+class ControlEvent(Record, kw_only=True, frozen=True):
     """A change of routing state, on the compacted control topic keyed by what it controls."""
 
     event_id: str
@@ -179,7 +179,7 @@ class ControlEvent(Record, kw_only=True):
 
 
 # -- explanations -------------------------------------------------------------------------------
-class FeatureContribution(Record, kw_only=True):
+class FeatureContribution(Record, kw_only=True, frozen=True):
     """One feature's signed contribution to the margin."""
 
     feature: str
@@ -187,7 +187,7 @@ class FeatureContribution(Record, kw_only=True):
     contribution: float
 
 
-class ShapValues(Record, kw_only=True):
+class ShapValues(Record, kw_only=True, frozen=True):
     """TreeSHAP of one row, in margin (log-odds) units: bias plus all contributions equals margin."""
 
     margin: float
@@ -197,7 +197,7 @@ class ShapValues(Record, kw_only=True):
     contributions: dict[str, float]
 
 
-class Condition(Record, kw_only=True):
+class Condition(Record, kw_only=True, frozen=True):
     """lower < feature <= upper, or feature is missing."""
 
     feature: str
@@ -206,7 +206,7 @@ class Condition(Record, kw_only=True):
     missing: bool
 
 
-class AnchorRule(Record, kw_only=True):
+class AnchorRule(Record, kw_only=True, frozen=True):
     """Anchors-style rule under which the model keeps a decision with the stated precision."""
 
     rule: str
@@ -219,7 +219,7 @@ class AnchorRule(Record, kw_only=True):
     met_target: bool
 
 
-class FeatureChange(Record, kw_only=True):
+class FeatureChange(Record, kw_only=True, frozen=True):
     """One changed feature of a counterfactual."""
 
     feature: str
@@ -227,7 +227,7 @@ class FeatureChange(Record, kw_only=True):
     to_value: float
 
 
-class Counterfactual(Record, kw_only=True):
+class Counterfactual(Record, kw_only=True, frozen=True):
     """A verified decision flip: the smallest found change of allowed features."""
 
     changes: list[FeatureChange]
@@ -237,7 +237,7 @@ class Counterfactual(Record, kw_only=True):
     distance: float
 
 
-class Explanation(Record, kw_only=True):
+class Explanation(Record, kw_only=True, frozen=True):
     """Explanation of one model's score for one request: TreeSHAP, an anchor rule and a counterfactual."""
 
     request_id: str

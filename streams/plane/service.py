@@ -20,6 +20,7 @@ from typing import TypeVar
 import faust
 from mode import Service
 
+from rig.config import KafkaConfig
 from rig.errors import Unavailable
 from streams.metrics import WorkerMetrics
 from streams.plane.health import Health, Waiting
@@ -53,8 +54,8 @@ class Plane:
     def __init__(
         self,
         app: faust.App,
-        client_config: dict[str, str],
-        producer_config: dict[str, object],
+        client_config: KafkaConfig,
+        producer_config: KafkaConfig,
         settings: SourceSettings,
         health: Health,
         *,

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -228,9 +228,11 @@ class DeliveringSink:
         """Delivery report of a message of `batch_id` produced to `partition` (-1: the partitioner's
         choice, asked again when it is produced again; None: the partition it was produced to)."""
         if error is not None:
+            # A delivery report is of a produced message: confluent-kafka types its topic and
+            # partition Optional.
             if partition is None:
-                partition = message.partition()
-            outgoing = Outgoing(message.topic(), message.key(), message.value(), partition)
+                partition = cast(int, message.partition())
+            outgoing = Outgoing(cast(str, message.topic()), message.key(), message.value(), partition)
             self._failed(Output(batch_id, outgoing), error)
             return
         with self._lock:

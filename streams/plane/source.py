@@ -20,6 +20,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from rig.config import KafkaConfig
 from rig.errors import Unavailable
 from streams.metrics import WorkerMetrics
 from streams.plane.health import Health, Waiting
@@ -97,7 +98,7 @@ class BatchSource:
 
     def __init__(
         self,
-        client_config: dict[str, str],
+        client_config: KafkaConfig,
         settings: SourceSettings,
         ledger: OffsetLedger,
         health: Health,
@@ -254,7 +255,8 @@ class BatchSource:
             self._health.recovered(DEPENDENCY)
         lasts: dict[TP, int] = {}
         for message in good:
-            lasts[(message.topic(), message.partition())] = message.offset()
+            # A consumed message without error has all three; confluent-kafka types them Optional.
+            lasts[(message.topic(), message.partition())] = message.offset()  # type: ignore[index,assignment]
         self._hand_over(SourceBatch(self._ledger.begin(lasts, in_hand=True), good))
         return len(good)
 

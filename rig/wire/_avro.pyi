@@ -1,0 +1,13 @@
+"""Avro binary bodies read and written by compiled programs (the C extension `_avro.c`)."""
+
+from typing import Any, Final
+
+from typing_extensions import CapsuleType
+
+MAX_FIELDS: Final = 64
+
+class Malformed(ValueError): ...
+
+def compile_program(program: tuple[Any, ...], /) -> CapsuleType: ...
+def read(program: CapsuleType, data: bytes, offset: int, /) -> tuple[Any, int]: ...
+def write(program: CapsuleType, record: object, /) -> bytes: ...
