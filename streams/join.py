@@ -365,6 +365,7 @@ def install_join(
     letters and its partitions' lag in `metrics`, giving way to `gives_way_to` (the worker's predict
     plane's, if it has one); returns the plane (for the worker's health watch)."""
     join = Join(settings, metrics, gives_way_to)
+    metrics.join_events.watch(join.counts)
     topics = (settings.topic("predictions"), settings.topic("outcomes"), settings.topic("join-reroute"))
     plane = Plane(
         app,

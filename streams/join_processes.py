@@ -57,9 +57,21 @@ class JoinProcesses:
             **os.environ,
             "RIG_WORKER_ROLES": '["join"]',
             "RIG_JOIN_PROCESSES": "0",
-            "RIG_WEB_PORT": str(self.settings.web_port + 1 + index if self.settings.web_port else 0),
+            "RIG_WEB_PORT": str(self.port(index)),
             PARENT_ENV: str(os.getpid()),
         }
+
+    def port(self, index: int) -> int:
+        """The web port of child `index`: the worker's + 1 + index (0, none, when the worker has none)."""
+        return self.settings.web_port + 1 + index if self.settings.web_port else 0
+
+    def metrics_urls(self) -> list[str]:
+        """The `/metrics` pages of the children, for the worker's (none without a web server)."""
+        if not self.settings.web_port:
+            return []
+        bind = self.settings.web_bind
+        host = "127.0.0.1" if bind in ("", "0.0.0.0", "::") else f"[{bind}]" if ":" in bind else bind
+        return [f"http://{host}:{self.port(i)}/metrics" for i in range(self.settings.join_processes)]
 
     def failure(self) -> str | None:
         """What happened to the first child that exited, or None while every one runs (or `stop` ends

@@ -11,12 +11,14 @@ request has an end-to-end time and a score per model: several times the budget o
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+import aiohttp
 import faust
 import numpy as np
 from prometheus_client import (
@@ -27,7 +29,13 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -43,6 +51,20 @@ END_TO_END_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 ModelEvent = Literal["loaded", "warmed", "failed"]
+JOIN_EVENTS = (
+    "joined",
+    "out_of_order",
+    "late",
+    "orphans",
+    "expired_unjoined",
+    "duplicate_predictions",
+    "duplicate_outcomes",
+    "rejected",
+    "rerouted",
+)
+"""What the join counts (`rig.feedback.join`'s steps, and `streams.join`): exported from 0."""
+JOIN_PROCESS_LABEL = "join_process"
+"""The label of a join process's samples on its worker's `/metrics` (`RIG_JOIN_PROCESSES`)."""
 PROMOTER_GAUGES = ("n", "mean_gain", "ci_low", "ci_high", "p_value")
 """Fields of each challenger in `PromotionLoop.snapshot`, one gauge `rig_promoter_<field>` each."""
 
@@ -146,6 +168,43 @@ class WaitsCollector(Collector):
         ]
 
 
+class JoinEventsCollector(Collector):
+    """`rig_join_events_total`: what the join's events came to (joined, late, orphans, duplicates,
+    ...), read at every scrape from the join's own counts, which its batches update without a metric
+    call. No sample in a process that does not join."""
+
+    NAME = "rig_join_events"
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._counts: Mapping[str, int] | None = None
+        registry.register(self)
+
+    def watch(self, counts: Mapping[str, int]) -> None:
+        """Export `counts` (the join's `Counter`), with every event of `JOIN_EVENTS` from 0."""
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """One sample per event once the join is watched."""
+        family = self.describe()[0]
+        if self._counts is not None:
+            counts = dict(self._counts)  # one copy under the GIL: the join's thread updates it meanwhile
+            for event in sorted({*JOIN_EVENTS, *counts}):
+                family.add_metric([event], counts.get(event, 0))
+        yield family
+
+    def describe(self) -> list[CounterMetricFamily]:
+        """The family without samples (what the registry checks names against)."""
+        return [
+            CounterMetricFamily(
+                self.NAME,
+                "The join's events by what they came to: joined (out_of_order: the outcome came first), "
+                "late, orphans, expired_unjoined, duplicate_predictions, duplicate_outcomes, rejected, "
+                "rerouted.",
+                labels=["event"],
+            )
+        ]
+
+
 class WorkerMetrics:
     """Every metric of a worker, in `registry` (see the README's "Metrics" for what each means)."""
 
@@ -196,6 +255,7 @@ class WorkerMetrics:
             "rig_ready", "1 while the worker is ready (/readyz answers 200), else 0.", registry=r
         )
         self.waits = WaitsCollector(r)
+        self.join_events = JoinEventsCollector(r)
         self.cache = CacheMetrics(r)
         self.model_events = Counter(
             "rig_model_events",
@@ -308,12 +368,99 @@ class WorkerMetrics:
         self.promoter_decisions.labels(action).inc()
 
 
-def install_metrics_page(app: faust.App, registry: CollectorRegistry) -> None:
+def install_metrics_page(
+    app: faust.App,
+    registry: CollectorRegistry,
+    join_processes: Sequence[str] = (),
+    token: str | None = None,
+) -> None:
     """Serve `registry` at `/metrics` in Prometheus' text format. It is not a probe: with a web token
-    set it needs the token too (`streams.app.OPEN_PATHS`)."""
+    set it needs the token too (`streams.app.OPEN_PATHS`).
+
+    With `join_processes` (the `/metrics` URLs of the worker's join processes, `RIG_JOIN_PROCESSES`)
+    the page holds theirs too, each sample labelled with its process's index (`with_join_processes`):
+    one scrape target per worker, as without them. They are asked at each scrape (with `token`), at
+    most `JOIN_PROCESS_SCRAPE_S` each; one that does not answer shows as `rig_join_process_up` 0.
+    """
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
-        """Every metric of this worker, for Prometheus to scrape."""
+        """Every metric of this worker (and of its join processes), for Prometheus to scrape."""
+        if join_processes:
+            texts = await scrape_join_processes(join_processes, token)
+            # Parsing the children's pages takes milliseconds: not on the event loop.
+            body = await asyncio.to_thread(exposition, with_join_processes(registry.collect(), texts))
+        else:
+            body = generate_latest(registry)
         # A header, not `content_type=`: aiohttp refuses a charset in that argument.
-        return web.bytes(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+JOIN_PROCESS_SCRAPE_S = 2.0
+"""How long the worker's `/metrics` waits for a join process's page."""
+
+
+async def scrape_join_processes(urls: Sequence[str], token: str | None) -> list[str | None]:
+    """The text of each URL's page, None where it did not answer 200 in `JOIN_PROCESS_SCRAPE_S`."""
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    timeout = aiohttp.ClientTimeout(total=JOIN_PROCESS_SCRAPE_S)
+
+    async def page(session: aiohttp.ClientSession, url: str) -> str | None:
+        try:
+            async with session.get(url, headers=headers) as response:
+                return await response.text() if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        return list(await asyncio.gather(*(page(session, url) for url in urls)))
+
+
+def with_join_processes(own: Iterable[Metric], texts: Sequence[str | None]) -> list[Metric]:
+    """The worker's metric families with its join processes' samples in them: one family per name,
+    a process's samples labelled `join_process="<index>"` (`texts[index]`: its page, None if it did
+    not answer), and `rig_join_process_up` saying which answered.
+
+    A child's family whose name the worker has with another type is left out (one name, one type), as
+    are its `*_created` series: generate_latest writes those of a counter or histogram family from the
+    family's own samples, so a child's would be a second family of that name.
+    """
+    families = {family.name: family for family in own}
+    up = GaugeMetricFamily(
+        "rig_join_process_up",
+        "1 if the join process answered this scrape of its worker's /metrics, else 0.",
+        labels=[JOIN_PROCESS_LABEL],
+    )
+    for index, text in enumerate(texts):
+        up.add_metric([str(index)], 0.0 if text is None else 1.0)
+        parsed = list(text_string_to_metric_families(text or ""))
+        with_created = {family.name + "_created" for family in parsed if family.type != "gauge"}
+        for family in parsed:
+            held = families.get(family.name)
+            if family.name in with_created or (held is not None and held.type != family.type):
+                continue
+            merged = Metric(family.name, family.documentation, family.type, family.unit)
+            merged.samples = [
+                *(held.samples if held is not None else ()),
+                *(s._replace(labels={**s.labels, JOIN_PROCESS_LABEL: str(index)}) for s in family.samples),
+            ]
+            families[family.name] = merged
+    families[up.name] = up
+    return list(families.values())
+
+
+def exposition(families: Iterable[Metric]) -> bytes:
+    """`families` in Prometheus' text format (what `generate_latest` makes of a registry)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families)))
+    return generate_latest(registry)
+
+
+class _Families(Collector):
+    """Metric families already collected, as a collector of a registry of their own."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)

@@ -152,8 +152,10 @@ if "feedback" in roles:
     planes.append(install_promoter(app, settings, get_runtime, metadata, metrics, feedback_gives_way_to))
 if "explain" in roles:
     install_explain_endpoint(app, settings, get_runtime)
+join_process_pages: list[str] = []  # the join processes' /metrics, which the worker's includes
 if joins and settings.join_processes:
     join_processes = JoinProcesses(settings)
+    join_process_pages = join_processes.metrics_urls()
     health.add_fatal(join_processes.failure)
 
     @app.task
@@ -170,7 +172,12 @@ if joins and settings.join_processes:
 
 install_health(app, settings, health, planes)
 install_dashboard(app, settings, get_runtime, metadata)
-install_metrics_page(app, metrics.registry)
+install_metrics_page(
+    app,
+    metrics.registry,
+    join_process_pages,
+    settings.web_token.get_secret_value() if settings.web_token is not None else None,
+)
 
 
 def main() -> None:

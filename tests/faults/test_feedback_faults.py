@@ -284,6 +284,7 @@ def test_join_processes_join_every_request_and_the_worker_exits_when_one_dies(
             answers.assert_complete(traffic, "the join in two child processes")
             short = joined.wait_for({i: answers.models[i] for i in traffic.ids}, timeout_s=240)
             counts = [get_json(f"http://127.0.0.1:{port + 1 + index}/join/counts/") for index in (0, 1)]
+            samples, _ = scrape(port)  # the worker's page holds its children's
             promoter = get_json(f"http://127.0.0.1:{port}/promoter/")
             own_join = not_found(f"http://127.0.0.1:{port}/join/counts/")
             os.kill(children[0], signal.SIGKILL)
@@ -298,6 +299,11 @@ def test_join_processes_join_every_request_and_the_worker_exits_when_one_dies(
     assert all(count.get("joined", 0) > 0 for count in counts), f"both children join: {counts}"
     assert sum(count["joined"] for count in counts) >= len(traffic.ids), counts
     assert own_join, "the worker itself does not join"
+    for index, count in enumerate(counts):
+        labels = {"event": "joined", "join_process": str(index)}
+        assert sample(samples, "rig_join_events_total", **labels) >= count["joined"], (index, count)
+        assert sample(samples, "rig_join_process_up", join_process=str(index)) == 1
+    assert sample(samples, "rig_join_events_total", event="joined") == 0, "none of the worker's own"
     assert promoter["golden"] == read_routing(stack.settings).golden, "the promoter runs in the worker"
     assert code == STALL_EXIT_CODE, f"the worker did not exit for a restart (exit code {code})"
     assert survivor_gone, "the other join process ended with its worker"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rig.config import RigSettings
 from streams.app import make_app
-from streams.metrics import SCORE_BUCKETS, BatchHistogram, WorkerMetrics, install_metrics_page
+from streams.metrics import JOIN_EVENTS, SCORE_BUCKETS, BatchHistogram, WorkerMetrics, install_metrics_page
 from streams.plane.health import Health
+from tests.support.ports import free_port
 
 EXPORTED = {
     "rig_requests": "counter",
@@ -167,6 +169,19 @@ def test_the_waits_of_every_watched_group_are_exported_while_they_last(metrics: 
     ]
 
 
+def test_the_join_events_are_exported_from_its_counts_at_each_scrape(metrics: WorkerMetrics) -> None:
+    assert value(metrics, "rig_join_events_total", event="joined") is None, "not a joining process"
+    counts: collections.Counter[str] = collections.Counter()
+    metrics.join_events.watch(counts)
+    assert {
+        event: value(metrics, "rig_join_events_total", event=event) for event in JOIN_EVENTS
+    } == dict.fromkeys(JOIN_EVENTS, 0), "every event from 0"
+    counts.update(("joined", "out_of_order", "joined", "late"))
+    assert value(metrics, "rig_join_events_total", event="joined") == 2
+    assert value(metrics, "rig_join_events_total", event="out_of_order") == 1
+    assert value(metrics, "rig_join_events_total", event="late") == 1
+
+
 def test_model_events_and_warm_up_time(metrics: WorkerMetrics) -> None:
     metrics.model_event("risk.1", "loaded")
     metrics.model_warmed("risk.1", 0.25)
@@ -235,3 +250,53 @@ def test_with_a_token_the_metrics_page_requires_it(tmp_path: Path, metrics: Work
     )
     assert anonymous[0] == 401
     assert bearer[0] == 200 and "rig_requests_total 0.0" in bearer[2]
+
+
+def test_the_metrics_page_holds_the_join_processes_samples_labelled_with_their_index(
+    tmp_path: Path, metrics: WorkerMetrics
+) -> None:
+    """RIG_JOIN_PROCESSES: one scrape of the worker gives its own samples and each child's, labelled; a
+    child that does not answer is `rig_join_process_up` 0, and the page is still whole."""
+    metrics.consumed(7)
+    child = WorkerMetrics(CollectorRegistry())
+    child.join_events.watch(collections.Counter(joined=5, orphans=2))
+    child.partition_lag("rig.predictions", 3, 42)
+    child.dead_lettered(["malformed"])
+
+    async def scrape_with_a_child() -> tuple[int, str]:
+        child_app = make_app(RigSettings(home=tmp_path / "child"))
+        install_metrics_page(child_app, child.registry)
+        child_app.web.init_server()
+        async with TestServer(child_app.web.web_app) as child_server:
+            gone = f"http://127.0.0.1:{free_port()}/metrics"  # nothing listens there
+            app = make_app(RigSettings(home=tmp_path))
+            install_metrics_page(app, metrics.registry, [str(child_server.make_url("/metrics")), gone])
+            app.web.init_server()
+            async with TestClient(TestServer(app.web.web_app)) as client:
+                response = await client.get("/metrics")
+                return response.status, await response.text()
+
+    status, body = asyncio.run(scrape_with_a_child())
+    assert status == 200
+    types = [line.split()[2] for line in body.splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len(set(types)), "one family per name"
+    families = {family.name: family for family in text_string_to_metric_families(body)}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in families.values()
+        for s in family.samples
+    }
+    assert samples[("rig_requests_total", ())] == 7, "the worker's own, unlabelled"
+    assert samples[("rig_requests_total", (("join_process", "0"),))] == 0
+    assert samples[("rig_join_events_total", (("event", "joined"), ("join_process", "0")))] == 5
+    assert samples[("rig_join_events_total", (("event", "orphans"), ("join_process", "0")))] == 2
+    assert (
+        samples[
+            ("rig_consumer_lag", (("join_process", "0"), ("partition", "3"), ("topic", "rig.predictions")))
+        ]
+        == 42
+    )
+    assert samples[("rig_dead_letters_total", (("join_process", "0"), ("reason", "malformed")))] == 1
+    assert samples[("rig_join_process_up", (("join_process", "0"),))] == 1
+    assert samples[("rig_join_process_up", (("join_process", "1"),))] == 0
+    assert not [key for key in samples if ("join_process", "1") in key[1] and key[0] != "rig_join_process_up"]

@@ -28,6 +28,17 @@ def test_a_child_joins_only_with_its_own_port_and_knows_its_worker(settings: Rig
     assert quiet.environment(0)["RIG_WEB_PORT"] == "0", "no web server when the worker has none"
 
 
+def test_the_worker_reads_its_childrens_metrics_where_they_listen(settings: RigSettings) -> None:
+    def urls(**update: object) -> list[str]:
+        return JoinProcesses(settings.model_copy(update={"join_processes": 2, **update})).metrics_urls()
+
+    assert urls(web_port=7000) == ["http://127.0.0.1:7001/metrics", "http://127.0.0.1:7002/metrics"]
+    assert urls(web_port=7000, web_bind="0.0.0.0")[0] == "http://127.0.0.1:7001/metrics", "every address"
+    assert urls(web_port=7000, web_bind="10.1.2.3")[1] == "http://10.1.2.3:7002/metrics"
+    assert urls(web_port=7000, web_bind="::1")[0] == "http://[::1]:7001/metrics"
+    assert urls(web_port=0) == [], "no web servers"
+
+
 def test_the_first_child_that_exits_is_the_workers_failure(settings: RigSettings) -> None:
     processes = JoinProcesses(settings)
     processes.children = [subprocess.Popen(SLEEPER), subprocess.Popen(SLEEPER)]
