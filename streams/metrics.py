@@ -389,7 +389,8 @@ def install_metrics_page(
         if join_processes:
             texts = await scrape_join_processes(join_processes, token)
             # Parsing the children's pages takes milliseconds: not on the event loop.
-            body = await asyncio.to_thread(exposition, with_join_processes(registry.collect(), texts))
+            own = list(registry.collect())
+            body = await asyncio.to_thread(lambda: exposition(with_join_processes(own, texts)))
         else:
             body = generate_latest(registry)
         # A header, not `content_type=`: aiohttp refuses a charset in that argument.
@@ -419,7 +420,8 @@ async def scrape_join_processes(urls: Sequence[str], token: str | None) -> list[
 def with_join_processes(own: Iterable[Metric], texts: Sequence[str | None]) -> list[Metric]:
     """The worker's metric families with its join processes' samples in them: one family per name,
     a process's samples labelled `join_process="<index>"` (`texts[index]`: its page, None if it did
-    not answer), and `rig_join_process_up` saying which answered.
+    not answer), and `rig_join_process_up` saying which answered (a page that is not in Prometheus'
+    text format counts as no answer).
 
     A child's family whose name the worker has with another type is left out (one name, one type), as
     are its `*_created` series: generate_latest writes those of a counter or histogram family from the
@@ -432,8 +434,9 @@ def with_join_processes(own: Iterable[Metric], texts: Sequence[str | None]) -> l
         labels=[JOIN_PROCESS_LABEL],
     )
     for index, text in enumerate(texts):
-        up.add_metric([str(index)], 0.0 if text is None else 1.0)
-        parsed = list(text_string_to_metric_families(text or ""))
+        page = _families_of(text)
+        up.add_metric([str(index)], 0.0 if page is None else 1.0)
+        parsed = page or []
         with_created = {family.name + "_created" for family in parsed if family.type != "gauge"}
         for family in parsed:
             held = families.get(family.name)
@@ -447,6 +450,16 @@ def with_join_processes(own: Iterable[Metric], texts: Sequence[str | None]) -> l
             families[family.name] = merged
     families[up.name] = up
     return list(families.values())
+
+
+def _families_of(page: str | None) -> list[Metric] | None:
+    """The metric families of a page in Prometheus' text format; None for none, or another format."""
+    if page is None:
+        return None
+    try:
+        return list(text_string_to_metric_families(page))
+    except ValueError:
+        return None
 
 
 def exposition(families: Iterable[Metric]) -> bytes:

@@ -15,7 +15,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rig.config import RigSettings
 from streams.app import make_app
-from streams.metrics import JOIN_EVENTS, SCORE_BUCKETS, BatchHistogram, WorkerMetrics, install_metrics_page
+from streams.metrics import (
+    JOIN_EVENTS,
+    SCORE_BUCKETS,
+    BatchHistogram,
+    WorkerMetrics,
+    install_metrics_page,
+    with_join_processes,
+)
 from streams.plane.health import Health
 from tests.support.ports import free_port
 
@@ -300,3 +307,8 @@ def test_the_metrics_page_holds_the_join_processes_samples_labelled_with_their_i
     assert samples[("rig_join_process_up", (("join_process", "0"),))] == 1
     assert samples[("rig_join_process_up", (("join_process", "1"),))] == 0
     assert not [key for key in samples if ("join_process", "1") in key[1] and key[0] != "rig_join_process_up"]
+
+
+def test_a_join_process_page_that_is_not_prometheus_text_counts_as_no_answer() -> None:
+    [up] = with_join_processes([], ["<html>502 Bad Gateway</html>"])
+    assert [(s.labels, s.value) for s in up.samples] == [({"join_process": "0"}, 0.0)]
