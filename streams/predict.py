@@ -96,9 +96,9 @@ async def answer(runtime: Runtime, sources: Sequence[Source]) -> Answer:
     inputs = layout.inputs()
     eligible = {v: laid.ok[i.block][ok] for v, i in inputs.items()}
     plan = plan_batch(serving.routing, entity_ids, limiter=runtime.limiter).restricted(eligible)  # dispatch
-    lookup = None
-    if runtime.cache is not None:  # cache
-        lookup = await asyncio.to_thread(look_up, runtime.cache, plan, values, entity_ids, inputs)
+    cache, lookup = runtime.cache, None
+    if cache is not None:  # cache
+        lookup = await asyncio.to_thread(look_up, cache, plan, values, entity_ids, inputs)
     clock.lap("dispatch")
     to_score = plan.score_rows if lookup is None else lookup.to_score
     model_columns = {version: inputs[version].columns for version in to_score}
@@ -115,9 +115,7 @@ async def answer(runtime: Runtime, sources: Sequence[Source]) -> Answer:
         batch.requests, plan, scores, transform_version, found, timings, golden_hit, received_ms
     )
     refill = None
-    if lookup is not None:
-        cache = runtime.cache
-        assert cache is not None  # a lookup is made only with a cache
+    if cache is not None and lookup is not None:
 
         def refill() -> None:
             fill_cache(cache, lookup, computed, values, entity_ids, inputs)
