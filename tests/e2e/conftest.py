@@ -13,14 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from rig.config import RigSettings
+from rig.models.registry import ModelRegistry
 from rig.processes import stop_processes
 from rig.routing.control import publish_control
 from rig.routing.table import set_golden_event, start_experiment_event
+from rig.transform.model_inputs import column_index
 from rig.wire.codec import Codec, Rejected
 from rig.wire.records import ControlEvent, JoinedOutcome, Outcome, Prediction, Record, Request
 from sim.deploy import prepare, start_worker
@@ -51,6 +54,19 @@ def deploy(
     return Deployment(settings=rig_settings, world_settings=world, world=built, versions=versions)
 
 
+def offline_scores(deployment: Deployment, version: str, entity_ids: list[str]) -> np.ndarray:
+    """Model `version`'s predictions of the entities' latest features, computed without the streaming
+    path (the online store holds each entity's latest snapshot)."""
+    registry = ModelRegistry(deployment.settings.model_dir)
+    meta = registry.meta(version)
+    transform = registry.load_transform(meta.transform_version)
+    latest = deployment.world.latest().set_index("entity_id").loc[entity_ids].reset_index()
+    result = transform.transform(latest)
+    assert result.row_ok.all()
+    x = result.values[:, column_index(result.columns, meta.features)]
+    return registry.load(meta.version).inplace_predict(x)
+
+
 def route(deployment: Deployment, *events: ControlEvent) -> None:
     """Publish control events for this deployment."""
     for event in events:
@@ -71,10 +87,17 @@ def deploy_with_shadow(root: Path, shadow: str, world: WorldSettings, rounds: in
 
 
 @contextmanager
-def workers(deployment: Deployment, count: int = 1, **env: str) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Run `count` worker processes; on exit stop them and print the tail of their logs."""
+def workers(
+    deployment: Deployment, count: int = 1, web_ports: Sequence[int] = (), **env: str
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Run `count` worker processes (worker i with a web server on `web_ports[i]`, if given); on exit
+    stop them and print the tail of their logs."""
     logs = [deployment.settings.home / f"worker-{i}.log" for i in range(count)]
-    processes = [start_worker(deployment.settings, log, **env) for log in logs]
+    ports = [*web_ports, *[0] * count][:count]
+    processes = [
+        start_worker(deployment.settings, log, web_port=port, **env)
+        for log, port in zip(logs, ports, strict=True)
+    ]
     try:
         yield processes
     finally:

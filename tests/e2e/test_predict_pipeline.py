@@ -16,9 +16,7 @@ import numpy as np
 import pytest
 
 from rig.cli.clients import produce_requests
-from rig.models.registry import ModelRegistry
 from rig.routing.table import kill_experiment_event, set_golden_event, start_experiment_event
-from rig.transform.model_inputs import column_index
 from rig.wire.codec import Codec
 from rig.wire.records import DeadLetter, Decision, Prediction, Request
 from sim.settings import WorldSettings
@@ -29,6 +27,7 @@ from tests.e2e.conftest import (
     consume,
     deploy,
     eventually,
+    offline_scores,
     route,
     worker_group_members,
     workers,
@@ -70,18 +69,6 @@ def running(deployment: Deployment) -> Iterator[Deployment]:
         yield replace(deployment, processes=tuple(processes))
 
 
-def offline_golden_scores(deployment: Deployment, entity_ids: list[str]) -> np.ndarray:
-    """The golden model's prediction on the same features, computed without the streaming path."""
-    registry = ModelRegistry(deployment.settings.model_dir)
-    meta = registry.meta(deployment.versions["golden"])
-    transform = registry.load_transform(meta.transform_version)
-    latest = deployment.world.latest().set_index("entity_id").loc[entity_ids].reset_index()
-    result = transform.transform(latest)
-    assert result.row_ok.all()
-    x = result.values[:, column_index(result.columns, meta.features)]
-    return registry.load(meta.version).inplace_predict(x)
-
-
 def test_ten_thousand_requests_give_exactly_ten_thousand_predictions(running: Deployment) -> None:
     settings, versions = running.settings, running.versions
     requests = list(synthetic_requests(running.world_settings, 10_000, seed=5))
@@ -107,7 +94,7 @@ def test_ten_thousand_requests_give_exactly_ten_thousand_predictions(running: De
         assert all(0.0 <= e.score <= 1.0 for e in p.experiments)
 
     sample = predictions[:: len(predictions) // 200]
-    expected = offline_golden_scores(running, [p.entity_id for p in sample])
+    expected = offline_scores(running, versions["golden"], [p.entity_id for p in sample])
     np.testing.assert_allclose([p.golden.score for p in sample], expected, atol=1e-6, rtol=0)
 
     answered_by: dict[str, set[str]] = collections.defaultdict(set)
