@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry
 from rig.config import KafkaConfig, RigSettings
 from rig.errors import ConfigError, KafkaUnavailable
 from rig.feedback.join import (
+    JoinEvent,
     StreamClock,
     compact_outcome,
     compact_prediction,
@@ -98,7 +99,7 @@ class Join:
         self.gives_way_to = gives_way_to
         self.metrics = metrics if metrics is not None else WorkerMetrics(CollectorRegistry())
         self.retention_ms = int(settings.join_retention_s * 1000)
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[JoinEvent] = Counter()
         self.topics = {
             "prediction": settings.topic("predictions"),
             "outcome": settings.topic("outcomes"),

@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from rig.cache.tiers import CacheMetrics
+from rig.feedback.join import JOIN_EVENTS, JoinEvent
 from rig.wire.codec import ErrorType
 from rig.wire.records import DecisionAction
 from streams.plane.health import Health
@@ -51,18 +52,6 @@ END_TO_END_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 ModelEvent = Literal["loaded", "warmed", "failed"]
-JOIN_EVENTS = (
-    "joined",
-    "out_of_order",
-    "late",
-    "orphans",
-    "expired_unjoined",
-    "duplicate_predictions",
-    "duplicate_outcomes",
-    "rejected",
-    "rerouted",
-)
-"""What the join counts (`rig.feedback.join`'s steps, and `streams.join`): exported from 0."""
 JOIN_PROCESS_LABEL = "join_process"
 """The label of a join process's samples on its worker's `/metrics` (`RIG_JOIN_PROCESSES`)."""
 PROMOTER_GAUGES = ("n", "mean_gain", "ci_low", "ci_high", "p_value")
@@ -176,11 +165,11 @@ class JoinEventsCollector(Collector):
     NAME = "rig_join_events"
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._counts: Mapping[str, int] | None = None
+        self._counts: Mapping[JoinEvent, int] | None = None
         registry.register(self)
 
-    def watch(self, counts: Mapping[str, int]) -> None:
-        """Export `counts` (the join's `Counter`), with every event of `JOIN_EVENTS` from 0."""
+    def watch(self, counts: Mapping[JoinEvent, int]) -> None:
+        """Export `counts` (the join's `Counter`), every event of `JOIN_EVENTS` from 0."""
         self._counts = counts
 
     def collect(self) -> Iterator[CounterMetricFamily]:
@@ -188,7 +177,7 @@ class JoinEventsCollector(Collector):
         family = self.describe()[0]
         if self._counts is not None:
             counts = dict(self._counts)  # one copy under the GIL: the join's thread updates it meanwhile
-            for event in sorted({*JOIN_EVENTS, *counts}):
+            for event in JOIN_EVENTS:
                 family.add_metric([event], counts.get(event, 0))
         yield family
 

@@ -26,13 +26,27 @@ sweep from running ahead of that backlog, on either source.
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import msgspec
 
 from rig.wire.records import JoinedOutcome, Outcome, Prediction
 
 State = Literal["predicted", "outcome_waiting", "joined", "expired"]
+JoinEvent = Literal[
+    "joined",
+    "out_of_order",
+    "late",
+    "orphans",
+    "expired_unjoined",
+    "duplicate_predictions",
+    "duplicate_outcomes",
+    "rejected",
+    "rerouted",
+]
+"""What the join counts: its steps' events, and the records its stream rejects (bad input) or
+re-routes (`streams.join`)."""
+JOIN_EVENTS: tuple[JoinEvent, ...] = get_args(JoinEvent)
 Entry = dict[str, Any]  # {"state": State, "at_ms": int, "prediction": {...} | None, "outcome": {...} | None}
 """One request's join state, as the join's store and changelog keep it: the compact forms of its
 prediction (`compact_prediction`) and outcome (`compact_outcome`), not the topic records."""
@@ -46,7 +60,7 @@ class Step(NamedTuple):
 
     entry: Entry | None
     joined: list[JoinedOutcome]
-    counts: tuple[str, ...]
+    counts: tuple[JoinEvent, ...]
 
     def then(self, following: Step) -> Step:
         """This step followed by `following` (which was computed from this step's entry)."""
