@@ -57,8 +57,8 @@ from rig.feedback.join import compact_prediction, on_prediction, sweep
 from rig.feedback.join_store import Change, JoinStore, StoreMemory
 from rig.wire.partitioner import partition_for
 from rig.wire.records import ExperimentScore, ModelScore, Prediction
+from streams.heap import freeze_heap
 from streams.join import SWEEP_SLICE
-from streams.runtime import freeze_heap
 
 RESULTS = RESULTS_DIR / "join_memory.json"
 TARGET_ENTRIES = 10_000_000

@@ -150,9 +150,11 @@ async def bare_loop(settings: RigSettings, stop: threading.Event) -> None:
     """consume → answer → produce the outputs → flush → commit, one batch at a time, until `stop`."""
     from confluent_kafka import Consumer, Producer
 
-    from streams.predict import answer, outputs, source_of
+    from streams.consumed import source_of
+    from streams.heap import freeze_heap
+    from streams.predict import answer, outputs
     from streams.promote import open_metadata
-    from streams.runtime import Runtime, freeze_heap
+    from streams.runtime import Runtime
 
     runtime = Runtime.create(settings, open_metadata(settings))  # as the worker builds it
     freeze_heap()

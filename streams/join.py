@@ -54,6 +54,7 @@ from rig.wire.codec import Codec, ErrorType, Rejected
 from rig.wire.partitioner import partition_for
 from rig.wire.records import DeadLetter, JoinedOutcome, Outcome, Prediction
 from streams.app import source_settings
+from streams.consumed import dead_letter_output
 from streams.join_restore import PartitionJob, RestoreJob, restore_in_child
 from streams.metrics import WorkerMetrics
 from streams.plane.health import Health
@@ -62,7 +63,6 @@ from streams.plane.priority import GiveWay, paced
 from streams.plane.service import Handler, Plane
 from streams.plane.sink import Outgoing
 from streams.plane.source import SourceBatch
-from streams.predict import dead_letter_output
 from streams.timers import supervised
 
 log = logging.getLogger(__name__)

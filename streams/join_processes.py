@@ -9,9 +9,11 @@ predictions and the promoter.
 A child is a `python -m streams` with the worker's settings but for: role `join`, its web server
 (`/metrics`, `/join/counts/`, `/healthz`) on the worker's port + 1 + its index (none when the worker
 has none); like every process that joins, it keeps its stores in a folder of its own
-(`rig.feedback.store_folder`). It dies with the worker (`PR_SET_PDEATHSIG`, Linux) and runs
-only on idle cores (`become_join_process`); the worker exits when a child does (its health watch:
-`failure`), so that its supervisor restarts the whole, as it would a worker whose join died.
+(`rig.feedback.store_folder`), and `streams.worker` imports no other role's modules for it (no XGBoost,
+Feast, pandas or scipy: less than half the memory of a whole worker). It dies with the worker
+(`PR_SET_PDEATHSIG`, Linux) and runs only on idle cores (`become_join_process`); the worker exits when
+a child does (its health watch: `failure`), so that its supervisor restarts the whole, as it would a
+worker whose join died.
 """
 
 from __future__ import annotations

@@ -15,17 +15,16 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from confluent_kafka import Message
 
-from rig.config import RigSettings
 from rig.errors import GoldenUnavailable
 from rig.features.enrich import enrich
 from rig.serving.cached_scores import fill_cache, look_up, merge
 from rig.serving.dispatch import TrafficLimiter, plan_batch
 from rig.serving.predictions import build_predictions
-from rig.wire.codec import Codec, ErrorType
-from rig.wire.intake import Source, dead_letter, take_in
+from rig.wire.codec import ErrorType
+from rig.wire.intake import Source, take_in
 from rig.wire.records import DeadLetter, Prediction, Request
+from streams.consumed import source_of
 from streams.plane.service import Handler, Plane
 from streams.plane.sink import Outgoing
 from streams.plane.source import SourceBatch
@@ -255,39 +254,3 @@ class StageClock:
     def total(self) -> dict[str, float]:
         """The stage timings plus `total`."""
         return {**self.timings, "total": round((time.perf_counter() - self.started) * 1000, 3)}
-
-
-def dead_letter_output(
-    settings: RigSettings,
-    codec: Codec,
-    message: Message,
-    reason: str,
-    error_type: str,
-    request_id: str | None = None,
-) -> Outgoing:
-    """A consumed message refused as bad input, as its dead letter for `rig.dlq` (`codec` encodes
-    DeadLetter records), logged with where it came from."""
-    source = source_of(message)
-    log.warning(
-        "dead letter topic=%s partition=%s offset=%s request_id=%s reason=%s",
-        source.topic,
-        source.partition,
-        source.offset,
-        request_id,
-        reason,
-    )
-    letter = dead_letter(source, reason, error_type, request_id)
-    return Outgoing(settings.topic("dlq"), message.key(), codec.encode(letter))
-
-
-def source_of(message: Message) -> Source:
-    """Where a librdkafka message came from (a tombstone's value is read as empty bytes)."""
-    # A consumed message has its topic, partition and offset; confluent-kafka types them Optional.
-    return Source(
-        message.topic(),  # type: ignore[arg-type]
-        message.partition(),  # type: ignore[arg-type]
-        message.offset(),  # type: ignore[arg-type]
-        message.key(),
-        message.value() or b"",
-        float(message.timestamp()[1]),
-    )

@@ -40,6 +40,7 @@ from rig.routing.table import RoutingTable
 from rig.wire.codec import Codec, ErrorType, Rejected
 from rig.wire.records import DeadLetter, Decision, JoinedOutcome
 from streams.app import source_settings
+from streams.consumed import dead_letter_output
 from streams.metrics import WorkerMetrics
 from streams.plane.health import Health
 from streams.plane.ledger import TopicPartition as TP
@@ -47,7 +48,6 @@ from streams.plane.priority import GiveWay, paced
 from streams.plane.service import Handler, Plane
 from streams.plane.sink import Outgoing, Sink
 from streams.plane.source import SourceBatch
-from streams.predict import dead_letter_output
 from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,6 @@ table is read from the control topic first, so the first batch meets a warm work
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -344,12 +343,3 @@ def serving_stats(registry: ModelRegistry, golden: str) -> FeatureStats | None:
         log.warning("model %s has no reference rows: serving feature statistics are off", golden)
         return None
     return FeatureStats.from_reference(reference)
-
-
-def freeze_heap() -> None:
-    """Move everything alive now (modules, models, the Feast store) out of the garbage collector's
-    sight, once the runtime is built. Every full collection walked all of it with the GIL held:
-    ~90 ms every few thousand batches, the periodic slow slices of bench/bench_join_memory.py and
-    the worker's latency outliers. What is allocated later is still collected."""
-    gc.collect()
-    gc.freeze()

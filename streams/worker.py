@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from typing import TYPE_CHECKING
 
 import faust
 from confluent_kafka import KafkaException
@@ -24,18 +25,21 @@ from rig.errors import RigError
 from rig.features.feast_checks import skip_feast_type_checks
 from rig.wire.topics import MisconfiguredTopic, ensure_topics
 from streams.app import make_app, source_settings
-from streams.dashboard import install_dashboard
-from streams.explain import ExplainConsumer, install_explain_endpoint
 from streams.health import install_health
+from streams.heap import freeze_heap
 from streams.join import install_join
 from streams.join_processes import JoinProcesses, become_join_process
 from streams.metrics import WorkerMetrics, install_metrics_page
 from streams.plane.health import Health
 from streams.plane.service import Plane
-from streams.predict import install_predict
-from streams.promote import install_promoter, open_metadata
-from streams.runtime import Runtime, freeze_heap
 from streams.timers import supervised
+
+if TYPE_CHECKING:
+    from streams.runtime import Runtime
+
+# The modules of the other roles (predict, promoter, explainer, dashboard) are imported below only by
+# a process that runs them: a join process (`streams.join_processes`) then loads no XGBoost, Feast,
+# pandas or scipy.
 
 # import feast ~4.5 s sooner: the worker reads what `feast apply` checked. Here, not in main(), so that
 # `faust -A streams.worker worker`, which never calls main(), skips them too (this module imports no
@@ -69,7 +73,11 @@ join_process = roles == {"join"}  # what a worker's join processes run (`streams
 if joins and not settings.join_processes:
     planes.append(install_join(app, settings, metrics, feedback_gives_way_to))
 # Once, before consuming: agents must not wait before their loop. A join process records nothing there.
-metadata = None if join_process else open_metadata(settings)
+metadata = None
+if not join_process:
+    from streams.promote import open_metadata
+
+    metadata = open_metadata(settings)
 built_runtime: Runtime | None = None  # set by main() before the worker consumes
 runtime_ready: asyncio.Future[Runtime] | None = None
 
@@ -88,6 +96,9 @@ async def get_runtime() -> Runtime:
 def build_runtime() -> Runtime:
     """Topics, then the runtime (models loaded and warmed), then the explainer thread; then the heap
     is frozen (`freeze_heap`). A broker that is away at start-up is waited for."""
+    from streams.explain import ExplainConsumer
+    from streams.runtime import Runtime
+
     wait_for_topics()
     runtime = Runtime.create(settings, metadata, metrics)
     health.add_fatal(runtime.follower.failure)  # routing changes would no longer reach this worker
@@ -147,11 +158,21 @@ async def record_feature_stats() -> None:
 
 
 if plane is not None:
+    from streams.predict import install_predict
+
     install_predict(plane, get_runtime)
 if "feedback" in roles:
+    from streams.promote import install_promoter
+
     planes.append(install_promoter(app, settings, get_runtime, metadata, metrics, feedback_gives_way_to))
 if "explain" in roles:
+    from streams.explain import install_explain_endpoint
+
     install_explain_endpoint(app, settings, get_runtime)
+if not join_process:  # a join process builds no runtime for it to show
+    from streams.dashboard import install_dashboard
+
+    install_dashboard(app, settings, get_runtime, metadata)
 join_process_pages: list[str] = []  # the join processes' /metrics, which the worker's includes
 if joins and settings.join_processes:
     join_processes = JoinProcesses(settings)
@@ -171,7 +192,6 @@ if joins and settings.join_processes:
 
 
 install_health(app, settings, health, planes)
-install_dashboard(app, settings, get_runtime, metadata)
 install_metrics_page(
     app,
     metrics.registry,
