@@ -20,14 +20,21 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import faust
 
 from rig.config import RigSettings
 from rig.processes import stop_processes
+from streams.metrics import scrape_join_processes
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +74,13 @@ class JoinProcesses:
         """The web port of child `index`: the worker's + 1 + index (0, none, when the worker has none)."""
         return self.settings.web_port + 1 + index if self.settings.web_port else 0
 
-    def metrics_urls(self) -> list[str]:
-        """The `/metrics` pages of the children, for the worker's (none without a web server)."""
+    def urls(self, path: str) -> list[str]:
+        """The page `path` of each child (e.g. `/metrics`, for the worker's; none without a web server)."""
         if not self.settings.web_port:
             return []
         bind = self.settings.web_bind
         host = "127.0.0.1" if bind in ("", "0.0.0.0", "::") else f"[{bind}]" if ":" in bind else bind
-        return [f"http://{host}:{self.port(i)}/metrics" for i in range(self.settings.join_processes)]
+        return [f"http://{host}:{self.port(i)}{path}" for i in range(self.settings.join_processes)]
 
     def failure(self) -> str | None:
         """What happened to the first child that exited, or None while every one runs (or `stop` ends
@@ -95,6 +102,26 @@ class JoinProcesses:
             log.warning(
                 "join process %d (pid %d) did not stop in %.0f s: killed", index, child.pid, timeout_s
             )
+
+
+def install_counts_page(app: faust.App, urls: Sequence[str], token: str | None) -> None:
+    """Serve `/join/counts/` on a worker whose join runs in its children (`urls`: their own pages): the
+    sum of their counts, what the worker would count joining itself. 503 naming the children that did
+    not answer (in `JOIN_PROCESS_SCRAPE_S`, with `token`): a partial sum would undercount."""
+
+    @app.page("/join/counts/")
+    async def join_counts(web: Any, request: Any) -> Any:
+        """The join counters (joined, late, orphans, duplicates, ...) of every join process, summed."""
+        total: Counter[str] = Counter()
+        silent = []
+        for index, text in enumerate(await scrape_join_processes(urls, token)):
+            try:
+                total.update(json.loads(text or ""))
+            except (ValueError, TypeError):  # no answer, or not a join's counts
+                silent.append(index)
+        if silent:
+            return web.json({"error": f"join processes {silent} did not answer"}, status=503)
+        return web.json(dict(total))
 
 
 def become_join_process() -> None:

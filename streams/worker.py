@@ -28,7 +28,7 @@ from streams.app import make_app, source_settings
 from streams.health import install_health
 from streams.heap import freeze_heap
 from streams.join import install_join
-from streams.join_processes import JoinProcesses, become_join_process
+from streams.join_processes import JoinProcesses, become_join_process, install_counts_page
 from streams.metrics import WorkerMetrics, install_metrics_page
 from streams.plane.health import Health
 from streams.plane.service import Plane
@@ -173,10 +173,12 @@ if not join_process:  # a join process builds no runtime for it to show
     from streams.dashboard import install_dashboard
 
     install_dashboard(app, settings, get_runtime, metadata)
+web_token = settings.web_token.get_secret_value() if settings.web_token is not None else None
 join_process_pages: list[str] = []  # the join processes' /metrics, which the worker's includes
 if joins and settings.join_processes:
     join_processes = JoinProcesses(settings)
-    join_process_pages = join_processes.metrics_urls()
+    join_process_pages = join_processes.urls("/metrics")
+    install_counts_page(app, join_processes.urls("/join/counts/"), web_token)
     health.add_fatal(join_processes.failure)
 
     @app.task
@@ -192,12 +194,7 @@ if joins and settings.join_processes:
 
 
 install_health(app, settings, health, planes)
-install_metrics_page(
-    app,
-    metrics.registry,
-    join_process_pages,
-    settings.web_token.get_secret_value() if settings.web_token is not None else None,
-)
+install_metrics_page(app, metrics.registry, join_process_pages, web_token)
 
 
 def main() -> None:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from rig.config import RigSettings
-from streams.join_processes import PARENT_ENV, JoinProcesses
+from streams.app import make_app
+from streams.join_processes import PARENT_ENV, JoinProcesses, install_counts_page
+from tests.support.ports import free_port
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -30,7 +39,7 @@ def test_a_child_joins_only_with_its_own_port_and_knows_its_worker(settings: Rig
 
 def test_the_worker_reads_its_childrens_metrics_where_they_listen(settings: RigSettings) -> None:
     def urls(**update: object) -> list[str]:
-        return JoinProcesses(settings.model_copy(update={"join_processes": 2, **update})).metrics_urls()
+        return JoinProcesses(settings.model_copy(update={"join_processes": 2, **update})).urls("/metrics")
 
     assert urls(web_port=7000) == ["http://127.0.0.1:7001/metrics", "http://127.0.0.1:7002/metrics"]
     assert urls(web_port=7000, web_bind="0.0.0.0")[0] == "http://127.0.0.1:7001/metrics", "every address"
@@ -106,3 +115,32 @@ def test_a_join_process_loads_none_of_the_serving_roles_libraries(settings: RigS
     child = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert child.returncode == 0, child.stderr
     assert child.stdout.split("\n")[-2] == "[]", child.stdout
+
+
+def test_the_workers_join_counts_sum_its_childrens_and_say_which_did_not_answer(tmp_path: Path) -> None:
+    def child(counts: dict[str, int]) -> web.Application:
+        async def page(request: web.Request) -> web.Response:
+            return web.json_response(counts)
+
+        served = web.Application()
+        served.router.add_get("/join/counts/", page)
+        return served
+
+    async def ask(children: list[dict[str, int]], silent: int = 0) -> tuple[int, Any]:
+        async with contextlib.AsyncExitStack() as stack:
+            urls = []
+            for counts in children:
+                server = await stack.enter_async_context(TestServer(child(counts)))
+                urls.append(str(server.make_url("/join/counts/")))
+            urls += [f"http://127.0.0.1:{free_port()}/join/counts/" for _ in range(silent)]  # none listens
+            app = make_app(RigSettings(home=tmp_path))
+            install_counts_page(app, urls, None)
+            app.web.init_server()
+            async with TestClient(TestServer(app.web.web_app)) as client:
+                response = await client.get("/join/counts/")
+                return response.status, await response.json()
+
+    status, summed = asyncio.run(ask([{"joined": 5, "late": 1}, {"joined": 3, "orphans": 2}]))
+    assert (status, summed) == (200, {"joined": 8, "late": 1, "orphans": 2})
+    status, answer = asyncio.run(ask([{"joined": 5}], silent=1))
+    assert status == 503 and "join processes [1] did not answer" in answer["error"], "no partial sum"
