@@ -27,7 +27,7 @@ from sim.traffic import synthetic_requests
 from tests.e2e.conftest import (
     Deployment,
     consume,
-    deploy,
+    deploy_with_shadow,
     eventually,
     get_json,
     offline_scores,
@@ -54,16 +54,8 @@ class CachedDeployment:
 
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CachedDeployment]:
-    deployment = deploy(
-        tmp_path_factory.mktemp("cache"),
-        {"golden": "golden", "better": "better"},
-        world=WorldSettings(seed=33, entities=1_000, days=4),
-    )
-    v = deployment.versions
-    route(
-        deployment,
-        set_golden_event(v["golden"], actor="test"),
-        start_experiment_event("better", v["better"], "shadow", actor="test"),
+    deployment = deploy_with_shadow(
+        tmp_path_factory.mktemp("cache"), "better", WorldSettings(seed=33, entities=1_000, days=4)
     )
     port = free_port()
     requests = list(synthetic_requests(deployment.world_settings, REQUESTS, seed=9))
