@@ -26,6 +26,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT_S = 30.0
 """How long stopping children may take (each leaves its consumer group) before they are killed."""
+ORPHAN_CHECK_S = 1.0
+"""How often a join process checks that its worker still runs (`exit_when_orphaned`)."""
 PARENT_ENV = "RIG_JOIN_PROCESS_PARENT"
 """Set in a child's environment to the worker's pid: the child dies with it."""
 
@@ -124,9 +128,10 @@ def install_counts_page(app: faust.App, urls: Sequence[str], token: str | None) 
         return web.json(dict(total))
 
 
-def become_join_process() -> None:
+def become_join_process(orphan_grace_s: float = STOP_TIMEOUT_S) -> None:
     """In a join process: ask the kernel for a SIGTERM when the worker that started it ends (exit now if
-    it ended already, before the request), and run only on cores nothing else wants."""
+    it ended already, before the request), exit at once if it has not stopped `orphan_grace_s` after
+    that (`exit_when_orphaned`), and run only on cores nothing else wants."""
     parent = os.environ.get(PARENT_ENV)
     if parent is None:
         return
@@ -138,6 +143,9 @@ def become_join_process() -> None:
         )
     if os.getppid() != int(parent):
         raise SystemExit(f"the worker that started this join process (pid {parent}) is gone")
+    threading.Thread(
+        target=exit_when_orphaned, args=(int(parent), orphan_grace_s), name="orphan-watch", daemon=True
+    ).start()
     # Predictions first, as within one process (`streams.plane.priority`): across processes the kernel
     # gives way, running the join only on cores nothing else wants (SCHED_IDLE; a task waking up
     # preempts it at once). A backlog's predictions went at a median 15,656 req/s so (4 runs), against
@@ -145,3 +153,18 @@ def become_join_process() -> None:
     for thread in os.listdir("/proc/self/task"):  # those started on import (librdkafka's); later ones inherit
         with contextlib.suppress(ProcessLookupError):  # ended meanwhile
             os.sched_setscheduler(int(thread), os.SCHED_IDLE, os.sched_param(0))
+
+
+def exit_when_orphaned(worker: int, grace_s: float) -> None:
+    """Exit the process (`os._exit`) once `worker` has ended and `grace_s` more have passed: the
+    SIGTERM that its end sends stops a join process well before, unless its stop hangs (seen once in
+    the fault tests: an exactly-once sink's thread retrying a producer queue that stayed full, which
+    the interpreter's exit waited for, 18 minutes and counting). No worker is left to kill it, and it
+    would keep its store folder, memory and a thread polling for good."""
+    while os.getppid() == worker:
+        time.sleep(ORPHAN_CHECK_S)
+    time.sleep(grace_s)
+    log.critical(
+        "the worker (pid %d) ended %.0f s ago and this join process has not stopped: exiting", worker, grace_s
+    )
+    os._exit(1)

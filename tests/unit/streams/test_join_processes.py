@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,34 @@ def test_the_workers_join_counts_sum_its_childrens_and_say_which_did_not_answer(
     assert (status, summed) == (200, {"joined": 8, "late": 1, "orphans": 2})
     status, answer = asyncio.run(ask([{"joined": 5}], silent=1))
     assert status == 503 and "join processes [1] did not answer" in answer["error"], "no partial sum"
+
+
+def test_a_join_process_whose_stop_hangs_exits_soon_after_its_worker_ended() -> None:
+    # The child ignores the SIGTERM its worker's end sends, as one whose stop hangs would.
+    child = (
+        "import signal, time; from streams.join_processes import become_join_process; "
+        "become_join_process(orphan_grace_s=1.0); signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    worker = (
+        "import os, subprocess, sys; "
+        f"child = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE, "
+        f"stderr=subprocess.DEVNULL, text=True, env={{**os.environ, {PARENT_ENV!r}: str(os.getpid())}}); "
+        "assert child.stdout.readline() == 'ready\\n'; print(child.pid)"  # then the worker ends
+    )
+    ended = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True, timeout=60)
+    assert ended.returncode == 0, ended.stderr
+    orphan = int(ended.stdout)
+    deadline = time.monotonic() + 15
+    while running(orphan) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(orphan), "the orphaned join process still runs"
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie waits only for its parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
