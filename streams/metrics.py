@@ -186,9 +186,8 @@ class JoinEventsCollector(Collector):
         return [
             CounterMetricFamily(
                 self.NAME,
-                "The join's events by what they came to: joined (out_of_order: the outcome came first), "
-                "late, orphans, expired_unjoined, duplicate_predictions, duplicate_outcomes, rejected, "
-                "rerouted.",
+                f"The join's events by what they came to: {', '.join(JOIN_EVENTS)} (out_of_order: "
+                "joined, the outcome first).",
                 labels=["event"],
             )
         ]
