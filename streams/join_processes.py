@@ -10,7 +10,9 @@ A child is a `python -m streams` with the worker's settings but for: role `join`
 (`/metrics`, `/join/counts/`, `/healthz`) on the worker's port + 1 + its index (none when the worker
 has none); like every process that joins, it keeps its stores in a folder of its own
 (`rig.feedback.store_folder`), and `streams.worker` imports no other role's modules for it (no XGBoost,
-Feast, pandas or scipy: less than half the memory of a whole worker). It dies with the worker
+Feast, pandas or scipy: less than half the memory of a whole worker) and creates no topic for it (the
+worker did, before starting it; a child that did so too re-created a topic an operator had deleted
+since). It dies with the worker
 (`PR_SET_PDEATHSIG`, Linux) and runs only on idle cores (`become_join_process`); the worker exits when
 a child does (its health watch: `failure`), so that its supervisor restarts the whole, as it would a
 worker whose join died.
@@ -128,13 +130,14 @@ def install_counts_page(app: faust.App, urls: Sequence[str], token: str | None) 
         return web.json(dict(total))
 
 
-def become_join_process(orphan_grace_s: float = STOP_TIMEOUT_S) -> None:
+def become_join_process(orphan_grace_s: float = STOP_TIMEOUT_S) -> bool:
     """In a join process: ask the kernel for a SIGTERM when the worker that started it ends (exit now if
     it ended already, before the request), exit at once if it has not stopped `orphan_grace_s` after
-    that (`exit_when_orphaned`), and run only on cores nothing else wants."""
+    that (`exit_when_orphaned`), and run only on cores nothing else wants. Returns whether this process
+    is a worker's join process (False: nothing was done)."""
     parent = os.environ.get(PARENT_ENV)
     if parent is None:
-        return
+        return False
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         log.warning(
@@ -153,6 +156,7 @@ def become_join_process(orphan_grace_s: float = STOP_TIMEOUT_S) -> None:
     for thread in os.listdir("/proc/self/task"):  # those started on import (librdkafka's); later ones inherit
         with contextlib.suppress(ProcessLookupError):  # ended meanwhile
             os.sched_setscheduler(int(thread), os.SCHED_IDLE, os.sched_param(0))
+    return True
 
 
 def exit_when_orphaned(worker: int, grace_s: float) -> None:

@@ -204,10 +204,14 @@ def main() -> None:
     and then waited for its models would hold messages of partitions a rebalance moves elsewhere.
     """
     global built_runtime
-    become_join_process()  # when started as one by a worker
+    started_by_worker = become_join_process()
     try:
         if join_process:  # the join needs no models, routing or feature reader
-            wait_for_topics()
+            # Not in a worker's join process: its worker checked the topics before starting it, and one
+            # created here could undo an operator's deletion made since (the topic would come back
+            # empty, with the default settings, while the worker holds its answers for it).
+            if not started_by_worker:
+                wait_for_topics()
             freeze_heap()
         else:
             built_runtime = build_runtime()

@@ -386,3 +386,28 @@ def test_a_worker_stopped_with_sigterm_stops_its_join_processes_first(stack: Sta
     assert code == 0, f"the worker did not stop cleanly (exit code {code})"
     assert child_gone, "its join process ended before it"
     assert f"[{child}] [INFO] partitions revoked" in log, "the join process left its group"
+
+
+def test_a_join_process_creates_no_topic(stack: Stack) -> None:
+    """A worker checks and creates the topics before it starts its join processes. A starting child that
+    created them again undid an operator's deletion made meanwhile: a deleted predictions topic came back
+    empty before the worker's own fault test could create it."""
+    from confluent_kafka.admin import AdminClient
+
+    from rig.wire.topics import ensure_topics
+    from streams.join_processes import PARENT_ENV
+
+    decisions = stack.settings.topic("decisions")  # the promoter's: no join reads or writes it
+    admin = AdminClient(stack.settings.kafka_client_config())
+    admin.delete_topics([decisions])[decisions].result()
+    as_child = {"RIG_WORKER_ROLES": '["join"]', "RIG_JOIN_PROCESSES": "0", PARENT_ENV: str(os.getpid())}
+    try:
+        with stack.worker("join-process-alone", **as_child) as child:
+            wait_assigned(
+                stack.root / "join-process-alone.log", [child.pid], stack.settings.topic("predictions")
+            )
+            topics = set(admin.list_topics(timeout=30).topics)
+    finally:
+        ensure_topics(stack.settings, ["decisions"])  # for the tests after this one
+    assert stack.settings.topic("joined") in topics, "the child saw the stack's topics"
+    assert decisions not in topics, "the join process created a topic"

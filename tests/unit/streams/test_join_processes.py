@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from rig.config import RigSettings
 from streams.app import make_app
-from streams.join_processes import PARENT_ENV, JoinProcesses, install_counts_page
+from streams.join_processes import PARENT_ENV, JoinProcesses, become_join_process, install_counts_page
 from tests.support.ports import free_port
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -84,10 +85,11 @@ def run_as_join_process(parent: str) -> subprocess.CompletedProcess[str]:
     script = (
         "import ctypes, os, threading; from streams.join_processes import become_join_process; "
         "before = threading.Thread(target=threading.Event().wait, daemon=True); before.start(); "
-        "become_join_process(); "
+        "started = become_join_process(); "
         "after = threading.Thread(target=threading.Event().wait, daemon=True); after.start(); "
         "signal = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(signal), 0, 0, 0); "
-        "print(signal.value, *sorted({os.sched_getscheduler(int(t)) for t in os.listdir('/proc/self/task')}))"
+        "policies = {os.sched_getscheduler(int(t)) for t in os.listdir('/proc/self/task')}; "
+        "print(int(started), signal.value, *sorted(policies))"
     )
     env = {**os.environ, PARENT_ENV: parent}
     return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
@@ -96,9 +98,16 @@ def run_as_join_process(parent: str) -> subprocess.CompletedProcess[str]:
 def test_a_join_process_dies_with_its_worker_and_runs_only_on_idle_cores() -> None:
     child = run_as_join_process(str(os.getpid()))
     assert child.returncode == 0, child.stderr
-    signal, *policies = map(int, child.stdout.split())
+    started, signal, *policies = map(int, child.stdout.split())
+    assert started == 1, "it says it is a worker's join process"
     assert signal == 15, "SIGTERM when the worker ends"
     assert policies == [os.SCHED_IDLE], "every thread: started before the call and after it"
+
+
+def test_a_process_no_worker_started_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    assert become_join_process() is False
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
 def test_a_join_process_whose_worker_is_gone_already_exits() -> None:
