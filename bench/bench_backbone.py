@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -73,10 +74,10 @@ def naive_us_per_row(boosters: list[xgboost.Booster], features: np.ndarray) -> f
     return seconds_per_call(every_row_every_model, budget_s=0.0, min_calls=1, warm_up=True) / NAIVE_ROWS * 1e6
 
 
-def nthread_choice(boosters: list[xgboost.Booster], features: np.ndarray) -> dict[str, object]:
+def nthread_choice(boosters: list[xgboost.Booster], features: np.ndarray) -> dict[str, dict[str, float]]:
     """Two models on the same batch: nthread=1 each in parallel threads vs nthread=2 one after the other."""
     two = boosters[:2]
-    out: dict[str, object] = {}
+    out: dict[str, dict[str, float]] = {}
     with ThreadPoolExecutor(2) as pool:
 
         def in_parallel(batch: np.ndarray) -> None:
@@ -129,7 +130,7 @@ def call_costs(booster: xgboost.Booster, features: np.ndarray) -> dict[str, dict
     out: dict[str, dict[str, float]] = {}
     for rows in CALL_ROWS:
         batch = np.ascontiguousarray(features[:rows])
-        cases = {
+        cases: dict[str, tuple[Callable[[], object], int]] = {
             "xgboost_inplace_predict": (functools.partial(booster.inplace_predict, batch), 1),
             "dense_scorer_new_proxy_per_call": (functools.partial(without_proxy, batch), 1),
             "dense_scorer": (functools.partial(scorer.inplace_predict, batch), 1),
@@ -206,9 +207,9 @@ async def main() -> None:
             f"{rate['batch_size']:>6} {rate['rows_per_s']:>10.0f} {rate['us_per_row']:>9.1f} "
             f"{rate['batch_ms_p50']:>8.2f} {rate['batch_ms_p99']:>8.2f} {rate['speedup_vs_naive']:>8.1f}x"
         )
-    for rows, numbers in nthread.items():
+    for size, numbers in nthread.items():  # not `rows`: the loop below binds that to an int
         print(
-            f"nthread, 2 models, {rows}: nthread=1 parallel {numbers['nthread1_parallel_ms_median']:.2f} ms, "
+            f"nthread, 2 models, {size}: nthread=1 parallel {numbers['nthread1_parallel_ms_median']:.2f} ms, "
             f"nthread=2 sequential {numbers['nthread2_sequential_ms_median']:.2f} ms (medians of 7)"
         )
     print(f"\none model, µs per call (medians of {CALL_TRIALS} interleaved trials)")

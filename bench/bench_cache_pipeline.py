@@ -58,9 +58,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` as a script too
 
@@ -175,7 +175,8 @@ def hit_path(settings: RigSettings, versions: dict[str, str], world: World) -> d
     online = RedisLayoutReader(settings, FeatureStoreClient(settings)).read(entities)
     rows = transform.transform(online.columns).values.astype(np.float32)
     stored, unseen = rows[:MICRO_BATCH], rows[MICRO_BATCH:]
-    ids = np.array(entities[:MICRO_BATCH])
+    # rig's cache takes an array of ids as a sequence: numpy's stubs do not make it a Sequence.
+    ids = cast(Sequence[str], np.array(entities[:MICRO_BATCH]))
     scores = np.asarray(models[0][0].inplace_predict(stored[:, models[0][1]]), dtype=np.float64)
     namespace = f"{settings.topic_prefix}micro.cache:"
     tier1 = PredictionCache(None, namespace, 600.0, max_entries=100_000, max_bytes=1 << 28)
@@ -251,7 +252,8 @@ def run_once(
     env = {"RIG_CACHE_ENABLED": str(cache).lower(), "RIG_PREDICTION_TIMINGS": "true"}  # stages read below
     if not explain:
         env["RIG_EXPLAIN_DISAGREEMENT"] = "1"  # scores are probabilities: no difference exceeds 1
-    worker = start_worker(settings, logs / f"worker-{tag}.log", **env)
+    # web_port given (its default): else mypy matches the **env keys against it too
+    worker = start_worker(settings, logs / f"worker-{tag}.log", web_port=0, **env)
     cleanup.processes.append(worker)
     sampler = CpuSampler(worker.pid).start()
     sender = Sender(connected_producer(settings), settings.topic("requests"))
@@ -441,7 +443,7 @@ def main() -> None:
             share: encode_requests(base, backlog(world, args.requests, share, args.gap, args.seed))
             for share in SHARES
         }
-        runs = []
+        runs: list[dict[str, Any]] = []
         order = [
             (repeat, share, cache)
             for repeat in range(args.repeats)

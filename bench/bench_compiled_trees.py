@@ -25,7 +25,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` as a script too
 
@@ -38,7 +38,16 @@ PEER_DIR = REPO / "bench" / "peers" / "treelite"
 PEER_PYTHON = PEER_DIR / ".venv" / "bin" / "python"
 N_FEATURES = 32
 MISSING_SHARE = 0.05
-MODELS = {
+
+
+class ModelSpec(TypedDict):
+    """How one model is trained: boosting rounds and the parameters besides the seed."""
+
+    rounds: int
+    params: dict[str, object]
+
+
+MODELS: dict[str, ModelSpec] = {
     "rig_defaults": {"rounds": 150, "params": {}},
     "issue_anchor": {"rounds": 200, "params": {"max_depth": 6}},
 }

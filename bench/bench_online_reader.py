@@ -107,7 +107,8 @@ def breakdown(reader: RedisLayoutReader, ids: list[str], size: int, seed: int) -
         """The same HMGETs through a redis-py `Pipeline` (what the reader packs itself instead)."""
         with reader._redis.pipeline(transaction=False) as pipe:
             for key in keys[i]:
-                pipe.hmget(key, reader.hash_fields)
+                # redis takes bytes keys and a tuple of fields; its annotations say str and list.
+                pipe.hmget(key, reader.hash_fields)  # type: ignore[arg-type]
             return pipe.execute()
 
     # The parsed replies hold what redis-py's pipeline reads: each value (decoded one by one through

@@ -34,14 +34,14 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.support.report import RESULTS_DIR, RunRecord, say, write_results
-from rig.config import RigSettings
+from rig.config import KafkaConfig, RigSettings
 from streams.plane.health import Health
 from streams.plane.sink import DeliveringSink, Outgoing
 
 VALUE = b"x" * 120
 
 
-def ceiling(producer_config: dict[str, object], topic: str, batches: int, size: int) -> None:
+def ceiling(producer_config: KafkaConfig, topic: str, batches: int, size: int) -> None:
     """Every batch produced with one counting callback per batch; returns once all are delivered."""
     producer = Producer({"linger.ms": 5, **producer_config, "enable.idempotence": True})
     left = [batches * size]
@@ -63,7 +63,7 @@ def ceiling(producer_config: dict[str, object], topic: str, batches: int, size: 
         producer.poll(0.05)
 
 
-def shipped(producer_config: dict[str, object], topic: str, batches: int, size: int) -> None:
+def shipped(producer_config: KafkaConfig, topic: str, batches: int, size: int) -> None:
     """Every batch published through a `DeliveringSink`; returns once every batch is delivered."""
     delivered: set[int] = set()
     done = threading.Event()
@@ -85,7 +85,7 @@ def shipped(producer_config: dict[str, object], topic: str, batches: int, size: 
     sink.close()
 
 
-WAYS: dict[str, Callable[[dict[str, object], str, int, int], None]] = {"ceiling": ceiling, "shipped": shipped}
+WAYS: dict[str, Callable[[KafkaConfig, str, int, int], None]] = {"ceiling": ceiling, "shipped": shipped}
 
 
 def main() -> None:

@@ -332,7 +332,7 @@ def main() -> None:
         }
         probes = synthetic_messages(base, world, 400, seed=args.seed * 100 + 99)
         order = [("warm", "cold"), ("cold", "warm")]
-        runs = []
+        runs: list[dict[str, Any]] = []
         for r in range(args.repeats):
             for variant in order[r % 2]:
                 say(f"run {len(runs) + 1}/{2 * args.repeats}: {variant}, repeat {r}")

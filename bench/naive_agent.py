@@ -24,13 +24,13 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from rig.config import RigSettings
 from rig.wire.codec import Codec, Rejected
-from rig.wire.records import ExperimentScore, ModelScore, Prediction, Request
+from rig.wire.records import ExperimentMode, ExperimentScore, ModelScore, Prediction, Request
 from streams.app import make_app
 
 NAIVE_PREFIX_ENV = "BENCH_NAIVE_TOPIC_PREFIX"
@@ -50,7 +50,7 @@ class ScoringModel:
 
     version: str
     experiment: str | None
-    mode: str | None
+    mode: ExperimentMode | None
     booster: Any
     columns: np.ndarray
 
@@ -86,7 +86,7 @@ def load_state() -> NaiveState:
     registry = ModelRegistry(settings.model_dir)
     transform = registry.load_transform(registry.meta(table.golden).transform_version)
 
-    def model(version: str, experiment: str | None, mode: str | None) -> ScoringModel:
+    def model(version: str, experiment: str | None, mode: ExperimentMode | None) -> ScoringModel:
         booster = registry.load(version)
         booster.set_param({"nthread": MODEL_NTHREAD})  # as the rig's backbone: one thread per model
         columns = column_index(transform.output_columns, registry.meta(version).features)
@@ -129,8 +129,13 @@ def answer(state: NaiveState, value: bytes) -> tuple[bytes, bytes] | None:
     transformed = time.perf_counter()
     row = result.values
     golden_score = state.golden.score_one(row)  # predict: one row, one model at a time
-    experiments = [
-        ExperimentScore(experiment=m.experiment, model_version=m.version, mode=m.mode, score=m.score_one(row))
+    experiments = [  # a shadow has its experiment and mode: only the golden has neither
+        ExperimentScore(
+            experiment=cast(str, m.experiment),
+            model_version=m.version,
+            mode=cast(ExperimentMode, m.mode),
+            score=m.score_one(row),
+        )
         for m in state.shadows
     ]
     predicted = time.perf_counter()
@@ -157,7 +162,7 @@ def answer(state: NaiveState, value: bytes) -> tuple[bytes, bytes] | None:
 
 
 @app.agent(requests_topic)
-async def naive_predict(stream):  # type: ignore[no-untyped-def]
+async def naive_predict(stream):
     """One request in, one prediction out: decode, enrich, transform, predict, await one send."""
     state = await asyncio.to_thread(load_state)
     log.warning(

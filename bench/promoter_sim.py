@@ -34,6 +34,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` as a script too
 
@@ -323,7 +324,7 @@ def family(pool: Pool, cases: list[Case], args: argparse.Namespace, cfg: Promote
             adjusted <= cfg.alpha
         )
         gain = np.where(passing, np.stack([s[1] for s in stats]), -np.inf)
-        first = first_true(passing.any(axis=0))
+        first = first_true(cast(np.ndarray, passing.any(axis=0)))  # an array: any over one axis of 3
         best = gain.argmax(axis=0)
         rows = np.arange(runs)
         winners.append(np.where(first >= 0, best[rows, np.maximum(first, 0)], -1))

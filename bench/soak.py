@@ -521,7 +521,7 @@ def log_facts(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     lines = path.read_text(errors="replace").splitlines()
-    facts = {
+    counts = {
         key: sum(1 for line in lines if needle in line)
         for key, needle in {
             "partitions_assigned": "partitions assigned",
@@ -537,7 +537,8 @@ def log_facts(path: Path) -> dict[str, Any]:
             "tracebacks": "Traceback",
         }.items()
     }
-    facts["join_kept"] -= facts["join_restored"]
+    counts["join_kept"] -= counts["join_restored"]
+    facts: dict[str, int | list[str]] = dict(counts)  # the counts, then the lines quoted
     facts["error_lines"] = [line[-300:] for line in lines if "ERROR" in line or "CRITICAL" in line][:10]
     facts["experiment_skipped_lines"] = [
         line[-200:] for line in lines if "experiment skipped a batch" in line

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 from bench.support.report import say
 from rig.config import RigSettings
@@ -24,10 +25,10 @@ def unlink_keys(redis_url: str, pattern: str) -> int:
         for key in client.scan_iter(match=pattern, count=1000):
             batch.append(key)
             if len(batch) >= 1000:
-                deleted += client.unlink(*batch)
+                deleted += cast(int, client.unlink(*batch))  # a sync client's reply, not an Awaitable
                 batch = []
         if batch:
-            deleted += client.unlink(*batch)
+            deleted += cast(int, client.unlink(*batch))
     finally:
         client.close()
     return deleted

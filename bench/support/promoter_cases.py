@@ -38,8 +38,9 @@ from rig.feedback.sequential import Moments, PromoterConfig, log_mixture_ratio, 
 from rig.feedback.srm import SRM_CONCENTRATION, log_srm_bayes_factor
 from rig.routing.table import RoutingTable, control_key, fold, set_golden_event, start_experiment_event
 from rig.serving.dispatch import assignment_draws, entity_hashes
-from rig.wire.records import JoinedOutcome
+from rig.wire.records import ExperimentMode, JoinedOutcome, ModelRole
 from sim.world import label_delays
+from tests.support.records import RequestOutcome
 
 STEP_MS = 1_000
 NEGATIVE_MEDIAN_S = 200.0
@@ -195,7 +196,7 @@ def primary(n: np.ndarray, mean: np.ndarray, var: np.ndarray, cfg: PromoterConfi
     return {"pass": ready & (p <= cfg.alpha) & (mean - radius > cfg.min_effect), "p": p, "mean": mean}
 
 
-def losses(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def losses(labels: np.ndarray | bool, scores: np.ndarray) -> np.ndarray:
     p = np.clip(scores, 1e-15, 1 - 1e-15)
     return np.where(labels, -np.log(p), -np.log1p(-p))
 
@@ -225,6 +226,7 @@ def calibration_pass(
         with np.errstate(divide="ignore", invalid="ignore"):
             ece[name] = np.where(n > 0, np.sum(np.abs(sums), axis=0) / n, 0.0)
             second[name] = np.where(n > 0, np.sum(squares, axis=0) / n, 0.0)
+    assert n is not None, "set by both passes of the loop"
     margin = world.guard.calibration_margin
     union = world.cfg.alpha / 2 / 2**CALIBRATION_BINS
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -408,7 +410,7 @@ def mean_where_defined(parts: list[np.ndarray]) -> list[float | None]:
 
 
 def routing_for(challenger: Challenger) -> RoutingTable:
-    mode = "ab" if challenger.ab else "shadow"
+    mode: ExperimentMode = "ab" if challenger.ab else "shadow"
     events = [
         set_golden_event("golden", actor="sim"),
         start_experiment_event(
@@ -468,11 +470,11 @@ def request_rows(
 ) -> Callable[[int], list[JoinedOutcome]]:
     """The joined rows of request i of a run (golden, and the challenger's when it scored it)."""
     index, labels, delay = chunk.index[run], chunk.labels[run], chunk.delay_ms[run]
-    role = "ab" if challenger.ab else "shadow"
+    role: ModelRole = "ab" if challenger.ab else "shadow"
 
     def rows(i: int) -> list[JoinedOutcome]:
         row = int(index[i])
-        common = {
+        common: RequestOutcome = {
             "request_id": f"r{i}",
             "entity_id": str(world.entity_ids[row]),
             "label": int(labels[i]),

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TypedDict, cast
 
 import numpy as np
 import pytest
@@ -53,7 +54,8 @@ def rig(*args: str, env: dict[str, str], check: bool = True) -> subprocess.Compl
 
 
 def online_rows(settings: RigSettings, refs: list[str], drivers: list[int]) -> dict[str, list[float]]:
-    """The online features the rig should have read, asked from Feast directly."""
+    """The online features the rig should have read, asked from Feast directly (the driver_id column
+    holds the ints asked for)."""
     from rig.features.store import FeatureStoreClient
 
     store = FeatureStoreClient(settings).store
@@ -68,7 +70,7 @@ def offline_scores(model: Path, columns: dict[str, list[float]], names: list[str
     return booster.inplace_predict(x).astype(np.float64)
 
 
-def send_json(settings: RigSettings, requests: list[dict[str, object]]) -> None:
+def send_json(settings: RigSettings, requests: list[DriverRequest]) -> None:
     """Requests as plain JSON from an outside client (kcat), keyed by the driver id."""
     for request in requests:
         subprocess.run(
@@ -102,7 +104,16 @@ def nan_model(model: Path, path: Path) -> Path:
     return path
 
 
-def requests_for(drivers: list[int]) -> list[dict[str, object]]:
+class DriverRequest(TypedDict):
+    """A request as the outside client writes it: the driver id is the entity."""
+
+    request_id: str
+    driver_id: int
+    event_time: int
+    features: dict[str, float]
+
+
+def requests_for(drivers: list[int]) -> list[DriverRequest]:
     now = int(time.time() * 1000)
     return [
         {
@@ -189,7 +200,7 @@ def test_a_feast_init_repo_and_models_trained_elsewhere_are_registered_and_serve
         online = online_rows(settings, golden_refs, list(DRIVERS))
         expected = offline_scores(golden_file, online, names)
         for i, driver in enumerate(online["driver_id"]):
-            assert by_driver[driver].golden.score == pytest.approx(expected[i], abs=1e-6)
+            assert by_driver[cast(int, driver)].golden.score == pytest.approx(expected[i], abs=1e-6)
         # The shadow reads its own features (an on-demand view of request-time fields) through its
         # own transform, and scores what it would offline.
         shadow_names = ["conv_rate", "conv_rate_plus_val1", "conv_rate_plus_val2"]
@@ -204,7 +215,7 @@ def test_a_feast_init_repo_and_models_trained_elsewhere_are_registered_and_serve
         )
         shadow_expected = offline_scores(shadow_file, shadow_online, shadow_names)
         for i, driver in enumerate(shadow_online["driver_id"]):
-            [experiment] = by_driver[driver].experiments
+            [experiment] = by_driver[cast(int, driver)].experiments
             assert experiment.model_version == "drivers-odfv.1"
             assert experiment.score == pytest.approx(shadow_expected[i], abs=1e-6)
 

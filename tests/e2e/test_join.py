@@ -68,7 +68,8 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
     joined_topic = settings.topic("joined")
     requests = requests_for(deployment, [f"r-{uuid.uuid4().hex}" for _ in range(200)])
 
-    first = start_worker(settings, settings.home / "join-1.log", log_level="INFO", **env)
+    # web_port given (its default): else mypy matches the **env keys against it too
+    first = start_worker(settings, settings.home / "join-1.log", log_level="INFO", web_port=0, **env)
     try:
         assert produce_requests(settings, requests) == 200
         assert (

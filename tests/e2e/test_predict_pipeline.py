@@ -202,7 +202,9 @@ def test_a_routing_change_reaches_every_running_worker_within_seconds(running: D
 
     settings = running.settings
     table = read_routing(settings)
-    route(running, kill_experiment_event(table.experiment("worse"), actor="test", reason="kill switch test"))
+    worse = table.experiment("worse")
+    assert worse is not None, "the deployment runs the experiment"
+    route(running, kill_experiment_event(worse, actor="test", reason="kill switch test"))
     time.sleep(3)  # "within seconds": the workers follow the control topic continuously
 
     requests = list(synthetic_requests(running.world_settings, 2_000, seed=77))

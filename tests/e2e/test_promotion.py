@@ -80,7 +80,8 @@ def test_better_challenger_is_promoted_and_a_drifting_golden_is_demoted(tmp_path
     env = {"RIG_PROMOTER_MODE": "auto", "RIG_PROMOTER_MIN_SAMPLES": str(MIN_SAMPLES)}
     # One worker: that routing changes reach every worker is proven with two workers by
     # test_predict_pipeline's kill switch; here a second worker only adds rebalances.
-    with workers(deployment, count=1, **env) as processes:
+    # web_ports given (its default): else mypy matches the **env keys against it too
+    with workers(deployment, count=1, web_ports=(), **env) as processes:
         running = replace(deployment, processes=tuple(processes))
         # ~12,000-12,600 paired outcomes were needed in trial runs: the calibration guardrail's interval is
         # the last check to pass (primary p ~3e-9 by then). Rounds stop at the promotion; this allows ~2.5×.
@@ -93,6 +94,7 @@ def test_better_challenger_is_promoted_and_a_drifting_golden_is_demoted(tmp_path
         promoted = [d for d in decisions(running) if d.action == "promote"]
         assert [(d.golden_version, d.challenger_version) for d in promoted] == [(v["golden"], v["better"])]
         evidence = promoted[0]
+        assert evidence.p_value is not None
         assert evidence.n >= MIN_SAMPLES and evidence.ci_high < 0 and evidence.p_value <= 0.05
         print("promotion evidence:", evidence)
 
@@ -125,5 +127,9 @@ def test_better_challenger_is_promoted_and_a_drifting_golden_is_demoted(tmp_path
     recorded = {(d.action, d.golden_version) for d in store.decisions(1_000)}
     assert {("promote", v["golden"]), ("demote", v["better"])} <= recorded
     metrics = store.model_metrics(v["better"])
-    assert metrics and sum(m.n for m in metrics) > MIN_SAMPLES and all(m.mean_loss > 0 for m in metrics)
+    assert (
+        metrics
+        and sum(m.n for m in metrics) > MIN_SAMPLES
+        and all(m.mean_loss is not None and m.mean_loss > 0 for m in metrics)
+    )
     assert store.label_delays() and all(d.n > 0 for d in store.label_delays())

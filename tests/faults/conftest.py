@@ -17,10 +17,11 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import pytest
 
@@ -35,6 +36,9 @@ from sim.traffic import synthetic_requests
 from tests.conftest import REPO
 from tests.integration.conftest import isolated_feast_settings
 from tests.support.ports import free_port
+
+if TYPE_CHECKING:
+    from confluent_kafka import KafkaError, Message
 
 FAULT_ENV = {
     # Short enough that a test sees a dead member replaced within seconds, not 45 s.
@@ -84,7 +88,7 @@ class OwnRedis:
         )
         self._wait(lambda: not self.ping(), "stop")
 
-    def _wait(self, condition, what: str, timeout_s: float = 20) -> None:  # type: ignore[no-untyped-def]
+    def _wait(self, condition: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
         deadline = time.monotonic() + timeout_s
         while not condition():
             assert time.monotonic() < deadline, f"redis on port {self.port} did not {what}"
@@ -174,6 +178,11 @@ class Traffic:
         self._failed: list[str] = []
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _delivered(self, error: KafkaError | None, _message: Message) -> None:
+        """A delivery report: a message that could not be delivered is kept, to fail the test."""
+        if error is not None:
+            self._failed.append(str(error))
+
     def _run(self) -> None:
         started = time.monotonic()
         for i, request in enumerate(self.requests, start=1):
@@ -181,7 +190,7 @@ class Traffic:
                 self._topic,
                 self._codec.encode(request),
                 request.entity_id.encode(),
-                on_delivery=lambda error, _m: error is None or self._failed.append(str(error)),
+                on_delivery=self._delivered,
             )
             if self._outcomes is not None:
                 outcome = Outcome(
@@ -194,7 +203,7 @@ class Traffic:
                     self._outcomes,
                     self._outcome_codec.encode(outcome),
                     request.entity_id.encode(),
-                    on_delivery=lambda error, _m: error is None or self._failed.append(str(error)),
+                    on_delivery=self._delivered,
                 )
             self._producer.poll(0)
             self.sent = i
@@ -236,7 +245,10 @@ class Answers:
         from confluent_kafka import Consumer
 
         predictions, dlq = self._settings.topic("predictions"), self._settings.topic("dlq")
-        codecs = {predictions: Codec(Prediction), dlq: Codec(DeadLetter)}
+        codecs: dict[str, Codec[Prediction] | Codec[DeadLetter]] = {
+            predictions: Codec(Prediction),
+            dlq: Codec(DeadLetter),
+        }
         consumer = Consumer(
             {
                 **self._settings.kafka_client_config(),
@@ -252,7 +264,8 @@ class Answers:
                 for message in consumer.consume(1_000, timeout=0.2):
                     if message.error():
                         continue
-                    record = codecs[message.topic()].decode(message.value())
+                    # A consumed message has its topic.
+                    record = codecs[cast(str, message.topic())].decode(message.value())
                     assert not isinstance(record, Rejected), record.reason
                     if isinstance(record, Prediction):
                         self.predictions[record.request_id] += 1
@@ -383,7 +396,9 @@ class ReadinessWatch:
             code, body = readiness(self.port)
             if not self.codes or self.codes[-1] != code:
                 self.codes.append(code)
-            self.reasons += [r for r in body.get("reasons", []) if r not in self.reasons]  # type: ignore[union-attr]
+            reasons = body.get("reasons", [])
+            assert isinstance(reasons, list), f"/readyz reasons are a list, not {reasons!r}"
+            self.reasons += [r for r in reasons if r not in self.reasons]
             time.sleep(0.25)
 
     def __enter__(self) -> ReadinessWatch:

@@ -105,12 +105,14 @@ def test_exactly_once_a_read_committed_reader_sees_every_prediction_and_joined_r
     second_port = free_port()
     traffic = Traffic(stack, count=5_000, rate_per_s=300, seed=12, outcomes=True)
     try:
-        with stack.worker("eos-killed", **eos) as doomed:
+        # web_port given (its default): else mypy matches the **env keys against it too
+        with stack.worker("eos-killed", web_port=0, **eos) as doomed:
             traffic.start()
             traffic.wait_sent(1_500)
             os.kill(doomed.pid, signal.SIGKILL)
             doomed.wait(10)
-        with stack.worker("eos-first", **eos):
+        # web_port given (its default): else mypy matches the **env keys against it too
+        with stack.worker("eos-first", web_port=0, **eos):
             with stack.worker("eos-second", web_port=second_port, **eos) as second:
                 wait_ready(second_port, second)  # a member joined: partitions moved
                 traffic.wait_sent(3_500)
@@ -402,7 +404,8 @@ def test_a_join_process_creates_no_topic(stack: Stack) -> None:
     admin.delete_topics([decisions])[decisions].result()
     as_child = {"RIG_WORKER_ROLES": '["join"]', "RIG_JOIN_PROCESSES": "0", PARENT_ENV: str(os.getpid())}
     try:
-        with stack.worker("join-process-alone", **as_child) as child:
+        # web_port given (its default): else mypy matches the **env keys against it too
+        with stack.worker("join-process-alone", web_port=0, **as_child) as child:
             wait_assigned(
                 stack.root / "join-process-alone.log", [child.pid], stack.settings.topic("predictions")
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import cast
 
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -34,7 +35,8 @@ def consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) ->
             message = consumer.poll(0.5)
             if message is None or message.error():
                 continue
-            received.append((message.key(), message.value()))
+            # Produced with a key and a value: neither is None.
+            received.append((cast(bytes, message.key()), cast(bytes, message.value())))
     finally:
         consumer.close()
     return received

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer
@@ -62,7 +63,8 @@ def consume_one(settings: RigSettings, topic: str, timeout_s: float = 30) -> tup
         while time.monotonic() < deadline:
             message = consumer.poll(0.5)
             if message is not None and message.error() is None:
-                return message.key(), message.value()
+                # Produced with a key and a value: neither is None.
+                return cast(bytes, message.key()), cast(bytes, message.value())
     finally:
         consumer.close()
     raise AssertionError(f"nothing read from {topic} within {timeout_s} s")
@@ -94,10 +96,14 @@ def test_topics_and_a_produce_consume_round_trip_work_over_sasl_ssl(
 def test_a_wrong_ca_or_password_fails_within_the_timeout_for_that_reason(
     broker: SecuredKafka, tmp_path: Path, capfd: pytest.CaptureFixture[str], wrong: str, reason: str
 ) -> None:
-    changes = {
-        "ca": {"kafka_ssl_ca_location": broker.certificates.other_ca},
-        "password": {"kafka_sasl_password": "not-the-password"},
-    }[wrong]
+    # Either case's fields: their values differ in type (a path, a string).
+    changes = cast(
+        dict[str, object],
+        {
+            "ca": {"kafka_ssl_ca_location": broker.certificates.other_ca},
+            "password": {"kafka_sasl_password": "not-the-password"},
+        }[wrong],
+    )
     settings = secured_settings(broker, tmp_path, **changes)
     started = time.monotonic()
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -102,7 +102,7 @@ def test_prune_deletes_old_windows_and_keeps_recent_ones_and_decisions(store: Me
 def test_tables_live_in_the_schema_of_the_search_path(postgres_url: str, postgres_engine: sa.Engine) -> None:
     with opened_store(postgres_url) as store:
         store.record_decision(Decision(decision_id="scoped", **_minimal_decision()))
-        schema = sa.make_url(postgres_url).query["options"].split("=", 1)[1]
+        schema = cast(str, sa.make_url(postgres_url).query["options"]).split("=", 1)[1]  # one options value
         tables = sa.inspect(postgres_engine).get_table_names(schema=schema)
     assert set(tables) >= {"models", "control_events", "decisions", "model_metrics", "feature_stats"}
     assert "decisions" not in sa.inspect(postgres_engine).get_table_names(schema="public")

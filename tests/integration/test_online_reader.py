@@ -150,7 +150,7 @@ def test_layout_keys_and_fields_are_the_ones_feast_wrote(readers: Readers) -> No
     client = redis.Redis.from_url(readers.settings.redis_url)
     with client.pipeline(transaction=False) as pipe:
         for key in written:
-            pipe.hkeys(key)
+            pipe.hkeys(key)  # type: ignore[arg-type]  # redis takes bytes keys; its annotations say str
         fields = pipe.execute()
     assert all(set(hash_fields) == set(fast.hash_fields) for hash_fields in fields)
     assert len(set(fast.hash_fields)) == len(data.FEATURE_NAMES) + 1

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
@@ -77,7 +78,7 @@ class Plane:
         return self.batches.get(timeout=timeout_s)
 
     def values(self, batch: SourceBatch) -> list[bytes]:
-        return [m.value() for m in batch.messages]
+        return [cast(bytes, m.value()) for m in batch.messages]  # consumed messages: each has a value
 
 
 @contextmanager
@@ -137,7 +138,7 @@ def test_finished_batches_are_committed_and_unfinished_ones_are_not(kafka_bootst
         plane.ledger.finish(first.batch_id)
         unfinished = plane.take()  # handed over, never delivered
         time.sleep(1)
-    done = first.messages[-1].offset() + 1
+    done = cast(int, first.messages[-1].offset()) + 1  # a consumed message has its offset
     assert unfinished.messages[0].offset() == done
     assert committed(kafka_bootstrap, group, topic, partitions=1) == {0: done}
 
@@ -299,7 +300,7 @@ def test_partitions_let_go_say_whether_their_batches_finished_or_were_given_up(k
         while open_on != {0, 1}:  # batches handled, never finished (outputs not delivered), on both
             batch = first.take()
             first.ledger.handled(batch.batch_id)
-            open_on |= {m.partition() for m in batch.messages}
+            open_on |= {cast(int, m.partition()) for m in batch.messages}  # consumed: each has one
         with running(second):
             deadline = time.monotonic() + 60
             while not first_let_go and time.monotonic() < deadline:
@@ -323,7 +324,7 @@ class ConsumeUntilARebalance(Consumer):
 
     entered = threading.Event()
 
-    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:  # type: ignore[override]
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
         if self.entered.is_set():
             return super().consume(num_messages, timeout)
         held = len(self.assignment())
@@ -350,8 +351,9 @@ def values_below(bootstrap: str, topic: str, offset: int, partitions: int = 4) -
     try:
         while len(found) < offset * partitions and time.monotonic() < deadline:
             message = consumer.poll(0.5)
-            if message is not None and message.error() is None and message.offset() < offset:
-                found.add(message.value())
+            # A consumed message has its offset and (produced with one) a value.
+            if message is not None and message.error() is None and cast(int, message.offset()) < offset:
+                found.add(cast(bytes, message.value()))
     finally:
         consumer.close()
     return found
@@ -433,7 +435,8 @@ def test_a_delivery_to_a_missing_topic_is_retried_until_the_topic_exists(kafka_b
     assert delivered == [7] and left == 0
     assert not health.waits_for("Kafka (deliveries)")
     timestamps = {
-        message.value(): message.timestamp()[1] for message in read_topic(kafka_bootstrap, topic, 3)
+        cast(bytes, message.value()): message.timestamp()[1]  # produced with a value
+        for message in read_topic(kafka_bootstrap, topic, 3)
     }
     assert sorted(timestamps) == [b"v1", b"v2", b"v3"]
     assert timestamps[b"v3"] == 1_700_000_000_000
@@ -514,7 +517,7 @@ def test_a_start_offset_hook_makes_the_source_read_its_partitions_from_the_offse
         while len(read) < ends[0] - 5:
             batch = again.take()
             again.ledger.finish(batch.batch_id)
-            read += [(m.partition(), m.offset()) for m in batch.messages]
+            read += [(cast(int, m.partition()), cast(int, m.offset())) for m in batch.messages]  # consumed
         time.sleep(1)  # anything else it would read arrives meanwhile
     assert asked == [{(topic, 0), (topic, 1)}]
     assert again.batches.empty(), "partition 1 was read from its committed offset: nothing left"

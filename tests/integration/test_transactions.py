@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -49,7 +50,7 @@ def read_committed(kafka_bootstrap: str, topic: str, until: bytes, bound_s: floa
         while until not in seen and time.monotonic() < deadline:
             message = consumer.poll(0.2)
             if message is not None and message.error() is None:
-                seen.append(message.value())
+                seen.append(cast(bytes, message.value()))  # produced with a value
     finally:
         consumer.close()
     return seen

@@ -58,7 +58,8 @@ def image_env(dockerfile: Path) -> dict[str, str]:
     env: dict[str, str] = {}
     for keyword, rest in instructions(dockerfile):
         if keyword == "ENV":
-            env.update(pair.split("=", 1) for pair in rest.split())
+            # dict() is typed to take [key, value] lists; update() only (key, value) tuples.
+            env.update(dict(pair.split("=", 1) for pair in rest.split()))
     return env
 
 
@@ -262,6 +263,7 @@ def test_the_worker_runs_as_non_root_and_writes_only_to_volumes(monkeypatch: pyt
 
 def test_a_stop_gets_longer_than_the_open_batches_may_take() -> None:
     revoke = {field.name: field.default for field in dataclasses.fields(SourceSettings)}["revoke_timeout_s"]
+    assert isinstance(revoke, float), "a default, not MISSING"
     pod = one(render_base(), "Deployment")["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] >= revoke + 15
 

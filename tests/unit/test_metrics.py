@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from rig.config import RigSettings
+from rig.feedback.join import JoinEvent
 from streams.app import make_app
 from streams.metrics import (
     JOIN_EVENTS,
@@ -25,6 +26,7 @@ from streams.metrics import (
 )
 from streams.plane.health import Health
 from tests.support.ports import free_port
+from tests.support.web import aiohttp_app
 
 EXPORTED = {
     "rig_requests": "counter",
@@ -178,7 +180,7 @@ def test_the_waits_of_every_watched_group_are_exported_while_they_last(metrics: 
 
 def test_the_join_events_are_exported_from_its_counts_at_each_scrape(metrics: WorkerMetrics) -> None:
     assert value(metrics, "rig_join_events_total", event="joined") is None, "not a joining process"
-    counts: collections.Counter[str] = collections.Counter()
+    counts: collections.Counter[JoinEvent] = collections.Counter()
     metrics.join_events.watch(counts)
     assert {
         event: value(metrics, "rig_join_events_total", event=event) for event in JOIN_EVENTS
@@ -229,7 +231,7 @@ async def scrape(
     app = make_app(settings)
     install_metrics_page(app, registry)
     app.web.init_server()
-    async with TestClient(TestServer(app.web.web_app)) as client:
+    async with TestClient(TestServer(aiohttp_app(app))) as client:
         answers = []
         for sent in headers:
             response = await client.get("/metrics", headers=sent)
@@ -266,7 +268,8 @@ def test_the_metrics_page_holds_the_join_processes_samples_labelled_with_their_i
     child that does not answer is `rig_join_process_up` 0, and the page is still whole."""
     metrics.consumed(7)
     child = WorkerMetrics(CollectorRegistry())
-    child.join_events.watch(collections.Counter(joined=5, orphans=2))
+    child_counts: collections.Counter[JoinEvent] = collections.Counter({"joined": 5, "orphans": 2})
+    child.join_events.watch(child_counts)
     child.partition_lag("rig.predictions", 3, 42)
     child.dead_lettered(["malformed"])
 
@@ -274,12 +277,12 @@ def test_the_metrics_page_holds_the_join_processes_samples_labelled_with_their_i
         child_app = make_app(RigSettings(home=tmp_path / "child"))
         install_metrics_page(child_app, child.registry)
         child_app.web.init_server()
-        async with TestServer(child_app.web.web_app) as child_server:
+        async with TestServer(aiohttp_app(child_app)) as child_server:
             gone = f"http://127.0.0.1:{free_port()}/metrics"  # nothing listens there
             app = make_app(RigSettings(home=tmp_path))
             install_metrics_page(app, metrics.registry, [str(child_server.make_url("/metrics")), gone])
             app.web.init_server()
-            async with TestClient(TestServer(app.web.web_app)) as client:
+            async with TestClient(TestServer(aiohttp_app(app))) as client:
                 response = await client.get("/metrics")
                 return response.status, await response.text()
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rig.features._replies import ReplyError
 
+from rig.features._replies import ReplyError
 from rig.features.online_reader import parse_replies
 
 TAG = 0x29

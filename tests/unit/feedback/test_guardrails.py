@@ -154,8 +154,9 @@ def test_calibration_guardrail_passes_a_calibrated_challenger_and_fails_a_miscal
     good = calibration_check(PairCalibration.of(y, golden, golden), 0.03, 0.05, 1_000)
     y, golden, shifted = calibrated_pair(rng, 40_000, 1.0)
     bad = calibration_check(PairCalibration.of(y, shifted, golden), 0.03, 0.05, 1_000)
-    assert good.state == "pass" and good.ci_high <= 0.03
-    assert bad.state == "fail" and bad.ci_low > 0.03
+    assert good.state == "pass" and good.ci_high is not None and good.ci_high <= 0.03
+    assert bad.state == "fail" and bad.ci_low is not None and bad.ci_low > 0.03
+    assert bad.ci_high is not None
     assert bad.estimate == pytest.approx(bad.ci_low + (bad.ci_high - bad.ci_low) / 2, abs=0.02)
     few = calibration_check(PairCalibration.of(y[:500], golden[:500], golden[:500]), 0.03, 0.05, 1_000)
     assert few.state == "pending", "nothing is decided before min_samples"
@@ -205,14 +206,16 @@ def test_latency_guardrail_passes_an_as_fast_challenger_and_fails_a_3x_slower_on
     assert latency_check(timed(rng, 20, 1.0), 0.5, 0.05).state == "pending", "too few timed batches"
     assert latency_check(timed(rng, 300, 1.0), 0.5, 0.05).state == "pass"
     slow = latency_check(timed(rng, 300, 3.0), 0.5, 0.05)
-    assert slow.state == "fail" and slow.ci_low > 1.5 and slow.margin == 1.5
+    assert slow.state == "fail" and slow.ci_low is not None and slow.ci_low > 1.5 and slow.margin == 1.5
 
 
 def test_failed_batch_guardrail_passes_a_reliable_challenger_and_fails_a_flaky_one() -> None:
     assert failure_check(ServingStats(100, 0), 0.01, 0.05).state == "pending"
     assert failure_check(ServingStats(1_000, 0), 0.01, 0.05).state == "pass"
     flaky = failure_check(ServingStats(1_000, 50), 0.01, 0.05)
-    assert flaky.state == "fail" and flaky.estimate == 0.05 and flaky.ci_low > 0.01
+    assert (
+        flaky.state == "fail" and flaky.estimate == 0.05 and flaky.ci_low is not None and flaky.ci_low > 0.01
+    )
 
 
 def test_serving_tally_folds_batches_per_golden_and_challenger_and_drains_once() -> None:

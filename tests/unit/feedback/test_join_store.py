@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rig.feedback.join import Entry
 from rig.feedback.join_store import JoinStore, StoreMemory
 
 RETENTION = 1_000
@@ -44,7 +45,7 @@ def test_the_due_index_lists_entries_whose_retention_passed_earliest_first_and_f
 
 def test_a_restore_applies_a_changelog_in_order_tombstones_included(tmp_path: Path) -> None:
     store = JoinStore(tmp_path / "p0", RETENTION)
-    records = [(f"r{i}", entry("predicted", i)) for i in range(25_000)]
+    records: list[tuple[str, Entry | None]] = [(f"r{i}", entry("predicted", i)) for i in range(25_000)]
     records += [("r1", entry("joined", 9_000)), ("r2", None)]
     assert store.restore(records) == 25_002
     assert store.get_many(["r0", "r1", "r2", "r24999"]) == [

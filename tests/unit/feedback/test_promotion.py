@@ -32,6 +32,7 @@ from rig.routing.table import control_key, fold, set_golden_event, start_experim
 from rig.wire.codec import Codec, load_schema
 from rig.wire.partitioner import partition_for
 from rig.wire.records import Decision, JoinedOutcome, to_plain
+from tests.support.records import RequestOutcome
 
 CONFIG = PromoterConfig(min_samples=200, min_effect=0.002, mode="auto")
 WINDOW = WindowConfig(fixed_ms=5.0)
@@ -66,7 +67,7 @@ def rows(
     out = []
     for i in range(n):
         at = start + 10 * i
-        common = {
+        common: RequestOutcome = {
             "request_id": f"r{at}",
             "entity_id": f"e{at}",
             "label": int(labels[i]),
@@ -336,7 +337,7 @@ def symmetric_rows(n: int, positive_delay_ms: int) -> list[JoinedOutcome]:
     for i in range(n):
         label, at = i % 2, 10 * i
         score = 1 / 2.8 if label else 0.3  # d = -log 1.4 on positives, +log 1.4 on negatives
-        common = {
+        common: RequestOutcome = {
             "request_id": f"r{i}",
             "entity_id": f"e{i}",
             "label": label,
@@ -440,7 +441,7 @@ def test_a_miscalibrated_winner_is_held_by_the_calibration_guardrail() -> None:
     challenger = 1 / (1 + np.exp(-(logit + 0.6)))  # the exact ranking, odds 1.8x too high
     out = []
     for i in range(n):
-        common = {
+        common: RequestOutcome = {
             "request_id": f"r{i}",
             "entity_id": "e",
             "label": int(labels[i]),
@@ -465,6 +466,7 @@ def test_a_miscalibrated_winner_is_held_by_the_calibration_guardrail() -> None:
     checks = {check.name: check for check in decisions[0].checks}
     assert checks["primary"].state == "pass", "it wins on log loss"
     calibration = checks["calibration"]
+    assert calibration.estimate is not None and calibration.margin is not None
     assert calibration.state != "pass" and calibration.estimate > calibration.margin == 0.03
     assert [d.action for d in decisions] == ["keep"] and f"calibration {calibration.state}" in decisions[
         0
@@ -498,6 +500,7 @@ def test_an_ab_split_with_outcomes_lost_for_one_arm_is_held_with_a_sample_ratio_
     (held,) = [d for d in decisions if d.reason.startswith("held: sample ratio mismatch")]
     assert held.action == "keep" and held.challenger_version == "m.2"
     srm = next(check for check in held.checks if check.name == "srm")
+    assert srm.p_value is not None and srm.estimate is not None
     assert srm.state == "fail" and srm.p_value <= 0.05 and srm.estimate < 0.5 and srm.margin == 0.5
     assert loop.snapshot(AB)["srm"]["mismatch"] is True
 

@@ -91,7 +91,7 @@ def test_p_values_never_increase() -> None:
     rng = np.random.default_rng(3)
     config = PromoterConfig(min_samples=100, tau2=1e-4)
     pair = PairState(GOLDEN, "c")
-    seen = []
+    seen: list[float] = []
     for step in range(60):
         pair.update(rng.normal(0.01 * math.sin(step / 5), 0.1, 100), config)
         expected = min(
@@ -126,8 +126,8 @@ def test_clear_winner_is_promoted_once_with_its_evidence() -> None:
     assert decision.n == 5_000
     assert decision.estimate < 0, "challenger minus golden loss: negative means the challenger is better"
     assert decision.ci_low <= decision.estimate <= decision.ci_high < -config.min_effect
-    assert decision.p_value <= config.alpha
-    assert decision.e_value >= 1 / config.alpha
+    assert decision.p_value is not None and decision.p_value <= config.alpha
+    assert decision.e_value is not None and decision.e_value >= 1 / config.alpha
     assert promoter.decide(1_700_000_000_001) == [], "a promotion is recorded once"
     (again,) = promoter.decide(1_700_000_000_002, include_keep=True)
     assert again.action == "keep"
@@ -354,6 +354,8 @@ def test_primary_checks_state_where_each_pair_stands() -> None:
         "twin": "pending",
     }
     best, pair = checks["best"], promoter.pairs["best"]
+    assert best.estimate is not None and best.ci_low is not None and best.ci_high is not None
+    assert best.margin is not None
     assert best.name == "primary" and best.n == pair.n and best.estimate == -pair.mean
     assert best.ci_low < best.estimate < best.ci_high < best.margin == -PromoterConfig().min_effect
-    assert best.p_value <= 0.05
+    assert best.p_value is not None and best.p_value <= 0.05

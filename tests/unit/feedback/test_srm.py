@@ -12,6 +12,7 @@ from scipy.stats import dirichlet_multinomial, multinomial
 from rig.feedback.srm import GOLDEN_ARM, SrmMonitor, log_srm_bayes_factor, split_of
 from rig.routing.table import control_key, fold, set_golden_event, start_experiment_event
 from rig.wire.records import JoinedOutcome
+from tests.support.records import RequestOutcome
 
 
 @pytest.mark.parametrize(
@@ -52,7 +53,7 @@ AB = routing(set_golden_event("g", "t"), start_experiment_event("exp", "c", "ab"
 
 
 def rows_of(entity: str, request: str, in_arm: bool, predicted: int = 0) -> list[JoinedOutcome]:
-    common = {
+    common: RequestOutcome = {
         "request_id": request,
         "entity_id": entity,
         "label": 0,
@@ -124,7 +125,7 @@ def test_a_lost_arm_is_flagged_and_its_check_fails() -> None:
     check = monitor.checks()["c"]
     assert check.name == "srm" and check.state == "fail"
     assert check.estimate == pytest.approx(monitor.counts[0] / monitor.counts.sum())
-    assert check.ci_high < 0.5 and check.margin == 0.5
+    assert check.ci_high is not None and check.ci_high < 0.5 and check.margin == 0.5
 
 
 def test_a_correct_split_passes_once_its_share_is_shown_within_tolerance() -> None:
@@ -143,6 +144,7 @@ def test_a_correct_split_passes_once_its_share_is_shown_within_tolerance() -> No
         states.append(monitor.checks()["c"].state)
     assert states[0] == "pending" and states[-1] == "pass" and "fail" not in states
     check = monitor.checks()["c"]
+    assert check.ci_low is not None and check.estimate is not None and check.ci_high is not None
     assert 0.475 <= check.ci_low < check.estimate < check.ci_high <= 0.525
 
 

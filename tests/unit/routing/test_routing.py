@@ -30,7 +30,7 @@ from rig.routing.table import (
     stop_experiment_event,
 )
 from rig.wire.codec import SCHEMAS_DIR, Codec
-from rig.wire.records import ControlEvent
+from rig.wire.records import ControlEvent, ExperimentMode
 
 Record = tuple[bytes, ControlEvent | None]
 
@@ -141,7 +141,7 @@ def _random_record(rng: random.Random) -> Record:
     if choice < 0.6:
         return stop(name)
     if choice < 0.7:
-        mode = rng.choice(["shadow", "ab"])
+        mode: ExperimentMode = rng.choice(["shadow", "ab"])
         route = ExperimentRoute(name, version, mode, rng.choice([1.0, 0.4]) if mode == "ab" else 1.0)
         return rec(kill_experiment_event(route, "ana"))
     if choice < 0.78:

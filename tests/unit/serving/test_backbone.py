@@ -55,7 +55,8 @@ def world(tmp_path: Path) -> World:
     registry = ModelRegistry(tmp_path / "models")
     versions = [registry.save(train(seed), "risk", FEATURES).version for seed in (1, 2, 3)]
     features = np.random.default_rng(9).normal(size=(N_ROWS, len(FEATURES))).astype(np.float32)
-    return World(registry, *versions, features=features)
+    golden, experiment_a, experiment_b = versions
+    return World(registry, golden, experiment_a, experiment_b, features=features)
 
 
 @pytest.fixture
@@ -206,7 +207,8 @@ def test_each_model_gets_one_call_and_full_batches_are_not_copied(world: World, 
         world.experiment_b: [5, 6],
     }
 
-    asyncio.run(backbone.predict_batch(world.features, score_rows, world.golden))
+    # A list of rows too: rig types the rows as arrays, and the test checks a list is taken as well.
+    asyncio.run(backbone.predict_batch(world.features, score_rows, world.golden))  # type: ignore[arg-type]
 
     assert [len(recorders[v].seen) for v in score_rows] == [1, 1, 1]
     assert recorders[world.golden].seen[0] is world.features
@@ -232,7 +234,12 @@ def test_golden_and_experiments_run_at_the_same_time(world: World, backbones: li
 
 def test_loaded_boosters_use_the_chosen_thread_count(world: World, backbones: list) -> None:
     boosters: list[xgboost.Booster] = []
-    backbone = Backbone(world.registry, wrap_model=lambda _, booster: boosters.append(booster) or booster)
+
+    def kept(_version: str, booster: xgboost.Booster) -> xgboost.Booster:
+        boosters.append(booster)
+        return booster
+
+    backbone = Backbone(world.registry, wrap_model=kept)
     backbones.append(backbone)
     backbone.ensure_loaded([world.golden])
     config = json.loads(boosters[0].save_config())
@@ -453,8 +460,9 @@ def test_a_small_batch_is_scored_on_the_calling_thread_with_the_same_scores(
     small, large = world.features[:8], world.features
     rows = {world.golden: np.arange(8), world.experiment_a: np.arange(0, 8, 2), world.experiment_b: [7]}
 
-    inline = asyncio.run(backbone.predict_batch(small, rows, world.golden))
-    pooled = asyncio.run(backbone.predict_batch(large, rows, world.golden))
+    # A list of rows too (experiment_b): rig types the rows as arrays, and a list is taken as well.
+    inline = asyncio.run(backbone.predict_batch(small, rows, world.golden))  # type: ignore[arg-type]
+    pooled = asyncio.run(backbone.predict_batch(large, rows, world.golden))  # type: ignore[arg-type]
 
     caller = threading.current_thread().name
     for version, selected in rows.items():

@@ -3,8 +3,6 @@ sticky, non-overlapping shares of entities, caps skip rows, and there is no rout
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 
@@ -18,24 +16,25 @@ from rig.routing.table import (
     start_experiment_event,
 )
 from rig.serving.dispatch import DispatchPlan, TrafficLimiter, plan_batch
+from rig.wire.records import ControlEvent
 
 ENTITIES = [f"customer-{i}" for i in range(100_000)]
 
 
-def table(*events: dict[str, Any], start: RoutingTable | None = None) -> RoutingTable:
+def table(*events: ControlEvent, start: RoutingTable | None = None) -> RoutingTable:
     records = [(control_key(event), event) for event in events]
     return fold(records) if start is None else fold(records, start)
 
 
-def golden(version: str) -> dict[str, Any]:
+def golden(version: str) -> ControlEvent:
     return set_golden_event(version, "ana")
 
 
-def shadow(name: str, version: str, cap: float | None = None) -> dict[str, Any]:
+def shadow(name: str, version: str, cap: float | None = None) -> ControlEvent:
     return start_experiment_event(name, version, "shadow", "ana", traffic_cap_rps=cap)
 
 
-def ab(name: str, version: str, share: float, cap: float | None = None) -> dict[str, Any]:
+def ab(name: str, version: str, share: float, cap: float | None = None) -> ControlEvent:
     return start_experiment_event(name, version, "ab", "ana", traffic_share=share, traffic_cap_rps=cap)
 
 

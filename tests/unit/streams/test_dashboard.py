@@ -21,6 +21,7 @@ from rig.feedback.sequential import Evidence, new_decision
 from rig.routing.table import control_key, fold, set_golden_event, start_experiment_event
 from streams.app import make_app
 from streams.dashboard import install_dashboard, metrics_data
+from tests.support.web import aiohttp_app
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -43,7 +44,7 @@ def dashboard_app(settings: RigSettings, metadata: MetadataStore | None) -> faus
 
 async def get_all(app: faust.App, *paths: str) -> list[tuple[int, str, bytes]]:
     """(status, content type, body) of a GET of each path."""
-    async with TestClient(TestServer(app.web.web_app)) as client:
+    async with TestClient(TestServer(aiohttp_app(app))) as client:
         answers = []
         for path in paths:
             response = await client.get(path)

@@ -20,6 +20,7 @@ from rig.errors import RegistryError
 from rig.models.registry import ModelRegistry
 from streams.app import make_app
 from streams.explain import BoundedPool, ExplainConsumer, explain_answer, install_explain_endpoint
+from tests.support.web import aiohttp_app
 
 
 def save_model(root: Path) -> Path:
@@ -110,7 +111,7 @@ def test_a_flood_of_explain_calls_gets_429_beyond_the_bound(tmp_path: Path) -> N
     app.web.init_server()
 
     async def flood() -> tuple[list[int], int]:
-        async with TestClient(TestServer(app.web.web_app)) as client:
+        async with TestClient(TestServer(aiohttp_app(app))) as client:
             busy = [asyncio.ensure_future(client.get("/explain/ent-1/?model=m.1")) for _ in range(2)]
             for _ in busy:  # both explanations are running on the pool's two threads
                 assert await asyncio.to_thread(registry.entered.acquire, timeout=30)
@@ -149,7 +150,12 @@ def test_an_explanation_waits_no_longer_than_explain_yield_max_s() -> None:
 
 def test_an_explanation_without_a_backlog_or_with_no_waiting_allowed_starts_at_once() -> None:
     asked: list[int] = []
-    assert explainer(60, lambda: asked.append(1) or False).yield_to_requests() < 1
+
+    def no_backlog() -> bool:
+        asked.append(1)
+        return False
+
+    assert explainer(60, no_backlog).yield_to_requests() < 1
     assert asked == [1]
     assert explainer(0, lambda: True).yield_to_requests() < 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 from confluent_kafka import Message
@@ -16,6 +17,7 @@ from rig.wire.codec import Codec
 from rig.wire.records import DeadLetter, JoinedOutcome, ModelScore, Outcome, Prediction
 from streams.join import SOURCES, SWEEP_SLICE, Join, Partition
 from streams.plane.source import SourceBatch
+from tests.support.records import accepted
 
 
 @pytest.fixture
@@ -72,21 +74,26 @@ def test_an_outcome_labelled_2_is_dead_lettered_with_its_reason_and_never_joined
     join.write(changes)
 
     letters = [
-        Codec(DeadLetter).decode(out.value) for out in outputs if out.topic == join.settings.topic("dlq")
+        accepted(Codec(DeadLetter).decode(out.value))
+        for out in outputs
+        if out.topic == join.settings.topic("dlq")
     ]
     assert [(d.request_id, d.reason, d.error_type, d.offset) for d in letters] == [
         ("r-bad", "label must be 0 or 1, got 2", "invalid_value", 1)
     ]
-    joined = [Codec(JoinedOutcome).decode(out.value) for out in outputs if out.topic == join.joined]
+    joined = [accepted(Codec(JoinedOutcome).decode(out.value)) for out in outputs if out.topic == join.joined]
     assert [(row.request_id, row.label) for row in joined] == [("r-good", 1)]
     assert join.counts["rejected"] == 1
     # The changelog records come apart, for the sink to produce once the joined rows are delivered.
     assert {out.topic for out in outputs} == {join.settings.topic("dlq"), join.joined}
-    assert sorted(out.key for out in changelog if out.topic == join.changelog) == [b"r-bad", b"r-good"]
+    # The changelog's records are keyed by request id: none is None.
+    assert sorted(cast(bytes, out.key) for out in changelog if out.topic == join.changelog) == [
+        b"r-bad",
+        b"r-good",
+    ]
     assert len(changelog) == 2
-    assert join.held[0].store.get_many(["r-bad"])[0]["state"] == "predicted", (
-        "still waits for a valid outcome"
-    )
+    (bad,) = join.held[0].store.get_many(["r-bad"])
+    assert bad is not None and bad["state"] == "predicted", "still waits for a valid outcome"
 
 
 def test_a_sweep_turn_is_one_slice_of_one_partition_until_every_partition_is_swept(

@@ -20,6 +20,7 @@ from rig.config import RigSettings
 from streams.app import make_app
 from streams.join_processes import PARENT_ENV, JoinProcesses, become_join_process, install_counts_page
 from tests.support.ports import free_port
+from tests.support.web import aiohttp_app
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -146,7 +147,7 @@ def test_the_workers_join_counts_sum_its_childrens_and_say_which_did_not_answer(
             app = make_app(RigSettings(home=tmp_path))
             install_counts_page(app, urls, None)
             app.web.init_server()
-            async with TestClient(TestServer(app.web.web_app)) as client:
+            async with TestClient(TestServer(aiohttp_app(app))) as client:
                 response = await client.get("/join/counts/")
                 return response.status, await response.json()
 

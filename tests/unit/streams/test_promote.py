@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TypedDict, cast
 
 import pytest
 from confluent_kafka import Message
@@ -30,8 +31,15 @@ from rig.wire.records import ControlEvent, DeadLetter, JoinedOutcome
 from streams.plane.sink import Outgoing
 from streams.plane.source import SourceBatch
 from streams.promote import QUALITY_WINDOW_S, STATE_SAVE_S, Promotion, open_metadata
+from streams.runtime import Runtime
+from tests.support.records import accepted
 
 PASSWORD = "Pa55-w0rd-xyz"
+
+
+def runtime_of(**parts: object) -> Runtime:
+    """A stand-in for the worker's runtime with only the parts the promotion reads."""
+    return SimpleNamespace(**parts)  # type: ignore[return-value]  # a stub, not a whole Runtime
 
 
 def test_a_metadata_store_away_at_start_is_kept_and_the_saved_promoter_state_is_waited_for(
@@ -46,7 +54,7 @@ def test_a_metadata_store_away_at_start_is_kept_and_the_saved_promoter_state_is_
     assert store is not None, "the worker's for its whole life: it is migrated once it answers"
     assert "metadata store not answering url=postgresql+psycopg://rig:***@127.0.0.1:1/rig" in caplog.text
     assert PASSWORD not in caplog.text
-    promotion = Promotion(settings, SimpleNamespace(control_routing=golden_and_shadow()), store)
+    promotion = Promotion(settings, runtime_of(control_routing=golden_and_shadow()), store)
     with pytest.raises(MetadataUnavailable):  # the source waits: starting over would drop the tests
         promotion.start_offsets({(settings.topic("joined"), 0)})
 
@@ -79,9 +87,23 @@ class KeptSink:
         return 0
 
 
+class PairFields(TypedDict):
+    """What the golden's and the challenger's rows of one request share, but their outcome time."""
+
+    request_id: str
+    entity_id: str
+    label: int
+    prediction_time: int
+
+
 def pair(request_id: str, label: int, at: int) -> list[JoinedOutcome]:
     """The golden's and the shadow challenger's joined rows of one request."""
-    common = {"request_id": request_id, "entity_id": "ent-1", "label": label, "prediction_time": at}
+    common: PairFields = {
+        "request_id": request_id,
+        "entity_id": "ent-1",
+        "label": label,
+        "prediction_time": at,
+    }
     golden = JoinedOutcome(**common, outcome_time=at + 1, model_version="risk.1", role="golden", score=0.3)
     challenger = JoinedOutcome(
         **common,
@@ -120,7 +142,7 @@ def test_rows_are_judged_by_the_control_topics_routing_while_this_worker_cannot_
     serves no routing yet; the promoter it runs must not take that for "no golden": its tests, restored
     or not, would be dropped and the rows folded meanwhile lost to them."""
     table = golden_and_shadow()
-    runtime = SimpleNamespace(control_routing=table, routing=EMPTY_ROUTING)
+    runtime = runtime_of(control_routing=table, routing=EMPTY_ROUTING)
     promotion = Promotion(settings.model_copy(update={"promoter_label_window_s": 0.001}), runtime, None)
     rows = [row for i in range(50) for row in pair(f"r{i}", i % 2, 10 * i)]
 
@@ -136,7 +158,7 @@ def test_joined_rows_with_a_label_other_than_0_or_1_are_dead_lettered_and_the_re
     table = golden_and_shadow()
     promotion = Promotion(
         settings.model_copy(update={"promoter_label_window_s": 0.001}),
-        SimpleNamespace(control_routing=table),
+        runtime_of(control_routing=table),
         None,
     )
     good = [row for i in range(20) for row in pair(f"r{i}", i % 2, 10 * i)]
@@ -147,7 +169,9 @@ def test_joined_rows_with_a_label_other_than_0_or_1_are_dead_lettered_and_the_re
     asyncio.run(promotion.handle(SourceBatch(1, messages), sink))
 
     letters = [
-        Codec(DeadLetter).decode(out.value) for out in sink.published if out.topic == settings.topic("dlq")
+        accepted(Codec(DeadLetter).decode(out.value))
+        for out in sink.published
+        if out.topic == settings.topic("dlq")
     ]
     assert [(d.request_id, d.reason, d.error_type, d.offset) for d in letters] == [
         ("r-bad", "label must be 0 or 1, got 2", "invalid_value", 10),
@@ -161,7 +185,7 @@ def test_an_auto_decision_changes_routing_before_it_is_published_and_a_failed_co
 ) -> None:
     table = golden_and_shadow()
     promotion = Promotion(
-        settings.model_copy(update={"promoter_mode": "auto"}), SimpleNamespace(control_routing=table), None
+        settings.model_copy(update={"promoter_mode": "auto"}), runtime_of(control_routing=table), None
     )
     decision = replace(manual_decision("promote", "risk.1", "risk.2", "better", 0), mode="auto")
     monkeypatch.setattr(promotion.loop, "decide", lambda now_ms, routing: [decision])
@@ -195,7 +219,7 @@ def test_the_state_is_saved_once_its_batch_is_delivered_and_a_new_promoter_goes_
     settings: RigSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     table = golden_and_shadow()
-    runtime = SimpleNamespace(control_routing=table)
+    runtime = runtime_of(control_routing=table)
     settings = settings.model_copy(update={"promoter_label_window_s": 0.001})
     store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
     store.create_schema()
@@ -214,7 +238,7 @@ def test_the_state_is_saved_once_its_batch_is_delivered_and_a_new_promoter_goes_
     assert saved is not None and saved[0] == 200
     for batch in batches[1:]:  # within STATE_SAVE_S: no state taken, then the worker crashes
         asyncio.run(first.handle(batch, KeptSink()))
-        delivered[(joined, 0)] = batch.messages[-1].offset() + 1
+        delivered[(joined, 0)] = cast(int, batch.messages[-1].offset()) + 1  # joined_messages sets it
     assert store.load_promoter_state() == saved and STATE_SAVE_S >= 1
 
     second = Promotion(settings, runtime, store)
@@ -246,7 +270,7 @@ def test_a_state_the_store_could_not_take_is_kept_and_saved_once_it_answers(
     messages = joined_messages(settings, [row for i in range(100) for row in pair(f"r{i}", i % 2, 10 * i)])
     promotion = Promotion(
         settings.model_copy(update={"promoter_label_window_s": 0.001}),
-        SimpleNamespace(control_routing=golden_and_shadow()),
+        runtime_of(control_routing=golden_and_shadow()),
         store,
         {(joined, 0): 200}.get,  # every output of the batch delivered
     )
@@ -269,7 +293,7 @@ def test_model_quality_and_label_delays_are_recorded_once_per_window_not_once_pe
     table = golden_and_shadow()
     store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
     store.create_schema()
-    promotion = Promotion(settings, SimpleNamespace(control_routing=table), store)
+    promotion = Promotion(settings, runtime_of(control_routing=table), store)
     rows = [row for i in range(30) for row in pair(f"r{i}", i % 2, 10 * i)]
     messages = joined_messages(settings, rows)
 
@@ -284,7 +308,7 @@ def test_model_quality_and_label_delays_are_recorded_once_per_window_not_once_pe
     for version in ("risk.1", "risk.2"):
         assert [m.n for m in store.model_metrics(version)] == [10, 20], "two batches in one window"
     assert [d.n for d in store.label_delays()] == [10, 20], "golden rows only"
-    asyncio.run(promotion.record_quality(promotion.next_ms["quality"] + QUALITY_WINDOW_S * 1000))
+    asyncio.run(promotion.record_quality(promotion.next_ms["quality"] + int(QUALITY_WINDOW_S * 1000)))
     assert len(store.model_metrics("risk.1")) == 2, "an empty window is not recorded"
     store.close()
 
@@ -295,7 +319,7 @@ def test_a_batch_that_meets_the_schema_registry_away_folds_and_publishes_nothing
     table = golden_and_shadow()
     promotion = Promotion(
         settings.model_copy(update={"schema_registry_url": "mock://promote"}),
-        SimpleNamespace(control_routing=table),
+        runtime_of(control_routing=table),
         None,
     )
     rows = pair("r1", 1, 10)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -13,7 +12,7 @@ from rig.config import RigSettings
 from rig.feedback.metadata import MetadataStore
 from streams.plane.source import SourceBatch
 from streams.promote import Promotion
-from tests.unit.streams.test_promote import KeptSink, golden_and_shadow, joined_messages, pair
+from tests.unit.streams.test_promote import KeptSink, golden_and_shadow, joined_messages, pair, runtime_of
 
 
 def test_each_status_record_adds_a_point_per_challenger_that_agrees_with_the_status(
@@ -24,7 +23,7 @@ def test_each_status_record_adds_a_point_per_challenger_that_agrees_with_the_sta
     settings = settings.model_copy(update={"promoter_label_window_s": 0.001, "promoter_min_effect": 0.003})
     store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
     store.create_schema()
-    promotion = Promotion(settings, SimpleNamespace(control_routing=table), store)
+    promotion = Promotion(settings, runtime_of(control_routing=table), store)
     rows = [row for i in range(300) for row in pair(f"r{i}", i % 2, 10 * i)]
     messages = joined_messages(settings, rows)
 

@@ -13,6 +13,7 @@ from rig.config import RigSettings
 from streams.app import make_app
 from streams.health import install_health
 from streams.plane.health import Health
+from tests.support.web import aiohttp_app
 
 
 def test_the_web_server_listens_on_loopback_unless_told_otherwise(tmp_path: Path) -> None:
@@ -37,7 +38,7 @@ def worker_app(settings: RigSettings) -> faust.App:
 async def statuses(app: faust.App, paths: list[str], *headers: dict[str, str]) -> list[list[int]]:
     """The status of a GET of each path with each set of headers, through the app's own aiohttp
     application (on a loopback port)."""
-    async with TestClient(TestServer(app.web.web_app)) as client:
+    async with TestClient(TestServer(aiohttp_app(app))) as client:
         return [[(await client.get(path, headers=sent)).status for path in paths] for sent in headers]
 
 

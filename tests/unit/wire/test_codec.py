@@ -10,7 +10,7 @@ import random
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict, cast
 
 import avro.io
 import avro.schema
@@ -47,7 +47,32 @@ from tests.support.ports import free_port
 
 T0 = 1_718_000_000_123  # 2024-06-10T06:13:20.123Z, in ms
 
-SAMPLES: dict[str, Record] = {
+SchemaName = Literal[
+    "Request",
+    "Prediction",
+    "Outcome",
+    "JoinedOutcome",
+    "Decision",
+    "ControlEvent",
+    "Explanation",
+    "DeadLetter",
+]
+
+
+class Samples(TypedDict):
+    """One sample per schema, each typed as its record class: SAMPLES["Request"] is a Request."""
+
+    Request: Request
+    Prediction: Prediction
+    Outcome: Outcome
+    JoinedOutcome: JoinedOutcome
+    Decision: Decision
+    ControlEvent: ControlEvent
+    Explanation: Explanation
+    DeadLetter: DeadLetter
+
+
+SAMPLES: Samples = {
     "Request": Request(
         request_id="req-000042",
         entity_id="customer-17",
@@ -166,8 +191,21 @@ SAMPLES: dict[str, Record] = {
     ),
 }
 SCHEMA_NAMES = sorted(SAMPLES)
-RECORD_TYPES: dict[str, type[Record]] = {name: type(sample) for name, sample in SAMPLES.items()}
-JSON_REQUEST = {"request_id": "req-1", "entity_id": "customer-1", "event_time": T0}
+# A TypedDict's values type as object: each of these is a Record.
+RECORD_TYPES: dict[str, type[Record]] = {
+    name: type(sample) for name, sample in cast(dict[str, Record], SAMPLES).items()
+}
+
+
+class RequestFields(TypedDict):
+    """The required fields of a Request, as keyword arguments."""
+
+    request_id: str
+    entity_id: str
+    event_time: int
+
+
+JSON_REQUEST: RequestFields = {"request_id": "req-1", "entity_id": "customer-1", "event_time": T0}
 
 
 def codec_of(name: str, **options: Any) -> Codec[Any]:
@@ -248,7 +286,7 @@ def test_load_schema_reads_an_overridden_folder_and_names_unknown_schemas(tmp_pa
 
 # -- round trips --------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
-def test_single_object_round_trip_keeps_every_field(name: str) -> None:
+def test_single_object_round_trip_keeps_every_field(name: SchemaName) -> None:
     codec = codec_of(name)
     data = codec.encode(SAMPLES[name])
     assert data[:2] == b"\xc3\x01" and data[2:10] == codec.fingerprint
@@ -256,14 +294,14 @@ def test_single_object_round_trip_keeps_every_field(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
-def test_json_round_trip_gives_the_same_record_as_avro(name: str) -> None:
+def test_json_round_trip_gives_the_same_record_as_avro(name: SchemaName) -> None:
     codec = codec_of(name, allow_json=True)
     decoded = codec.decode(codec.encode_json(SAMPLES[name]))
     assert decoded == SAMPLES[name] == codec.decode(codec.encode(SAMPLES[name]))
 
 
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
-def test_confluent_round_trip_through_mock_registry_shares_the_avro_body(name: str) -> None:
+def test_confluent_round_trip_through_mock_registry_shares_the_avro_body(name: SchemaName) -> None:
     url = f"mock://roundtrip-{name}"
     data = codec_of(name, registry_url=url).encode(SAMPLES[name])
     schema_id = int.from_bytes(data[1:5], "big")
@@ -278,7 +316,7 @@ def test_registry_codec_also_reads_single_object_messages() -> None:
 
 
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
-def test_timestamps_decode_as_int_millis_in_every_format(name: str) -> None:
+def test_timestamps_decode_as_int_millis_in_every_format(name: SchemaName) -> None:
     codec = codec_of(name, allow_json=True, registry_url=f"mock://ints-{name}")
     single = codec_of(name).encode(SAMPLES[name])
     for data in (single, codec.encode(SAMPLES[name]), codec.encode_json(SAMPLES[name])):
@@ -329,11 +367,15 @@ def test_confluent_message_of_an_older_schema_version_is_resolved_with_defaults(
     old["fields"] = [f for f in old["fields"] if f["name"] not in ("features", "context")]
     (tmp_path / "Request.avsc").write_text(json.dumps(old))
     # The record class of that older version, as an older producer has it.
-    old_request = msgspec.defstruct(
-        "Request",
-        [("request_id", str), ("entity_id", str), ("event_time", int)],
-        bases=(Record,),
-        kw_only=True,
+    # defstruct types its class as a Struct: with bases=(Record,) it is a Record.
+    old_request = cast(
+        type[Record],
+        msgspec.defstruct(
+            "Request",
+            [("request_id", str), ("entity_id", str), ("event_time", int)],
+            bases=(Record,),
+            kw_only=True,
+        ),
     )
     url = "mock://evolution"
     old_message = Codec(old_request, registry_url=url, schemas_dir=tmp_path).encode(
@@ -347,7 +389,7 @@ def test_confluent_message_of_an_older_schema_version_is_resolved_with_defaults(
 
 # -- compatibility with the reference avro package -------------------------------------------------
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
-def test_fastavro_body_equals_reference_avro_body(name: str) -> None:
+def test_fastavro_body_equals_reference_avro_body(name: SchemaName) -> None:
     buffer = io.BytesIO()
     avro.io.DatumWriter(_avro_schema(name)).write(
         _with_datetimes(name, SAMPLES[name]), avro.io.BinaryEncoder(buffer)
@@ -356,7 +398,7 @@ def test_fastavro_body_equals_reference_avro_body(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
-def test_body_written_by_reference_avro_decodes_once_framed(name: str) -> None:
+def test_body_written_by_reference_avro_decodes_once_framed(name: SchemaName) -> None:
     codec = codec_of(name)
     buffer = io.BytesIO()
     avro.io.DatumWriter(_avro_schema(name)).write(
@@ -366,7 +408,7 @@ def test_body_written_by_reference_avro_decodes_once_framed(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
-def test_reference_avro_reads_the_body_fastavro_writes(name: str) -> None:
+def test_reference_avro_reads_the_body_fastavro_writes(name: SchemaName) -> None:
     body = codec_of(name).encode(SAMPLES[name])[10:]
     read = avro.io.DatumReader(_avro_schema(name)).read(avro.io.BinaryDecoder(io.BytesIO(body)))
     assert read == _with_datetimes(name, SAMPLES[name])
@@ -390,7 +432,7 @@ def test_header_fingerprint_is_crc64_avro_of_the_parsing_canonical_form(name: st
     assert codec.fingerprint == avro.schema.parse(without_logical).fingerprint()
 
 
-def _framed_by_avro_package(name: str) -> bytes:
+def _framed_by_avro_package(name: SchemaName) -> bytes:
     """A single-object message as a producer using the reference `avro` package frames it: the
     header carries that package's fingerprint of the schema."""
     schema = _avro_schema(name)
@@ -400,7 +442,7 @@ def _framed_by_avro_package(name: str) -> bytes:
 
 
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
-def test_single_object_message_with_the_avro_package_fingerprint_decodes(name: str) -> None:
+def test_single_object_message_with_the_avro_package_fingerprint_decodes(name: SchemaName) -> None:
     assert codec_of(name).decode(_framed_by_avro_package(name)) == SAMPLES[name]
 
 
@@ -431,7 +473,7 @@ def test_random_body_after_a_valid_header_is_rejected_not_raised() -> None:
 def test_empty_message_and_tombstone_are_rejected_as_malformed() -> None:
     codec = Codec(ControlEvent)
     empty = _rejected(codec.decode(b""))
-    tombstone = _rejected(codec.decode(None))  # type: ignore[arg-type]
+    tombstone = _rejected(codec.decode(None))
     assert (empty.error_type, tombstone.error_type) == (ErrorType.MALFORMED, ErrorType.MALFORMED)
     assert "empty" in empty.reason and "tombstone" in tombstone.reason
 
@@ -558,7 +600,7 @@ def test_confluent_message_with_unregistered_id_or_without_registry_is_unknown_s
 
 
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
-def test_every_truncation_of_a_body_is_rejected_as_malformed(name: str) -> None:
+def test_every_truncation_of_a_body_is_rejected_as_malformed(name: SchemaName) -> None:
     codec = codec_of(name)
     data = codec.encode(SAMPLES[name])
     for cut in range(2, len(data)):
@@ -609,7 +651,7 @@ def test_json_missing_a_required_field_is_rejected_naming_the_field(
     ],
 )
 def test_json_with_a_wrong_type_is_rejected_naming_the_field(
-    name: str, change: dict[str, Any], field: str
+    name: SchemaName, change: dict[str, Any], field: str
 ) -> None:
     codec = codec_of(name, allow_json=True)
     record = json.loads(codec.encode_json(SAMPLES[name]))
