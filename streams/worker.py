@@ -208,8 +208,8 @@ def main() -> None:
     try:
         if join_process:  # the join needs no models, routing or feature reader
             # Not in a worker's join process: its worker checked the topics before starting it, and one
-            # created here could undo an operator's deletion made since (the topic would come back
-            # empty, with the default settings, while the worker holds its answers for it).
+            # created here could undo an operator's deletion made since (the topic would come back,
+            # empty, while the worker holds its answers until the operator creates it again).
             if not started_by_worker:
                 wait_for_topics()
             freeze_heap()
