@@ -24,12 +24,13 @@ from rig.processes import stop_processes
 from rig.routing.control import publish_control
 from rig.routing.table import set_golden_event, start_experiment_event
 from rig.transform.model_inputs import column_index
-from rig.wire.codec import Codec, Rejected
+from rig.wire.codec import Codec
 from rig.wire.records import ControlEvent, JoinedOutcome, Outcome, Prediction, Record, Request
 from sim.deploy import prepare, start_worker
 from sim.settings import WorldSettings
 from sim.world import World, outcome_records
 from tests.integration.conftest import isolated_feast_settings
+from tests.support.records import accepted
 
 R = TypeVar("R", bound=Record)
 
@@ -137,8 +138,7 @@ def consume(
             for message in consumer.consume(1000, timeout=0.5):
                 if message.error():
                     continue
-                decoded = codec.decode(message.value())
-                assert not isinstance(decoded, Rejected), decoded.reason
+                decoded = accepted(codec.decode(message.value()))
                 if where is None or where(decoded):
                     records.append(decoded)
     finally:
