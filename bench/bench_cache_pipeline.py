@@ -58,9 +58,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.support` as a script too
 
@@ -175,8 +175,7 @@ def hit_path(settings: RigSettings, versions: dict[str, str], world: World) -> d
     online = RedisLayoutReader(settings, FeatureStoreClient(settings)).read(entities)
     rows = transform.transform(online.columns).values.astype(np.float32)
     stored, unseen = rows[:MICRO_BATCH], rows[MICRO_BATCH:]
-    # rig's cache takes an array of ids as a sequence: numpy's stubs do not make it a Sequence.
-    ids = cast(Sequence[str], np.array(entities[:MICRO_BATCH]))
+    ids = np.array(entities[:MICRO_BATCH])
     scores = np.asarray(models[0][0].inplace_predict(stored[:, models[0][1]]), dtype=np.float64)
     namespace = f"{settings.topic_prefix}micro.cache:"
     tier1 = PredictionCache(None, namespace, 600.0, max_entries=100_000, max_bytes=1 << 28)

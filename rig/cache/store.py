@@ -44,6 +44,10 @@ KEY_FORMAT = b"rig-cache/1"
 _VALUE = np.dtype([("score", "<f8"), ("expires_at", "<f8")])
 _GLOB_ESCAPES = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
+EntityIds = Sequence[Any] | np.ndarray
+"""The entity of each row of a batch: a list, or the array the serving path holds them in
+(`rig.serving.cached_scores`)."""
+
 
 class HitTier(IntEnum):
     """Where `get_many` found each row (the values of its `hit_tier` array)."""
@@ -159,7 +163,7 @@ class PredictionCache:
         self.metrics.redis_up.set(0 if self._redis is None else 1)
 
     def get_many(
-        self, version: str, transform_version: str, rows: np.ndarray, entity_ids: Sequence[Any]
+        self, version: str, transform_version: str, rows: np.ndarray, entity_ids: EntityIds
     ) -> tuple[np.ndarray, np.ndarray]:
         """Cached scores of a batch: tier 1 first, then one MGET for the rows tier 1 missed.
 
@@ -202,7 +206,7 @@ class PredictionCache:
         version: str,
         transform_version: str,
         rows: np.ndarray,
-        entity_ids: Sequence[Any],
+        entity_ids: EntityIds,
         scores: np.ndarray,
     ) -> None:
         """Store a batch's scores in both tiers (one Redis script call). NaN/inf scores are not stored.
@@ -316,7 +320,7 @@ class PredictionCache:
         self,
         tier: RedisTier,
         keys: list[str],
-        entity_ids: Sequence[Any],
+        entity_ids: EntityIds,
         missing: np.ndarray,
         now: float,
         scores: np.ndarray,
@@ -372,7 +376,7 @@ class PredictionCache:
         self.metrics.lru_bytes.set(self._lru.bytes)
 
 
-def _entity_strings(entity_ids: Sequence[Any], n_rows: int) -> list[str]:
+def _entity_strings(entity_ids: EntityIds, n_rows: int) -> list[str]:
     if len(entity_ids) != n_rows:
         raise CacheError(f"{len(entity_ids)} entity ids for {n_rows} rows")
     return [e if isinstance(e, str) else str(e) for e in entity_ids]

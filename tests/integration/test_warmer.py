@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from typing import cast
 
 import numpy as np
 import pytest
@@ -58,11 +56,7 @@ def test_warming_a_new_golden_prefills_the_cache_with_its_scores_of_recent_traff
     online = reader.read([r.entity_id for r in recent])
     values = transform.transform(online.columns).values
     scores, tiers = cache.get_many(
-        # rig's cache takes an array of ids as a sequence: numpy's stubs do not make it a Sequence.
-        version,
-        transform.version,
-        values,
-        cast(Sequence[str], np.array([r.entity_id for r in recent])),
+        version, transform.version, values, np.array([r.entity_id for r in recent])
     )
     assert (tiers != HitTier.MISS).all(), "every replayed request is now a cache hit for the new golden"
     np.testing.assert_allclose(scores, booster.inplace_predict(values[:, columns]), atol=1e-6)

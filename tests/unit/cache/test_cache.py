@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
-from typing import cast
 
 import numpy as np
 import pytest
@@ -183,8 +181,7 @@ def test_purge_entity_removes_exactly_that_entitys_entries() -> None:
 def test_integer_entity_ids_are_purged_by_their_string() -> None:
     c = cache()
     x = rows(2)
-    # rig's cache takes an array of ids as a sequence: numpy's stubs do not make it a Sequence.
-    c.put_many(MODEL, TRANSFORM, x, cast(Sequence[int], np.array([7, 8])), np.ones(2))
+    c.put_many(MODEL, TRANSFORM, x, np.array([7, 8]), np.ones(2))
     assert c.purge_entity(7).lru_removed == 1
     assert c.purge_entity("8").lru_removed == 1
 
