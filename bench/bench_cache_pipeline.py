@@ -251,8 +251,7 @@ def run_once(
     env = {"RIG_CACHE_ENABLED": str(cache).lower(), "RIG_PREDICTION_TIMINGS": "true"}  # stages read below
     if not explain:
         env["RIG_EXPLAIN_DISAGREEMENT"] = "1"  # scores are probabilities: no difference exceeds 1
-    # web_port given (its default): else mypy matches the **env keys against it too
-    worker = start_worker(settings, logs / f"worker-{tag}.log", web_port=0, **env)
+    worker = start_worker(settings, logs / f"worker-{tag}.log", env=env)
     cleanup.processes.append(worker)
     sampler = CpuSampler(worker.pid).start()
     sender = Sender(connected_producer(settings), settings.topic("requests"))

@@ -128,7 +128,7 @@ def start_agent(
         "feedback": FEEDBACK_ROLE,
         "feedback_eos": {**FEEDBACK_ROLE, **EOS},
     }[name]
-    process = start_worker(settings, log_path, log_level, web_port=port, **{**env, **extra})
+    process = start_worker(settings, log_path, log_level, web_port=port, env={**env, **extra})
     return Worker(Agent(name, settings, process), port)
 
 

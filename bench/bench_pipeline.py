@@ -230,13 +230,9 @@ def start_agent(
     if name == "bare_loop":
         return start_bare_loop(settings, log_path, log_level, **env)
     if name == "worker_predict":
-        # web_port given (its default): else mypy matches the **env keys against it too
-        return start_worker(
-            settings, log_path, log_level, web_port=0, **{**env, "RIG_WORKER_ROLES": '["predict"]'}
-        )
+        return start_worker(settings, log_path, log_level, env={**env, "RIG_WORKER_ROLES": '["predict"]'})
     if name == "worker":
-        # web_port given (its default): else mypy matches the **env keys against it too
-        return start_worker(settings, log_path, log_level, web_port=0, **env)
+        return start_worker(settings, log_path, log_level, env=env)
     return start_naive_agent(settings, log_path)
 
 

@@ -142,9 +142,11 @@ def run_once(
         settings,
         log_path,
         log_level="INFO",  # the "model warmed" lines
-        RIG_WARMER_ENABLED=str(variant == "warm").lower(),
-        RIG_CACHE_ENABLED=str(plan.cache).lower(),
-        RIG_PREDICTION_TIMINGS="true",  # the worker's own kafka_to_publish, the cross-check
+        env={
+            "RIG_WARMER_ENABLED": str(variant == "warm").lower(),
+            "RIG_CACHE_ENABLED": str(plan.cache).lower(),
+            "RIG_PREDICTION_TIMINGS": "true",  # the worker's own kafka_to_publish, the cross-check
+        },
     )
     cleanup.processes.append(worker)
     sampler = CpuSampler(worker.pid).start()

@@ -168,7 +168,7 @@ class Workers:
         self.ports[name] = free_port()
         self.logs[name] = self.deployment.settings.home / f"worker-{name}.log"
         process = start_worker(
-            self.deployment.settings, self.logs[name], "INFO", self.ports[name], **self.env
+            self.deployment.settings, self.logs[name], "INFO", self.ports[name], env=self.env
         )
         self.deployment.cleanup.processes.append(process)
         self.processes[name] = process

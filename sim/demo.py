@@ -94,7 +94,7 @@ def run_demo(settings: RigSettings, world_settings: WorldSettings) -> None:
                 f"{settings.web_bind}:{settings.web_port} is taken (another worker?): stop it, or set "
                 "RIG_WEB_PORT to a free port"
             )
-    worker = start_worker(settings, log_path, web_port=settings.web_port, **env)
+    worker = start_worker(settings, log_path, web_port=settings.web_port, env=env)
     try:
         with step("Start a worker (rig-worker, promoter in auto mode) and wait until it answers a request"):
             console.print(f"  worker log: {log_path}")

@@ -196,14 +196,18 @@ def settings_env(settings: RigSettings, **extra: str) -> dict[str, str]:
 
 
 def start_worker(
-    settings: RigSettings, log_path: Path, log_level: str = "WARNING", web_port: int = 0, **env: str
+    settings: RigSettings,
+    log_path: Path,
+    log_level: str = "WARNING",
+    web_port: int = 0,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a worker (`rig-worker`) as a child process logging to `log_path` (web server only with
-    a port)."""
+    a port; `env`: more variables, RIG_* settings over those of `settings`)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [sys.executable, "-m", "streams"],
-        env=settings_env(settings, RIG_WEB_PORT=str(web_port), RIG_LOG_LEVEL=log_level, **env),
+        env=settings_env(settings, RIG_WEB_PORT=str(web_port), RIG_LOG_LEVEL=log_level, **(env or {})),
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
     )

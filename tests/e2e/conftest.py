@@ -7,7 +7,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,14 +89,17 @@ def deploy_with_shadow(root: Path, shadow: str, world: WorldSettings, rounds: in
 
 @contextmanager
 def workers(
-    deployment: Deployment, count: int = 1, web_ports: Sequence[int] = (), **env: str
+    deployment: Deployment,
+    count: int = 1,
+    web_ports: Sequence[int] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Run `count` worker processes (worker i with a web server on `web_ports[i]`, if given); on exit
     stop them and print the tail of their logs."""
     logs = [deployment.settings.home / f"worker-{i}.log" for i in range(count)]
     ports = [*web_ports, *[0] * count][:count]
     processes = [
-        start_worker(deployment.settings, log, web_port=port, **env)
+        start_worker(deployment.settings, log, web_port=port, env=env)
         for log, port in zip(logs, ports, strict=True)
     ]
     try:

@@ -179,8 +179,7 @@ def test_a_feast_init_repo_and_models_trained_elsewhere_are_registered_and_serve
         settings,
         settings.home / "worker.log",
         web_port=WEB_PORT,
-        RIG_PROMOTER_MIN_SAMPLES="10",
-        RIG_PROMOTER_LABEL_WINDOW_S="2",
+        env={"RIG_PROMOTER_MIN_SAMPLES": "10", "RIG_PROMOTER_LABEL_WINDOW_S": "2"},
     )
     try:
         eventually(

@@ -73,7 +73,7 @@ def test_the_dashboard_draws_the_promoted_challengers_evidence_and_the_dead_lett
         # The calibration guardrail (tested by test_promotion) would hold the winner for ~6 more rounds.
         "RIG_PROMOTER_CALIBRATION_MARGIN": "0.06",
     }
-    with workers(deployment, count=1, web_ports=[port], **env) as processes:
+    with workers(deployment, count=1, web_ports=[port], env=env) as processes:
         running = replace(deployment, processes=tuple(processes))
         store = MetadataStore(settings.resolved_metadata_url)
         for _ in range(14):

@@ -23,7 +23,7 @@ def test_explanations_over_http_and_for_disagreements_on_the_explanations_topic(
     )
     settings, versions = deployment.settings, deployment.versions
     worker = start_worker(
-        settings, settings.home / "explain.log", web_port=WEB_PORT, RIG_EXPLAIN_DISAGREEMENT="0.2"
+        settings, settings.home / "explain.log", web_port=WEB_PORT, env={"RIG_EXPLAIN_DISAGREEMENT": "0.2"}
     )
     try:
         entity = deployment.world.entity_ids[7]

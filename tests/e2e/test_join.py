@@ -68,8 +68,7 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
     joined_topic = settings.topic("joined")
     requests = requests_for(deployment, [f"r-{uuid.uuid4().hex}" for _ in range(200)])
 
-    # web_port given (its default): else mypy matches the **env keys against it too
-    first = start_worker(settings, settings.home / "join-1.log", log_level="INFO", web_port=0, **env)
+    first = start_worker(settings, settings.home / "join-1.log", log_level="INFO", env=env)
     try:
         assert produce_requests(settings, requests) == 200
         assert (
@@ -91,7 +90,9 @@ def test_outcomes_join_once_each_kind_is_counted_and_a_restart_loses_no_join_sta
     time.sleep(max(0.0, predicted_at + RETENTION_S + 5 - time.monotonic()))
     backlog = requests_for(deployment, [f"backlog-{uuid.uuid4().hex}" for _ in range(100)])
     assert produce_requests(settings, backlog) == 100
-    second = start_worker(settings, settings.home / "join-2.log", log_level="INFO", web_port=WEB_PORT, **env)
+    second = start_worker(
+        settings, settings.home / "join-2.log", log_level="INFO", web_port=WEB_PORT, env=env
+    )
     try:
         rows = consume(settings, joined_topic, JoinedOutcome, 300, timeout_s=180, processes=[second])
         assert len(rows) == 300, "outcomes sent during the restart joined with predictions made before it"

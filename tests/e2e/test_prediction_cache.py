@@ -59,7 +59,7 @@ def cached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CachedDeploymen
     )
     port = free_port()
     requests = list(synthetic_requests(deployment.world_settings, REQUESTS, seed=9))
-    with workers(deployment, web_ports=[port], RIG_CACHE_ENABLED="true") as processes:
+    with workers(deployment, web_ports=[port], env={"RIG_CACHE_ENABLED": "true"}) as processes:
         yield CachedDeployment(replace(deployment, processes=tuple(processes)), port, requests)
 
 

@@ -80,8 +80,7 @@ def test_better_challenger_is_promoted_and_a_drifting_golden_is_demoted(tmp_path
     env = {"RIG_PROMOTER_MODE": "auto", "RIG_PROMOTER_MIN_SAMPLES": str(MIN_SAMPLES)}
     # One worker: that routing changes reach every worker is proven with two workers by
     # test_predict_pipeline's kill switch; here a second worker only adds rebalances.
-    # web_ports given (its default): else mypy matches the **env keys against it too
-    with workers(deployment, count=1, web_ports=(), **env) as processes:
+    with workers(deployment, count=1, env=env) as processes:
         running = replace(deployment, processes=tuple(processes))
         # ~12,000-12,600 paired outcomes were needed in trial runs: the calibration guardrail's interval is
         # the last check to pass (primary p ~3e-9 by then). Rounds stop at the promotion; this allows ~2.5×.

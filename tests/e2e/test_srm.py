@@ -97,8 +97,7 @@ def test_an_ab_experiment_losing_one_arms_outcomes_is_held_with_a_sample_ratio_d
         start_experiment_event("split", v["better"], "ab", actor="test", traffic_share=SHARE),
     )
     env = {"RIG_PROMOTER_MODE": "auto", "RIG_PROMOTER_MIN_SAMPLES": "300"}
-    # web_ports given (its default): else mypy matches the **env keys against it too
-    with workers(deployment, count=1, web_ports=(), **env) as processes:
+    with workers(deployment, count=1, env=env) as processes:
         running = replace(deployment, processes=tuple(processes))
         answered_by_challenger, dropped, held = 0, 0, []
         for _ in range(ROUNDS):

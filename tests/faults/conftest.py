@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,9 +134,13 @@ class Stack:
     root: Path
 
     @contextmanager
-    def worker(self, name: str, web_port: int = 0, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    def worker(
+        self, name: str, web_port: int = 0, env: Mapping[str, str] | None = None
+    ) -> Iterator[subprocess.Popen[bytes]]:
         log = self.root / f"{name}.log"
-        process = start_worker(self.settings, log, log_level="INFO", web_port=web_port, **FAULT_ENV, **env)
+        process = start_worker(
+            self.settings, log, log_level="INFO", web_port=web_port, env={**FAULT_ENV, **(env or {})}
+        )
         try:
             yield process
         finally:

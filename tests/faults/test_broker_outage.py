@@ -66,7 +66,7 @@ def test_exactly_once_the_broker_stopped_for_15_s_loses_and_repeats_nothing(
     eos = {"RIG_PROCESSING_GUARANTEE": "exactly_once", "RIG_STALL_EXIT_S": "30"}
     port = free_port()
     try:
-        with stack.worker("broker-down-eos", web_port=port, **eos) as worker:
+        with stack.worker("broker-down-eos", web_port=port, env=eos) as worker:
             wait_ready(port, worker)
             traffic = broker_stopped_for_15_s_under_traffic(stack, own_kafka)
             deadline = time.monotonic() + 180
@@ -76,8 +76,7 @@ def test_exactly_once_the_broker_stopped_for_15_s_loses_and_repeats_nothing(
         if exit_code is not None:
             assert exit_code == STALL_EXIT_CODE, f"exited with {exit_code}"
             print("the worker exited for a restart; a replacement takes over")
-            # web_port given (its default): else mypy matches the **env keys against it too
-            with stack.worker("broker-down-eos-restarted", web_port=0, **eos):
+            with stack.worker("broker-down-eos-restarted", env=eos):
                 repeats = answers.assert_complete(
                     traffic, "the broker stopped for 15 s (exactly once, restarted)"
                 )

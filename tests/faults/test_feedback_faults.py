@@ -105,15 +105,13 @@ def test_exactly_once_a_read_committed_reader_sees_every_prediction_and_joined_r
     second_port = free_port()
     traffic = Traffic(stack, count=5_000, rate_per_s=300, seed=12, outcomes=True)
     try:
-        # web_port given (its default): else mypy matches the **env keys against it too
-        with stack.worker("eos-killed", web_port=0, **eos) as doomed:
+        with stack.worker("eos-killed", env=eos) as doomed:
             traffic.start()
             traffic.wait_sent(1_500)
             os.kill(doomed.pid, signal.SIGKILL)
             doomed.wait(10)
-        # web_port given (its default): else mypy matches the **env keys against it too
-        with stack.worker("eos-first", web_port=0, **eos):
-            with stack.worker("eos-second", web_port=second_port, **eos) as second:
+        with stack.worker("eos-first", env=eos):
+            with stack.worker("eos-second", web_port=second_port, env=eos) as second:
                 wait_ready(second_port, second)  # a member joined: partitions moved
                 traffic.wait_sent(3_500)
             traffic.join()  # and left
@@ -140,8 +138,12 @@ def test_roles_apart_a_predict_worker_answers_and_a_feedback_worker_joins_every_
     roles = {"predict": '["predict","explain"]', "feedback": '["feedback"]'}
     try:
         with (
-            stack.worker("predict-only", web_port=predict_port, RIG_WORKER_ROLES=roles["predict"]) as predict,
-            stack.worker("feedback-only", web_port=feedback_port, RIG_WORKER_ROLES=roles["feedback"]),
+            stack.worker(
+                "predict-only", web_port=predict_port, env={"RIG_WORKER_ROLES": roles["predict"]}
+            ) as predict,
+            stack.worker(
+                "feedback-only", web_port=feedback_port, env={"RIG_WORKER_ROLES": roles["feedback"]}
+            ),
         ):
             wait_ready(predict_port, predict)
             traffic.start()
@@ -197,7 +199,7 @@ def test_a_metadata_store_away_when_a_worker_starts_is_waited_for_and_the_promot
         traffic = Traffic(stack, count=3_000, rate_per_s=300, seed=13, outcomes=True)
         answers = Answers(stack.settings).start()
         first_port, second_port = free_port(), free_port()
-        with stack.worker("first-with-postgres", web_port=first_port, **env) as first:
+        with stack.worker("first-with-postgres", web_port=first_port, env=env) as first:
             wait_ready(first_port, first)
             traffic.start()
             traffic.wait_sent(1_500)
@@ -208,7 +210,7 @@ def test_a_metadata_store_away_when_a_worker_starts_is_waited_for_and_the_promot
             os.kill(first.pid, signal.SIGKILL)
             first.wait(10)
         postgres.off()
-        with stack.worker("second-postgres-away", web_port=second_port, **env) as second:
+        with stack.worker("second-postgres-away", web_port=second_port, env=env) as second:
             deadline = time.monotonic() + 60
             while "metadata store" not in str(reasons := readiness(second_port)[1].get("reasons")):
                 assert time.monotonic() < deadline, f"no wait for the metadata store: {reasons}"
@@ -257,7 +259,7 @@ def test_a_worker_whose_join_cannot_restore_its_state_exits_for_a_restart(
     home.mkdir()
     (home / "models").symlink_to((stack.settings.home / "models").resolve())
     (home / "join").write_text("not a folder")
-    with stack.worker("no-join-state", RIG_HOME=str(home)) as worker:
+    with stack.worker("no-join-state", env={"RIG_HOME": str(home)}) as worker:
         try:
             code = worker.wait(180)
         except subprocess.TimeoutExpired:
@@ -278,7 +280,7 @@ def test_join_processes_join_every_request_and_the_worker_exits_when_one_dies(
     traffic = Traffic(stack, count=2_000, rate_per_s=300, seed=14, outcomes=True)
     answers = Answers(stack.settings).start()
     try:
-        with stack.worker("join-processes", web_port=port, RIG_JOIN_PROCESSES="2") as worker:
+        with stack.worker("join-processes", web_port=port, env={"RIG_JOIN_PROCESSES": "2"}) as worker:
             wait_ready(port, worker)
             children = child_pids(worker.pid, 2)
             wait_assigned(stack.root / "join-processes.log", children, stack.settings.topic("predictions"))
@@ -374,7 +376,7 @@ def wait_assigned(log: Path, pids: list[int], topic: str, timeout_s: float = 120
 
 def test_a_worker_stopped_with_sigterm_stops_its_join_processes_first(stack: Stack) -> None:
     port = ports_in_a_row(2)
-    with stack.worker("join-processes-stopped", web_port=port, RIG_JOIN_PROCESSES="1") as worker:
+    with stack.worker("join-processes-stopped", web_port=port, env={"RIG_JOIN_PROCESSES": "1"}) as worker:
         wait_ready(port, worker)
         (child,) = child_pids(worker.pid, 1)
         wait_assigned(stack.root / "join-processes-stopped.log", [child], stack.settings.topic("predictions"))
@@ -404,8 +406,7 @@ def test_a_join_process_creates_no_topic(stack: Stack) -> None:
     admin.delete_topics([decisions])[decisions].result()
     as_child = {"RIG_WORKER_ROLES": '["join"]', "RIG_JOIN_PROCESSES": "0", PARENT_ENV: str(os.getpid())}
     try:
-        # web_port given (its default): else mypy matches the **env keys against it too
-        with stack.worker("join-process-alone", web_port=0, **as_child) as child:
+        with stack.worker("join-process-alone", env=as_child) as child:
             wait_assigned(
                 stack.root / "join-process-alone.log", [child.pid], stack.settings.topic("predictions")
             )
