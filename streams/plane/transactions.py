@@ -125,7 +125,12 @@ class TransactionalSink:
             except KafkaException as exception:
                 error: KafkaError = exception.args[0]
                 log.warning("transaction failed, trying again batch=%d error=%s", batch_id, error)
-                self._health.waiting(DEPENDENCY, error.str())
+                if await asyncio.to_thread(self._stuck, error, outgoing):
+                    # Not Kafka away: no wait may explain the stall, or a stuck producer would keep the
+                    # worker from exiting for a restart (RIG_STALL_EXIT_S) for good.
+                    self._health.forget(DEPENDENCY)
+                else:
+                    self._health.waiting(DEPENDENCY, error.str())
                 if error.fatal():
                     await asyncio.to_thread(self._renew, error)
                 await asyncio.sleep(delay)
@@ -134,6 +139,19 @@ class TransactionalSink:
             self._health.recovered(DEPENDENCY)
         self._ledger.committed(offsets)
         self._ledger.finish(batch_id)
+
+    def _stuck(self, error: KafkaError, messages: list[Outgoing]) -> bool:
+        """Whether a transactional call timed out in the client while the cluster answers: the producer
+        is stuck, not the broker away. After a broker restart librdkafka can leave a transaction's
+        request queued for a coordinator it never reaches again, and every later call times out
+        ("retry call to resume"; confluentinc/librdkafka#5456, #5511)."""
+        if error.code() != KafkaError._TIMED_OUT:
+            return False
+        try:  # one topic's metadata: any broker answers it, coordinator or not
+            self._producer.list_topics(messages[0].topic if messages else None, timeout=5)
+        except KafkaException:
+            return False
+        return True
 
     def _transact(self, messages: list[Outgoing], offsets: dict[tuple[str, int], int]) -> None:
         """One attempt: end what an earlier attempt left open, then begin, produce, send the offsets

@@ -9,12 +9,14 @@ from collections.abc import Iterator
 from typing import cast
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.plane.health import Health
 from streams.plane.ledger import OffsetLedger
+from streams.plane.sink import Outgoing
 from streams.plane.transactions import TransactionalSink
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +85,23 @@ def test_a_killed_workers_open_transaction_hides_newer_outputs_only_until_its_ti
     assert seen == [b"after"], f"within {bound_s} s a read_committed reader saw {seen}"
     # Without the sink's timeout (librdkafka's default, 60 s) it would have stayed hidden past the bound.
     assert visible_after_s >= TIMEOUT_S
+
+
+def test_a_transactional_call_timed_out_while_the_cluster_answers_is_a_stuck_producer(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    """Told apart from Kafka being away: a stuck producer (confluentinc/librdkafka#5456, #5511) is
+    not waited for, or its stalled worker would never exit for a restart."""
+
+    def sink(bootstrap: str) -> TransactionalSink:
+        return TransactionalSink(
+            {"bootstrap.servers": bootstrap}, "test", OffsetLedger(), Health(), lambda: None, TIMEOUT_S
+        )
+
+    timed_out = KafkaError(KafkaError._TIMED_OUT)
+    batch = [Outgoing(topic, None, b"a prediction")]
+    assert sink(kafka_bootstrap)._stuck(timed_out, batch), "the cluster answers: the producer is stuck"
+    assert not sink(kafka_bootstrap)._stuck(KafkaError(KafkaError._MSG_TIMED_OUT), batch), (
+        "only a transactional call's own timeout"
+    )
+    assert not sink(f"127.0.0.1:{free_port()}")._stuck(timed_out, batch), "nobody answers: Kafka is away"
