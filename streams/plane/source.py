@@ -275,12 +275,12 @@ class BatchSource:
         if not let_go:
             return messages
         back = let_go & self.assignment()
-        for tp in back:
-            start = self._starts.get(tp, OFFSET_INVALID)
-            if start == OFFSET_INVALID:
-                [stored] = consumer.committed([TopicPartition(*tp)], timeout=10)
-                start = stored.offset if stored.offset >= 0 else OFFSET_BEGINNING
-            consumer.seek(TopicPartition(tp[0], tp[1], start))
+        starts = {tp: self._starts.get(tp, OFFSET_INVALID) for tp in back}
+        unknown = {tp for tp, start in starts.items() if start == OFFSET_INVALID}
+        if unknown:  # the group's committed offsets then, waited for while Kafka does not answer
+            starts |= self._when_available(lambda wanted: self._committed(consumer, wanted), unknown)
+        for (topic, partition), start in starts.items():
+            consumer.seek(TopicPartition(topic, partition, start))
         kept = [m for m in messages if (m.topic(), m.partition()) not in let_go]
         log.info(
             "a rebalance came while a batch was taken: %d messages of partitions let go meanwhile are "
@@ -380,7 +380,8 @@ class BatchSource:
         starts = (
             self._when_available(self._start_offsets, tps) if self._start_offsets is not None and tps else {}
         )
-        if not self.settings.commits and tps - starts.keys():
+        unplaced = tps - starts.keys()
+        if not self.settings.commits and unplaced:
             # Transactional: each partition starts where the group's committed offsets say, read
             # here and assigned explicitly, not looked up by librdkafka on its own. That lookup, over
             # partitions whose offsets a killed member's open transaction held while the group
@@ -388,9 +389,7 @@ class BatchSource:
             # aborted, although committed transactions held its offsets: the new owner answered 327
             # requests again whose answers were committed (tests/faults/test_feedback_faults.py, 2
             # runs of 9).
-            stored = self._when_available(
-                lambda wanted: self._committed(consumer, wanted), tps - starts.keys()
-            )
+            stored = self._when_available(lambda wanted: self._committed(consumer, wanted), unplaced)
             starts = {**stored, **starts}
         for tp in tps:
             self._starts[tp] = starts.get(tp, OFFSET_INVALID)
