@@ -278,7 +278,7 @@ class BatchSource:
         starts = {tp: self._starts.get(tp, OFFSET_INVALID) for tp in back}
         unknown = {tp for tp, start in starts.items() if start == OFFSET_INVALID}
         if unknown:  # the group's committed offsets then, waited for while Kafka does not answer
-            starts |= self._when_available(lambda wanted: self._committed(consumer, wanted), unknown)
+            starts |= self._committed(consumer, unknown)
         for (topic, partition), start in starts.items():
             consumer.seek(TopicPartition(topic, partition, start))
         kept = [m for m in messages if (m.topic(), m.partition()) not in let_go]
@@ -389,8 +389,7 @@ class BatchSource:
             # aborted, although committed transactions held its offsets: the new owner answered 327
             # requests again whose answers were committed (tests/faults/test_feedback_faults.py, 2
             # runs of 9).
-            stored = self._when_available(lambda wanted: self._committed(consumer, wanted), unplaced)
-            starts = {**stored, **starts}
+            starts = {**self._committed(consumer, unplaced), **starts}
         for tp in tps:
             self._starts[tp] = starts.get(tp, OFFSET_INVALID)
         if starts:
@@ -414,11 +413,15 @@ class BatchSource:
 
     def _committed(self, consumer: Consumer, tps: set[TP]) -> dict[TP, int]:
         """Where the group's committed offsets start these partitions (a partition with none: its
-        beginning, as `auto.offset.reset` says). The broker holds its answer while a transaction
-        holds offsets of one of them (KIP-447, `isolation.level` read_committed).
+        beginning, as `auto.offset.reset` says), asked again while Kafka does not answer them."""
+        return self._when_available(lambda wanted: self._read_committed(consumer, wanted), tps)
+
+    def _read_committed(self, consumer: Consumer, tps: set[TP]) -> dict[TP, int]:
+        """`_committed`, asked once. The broker holds its answer while a transaction holds offsets of
+        one of the partitions (KIP-447, `isolation.level` read_committed).
 
         Raises:
-            KafkaUnavailable: the offsets were not read (`_when_available` asks again).
+            KafkaUnavailable: the offsets were not read.
         """
         try:
             found = consumer.committed(
@@ -432,11 +435,11 @@ class BatchSource:
         return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else OFFSET_BEGINNING for tp in found}
 
     def _when_available(self, prepare: Callable[[set[TP]], T], tps: set[TP]) -> T:
-        """`prepare(tps)` (`on_assigned`, `start_offsets`), called again while a dependency it needs is
-        away (it raises `Unavailable`), the plane's health naming it: reading the partitions without
-        it would drop what it restores. `prepare` must leave things as they were when it raises. The
-        group goes on meanwhile (librdkafka heartbeats in a thread of its own); a wait longer than
-        `max.poll.interval.ms` makes the member leave, and the next poll joins again.
+        """`prepare(tps)` (`on_assigned`, `start_offsets`, `_read_committed`), called again while a
+        dependency it needs is away (it raises `Unavailable`), the plane's health naming it: reading the
+        partitions without it would drop what it restores. `prepare` must leave things as they were when
+        it raises. The group goes on meanwhile (librdkafka heartbeats in a thread of its own); a wait
+        longer than `max.poll.interval.ms` makes the member leave, and the next poll joins again.
 
         Raises:
             SourceStopped: the source stopped while waiting (nothing of these partitions is read).
