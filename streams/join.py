@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -77,7 +78,7 @@ CHANGELOG_END_TIMEOUT_S = 30.0
 _encode_entry = msgspec.msgpack.Encoder().encode
 
 
-@dataclass
+@dataclass(eq=False)  # by identity: a batch's changes name the state they were computed from
 class Partition:
     """The join state of one partition: its store and the clock its sweep follows."""
 
@@ -112,6 +113,9 @@ class Join:
         self.memory = StoreMemory(settings.join_memory_mib * 2**20)  # one budget, however many are held
         self._sweeping: set[int] = set()  # partitions that may have entries due in this sweep round
         self.let_go: dict[int, Partition] = {}
+        self._writing = threading.Lock()
+        """Held while a store is written or destroyed (`write` may write to a store let go, which an
+        assignment in the source's thread may destroy)."""
         self._stores: Path | None = None
         registry = settings.schema_registry_url
         self.prediction_codec = Codec(Prediction, registry_url=registry)
@@ -144,7 +148,8 @@ class Join:
                 log.info("join partition %d kept (nobody wrote its changelog meanwhile)", partition)
                 continue
             if kept is not None:
-                kept.store.destroy()
+                with self._writing:
+                    kept.store.destroy()
             shutil.rmtree(self.folder(partition), ignore_errors=True)
             to_restore.append(PartitionJob(partition, end, str(self.folder(partition))))
         if not to_restore:
@@ -169,7 +174,9 @@ class Join:
         (`finished` False): the store is written as a batch is published, so it may hold changes whose
         changelog records and joined rows never reach Kafka; reused, a redo of those batches would find
         their requests joined and not emit their rows. Such a store is only closed when the partition
-        comes back (a given-up batch may still be reading it), and restored then."""
+        comes back (a given-up batch may still be reading it), and restored then. Nor when the
+        partitions were lost (`finished` False too): another worker may have written their changelog
+        before this one learnt of it, and the end read now would match its store."""
         for partition in {p for _, p in tps} & set(self.held):
             state = self.held.pop(partition)
             state.changelog_end = None  # never the end a return finds: restored then
@@ -179,9 +186,7 @@ class Join:
                 except KafkaUnavailable:
                     pass
             else:
-                log.info(
-                    "join partition %d let go with batches unfinished: restored if it comes back", partition
-                )
+                log.info("join partition %d let go unfinished or lost: restored if it comes back", partition)
             self.let_go[partition] = state
 
     def _changelog_end(self, partition: int) -> int:
@@ -210,11 +215,11 @@ class Join:
     # -- batches (in a thread of the plane's serving task) --------------------------------------------
     def join_batch(
         self, batch: SourceBatch
-    ) -> tuple[list[Outgoing], list[Outgoing], dict[int, list[Change]]]:
+    ) -> tuple[list[Outgoing], list[Outgoing], dict[Partition, list[Change]]]:
         """The outputs of a batch (joined rows, dead letters, re-routed records), its changelog records
         (published once those are delivered: a changelog record of a joined entry must never be on Kafka
-        without the rows it says were emitted) and, per partition, the store changes to write once both
-        are published."""
+        without the rows it says were emitted) and, per partition state, the store changes to write once
+        both are published (`write`)."""
         # What may wait for the schema registry comes first, before anything is counted or changed:
         # the batch is tried again then (`Plane.until_available`).
         self.joined_codec.register()
@@ -225,22 +230,26 @@ class Join:
             by_partition.setdefault(message.partition(), []).append((message, self._decode(message)))  # type: ignore[arg-type]
         outputs: list[Outgoing] = []
         changelog: list[Outgoing] = []
-        changes: dict[int, list[Change]] = {}
+        changes: dict[Partition, list[Change]] = {}
         for partition, decoded in by_partition.items():
             state = self.held.get(partition)
             if state is None:
                 continue  # let go meanwhile: its new owner reads it from the last commit
             events = list(self._events(partition, decoded, outputs))
-            changes[partition] = self._apply(state, events, outputs)
-            changelog += self._changelog_records(partition, changes[partition])
+            changes[state] = self._apply(state, events, outputs)
+            changelog += self._changelog_records(partition, changes[state])
         return outputs, changelog, changes
 
-    def write(self, changes: dict[int, list[Change]]) -> None:
-        """Write published changes to the stores of the partitions still held."""
-        for partition, partition_changes in changes.items():
-            state = self.held.get(partition)
-            if state is not None:
-                state.store.write(partition_changes)
+    def write(self, changes: dict[Partition, list[Change]]) -> None:
+        """Write published changes to the stores they were computed from, held or let go meanwhile: a
+        revoke waits for the batches of its partitions to be delivered (or committed), not written, and
+        a store kept for a partition's return must hold every change its changelog's end includes;
+        skipped, a batch's "joined" markers would be missing and its outcomes' redeliveries join again.
+        A store let go unfinished is never reused, and one destroyed meanwhile is left alone."""
+        with self._writing:
+            for state, partition_changes in changes.items():
+                if not state.store.closed:
+                    state.store.write(partition_changes)
 
     def _events(
         self,
@@ -327,7 +336,7 @@ class Join:
         ]
 
     # -- the sweep (between batches) -------------------------------------------------------------------
-    def sweep_slices(self) -> tuple[list[Outgoing], dict[int, list[Change]], bool]:
+    def sweep_slices(self) -> tuple[list[Outgoing], dict[Partition, list[Change]], bool]:
         """One turn of a sweep round: expire (or remove) what retention passed on one held partition,
         a slice of it. Returns the changelog records of the changes, the changes (to write once
         published), and whether the round goes on (a partition may still have entries due)."""
@@ -348,7 +357,7 @@ class Join:
                 step = sweep(entry, now_ms, self.retention_ms)
                 self.counts.update(step.counts)
                 changes.append((request_id, entry, step.entry))
-            return self._changelog_records(partition, changes), {partition: changes}, bool(self._sweeping)
+            return self._changelog_records(partition, changes), {state: changes}, bool(self._sweeping)
         return [], {}, False
 
     def log_counts(self) -> None:

@@ -103,6 +103,7 @@ class JoinStore:
         # A property: rocksdict's stub declares it a method.
         self._write_options.disable_wal = True  # type: ignore[method-assign,assignment]
         self._floor = _DUE  # no due key below this one exists
+        self.closed = False
 
     def get_many(self, request_ids: Sequence[str]) -> list[Entry | None]:
         """The entries of these request ids (None where there is none), in one multi-get."""
@@ -172,10 +173,11 @@ class JoinStore:
     def close(self) -> None:
         """Close the database (its files stay)."""
         self._db.close()
+        self.closed = True
 
     def destroy(self) -> None:
         """Close the database and delete its files."""
-        self._db.close()
+        self.close()
         shutil.rmtree(self.path, ignore_errors=True)
 
     def _due_key(self, entry: Entry, rid: bytes) -> bytes:

@@ -21,7 +21,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from rig.config import RigSettings
 from rig.errors import JoinRestoreError
 from rig.feedback.join import Entry
-from streams.join import Join
+from rig.feedback.join_store import Change
+from streams.join import Join, Partition
 from streams.join_restore import PartitionJob, RestoreJob, restore_in_child
 
 pytestmark = pytest.mark.integration
@@ -169,3 +170,20 @@ def test_a_partition_taken_over_on_the_same_home_leaves_the_store_its_holder_kep
     assert kept_path.stat().st_ino == kept_inode, "the kept store's folder was neither removed nor made anew"
     restore(join)  # back: nobody wrote its changelog meanwhile, so the kept store is held again
     assert join.held[0].store.path == kept_path and join.held[0].store.get_many(["r-1"]) == [entry(1)]
+
+
+def test_a_batch_written_after_its_partition_was_let_go_is_in_the_store_kept_for_its_return(
+    join: Join,
+) -> None:
+    """A revoke waits for a batch's delivery (or commit), then reads the changelog's end; the batch's
+    store write may come after. Skipped then, the kept store would lack what its changelog's end says
+    it holds, and the partition would come back without it."""
+    restore(join)
+    # A batch published, its store write not done yet:
+    changes: dict[Partition, list[Change]] = {join.held[0]: [("r-1", None, entry(1))]}
+    join.revoked({(join.topics["prediction"], 0)}, finished=True)
+
+    join.write(changes)
+    restore(join)  # back, nobody wrote its changelog meanwhile: the store is kept
+
+    assert join.held[0].store.get_many(["r-1"]) == [entry(1)]

@@ -12,7 +12,7 @@ import streams.join
 from rig.config import RigSettings
 from rig.errors import KafkaUnavailable, SchemaRegistryUnavailable
 from rig.feedback.join import StreamClock
-from rig.feedback.join_store import JoinStore
+from rig.feedback.join_store import Change, JoinStore
 from rig.wire.codec import Codec
 from rig.wire.records import DeadLetter, JoinedOutcome, ModelScore, Outcome, Prediction
 from streams.join import SOURCES, SWEEP_SLICE, Join, Partition
@@ -107,16 +107,20 @@ def test_a_sweep_turn_is_one_slice_of_one_partition_until_every_partition_is_swe
         entry = {"state": "predicted", "at_ms": 1_000, "prediction": None, "outcome": None}
         store.write([(f"r{partition}-{i}", None, entry) for i in range(count)])
 
+    def by_partition(changes: dict[Partition, list[Change]]) -> dict[int, list[Change]]:
+        return {partition: changes[state] for partition, state in join.held.items() if state in changes}
+
     turns, more = [], True
     while more:
         _, changes, more = join.sweep_slices()
         join.write(changes)
-        turns.append({partition: len(swept) for partition, swept in changes.items()})
+        turns.append({partition: len(swept) for partition, swept in by_partition(changes).items()})
 
     assert turns == [{0: SWEEP_SLICE}, {0: 1}, {1: 2}]
     assert join.counts["expired_unjoined"] == sum(pending.values())
     # a new round finds nothing due (the expired entries wait another retention), one turn a partition
-    assert [join.sweep_slices()[1:] for _ in pending] == [({0: []}, True), ({1: []}, False)]
+    rounds = [join.sweep_slices()[1:] for _ in pending]
+    assert [(by_partition(changes), more) for changes, more in rounds] == [({0: []}, True), ({1: []}, False)]
     for state in join.held.values():
         state.store.close()
 
@@ -128,6 +132,40 @@ def test_a_partition_let_go_with_batches_unfinished_is_restored_when_it_comes_ba
 
     assert 0 not in join.held
     assert join.let_go[0].changelog_end is None, "matches no changelog end: restored if it comes back"
+
+
+def test_a_batch_published_after_its_partition_was_let_go_is_written_to_the_store_it_was_joined_in(
+    join: Join, settings: RigSettings
+) -> None:
+    """A revoke waits for a batch's delivery, not for its store write: the write must reach the store
+    the batch was joined in, kept for the partition's return, and never a store restored since."""
+    predictions = join.settings.topic("predictions")
+    batch = SourceBatch(1, [message(predictions, 0, Codec(Prediction).encode(prediction("r-1")))])
+    _, _, changes = join.join_batch(batch)
+    joined_in = join.held[0]
+    join.revoked({(predictions, 0)}, finished=False)
+    back = JoinStore(settings.home / "join-0-back", join.retention_ms)
+    join.held[0] = Partition(back, StreamClock(0, join.retention_ms, SOURCES))  # restored meanwhile
+    try:
+        join.write(changes)
+
+        assert [e and e["state"] for e in joined_in.store.get_many(["r-1"])] == ["predicted"]
+        assert back.get_many(["r-1"]) == [None]
+    finally:
+        back.close()
+
+
+def test_a_store_destroyed_before_its_batch_is_written_is_left_alone(settings: RigSettings) -> None:
+    join = Join(settings.model_copy(update={"topic_partitions": 1}))
+    store = JoinStore(settings.home / "join-0", join.retention_ms)
+    state = Partition(store, StreamClock(0, join.retention_ms, SOURCES))
+    store.destroy()  # its partition came back and was restored anew
+
+    join.write(
+        {state: [("r-1", None, {"state": "predicted", "at_ms": 1, "prediction": None, "outcome": None})]}
+    )
+
+    assert store.closed and not store.path.exists()
 
 
 def test_a_broker_away_when_a_partition_comes_back_leaves_it_as_it_was_for_the_next_call(
