@@ -147,16 +147,29 @@ class OffsetLedger:
             return self._lock.wait_for(done, timeout=timeout_s)
 
     def drop(self, tps: Iterable[TopicPartition]) -> None:
-        """Forget partitions (revoked after their commit, or lost); batches left only on dropped
-        partitions are closed, and their outputs no longer matter to this ledger."""
+        """Forget partitions (revoked after their commit, or lost) and the open batches' offsets on them
+        (a partition given back later is a new one: a batch begun before never commits on it); batches
+        left on no partition are closed, and their outputs no longer matter to this ledger. Batches of
+        outputs only (begun on no partition) stay open."""
         with self._lock:
-            for tp in tps:
+            dropped = set(tps)
+            for tp in dropped:
                 self._partitions.pop(tp, None)
-            for batch_id, held in list(self._batches.items()):
-                if not any(tp in self._partitions for tp in held):
+            for batch_id, lasts in list(self._batches.items()):
+                if not lasts or not dropped & lasts.keys():
+                    continue
+                for tp in dropped & lasts.keys():
+                    del lasts[tp]
+                if not lasts:
                     del self._batches[batch_id]
                     self._in_hand.discard(batch_id)
             self._lock.notify_all()
+
+    def consumed(self, batch_id: int) -> bool:
+        """Whether the batch holds (or held, before its partitions were dropped) offsets: False only for
+        an open batch of outputs only, such as the join's sweep."""
+        with self._lock:
+            return bool(self._batches.get(batch_id, True))
 
     def stalled_for(self, now: float | None = None) -> dict[TopicPartition, float]:
         """Seconds since each partition with open batches last moved its committable offset."""

@@ -110,7 +110,7 @@ class TransactionalSink:
         without the other) with its offsets in one transaction, retrying until it commits; a batch whose
         partitions moved meanwhile is given up (its new owner answers it)."""
         outgoing = [*messages, *after]
-        consumed = bool(self._ledger.offsets_after(batch_id))
+        consumed = self._ledger.consumed(batch_id)  # its partitions may be gone already
         delay = FIRST_RETRY_S
         while True:
             # Again at every attempt: partitions revoked meanwhile leave the transaction's offsets.

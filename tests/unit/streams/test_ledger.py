@@ -63,6 +63,33 @@ def test_dropped_partitions_close_the_batches_that_were_only_on_them() -> None:
     assert ledger.to_commit() == {B: 4}, "nothing is committed for a dropped partition"
 
 
+def test_a_partition_dropped_and_given_back_is_not_one_an_older_batch_commits_on() -> None:
+    """Exactly once, a batch's transaction commits its `offsets_after`: had it kept A, given back and
+    read on meanwhile, it would set A's committed offset back to its own."""
+    ledger = OffsetLedger()
+    both = ledger.begin({A: 19, B: 3})
+    ledger.drop([A])
+    ledger.begin({A: 40})  # A given back, read on from the new owner's commit
+
+    assert ledger.offsets_after(both) == {B: 4}
+    ledger.finish(both)
+    assert ledger.to_commit() == {B: 4}, "A waits for its own batch"
+
+
+def test_a_batch_of_outputs_only_stays_open_across_a_drop_and_says_it_consumed_nothing() -> None:
+    """The exactly-once sink gives up a batch that consumed offsets and holds none any more; a batch of
+    outputs only (the join's sweep) holds none from the start and is committed."""
+    ledger = OffsetLedger()
+    outputs_only = ledger.begin({})
+    on_a = ledger.begin({A: 9})
+    ledger.drop([A])
+
+    assert (ledger.consumed(outputs_only), ledger.consumed(on_a)) == (False, True)
+    assert ledger.open_batches() == 1
+    ledger.finish(outputs_only)
+    assert ledger.open_batches() == 0
+
+
 def test_wait_finished_returns_once_the_partitions_batches_finish_in_another_thread() -> None:
     ledger = OffsetLedger()
     batch = ledger.begin({A: 9})
