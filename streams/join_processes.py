@@ -67,13 +67,19 @@ class JoinProcesses:
             log.info("join process %d started pid=%d", index, child.pid)
 
     def environment(self, index: int) -> dict[str, str]:
-        """The environment of child `index`: the worker's, with the settings that make it a join process."""
+        """The environment of child `index`: the worker's, with the settings that make it a join process.
+        With static membership each child has an instance id of its own: sharing the worker's, the
+        children would fence each other out of the join's group (FENCED_INSTANCE_ID, fatal)."""
+        own: dict[str, str] = {}
+        if self.settings.kafka_group_instance_id:
+            own["RIG_KAFKA_GROUP_INSTANCE_ID"] = f"{self.settings.kafka_group_instance_id}-join-{index}"
         return {
             **os.environ,
             "RIG_WORKER_ROLES": '["join"]',
             "RIG_JOIN_PROCESSES": "0",
             "RIG_WEB_PORT": str(self.port(index)),
             PARENT_ENV: str(os.getpid()),
+            **own,
         }
 
     def port(self, index: int) -> int:

@@ -40,6 +40,23 @@ def test_a_child_joins_only_with_its_own_port_and_knows_its_worker(settings: Rig
     assert quiet.environment(0)["RIG_WEB_PORT"] == "0", "no web server when the worker has none"
 
 
+def test_with_static_membership_each_child_has_an_instance_id_of_its_own(settings: RigSettings) -> None:
+    """Sharing one group.instance.id in the join's group, the children would fence each other out."""
+    static = JoinProcesses(
+        settings.model_copy(update={"join_processes": 2, "kafka_group_instance_id": "pod-3"})
+    )
+
+    ids = [static.environment(index)["RIG_KAFKA_GROUP_INSTANCE_ID"] for index in (0, 1)]
+
+    assert ids == ["pod-3-join-0", "pod-3-join-1"]
+    dynamic = JoinProcesses(
+        settings.model_copy(update={"join_processes": 1, "kafka_group_instance_id": None})
+    )
+    assert dynamic.environment(0).get("RIG_KAFKA_GROUP_INSTANCE_ID") == os.environ.get(
+        "RIG_KAFKA_GROUP_INSTANCE_ID"
+    ), "without static membership nothing is added"
+
+
 def test_the_worker_reads_its_childrens_metrics_where_they_listen(settings: RigSettings) -> None:
     def urls(**update: object) -> list[str]:
         return JoinProcesses(settings.model_copy(update={"join_processes": 2, **update})).urls("/metrics")
