@@ -114,8 +114,9 @@ class BatchSource:
     ) -> None:
         """`on_assigned(partitions)` runs before fetching from newly assigned partitions starts (e.g.
         to restore their state); `on_revoked(partitions, finished)` after revoked or lost ones are let
-        go, `finished` False when batches that held them were given up or lost unfinished (their
-        outputs may still be on their way, or never come).
+        go, `finished` False when batches that held them were given up unfinished (their outputs may
+        still be on their way, or never come) and for lost ones (another member may hold them already,
+        and have written what state they have meanwhile).
         `start_offsets(partitions)` (after `on_assigned`) says where to start reading newly assigned
         partitions instead of their committed offsets (e.g. right after a saved state); partitions it
         leaves out start at their committed offset. Both may raise `Unavailable`: they are called
@@ -191,6 +192,11 @@ class BatchSource:
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": self.settings.assignment_strategy,
             "session.timeout.ms": int(self.settings.session_timeout_s * 1000),
+            # Errors of the client rather than of a partition (brokers down, connections refused)
+            # come only here, served by poll/consume in this thread: without the callback librdkafka
+            # just logs them, and a broker away for longer than `stall_s` looked like a stall with
+            # nothing to wait for, which ends the worker (`RIG_STALL_EXIT_S`).
+            "error_cb": self._consumer_error,
         }
         if self.settings.group_instance_id:
             config["group.instance.id"] = self.settings.group_instance_id
@@ -280,7 +286,12 @@ class BatchSource:
         if unknown:  # the group's committed offsets then, waited for while Kafka does not answer
             starts |= self._committed(consumer, unknown)
         for (topic, partition), start in starts.items():
-            consumer.seek(TopicPartition(topic, partition, start))
+            try:
+                consumer.seek(TopicPartition(topic, partition, start))
+            except KafkaException as error:
+                if error.args[0].code() != KafkaError._STATE:
+                    raise
+                # Its fetch has not started yet: it starts where its assignment says, as sought.
         kept = [m for m in messages if (m.topic(), m.partition()) not in let_go]
         log.info(
             "a rebalance came while a batch was taken: %d messages of partitions let go meanwhile are "
@@ -475,7 +486,7 @@ class BatchSource:
 
     def _on_lost(self, _consumer: Consumer, partitions: Sequence[TopicPartition]) -> None:
         tps = {(p.topic, p.partition) for p in partitions}
-        self._forget(tps, self._ledger.wait_finished(tps, 0))
+        self._forget(tps, finished=False)
         log.warning("partitions lost (not committed) %s", sorted(f"{t}-{p}" for t, p in tps))
 
     def _forget(self, tps: set[TP], finished: bool) -> None:

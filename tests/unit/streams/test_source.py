@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from rig.config import KafkaConfig
 from rig.errors import MetadataUnavailable
 from streams.plane import health as plane_health
 from streams.plane.health import Health
 from streams.plane.ledger import OffsetLedger
 from streams.plane.ledger import TopicPartition as TP
-from streams.plane.source import BatchSource, SourceSettings, SourceStopped
+from streams.plane.source import DEPENDENCY, BatchSource, SourceSettings, SourceStopped
+from tests.support.ports import free_port
 
 JOINED: TP = ("rig.joined", 0)
 
@@ -50,3 +54,22 @@ def test_a_source_stopped_while_waiting_reads_nothing_and_leaves_no_wait_behind(
     with pytest.raises(SourceStopped, match="the metadata store"):
         waiting._when_available(start_offsets, {JOINED})
     assert not health.waits_for(MetadataUnavailable.dependency)
+
+
+def test_a_broker_that_refuses_connections_is_a_wait_readiness_names() -> None:
+    """librdkafka reports brokers down only to an error callback: without one, a broker away for longer
+    than `stall_s` looked like a stall with nothing to wait for, and the worker exited."""
+    health = Health(needs_partitions=False)
+    settings = SourceSettings(group_id="g", topics=(JOINED[0],))
+    away: KafkaConfig = {"bootstrap.servers": f"127.0.0.1:{free_port()}"}
+    source = BatchSource(away, settings, OffsetLedger(), health, lambda batch: None).start()
+    try:
+        deadline = time.monotonic() + 10
+        while not health.waits_for(DEPENDENCY) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        readiness = health.readiness()
+    finally:
+        source.stop(timeout_s=10)
+
+    assert not readiness.ready and any(DEPENDENCY in reason for reason in readiness.reasons)
+    assert source.crashed is None, "a refused connection is waited for, never the end of the source"
