@@ -18,9 +18,10 @@ def test_a_producer_without_an_id_says_so_once_and_gives_up_waiting(
     monkeypatch.setattr(clients, "ID_NOTICE_S", 0.2)
 
     with caplog.at_level(logging.WARNING, logger=clients.__name__):
-        producer = clients._producer_with_id(away, timeout_s=1.0)
+        # Returns without an id. Not checked by len(producer) == 0: that counts the callbacks librdkafka
+        # holds for the next poll too (rd_kafka_outq_len), such as the statistics it makes every 50 ms.
+        clients._producer_with_id(away, timeout_s=1.0)
 
     notices = [r.getMessage() for r in caplog.records if "no answer from the broker" in r.getMessage()]
     assert len(notices) == 1
     assert away.kafka_bootstrap in notices[0]
-    assert len(producer) == 0  # returned, nothing queued
