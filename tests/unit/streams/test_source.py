@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from rig.config import KafkaConfig
 from rig.errors import MetadataUnavailable
@@ -73,3 +74,22 @@ def test_a_broker_that_refuses_connections_is_a_wait_readiness_names() -> None:
 
     assert not readiness.ready and any(DEPENDENCY in reason for reason in readiness.reasons)
     assert source.crashed is None, "a refused connection is waited for, never the end of the source"
+
+
+def test_lost_partitions_are_let_go_as_unfinished_even_without_open_batches() -> None:
+    """Another member may already hold a lost partition and have written its state (the join's
+    changelog): a store kept for its return would match the end read now, and miss what it wrote."""
+    let_go: list[tuple[set[TP], bool]] = []
+    settings = SourceSettings(group_id="g", topics=(JOINED[0],))
+    source = BatchSource(
+        {},
+        settings,
+        OffsetLedger(),
+        Health(needs_partitions=False),
+        lambda batch: None,
+        on_revoked=lambda tps, finished: let_go.append((tps, finished)),
+    )
+
+    source._on_lost(Consumer({"group.id": "g"}), [TopicPartition(*JOINED)])
+
+    assert let_go == [({JOINED}, False)]
