@@ -367,8 +367,10 @@ class BatchSource:
             if waiting and idle_s >= self.settings.stall_s:
                 stalled[f"{tp[0]}-{tp[1]}"] = idle_s
         self._health.stalled(stalled)
-        if self._health.waits_for(DEPENDENCY) and not stalled:
-            try:  # the broker answers again even if no message came since
+        if self._health.waits_for(DEPENDENCY):
+            # The broker answers again even if no message came since, or none can be taken: a stall
+            # that outlives the broker's return is then one no wait explains (`RIG_STALL_EXIT_S`).
+            try:
                 consumer.list_topics(self.settings.topics[0], timeout=1)
                 self._health.recovered(DEPENDENCY)
             except KafkaException:

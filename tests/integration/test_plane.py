@@ -20,7 +20,7 @@ from streams.plane.health import Health
 from streams.plane.ledger import OffsetLedger
 from streams.plane.ledger import TopicPartition as TP
 from streams.plane.sink import DeliveringSink, Outgoing
-from streams.plane.source import BatchSource, SourceBatch, SourceSettings
+from streams.plane.source import DEPENDENCY, BatchSource, SourceBatch, SourceSettings
 
 pytestmark = pytest.mark.integration
 
@@ -523,3 +523,31 @@ def test_a_start_offset_hook_makes_the_source_read_its_partitions_from_the_offse
     assert again.batches.empty(), "partition 1 was read from its committed offset: nothing left"
     assert read == [(0, offset) for offset in range(5, ends[0])]
     assert committed(kafka_bootstrap, group, topic, partitions=2) == ends
+
+
+def test_a_stall_that_outlives_the_broker_s_return_is_no_longer_explained_by_it(kafka_bootstrap: str) -> None:
+    """A wait for Kafka set while the broker was away (its error callback) is cleared once the broker
+    answers, stalled or not: kept, it would explain a stall that only a restart mends for good."""
+    topic = create_topic(kafka_bootstrap, partitions=1)
+    produce(kafka_bootstrap, topic, 3)  # messages wait behind the partition's position
+    health = Health(needs_partitions=False)
+    ledger = OffsetLedger()
+    settings = SourceSettings(group_id=f"g-{uuid.uuid4().hex[:8]}", topics=(topic,), stall_s=1.0)
+    source = BatchSource({"bootstrap.servers": kafka_bootstrap}, settings, ledger, health, lambda batch: None)
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": settings.group_id})
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        consumer.consume(1, timeout=10)  # fetching: the watermark is known, the position moved to 1
+        source._assignment = {(topic, 0)}
+        ledger.begin({(topic, 0): 0})  # a batch that never finishes
+        now = time.monotonic()
+        source._look_for_stalls(consumer, now)  # first seen
+        health.waiting(DEPENDENCY, "1/1 brokers are down")  # the error callback, the broker away
+        for later_s in (2.0, 3.0):  # stalled, the broker answering again (the wait cleared); stalled
+            source._look_for_stalls(consumer, now + later_s)
+    finally:
+        consumer.close()
+
+    assert not health.waits_for(DEPENDENCY), "the broker answered"
+    assert health.unexplained_stall_s() > 0, "the stall counts towards RIG_STALL_EXIT_S"
+    assert [reason for reason in health.readiness().reasons if "stalled" in reason]
