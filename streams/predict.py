@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rig.errors import GoldenUnavailable
-from rig.features.enrich import enrich
+from rig.errors import CodecError, GoldenUnavailable, SchemaRegistryUnavailable
+from rig.features.enrich import enrich, invalid_request_values
 from rig.serving.cached_scores import fill_cache, look_up, merge
 from rig.serving.dispatch import TrafficLimiter, plan_batch
 from rig.serving.predictions import build_predictions
@@ -68,6 +68,12 @@ async def answer(runtime: Runtime, sources: Sequence[Source]) -> Answer:
     clock.lap("decode")
 
     fields = serving.selection.request_fields  # request-time inputs of on-demand feature views
+    unfit = invalid_request_values(batch.requests, fields, serving.selection.request_types)
+    if unfit:  # before the read: one such value fails Feast's read of the whole batch
+        bad = {i for i, _, _ in unfit}
+        batch.keep([i for i in range(len(batch.requests)) if i not in bad], unfit)
+        if not batch:
+            return Answer([], batch.dead_letters, [], {}, stages_ms=clock.timings)
     request_data = {name: [r.features.get(name) for r in batch.requests] for name in fields}
     ids = batch.entity_ids()  # enrich: a small batch on this thread, if Redis answers at once
     small = len(ids) <= runtime.settings.feature_inline_rows
@@ -188,7 +194,17 @@ def outputs(runtime: Runtime, result: Answer) -> Iterator[Outgoing]:
     codec = runtime.serving.request_codec if runtime.serving is not None else None
     if codec is not None:
         for request in result.explain:
-            yield Outgoing(explain, request.entity_id.encode(), codec.encode(request))
+            try:
+                value = codec.encode(request)
+            except SchemaRegistryUnavailable:
+                raise  # waited for, the batch tried again
+            except CodecError as error:
+                # Explanations are best effort; the batch's answers are not. A request that arrived as
+                # JSON can outgrow max_message_bytes in Avro, and the routing (its request codec) may
+                # have changed since the batch was decoded: raised, either ended the worker at every try.
+                log.warning("explain request not sent request_id=%s: %s", request.request_id, error)
+                continue
+            yield Outgoing(explain, request.entity_id.encode(), value)
 
 
 async def serve(runtime: Runtime, plane: Plane, batch: SourceBatch) -> None:

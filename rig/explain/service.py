@@ -11,7 +11,7 @@ import numpy as np
 
 from rig.errors import ExplainerError
 from rig.explain.explainer import Explainer, explanation_key
-from rig.features.enrich import enrich
+from rig.features.enrich import enrich, invalid_request_values
 from rig.features.online_reader import OnlineReader
 from rig.models.dense import MODEL_NTHREAD
 from rig.models.registry import ModelRegistry
@@ -79,6 +79,9 @@ class ExplanationService:
             raise ExplainerError(f"model {version} is not served (only routed models are explained)")
         transform = layout.blocks[layout.models[version].block].transform
         fields = reader.selection.request_fields
+        unfit = invalid_request_values([request], fields, reader.selection.request_types)
+        if unfit:  # before the read, which would fail on it
+            raise ExplainerError(unfit[0][1])
         online = reader.read([request.entity_id], {name: [request.features.get(name)] for name in fields})
         enriched = enrich([request], online.columns, online.found, request_fields=fields)
         if enriched.rejected:

@@ -13,6 +13,9 @@ from rig.wire.records import Request
 
 MissingEntityPolicy = Literal["defaults", "dlq"]
 
+INTEGER_BOUNDS = {"Int32": 2**31, "Int64": 2**63}
+"""Feast integer types of request-time fields: a value v must be whole, with -bound <= v < bound."""
+
 
 @dataclass(frozen=True)
 class Enriched:
@@ -77,3 +80,25 @@ def enrich(
     if kept.size != len(requests):
         columns = {name: values[kept] for name, values in columns.items()}
     return Enriched(columns=columns, found=np.asarray(found, dtype=bool)[kept], kept=kept, rejected=rejected)
+
+
+def invalid_request_values(
+    requests: Sequence[Request], fields: Sequence[str], kinds: Sequence[str]
+) -> list[tuple[int, str, str]]:
+    """(index, reason, error_type) of each request whose value for an integer request-time field
+    (`fields`, of Feast types `kinds`) the field cannot hold: not whole, or out of its range. Bad input,
+    found before the online read: Feast fails the read of a whole batch on one such value."""
+    bounds = {
+        name: INTEGER_BOUNDS[kind] for name, kind in zip(fields, kinds, strict=True) if kind in INTEGER_BOUNDS
+    }
+    rejected: list[tuple[int, str, str]] = []
+    if not bounds:
+        return rejected
+    for i, request in enumerate(requests):
+        for name, bound in bounds.items():
+            value = request.features.get(name) if request.features else None
+            if value is not None and not (float(value).is_integer() and -bound <= value < bound):
+                reason = f"request feature {name!r} must be a whole number in [{-bound}, {bound - 1}]"
+                rejected.append((i, f"{reason}, got {value!r}", ErrorType.INVALID_VALUE))
+                break
+    return rejected

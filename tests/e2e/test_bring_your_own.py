@@ -22,7 +22,7 @@ import xgboost
 from rig.config import RigSettings
 from rig.processes import stop_processes
 from rig.routing.control import read_routing
-from rig.wire.records import JoinedOutcome, Prediction
+from rig.wire.records import DeadLetter, JoinedOutcome, Prediction
 from sim.deploy import settings_env, start_worker
 from tests.conftest import REPO
 from tests.e2e.conftest import consume, eventually, get_json
@@ -192,6 +192,21 @@ def test_a_feast_init_repo_and_models_trained_elsewhere_are_registered_and_serve
                            where=lambda p: p.request_id in ids, processes=[worker])  # fmt: skip
         assert len(answered) == len(ids)
         by_driver = {int(p.entity_id): p for p in answered}
+
+        # A request-time value its Int64 field cannot hold is its own request's bad input; the others
+        # are answered. Before, Feast failed the read of the whole batch and the worker exited, again
+        # at every restart.
+        mixed = requests_for(list(DRIVERS))
+        mixed[0]["features"] = {**REQUEST_FIELDS, "val_to_add": 1e19}
+        send_json(settings, mixed)
+        good = {r["request_id"] for r in mixed[1:]}
+        answered_too = consume(settings, settings.topic("predictions"), Prediction, len(good),
+                               where=lambda p: p.request_id in good, processes=[worker])  # fmt: skip
+        assert {p.request_id for p in answered_too} == good
+        unfit = mixed[0]["request_id"]
+        [letter] = consume(settings, settings.topic("dlq"), DeadLetter, 1,
+                           where=lambda d: d.request_id == unfit, processes=[worker])  # fmt: skip
+        assert letter.error_type == "invalid_value" and "'val_to_add' must be a whole number" in letter.reason
 
         # The golden's score is the model's offline prediction on the same features, to 1e-6.
         golden_refs = GOLDEN_REFS.split(",")

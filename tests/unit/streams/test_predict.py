@@ -1,10 +1,18 @@
-"""Which requests the predict path sends to the explainer."""
+"""Which requests the predict path sends to the explainer, and what a batch publishes."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import cast
+
+import numpy as np
+
+from rig.config import RigSettings
 from rig.serving.dispatch import TrafficLimiter
-from rig.wire.records import ExperimentScore, ModelScore, Prediction, Request
-from streams.predict import disagreements
+from rig.wire.codec import Codec
+from rig.wire.records import DeadLetter, ExperimentScore, ModelScore, Prediction, Request
+from streams.predict import Answer, disagreements, outputs
+from streams.runtime import Runtime
 
 
 def answered(golden: float, *challengers: float) -> tuple[Request, Prediction]:
@@ -45,3 +53,29 @@ def test_the_first_disagreements_go_to_the_explainer_as_many_as_its_rate_allows(
     now[0] += 10.0
     assert disagreements(requests, predictions, 0.95, limiter, 2.0) == []  # none over that threshold
     assert limiter.available("explain", 2.0) == 2  # and no token taken for them
+
+
+def test_an_explain_request_that_cannot_be_encoded_is_left_out_and_the_answers_published(
+    settings: RigSettings,
+) -> None:
+    """Explanations are best effort: a request grown past max_message_bytes (a JSON request in Avro)
+    must not end the worker at every try of its batch."""
+    request, prediction = answered(0.1, 0.9)
+    big = Request(
+        request_id="r-big", entity_id="e-2", event_time=1, features={f"f{i}": 1.0 for i in range(50)}
+    )
+    serving = SimpleNamespace(request_codec=Codec(Request, max_bytes=200))
+    runtime = cast(
+        Runtime,
+        SimpleNamespace(
+            settings=settings,
+            serving=serving,
+            prediction_codec=Codec(Prediction),
+            dead_letter_codec=Codec(DeadLetter),
+        ),
+    )
+
+    published = list(outputs(runtime, Answer([prediction], [], [big, request], {}, received_ms=np.empty(0))))
+
+    assert [out.topic for out in published] == [settings.topic("predictions"), settings.topic("explain")]
+    assert published[1].key == b"e-1", "the request that fits is still sent"
