@@ -116,3 +116,14 @@ class JoinRestoreError(RigError):
 class NotAcknowledged(RigError):
     """Records were produced but the broker did not acknowledge every one in time (broker away,
     topic missing or not authorized): those may not be on the topic."""
+
+
+TRANSIENT_REDIS_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+"""Redis error replies that say "not now" (a dump loading, a long script, a replica cut off from its
+master, a cluster resharding or down): waited for, like a refused connection. redis-py maps only
+LOADING to a connection error; the others arrive as plain `ResponseError`s."""
+
+
+def transient_reply(error: BaseException) -> bool:
+    """Whether a Redis error is one of `TRANSIENT_REDIS_REPLIES`."""
+    return str(error).startswith(TRANSIENT_REDIS_REPLIES)

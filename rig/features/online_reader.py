@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 import numpy as np
 
 from rig.config import RigSettings, masked_url
-from rig.errors import FeatureStoreError, FeatureStoreUnavailable
+from rig.errors import FeatureStoreError, FeatureStoreUnavailable, transient_reply
 from rig.features import _replies
 
 if TYPE_CHECKING:
@@ -438,7 +438,7 @@ class RedisLayoutReader:
     def _error(self, error: BaseException) -> FeatureStoreError:
         import redis
 
-        if isinstance(error, redis.ResponseError):
+        if isinstance(error, redis.ResponseError) and not transient_reply(error):
             return FeatureStoreError(
                 f"online feature read: Redis at {masked_url(self.settings.redis_url)} refused HMGET "
                 f"on project {self.project!r}: {error}"

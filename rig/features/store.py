@@ -23,7 +23,7 @@ import pandas as pd
 import yaml
 
 from rig.config import RigSettings, masked_url
-from rig.errors import ConfigError, FeatureStoreError, FeatureStoreUnavailable
+from rig.errors import ConfigError, FeatureStoreError, FeatureStoreUnavailable, transient_reply
 from rig.features.selection import SERVED_TYPES, FeatureSelection, full_name, resolve
 
 if TYPE_CHECKING:
@@ -39,8 +39,10 @@ ENTITY_FOUND = "entity_found"
 _NUMERIC_VALUES = frozenset({"double_val", "float_val", "int64_val", "int32_val"})
 
 
-def redis_connection_string(redis_url: str) -> str:
-    """Translate a `redis://` / `rediss://` URL into Feast's `host:port,db=0,...` connection string.
+def redis_connection_string(redis_url: str, timeout_s: float | None = None) -> str:
+    """Translate a `redis://` / `rediss://` URL into Feast's `host:port,db=0,...` connection string;
+    `timeout_s` bounds connecting and every reply (Feast's client waits for ever by default, and a
+    Redis that hangs would hold a read, and the batch, with nothing said).
 
     Raises:
         ConfigError: for other schemes (e.g. unix sockets) or a URL without a host.
@@ -61,6 +63,8 @@ def redis_connection_string(redis_url: str) -> str:
         params.append(f"password={password}")
     if parts.scheme == "rediss":
         params.append("ssl=true")
+    if timeout_s is not None:
+        params += [f"socket_timeout={timeout_s}", f"socket_connect_timeout={timeout_s}"]
     return ",".join(params)
 
 
@@ -152,7 +156,9 @@ class FeatureStoreClient:
             yield
         except FeatureStoreError:
             raise
-        except (redis.ConnectionError, redis.TimeoutError) as error:
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as error:
+            if isinstance(error, redis.ResponseError) and not transient_reply(error):
+                raise FeatureStoreError(f"{action} failed: {type(error).__name__}: {error}") from error
             raise FeatureStoreUnavailable(
                 f"{action}: Redis not reachable at {masked_url(self.settings.redis_url)}; "
                 f"run ops/redis/up ({error})"
@@ -197,7 +203,9 @@ class FeatureStoreClient:
         raw["online_store"] = {
             **kept,
             "type": "redis",
-            "connection_string": redis_connection_string(self.settings.redis_url),
+            "connection_string": redis_connection_string(
+                self.settings.redis_url, self.settings.redis_timeout_s
+            ),
         }
         try:
             config = RepoConfig(**raw)

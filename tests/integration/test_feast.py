@@ -170,6 +170,17 @@ def test_redis_url_becomes_feast_connection_string() -> None:
         redis_connection_string("unix:///tmp/redis.sock")
 
 
+def test_feasts_redis_client_gets_the_rigs_timeouts() -> None:
+    """Without them Feast's client waits for ever for a Redis that hangs (redis-py's default)."""
+    from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
+
+    string = redis_connection_string("redis://127.0.0.1:6379/0", timeout_s=2.0)
+    client = RedisOnlineStore()._get_client(RedisOnlineStoreConfig(connection_string=string))
+
+    kwargs = client.connection_pool.connection_kwargs
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (2.0, 2.0)
+
+
 def test_missing_repo_config_is_a_feature_store_error(tmp_path: Path) -> None:
     settings = RigSettings(feast_repo=tmp_path / "nowhere", home=tmp_path / "home")
     with pytest.raises(FeatureStoreError, match=r"feature_store\.yaml"):
