@@ -156,9 +156,10 @@ class OffsetLedger:
             for tp in dropped:
                 self._partitions.pop(tp, None)
             for batch_id, lasts in list(self._batches.items()):
-                if not lasts or not dropped & lasts.keys():
+                gone = dropped & lasts.keys()
+                if not gone:  # on none of them, or on no partition at all (outputs only)
                     continue
-                for tp in dropped & lasts.keys():
+                for tp in gone:
                     del lasts[tp]
                 if not lasts:
                     del self._batches[batch_id]
